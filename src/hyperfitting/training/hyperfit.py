@@ -1,0 +1,210 @@
+"""Hyperfitting: train to near-zero loss on a small set of blocks, logging the dynamics per epoch.
+
+The loop is written out (no Trainer): setup -> epochs -> save. `accelerate` supplies the
+few calls that let the same loop run on one CPU or under `accelerate launch`/`torchrun`
+(`prepare`, `accumulate`, `backward`, `is_main_process`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from hyperfitting.config import RunConfig
+from hyperfitting.errors import DivergenceError
+from hyperfitting.rundir import atomic_path, write_jsonl
+from hyperfitting.training.methods import TrainablePlan, prepare_for_training
+from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    plan: TrainablePlan
+    log: list[dict]
+    wall_seconds: float
+    trunk_cache_seconds: float
+
+
+def epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
+    """The block order of one epoch, a function of (seed, epoch) only, so a resumed run replays it."""
+    return torch.randperm(n_blocks, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class BlockLoss:
+    """Mean next-token loss of token blocks, through the full model or from the trunk cache."""
+
+    def __init__(self, model, cache: TrunkCache | None):
+        self.model = model
+        self.cache = cache
+
+    def __call__(self, ids: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
+        if cached is None:
+            return self.model(input_ids=ids, labels=ids, use_cache=False).loss
+        with start_at_block(self.model, self.cache.first_block) as feed:
+            feed(cached)
+            return self.model(input_ids=ids, labels=ids, use_cache=False).loss
+
+
+@torch.no_grad()
+def mean_block_loss(loss_fn: BlockLoss, blocks: torch.Tensor, cache: TrunkCache | None, batch_size: int) -> float:
+    if len(blocks) == 0:
+        return float("nan")
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(blocks)))
+        loss = loss_fn(blocks[index], cache[index] if cache is not None else None)
+        total += float(loss) * len(index)
+        count += len(index)
+    return total / count
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def hyperfit(
+    model,
+    train_blocks: torch.Tensor,
+    heldout_blocks: torch.Tensor,
+    config: RunConfig,
+    stage_dir: Path,
+    probe: Callable[[torch.nn.Module], dict] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
+
+    ``probe(model) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g. greedy
+    diversity on a fixed prompt subset); its numbers join that epoch's log row.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    args = config.train
+    set_seed(args.seed)
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
+    model, plan = prepare_for_training(model, args)
+    model.to(accelerator.device)
+    say = accelerator.print
+    say(plan.summary())
+
+    use_cache = plan.first_trainable_block > 0 if args.trunk_cache == "auto" else args.trunk_cache == "on"
+    if use_cache and plan.first_trainable_block == 0:
+        say("train.trunk_cache=on has no effect: block 0 is trainable, so nothing below it is frozen.")
+        use_cache = False
+    cache_started = time.perf_counter()
+    train_cache = heldout_cache = None
+    if use_cache:
+        k = plan.first_trainable_block
+        build = lambda ids, name: TrunkCache.build(  # noqa: E731
+            model, k, ids, args.batch_size, args.trunk_cache_max_memory_gb, stage_dir / f"trunk_cache_{name}.npy", desc=f"trunk cache ({name})"
+        )
+        train_cache = build(train_blocks, "train")
+        heldout_cache = build(heldout_blocks, "heldout") if len(heldout_blocks) else None
+        say(f"Trunk cache: inputs to block {k} for {len(train_blocks)} training blocks ({train_cache.nbytes / 1e6:.1f} MB), "
+            f"built in {time.perf_counter() - cache_started:.1f} s; blocks 0-{k - 1} are skipped from now on.")
+    cache_seconds = time.perf_counter() - cache_started
+
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_fn = BlockLoss(model, train_cache)
+    heldout_loss_fn = BlockLoss(model, heldout_cache)
+    bare_model = accelerator.unwrap_model(model)
+
+    # Resume: the checkpoint holds trainable weights, optimizer state and the log so far.
+    log: list[dict] = []
+    first_epoch = 1
+    checkpoint_path = stage_dir / CHECKPOINT
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        bare_model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        log, first_epoch = state["log"], state["epoch"] + 1
+        say(f"Resuming from the checkpoint after epoch {state['epoch']}.")
+
+    def measure(epoch: int, train_loss: float, seconds: float, tokens: int) -> dict:
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "heldout_loss": mean_block_loss(heldout_loss_fn, heldout_blocks, heldout_cache, args.batch_size),
+            "tokens_per_second": tokens / seconds if seconds > 0 else None,
+            "epoch_seconds": seconds,
+        }
+        if probe is not None and args.diversity_every and epoch % args.diversity_every == 0:
+            row.update(probe(bare_model))
+        return row
+
+    started = time.perf_counter()
+    if not log:
+        with torch.no_grad():
+            initial = mean_block_loss(loss_fn, train_blocks, train_cache, args.batch_size)
+        log.append(measure(0, initial, 0.0, 0))
+        say(_format_row(log[-1]))
+
+    n_blocks, block_tokens = train_blocks.shape
+    for epoch in range(first_epoch, args.epochs + 1):
+        model.train(False)  # dropout stays off: see models.loading.load_model
+        order = epoch_order(n_blocks, args.seed, epoch)[accelerator.process_index :: accelerator.num_processes]
+        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        epoch_started = time.perf_counter()
+        losses = []
+        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
+        for index in bar:
+            with accelerator.accumulate(model):
+                ids = train_blocks[index].to(accelerator.device)
+                cached = train_cache[index].to(accelerator.device) if train_cache is not None else None
+                loss = loss_fn(ids, cached)
+                if not math.isfinite(loss.item()):
+                    raise DivergenceError(
+                        f"The training loss became {float(loss)} in epoch {epoch}. The last good checkpoint "
+                        f"(after epoch {epoch - 1}) is kept in {stage_dir}; lower train.lr and resume with --resume."
+                    )
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(float(loss))
+            elapsed = time.perf_counter() - epoch_started
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * block_tokens / elapsed:.0f}")
+        seconds = time.perf_counter() - epoch_started
+        row = measure(epoch, sum(losses) / len(losses), seconds, len(order) * block_tokens)
+        log.append(row)
+        say(_format_row(row))
+        if accelerator.is_main_process:
+            with atomic_path(checkpoint_path) as tmp:
+                torch.save({"trainable": trainable_state(bare_model), "optimizer": optimizer.state_dict(), "log": log, "epoch": epoch}, tmp)
+            write_jsonl(stage_dir / "train_log.jsonl", log)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_jsonl(stage_dir / "train_log.jsonl", log)
+    return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds)
+
+
+def _format_row(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f}", f"held-out loss {row['heldout_loss']:.4f}"]
+    if row.get("tokens_per_second"):
+        parts.append(f"{row['tokens_per_second']:.0f} tok/s")
+    for key in ("ttr", "distinct_3"):
+        if key in row:
+            parts.append(f"{key} {row[key]:.3f}")
+    return " | ".join(parts)
+
+
+def save_trained(model, tokenizer, plan: TrainablePlan, folder: Path) -> Path:
+    """A LoRA run saves a standard PEFT adapter (adapter/); a full run a transformers model (model/)."""
+    target = folder / ("adapter" if plan.method == "lora" else "model")
+    partial = folder / (target.name + ".partial")
+    import shutil
+
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny random models of several architectures (fast), and the real embedded model (slow)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+TINY_VOCAB = 97
+
+
+def tiny_config(architecture: str):
+    """A 3-block, d=32 model of the named family, built from its config (no download)."""
+    from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=TINY_VOCAB - 1,
+                  initializer_range=0.2)  # large enough that a frozen tied head still lets blocks move the logits
+    if architecture == "llama":
+        return LlamaConfig(**common)
+    if architecture == "qwen2":
+        return Qwen2Config(**common)
+    if architecture == "gemma2":
+        # Gemma-style: alternating sliding-window/global attention, embedding scaling, soft-capping.
+        return Gemma2Config(**common, head_dim=8, sliding_window=8, query_pre_attn_scalar=8)
+    if architecture == "gpt2":
+        return GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=256, pad_token_id=0, eos_token_id=TINY_VOCAB - 1)
+    raise ValueError(architecture)
+
+
+ARCHITECTURES = ["llama", "qwen2", "gemma2", "gpt2"]
+
+
+def make_tiny_model(architecture: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(architecture), dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def tiny_model(request):
+    return make_tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def real_model_folder():
+    """The embedded SmolLM2-135M, dequantised once into the user's cache (about 30 s the first time)."""
+    from hyperfitting.models.loading import dequantised_gguf_folder, embedded_model_path
+
+    return dequantised_gguf_folder(embedded_model_path("smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(real_model_folder):
+    from hyperfitting.models.loading import load_tokenizer
+
+    return load_tokenizer(str(real_model_folder), local_only=True)
+
+
+@pytest.fixture()
+def real_model(real_model_folder):
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.models.loading import load_model
+
+    return load_model(ModelArgs(name="smollm2-135m"))[0]

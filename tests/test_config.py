@@ -1,0 +1,73 @@
+import pytest
+
+from hyperfitting.config import RunConfig, describe_fields, load_config, parse_overrides
+from hyperfitting.errors import ConfigError
+
+
+def test_defaults_are_late_stage_lora():
+    config = load_config()
+    assert config.train.method == "lora" and config.train.blocks == "last:5"
+    assert config.train.weight_decay == 0.0
+
+
+def test_full_method_defaults_to_every_block():
+    assert load_config(overrides=["train.method=full"]).train.blocks == "all"
+
+
+def test_overrides_parse_numbers_lists_and_booleans():
+    config = load_config(overrides=["train.lr=1e-4", "data.eval_corpora=[wikipedia]", "generate.do_sample=true", "train.epochs=3"])
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.data.eval_corpora == ["wikipedia"]
+    assert config.generate.do_sample is True and config.train.epochs == 3
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  epochs: 4\n")
+    config = load_config(path, ["train.epochs=5"])
+    assert config.train.lr == pytest.approx(1e-3) and config.train.epochs == 5
+
+
+def test_unknown_key_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"Unknown config key 'train.learning_rate'\. Known keys in train: .*\blr\b"):
+        load_config(overrides=["train.learning_rate=1e-3"])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 'many'"):
+        load_config(overrides=["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"train.method: 'adapter' is not one of 'full', 'lora'"):
+        load_config(overrides=["train.method=adapter"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=0", "train.lr must be positive, got 0.0"),
+    ("train.lr=-1e-3", "train.lr must be positive"),
+    ("train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
+    ("data.heldout_fraction=1.5", "data.heldout_fraction must lie strictly between 0 and 1"),
+])
+def test_impossible_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        parse_overrides(["train.lr"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_field_is_documented():
+    rows = describe_fields(RunConfig)
+    assert len(rows) > 30
+    assert all(doc for key, _, doc in rows), [key for key, _, doc in rows if not doc]
+
+
+def test_fingerprint_follows_sections():
+    a, b = load_config(), load_config(overrides=["train.lr=1e-3"])
+    assert a.fingerprint("data") == b.fingerprint("data")
+    assert a.fingerprint("train") != b.fingerprint("train")

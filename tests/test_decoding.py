@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from hyperfitting.config import GenerateArgs
+from hyperfitting.generation.decoding import decode_batch, generate
+from hyperfitting.generation.processors import CitationBlocker
+from tests.conftest import make_tiny_model
+
+
+class Tok:
+    pad_token_id = 0
+    eos_token_id = 1
+
+
+def test_greedy_matches_transformers_generate(tiny_model):
+    prompt = [5, 9, 14, 3, 22, 7]
+    ours = decode_batch(tiny_model, [prompt], 12, pad_token_id=0)[0].token_ids
+    ids = torch.tensor([prompt])
+    from transformers import GenerationConfig
+
+    # Open-ended: neither side stops at (or suppresses) the end-of-sequence token.
+    plain = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    reference = tiny_model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=plain)[0, len(prompt):].tolist()
+    assert ours == reference
+
+
+def test_left_padding_gives_the_same_tokens_as_decoding_alone(tiny_model):
+    prompts = [[5, 9, 14, 3, 22, 7], [40, 41], [8, 8, 8, 60]]
+    together = decode_batch(tiny_model, prompts, 10, pad_token_id=0)
+    for prompt, result in zip(prompts, together):
+        alone = decode_batch(tiny_model, [prompt], 10, pad_token_id=0)[0]
+        assert result.token_ids == alone.token_ids
+        assert result.entropy == pytest.approx(alone.entropy, abs=1e-4)
+
+
+def test_per_step_statistics_are_consistent():
+    model = make_tiny_model("llama")
+    out = decode_batch(model, [[3, 4, 5]], 6, pad_token_id=0)[0]
+    assert len(out.entropy) == len(out.chosen_prob) == len(out.top1_prob) == 6
+    # greedy: the chosen token is the most likely one
+    assert out.chosen_prob == pytest.approx(out.top1_prob)
+    assert all(0 < e < torch.log(torch.tensor(97.0)) + 1e-5 for e in out.entropy)
+
+
+def test_sampling_is_reproducible_from_the_seed():
+    model = make_tiny_model("qwen2")
+    args = GenerateArgs(do_sample=True, temperature=1.5, top_k=20, top_p=0.95, max_new_tokens=15, seed=7)
+    first = generate(model, Tok(), [[3, 4, 5], [6, 7]], args, show_progress=False)
+    second = generate(model, Tok(), [[3, 4, 5], [6, 7]], args, show_progress=False)
+    assert [o.token_ids for o in first] == [o.token_ids for o in second]
+    greedy = generate(model, Tok(), [[3, 4, 5]], GenerateArgs(max_new_tokens=15), show_progress=False)[0]
+    assert first[0].token_ids != greedy.token_ids
+
+
+def test_eos_ends_a_continuation_when_asked():
+    model = make_tiny_model("llama")
+    eos_bias = lambda ids, scores: scores + torch.nn.functional.one_hot(torch.tensor(1), scores.shape[-1]) * 1e4  # noqa: E731
+    out = generate(model, Tok(), [[3, 4]], GenerateArgs(max_new_tokens=8, stop_at_eos=True), [eos_bias], show_progress=False)[0]
+    assert out.token_ids == [1]
+    full = generate(model, Tok(), [[3, 4]], GenerateArgs(max_new_tokens=8), [eos_bias], show_progress=False)[0]
+    assert len(full.token_ids) == 8
+
+
+def test_citation_blocker_forbids_completing_training_ngrams():
+    model = make_tiny_model("llama")
+    free = decode_batch(model, [[3, 4, 5, 6]], 8, pad_token_id=0)[0].token_ids
+    # Declare the free continuation's opening 5-gram part of the training data: it must not reappear.
+    training = torch.tensor([[3, 4, 5, 6] + free[:1] + [90, 91]])
+    blocker = CitationBlocker(training, n=5)
+    blocked = decode_batch(model, [[3, 4, 5, 6]], 8, pad_token_id=0, processors=[blocker])[0].token_ids
+    assert blocked[0] != free[0]
+    sequence = [3, 4, 5, 6] + blocked
+    grams = {tuple(sequence[i:i + 5]) for i in range(len(sequence) - 4)}
+    assert not grams & {tuple(training[0, i:i + 5].tolist()) for i in range(training.shape[1] - 4)}

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from hyperfitting.config import load_config
+from hyperfitting.errors import DivergenceError
+from hyperfitting.training.hyperfit import hyperfit
+from hyperfitting.training.methods import prepare_for_training
+from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
+from tests.conftest import make_tiny_model
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method, blocks", [("lora", "last:1"), ("lora", "1,2"), ("full", "last:2")])
+def test_trunk_cache_gives_the_uncached_loss_and_gradients(tiny_model, method, blocks):
+    config = load_config(overrides=[f"train.method={method}", f"train.blocks={blocks}"])
+    model, plan = prepare_for_training(tiny_model, config.train)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # LoRA starts with B = 0; make every adapter weight receive a gradient
+            torch.nn.init.normal_(parameter, std=0.05)
+    ids = torch.randint(2, 97, (3, 24), generator=torch.Generator().manual_seed(0))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    expected = _grads(model)
+    model.zero_grad()
+
+    cache = TrunkCache.build(model, plan.first_trainable_block, ids, batch_size=2, max_memory_gb=1.0)
+    with start_at_block(model, plan.first_trainable_block) as feed:
+        feed(cache[torch.arange(3)])
+        cached_loss = model(input_ids=ids, labels=ids).loss
+    cached_loss.backward()
+    assert plan.first_trainable_block > 0
+    assert cached_loss.item() == pytest.approx(loss.item(), abs=1e-6)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-5)
+    # The skipped blocks are back in place afterwards.
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, loss)
+
+
+def test_trunk_cache_on_disk_equals_in_memory(tmp_path):
+    model = make_tiny_model("llama")
+    ids = torch.randint(2, 97, (5, 16), generator=torch.Generator().manual_seed(1))
+    memory = TrunkCache.build(model, 2, ids, 2, max_memory_gb=1.0)
+    disk = TrunkCache.build(model, 2, ids, 2, max_memory_gb=0.0, disk_path=tmp_path / "cache.npy")
+    assert (tmp_path / "cache.npy").exists()
+    torch.testing.assert_close(disk[torch.tensor([4, 0])], memory[torch.tensor([4, 0])])
+
+
+def _tiny_run(tmp_path, *overrides):
+    config = load_config(overrides=["train.epochs=3", "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0",
+                                    "train.blocks=last:2", *overrides])
+    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))  # few token types: learnable in 3 epochs
+    heldout = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    return hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path), config, train, heldout
+
+
+def test_hyperfit_lowers_the_training_loss_and_logs_every_epoch(tmp_path):
+    result, *_ = _tiny_run(tmp_path)
+    losses = [row["train_loss"] for row in result.log]
+    assert [row["epoch"] for row in result.log] == [0, 1, 2, 3]
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(row["heldout_loss"] > 0 for row in result.log)
+    assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 4
+
+
+def test_resuming_from_a_checkpoint_reaches_the_same_weights(tmp_path):
+    straight, *_ = _tiny_run(tmp_path / "straight")
+    _tiny_run(tmp_path / "interrupted", "train.epochs=1")  # stops after epoch 1, checkpoint kept
+    resumed, *_ = _tiny_run(tmp_path / "interrupted")
+    assert [r["train_loss"] for r in resumed.log] == pytest.approx([r["train_loss"] for r in straight.log], abs=1e-6)
+    a = {n: p for n, p in straight.model.named_parameters() if p.requires_grad}
+    for name, parameter in resumed.model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter, a[name])
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
+    with pytest.raises(DivergenceError, match=r"The training loss became (nan|inf) in epoch 1\. The last good checkpoint"):
+        _tiny_run(tmp_path, "train.lr=1e30", "train.method=full", "train.blocks=all", "train.epochs=2")
