@@ -105,6 +105,34 @@ def evaluate(arguments, resume, overwrite):
     print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
 
 
+@cli.command(epilog=_keys_help())
+@click.argument("analysis", type=click.Choice(["temperature", "static-bias", "ranks", "geometry"]))
+@run_options
+def analyze(analysis, arguments, resume, overwrite):
+    """Run one mechanism analysis on model.name and analysis.hyperfitted (an adapter, model or run folder).
+
+    \b
+    temperature   is it just temperature? entropy-matched sampling control and frontier
+    static-bias   is it a fixed reweighting of the vocabulary? z + alpha * delta
+    ranks         overrides, deep-tail tokens, context dependence, rank transplant
+    geometry      layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion
+    """
+    from hyperfitting.models.loading import load_tokenizer, resolve_model_source
+    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
+    from hyperfitting.pipeline.stages import data_stage
+    from hyperfitting.rundir import prepare_run_dir
+
+    config = _config(arguments)
+    if not config.analysis.hyperfitted:
+        raise HyperfitError("Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick).")
+    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    source, _ = resolve_model_source(config.model.name, config.model.allow_download)
+    tokenizer = load_tokenizer(source, local_only=not config.model.allow_download, trust_remote_code=config.model.trust_remote_code)
+    data = data_stage(config, run_dir, tokenizer)
+    analysis_stage(analysis, AnalysisContext(config, data), run_dir)
+    print(f"Results, table and plots in {run_dir / ('analysis-' + analysis)}")
+
+
 @cli.command()
 @click.argument("arguments", nargs=-1)
 @click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")

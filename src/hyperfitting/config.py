@@ -156,6 +156,36 @@ class GenerateArgs:
 
 
 @dataclass
+class AnalysisArgs:
+    hyperfitted: str | None = None
+    """The hyperfitted model to analyse: a PEFT adapter folder, a full model folder, or a hyperfit run folder. A study fills this in."""
+    corpora: list[str] = field(default_factory=list)
+    """Evaluation corpora whose prompts the analyses use (default: all of data.eval_corpora)."""
+    max_new_tokens: int = 128
+    """New tokens per continuation in the analyses."""
+    seeds: int = 3
+    """Sampling seeds per sampled setting; the tables give mean and spread."""
+    temperature_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5])
+    """Base-model sampling temperatures for the temperature frontier."""
+    max_positions: int = 2048
+    """Cap on teacher-forced positions kept per measurement (each holds a full vocabulary of logits)."""
+    static_bias_top_k: int = 500
+    """K: tokens with the largest mean rank gain that receive the static offset."""
+    static_bias_alphas: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
+    """Scales alpha of the static offset delta added to the base model's logits."""
+    rank_top_k: int = 10
+    """Length of the top-k lists compared by Kendall's tau."""
+    geometry_tokens: int = 2048
+    """Held-out token positions whose hidden states the geometry analysis compares (the same for both models)."""
+
+    def __post_init__(self) -> None:
+        if self.seeds <= 0 or self.max_new_tokens <= 0 or self.max_positions <= 0:
+            raise ConfigError("analysis.seeds, analysis.max_new_tokens and analysis.max_positions must be positive.")
+        if any(t <= 0 for t in self.temperature_grid):
+            raise ConfigError("analysis.temperature_grid must hold positive temperatures.")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; written next to every output as config.yaml."""
 
@@ -165,6 +195,7 @@ class RunConfig:
     data: DataArgs = field(default_factory=DataArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     generate: GenerateArgs = field(default_factory=GenerateArgs)
+    analysis: AnalysisArgs = field(default_factory=AnalysisArgs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

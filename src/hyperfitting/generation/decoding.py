@@ -3,7 +3,8 @@
 Every decoding variant (temperature, top-k/p, the citation blocker, and the analyses'
 static biases or rank transplants) is a logits processor: a callable
 ``(input_ids (B, S), scores (B, V)) -> scores`` in the transformers convention, applied in
-order after the model's raw logits. Per step we record, under the model's *unprocessed*
+order after the model's raw logits. A processor that runs a second model alongside (the
+rank transplant) also has ``begin(input_ids, attention_mask)``, called once per batch. Per step we record, under the model's *unprocessed*
 distribution, the entropy, the top-1 probability and the chosen token's probability.
 """
 
@@ -30,6 +31,8 @@ class Continuation:
     top1_prob: list[float] = field(default_factory=list)
     chosen_prob: list[float] = field(default_factory=list)
     """Probability of the emitted token under the unprocessed distribution."""
+    decoded_entropy: list[float] = field(default_factory=list)
+    """Entropy of the distribution actually decoded from (after temperature and other processors)."""
 
 
 def sampling_processors(args: GenerateArgs) -> list[LogitsProcessor]:
@@ -84,6 +87,9 @@ def decode_batch(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     outputs = [Continuation(list(p), []) for p in prompts]
     step_input, step_positions = input_ids, position_ids
+    for processor in processors:
+        if hasattr(processor, "begin"):
+            processor.begin(input_ids, attention_mask)
     for _ in range(max_new_tokens):
         logits = model(
             input_ids=step_input,
@@ -99,8 +105,11 @@ def decode_batch(
         scores = logits
         for processor in processors:
             scores = processor(sequences, scores)
+        decoded_log_probs = torch.log_softmax(scores, dim=-1)
+        decoded_probs = decoded_log_probs.exp()
+        decoded_entropy = -(decoded_probs * decoded_log_probs.nan_to_num(neginf=0.0)).sum(-1)
         if do_sample:
-            next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+            next_tokens = torch.multinomial(decoded_probs, 1, generator=generator).squeeze(1)
         else:
             next_tokens = scores.argmax(dim=-1)
         chosen = probs.gather(1, next_tokens[:, None]).squeeze(1)
@@ -111,6 +120,7 @@ def decode_batch(
                 outputs[row].entropy.append(float(entropy[row]))
                 outputs[row].top1_prob.append(float(top1[row]))
                 outputs[row].chosen_prob.append(float(chosen[row]))
+                outputs[row].decoded_entropy.append(float(decoded_entropy[row]))
         if eos_token_id is not None:
             finished |= next_tokens == eos_token_id
             if bool(finished.all()):

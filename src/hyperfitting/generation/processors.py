@@ -31,3 +31,69 @@ class CitationBlocker:
             if banned:
                 scores[row, list(banned)] = float("-inf")
         return scores
+
+
+class StaticLogitBias:
+    """Add a fixed vector to the logits at every step: ``z + alpha * delta``.
+
+    The static-reweighting hypothesis says hyperfitting amounts to such a vector; if so,
+    decoding the base model with it should recover the diversity gain.
+    """
+
+    def __init__(self, delta: torch.Tensor, alpha: float = 1.0):
+        self.delta = delta.float()
+        self.alpha = alpha
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores + self.alpha * self.delta.to(scores.device)
+
+
+class CompanionModel:
+    """Runs a second model in step with the decoding loop, with its own KV cache.
+
+    ``begin`` receives the left-padded prompts; each later call feeds the token the loop
+    just appended, so the companion sees exactly the same sequence as the decoding model.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def begin(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor) -> None:
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.attention_mask = attention_mask
+        self.positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        self.seen = 0  # tokens of input_ids already fed
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.LongTensor) -> torch.FloatTensor:
+        if self.seen == 0:
+            step_ids, positions = input_ids, self.positions
+        else:
+            new = input_ids.shape[1] - self.seen
+            step_ids = input_ids[:, -new:]
+            self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(step_ids)], dim=1)
+            positions = self.positions[:, -1:] + torch.arange(1, new + 1, device=input_ids.device)
+            self.positions = positions
+        self.seen = input_ids.shape[1]
+        out = self.model(input_ids=step_ids, attention_mask=self.attention_mask, position_ids=positions,
+                         cache=self.cache, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+
+class RankTransplant(CompanionModel):
+    """Keep the decoding model's *ranking* of tokens, but give the r-th ranked token the
+    probability of the companion model's r-th ranked token (its sorted probability profile).
+
+    Decoding the hyperfitted model with the base model as companion asks "is the hyperfitted
+    ranking enough?"; decoding the base model with the hyperfitted companion asks "is the
+    hyperfitted sharpness enough?".
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        profile = torch.log_softmax(self.logits(input_ids), dim=-1).sort(dim=-1, descending=True).values  # (B, V)
+        order = scores.argsort(dim=-1, descending=True)  # the decoding model's ranking
+        transplanted = torch.empty_like(scores)
+        transplanted.scatter_(1, order, profile)
+        return transplanted

@@ -1,0 +1,140 @@
+"""Shared pieces of the mechanism analyses: loading the pair of models, teacher forcing, sampling seeds."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from hyperfitting.config import RunConfig
+from hyperfitting.errors import ConfigError
+from hyperfitting.generation.decoding import Continuation, LogitsProcessor, generate
+from hyperfitting.metrics.diversity import seq_rep_n, ttr
+
+
+def load_pair(config: RunConfig):
+    """(base model, hyperfitted model, tokenizer); the hyperfitted one from an adapter, model or run folder."""
+    from hyperfitting.models.loading import adapter_folder, finetuned_model_folder, load_model
+
+    target = config.analysis.hyperfitted
+    if not target:
+        raise ConfigError("Name the hyperfitted model: analysis.hyperfitted=PATH (an adapter folder, a model folder or a hyperfit run folder).")
+    base, tokenizer = load_model(replace(config.model, adapter=None))
+    full = finetuned_model_folder(target)
+    if full is not None:
+        tuned, _ = load_model(replace(config.model, name=str(full), adapter=None))
+    else:
+        tuned, _ = load_model(replace(config.model, adapter=str(adapter_folder(target))))
+    return base, tuned, tokenizer
+
+
+@torch.no_grad()
+def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8
+                          ) -> Iterator[tuple[int, torch.Tensor]]:
+    """For each sequence i, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``."""
+    device = next(model.parameters()).device
+    for first in range(0, len(sequences), batch_size):
+        rows = sequences[first:first + batch_size]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, row in enumerate(rows):  # right padding: positions need no adjustment
+            ids[r, :len(row)] = torch.tensor(row)
+            mask[r, :len(row)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+        for r, row in enumerate(rows):
+            start = starts[first + r]
+            yield first + r, logits[r, start - 1:len(row) - 1].cpu()
+
+
+def sample_positions(total: int, cap: int, seed: int = 0) -> np.ndarray:
+    """A fixed subset of at most ``cap`` positions, so memory stays bounded and models see the same ones."""
+    if total <= cap:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=cap, replace=False))
+
+
+def stacked_logits(model, sequences, starts, cap: int) -> torch.Tensor:
+    """Teacher-forced logits of all positions, subsampled to ``cap``: (P, V)."""
+    rows = [logits for _, logits in teacher_forced_logits(model, sequences, starts)]
+    everything = torch.cat(rows) if rows else torch.empty(0)
+    return everything[torch.from_numpy(sample_positions(len(everything), cap))]
+
+
+def mean_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 512) -> float:
+    """Mean entropy (nats) of softmax(logits / T) over rows."""
+    total = 0.0
+    for start in range(0, len(logits), chunk):
+        log_probs = torch.log_softmax(logits[start:start + chunk] / temperature, dim=-1)
+        total += float(-(log_probs.exp() * log_probs).sum(-1).sum())
+    return total / max(1, len(logits))
+
+
+def entropy_matched_temperature(logits: torch.Tensor, target: float, low: float = 0.01, high: float = 10.0, tolerance: float = 1e-3) -> float:
+    """Bisection for T with mean_entropy(logits, T) = target (entropy rises with T)."""
+    if mean_entropy(logits, low) > target:
+        return low
+    if mean_entropy(logits, high) < target:
+        return high
+    for _ in range(100):
+        middle = math.sqrt(low * high)  # temperatures live on a log scale
+        value = mean_entropy(logits, middle)
+        if abs(value - target) <= tolerance:
+            return middle
+        low, high = (middle, high) if value < target else (low, middle)
+    return math.sqrt(low * high)
+
+
+def top1_agreement(base, model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> float:
+    """Share of steps along the paths where ``model``'s argmax equals the base model's argmax."""
+    sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    starts = [len(p) for p in prompts]
+    agree = total = 0
+    base_argmax = {i: logits.argmax(-1) for i, logits in teacher_forced_logits(base, sequences, starts)}
+    model_argmax = base_argmax if model is base else {i: l.argmax(-1) for i, l in teacher_forced_logits(model, sequences, starts)}
+    for i in base_argmax:
+        agree += int((base_argmax[i] == model_argmax[i]).sum())
+        total += len(base_argmax[i])
+    return agree / total if total else float("nan")
+
+
+def path_summary(continuations: Sequence[Continuation]) -> dict[str, float]:
+    ids = [c.token_ids for c in continuations]
+    decoded = [v for c in continuations for v in c.decoded_entropy]
+    return {
+        "ttr": ttr(ids),
+        "bigram_rep": seq_rep_n(ids, 2),
+        "trigram_rep": seq_rep_n(ids, 3),
+        "entropy": sum(decoded) / len(decoded) if decoded else float("nan"),
+    }
+
+
+def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
+           processors: Sequence[LogitsProcessor] = (), desc: str = "") -> list[Continuation]:
+    """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p)."""
+    args = replace(config.generate, max_new_tokens=config.analysis.max_new_tokens, do_sample=temperature is not None,
+                   temperature=temperature or 1.0, top_k=0, top_p=1.0, seed=seed, citation_blocker=False)
+    return generate(model, tokenizer, prompts, args, processors, desc=desc)
+
+
+def mean_and_spread(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = rows[0].keys()
+    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))} for k in keys}
+
+
+def seeded(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def savefig(figure, path: Path) -> None:
+    """Write a PNG atomically."""
+    from hyperfitting.rundir import atomic_path
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

@@ -1,0 +1,261 @@
+"""Claim 4, "Terminal Expansion": where in the network does hyperfitting change the geometry?
+
+Hidden states of both models are captured on the same fixed sample of held-out token
+positions: the embeddings, every block's raw output, and the state after the final norm,
+kept apart (Hugging Face's last ``hidden_states`` entry is post-norm, which can fake or hide
+an expansion). Per layer we report effective dimension (participation ratio, raw and
+standardised, because massive-activation outlier dimensions dominate the raw covariance),
+PCA dimensions at 90/95% variance, TwoNN intrinsic dimension (scikit-dimension, on
+de-duplicated points), and the cosine, L2 distance and linear CKA between the two models'
+states for the same token; per block, the relative change of the weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyperfitting.analysis.common import sample_positions, savefig
+from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.rundir import write_json, write_text
+
+PAPER_FINAL_BLOCK_DELTA_PR = 80.8  # TinyLlama-1.1B (hidden size 2048)
+PAPER_HIDDEN_SIZE = 2048
+FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm")
+
+
+# ------------------------------------------------------------------------------ estimators
+
+
+def participation_ratio(states: np.ndarray, standardise: bool = False) -> float:
+    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: 1 for a line, d for isotropic d dims."""
+    x = states - states.mean(0)
+    if standardise:
+        x = x / (x.std(0) + 1e-8)
+    # The Gram trick: the non-zero eigenvalues of X^T X and X X^T agree; use the smaller matrix.
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    eigenvalues = np.clip(np.linalg.eigvalsh(gram.astype(np.float64)), 0, None)
+    return float(eigenvalues.sum() ** 2 / max((eigenvalues ** 2).sum(), 1e-30))
+
+
+def pca_dimension(states: np.ndarray, variance: float) -> int:
+    """Smallest number of principal components explaining ``variance`` of the total."""
+    x = states - states.mean(0)
+    singular = np.linalg.svd(x.astype(np.float64), compute_uv=False)
+    explained = np.cumsum(singular ** 2) / max((singular ** 2).sum(), 1e-30)
+    return int(np.searchsorted(explained, variance - 1e-12) + 1)
+
+
+def two_nn_dimension(states: np.ndarray) -> float:
+    """TwoNN intrinsic dimension (scikit-dimension) after removing duplicate points, which make it NaN."""
+    import skdim
+
+    unique = np.unique(states.astype(np.float64), axis=0)
+    if len(unique) < 10:
+        return float("nan")
+    return float(skdim.id.TwoNN().fit(unique).dimension_)
+
+
+def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+    """Linear centred kernel alignment of two representations of the same points (Kornblith et al., 2019)."""
+    a = (a - a.mean(0)).astype(np.float64)
+    b = (b - b.mean(0)).astype(np.float64)
+    cross = np.linalg.norm(a.T @ b, "fro") ** 2
+    return float(cross / (np.linalg.norm(a.T @ a, "fro") * np.linalg.norm(b.T @ b, "fro")))
+
+
+# ------------------------------------------------------------------------------ capture
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    stack = find_block_stack(model)
+    for name in FINAL_NORM_NAMES:
+        module = getattr(stack.parent, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+@contextmanager
+def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record, at the flat token ``positions`` of each batch, the embeddings, every block output and the final norm.
+
+    Hooks are always removed on exit; captured tensors are detached copies of the selected
+    rows only, so memory is (positions x layers x width), whatever the model's depth.
+    The caller sets ``captured['_positions']`` to the positions of the batch before each forward.
+    """
+    captured: dict[str, list] = {"_positions": [positions]}
+    stack = find_block_stack(model)
+    targets = [("embeddings", model.get_input_embeddings())]
+    targets += [(f"block {i}", block) for i, block in enumerate(stack.blocks)]
+    norm = final_norm(model)
+    if norm is not None:
+        targets.append(("final norm", norm))
+    handles = []
+
+    def recorder(name):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            flat = hidden.detach().reshape(-1, hidden.shape[-1])
+            captured.setdefault(name, []).append(flat[captured["_positions"][-1]].float().cpu())
+        return hook
+
+    try:
+        for name, module in targets:
+            handles.append(module.register_forward_hook(recorder(name)))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Layer name -> (n_sample, width) states at the flat positions ``sample`` of ``blocks`` (N, T)."""
+    n, length = blocks.shape
+    device = next(model.parameters()).device
+    with capture_states(model, torch.empty(0, dtype=torch.long)) as captured:
+        for start in range(0, n, batch_size):
+            batch = blocks[start:start + batch_size]
+            low, high = start * length, (start + len(batch)) * length
+            inside = sample[(sample >= low) & (sample < high)] - low
+            if len(inside) == 0:
+                continue
+            captured["_positions"].append(torch.from_numpy(inside))
+            model(input_ids=batch.to(device), use_cache=False)
+    return {name: torch.cat(parts).numpy() for name, parts in captured.items() if name != "_positions"}
+
+
+def weight_change_per_block(base: nn.Module, tuned: nn.Module) -> list[float]:
+    """||W_tuned - W_base||_F / ||W_base||_F over each block's parameters (LoRA merged in where present)."""
+    tuned_plain = tuned
+    if hasattr(tuned, "merge_and_unload"):
+        import copy
+
+        tuned_plain = copy.deepcopy(tuned).merge_and_unload()
+    base_blocks, tuned_blocks = find_block_stack(base).blocks, find_block_stack(tuned_plain).blocks
+    changes = []
+    for b, t in zip(base_blocks, tuned_blocks):
+        base_params = dict(b.named_parameters())
+        difference = sum(float((p.detach() - base_params[name].detach()).pow(2).sum()) for name, p in t.named_parameters())
+        norm = sum(float(p.detach().pow(2).sum()) for p in base_params.values())
+        changes.append((difference / max(norm, 1e-30)) ** 0.5)
+    return changes
+
+
+# ------------------------------------------------------------------------------ the analysis
+
+
+def geometry_table_rows(base_states: dict[str, np.ndarray], tuned_states: dict[str, np.ndarray], two_nn: bool = True) -> list[dict]:
+    rows = []
+    for name in base_states:
+        a, b = base_states[name], tuned_states[name]
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        row = {
+            "layer": name,
+            "pr_base": participation_ratio(a),
+            "pr_hyperfitted": participation_ratio(b),
+            "pr_std_base": participation_ratio(a, standardise=True),
+            "pr_std_hyperfitted": participation_ratio(b, standardise=True),
+            "pca90_base": pca_dimension(a, 0.90),
+            "pca90_hyperfitted": pca_dimension(b, 0.90),
+            "pca95_base": pca_dimension(a, 0.95),
+            "pca95_hyperfitted": pca_dimension(b, 0.95),
+            "cosine": float(cosine.mean()),
+            "l2": float(np.linalg.norm(a - b, axis=1).mean()),
+            "norm_base": float(np.linalg.norm(a, axis=1).mean()),
+            "norm_hyperfitted": float(np.linalg.norm(b, axis=1).mean()),
+            "cka": linear_cka(a, b),
+        }
+        if two_nn:
+            row["twonn_base"] = two_nn_dimension(a)
+            row["twonn_hyperfitted"] = two_nn_dimension(b)
+        row["delta_pr"] = row["pr_hyperfitted"] - row["pr_base"]
+        row["delta_pr_std"] = row["pr_std_hyperfitted"] - row["pr_std_base"]
+        rows.append(row)
+    return rows
+
+
+def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sample = sample_positions(heldout_blocks.numel(), sample_tokens, seed)
+    base_states = hidden_states_at(base, heldout_blocks, sample)
+    tuned_states = hidden_states_at(tuned, heldout_blocks, sample)
+    rows = geometry_table_rows(base_states, tuned_states)
+    block_rows = [r for r in rows if r["layer"].startswith("block")]
+    largest = max(block_rows, key=lambda r: r["delta_pr"])
+    final_block = block_rows[-1]
+    hidden = base_states["embeddings"].shape[1]
+    results = {
+        "tokens": int(len(sample)),
+        "hidden_size": int(hidden),
+        "layers": rows,
+        "weight_change": weight_change_per_block(base, tuned),
+        "verdict": {
+            "largest_delta_pr_layer": largest["layer"],
+            "largest_delta_pr": largest["delta_pr"],
+            "final_block": final_block["layer"],
+            "final_block_delta_pr": final_block["delta_pr"],
+            "final_block_delta_pr_per_hidden_size": final_block["delta_pr"] / hidden,
+            "final_block_is_largest": largest["layer"] == final_block["layer"],
+            "paper_final_block_delta_pr": PAPER_FINAL_BLOCK_DELTA_PR,
+            "paper_final_block_delta_pr_per_hidden_size": PAPER_FINAL_BLOCK_DELTA_PR / PAPER_HIDDEN_SIZE,
+        },
+    }
+    write_json(out_dir / "results.json", results)
+    write_text(out_dir / "table.md", geometry_table(results))
+    plot_geometry(results, out_dir / "geometry.png")
+    return results
+
+
+def geometry_table(results: dict) -> str:
+    v = results["verdict"]
+    lines = [
+        f"{results['tokens']} held-out token positions, hidden size {results['hidden_size']}. Largest increase of participation ratio: "
+        f"{v['largest_delta_pr_layer']} ({v['largest_delta_pr']:+.1f}); final block {v['final_block']}: Delta PR {v['final_block_delta_pr']:+.1f} "
+        f"({v['final_block_delta_pr_per_hidden_size']:+.4f} of the width) against the paper's +{PAPER_FINAL_BLOCK_DELTA_PR} "
+        f"({v['paper_final_block_delta_pr_per_hidden_size']:+.4f} of TinyLlama's width).",
+        "",
+        "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | PCA-90 base / hyp | TwoNN base / hyp | cosine | L2 | norm base / hyp | CKA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["layers"]:
+        lines.append(
+            f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | {r['delta_pr_std']:+.1f} | "
+            f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {r.get('twonn_base', float('nan')):.1f} / {r.get('twonn_hyperfitted', float('nan')):.1f} | "
+            f"{r['cosine']:.3f} | {r['l2']:.1f} | {r['norm_base']:.1f} / {r['norm_hyperfitted']:.1f} | {r['cka']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_geometry(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["layers"]
+    x = np.arange(len(rows))
+    figure, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    axes[0].plot(x, [r["delta_pr"] for r in rows], "o-", label="raw")
+    axes[0].plot(x, [r["delta_pr_std"] for r in rows], "s--", label="standardised")
+    axes[0].set_title("Delta participation ratio (hyperfitted - base)")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [r["cosine"] for r in rows], "o-", color="tab:green", label="cosine")
+    twin = axes[1].twinx()
+    twin.plot(x, [r["l2"] for r in rows], "s--", color="tab:purple", label="L2")
+    axes[1].set_title("Same token, two models: cosine (left), L2 (right)")
+    axes[2].bar(np.arange(len(results["weight_change"])), results["weight_change"], color="tab:orange")
+    axes[2].set_title("Relative weight change per block")
+    axes[2].set_xlabel("block")
+    for axis in axes[:2]:
+        axis.set_xticks(x[::max(1, len(x) // 8)])
+        axis.set_xticklabels([rows[i]["layer"].replace("block ", "b") for i in x[::max(1, len(x) // 8)]], fontsize=7)
+        axis.grid(alpha=0.3)
+    savefig(figure, path)
+    plt.close(figure)

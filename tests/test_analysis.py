@@ -1,0 +1,100 @@
+"""The mechanism analyses pinned on constructed cases whose answer is known."""
+
+import pytest
+import torch
+
+from hyperfitting.analysis.common import entropy_matched_temperature, mean_entropy, top1_agreement
+from hyperfitting.analysis.ranks import rank_statistics
+from hyperfitting.analysis.static_bias import ranks_of, static_delta, token_statistics
+from hyperfitting.generation.decoding import decode_batch
+from hyperfitting.generation.processors import RankTransplant, StaticLogitBias
+from tests.conftest import make_tiny_model
+
+
+@pytest.fixture()
+def base_logits():
+    return torch.randn(200, 50, generator=torch.Generator().manual_seed(0)) * 3
+
+
+def test_an_identical_model_gives_t_star_one(base_logits):
+    assert entropy_matched_temperature(base_logits, mean_entropy(base_logits)) == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("scale, expected", [(2.0, 0.5), (0.5, 2.0)])
+def test_entropy_matching_recovers_a_pure_temperature(base_logits, scale, expected):
+    # logits * 2 is the base model at T = 0.5; logits / 2 is the base model at T = 2.
+    target = mean_entropy(base_logits * scale)
+    t_star = entropy_matched_temperature(base_logits, target)
+    assert t_star == pytest.approx(expected, rel=5e-3)
+    assert mean_entropy(base_logits, t_star) == pytest.approx(target, abs=1e-3)
+
+
+def test_ranks_of():
+    assert ranks_of(torch.tensor([[0.1, 3.0, -1.0, 2.0]])).tolist() == [[3, 1, 4, 2]]
+
+
+def test_identical_models_have_no_overrides_and_no_rank_change(base_logits):
+    stats = rank_statistics(base_logits, base_logits.clone(), base_logits.argmax(-1))
+    assert stats["override_rate"] == 0.0
+    assert stats["promoted_tokens"] == 0
+    assert stats["kendall_tau_top_k"]["mean"] == pytest.approx(1.0)
+    tokens = token_statistics(base_logits, base_logits.clone())
+    assert tokens["rank_gain"].abs().max() == 0 and tokens["offset"].abs().max() < 1e-5
+
+
+def test_a_constant_logit_bias_is_detected_as_static(base_logits):
+    bias = torch.randn(50, generator=torch.Generator().manual_seed(1)) * 2
+    tuned = base_logits + bias
+    stats = rank_statistics(base_logits, tuned, tuned.argmax(-1))
+    assert stats["override_rate"] > 0.1  # the bias does change choices...
+    assert stats["context_dependence"]["static_share"] == pytest.approx(1.0, abs=1e-6)  # ...but the same way everywhere
+
+
+def test_a_context_dependent_reranking_is_not_static(base_logits):
+    tuned = base_logits + torch.randn(base_logits.shape, generator=torch.Generator().manual_seed(2)) * 2
+    share = rank_statistics(base_logits, tuned, tuned.argmax(-1))["context_dependence"]["static_share"]
+    assert share < 0.2
+
+
+def test_static_delta_keeps_only_the_top_gainers(base_logits):
+    bias = torch.zeros(50)
+    bias[[3, 7]] = 5.0
+    stats = token_statistics(base_logits, base_logits + bias)
+    delta, top = static_delta(stats, top_k=2)
+    assert sorted(top.tolist()) == [3, 7]
+    # log-prob offsets: the bias minus the change of the normaliser, the same for both tokens
+    assert float(delta[3]) == pytest.approx(float(delta[7]), abs=1e-4) and float(delta[3]) > 0
+    assert int((delta != 0).sum()) == 2
+
+
+def test_static_logit_bias_processor():
+    scores = torch.zeros(2, 4)
+    out = StaticLogitBias(torch.tensor([0.0, 1.0, 0.0, -1.0]), alpha=0.5)(None, scores)
+    assert out.tolist() == [[0.0, 0.5, 0.0, -0.5]] * 2
+
+
+def test_rank_transplant_with_itself_changes_nothing_and_tracks_left_padding():
+    model = make_tiny_model("llama")
+    prompts = [[5, 9, 14, 3], [40, 41]]
+    plain = decode_batch(model, prompts, 6, pad_token_id=0)
+    transplanted = decode_batch(model, prompts, 6, pad_token_id=0, processors=[RankTransplant(model)])
+    assert [o.token_ids for o in transplanted] == [o.token_ids for o in plain]
+    for a, b in zip(plain, transplanted):
+        assert a.entropy == pytest.approx(b.decoded_entropy, abs=1e-4)  # own profile on own ranking: same distribution
+
+
+def test_rank_transplant_swaps_profile_not_ranking():
+    scores = torch.tensor([[1.0, 3.0, 2.0]])
+
+    class Fixed(RankTransplant):
+        def logits(self, input_ids):
+            return torch.tensor([[0.0, 0.0, 10.0]])  # a sharp profile, ranking token 2 first
+
+    out = Fixed(None)(None, scores.clone())
+    assert out.argmax().item() == 1  # the decoding model's ranking is kept
+    assert torch.softmax(out, -1).max().item() == pytest.approx(torch.softmax(torch.tensor([0.0, 0.0, 10.0]), -1).max().item())
+
+
+def test_top1_agreement_of_a_model_with_itself_is_one():
+    model = make_tiny_model("qwen2")
+    assert top1_agreement(model, model, [[3, 4, 5]], [[6, 7, 8, 9]]) == 1.0

@@ -1,0 +1,101 @@
+"""The `hyperfit` command end to end, on a tiny model that uses the real tokenizer (seconds, not minutes)."""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from hyperfitting.cli import main
+
+WORDS = "river lamp garden window bell field house lane church wall evening light stone road hill"
+
+
+def run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["hyperfit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory, real_model_folder):
+    """A 2-block Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=2, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(real_model_folder / name, folder / name)
+    return folder
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    vocabulary = WORDS.split()
+    for i in range(6):
+        (folder / f"story{i}.txt").write_text(" ".join(rng.choice(vocabulary) for _ in range(400)) + ".\r\n")
+    return folder
+
+
+def _study_args(model, corpus, run_dir):
+    return [f"model.name={model}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=4",
+            "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=3", "data.prompt_tokens=8",
+            "data.reference_tokens=12", "train.epochs=2", "train.batch_size=2", "train.lr=1e-2", "train.blocks=last:1",
+            "train.diversity_prompts=2", "train.diversity_tokens=8", "generate.max_new_tokens=12", f"run_dir={run_dir}"]
+
+
+def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir))
+    assert code == 0, err
+    assert "| ttr | higher |" in out
+    for path in ("config.yaml", "results.md", "metrics.json", "data/prompts.jsonl", "base/generations.jsonl",
+                 "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json"):
+        assert (run_dir / path).exists(), path
+    row = json.loads((run_dir / "base" / "generations.jsonl").read_text().splitlines()[0])
+    assert len(row["continuation_ids"]) == len(row["entropy"]) == len(row["chosen_prob"]) == 12
+    log = [json.loads(line) for line in (run_dir / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2] and "ttr" in log[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    code, _, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir))
+    assert code == 2
+    assert f"Run folder '{run_dir}' already exists. Pass --resume to continue it" in err
+
+    # Resuming with the same config reuses every stage and reproduces the numbers.
+    code, out, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir), "--resume")
+    assert code == 0, err
+    assert "== train" not in out
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics["metrics"]
+
+
+def test_unknown_model_names_the_alternatives(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "generate", "model.name=no-such-org/no-such-model", "--prompt", "hi")
+    assert code == 2
+    assert "Model 'no-such-org/no-such-model' is not an embedded model, a local folder or a .gguf file" in err
+    assert "Embedded models: smollm2-135m" in err and "local folder holding config.json" in err
+
+
+def test_bad_override_is_reported_without_a_traceback(monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "train", "train.learning_rate=1")
+    assert code == 2 and err.startswith("error: Unknown config key 'train.learning_rate'")
+
+
+def test_list_shows_the_embedded_model_and_corpora(monkeypatch, capsys):
+    code, out, _ = run_cli(monkeypatch, capsys, "list")
+    assert code == 0
+    assert "smollm2-135m" in out and "fiction" in out and "wikipedia" in out

@@ -1,0 +1,77 @@
+"""The claims that matter, on the real embedded SmolLM2-135M (dequantised once, then cached)."""
+
+import pytest
+import torch
+
+from hyperfitting.config import GenerateArgs, load_config
+from hyperfitting.generation.decoding import generate
+from hyperfitting.training.hyperfit import hyperfit, save_trained
+from hyperfitting.training.methods import prepare_for_training
+from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["It was a dark and stormy night, and the", "The history of the city begins in the"]
+
+
+def _blocks(tokenizer, n=4, length=48):
+    text = ("The old house stood at the end of the lane, and every evening the lamps were lit in its windows "
+            "while the river ran past the garden wall and the bells of the church rang across the fields. ") * 8
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor([ids[i * length:(i + 1) * length] for i in range(n)])
+
+
+def test_trunk_cache_gradients_equal_the_full_forward_on_the_real_model(real_model, real_tokenizer):
+    config = load_config(overrides=["train.method=lora", "train.blocks=last:5"])
+    model, plan = prepare_for_training(real_model, config.train)
+    assert plan.first_trainable_block == 25
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)
+    ids = _blocks(real_tokenizer, n=2)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    cache = TrunkCache.build(model, 25, ids, batch_size=2, max_memory_gb=1.0)
+    with start_at_block(model, 25) as feed:
+        feed(cache[torch.arange(2)])
+        cached = model(input_ids=ids, labels=ids).loss
+    cached.backward()
+    assert cached.item() == pytest.approx(loss.item(), abs=1e-6)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter.grad, expected[name], atol=1e-7, rtol=1e-5)
+
+
+def test_greedy_generation_is_deterministic(real_model, real_tokenizer):
+    prompts = [real_tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    args = GenerateArgs(max_new_tokens=24)
+    first = generate(real_model, real_tokenizer, prompts, args, show_progress=False)
+    second = generate(real_model, real_tokenizer, prompts, args, show_progress=False)
+    assert [o.token_ids for o in first] == [o.token_ids for o in second]
+    assert all(len(o.token_ids) == 24 for o in first)
+
+
+def test_short_hyperfit_lowers_the_loss_and_the_adapter_loads_with_plain_peft(real_model, real_tokenizer, real_model_folder, tmp_path):
+    config = load_config(overrides=["train.epochs=3", "train.batch_size=2", "train.lr=3e-3", "train.lora_rank=16",
+                                    "train.diversity_every=0", "train.blocks=last:2"])
+    blocks = _blocks(real_tokenizer)
+    result = hyperfit(real_model, blocks, blocks[:1], config, tmp_path)
+    assert result.log[-1]["train_loss"] < 0.7 * result.log[0]["train_loss"]
+    folder = save_trained(result.model, real_tokenizer, result.plan, tmp_path)
+    assert (folder / "adapter_config.json").exists() and (folder / "adapter_model.safetensors").exists()
+
+    prompts = [real_tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    ours = generate(result.model, real_tokenizer, prompts, GenerateArgs(max_new_tokens=16), show_progress=False)
+
+    # Plain transformers + PEFT, no hyperfitting code: same tokens.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(real_model_folder, dtype=torch.float32)
+    plain = PeftModel.from_pretrained(base, folder).eval()
+    for prompt, expected in zip(prompts, ours):
+        ids = torch.tensor([prompt])
+        out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        assert out[0, len(prompt):].tolist() == expected.token_ids
