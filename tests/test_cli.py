@@ -55,7 +55,11 @@ def _study_args(model, corpus, run_dir):
     return [f"model.name={model}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=4",
             "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=3", "data.prompt_tokens=8",
             "data.reference_tokens=12", "train.epochs=2", "train.batch_size=2", "train.lr=1e-2", "train.blocks=last:1",
-            "train.diversity_prompts=2", "train.diversity_tokens=8", "generate.max_new_tokens=12", f"run_dir={run_dir}"]
+            "train.diversity_prompts=2", "train.diversity_tokens=8", "generate.max_new_tokens=12", f"run_dir={run_dir}",
+            "analysis.seeds=1", "analysis.max_new_tokens=6", "analysis.temperature_grid=[1.0]", "analysis.static_bias_alphas=[0.5]",
+            "analysis.static_bias_top_k=20", "analysis.max_positions=64", "analysis.geometry_tokens=32",
+            "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
+            "study.reader_prompts=2"]
 
 
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
@@ -64,8 +68,15 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code == 0, err
     assert "| ttr | higher |" in out
     for path in ("config.yaml", "results.md", "metrics.json", "data/prompts.jsonl", "base/generations.jsonl",
-                 "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json"):
+                 "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json",
+                 "analysis-temperature/frontier.png", "analysis-static-bias/table.md", "analysis-ranks/results.json",
+                 "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html"):
         assert (run_dir / path).exists(), path
+    claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
+    assert [c["number"] for c in claims] == [1, 2, 3, 4, 5]
+    assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
+    page = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in page and "Reader: generations side by side" in page and 'src="analysis-' not in page
     row = json.loads((run_dir / "base" / "generations.jsonl").read_text().splitlines()[0])
     assert len(row["continuation_ids"]) == len(row["entropy"]) == len(row["chosen_prob"]) == 12
     log = [json.loads(line) for line in (run_dir / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -81,6 +92,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code == 0, err
     assert "== train" not in out
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics["metrics"]
+
+    # The report rebuilds from the folder alone, and runs compare in one table.
+    code, out, err = run_cli(monkeypatch, capsys, "report", str(run_dir))
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, "compare", str(run_dir), str(run_dir))
+    assert code == 0 and out.count(str(run_dir)) == 2
 
 
 def test_unknown_model_names_the_alternatives(monkeypatch, capsys, tmp_path):

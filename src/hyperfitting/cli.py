@@ -171,6 +171,32 @@ def generate(arguments, prompts, prompts_file, output):
             print(json.dumps({"prompt": row["prompt"], "continuation": row["continuation"]}, ensure_ascii=False))
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report(run_dir):
+    """Rebuild report.md, report.html and the claims in metrics.json from a finished study folder."""
+    from hyperfitting.report.build import build_report
+
+    if not (Path(run_dir) / "metrics.json").exists():
+        raise HyperfitError(f"'{run_dir}' has no metrics.json: finish the study first (hyperfit study ... --resume).")
+    study = build_report(Path(run_dir))
+    for claim in study["claims"]:
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict']}")
+    print(f"Report: {Path(run_dir) / 'report.html'}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+def compare(run_dirs):
+    """One table over several finished studies (other models, corpora or seeds)."""
+    from hyperfitting.report.build import compare_runs
+
+    missing = [d for d in run_dirs if not (Path(d) / "metrics.json").exists()]
+    if missing:
+        raise HyperfitError(f"No finished study in {missing[0]} (metrics.json is missing).")
+    print(compare_runs([Path(d) for d in run_dirs]))
+
+
 @cli.command(name="list")
 def list_embedded():
     """List the embedded models, corpora and config presets."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -186,6 +187,34 @@ class AnalysisArgs:
 
 
 @dataclass
+class StudyArgs:
+    analyses: list[str] = field(default_factory=lambda: ["temperature", "static-bias", "ranks", "geometry"])
+    """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry)."""
+    controls: list[str] = field(default_factory=lambda: ["lora:last:5", "lora:first:5", "lora:all", "full"])
+    """Where-to-adapt controls, trained on the same data and budget: lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
+    controls_train_blocks: int = 16
+    """Training blocks for each control (a subset of the study's, so the controls fit a CPU budget)."""
+    controls_epochs: int = 8
+    """Epochs for each control."""
+    controls_lr_lora: float = 3e-3
+    """Learning rate of the LoRA controls."""
+    controls_lr_full: float = 1e-4
+    """Learning rate of the full fine-tuning control."""
+    mauve: bool = True
+    """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
+    reader_prompts: int = 8
+    """Prompts shown in the report's side-by-side reader."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.analyses) - {"temperature", "static-bias", "ranks", "geometry"})
+        if unknown:
+            raise ConfigError(f"study.analyses: unknown analysis {unknown[0]!r}; choose from temperature, static-bias, ranks, geometry.")
+        for spec in self.controls:
+            if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
+                raise ConfigError(f"study.controls: cannot read {spec!r}; use lora:last:K, lora:first:K, lora:all or full.")
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs; written next to every output as config.yaml."""
 
@@ -196,6 +225,7 @@ class RunConfig:
     train: TrainArgs = field(default_factory=TrainArgs)
     generate: GenerateArgs = field(default_factory=GenerateArgs)
     analysis: AnalysisArgs = field(default_factory=AnalysisArgs)
+    study: StudyArgs = field(default_factory=StudyArgs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -135,4 +135,9 @@ class Stage:
         return self.dir
 
     def finish(self, wall_seconds: float, **extra: Any) -> None:
-        write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2), **extra})
+        import resource
+
+        # ru_maxrss is the process's peak so far (KiB on Linux): a stage's own peak is at most this.
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2),
+                                     "process_peak_memory_mib": round(peak_mib), **extra})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -114,12 +115,26 @@ def path_summary(continuations: Sequence[Continuation]) -> dict[str, float]:
     }
 
 
+_DECODED: dict[tuple, tuple[weakref.ref, list[Continuation]]] = {}
+
+
 def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
            processors: Sequence[LogitsProcessor] = (), desc: str = "") -> list[Continuation]:
-    """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p)."""
+    """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p).
+
+    Plain decodes (no processors) are remembered for the life of the model, so analyses that
+    need the same setting (greedy paths, base sampling at T=1 for several seeds) share one run.
+    """
     args = replace(config.generate, max_new_tokens=config.analysis.max_new_tokens, do_sample=temperature is not None,
                    temperature=temperature or 1.0, top_k=0, top_p=1.0, seed=seed, citation_blocker=False)
-    return generate(model, tokenizer, prompts, args, processors, desc=desc)
+    key = (id(model), hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
+           round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size)
+    if not processors and key in _DECODED and _DECODED[key][0]() is model:
+        return _DECODED[key][1]
+    outputs = generate(model, tokenizer, prompts, args, processors, desc=desc)
+    if not processors:
+        _DECODED[key] = (weakref.ref(model), outputs)
+    return outputs
 
 
 def mean_and_spread(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

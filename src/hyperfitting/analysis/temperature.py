@@ -55,14 +55,9 @@ def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     # 2. The control, over seeds. T* from teacher forcing is the primary one (it does not depend on a decoding path).
     primary = t_star["teacher_forced"]
 
-    runs: dict[tuple, list] = {}
-
     def sample_once(model, temperature, seed, label):
-        # Memoised: the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
-        key = (id(model), round(temperature, 6), seed)
-        if key not in runs:
-            runs[key] = decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}")
-        return runs[key]
+        # `decode` remembers plain runs: the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
+        return decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}")
 
     def sampled(model, temperature, label):
         rows = []

@@ -179,8 +179,47 @@ def environment_record() -> dict:
     }
 
 
+def quality_stage(config: RunConfig, run_dir: Path, data: PreparedData, base_model, tokenizer) -> dict:
+    """MAUVE of base and hyperfitted continuations against the human ones, and the reader's rank-coloured tokens."""
+    from hyperfitting.report.quality import base_ranks_of_path, continuation_features, mauve_score
+
+    stage = Stage(run_dir, "quality", config.fingerprint("model", "data", "train", "generate", "study"))
+    if stage.done:
+        return read_json(stage.dir / "results.json")
+    _banner("quality: MAUVE and the side-by-side reader")
+    started = time.perf_counter()
+    folder = stage.start()
+    generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in ("base", "hyperfitted")}
+    results: dict = {"mauve": {}, "reader": [], "samples": 0}
+    if config.study.mauve:
+        for corpus, prompts in data.prompts.items():
+            rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in generations}
+            prompt_ids = [p.prompt_ids for p in prompts]
+            human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts])
+            results["mauve"][corpus] = {
+                name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]]))
+                for name in rows
+            }
+            results["samples"] = len(prompts)
+    reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
+    for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
+        item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
+        for name in ("base", "hyperfitted"):
+            row = [g for g in generations[name] if g["corpus"] == reader_corpus][index]
+            item[f"{name}_tokens"] = [tokenizer.decode([t]) for t in row["continuation_ids"]]
+            item[f"{name}_ranks"] = base_ranks_of_path(base_model, prompt.prompt_ids, row["continuation_ids"])
+        results["reader"].append(item)
+    write_json(folder / "results.json", results)
+    stage.finish(time.perf_counter() - started)
+    return results
+
+
 def run_study(config: RunConfig, run_dir: Path) -> dict:
-    """The main job: base evaluation, hyperfitting, hyperfitted evaluation, the table side by side."""
+    """The whole investigation: evaluate the base model, hyperfit, evaluate, analyse, control, report."""
+    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
+    from hyperfitting.pipeline.controls import controls_stage
+    from hyperfitting.report.build import build_report
+
     started = time.perf_counter()
     base_model, tokenizer = load_model(config.model)
     data = data_stage(config, run_dir, tokenizer)
@@ -197,22 +236,36 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         columns[f"{corpus}: human"] = base[f"{corpus}:human"]
     train_summary = read_json(train_folder / "summary.json")
     table = comparison_table(columns)
-    results = {
-        "train": train_summary,
-        "train_log": read_jsonl(train_folder / "train_log.jsonl"),
-        "metrics": {"base": base, "hyperfitted": tuned},
-        "data": data.manifest,
-        "environment": environment_record(),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    write_json(run_dir / "metrics.json", results)
     write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
     print("\n" + table)
     print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
           f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
-    print(f"Outputs in {run_dir}/ (results.md, metrics.json, generations under base/ and hyperfitted/, "
-          f"{'adapter' if train_summary['method'] == 'lora' else 'model'} under train/).")
-    return results
+
+    analysed = replace(config, analysis=replace(config.analysis, hyperfitted=str(train_folder)))
+    if config.study.analyses:
+        context = AnalysisContext(analysed, data, models=(base_model, tuned_model, tokenizer))
+        for name in config.study.analyses:
+            analysis_stage(name, context, run_dir)
+    prompts = [p.prompt_ids for c in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[c]]
+    controls_stage(analysed, run_dir, data, prompts, base_model, tokenizer)
+    quality_stage(config, run_dir, data, base_model, tokenizer)
+
+    results = {
+        "train": train_summary,
+        "train_log": read_jsonl(train_folder / "train_log.jsonl"),
+        "metrics": {"base": base, "hyperfitted": tuned},
+        "data": {**data.manifest, "fingerprint": data.fingerprint},
+        "environment": environment_record(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_json(run_dir / "metrics.json", results)
+    study = build_report(run_dir)
+    _banner("claims")
+    for claim in study["claims"]:
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()} ({claim['evidence']})")
+    print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
+          f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
+    return study
 
 
 def _results_markdown(config: RunConfig, train_summary: dict, table: str) -> str:
