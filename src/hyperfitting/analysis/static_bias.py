@@ -78,7 +78,8 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     full_vocabulary = summary(decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(stats["offset"], 1.0)],
                                      desc="full-vocabulary offset"))
     alphas = [row["alpha"] for row in curve]
-    correlation = spearmanr(alphas, [row["trigram_rep"] for row in curve])
+    repetition = [row["trigram_rep"] for row in curve]
+    correlation = spearmanr(alphas, repetition) if len(set(repetition)) > 1 else None  # undefined for a constant series
     results = {
         "top_k": args.static_bias_top_k,
         "top_tokens": [tokenizer.decode([int(i)]) for i in top[:30]],
@@ -87,7 +88,8 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
         "curve": curve,
         "full_vocabulary_offset": full_vocabulary,
         "hyperfitted": summary(tuned_greedy),
-        "spearman_alpha_vs_trigram_rep": {"rho": float(correlation.statistic), "p_value": float(correlation.pvalue)},
+        "spearman_alpha_vs_trigram_rep": {"rho": float(correlation.statistic) if correlation else float("nan"),
+                                          "p_value": float(correlation.pvalue) if correlation else float("nan")},
         "paper": {"ttr_at_alpha_0.5": PAPER_TTR_AT_ALPHA_05},
     }
     write_json(out_dir / "results.json", results)

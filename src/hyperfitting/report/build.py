@@ -59,8 +59,8 @@ def plot_training_curve(log: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def _image(path: Path, alt: str) -> str:
-    return f"![{alt}]({path.as_posix()})\n" if path.exists() else ""
+def _image(run_dir: Path, relative: str, alt: str) -> str:
+    return f"![{alt}]({relative})\n" if (run_dir / relative).exists() else ""
 
 
 def build_report(run_dir: Path) -> dict:
@@ -87,7 +87,7 @@ def build_report(run_dir: Path) -> dict:
            f"{train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]} ({train['trainable_parameters']:,} of "
            f"{train['total_parameters']:,} parameters trainable); training loss {train['initial_train_loss']:.3f} -> "
            f"{train['final_train_loss']:.3f} in {train['train_seconds']:.0f} s (trunk cache built in {train['trunk_cache_seconds']:.0f} s).", "",
-           _image(Path("report-figures/training_curve.png"), "training curve"), ""]
+           _image(run_dir, "report-figures/training_curve.png", "training curve"), ""]
     md += ["## Base and hyperfitted generation beside the human text", "", (run_dir / "results.md").read_text().split("\n\n", 3)[-1], ""]
     if quality:
         md += ["### Quality", "", f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
@@ -99,7 +99,7 @@ def build_report(run_dir: Path) -> dict:
                 ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png")]
     for name, title, image in sections:
         if analyses[name]:
-            md += [f"## {title}", "", (run_dir / f"analysis-{name}" / "table.md").read_text(), _image(Path(f"analysis-{name}/{image}"), title), ""]
+            md += [f"## {title}", "", (run_dir / f"analysis-{name}" / "table.md").read_text(), _image(run_dir, f"analysis-{name}/{image}", title), ""]
     if controls:
         md += ["## Claim 5: where to adapt", "", (run_dir / "controls" / "table.md").read_text(), ""]
     md += ["## Reproduce", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", "",

@@ -169,7 +169,7 @@ def hyperfit(
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            losses.append(float(loss))
+            losses.append(loss.item())
             elapsed = time.perf_counter() - epoch_started
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * block_tokens / elapsed:.0f}")
         seconds = time.perf_counter() - epoch_started

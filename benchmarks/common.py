@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: the model, the machine's matmul peak, timing."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def matmul_peak_gflops(dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
+    """Best of ``repeats`` size^3 matrix multiplies, measured in this process (the roofline for MFU)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def load_embedded():
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.models.loading import load_model
+
+    return load_model(ModelArgs(name="smollm2-135m"))
+
+
+def timed(function, *args, **kwargs):
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - started
+
+
+def forward_flops_per_token(model, blocks: range | None = None, with_head: bool = True, context: int = 128) -> float:
+    """2 x (matmul parameters touched) + attention score/value products, per token, for a forward pass."""
+    from hyperfitting.models.blocks import find_block_stack
+
+    stack = find_block_stack(model)
+    chosen = range(len(stack)) if blocks is None else blocks
+    flops = 0.0
+    for index in chosen:
+        for module in stack.blocks[index].modules():
+            if isinstance(module, torch.nn.Linear):
+                flops += 2 * module.in_features * module.out_features
+        config = model.config
+        flops += 2 * 2 * context / 2 * config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    if with_head:
+        head = model.get_output_embeddings()
+        flops += 2 * head.in_features * head.out_features
+    return flops
