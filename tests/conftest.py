@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -69,3 +70,36 @@ def real_model(real_model_folder):
     from hyperfitting.models.loading import load_model
 
     return load_model(ModelArgs(name="smollm2-135m"))[0]
+
+
+WORDS = "river lamp garden window bell field house lane church wall evening light stone road hill"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory, real_model_folder):
+    """A 2-block Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=2, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(real_model_folder / name, folder / name)
+    return folder
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    vocabulary = WORDS.split()
+    for i in range(6):
+        (folder / f"story{i}.txt").write_text(" ".join(rng.choice(vocabulary) for _ in range(400)) + ".\r\n")
+    return folder
+
+

@@ -98,3 +98,9 @@ def test_rank_transplant_swaps_profile_not_ranking():
 def test_top1_agreement_of_a_model_with_itself_is_one():
     model = make_tiny_model("qwen2")
     assert top1_agreement(model, model, [[3, 4, 5]], [[6, 7, 8, 9]]) == 1.0
+
+
+def test_the_logit_offset_of_a_constant_bias_is_the_bias(base_logits):
+    bias = torch.randn(50, generator=torch.Generator().manual_seed(3))
+    stats = token_statistics(base_logits, base_logits + bias, offset_of="logits")
+    torch.testing.assert_close(stats["offset"], bias, atol=1e-5, rtol=0)

@@ -71,7 +71,10 @@ def test_short_hyperfit_lowers_the_loss_and_the_adapter_loads_with_plain_peft(re
 
     base = AutoModelForCausalLM.from_pretrained(real_model_folder, dtype=torch.float32)
     plain = PeftModel.from_pretrained(base, folder).eval()
+    from transformers import GenerationConfig
+
+    open_ended = GenerationConfig(max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=real_tokenizer.pad_token_id)
     for prompt, expected in zip(prompts, ours):
         ids = torch.tensor([prompt])
-        out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=open_ended)
         assert out[0, len(prompt):].tolist() == expected.token_ids

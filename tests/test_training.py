@@ -79,3 +79,17 @@ def test_resuming_from_a_checkpoint_reaches_the_same_weights(tmp_path):
 def test_a_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
     with pytest.raises(DivergenceError, match=r"The training loss became (nan|inf) in epoch 1\. The last good checkpoint"):
         _tiny_run(tmp_path, "train.lr=1e30", "train.method=full", "train.blocks=all", "train.epochs=2")
+
+
+def test_preflight_refuses_a_run_that_cannot_fit(tmp_path):
+    from hyperfitting.training import preflight
+
+    model = make_tiny_model("llama")
+    need = preflight.estimate(model, 10**6, 0, 3, False, 4, 2, 16, 2, 2.0)
+    preflight.check_fits(need, torch.device("cpu"), tmp_path)  # a tiny run fits
+    huge = preflight.Estimate(weights=10**15, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
+    with pytest.raises(preflight.ResourceError, match=r"This run needs about 931322\.6 GiB of RAM .* Lower train.batch_size"):
+        preflight.check_fits(huge, torch.device("cpu"), tmp_path)
+    disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=10**16, activations=0, saved_output=0)
+    with pytest.raises(preflight.ResourceError, match="of disk in"):
+        preflight.check_fits(disk, torch.device("cpu"), tmp_path)

@@ -34,6 +34,8 @@ class ModelArgs:
     """Run Python code shipped with a hub model. Off unless you trust the source."""
     allow_download: bool = False
     """Let transformers contact the hub. Off by default, so nothing ever waits on a network."""
+    allow_pickle: bool = False
+    """Accept weights stored as pickle (.bin/.pt), which can run code when loaded. Off: safetensors only."""
 
 
 @dataclass
@@ -107,6 +109,8 @@ class TrainArgs:
     """Prompts in that fixed subset."""
     diversity_tokens: int = 64
     """New tokens generated for each of them."""
+    probe_geometry: bool = True
+    """At the same epochs, measure the final block's Delta PR against the base model (the expansion's dynamics)."""
     seed: int = 0
     """Seed for initialisation of adapters and the order of batches."""
 
@@ -174,6 +178,8 @@ class AnalysisArgs:
     """K: tokens with the largest mean rank gain that receive the static offset."""
     static_bias_alphas: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
     """Scales alpha of the static offset delta added to the base model's logits."""
+    static_bias_offset: Literal["logits", "logprobs"] = "logits"
+    """Offset measured on raw logits (the paper's definition) or on log-probabilities (free of each context's normaliser)."""
     rank_top_k: int = 10
     """Length of the top-k lists compared by Kendall's tau."""
     geometry_tokens: int = 2048

@@ -23,6 +23,19 @@ ExistingPolicy = Literal["refuse", "resume", "overwrite"]
 MARKER = "hyperfit-run.json"
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun / accelerate launch job (only rank 0 writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across processes, a no-op in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -40,6 +53,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    if not is_main_process():
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
@@ -50,13 +65,6 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
-
-
-def append_jsonl(path: str | Path, row: dict[str, Any]) -> None:
-    """Append one line; a line is small enough that a kill leaves at most a torn last line, which readers skip."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
-        handle.flush()
 
 
 def read_json(path: str | Path) -> Any:
@@ -82,8 +90,18 @@ def _json_default(value: Any) -> Any:
 
 
 def prepare_run_dir(config: RunConfig, existing: ExistingPolicy = "refuse") -> Path:
-    """Create (or reopen) the run folder and write the resolved config into it."""
+    """Create (or reopen) the run folder and write the resolved config into it (rank 0 decides; the others wait)."""
     run_dir = Path(config.run_dir)
+    if not is_main_process():
+        wait_for_everyone()
+        return run_dir
+    try:
+        return _prepare_run_dir(run_dir, config, existing)
+    finally:
+        wait_for_everyone()
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, existing: ExistingPolicy) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()):
         if existing == "refuse":
             raise RunDirError(
@@ -99,14 +117,6 @@ def prepare_run_dir(config: RunConfig, existing: ExistingPolicy = "refuse") -> P
         write_json(run_dir / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     write_text(run_dir / "config.yaml", dump_config(config))
     return run_dir
-
-
-def inside_run_dir(run_dir: Path, relative: str) -> Path:
-    """Resolve a path named in a config, refusing one that escapes the run folder."""
-    target = (run_dir / relative).resolve()
-    if not target.is_relative_to(run_dir.resolve()):
-        raise RunDirError(f"Path '{relative}' points outside the run folder '{run_dir}'; use a path inside it.")
-    return target
 
 
 class Stage:
@@ -129,9 +139,17 @@ class Stage:
         return read_json(self._done_file).get("fingerprint") == self.fingerprint
 
     def start(self) -> Path:
-        if self._done_file.exists():
-            self._done_file.unlink()  # inputs changed: redo
+        """Open the stage folder. Partial work (a training checkpoint) is kept only if it was made with the same inputs."""
+        started_file = self.dir / "stage-started.json"
+        if not is_main_process():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            return self.dir
+        if started_file.exists() and read_json(started_file).get("fingerprint") != self.fingerprint:
+            shutil.rmtree(self.dir)  # made with other inputs: resuming it would mix two configs
+        elif self._done_file.exists():
+            self._done_file.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(started_file, {"fingerprint": self.fingerprint})
         return self.dir
 
     def finish(self, wall_seconds: float, **extra: Any) -> None:

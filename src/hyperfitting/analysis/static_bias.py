@@ -2,10 +2,10 @@
 logits at every step, reproduce what hyperfitting does?
 
 Over held-out contexts we measure, per vocabulary token, the mean rank gain (base rank minus
-hyperfitted rank) and the mean log-probability offset (hyperfitted minus base; log-probs,
-not raw logits, because raw logits carry an arbitrary per-context shift). The K tokens with
-the largest rank gain get their mean offset in ``delta`` (zero elsewhere), and the base
-model decodes greedily with ``z + alpha * delta``.
+hyperfitted rank) and the mean offset (hyperfitted minus base): of raw logits by default, as
+the paper defines it, or of log-probabilities, which removes each context's arbitrary
+normaliser. The K tokens with the largest rank gain get their mean offset in ``delta`` (zero
+elsewhere), and the base model decodes greedily with ``z + alpha * delta``.
 """
 
 from __future__ import annotations
@@ -31,15 +31,19 @@ def ranks_of(logits: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict[str, torch.Tensor]:
-    """Per token: mean rank gain and mean log-probability offset over the contexts (rows)."""
+def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, offset_of: str = "logprobs"
+                     ) -> dict[str, torch.Tensor]:
+    """Per token: mean rank gain and mean offset (of ``offset_of``: logits or logprobs) over the contexts (rows)."""
     vocabulary = base_logits.shape[1]
     rank_gain = torch.zeros(vocabulary, dtype=torch.float64)
     offset = torch.zeros(vocabulary, dtype=torch.float64)
     for start in range(0, len(base_logits), chunk):
         base, tuned = base_logits[start:start + chunk], tuned_logits[start:start + chunk]
         rank_gain += (ranks_of(base).double() - ranks_of(tuned).double()).sum(0)
-        offset += (torch.log_softmax(tuned, -1) - torch.log_softmax(base, -1)).double().sum(0)
+        if offset_of == "logits":
+            offset += (tuned - base).double().sum(0)
+        else:
+            offset += (torch.log_softmax(tuned, -1) - torch.log_softmax(base, -1)).double().sum(0)
     count = max(1, len(base_logits))
     return {"rank_gain": (rank_gain / count).float(), "offset": (offset / count).float()}
 
@@ -61,7 +65,7 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     heldout = heldout_blocks.tolist()
     starts = [1] * len(heldout)
     stats = token_statistics(stacked_logits(base, heldout, starts, args.max_positions),
-                             stacked_logits(tuned, heldout, starts, args.max_positions))
+                             stacked_logits(tuned, heldout, starts, args.max_positions), offset_of=args.static_bias_offset)
     delta, top = static_delta(stats, args.static_bias_top_k)
 
     def summary(outputs):
@@ -82,6 +86,7 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     correlation = spearmanr(alphas, repetition) if len(set(repetition)) > 1 else None  # undefined for a constant series
     results = {
         "top_k": args.static_bias_top_k,
+        "offset_of": args.static_bias_offset,
         "top_tokens": [tokenizer.decode([int(i)]) for i in top[:30]],
         "mean_rank_gain_of_top_k": float(stats["rank_gain"][top].mean()),
         "mean_offset_of_top_k": float(stats["offset"][top].mean()),
@@ -101,7 +106,8 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
 def static_bias_table(results: dict) -> str:
     lines = [
         f"Static offset on the K={results['top_k']} tokens with the largest mean rank gain "
-        f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean offset {results['mean_offset_of_top_k']:+.2f} nats); "
+        f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} offset "
+        f"{results['mean_offset_of_top_k']:+.2f}); "
         f"greedy decoding of the base model with z + alpha * delta.",
         "",
         "| setting | ttr | bigram_rep | trigram_rep | diversity |",

@@ -26,6 +26,7 @@ PAPER = {
     "hyperfitted": {"ttr": 0.684, "bigram_rep": 0.140, "trigram_rep": 0.069, "top1_agreement": 0.570, "entropy": 0.862},
 }
 COLUMNS = ["ttr", "bigram_rep", "trigram_rep", "top1_agreement", "entropy"]
+GREEDY_SETTINGS = ("hyperfitted", "base, greedy")  # deterministic: one decode, no spread
 
 
 def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
@@ -115,7 +116,8 @@ def temperature_table(results: dict) -> str:
         "|---|" + "---|" * len(COLUMNS),
     ]
     for name, row in results["table"].items():
-        cells = [f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" if row[c]["std"] > 0 else f"{row[c]['mean']:.3f}" for c in COLUMNS]
+        sampled = name not in GREEDY_SETTINGS and results["seeds"] > 1
+        cells = [f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" if sampled else f"{row[c]['mean']:.3f}" for c in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if name in PAPER:
             lines.append(f"| *paper: {name}* | " + " | ".join(f"*{PAPER[name][c]:.3f}*" for c in COLUMNS) + " |")

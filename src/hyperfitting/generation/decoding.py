@@ -11,7 +11,7 @@ distribution, the entropy, the top-1 probability and the chosen token's probabil
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -65,8 +65,9 @@ def decode_batch(
     do_sample: bool = False,
     processors: Sequence[LogitsProcessor] = (),
     generator: torch.Generator | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[Continuation]:
-    """Decode one batch of prompts (lists of token ids) together."""
+    """Decode one batch of prompts (lists of token ids) together; ``on_step`` is called after every new token."""
     device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -130,10 +131,39 @@ def decode_batch(
         attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=attention_mask.dtype, device=device)], dim=1)
         step_input = next_tokens[:, None]
         step_positions = step_positions[:, -1:] + 1
+        if on_step is not None:
+            on_step()
     return outputs
 
 
 def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    args: GenerateArgs,
+    extra_processors: Sequence[LogitsProcessor] = (),
+    desc: str = "generating",
+    show_progress: bool = True,
+) -> list[Continuation]:
+    """Continue every prompt; under several processes (torchrun, accelerate launch) each decodes its share
+    of the prompts and every process gets all continuations back, in the prompts' order."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return _generate_here(model, tokenizer, prompts, args, extra_processors, desc, show_progress)
+    from accelerate.utils import gather_object
+
+    with state.split_between_processes(list(range(len(prompts)))) as mine:
+        # Sampling seeds are offset per process: the same seed on every shard would correlate them.
+        local_args = replace(args, seed=args.seed + state.process_index) if args.do_sample else args
+        local = _generate_here(model, tokenizer, [prompts[i] for i in mine], local_args, extra_processors, desc,
+                               show_progress and state.is_main_process)
+        gathered = gather_object([(i, c) for i, c in zip(mine, local)])
+    return [c for _, c in sorted(gathered, key=lambda pair: pair[0])]
+
+
+def _generate_here(
     model,
     tokenizer,
     prompts: Sequence[Sequence[int]],
@@ -153,7 +183,9 @@ def generate(
     eos = tokenizer.eos_token_id if args.stop_at_eos else None
     results: list[Continuation] = []
     starts = range(0, len(prompts), args.batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not show_progress, leave=False):
+    # One tick per decoding step of a batch, so long batches show progress and tokens/s.
+    bar = tqdm(total=len(starts) * args.max_new_tokens, desc=desc, unit="step", disable=not show_progress, leave=False)
+    for batch_index, start in enumerate(starts):
         results += decode_batch(
             model,
             prompts[start : start + args.batch_size],
@@ -163,5 +195,8 @@ def generate(
             do_sample=args.do_sample,
             processors=processors,
             generator=generator,
+            on_step=bar.update,
         )
+        bar.update((batch_index + 1) * args.max_new_tokens - bar.n)  # catch up after a batch that stopped early at EOS
+    bar.close()
     return results

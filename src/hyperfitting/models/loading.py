@@ -153,9 +153,14 @@ def load_model(args: ModelArgs, for_training: bool = False):
             dtype=DTYPES[args.dtype],
             local_files_only=not args.allow_download,
             trust_remote_code=args.trust_remote_code,
-            use_safetensors=True,  # never unpickle weights
+            use_safetensors=not args.allow_pickle,  # pickle can run code: refused unless asked for
         )
     except OSError as error:
+        if not args.allow_pickle and Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):
+            raise ModelError(
+                f"'{source}' holds no .safetensors weights, only pickle files (.bin/.pt), which can run code when loaded. "
+                f"Convert them to safetensors, or pass model.allow_pickle=true if you trust their source."
+            ) from error
         if not local_only and not args.allow_download:
             raise ModelError(unknown_model_message(args.name)) from error
         raise ModelError(f"Could not load model '{args.name}': {error}") from error

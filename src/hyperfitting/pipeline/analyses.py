@@ -48,7 +48,9 @@ def analysis_stage(name: str, context: AnalysisContext, run_dir: Path) -> dict:
     stage = Stage(run_dir, f"analysis-{name}", config.fingerprint("model", "data", "generate", "analysis") + str(config.train))
     if stage.done:
         return read_json(stage.dir / "results.json")
-    print(f"\n== analysis: {name}", flush=True)
+    from hyperfitting.pipeline.stages import announce_stage
+
+    announce_stage(f"analysis: {name}", f"analysis-{name}")
     started = time.perf_counter()
     folder = stage.start()
     if name == "temperature":

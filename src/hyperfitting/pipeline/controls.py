@@ -48,7 +48,8 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
         train_config = replace(config, train=control_train_args(config, spec))
         model, _ = load_model(config.model, for_training=True)
         started = time.perf_counter()
-        trained = hyperfit(model, blocks, data.heldout_blocks, train_config, folder)
+        # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
+        trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)
         wall = time.perf_counter() - started
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         tuned = trained.model.eval()
@@ -97,7 +98,9 @@ def controls_stage(config: RunConfig, run_dir: Path, data: PreparedData, prompts
     stage = Stage(run_dir, "controls", config.fingerprint("model", "data", "train", "study", "analysis"))
     if stage.done:
         return read_json(stage.dir / "results.json")
-    print("\n== controls: where to adapt (same data and budget)", flush=True)
+    from hyperfitting.pipeline.stages import announce_stage
+
+    announce_stage("controls: where to adapt (same data and budget)", "controls")
     started = time.perf_counter()
     folder = stage.start()
     results = run_controls(config, data, prompts, base, tokenizer, folder)

@@ -23,12 +23,47 @@ from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
-from hyperfitting.rundir import Stage, read_json, read_jsonl, write_json, write_jsonl, write_text
+from hyperfitting.rundir import Stage, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
 from hyperfitting.training.hyperfit import hyperfit, save_trained
 
 
-def _banner(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+# Seconds each stage of the quick preset took on a 2-core CPU: only their proportions matter, to
+# turn the time spent so far into an estimate of the time left.
+STAGE_WEIGHTS = {"data": 11, "base": 82, "train": 410, "hyperfitted": 68, "analysis-temperature": 170,
+                 "analysis-static-bias": 50, "analysis-ranks": 115, "analysis-geometry": 35, "controls": 220, "quality": 30}
+
+
+class StudyClock:
+    """Prints which stage runs, how long the study has taken and roughly how long it has left.
+
+    It reads the run folder: stages with a stage-done.json count as done, and those finished
+    in this invocation tell how fast this machine is relative to STAGE_WEIGHTS.
+    """
+
+    def __init__(self, run_dir: Path, planned: list[str]):
+        self.run_dir = run_dir
+        self.planned = planned
+        self.started = time.time()
+
+    def begin(self, name: str, text: str) -> None:
+        done = [n for n in self.planned if n != name and (self.run_dir / n / "stage-done.json").exists()]
+        ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
+        spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
+        weight_ran = sum(STAGE_WEIGHTS.get(n, 60) for n in ran_now)
+        remaining = sum(STAGE_WEIGHTS.get(n, 60) for n in self.planned if n not in done)
+        eta = f", about {remaining * spent / weight_ran / 60:.0f} min left" if weight_ran else ""
+        index = self.planned.index(name) + 1 if name in self.planned else "?"
+        print(f"\n== [{index}/{len(self.planned)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
+
+
+CLOCK: StudyClock | None = None
+
+
+def announce_stage(text: str, name: str = "") -> None:
+    if CLOCK is not None and name:
+        CLOCK.begin(name, text)
+    else:
+        print(f"\n== {text}", flush=True)
 
 
 # ------------------------------------------------------------------------------ data
@@ -38,7 +73,7 @@ def data_stage(config: RunConfig, run_dir: Path, tokenizer) -> PreparedData:
     stage = Stage(run_dir, "data", config.fingerprint("data") + config.model.name)
     if stage.done:
         return load_prepared(stage.dir)
-    _banner("data: loading, cleaning and splitting the corpora")
+    announce_stage("data: loading, cleaning and splitting the corpora", "data")
     started = time.perf_counter()
     folder = stage.start()
     data = prepare_data(config.data, tokenizer)
@@ -69,7 +104,7 @@ def evaluation_stage(name: str, config: RunConfig, run_dir: Path, data: Prepared
     stage = Stage(run_dir, name, config.fingerprint(*depends_on) + config.model.name)
     if stage.done:
         return read_json(stage.dir / "metrics.json")
-    _banner(f"{name}: greedy continuations of the evaluation prompts" if not config.generate.do_sample else f"{name}: sampled continuations")
+    announce_stage(f"{name}: {'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts", name)
     started = time.perf_counter()
     folder = stage.start()
     # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
@@ -87,20 +122,35 @@ def evaluation_stage(name: str, config: RunConfig, run_dir: Path, data: Prepared
     return metrics
 
 
-def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig):
-    """Greedy diversity on a fixed prompt subset: the hyperfitting curve, measured during training."""
+def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout_blocks=None):
+    """Greedy diversity on a fixed prompt subset, and optionally the final block's Delta PR: the
+    hyperfitting curve and the expansion's dynamics, measured during training."""
+    from hyperfitting.analysis.common import sample_positions
+    from hyperfitting.analysis.geometry import participation_ratio
     from hyperfitting.generation.decoding import generate
 
     subset = [p.prompt_ids for p in prompts[: config.train.diversity_prompts]]
     args = replace(config.generate, do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1)
+    geometry = config.train.probe_geometry and heldout_blocks is not None and len(heldout_blocks) > 0
+    sample = sample_positions(heldout_blocks.numel(), config.analysis.geometry_tokens, config.data.seed) if geometry else None
+
+    def final_block_pr(model) -> float:
+        from hyperfitting.analysis.geometry import hidden_states_at
+
+        states = hidden_states_at(model, heldout_blocks, sample)
+        last_block = [name for name in states if name.startswith("block")][-1]
+        return participation_ratio(states[last_block])
 
     def probe(model) -> dict:
-        if not subset:
-            return {}
-        outputs = generate(model, tokenizer, subset, args, show_progress=False)
-        ids = [o.token_ids for o in outputs]
-        entropy = [v for o in outputs for v in o.entropy]
-        return {"ttr": ttr(ids), "distinct_3": distinct_n(ids, 3), "seq_rep_3": seq_rep_n(ids, 3), "greedy_entropy": sum(entropy) / len(entropy)}
+        row: dict = {}
+        if subset:
+            outputs = generate(model, tokenizer, subset, args, show_progress=False)
+            ids = [o.token_ids for o in outputs]
+            entropy = [v for o in outputs for v in o.entropy]
+            row.update(ttr=ttr(ids), distinct_3=distinct_n(ids, 3), seq_rep_3=seq_rep_n(ids, 3), greedy_entropy=sum(entropy) / len(entropy))
+        if geometry:
+            row["final_block_pr"] = final_block_pr(model)  # epoch 0 is the base model: the report takes differences
+        return row
 
     return probe
 
@@ -113,13 +163,14 @@ def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokeniz
     folder = stage.dir
     if stage.done:
         return folder
-    _banner(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g})")
+    announce_stage(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g})", "train")
     started = time.perf_counter()
     stage.start()
     model, _ = load_model(config.model, for_training=True)
     probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
-    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder, probe=diversity_probe(tokenizer, probe_prompts, config))
+    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder, probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks))
     target = save_trained(result.model, tokenizer, result.plan, folder)
+    wait_for_everyone()  # the other processes read the saved model next
     summary = {
         "method": result.plan.method,
         "blocks": result.plan.blocks,
@@ -132,9 +183,10 @@ def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokeniz
         "saved_to": str(target),
     }
     write_json(folder / "summary.json", summary)
-    (folder / "checkpoint.pt").unlink(missing_ok=True)  # the saved model supersedes it
-    for cache_file in folder.glob("trunk_cache_*.npy"):
-        cache_file.unlink()
+    if is_main_process():
+        (folder / "checkpoint.pt").unlink(missing_ok=True)  # the saved model supersedes it
+        for cache_file in folder.glob("trunk_cache_*.npy"):
+            cache_file.unlink()
     print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")
     stage.finish(time.perf_counter() - started)
     return folder
@@ -186,7 +238,7 @@ def quality_stage(config: RunConfig, run_dir: Path, data: PreparedData, base_mod
     stage = Stage(run_dir, "quality", config.fingerprint("model", "data", "train", "generate", "study"))
     if stage.done:
         return read_json(stage.dir / "results.json")
-    _banner("quality: MAUVE and the side-by-side reader")
+    announce_stage("quality: MAUVE and the side-by-side reader", "quality")
     started = time.perf_counter()
     folder = stage.start()
     generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in ("base", "hyperfitted")}
@@ -220,7 +272,10 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     from hyperfitting.pipeline.controls import controls_stage
     from hyperfitting.report.build import build_report
 
+    global CLOCK
     started = time.perf_counter()
+    planned = ["data", "base", "train", "hyperfitted"] + [f"analysis-{a}" for a in config.study.analyses]
+    CLOCK = StudyClock(run_dir, planned + (["controls"] if config.study.controls else []) + ["quality"])
     base_model, tokenizer = load_model(config.model)
     data = data_stage(config, run_dir, tokenizer)
     training_index = SuffixAutomaton(data.train_blocks.tolist())
@@ -260,7 +315,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     }
     write_json(run_dir / "metrics.json", results)
     study = build_report(run_dir)
-    _banner("claims")
+    announce_stage("claims")
     for claim in study["claims"]:
         print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()} ({claim['evidence']})")
     print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "

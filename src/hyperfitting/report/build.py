@@ -46,9 +46,9 @@ def plot_training_curve(log: list[dict], path: Path) -> None:
         right.plot([r["epoch"] for r in probed], [r["distinct_3"] for r in probed], "s-", color="tab:orange", label="greedy distinct-3")
         if "greedy_entropy" in probed[0]:
             right.plot([r["epoch"] for r in probed], [r["greedy_entropy"] for r in probed], "^--", color="tab:gray", label="entropy (nats)")
-        if "final_block_delta_pr" in probed[0]:
+        if "final_block_pr" in probed[0]:
             twin = right.twinx()
-            twin.plot([r["epoch"] for r in probed], [r["final_block_delta_pr"] for r in probed], "d:", color="tab:purple")
+            twin.plot([r["epoch"] for r in probed], [r["final_block_pr"] - probed[0]["final_block_pr"] for r in probed], "d:", color="tab:purple")
             twin.set_ylabel("final-block Delta PR", color="tab:purple")
         right.set_xlabel("epoch")
         right.set_title("Greedy diversity on a fixed prompt subset")
@@ -57,6 +57,19 @@ def plot_training_curve(log: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
     savefig(figure, path)
     plt.close(figure)
+
+
+def expansion_dynamics(log: list[dict]) -> dict | None:
+    """Does the final block's expansion grow with the diversity gain? Correlation over the probed epochs."""
+    import numpy as np
+
+    probed = [r for r in log if "final_block_pr" in r and "ttr" in r]
+    if len(probed) < 3:
+        return None
+    delta = [r["final_block_pr"] - probed[0]["final_block_pr"] for r in probed]
+    ttrs = [r["ttr"] for r in probed]
+    pearson = float(np.corrcoef(delta, ttrs)[0, 1]) if np.std(delta) > 0 and np.std(ttrs) > 0 else float("nan")
+    return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
 def _image(run_dir: Path, relative: str, alt: str) -> str:
@@ -88,6 +101,10 @@ def build_report(run_dir: Path) -> dict:
            f"{train['total_parameters']:,} parameters trainable); training loss {train['initial_train_loss']:.3f} -> "
            f"{train['final_train_loss']:.3f} in {train['train_seconds']:.0f} s (trunk cache built in {train['trunk_cache_seconds']:.0f} s).", "",
            _image(run_dir, "report-figures/training_curve.png", "training curve"), ""]
+    dynamics = expansion_dynamics(study["train_log"])
+    if dynamics:
+        md += [f"Dynamics: over {dynamics['epochs']} probed epochs, the final block's Delta PR went {dynamics['first']:+.1f} -> "
+               f"{dynamics['last']:+.1f}; its Pearson correlation with the greedy TTR is {dynamics['pearson_ttr']:+.2f}.", ""]
     md += ["## Base and hyperfitted generation beside the human text", "", (run_dir / "results.md").read_text().split("\n\n", 3)[-1], ""]
     if quality:
         md += ["### Quality", "", f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
@@ -118,6 +135,7 @@ def build_report(run_dir: Path) -> dict:
     study["controls"] = controls
     study["quality"] = quality
     study["stage_seconds"] = timings
+    study["expansion_dynamics"] = dynamics
     write_json(run_dir / "metrics.json", study)
     return study
 

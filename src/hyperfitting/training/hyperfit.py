@@ -17,8 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from hyperfitting.config import RunConfig
-from hyperfitting.errors import DivergenceError
+from hyperfitting.errors import ConfigError, DivergenceError
 from hyperfitting.rundir import atomic_path, write_jsonl
+from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.training import preflight
 from hyperfitting.training.methods import TrainablePlan, prepare_for_training
 from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
 
@@ -90,6 +92,9 @@ def hyperfit(
     args = config.train
     set_seed(args.seed)
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
+    if args.batch_size % accelerator.num_processes:
+        raise ConfigError(f"train.batch_size={args.batch_size} must be a multiple of the {accelerator.num_processes} processes, "
+                          f"so that every process takes an equal share of each batch.")
     model, plan = prepare_for_training(model, args)
     model.to(accelerator.device)
     say = accelerator.print
@@ -99,12 +104,16 @@ def hyperfit(
     if use_cache and plan.first_trainable_block == 0:
         say("train.trunk_cache=on has no effect: block 0 is trainable, so nothing below it is frozen.")
         use_cache = False
+    need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
+                              len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size, args.trunk_cache_max_memory_gb)
+    preflight.check_fits(need, accelerator.device, stage_dir)
     cache_started = time.perf_counter()
     train_cache = heldout_cache = None
     if use_cache:
         k = plan.first_trainable_block
         build = lambda ids, name: TrunkCache.build(  # noqa: E731
-            model, k, ids, args.batch_size, args.trunk_cache_max_memory_gb, stage_dir / f"trunk_cache_{name}.npy", desc=f"trunk cache ({name})"
+            model, k, ids, args.batch_size, args.trunk_cache_max_memory_gb,
+            stage_dir / f"trunk_cache_{name}.rank{accelerator.process_index}.npy", desc=f"trunk cache ({name})"
         )
         train_cache = build(train_blocks, "train")
         heldout_cache = build(heldout_blocks, "heldout") if len(heldout_blocks) else None
@@ -151,8 +160,11 @@ def hyperfit(
     n_blocks, block_tokens = train_blocks.shape
     for epoch in range(first_epoch, args.epochs + 1):
         model.train(False)  # dropout stays off: see models.loading.load_model
-        order = epoch_order(n_blocks, args.seed, epoch)[accelerator.process_index :: accelerator.num_processes]
-        batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+        order = epoch_order(n_blocks, args.seed, epoch)
+        # Every process sees the same global batches and takes its share of each, so N processes
+        # follow the single-process trajectory (DDP averages the gradients of the shares).
+        batches = [order[i : i + args.batch_size][accelerator.process_index :: accelerator.num_processes]
+                   for i in range(0, len(order), args.batch_size)]
         epoch_started = time.perf_counter()
         losses = []
         bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
@@ -163,7 +175,7 @@ def hyperfit(
                 loss = loss_fn(ids, cached)
                 if not math.isfinite(loss.item()):
                     raise DivergenceError(
-                        f"The training loss became {float(loss)} in epoch {epoch}. The last good checkpoint "
+                        f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "
                         f"(after epoch {epoch - 1}) is kept in {stage_dir}; lower train.lr and resume with --resume."
                     )
                 accelerator.backward(loss)
@@ -173,7 +185,8 @@ def hyperfit(
             elapsed = time.perf_counter() - epoch_started
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * block_tokens / elapsed:.0f}")
         seconds = time.perf_counter() - epoch_started
-        row = measure(epoch, sum(losses) / len(losses), seconds, len(order) * block_tokens)
+        epoch_loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean").item()
+        row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)
         say(_format_row(row))
         if accelerator.is_main_process:
@@ -197,8 +210,12 @@ def _format_row(row: dict) -> str:
 
 
 def save_trained(model, tokenizer, plan: TrainablePlan, folder: Path) -> Path:
-    """A LoRA run saves a standard PEFT adapter (adapter/); a full run a transformers model (model/)."""
+    """A LoRA run saves a standard PEFT adapter (adapter/); a full run a transformers model (model/). Rank 0 writes."""
+    from hyperfitting.rundir import is_main_process
+
     target = folder / ("adapter" if plan.method == "lora" else "model")
+    if not is_main_process():
+        return target
     partial = folder / (target.name + ".partial")
     import shutil
 

@@ -1,0 +1,75 @@
+"""Refuse a training run that cannot fit, before hours are spent: memory (weights, optimizer state, trunk cache,
+activations) and disk (an on-disk trunk cache, the saved model)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyperfitting.errors import HyperfitError
+
+
+class ResourceError(HyperfitError):
+    """The run would not fit in memory or on disk."""
+
+
+@dataclass
+class Estimate:
+    weights: int
+    optimizer: int
+    trunk_cache_memory: int
+    trunk_cache_disk: int
+    activations: int
+    saved_output: int
+
+    @property
+    def memory(self) -> int:
+        return self.weights + self.optimizer + self.trunk_cache_memory + self.activations
+
+    @property
+    def disk(self) -> int:
+        return self.trunk_cache_disk + self.saved_output
+
+
+def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blocks_total: int, use_cache: bool,
+             train_blocks: int, heldout_blocks: int, block_tokens: int, batch_size: int, max_cache_gb: float) -> Estimate:
+    hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
+    vocabulary = model.config.vocab_size
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    optimizer = trainable_parameters * 4 * 3  # gradient + Adam's two moments, fp32
+    cache = (train_blocks + heldout_blocks) * block_tokens * hidden * 4 if use_cache else 0
+    cache_in_memory = cache if cache <= max_cache_gb * 1e9 else 0
+    trained_blocks = n_blocks_total - first_trainable_block
+    # Per token: ~34 saved values of width `hidden` per trained block, logits and their gradient (fp32).
+    activations = batch_size * block_tokens * (trained_blocks * 34 * hidden + 3 * vocabulary) * 4
+    saved = trainable_parameters * 4 if trainable_parameters < weights // 8 else weights
+    return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved)
+
+
+def check_fits(need: Estimate, device: torch.device, run_dir: Path) -> None:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"GPU {device}"
+    else:
+        import psutil
+
+        free, where = psutil.virtual_memory().available, "RAM"
+    gib = 1024 ** 3
+    if need.memory > free:
+        raise ResourceError(
+            f"This run needs about {need.memory / gib:.1f} GiB of {where} (weights {need.weights / gib:.1f}, optimizer state "
+            f"{need.optimizer / gib:.1f}, trunk cache {need.trunk_cache_memory / gib:.1f}, activations {need.activations / gib:.1f}) "
+            f"but {free / gib:.1f} GiB are free. Lower train.batch_size or data.block_tokens, train LoRA instead of every "
+            f"parameter, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    free_disk = shutil.disk_usage(run_dir).free
+    if need.disk > free_disk:
+        raise ResourceError(
+            f"This run needs about {need.disk / gib:.1f} GiB of disk in {run_dir} (trunk cache {need.trunk_cache_disk / gib:.1f}, "
+            f"saved model or adapter {need.saved_output / gib:.1f}) but {free_disk / gib:.1f} GiB are free. Free some space or "
+            f"choose another run_dir."
+        )

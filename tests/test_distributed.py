@@ -1,0 +1,46 @@
+"""Two processes under torchrun (gloo, CPU) follow the single-process run: same losses and weights, same greedy text."""
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_reliability import _environment, _train_command
+
+
+def _run(command, **kwargs):
+    import subprocess
+
+    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tiny_model_folder, corpus, tmp_path):
+    extra = ["train.epochs=3", "train.batch_size=4"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    _run(_train_command(tiny_model_folder, corpus, single, *extra))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    command = _train_command(tiny_model_folder, corpus, double, *extra)
+    _run(torchrun + command[1:])  # drop the interpreter: torchrun starts its own
+
+    a = load_file(single / "train" / "adapter" / "adapter_model.safetensors")
+    b = load_file(double / "train" / "adapter" / "adapter_model.safetensors")
+    for name in a:  # float reductions differ in order across processes: a tolerance, not equality
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
+    losses = [[json.loads(line)["train_loss"] for line in (d / "train" / "train_log.jsonl").read_text().splitlines()] for d in (single, double)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+    # Generation: prompts sharded over the two processes, gathered back in order, written once.
+    evaluate = lambda run_dir: [sys.executable, "-m", "hyperfitting.cli", "evaluate", f"model.name={tiny_model_folder}",  # noqa: E731
+                                f"model.adapter={single / 'train' / 'adapter'}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]",
+                                "data.train_blocks=16", "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=5",
+                                "data.prompt_tokens=8", "data.reference_tokens=8", "generate.max_new_tokens=10", f"run_dir={run_dir}"]
+    _run(evaluate(tmp_path / "gen-one"))
+    _run(torchrun + evaluate(tmp_path / "gen-two")[1:])
+    rows = [[json.loads(line)["continuation_ids"] for line in (d / "evaluation" / "generations.jsonl").read_text().splitlines()]
+            for d in (tmp_path / "gen-one", tmp_path / "gen-two")]
+    assert len(rows[1]) == 5 and rows[0] == rows[1]

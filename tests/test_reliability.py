@@ -1,0 +1,81 @@
+"""A killed run resumes to the same result, files are never half-written, untrusted weights are refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hyperfitting.config import ModelArgs
+from hyperfitting.errors import ModelError
+from hyperfitting.models.loading import load_model
+
+
+def _train_command(model, corpus, run_dir, *extra):
+    return [sys.executable, "-m", "hyperfitting.cli", "train", f"model.name={model}", f"data.corpus={corpus}",
+            f"data.eval_corpora=[{corpus}]", "data.train_blocks=16", "data.block_tokens=32", "data.heldout_blocks=2",
+            "data.eval_prompts=2", "data.prompt_tokens=8", "data.reference_tokens=8", "train.epochs=30", "train.batch_size=2",
+            "train.lr=1e-2", "train.blocks=last:1", "train.diversity_every=0", f"run_dir={run_dir}", *extra]
+
+
+def _environment():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder, corpus, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(tiny_model_folder, corpus, straight), check=True, env=_environment(), capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(tiny_model_folder, corpus, killed), env=_environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "train" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into a later epoch, most likely mid-write of something
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "train" / "adapter").exists()
+    # Nothing half-written: every JSON parses, no temporary file is left where a reader would look.
+    for path in killed.rglob("*.json"):
+        json.loads(path.read_text())
+
+    resumed = subprocess.run(_train_command(tiny_model_folder, corpus, killed, "--resume"), env=_environment(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from the checkpoint after epoch" in resumed.stdout
+    a = load_file(straight / "train" / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "train" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    log_a = [json.loads(line) for line in (straight / "train" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (killed / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in log_a] == pytest.approx([r["train_loss"] for r in log_b], abs=1e-6)
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_model_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "pickled"
+    AutoModelForCausalLM.from_pretrained(tiny_model_folder).save_pretrained(folder, safe_serialization=False)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_model_folder / name).read_bytes())
+    for path in folder.glob("*.safetensors"):
+        path.unlink()
+    assert list(folder.glob("*.bin")), "expected a pickle checkpoint"
+    with pytest.raises(ModelError, match=r"holds no \.safetensors weights, only pickle files .* model\.allow_pickle=true"):
+        load_model(ModelArgs(name=str(folder)))
+    model, _ = load_model(ModelArgs(name=str(folder), allow_pickle=True))
+    assert model is not None
+
+
+def test_a_folder_without_config_is_not_a_model(tmp_path):
+    with pytest.raises(ModelError, match="has no config.json"):
+        load_model(ModelArgs(name=str(tmp_path)))
