@@ -149,15 +149,16 @@ def plot_ranks(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure.subplots_adjust(wspace=0.3)
     histogram = results["base_rank_histogram"]
     left.bar(list(histogram), [v / max(1, results["steps"]) for v in histogram.values()], color="tab:blue")
-    left.set_xlabel("base-model rank of the hyperfitted model's greedy token")
+    left.set_xlabel("base rank of the hyperfitted greedy token")
     left.set_ylabel("share of steps")
     left.set_title("Where hyperfitted choices sit in the base ranking")
     consistency = results["context_dependence"].get("sign_consistency_per_token", [])
     right.hist(consistency, bins=20, range=(0.5, 1.0), color="tab:orange")
-    right.set_xlabel("sign consistency of a promoted token's rank change across contexts")
+    right.set_xlabel("sign consistency across contexts")
     right.set_ylabel("tokens")
     right.set_title("Static (1.0) or context-dependent?")
     savefig(figure, path)

@@ -19,7 +19,8 @@ from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
-VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold", "inconclusive": "❔ inconclusive", "not run": "· not run"}
+VERDICT_MARK = {"holds": "HOLDS", "does not hold": "DOES NOT HOLD", "inconclusive": "INCONCLUSIVE", "not run": "not run"}
+VERDICT_COLOUR = {"HOLDS": "#1a7f37", "DOES NOT HOLD": "#cf222e", "INCONCLUSIVE": "#9a6700"}
 
 
 def _maybe(path: Path):
@@ -144,6 +145,8 @@ def render_html(markdown_text: str, run_dir: Path, reader: list[dict]) -> str:
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    for mark, colour in VERDICT_COLOUR.items():  # verdicts in colour, no emoji (fonts for them are often missing)
+        body = body.replace(f"<strong>{mark}</strong>", f'<strong style="color:{colour}">{mark}</strong>')
     # Embed every image so the file opens offline, alone.
     for path in sorted(run_dir.glob("**/*.png")):
         relative = path.relative_to(run_dir).as_posix()

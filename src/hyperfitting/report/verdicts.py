@@ -93,6 +93,9 @@ def claim_geometry(results: dict | None) -> Claim:
     v = results["verdict"]
     evidence = (f"largest Delta PR at {v['largest_delta_pr_layer']} ({v['largest_delta_pr']:+.1f}); final block {v['final_block_delta_pr']:+.1f} "
                 f"({v['final_block_delta_pr_per_hidden_size']:+.3f} per unit width)")
+    post_norm = [r for r in results["layers"] if r["layer"] == "final norm"]
+    if post_norm:  # the pitfall: Hugging Face's last hidden state is taken after this norm
+        evidence += f"; after the final norm {post_norm[0]['delta_pr']:+.1f} (standardised {post_norm[0]['delta_pr_std']:+.1f})"
     if v["final_block_delta_pr"] <= 0:
         verdict = FAILS
     elif v["final_block_is_largest"]:
