@@ -34,7 +34,7 @@ def one_epoch(loss_fn, ids, cache, optimizer, epoch):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    return time.perf_counter() - started, float(loss)
+    return time.perf_counter() - started, loss.item()
 
 
 def main():
