@@ -79,6 +79,7 @@ def decode_batch(
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     # Left padding: positions count real tokens only, so a padded row sees the same positions as alone.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    padded = any(len(p) != width for p in prompts)
     keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
 
     from transformers import DynamicCache
@@ -87,6 +88,7 @@ def decode_batch(
     sequences = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     outputs = [Continuation(list(p), []) for p in prompts]
+    steps: list[torch.Tensor] = []  # (6, B) per step: token, entropy, top-1 prob, chosen prob, decoded entropy, finished before
     step_input, step_positions = input_ids, position_ids
     for processor in processors:
         if hasattr(processor, "begin"):
@@ -94,8 +96,9 @@ def decode_batch(
     for _ in range(max_new_tokens):
         logits = model(
             input_ids=step_input,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
+            # Without padding the model's own causal masking is exact, and faster than an explicit mask.
+            attention_mask=attention_mask if padded else None,
+            position_ids=step_positions if padded else None,
             cache=cache,
             use_cache=True,
             **keep_last,
@@ -106,22 +109,19 @@ def decode_batch(
         scores = logits
         for processor in processors:
             scores = processor(sequences, scores)
-        decoded_log_probs = torch.log_softmax(scores, dim=-1)
-        decoded_probs = decoded_log_probs.exp()
-        decoded_entropy = -(decoded_probs * decoded_log_probs.nan_to_num(neginf=0.0)).sum(-1)
+        if processors or do_sample:
+            decoded_log_probs = torch.log_softmax(scores, dim=-1)
+            decoded_probs = decoded_log_probs.exp()
+            decoded_entropy = -(decoded_probs * decoded_log_probs.nan_to_num(neginf=0.0)).sum(-1)
+        else:  # plain greedy decodes from the raw distribution: no second softmax over the vocabulary
+            decoded_probs, decoded_entropy = probs, entropy
         if do_sample:
             next_tokens = torch.multinomial(decoded_probs, 1, generator=generator).squeeze(1)
         else:
             next_tokens = scores.argmax(dim=-1)
-        chosen = probs.gather(1, next_tokens[:, None]).squeeze(1)
-        top1 = probs.max(dim=-1).values
-        for row in range(batch):
-            if not finished[row]:
-                outputs[row].token_ids.append(int(next_tokens[row]))
-                outputs[row].entropy.append(float(entropy[row]))
-                outputs[row].top1_prob.append(float(top1[row]))
-                outputs[row].chosen_prob.append(float(chosen[row]))
-                outputs[row].decoded_entropy.append(float(decoded_entropy[row]))
+        # Per-step statistics stay tensors until the batch ends: one conversion, not one per row and step.
+        steps.append(torch.stack([next_tokens.float(), entropy, probs.max(dim=-1).values,
+                                  probs.gather(1, next_tokens[:, None]).squeeze(1), decoded_entropy, finished.float()]))
         if eos_token_id is not None:
             finished |= next_tokens == eos_token_id
             if bool(finished.all()):
@@ -133,6 +133,13 @@ def decode_batch(
         step_positions = step_positions[:, -1:] + 1
         if on_step is not None:
             on_step()
+    for row, (tokens, entropy, top1, chosen, decoded, was_finished) in enumerate(torch.stack(steps).permute(2, 1, 0).tolist()):
+        live = [i for i, done in enumerate(was_finished) if not done]  # steps after this row's EOS are padding
+        outputs[row].token_ids = [int(tokens[i]) for i in live]
+        outputs[row].entropy = [entropy[i] for i in live]
+        outputs[row].top1_prob = [top1[i] for i in live]
+        outputs[row].chosen_prob = [chosen[i] for i in live]
+        outputs[row].decoded_entropy = [decoded[i] for i in live]
     return outputs
 
 
