@@ -147,6 +147,16 @@ def seeded(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def savefig(figure, path: Path) -> None:
     """Write a PNG atomically."""
     from hyperfitting.rundir import atomic_path

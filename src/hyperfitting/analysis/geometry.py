@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperfitting.analysis.common import sample_positions, savefig
+from hyperfitting.analysis.common import pyplot, sample_positions, savefig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.rundir import write_json, write_text
 
@@ -234,10 +234,7 @@ def geometry_table(results: dict) -> str:
 
 
 def plot_geometry(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results["layers"]
     x = np.arange(len(rows))

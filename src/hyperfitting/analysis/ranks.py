@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import decode, mean_and_spread, path_summary, savefig, teacher_forced_logits
+from hyperfitting.analysis.common import decode, mean_and_spread, path_summary, pyplot, savefig, teacher_forced_logits
 from hyperfitting.analysis.static_bias import ranks_of
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
@@ -144,10 +144,7 @@ def rank_table(results: dict) -> str:
 
 
 def plot_ranks(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     figure.subplots_adjust(wspace=0.3)

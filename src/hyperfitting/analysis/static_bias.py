@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode, path_summary, savefig, stacked_logits
+from hyperfitting.analysis.common import decode, path_summary, pyplot, savefig, stacked_logits
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
@@ -124,10 +124,7 @@ def static_bias_table(results: dict) -> str:
 
 
 def plot_static_bias(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     alphas = [r["alpha"] for r in results["curve"]]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hyperfitting.analysis.common import (
-    decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, savefig, stacked_logits, top1_agreement,
+    decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, pyplot, savefig, stacked_logits, top1_agreement,
 )
 from hyperfitting.config import RunConfig
 from hyperfitting.rundir import write_json, write_text
@@ -125,10 +125,7 @@ def temperature_table(results: dict) -> str:
 
 
 def plot_frontier(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4.2))
     frontier = results["frontier"]

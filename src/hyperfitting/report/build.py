@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from hyperfitting.analysis.common import savefig
+from hyperfitting.analysis.common import pyplot, savefig
 from hyperfitting.report.verdicts import all_claims
 from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
 
@@ -28,10 +28,7 @@ def _maybe(path: Path):
 
 
 def plot_training_curve(log: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     epochs = [r["epoch"] for r in log]
@@ -162,7 +159,8 @@ th, td {{ border: 1px solid #ccc; padding: 3px 7px; vertical-align: top; }}
 th {{ background: #f2f2f2; }}
 img {{ max-width: 100%; }}
 pre {{ background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }}
-.reader td {{ width: 25%; font-size: 0.92em; }}
+.reader {{ table-layout: fixed; width: 100%; }}
+.reader td {{ font-size: 0.92em; overflow-wrap: anywhere; }}
 .legend span {{ padding: 1px 6px; margin-right: 6px; border: 1px solid #ddd; }}
 </style></head><body>
 {body}

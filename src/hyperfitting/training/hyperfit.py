@@ -146,7 +146,7 @@ def hyperfit(
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "epoch_seconds": seconds,
         }
-        if probe is not None and args.diversity_every and epoch % args.diversity_every == 0:
+        if probe is not None and args.diversity_every and (epoch % args.diversity_every == 0 or epoch == args.epochs):
             row.update(probe(bare_model))
         return row
 
