@@ -71,14 +71,13 @@ def study(arguments, resume, overwrite):
 @run_options
 def train(arguments, resume, overwrite):
     """Hyperfit a model and save it (full fine-tune) or its PEFT adapter (LoRA)."""
-    from hyperfitting.models.loading import load_tokenizer, resolve_model_source
+    from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.stages import data_stage, training_stage
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
-    source, _ = resolve_model_source(config.model.name, config.model.allow_download)
-    tokenizer = load_tokenizer(source, local_only=not config.model.allow_download, trust_remote_code=config.model.trust_remote_code)
+    tokenizer = tokenizer_for(config.model)
     data = data_stage(config, run_dir, tokenizer)
     training_stage(config, run_dir, data, tokenizer)
 
@@ -117,7 +116,7 @@ def analyze(analysis, arguments, resume, overwrite):
     ranks         overrides, deep-tail tokens, context dependence, rank transplant
     geometry      layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion
     """
-    from hyperfitting.models.loading import load_tokenizer, resolve_model_source
+    from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
     from hyperfitting.pipeline.stages import data_stage
     from hyperfitting.rundir import prepare_run_dir
@@ -126,8 +125,7 @@ def analyze(analysis, arguments, resume, overwrite):
     if not config.analysis.hyperfitted:
         raise HyperfitError("Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick).")
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
-    source, _ = resolve_model_source(config.model.name, config.model.allow_download)
-    tokenizer = load_tokenizer(source, local_only=not config.model.allow_download, trust_remote_code=config.model.trust_remote_code)
+    tokenizer = tokenizer_for(config.model)
     data = data_stage(config, run_dir, tokenizer)
     analysis_stage(analysis, AnalysisContext(config, data), run_dir)
     print(f"Results, table and plots in {run_dir / ('analysis-' + analysis)}")

@@ -20,17 +20,13 @@ from hyperfitting.metrics.diversity import seq_rep_n, ttr
 
 def load_pair(config: RunConfig):
     """(base model, hyperfitted model, tokenizer); the hyperfitted one from an adapter, model or run folder."""
-    from hyperfitting.models.loading import adapter_folder, finetuned_model_folder, load_model
+    from hyperfitting.models.loading import load_hyperfitted, load_model
 
     target = config.analysis.hyperfitted
     if not target:
         raise ConfigError("Name the hyperfitted model: analysis.hyperfitted=PATH (an adapter folder, a model folder or a hyperfit run folder).")
     base, tokenizer = load_model(replace(config.model, adapter=None))
-    full = finetuned_model_folder(target)
-    if full is not None:
-        tuned, _ = load_model(replace(config.model, name=str(full), adapter=None))
-    else:
-        tuned, _ = load_model(replace(config.model, adapter=str(adapter_folder(target))))
+    tuned, _ = load_hyperfitted(config.model, target)
     return base, tuned, tokenizer
 
 

@@ -139,6 +139,12 @@ def load_tokenizer(source: str, local_only: bool, trust_remote_code: bool = Fals
     return tokenizer
 
 
+def tokenizer_for(args: ModelArgs):
+    """The tokenizer of ``args.name`` alone, without loading the weights."""
+    source, _ = resolve_model_source(args.name, args.allow_download)
+    return load_tokenizer(source, local_only=not args.allow_download, trust_remote_code=args.trust_remote_code)
+
+
 def load_model(args: ModelArgs, for_training: bool = False):
     """Return (model, tokenizer) in eval mode. A PEFT adapter, if named, is attached (not merged)."""
     source, local_only = resolve_model_source(args.name, args.allow_download)
@@ -183,6 +189,16 @@ def attach_adapter(model, path: str | Path, trainable: bool = False):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, adapter_folder(path), is_trainable=trainable)
+
+
+def load_hyperfitted(args: ModelArgs, target: str | Path):
+    """A hyperfitted model from ``target``: a full model folder, or an adapter applied to ``args.name``."""
+    from dataclasses import replace
+
+    full = finetuned_model_folder(target)
+    if full is not None:
+        return load_model(replace(args, name=str(full), adapter=None))
+    return load_model(replace(args, adapter=str(adapter_folder(target))))
 
 
 def finetuned_model_folder(path: str | Path) -> Path | None:

@@ -21,7 +21,7 @@ from hyperfitting.data.splits import PreparedData, Prompt, prepare_data
 from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.metrics.registry import METRICS
-from hyperfitting.models.loading import load_model
+from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.rundir import Stage, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
 from hyperfitting.training.hyperfit import hyperfit, save_trained
@@ -192,13 +192,6 @@ def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokeniz
     return folder
 
 
-def load_hyperfitted(config: RunConfig, train_folder: Path):
-    """The hyperfitted model from a training stage: base + adapter, or the saved full model."""
-    if (train_folder / "adapter").exists():
-        return load_model(replace(config.model, adapter=str(train_folder / "adapter")))
-    return load_model(replace(config.model, name=str(train_folder / "model")))
-
-
 # ------------------------------------------------------------------------------ the side-by-side table
 
 
@@ -281,7 +274,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     training_index = SuffixAutomaton(data.train_blocks.tolist())
     base = evaluation_stage("base", config, run_dir, data, base_model, tokenizer, base_model, training_index, ("data", "generate"))
     train_folder = training_stage(config, run_dir, data, tokenizer)
-    tuned_model, _ = load_hyperfitted(config, train_folder)
+    tuned_model, _ = load_hyperfitted(config.model, train_folder)
     tuned = evaluation_stage("hyperfitted", config, run_dir, data, tuned_model, tokenizer, base_model, training_index,
                              ("data", "train", "generate"))
     columns: dict[str, dict[str, float]] = {}
