@@ -99,6 +99,8 @@ class TrainArgs:
     """Adam weight decay; the paper uses none."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """Autocast precision for forward/backward; master weights stay float32."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """Under several processes: `ddp` keeps a whole model on each and averages gradients; `fsdp` shards parameters, gradients and optimizer state (PyTorch FSDP2, one unit per block), for full fine-tuning of models that outgrow one device."""
     trunk_cache: Literal["auto", "on", "off"] = "auto"
     """Cache the frozen blocks' hidden states once (auto: whenever the lowest trainable block is above 0)."""
     trunk_cache_max_memory_gb: float = 2.0

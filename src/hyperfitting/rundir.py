@@ -31,9 +31,9 @@ def is_main_process() -> bool:
 def wait_for_everyone() -> None:
     """Barrier across processes, a no-op in a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
+        from hyperfitting.distributed import process_state
 
-        PartialState().wait_for_everyone()
+        process_state().wait_for_everyone()
 
 
 @contextmanager

@@ -151,13 +151,16 @@ def generate(
     extra_processors: Sequence[LogitsProcessor] = (),
     desc: str = "generating",
     show_progress: bool = True,
+    shard: bool = True,
 ) -> list[Continuation]:
     """Continue every prompt; under several processes (torchrun, accelerate launch) each decodes its share
-    of the prompts and every process gets all continuations back, in the prompts' order."""
-    from accelerate import PartialState
+    of the prompts and every process gets all continuations back, in the prompts' order.
+    ``shard=False``: every process decodes every prompt (for an FSDP-sharded model, whose forward
+    passes are collectives that all processes must take together)."""
+    from hyperfitting.distributed import process_state
 
-    state = PartialState()
-    if state.num_processes == 1:
+    state = process_state()
+    if state.num_processes == 1 or not shard:
         return _generate_here(model, tokenizer, prompts, args, extra_processors, desc, show_progress)
     from accelerate.utils import gather_object
 

@@ -141,10 +141,11 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
         last_block = [name for name in states if name.startswith("block")][-1]
         return participation_ratio(states[last_block])
 
-    def probe(model) -> dict:
+    def probe(model, lockstep: bool = False) -> dict:
         row: dict = {}
         if subset:
-            outputs = generate(model, tokenizer, subset, args, show_progress=False)
+            # In lockstep (FSDP shards) every process decodes every prompt, so all take the same forward passes.
+            outputs = generate(model, tokenizer, subset, args, show_progress=False, shard=not lockstep)
             ids = [o.token_ids for o in outputs]
             entropy = [v for o in outputs for v in o.entropy]
             row.update(ttr=ttr(ids), distinct_3=distinct_n(ids, 3), seq_rep_3=seq_rep_n(ids, 3), greedy_entropy=sum(entropy) / len(entropy))

@@ -22,6 +22,7 @@ from hyperfitting.rundir import atomic_path, write_jsonl
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.training import preflight
 from hyperfitting.training.methods import TrainablePlan, prepare_for_training
+from hyperfitting.training.parallel import full_model_state, full_optimizer_state, is_sharded, load_training_state, shard_model
 from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,32 +70,34 @@ def mean_block_loss(loss_fn: BlockLoss, blocks: torch.Tensor, cache: TrunkCache 
     return total / count
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def hyperfit(
     model,
     train_blocks: torch.Tensor,
     heldout_blocks: torch.Tensor,
     config: RunConfig,
     stage_dir: Path,
-    probe: Callable[[torch.nn.Module], dict] | None = None,
+    probe: Callable[..., dict] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
 
-    ``probe(model) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g. greedy
-    diversity on a fixed prompt subset); its numbers join that epoch's log row.
+    ``probe(model, lockstep=...) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g.
+    greedy diversity on a fixed prompt subset); its numbers join that epoch's log row. ``lockstep``
+    is true while the model is FSDP-sharded: every process must then run the same forward passes.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
+
+    from hyperfitting.distributed import make_accelerator
 
     args = config.train
     set_seed(args.seed)
-    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
+                          "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
     if args.batch_size % accelerator.num_processes:
         raise ConfigError(f"train.batch_size={args.batch_size} must be a multiple of the {accelerator.num_processes} processes, "
                           f"so that every process takes an equal share of each batch.")
+    shard = args.parallelism == "fsdp" and accelerator.num_processes > 1
     model, plan = prepare_for_training(model, args)
     model.to(accelerator.device)
     say = accelerator.print
@@ -103,6 +106,10 @@ def hyperfit(
     use_cache = plan.first_trainable_block > 0 if args.trunk_cache == "auto" else args.trunk_cache == "on"
     if use_cache and plan.first_trainable_block == 0:
         say("train.trunk_cache=on has no effect: block 0 is trainable, so nothing below it is frozen.")
+        use_cache = False
+    if use_cache and shard:
+        # Swapping FSDP-managed blocks for pass-throughs would bypass their all-gather hooks.
+        say("The trunk cache is off under train.parallelism=fsdp: every block runs in every step.")
         use_cache = False
     need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
                               len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size, args.trunk_cache_max_memory_gb)
@@ -121,20 +128,27 @@ def hyperfit(
             f"built in {time.perf_counter() - cache_started:.1f} s; blocks 0-{k - 1} are skipped from now on.")
     cache_seconds = time.perf_counter() - cache_started
 
+    if shard:
+        shard_model(model, args.mixed_precision)  # before the optimizer: it must hold the shards
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if shard:  # FSDP reduces the gradients itself; accelerate only handles accumulation
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     loss_fn = BlockLoss(model, train_cache)
     heldout_loss_fn = BlockLoss(model, heldout_cache)
     bare_model = accelerator.unwrap_model(model)
 
-    # Resume: the checkpoint holds trainable weights, optimizer state and the log so far.
+    bare_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+
+    # Resume: the checkpoint holds trainable weights, optimizer state and the log so far, all
+    # unsharded and keyed by parameter name, so any number of processes can pick it up.
     log: list[dict] = []
     first_epoch = 1
     checkpoint_path = stage_dir / CHECKPOINT
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        bare_model.load_state_dict(state["trainable"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_training_state(bare_model, bare_optimizer, state["trainable"], state["optimizer"])
         log, first_epoch = state["log"], state["epoch"] + 1
         say(f"Resuming from the checkpoint after epoch {state['epoch']}.")
 
@@ -145,9 +159,10 @@ def hyperfit(
             "heldout_loss": mean_block_loss(heldout_loss_fn, heldout_blocks, heldout_cache, args.batch_size),
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "epoch_seconds": seconds,
+            "processes": accelerator.num_processes,
         }
         if probe is not None and args.diversity_every and (epoch % args.diversity_every == 0 or epoch == args.epochs):
-            row.update(probe(bare_model))
+            row.update(probe(bare_model, lockstep=shard))
         return row
 
     started = time.perf_counter()
@@ -189,9 +204,10 @@ def hyperfit(
         row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)
         say(_format_row(row))
+        trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
         if accelerator.is_main_process:
             with atomic_path(checkpoint_path) as tmp:
-                torch.save({"trainable": trainable_state(bare_model), "optimizer": optimizer.state_dict(), "log": log, "epoch": epoch}, tmp)
+                torch.save({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, tmp)
             write_jsonl(stage_dir / "train_log.jsonl", log)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -210,17 +226,26 @@ def _format_row(row: dict) -> str:
 
 
 def save_trained(model, tokenizer, plan: TrainablePlan, folder: Path) -> Path:
-    """A LoRA run saves a standard PEFT adapter (adapter/); a full run a transformers model (model/). Rank 0 writes."""
+    """A LoRA run saves a standard PEFT adapter (adapter/); a full run a transformers model (model/). Rank 0 writes.
+
+    Every process must call it: an FSDP-sharded model is first gathered (a collective).
+    """
+    import shutil
+
     from hyperfitting.rundir import is_main_process
 
     target = folder / ("adapter" if plan.method == "lora" else "model")
+    gathered = None
+    if is_sharded(model):
+        gathered = full_model_state(model)
+        # A tied head comes back as its own tensor; keep one name per parameter, as an unsharded save would.
+        names = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+        gathered = {name: tensor for name, tensor in gathered.items() if name in names}
     if not is_main_process():
         return target
     partial = folder / (target.name + ".partial")
-    import shutil
-
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
+    model.save_pretrained(partial, safe_serialization=True, **({"state_dict": gathered} if gathered is not None else {}))
     tokenizer.save_pretrained(partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)

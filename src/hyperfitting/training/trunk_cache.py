@@ -102,9 +102,22 @@ class TrunkCache:
         disk_path: Path | None = None,
         desc: str = "trunk cache",
     ) -> "TrunkCache":
-        """Run blocks 0..first_block-1 once over ``input_ids`` (N, T) and keep their output."""
+        """Run blocks 0..first_block-1 once over ``input_ids`` (N, T) and keep their output.
+
+        Under several processes the work is split: each process runs the trunk on its own
+        ``batch_size`` rows of every round and the rounds are gathered, so the trunk runs once
+        per block in all, and every process ends up holding the whole cache (each epoch's
+        shuffled batches may ask any process for any block).
+        """
+        from accelerate.utils import gather
+
+        from hyperfitting.distributed import process_state
+
+        state = process_state()
+        world, rank = state.num_processes, state.process_index
         hidden_size = model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd
-        shape = (input_ids.shape[0], input_ids.shape[1], hidden_size)
+        n_rows = input_ids.shape[0]
+        shape = (n_rows, input_ids.shape[1], hidden_size)
         nbytes = math.prod(shape) * 4
         on_disk = disk_path is not None and nbytes > max_memory_gb * 1e9
         if on_disk:
@@ -112,12 +125,23 @@ class TrunkCache:
             states = np.lib.format.open_memmap(disk_path, mode="w+", dtype=np.float32, shape=shape)
         else:
             states = torch.empty(shape, dtype=torch.float32)
-        for start in tqdm(range(0, shape[0], batch_size), desc=desc, unit="batch", leave=False):
-            batch = capture_block_inputs(model, first_block, input_ids[start : start + batch_size]).float()
+        device = next(model.parameters()).device
+        round_rows = batch_size * world
+        for start in tqdm(range(0, n_rows, round_rows), desc=desc, unit="batch", leave=False, disable=not state.is_main_process):
+            # This process's rows of the round; the last round is padded so every process runs
+            # (and gathers) the same shape. Padding rows come last and are dropped below.
+            stop = start + (rank + 1) * batch_size
+            if world == 1:
+                stop = min(stop, n_rows)  # one process needs no padding
+            mine = torch.arange(start + rank * batch_size, stop) % n_rows
+            batch = capture_block_inputs(model, first_block, input_ids[mine].to(device)).float()
+            if world > 1:
+                batch = gather(batch)  # (world * batch_size, T, C), in process order
+            real = min(round_rows, n_rows - start)
             if on_disk:
-                states[start : start + batch.shape[0]] = batch.cpu().numpy()
+                states[start : start + real] = batch[:real].cpu().numpy()
             else:
-                states[start : start + batch.shape[0]] = batch.cpu()
+                states[start : start + real] = batch[:real].cpu()
         if on_disk:
             states.flush()
         return cls(first_block, states)

@@ -1,0 +1,32 @@
+"""The one place that asks accelerate which process this is.
+
+accelerate treats a torchrun job on a machine without an accelerator as *one* process (its
+distributed type stays NO, every process believes it is process 0 of 1) unless it is told
+``cpu=True``. Every caller therefore goes through :func:`process_state`, so CPU-only jobs under
+torchrun / accelerate launch really split the work (gloo backend).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def has_accelerator() -> bool:
+    """A GPU (or other device) that PyTorch can use."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's shared ``PartialState`` (process index, count, device, barriers), set up for CPUs too."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not has_accelerator())
+
+
+def make_accelerator(**kwargs):
+    """An ``accelerate.Accelerator`` that agrees with :func:`process_state` about CPU-only jobs."""
+    from accelerate import Accelerator
+
+    process_state()  # the first construction fixes the shared state; make it ours
+    return Accelerator(cpu=not has_accelerator(), **kwargs)
