@@ -69,3 +69,41 @@ def test_fsdp_full_fine_tuning_on_two_processes_matches_one(tiny_model_folder, c
     assert [r["ttr"] for r in logs[0]] == [r["ttr"] for r in logs[1]]  # greedy probe text, identical
     assert logs[1][-1]["train_loss"] < logs[1][0]["train_loss"]
     assert [logs[0][-1]["processes"], logs[1][-1]["processes"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_whole_study_on_two_processes_matches_one(tiny_model_folder, corpus, tmp_path):
+    """Every stage under torchrun: sharded trunk cache, DDP, sharded generation (greedy and sampled,
+    seeded per prompt), sharded teacher forcing and geometry capture, controls, quality, report."""
+    from tests.test_cli import _study_args
+
+    study = lambda run_dir: [sys.executable, "-m", "hyperfitting.cli", "study", *_study_args(tiny_model_folder, corpus, run_dir),  # noqa: E731
+                             "train.batch_size=4", "data.train_blocks=8", "data.eval_prompts=5"]
+    _run(study(tmp_path / "one"))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    _run(torchrun + study(tmp_path / "two")[1:])
+
+    one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
+    assert two["train_log"][-1]["processes"] == 2
+    assert _numbers(one["metrics"]) == pytest.approx(_numbers(two["metrics"]), rel=1e-3, abs=1e-4, nan_ok=True)
+    assert [c["verdict"] for c in one["claims"]] == [c["verdict"] for c in two["claims"]]
+    for name in ("temperature", "ranks", "geometry", "static-bias"):
+        a, b = (json.loads((tmp_path / d / f"analysis-{name}" / "results.json").read_text()) for d in ("one", "two"))
+        assert len(_numbers(a)) > 10, name
+        assert _numbers(a) == pytest.approx(_numbers(b), rel=1e-3, abs=1e-3, nan_ok=True), name
+    for d in ("one", "two"):
+        assert (tmp_path / d / "report.html").exists()
+    generations = [(tmp_path / d / "hyperfitted" / "generations.jsonl").read_text() for d in ("one", "two")]
+    assert [json.loads(r)["continuation_ids"] for r in generations[0].splitlines()] == \
+           [json.loads(r)["continuation_ids"] for r in generations[1].splitlines()]
+
+
+def _numbers(tree, prefix=""):
+    """A nested JSON value flattened to {path: number}, for comparing two results files with a tolerance."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _numbers(value, f"{prefix}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in _numbers(value, f"{prefix}/{i}").items()}
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix: tree}
+    return {}

@@ -30,3 +30,21 @@ def make_accelerator(**kwargs):
 
     process_state()  # the first construction fixes the shared state; make it ours
     return Accelerator(cpu=not has_accelerator(), **kwargs)
+
+
+def my_share(n_items: int) -> range:
+    """This process's contiguous slice of ``range(n_items)``: concatenating the shares in process order restores the order."""
+    state = process_state()
+    per, extra = divmod(n_items, state.num_processes)
+    start = state.process_index * per + min(state.process_index, extra)
+    return range(start, start + per + (state.process_index < extra))
+
+
+def gather_in_order(mine: list) -> list:
+    """Every process's list, concatenated in process order, on every process (one process: unchanged)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    return gather_object(list(mine))  # all_gather_object, then one level flattened: the concatenation

@@ -131,6 +131,9 @@ class Stage:
         self.name = name
         self.fingerprint = fingerprint
         self._done_file = self.dir / "stage-done.json"
+        # Processes enter (and leave, see finish) each stage together, so all of them see the
+        # same answer to `done` and none reads a file process 0 is still writing.
+        wait_for_everyone()
 
     @property
     def done(self) -> bool:
@@ -159,3 +162,4 @@ class Stage:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2),
                                      "process_peak_memory_mib": round(peak_mib), **extra})
+        wait_for_everyone()

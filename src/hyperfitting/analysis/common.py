@@ -30,10 +30,26 @@ def load_pair(config: RunConfig):
     return base, tuned, tokenizer
 
 
-@torch.no_grad()
 def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8
                           ) -> Iterator[tuple[int, torch.Tensor]]:
-    """For each sequence i, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``."""
+    """For each sequence i, in order, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``.
+
+    Under several processes each scores a contiguous share of the sequences and the shares are
+    gathered, so every process gets every sequence's logits.
+    """
+    from hyperfitting.distributed import gather_in_order, my_share, process_state
+
+    if process_state().num_processes == 1:
+        yield from _teacher_forced_logits_here(model, sequences, starts, batch_size)
+        return
+    share = my_share(len(sequences))
+    mine = [(share.start + i, logits) for i, logits in
+            _teacher_forced_logits_here(model, sequences[share.start:share.stop], starts[share.start:share.stop], batch_size)]
+    yield from gather_in_order(mine)
+
+
+@torch.no_grad()
+def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
     device = next(model.parameters()).device
     for first in range(0, len(sequences), batch_size):
         rows = sequences[first:first + batch_size]
@@ -154,8 +170,11 @@ def pyplot():
 
 
 def savefig(figure, path: Path) -> None:
-    """Write a PNG atomically."""
-    from hyperfitting.rundir import atomic_path
+    """Write a PNG atomically (process 0 only, like every other output)."""
+    from hyperfitting.rundir import atomic_path, is_main_process
+
+    if not is_main_process():
+        return
 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

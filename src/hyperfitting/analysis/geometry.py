@@ -81,6 +81,16 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def capture_targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers whose outputs the geometry analysis reads, by name, input to output."""
+    targets = [("embeddings", model.get_input_embeddings())]
+    targets += [(f"block {i}", block) for i, block in enumerate(find_block_stack(model).blocks)]
+    norm = final_norm(model)
+    if norm is not None:
+        targets.append(("final norm", norm))
+    return targets
+
+
 @contextmanager
 def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[str, list[torch.Tensor]]]:
     """Record, at the flat token ``positions`` of each batch, the embeddings, every block output and the final norm.
@@ -90,12 +100,6 @@ def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[s
     The caller sets ``captured['_positions']`` to the positions of the batch before each forward.
     """
     captured: dict[str, list] = {"_positions": [positions]}
-    stack = find_block_stack(model)
-    targets = [("embeddings", model.get_input_embeddings())]
-    targets += [(f"block {i}", block) for i, block in enumerate(stack.blocks)]
-    norm = final_norm(model)
-    if norm is not None:
-        targets.append(("final norm", norm))
     handles = []
 
     def recorder(name):
@@ -106,7 +110,7 @@ def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[s
         return hook
 
     try:
-        for name, module in targets:
+        for name, module in capture_targets(model):
             handles.append(module.register_forward_hook(recorder(name)))
         yield captured
     finally:
@@ -115,20 +119,50 @@ def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[s
 
 
 @torch.no_grad()
-def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Layer name -> (n_sample, width) states at the flat positions ``sample`` of ``blocks`` (N, T)."""
+def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray, batch_size: int = 8,
+                     share: range | None = None) -> dict[str, np.ndarray]:
+    """Layer name -> (n_sample, width) states at the flat positions ``sample`` of ``blocks`` (N, T).
+
+    With ``share``, only the blocks in that range are run: the rows are the sampled positions
+    that fall inside them (possibly none), in order.
+    """
     n, length = blocks.shape
+    share = share if share is not None else range(n)
     device = next(model.parameters()).device
     with capture_states(model, torch.empty(0, dtype=torch.long)) as captured:
-        for start in range(0, n, batch_size):
-            batch = blocks[start:start + batch_size]
+        for start in range(share.start, share.stop, batch_size):
+            batch = blocks[start:min(start + batch_size, share.stop)]
             low, high = start * length, (start + len(batch)) * length
             inside = sample[(sample >= low) & (sample < high)] - low
             if len(inside) == 0:
                 continue
             captured["_positions"].append(torch.from_numpy(inside))
             model(input_ids=batch.to(device), use_cache=False)
-    return {name: torch.cat(parts).numpy() for name, parts in captured.items() if name != "_positions"}
+    width = model.get_input_embeddings().weight.shape[1]
+    return {name: torch.cat(captured[name]).numpy() if name in captured else np.zeros((0, width), np.float32)
+            for name, _ in capture_targets(model)}
+
+
+def layer_geometry_in_shares(base: nn.Module, tuned: nn.Module, blocks: torch.Tensor, sample: np.ndarray) -> list[dict]:
+    """The per-layer geometry rows, with the work split over processes (one process: all of it).
+
+    Each process captures both models' states on its own contiguous share of the blocks. Then,
+    layer by layer, the shares are gathered and that layer is handed to one process, which
+    computes its row; so no process ever holds more than its share plus one full layer.
+    """
+    from hyperfitting.distributed import gather_in_order, my_share, process_state
+
+    state = process_state()
+    share = my_share(len(blocks))
+    base_states, tuned_states = hidden_states_at(base, blocks, sample, share=share), hidden_states_at(tuned, blocks, sample, share=share)
+    rows = []
+    for index, name in enumerate(list(base_states)):
+        a = np.concatenate(gather_in_order([base_states.pop(name)]))
+        b = np.concatenate(gather_in_order([tuned_states.pop(name)]))
+        if index % state.num_processes == state.process_index:
+            rows.append((index, geometry_row(name, a, b)))
+        del a, b
+    return [row for _, row in sorted(gather_in_order(rows), key=lambda pair: pair[0])]
 
 
 def weight_change_per_block(base: nn.Module, tuned: nn.Module) -> list[float]:
@@ -152,45 +186,44 @@ def weight_change_per_block(base: nn.Module, tuned: nn.Module) -> list[float]:
 
 
 def geometry_table_rows(base_states: dict[str, np.ndarray], tuned_states: dict[str, np.ndarray], two_nn: bool = True) -> list[dict]:
-    rows = []
-    for name in base_states:
-        a, b = base_states[name], tuned_states[name]
-        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        row = {
-            "layer": name,
-            "pr_base": participation_ratio(a),
-            "pr_hyperfitted": participation_ratio(b),
-            "pr_std_base": participation_ratio(a, standardise=True),
-            "pr_std_hyperfitted": participation_ratio(b, standardise=True),
-            "pca90_base": pca_dimension(a, 0.90),
-            "pca90_hyperfitted": pca_dimension(b, 0.90),
-            "pca95_base": pca_dimension(a, 0.95),
-            "pca95_hyperfitted": pca_dimension(b, 0.95),
-            "cosine": float(cosine.mean()),
-            "l2": float(np.linalg.norm(a - b, axis=1).mean()),
-            "norm_base": float(np.linalg.norm(a, axis=1).mean()),
-            "norm_hyperfitted": float(np.linalg.norm(b, axis=1).mean()),
-            "cka": linear_cka(a, b),
-        }
-        if two_nn:
-            row["twonn_base"] = two_nn_dimension(a)
-            row["twonn_hyperfitted"] = two_nn_dimension(b)
-        row["delta_pr"] = row["pr_hyperfitted"] - row["pr_base"]
-        row["delta_pr_std"] = row["pr_std_hyperfitted"] - row["pr_std_base"]
-        rows.append(row)
-    return rows
+    return [geometry_row(name, base_states[name], tuned_states[name], two_nn) for name in base_states]
+
+
+def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -> dict:
+    """Both models' states of one layer at the same positions -> dimensions, similarity, Delta PR."""
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    row = {
+        "layer": name,
+        "pr_base": participation_ratio(a),
+        "pr_hyperfitted": participation_ratio(b),
+        "pr_std_base": participation_ratio(a, standardise=True),
+        "pr_std_hyperfitted": participation_ratio(b, standardise=True),
+        "pca90_base": pca_dimension(a, 0.90),
+        "pca90_hyperfitted": pca_dimension(b, 0.90),
+        "pca95_base": pca_dimension(a, 0.95),
+        "pca95_hyperfitted": pca_dimension(b, 0.95),
+        "cosine": float(cosine.mean()),
+        "l2": float(np.linalg.norm(a - b, axis=1).mean()),
+        "norm_base": float(np.linalg.norm(a, axis=1).mean()),
+        "norm_hyperfitted": float(np.linalg.norm(b, axis=1).mean()),
+        "cka": linear_cka(a, b),
+    }
+    if two_nn:
+        row["twonn_base"] = two_nn_dimension(a)
+        row["twonn_hyperfitted"] = two_nn_dimension(b)
+    row["delta_pr"] = row["pr_hyperfitted"] - row["pr_base"]
+    row["delta_pr_std"] = row["pr_std_hyperfitted"] - row["pr_std_base"]
+    return row
 
 
 def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     sample = sample_positions(heldout_blocks.numel(), sample_tokens, seed)
-    base_states = hidden_states_at(base, heldout_blocks, sample)
-    tuned_states = hidden_states_at(tuned, heldout_blocks, sample)
-    rows = geometry_table_rows(base_states, tuned_states)
+    rows = layer_geometry_in_shares(base, tuned, heldout_blocks, sample)
     block_rows = [r for r in rows if r["layer"].startswith("block")]
     largest = max(block_rows, key=lambda r: r["delta_pr"])
     final_block = block_rows[-1]
-    hidden = base_states["embeddings"].shape[1]
+    hidden = base.get_input_embeddings().weight.shape[1]
     results = {
         "tokens": int(len(sample)),
         "hidden_size": int(hidden),

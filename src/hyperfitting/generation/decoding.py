@@ -11,7 +11,7 @@ distribution, the entropy, the top-1 probability and the chosen token's probabil
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -64,10 +64,14 @@ def decode_batch(
     eos_token_id: int | None = None,
     do_sample: bool = False,
     processors: Sequence[LogitsProcessor] = (),
-    generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> list[Continuation]:
-    """Decode one batch of prompts (lists of token ids) together; ``on_step`` is called after every new token."""
+    """Decode one batch of prompts (lists of token ids) together; ``on_step`` is called after every new token.
+
+    Sampling draws row r's tokens from ``generators[r]`` (one per prompt), so a prompt's sample
+    does not depend on which other prompts share its batch or its process.
+    """
     device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -116,7 +120,10 @@ def decode_batch(
         else:  # plain greedy decodes from the raw distribution: no second softmax over the vocabulary
             decoded_probs, decoded_entropy = probs, entropy
         if do_sample:
-            next_tokens = torch.multinomial(decoded_probs, 1, generator=generator).squeeze(1)
+            if generators is None:
+                next_tokens = torch.multinomial(decoded_probs, 1).squeeze(1)
+            else:
+                next_tokens = torch.cat([torch.multinomial(decoded_probs[r], 1, generator=g) for r, g in enumerate(generators)])
         else:
             next_tokens = scores.argmax(dim=-1)
         # Per-step statistics stay tensors until the batch ends: one conversion, not one per row and step.
@@ -162,15 +169,12 @@ def generate(
     state = process_state()
     if state.num_processes == 1 or not shard:
         return _generate_here(model, tokenizer, prompts, args, extra_processors, desc, show_progress)
-    from accelerate.utils import gather_object
+    from hyperfitting.distributed import gather_in_order, my_share
 
-    with state.split_between_processes(list(range(len(prompts)))) as mine:
-        # Sampling seeds are offset per process: the same seed on every shard would correlate them.
-        local_args = replace(args, seed=args.seed + state.process_index) if args.do_sample else args
-        local = _generate_here(model, tokenizer, [prompts[i] for i in mine], local_args, extra_processors, desc,
-                               show_progress and state.is_main_process)
-        gathered = gather_object([(i, c) for i, c in zip(mine, local)])
-    return [c for _, c in sorted(gathered, key=lambda pair: pair[0])]
+    mine = my_share(len(prompts))
+    local = _generate_here(model, tokenizer, [prompts[i] for i in mine], args, extra_processors, desc,
+                           show_progress and state.is_main_process, first_index=mine.start)
+    return gather_in_order(local)
 
 
 def _generate_here(
@@ -181,14 +185,17 @@ def _generate_here(
     extra_processors: Sequence[LogitsProcessor] = (),
     desc: str = "generating",
     show_progress: bool = True,
+    first_index: int = 0,
 ) -> list[Continuation]:
     """Continue every prompt, ``args.batch_size`` at a time, in the prompts' order.
+
+    Prompt i (``first_index + i`` in the caller's whole list) samples from its own generator,
+    seeded from ``args.seed`` and that index: the same text on one process or many.
 
     ``extra_processors`` run before the sampling warpers (so a bias shifts logits before
     temperature is applied, as it would inside the model).
     """
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(args.seed) if args.do_sample else None
     processors = list(extra_processors) + sampling_processors(args)
     eos = tokenizer.eos_token_id if args.stop_at_eos else None
     results: list[Continuation] = []
@@ -204,7 +211,8 @@ def _generate_here(
             eos_token_id=eos,
             do_sample=args.do_sample,
             processors=processors,
-            generator=generator,
+            generators=[torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + first_index + start + r)
+                        for r in range(len(prompts[start : start + args.batch_size]))] if args.do_sample else None,
             on_step=bar.update,
         )
         bar.update((batch_index + 1) * args.max_new_tokens - bar.n)  # catch up after a batch that stopped early at EOS

@@ -91,13 +91,20 @@ def dequantised_gguf_folder(gguf_path: Path) -> Path:
         dtype=torch.float32,
         quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
     )
-    # Build in a temporary folder and rename: an interrupted conversion never looks finished.
-    partial = target.with_name(target.name + ".partial")
+    # Build in a temporary folder and rename: an interrupted conversion never looks finished. The
+    # folder is per process, because the processes of a torchrun job may all convert at once.
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    if (target / "model.safetensors").exists():  # another process finished first
+        shutil.rmtree(partial)
+        return target
     shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # lost the race between the check and the rename
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

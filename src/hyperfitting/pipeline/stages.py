@@ -23,7 +23,7 @@ from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
-from hyperfitting.rundir import Stage, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
+from hyperfitting.rundir import Stage, atomic_path, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
 from hyperfitting.training.hyperfit import hyperfit, save_trained
 
 
@@ -77,7 +77,9 @@ def data_stage(config: RunConfig, run_dir: Path, tokenizer) -> PreparedData:
     started = time.perf_counter()
     folder = stage.start()
     data = prepare_data(config.data, tokenizer)
-    save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, folder / "blocks.safetensors")
+    if is_main_process():
+        with atomic_path(folder / "blocks.safetensors") as tmp:
+            save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, tmp)
     write_jsonl(folder / "prompts.jsonl", [vars(p) for corpus in data.prompts.values() for p in corpus])
     write_json(folder / "manifest.json", {**data.manifest, "fingerprint": data.fingerprint, "prompt_counts": {k: len(v) for k, v in data.prompts.items()}})
     print(f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, {len(data.heldout_blocks)} held-out blocks, "
@@ -308,6 +310,8 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(run_dir / "metrics.json", results)
+    if not is_main_process():
+        return results  # the report is process 0's to write
     study = build_report(run_dir)
     announce_stage("claims")
     for claim in study["claims"]:
