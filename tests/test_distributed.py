@@ -107,3 +107,38 @@ def _numbers(tree, prefix=""):
     if isinstance(tree, (int, float)) and not isinstance(tree, bool):
         return {prefix: tree}
     return {}
+
+
+@pytest.mark.slow
+def test_a_sharded_run_killed_on_two_processes_resumes_on_one(tiny_model_folder, corpus, tmp_path):
+    """Checkpoints are unsharded and keyed by name: an FSDP run cut short on 2 processes finishes on 1."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    extra = ["train.method=full", "train.blocks=all", "train.parallelism=fsdp", "train.epochs=12", "train.batch_size=4", "train.lr=1e-3"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _run(_train_command(tiny_model_folder, corpus, straight, *extra))
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536"]
+    process = subprocess.Popen(torchrun + _train_command(tiny_model_folder, corpus, killed, *extra)[1:], env=_environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = killed / "train" / "train_log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+    process.wait()
+    assert not (killed / "train" / "model").exists()
+
+    resumed = _run(_train_command(tiny_model_folder, corpus, killed, *extra, "--resume"))
+    assert "Resuming from the checkpoint after epoch" in resumed.stdout
+    a = load_file(straight / "train" / "model" / "model.safetensors")
+    b = load_file(killed / "train" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["processes"] for r in rows} == {1, 2}  # the first epochs on two processes, the rest on one

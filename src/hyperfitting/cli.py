@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -225,6 +226,12 @@ def keys():
 
 def main() -> None:
     started = time.perf_counter()
+    from hyperfitting.rundir import is_main_process
+
+    if not is_main_process():
+        # Under torchrun every process runs the same command: one copy of the narrative is
+        # enough. Errors still reach stderr from whichever process hits them.
+        sys.stdout = open(os.devnull, "w")
     try:
         cli.main(standalone_mode=False)
     except HyperfitError as error:
