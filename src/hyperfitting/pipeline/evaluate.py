@@ -19,8 +19,12 @@ from hyperfitting.rundir import write_jsonl
 
 @torch.no_grad()
 def continuation_perplexity(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 16) -> float:
-    """exp(mean NLL) of the continuation tokens given their prompts, under ``model``."""
+    """exp(mean NLL) of the continuation tokens given their prompts, under ``model`` (split over processes, if several)."""
+    from hyperfitting.distributed import gather_in_order, my_share
+
     device = next(model.parameters()).device
+    share = my_share(len(prompts))
+    prompts, continuations = prompts[share.start:share.stop], continuations[share.start:share.stop]
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(prompts), batch_size):
         rows = [list(p) + list(c) for p, c in zip(prompts[start : start + batch_size], continuations[start : start + batch_size])]
@@ -38,6 +42,8 @@ def continuation_perplexity(model, prompts: Sequence[Sequence[int]], continuatio
         )
         total_nll += float(nll)
         total_tokens += int((labels[:, 1:] != -100).sum())
+    shares = gather_in_order([(total_nll, total_tokens)])
+    total_nll, total_tokens = sum(n for n, _ in shares), sum(t for _, t in shares)
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
 
 
