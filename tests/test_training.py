@@ -87,9 +87,15 @@ def test_preflight_refuses_a_run_that_cannot_fit(tmp_path):
     model = make_tiny_model("llama")
     need = preflight.estimate(model, 10**6, 0, 3, False, 4, 2, 16, 2, 2.0)
     preflight.check_fits(need, torch.device("cpu"), tmp_path)  # a tiny run fits
-    huge = preflight.Estimate(weights=10**15, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
-    with pytest.raises(preflight.ResourceError, match=r"This run needs about 931322\.6 GiB of RAM .* Lower train.batch_size"):
+    huge = preflight.Estimate(weights=10**9, optimizer=10**15, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
+    with pytest.raises(preflight.ResourceError, match=r"this run needs about 931322\.6 GiB more of RAM .* Lower train.batch_size"):
         preflight.check_fits(huge, torch.device("cpu"), tmp_path)
+    # Weights are already loaded when the check runs: they are not asked for a second time.
+    loaded = preflight.Estimate(weights=10**15, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
+    preflight.check_fits(loaded, torch.device("cpu"), tmp_path)
+    # FSDP over 8 processes: each holds an eighth of the weights and of the optimizer state.
+    whole, sharded = (preflight.estimate(model, 10**6, 0, 3, False, 4, 2, 16, 2, 2.0, shards=n) for n in (1, 8))
+    assert sharded.optimizer == whole.optimizer // 8 and sharded.weights == whole.weights // 8
     disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=10**16, activations=0, saved_output=0)
     with pytest.raises(preflight.ResourceError, match="of disk in"):
         preflight.check_fits(disk, torch.device("cpu"), tmp_path)

@@ -112,7 +112,8 @@ def hyperfit(
         say("The trunk cache is off under train.parallelism=fsdp: every block runs in every step.")
         use_cache = False
     need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
-                              len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size, args.trunk_cache_max_memory_gb)
+                              len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size // accelerator.num_processes,
+                              args.trunk_cache_max_memory_gb, shards=accelerator.num_processes if shard else 1)
     preflight.check_fits(need, accelerator.device, stage_dir)
     cache_started = time.perf_counter()
     train_cache = heldout_cache = None
@@ -204,7 +205,8 @@ def hyperfit(
         row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)
         say(_format_row(row))
-        trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
+        if shard or accelerator.is_main_process:  # gathering the shards is a collective; otherwise process 0 alone copies
+            trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
         if accelerator.is_main_process:
             with atomic_path(checkpoint_path) as tmp:
                 torch.save({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, tmp)

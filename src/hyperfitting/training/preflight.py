@@ -30,22 +30,29 @@ class Estimate:
         return self.weights + self.optimizer + self.trunk_cache_memory + self.activations
 
     @property
+    def memory_to_come(self) -> int:
+        """What training adds to the weights, which are already loaded when the check runs."""
+        return self.optimizer + self.trunk_cache_memory + self.activations
+
+    @property
     def disk(self) -> int:
         return self.trunk_cache_disk + self.saved_output
 
 
 def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blocks_total: int, use_cache: bool,
-             train_blocks: int, heldout_blocks: int, block_tokens: int, batch_size: int, max_cache_gb: float) -> Estimate:
+             train_blocks: int, heldout_blocks: int, block_tokens: int, batch_size: int, max_cache_gb: float,
+             shards: int = 1) -> Estimate:
+    """Per process: ``batch_size`` is this process's share of a batch; ``shards`` > 1 when FSDP splits weights and optimizer state."""
     hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
     vocabulary = model.config.vocab_size
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    optimizer = trainable_parameters * 4 * 3  # gradient + Adam's two moments, fp32
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) // shards
+    optimizer = trainable_parameters * 4 * 3 // shards  # gradient + Adam's two moments, fp32
     cache = (train_blocks + heldout_blocks) * block_tokens * hidden * 4 if use_cache else 0
     cache_in_memory = cache if cache <= max_cache_gb * 1e9 else 0
     trained_blocks = n_blocks_total - first_trainable_block
     # Per token: ~34 saved values of width `hidden` per trained block, logits and their gradient (fp32).
     activations = batch_size * block_tokens * (trained_blocks * 34 * hidden + 3 * vocabulary) * 4
-    saved = trainable_parameters * 4 if trainable_parameters < weights // 8 else weights
+    saved = trainable_parameters * 4 if trainable_parameters < weights * shards // 8 else weights * shards
     return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved)
 
 
@@ -58,12 +65,13 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path) -> None:
 
         free, where = psutil.virtual_memory().available, "RAM"
     gib = 1024 ** 3
-    if need.memory > free:
+    if need.memory_to_come > free:
         raise ResourceError(
-            f"This run needs about {need.memory / gib:.1f} GiB of {where} (weights {need.weights / gib:.1f}, optimizer state "
-            f"{need.optimizer / gib:.1f}, trunk cache {need.trunk_cache_memory / gib:.1f}, activations {need.activations / gib:.1f}) "
-            f"but {free / gib:.1f} GiB are free. Lower train.batch_size or data.block_tokens, train LoRA instead of every "
-            f"parameter, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
+            f"Beyond the weights already loaded ({need.weights / gib:.1f} GiB), this run needs about {need.memory_to_come / gib:.1f} GiB "
+            f"more of {where} (optimizer state {need.optimizer / gib:.1f}, trunk cache {need.trunk_cache_memory / gib:.1f}, "
+            f"activations {need.activations / gib:.1f}) but {free / gib:.1f} GiB are free. Lower train.batch_size or "
+            f"data.block_tokens, train LoRA instead of every parameter, shard over more processes with "
+            f"train.parallelism=fsdp, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(run_dir).free
