@@ -50,6 +50,9 @@ class BlockLoss:
         self.cache = cache
 
     def __call__(self, ids: torch.Tensor, cached: torch.Tensor | None) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        ids = ids.to(device)
+        cached = cached.to(device) if cached is not None else None
         if cached is None:
             return self.model(input_ids=ids, labels=ids, use_cache=False).loss
         with start_at_block(self.model, self.cache.first_block) as feed:
@@ -99,7 +102,8 @@ def hyperfit(
                           f"so that every process takes an equal share of each batch.")
     shard = args.parallelism == "fsdp" and accelerator.num_processes > 1
     model, plan = prepare_for_training(model, args)
-    model.to(accelerator.device)
+    if not shard:  # FSDP moves each block to the device as it shards it: the whole model never sits there
+        model.to(accelerator.device)
     say = accelerator.print
     say(plan.summary())
 
@@ -114,7 +118,7 @@ def hyperfit(
     need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
                               len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size // accelerator.num_processes,
                               args.trunk_cache_max_memory_gb, shards=accelerator.num_processes if shard else 1)
-    preflight.check_fits(need, accelerator.device, stage_dir)
+    preflight.check_fits(need, accelerator.device, stage_dir, weights_loaded=not shard)
     cache_started = time.perf_counter()
     train_cache = heldout_cache = None
     if use_cache:
@@ -186,9 +190,7 @@ def hyperfit(
         bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
         for index in bar:
             with accelerator.accumulate(model):
-                ids = train_blocks[index].to(accelerator.device)
-                cached = train_cache[index].to(accelerator.device) if train_cache is not None else None
-                loss = loss_fn(ids, cached)
+                loss = loss_fn(train_blocks[index], train_cache[index] if train_cache is not None else None)
                 if not math.isfinite(loss.item()):
                     raise DivergenceError(
                         f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "

@@ -56,7 +56,8 @@ def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blo
     return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved)
 
 
-def check_fits(need: Estimate, device: torch.device, run_dir: Path) -> None:
+def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_loaded: bool = True) -> None:
+    """``weights_loaded``: the weights already sit on ``device`` (false when FSDP will place its shards there)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         where = f"GPU {device}"
@@ -65,10 +66,11 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path) -> None:
 
         free, where = psutil.virtual_memory().available, "RAM"
     gib = 1024 ** 3
-    if need.memory_to_come > free:
+    to_come = need.memory_to_come + (0 if weights_loaded else need.weights)
+    if to_come > free:
         raise ResourceError(
-            f"Beyond the weights already loaded ({need.weights / gib:.1f} GiB), this run needs about {need.memory_to_come / gib:.1f} GiB "
-            f"more of {where} (optimizer state {need.optimizer / gib:.1f}, trunk cache {need.trunk_cache_memory / gib:.1f}, "
+            f"Beyond the weights already loaded ({need.weights / gib if weights_loaded else 0:.1f} GiB), this run needs about "
+            f"{to_come / gib:.1f} GiB more of {where} ({'' if weights_loaded else f'weight shards {need.weights / gib:.1f}, '}optimizer state {need.optimizer / gib:.1f}, trunk cache {need.trunk_cache_memory / gib:.1f}, "
             f"activations {need.activations / gib:.1f}) but {free / gib:.1f} GiB are free. Lower train.batch_size or "
             f"data.block_tokens, train LoRA instead of every parameter, shard over more processes with "
             f"train.parallelism=fsdp, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
