@@ -36,6 +36,13 @@ def test_torchrun_two_processes_match_one(tiny_model_folder, corpus, tmp_path):
     processes = [json.loads((d / "train" / "train_log.jsonl").read_text().splitlines()[-1])["processes"] for d in (single, double)]
     assert processes == [1, 2]  # the work really was split (and the trunk cache, blocks=last:1, built in shares)
 
+    # The other standard launcher. On CPUs it needs --multi_gpu to start several processes; they then use gloo.
+    launched = tmp_path / "accelerate"
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29537"]
+    _run(accelerate + _train_command(tiny_model_folder, corpus, launched, *extra)[1:])
+    rows = [json.loads(line) for line in (launched / "train" / "train_log.jsonl").read_text().splitlines()]
+    assert rows[-1]["processes"] == 2 and [r["train_loss"] for r in rows] == pytest.approx(losses[0], abs=1e-4)
+
     # Generation: prompts sharded over the two processes, gathered back in order, written once.
     evaluate = lambda run_dir: [sys.executable, "-m", "hyperfitting.cli", "evaluate", f"model.name={tiny_model_folder}",  # noqa: E731
                                 f"model.adapter={single / 'train' / 'adapter'}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]",
