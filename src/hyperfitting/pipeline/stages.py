@@ -212,6 +212,8 @@ def comparison_table(columns: dict[str, dict[str, float]]) -> str:
 
 def environment_record() -> dict:
     import accelerate
+
+    from hyperfitting.distributed import process_state
     import peft
     import transformers
 
@@ -224,6 +226,8 @@ def environment_record() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
+        "processes": process_state().num_processes,
+        "device": str(process_state().device),
     }
 
 

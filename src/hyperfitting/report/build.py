@@ -121,7 +121,7 @@ def build_report(run_dir: Path) -> dict:
            "| stage | wall time (s) |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     env = study["environment"]
     md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()) + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
-           "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines or "
+           "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines, process or "
            "thread counts, floating-point reduction order can change the last digits and, through greedy ties, a few tokens.", ""]
     markdown_text = "\n".join(md)
     write_text(run_dir / "report.md", markdown_text)
