@@ -104,6 +104,15 @@ def test_whole_study_on_two_processes_matches_one(tiny_model_folder, corpus, tmp
     assert [json.loads(r)["continuation_ids"] for r in generations[0].splitlines()] == \
            [json.loads(r)["continuation_ids"] for r in generations[1].splitlines()]
 
+    # The same study with FSDP: sharded LoRA training with the probe in lockstep, and the `full`
+    # control sharded too, its greedy decoding in lockstep as well.
+    _run(torchrun + study(tmp_path / "fsdp")[1:] + ["train.parallelism=fsdp"])
+    sharded = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
+    assert _numbers(one["metrics"]) == pytest.approx(_numbers(sharded["metrics"]), rel=1e-3, abs=1e-4, nan_ok=True)
+    controls = [json.loads((tmp_path / d / "controls" / "results.json").read_text())["methods"]["full"] for d in ("one", "fsdp")]
+    assert controls[0]["ttr"] == controls[1]["ttr"]
+    assert controls[0]["final_train_loss"] == pytest.approx(controls[1]["final_train_loss"], abs=1e-4)
+
 
 def _numbers(tree, prefix=""):
     """A nested JSON value flattened to {path: number}, for comparing two results files with a tolerance."""

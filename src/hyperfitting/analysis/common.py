@@ -131,7 +131,7 @@ _DECODED: dict[tuple, tuple[weakref.ref, list[Continuation]]] = {}
 
 
 def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
-           processors: Sequence[LogitsProcessor] = (), desc: str = "") -> list[Continuation]:
+           processors: Sequence[LogitsProcessor] = (), desc: str = "", shard: bool = True) -> list[Continuation]:
     """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p).
 
     Plain decodes (no processors) are remembered for the life of the model, so analyses that
@@ -143,7 +143,7 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
            round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size)
     if not processors and key in _DECODED and _DECODED[key][0]() is model:
         return _DECODED[key][1]
-    outputs = generate(model, tokenizer, prompts, args, processors, desc=desc)
+    outputs = generate(model, tokenizer, prompts, args, processors, desc=desc, shard=shard)
     if not processors:
         _DECODED[key] = (weakref.ref(model), outputs)
     return outputs

@@ -18,6 +18,7 @@ from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_model
 from hyperfitting.rundir import Stage, read_json, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
+from hyperfitting.training.parallel import is_sharded
 
 
 def control_train_args(config: RunConfig, spec: str):
@@ -25,8 +26,9 @@ def control_train_args(config: RunConfig, spec: str):
         return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full,
                        epochs=config.study.controls_epochs, diversity_every=0)
     _, blocks = spec.split(":", 1)
+    # LoRA controls fit one device: plain data parallelism keeps the trunk cache (FSDP turns it off).
     return replace(config.train, method="lora", blocks=blocks, lr=config.study.controls_lr_lora,
-                   epochs=config.study.controls_epochs, diversity_every=0)
+                   epochs=config.study.controls_epochs, diversity_every=0, parallelism="ddp")
 
 
 def _key(spec: str) -> str:
@@ -53,7 +55,8 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
         wall = time.perf_counter() - started
         (folder / "checkpoint.pt").unlink(missing_ok=True)
         tuned = trained.model.eval()
-        outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy")
+        # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
+        outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
         ids = [o.token_ids for o in outputs]
         rows = geometry_table_rows(base_states, hidden_states_at(tuned, data.heldout_blocks, sample), two_nn=False)
         block_rows = [r for r in rows if r["layer"].startswith("block")]
