@@ -143,7 +143,6 @@ def hyperfit(
     loss_fn = BlockLoss(model, train_cache)
     heldout_loss_fn = BlockLoss(model, heldout_cache)
     bare_model = accelerator.unwrap_model(model)
-
     bare_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
 
     # Resume: the checkpoint holds trainable weights, optimizer state and the log so far, all
