@@ -39,7 +39,7 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
 
-    if process_state().num_processes == 1:
+    if process_state().num_processes == 1:  # stream: callers that keep only an argmax never hold every logit
         yield from _teacher_forced_logits_here(model, sequences, starts, batch_size)
         return
     share = my_share(len(sequences))

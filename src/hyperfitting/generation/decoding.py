@@ -160,61 +160,41 @@ def generate(
     show_progress: bool = True,
     shard: bool = True,
 ) -> list[Continuation]:
-    """Continue every prompt; under several processes (torchrun, accelerate launch) each decodes its share
-    of the prompts and every process gets all continuations back, in the prompts' order.
-    ``shard=False``: every process decodes every prompt (for an FSDP-sharded model, whose forward
-    passes are collectives that all processes must take together)."""
-    from hyperfitting.distributed import process_state
+    """Continue every prompt, ``args.batch_size`` at a time; the continuations come back in the prompts' order.
 
-    state = process_state()
-    if state.num_processes == 1 or not shard:
-        return _generate_here(model, tokenizer, prompts, args, extra_processors, desc, show_progress)
-    from hyperfitting.distributed import gather_in_order, my_share
-
-    mine = my_share(len(prompts))
-    local = _generate_here(model, tokenizer, [prompts[i] for i in mine], args, extra_processors, desc,
-                           show_progress and state.is_main_process, first_index=mine.start)
-    return gather_in_order(local)
-
-
-def _generate_here(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[int]],
-    args: GenerateArgs,
-    extra_processors: Sequence[LogitsProcessor] = (),
-    desc: str = "generating",
-    show_progress: bool = True,
-    first_index: int = 0,
-) -> list[Continuation]:
-    """Continue every prompt, ``args.batch_size`` at a time, in the prompts' order.
-
-    Prompt i (``first_index + i`` in the caller's whole list) samples from its own generator,
-    seeded from ``args.seed`` and that index: the same text on one process or many.
+    Under several processes (torchrun, accelerate launch) each decodes a contiguous share of the
+    prompts and every process gets all continuations back. ``shard=False``: every process decodes
+    every prompt (for an FSDP-sharded model, whose forward passes are collectives that all
+    processes must take together). Prompt i samples from its own generator, seeded from
+    ``args.seed`` and i: the same text on one process or many.
 
     ``extra_processors`` run before the sampling warpers (so a bias shifts logits before
     temperature is applied, as it would inside the model).
     """
+    from hyperfitting.distributed import gather_in_order, my_share, process_state
+
+    mine = my_share(len(prompts)) if shard else range(len(prompts))
     device = next(model.parameters()).device
     processors = list(extra_processors) + sampling_processors(args)
     eos = tokenizer.eos_token_id if args.stop_at_eos else None
     results: list[Continuation] = []
-    starts = range(0, len(prompts), args.batch_size)
+    starts = range(mine.start, mine.stop, args.batch_size)
     # One tick per decoding step of a batch, so long batches show progress and tokens/s.
-    bar = tqdm(total=len(starts) * args.max_new_tokens, desc=desc, unit="step", disable=not show_progress, leave=False)
+    bar = tqdm(total=len(starts) * args.max_new_tokens, desc=desc, unit="step",
+               disable=not (show_progress and process_state().is_main_process), leave=False)
     for batch_index, start in enumerate(starts):
+        batch = range(start, min(start + args.batch_size, mine.stop))
         results += decode_batch(
             model,
-            prompts[start : start + args.batch_size],
+            [prompts[i] for i in batch],
             args.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos,
             do_sample=args.do_sample,
             processors=processors,
-            generators=[torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + first_index + start + r)
-                        for r in range(len(prompts[start : start + args.batch_size]))] if args.do_sample else None,
+            generators=[torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + i) for i in batch] if args.do_sample else None,
             on_step=bar.update,
         )
         bar.update((batch_index + 1) * args.max_new_tokens - bar.n)  # catch up after a batch that stopped early at EOS
     bar.close()
-    return results
+    return gather_in_order(results) if shard else results

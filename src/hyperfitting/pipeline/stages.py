@@ -212,10 +212,10 @@ def comparison_table(columns: dict[str, dict[str, float]]) -> str:
 
 def environment_record() -> dict:
     import accelerate
-
-    from hyperfitting.distributed import process_state
     import peft
     import transformers
+
+    from hyperfitting.distributed import process_state
 
     return {
         "hyperfitting": __version__,
