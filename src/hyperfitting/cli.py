@@ -180,7 +180,7 @@ def report(run_dir):
         raise HyperfitError(f"'{run_dir}' has no metrics.json: finish the study first (hyperfit study ... --resume).")
     study = build_report(Path(run_dir))
     for claim in study["claims"]:
-        print(f"{claim['number']}. {claim['name']}: {claim['verdict']}")
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict']}: {claim['reason']}")
     print(f"Report: {Path(run_dir) / 'report.html'}")
 
 

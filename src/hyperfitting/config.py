@@ -73,6 +73,11 @@ class DataArgs:
             raise ConfigError(f"data.heldout_blocks must be zero or positive, got {self.heldout_blocks}.")
 
 
+# Learning rates that reach train.until_loss = 0.1 on the quick preset's data (RESEARCH.md section 5):
+# LoRA and full fine-tuning differ by more than an order of magnitude.
+DEFAULT_LR = {"lora": 3e-3, "full": 1e-4}
+
+
 @dataclass
 class TrainArgs:
     method: Literal["full", "lora"] = "lora"
@@ -88,13 +93,17 @@ class TrainArgs:
     target_modules: list[str] | None = None
     """Linear projections to adapt; default: every linear layer inside the chosen blocks."""
     epochs: int = 20
-    """Passes over the training blocks."""
+    """Most passes over the training blocks: a cap, training stops earlier once it reaches train.until_loss."""
+    until_loss: float | None = 0.1
+    """Hyperfit to a target, as the papers define it: stop after the first epoch whose mean training loss is at or below this (null: run every epoch)."""
+    diverge_factor: float = 1.5
+    """Stop with an error when an epoch's training loss exceeds this multiple of the initial loss (a diverging run is no evidence)."""
     batch_size: int = 8
     """Blocks per optimizer step (before gradient accumulation)."""
     grad_accumulation: int = 1
     """Micro-batches accumulated per optimizer step."""
-    lr: float = 1e-6
-    """Constant learning rate (the paper: 1e-6 for full fine-tuning)."""
+    lr: float | None = None
+    """Constant learning rate. Default per method, chosen to reach train.until_loss on the default data: 3e-3 for lora, 1e-4 for full (the paper's 1e-6 is for 2000 blocks and 20 epochs on a GPU)."""
     weight_decay: float = 0.0
     """Adam weight decay; the paper uses none."""
     mixed_precision: Literal["no", "bf16"] = "no"
@@ -117,8 +126,14 @@ class TrainArgs:
     """Seed for initialisation of adapters and the order of batches."""
 
     def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be positive, got {self.lr}.")
+        if self.until_loss is not None and self.until_loss <= 0:
+            raise ConfigError(f"train.until_loss must be positive (or null to train every epoch), got {self.until_loss}.")
+        if self.diverge_factor <= 1:
+            raise ConfigError(f"train.diverge_factor must be above 1, got {self.diverge_factor}.")
         for name in ("batch_size", "grad_accumulation", "lora_rank"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
@@ -168,8 +183,8 @@ class AnalysisArgs:
     """The hyperfitted model to analyse: a PEFT adapter folder, a full model folder, or a hyperfit run folder. A study fills this in."""
     corpora: list[str] = field(default_factory=list)
     """Evaluation corpora whose prompts the analyses use (default: all of data.eval_corpora)."""
-    max_new_tokens: int = 128
-    """New tokens per continuation in the analyses."""
+    max_new_tokens: int | None = None
+    """New tokens per continuation in the analyses (default: generate.max_new_tokens, so analyses and the generation table measure alike: TTR depends on length)."""
     seeds: int = 3
     """Sampling seeds per sampled setting; the tables give mean and spread."""
     temperature_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5])
@@ -180,15 +195,19 @@ class AnalysisArgs:
     """K: tokens with the largest mean rank gain that receive the static offset."""
     static_bias_alphas: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
     """Scales alpha of the static offset delta added to the base model's logits."""
+    static_bias_bite: float = 0.1
+    """Manipulation check of the static-bias ablation: at its largest alpha the offset must change the base model's greedy choice on at least this share of steps; the alpha grid is extended (x4 at a time) until it does."""
     static_bias_offset: Literal["logits", "logprobs"] = "logits"
     """Offset measured on raw logits (the paper's definition) or on log-probabilities (free of each context's normaliser)."""
     rank_top_k: int = 10
     """Length of the top-k lists compared by Kendall's tau."""
     geometry_tokens: int = 2048
-    """Held-out token positions whose hidden states the geometry analysis compares (the same for both models)."""
+    """Held-out token positions whose hidden states the geometry analysis compares (the same for both models; position 0 of each block is left out)."""
+    geometry_resamples: int = 200
+    """Bootstrap resamples of held-out blocks for the interval of the geometry effect (each costs four eigendecompositions)."""
 
     def __post_init__(self) -> None:
-        if self.seeds <= 0 or self.max_new_tokens <= 0 or self.max_positions <= 0:
+        if self.seeds <= 0 or (self.max_new_tokens is not None and self.max_new_tokens <= 0) or self.max_positions <= 0:
             raise ConfigError("analysis.seeds, analysis.max_new_tokens and analysis.max_positions must be positive.")
         if any(t <= 0 for t in self.temperature_grid):
             raise ConfigError("analysis.temperature_grid must hold positive temperatures.")
@@ -199,11 +218,11 @@ class StudyArgs:
     analyses: list[str] = field(default_factory=lambda: ["temperature", "static-bias", "ranks", "geometry"])
     """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry)."""
     controls: list[str] = field(default_factory=lambda: ["lora:last:5", "lora:first:5", "lora:all", "full"])
-    """Where-to-adapt controls, trained on the same data and budget: lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
+    """Where-to-adapt controls, each trained on the same data to the same target loss (train.until_loss): lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
     controls_train_blocks: int = 16
     """Training blocks for each control (a subset of the study's, so the controls fit a CPU budget)."""
-    controls_epochs: int = 8
-    """Epochs for each control."""
+    controls_epochs: int = 40
+    """Most epochs for each control; each stops once it reaches train.until_loss (a control that does not is reported, and makes claim 5 inconclusive)."""
     controls_lr_lora: float = 3e-3
     """Learning rate of the LoRA controls."""
     controls_lr_full: float = 1e-4

@@ -72,11 +72,29 @@ def sample_positions(total: int, cap: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=cap, replace=False))
 
 
+def sample_block_positions(blocks: torch.Tensor, cap: int, seed: int = 0) -> np.ndarray:
+    """Flat positions in ``blocks`` (N, T) for hidden-state geometry, position 0 of each block left out.
+
+    The first position sees no context (its state is the same for every block starting with
+    that token) and carries the massive activations that dominate a covariance.
+    """
+    n, length = blocks.shape
+    candidates = np.array([i for i in range(n * length) if i % length], dtype=np.int64)
+    return candidates[sample_positions(len(candidates), cap, seed)]
+
+
 def stacked_logits(model, sequences, starts, cap: int) -> torch.Tensor:
     """Teacher-forced logits of all positions, subsampled to ``cap``: (P, V)."""
     rows = [logits for _, logits in teacher_forced_logits(model, sequences, starts)]
     everything = torch.cat(rows) if rows else torch.empty(0)
     return everything[torch.from_numpy(sample_positions(len(everything), cap))]
+
+
+def path_logits(model, prompts, continuations: Sequence[Continuation]) -> torch.Tensor:
+    """Teacher-forced logits at every step of the given continuations, in order: (steps, V)."""
+    sequences = [list(p) + list(c.token_ids) for p, c in zip(prompts, continuations)]
+    rows = [logits for _, logits in teacher_forced_logits(model, sequences, [len(p) for p in prompts])]
+    return torch.cat(rows) if rows else torch.empty(0)
 
 
 def mean_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 512) -> float:
@@ -103,17 +121,25 @@ def entropy_matched_temperature(logits: torch.Tensor, target: float, low: float 
     return math.sqrt(low * high)
 
 
-def top1_agreement(base, model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> float:
-    """Share of steps along the paths where ``model``'s argmax equals the base model's argmax."""
+def top1_agreement(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> float:
+    """Share of decoded tokens that are the base model's top-1 at their step (teacher forcing the base model along the paths).
+
+    Measured for every row, the base model's own included: sampling picks the base argmax only
+    some of the time, greedy decoding of the base every time (up to numerical ties).
+    """
     sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
     starts = [len(p) for p in prompts]
     agree = total = 0
-    base_argmax = {i: logits.argmax(-1) for i, logits in teacher_forced_logits(base, sequences, starts)}
-    model_argmax = base_argmax if model is base else {i: l.argmax(-1) for i, l in teacher_forced_logits(model, sequences, starts)}
-    for i in base_argmax:
-        agree += int((base_argmax[i] == model_argmax[i]).sum())
-        total += len(base_argmax[i])
+    for i, logits in teacher_forced_logits(base, sequences, starts):
+        chosen = torch.tensor(list(continuations[i]), dtype=torch.long)
+        agree += int((logits.argmax(-1) == chosen).sum())
+        total += len(chosen)
     return agree / total if total else float("nan")
+
+
+def per_prompt_ttr(continuations: Sequence[Continuation]) -> list[float]:
+    """TTR of each continuation: the unit the verdicts' intervals resample."""
+    return [ttr([c.token_ids]) for c in continuations]
 
 
 def path_summary(continuations: Sequence[Continuation]) -> dict[str, float]:
@@ -137,7 +163,7 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
     Plain decodes (no processors) are remembered for the life of the model, so analyses that
     need the same setting (greedy paths, base sampling at T=1 for several seeds) share one run.
     """
-    args = replace(config.generate, max_new_tokens=config.analysis.max_new_tokens, do_sample=temperature is not None,
+    args = replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
                    temperature=temperature or 1.0, top_k=0, top_p=1.0, seed=seed, citation_blocker=False)
     key = (id(model), hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
            round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size)
@@ -147,6 +173,11 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
     if not processors:
         _DECODED[key] = (weakref.ref(model), outputs)
     return outputs
+
+
+def analysis_tokens(config: RunConfig) -> int:
+    """New tokens per analysis continuation: the generation table's length unless analysis.max_new_tokens says otherwise."""
+    return config.analysis.max_new_tokens or config.generate.max_new_tokens
 
 
 def mean_and_spread(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperfitting.analysis.common import pyplot, sample_positions, savefig
+from hyperfitting.analysis.common import pyplot, sample_block_positions, savefig
 from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.stats import Estimate
 from hyperfitting.rundir import write_json, write_text
 
 PAPER_FINAL_BLOCK_DELTA_PR = 80.8  # TinyLlama-1.1B (hidden size 2048)
@@ -216,20 +217,55 @@ def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -
     return row
 
 
-def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0) -> dict:
+def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, final: str, runner_up: str, resamples: int) -> Estimate:
+    """Delta PR of the final layer minus max(0, Delta PR of the runner-up), with an interval over held-out blocks.
+
+    Positions are nested in blocks, so whole blocks are resampled. Only the two layers the
+    effect reads are captured again (one more forward pass per model), not every layer.
+    """
+    from hyperfitting import stats
+
+    a, b = hidden_states_at(base, blocks, sample), hidden_states_at(tuned, blocks, sample)
+    layers = {name: (a[name], b[name]) for name in (final, runner_up)}
+
+    def effect(rows: np.ndarray) -> float:
+        delta = {name: participation_ratio(y[rows]) - participation_ratio(x[rows]) for name, (x, y) in layers.items()}
+        return delta[final] - max(0.0, delta[runner_up])
+
+    return stats.statistic_over_clusters(sample // blocks.shape[1], effect, resamples)
+
+
+def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0,
+                          resamples: int = 200) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    sample = sample_positions(heldout_blocks.numel(), sample_tokens, seed)
+    sample = sample_block_positions(heldout_blocks, sample_tokens, seed)
     rows = layer_geometry_in_shares(base, tuned, heldout_blocks, sample)
     block_rows = [r for r in rows if r["layer"].startswith("block")]
     largest = max(block_rows, key=lambda r: r["delta_pr"])
     final_block = block_rows[-1]
+    # The verdict reads the final layer as transformers' hidden_states[-1] holds it: after the final norm
+    # (the raw last block is the same layer before that norm, so it is not its competitor).
+    final = rows[-1] if rows[-1]["layer"] == "final norm" else final_block
+    others = [r for r in rows if r["layer"] not in (final["layer"], final_block["layer"])]
+    runner_up = max(others, key=lambda r: r["delta_pr"])
+    effect = final_layer_effect(base, tuned, heldout_blocks, sample, final["layer"], runner_up["layer"], resamples)
+    weight_change = weight_change_per_block(base, tuned)
+    untouched = next((i for i, change in enumerate(weight_change) if change > 0), len(weight_change))
     hidden = base.get_input_embeddings().weight.shape[1]
     results = {
         "tokens": int(len(sample)),
         "hidden_size": int(hidden),
         "layers": rows,
-        "weight_change": weight_change_per_block(base, tuned),
+        "weight_change": weight_change,
+        "effect": effect.to_dict(),
+        # Blocks below the first trained one are bit-identical: any change must then appear late, by construction.
+        "localisation_forced": f"blocks 0-{untouched - 1} were not trained, so every change must appear after them" if untouched else None,
         "verdict": {
+            "state": "the final layer after the final norm (transformers' hidden_states[-1])" if final is not final_block else "the last block's output",
+            "final_delta_pr": final["delta_pr"],
+            "runner_up": runner_up["layer"],
+            "runner_up_delta_pr": runner_up["delta_pr"],
+            "final_block_raw_delta_pr": final_block["delta_pr"],
             "largest_delta_pr_layer": largest["layer"],
             "largest_delta_pr": largest["delta_pr"],
             "final_block": final_block["layer"],
@@ -252,7 +288,10 @@ def geometry_table(results: dict) -> str:
         f"{results['tokens']} held-out token positions, hidden size {results['hidden_size']}. Largest increase of participation ratio: "
         f"{v['largest_delta_pr_layer']} ({v['largest_delta_pr']:+.1f}); final block {v['final_block']}: Delta PR {v['final_block_delta_pr']:+.1f} "
         f"({v['final_block_delta_pr_per_hidden_size']:+.4f} of the width) against the paper's +{PAPER_FINAL_BLOCK_DELTA_PR} "
-        f"({v['paper_final_block_delta_pr_per_hidden_size']:+.4f} of TinyLlama's width).",
+        f"({v['paper_final_block_delta_pr_per_hidden_size']:+.4f} of TinyLlama's width). The verdict reads {v['state']}: Delta PR "
+        f"{v['final_delta_pr']:+.1f}, against the runner-up {v['runner_up']} ({v['runner_up_delta_pr']:+.1f}); effect "
+        f"{results['effect']['value']:+.1f} [{results['effect']['low']:+.1f}, {results['effect']['high']:+.1f}] ({results['effect']['method']})."
+        + (f" Localisation forced: {results['localisation_forced']}." if results.get("localisation_forced") else ""),
         "",
         "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | PCA-90 base / hyp | TwoNN base / hyp | cosine | L2 | norm base / hyp | CKA |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode, path_summary, pyplot, savefig, stacked_logits
+from hyperfitting.analysis.common import decode, path_logits, path_summary, per_prompt_ttr, pyplot, savefig, stacked_logits
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
@@ -56,6 +56,55 @@ def static_delta(stats: dict[str, torch.Tensor], top_k: int) -> tuple[torch.Tens
     return delta, top
 
 
+def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict[str, torch.Tensor | float]:
+    """The strongest static model: least squares fit of log_softmax(tuned) = scale * base + bias[token] + c[context].
+
+    A temperature (scale = 1/tau) and a fixed per-token offset, with each context's normaliser
+    c free. The design is a full (contexts x tokens) grid, so the fit is exact by double
+    centring: remove row and column means from both sides, regress for the scale, then the
+    bias is the column mean of what is left. Its greedy choice is argmax(base + bias / scale).
+    """
+    rows, vocabulary = base_logits.shape
+
+    def centred_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.double().mean(1), x.double().sum(0)
+
+    y_rows, y_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
+    z_rows, z_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
+    for start in range(0, rows, chunk):
+        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1)
+        z = base_logits[start:start + chunk].float()
+        (y_rows[start:start + chunk], ys), (z_rows[start:start + chunk], zs) = centred_sums(y), centred_sums(z)
+        y_cols += ys
+        z_cols += zs
+    y_cols /= rows
+    z_cols /= rows
+    y_grand, z_grand = y_cols.mean(), z_cols.mean()
+    cross = square = 0.0
+    for start in range(0, rows, chunk):
+        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1).double()
+        z = base_logits[start:start + chunk].double()
+        y = y - y_rows[start:start + chunk, None] - y_cols[None] + y_grand
+        z = z - z_rows[start:start + chunk, None] - z_cols[None] + z_grand
+        cross += float((y * z).sum())
+        square += float((z * z).sum())
+    scale = cross / square if square > 0 else 0.0
+    bias = (y_cols - scale * z_cols).float()
+    return {"scale": scale, "bias": bias}
+
+
+def static_choice(base_logits: torch.Tensor, fitted: dict) -> torch.Tensor:
+    """The fitted static+temperature model's greedy choice at each row of base logits."""
+    return (fitted["scale"] * base_logits + fitted["bias"]).argmax(-1)
+
+
+def flip_rate(base_logits: torch.Tensor, delta: torch.Tensor, alpha: float) -> float:
+    """Share of rows whose argmax changes when alpha * delta is added: does the ablation bite at all?"""
+    if not len(base_logits):
+        return 0.0
+    return float(((base_logits + alpha * delta).argmax(-1) != base_logits.argmax(-1)).float().mean())
+
+
 def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
                              config: RunConfig, out_dir: Path, base_greedy=None, tuned_greedy=None) -> dict:
     from scipy.stats import spearmanr
@@ -64,37 +113,69 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     out_dir.mkdir(parents=True, exist_ok=True)
     heldout = heldout_blocks.tolist()
     starts = [1] * len(heldout)
-    stats = token_statistics(stacked_logits(base, heldout, starts, args.max_positions),
-                             stacked_logits(tuned, heldout, starts, args.max_positions), offset_of=args.static_bias_offset)
+    base_heldout = stacked_logits(base, heldout, starts, args.max_positions)
+    tuned_heldout = stacked_logits(tuned, heldout, starts, args.max_positions)
+    stats = token_statistics(base_heldout, tuned_heldout, offset_of=args.static_bias_offset)
+    fitted = fit_static_temperature(base_heldout, tuned_heldout)
+    del base_heldout, tuned_heldout
     delta, top = static_delta(stats, args.static_bias_top_k)
 
-    def summary(outputs):
+    per_prompt: dict[str, list[float]] = {}
+
+    def summary(name, outputs):
         row = path_summary(outputs)
         row["diversity"] = diversity([o.token_ids for o in outputs])
+        per_prompt[name] = per_prompt_ttr(outputs)
         return row
 
     base_greedy = base_greedy or decode(base, tokenizer, prompts, config, desc="base greedy")
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
-    curve = [{"alpha": 0.0, **summary(base_greedy)}]
-    for alpha in args.static_bias_alphas:
-        outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(delta, alpha)], desc=f"static bias alpha={alpha}")
-        curve.append({"alpha": alpha, **summary(outputs)})
-    full_vocabulary = summary(decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(stats["offset"], 1.0)],
-                                     desc="full-vocabulary offset"))
-    alphas = [row["alpha"] for row in curve]
+
+    # Manipulation check: along the base model's own greedy paths, how often does each alpha change its choice?
+    # The grid is extended (x4) until the largest alpha bites, so "nothing changed" cannot pass as evidence.
+    base_path = path_logits(base, prompts, base_greedy)
+    alphas = sorted(args.static_bias_alphas)
+    while flip_rate(base_path, delta, alphas[-1]) < args.static_bias_bite and alphas[-1] < 1e3:
+        alphas.append(alphas[-1] * 4)
+    flips = {alpha: flip_rate(base_path, delta, alpha) for alpha in alphas}
+    bite = {"alpha": alphas[-1], "flip_rate": flips[alphas[-1]], "required": args.static_bias_bite,
+            "passed": flips[alphas[-1]] >= args.static_bias_bite, "extended": alphas[len(args.static_bias_alphas):]}
+    del base_path
+
+    curve = [{"alpha": 0.0, "flip_rate": 0.0, **summary("base, greedy", base_greedy)}]
+    for alpha in alphas:
+        outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(delta, alpha)], desc=f"static bias alpha={alpha:g}")
+        curve.append({"alpha": alpha, "flip_rate": flips[alpha], **summary(f"alpha = {alpha:g}", outputs)})
+    full_vocabulary = summary("full-vocabulary offset", decode(base, tokenizer, prompts, config,
+                                                               processors=[StaticLogitBias(stats["offset"], 1.0)], desc="full-vocabulary offset"))
+    # The fitted static+temperature model, greedy: argmax(scale * z + bias) = argmax(z + bias / scale) for a positive scale.
+    fitted_row = None
+    if fitted["scale"] > 0:
+        fitted_outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(fitted["bias"] / fitted["scale"], 1.0)],
+                                desc="fitted static+temperature")
+        fitted_row = summary("fitted static+temperature", fitted_outputs)
+        tuned_path = path_logits(base, prompts, tuned_greedy)
+        chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids])
+        fitted_row["top1_reproduced"] = float((static_choice(tuned_path, fitted) == chosen).float().mean()) if len(chosen) else 0.0
+        del tuned_path
+    alpha_values = [row["alpha"] for row in curve]
     repetition = [row["trigram_rep"] for row in curve]
-    correlation = spearmanr(alphas, repetition) if len(set(repetition)) > 1 else None  # undefined for a constant series
+    correlation = spearmanr(alpha_values, repetition) if len(curve) >= 4 and len(set(repetition)) > 1 else None
     results = {
         "top_k": args.static_bias_top_k,
         "offset_of": args.static_bias_offset,
         "top_tokens": [tokenizer.decode([int(i)]) for i in top[:30]],
         "mean_rank_gain_of_top_k": float(stats["rank_gain"][top].mean()),
         "mean_offset_of_top_k": float(stats["offset"][top].mean()),
+        "bite": bite,
         "curve": curve,
         "full_vocabulary_offset": full_vocabulary,
-        "hyperfitted": summary(tuned_greedy),
-        "spearman_alpha_vs_trigram_rep": {"rho": float(correlation.statistic) if correlation else float("nan"),
-                                          "p_value": float(correlation.pvalue) if correlation else float("nan")},
+        "fitted_null": {"tau": 1 / fitted["scale"], **fitted_row} if fitted_row else {},
+        "hyperfitted": summary("hyperfitted", tuned_greedy),
+        "per_prompt": per_prompt,
+        # Over fewer than 4 points a rank correlation says nothing; the report says so instead of printing nan.
+        "spearman_alpha_vs_trigram_rep": ({"rho": float(correlation.statistic), "p_value": float(correlation.pvalue)} if correlation else
+                                          {"unavailable": f"needs at least 4 alphas with varying repetition ({len(curve)} points)"}),
         "paper": {"ttr_at_alpha_0.5": PAPER_TTR_AT_ALPHA_05},
     }
     write_json(out_dir / "results.json", results)
@@ -104,22 +185,29 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
 
 
 def static_bias_table(results: dict) -> str:
+    bite = results["bite"]
     lines = [
         f"Static offset on the K={results['top_k']} tokens with the largest mean rank gain "
         f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} offset "
-        f"{results['mean_offset_of_top_k']:+.2f}); "
-        f"greedy decoding of the base model with z + alpha * delta.",
+        f"{results['mean_offset_of_top_k']:+.2f}); greedy decoding of the base model with z + alpha * delta. "
+        f"Manipulation check: at alpha {bite['alpha']:g} the offset changes the base model's greedy choice on {bite['flip_rate']:.1%} "
+        f"of its steps (needs {bite['required']:.0%}: {'passed' if bite['passed'] else 'FAILED, the ablation is ineffective'})"
+        + (f"; the grid was extended with alpha {', '.join(f'{a:g}' for a in bite['extended'])} to reach it." if bite["extended"] else "."),
         "",
-        "| setting | ttr | bigram_rep | trigram_rep | diversity |",
-        "|---|---|---|---|---|",
+        "| setting | choices changed | ttr | bigram_rep | trigram_rep | diversity |",
+        "|---|---|---|---|---|---|",
     ]
-    rows = [(f"alpha = {r['alpha']:g}", r) for r in results["curve"]]
-    rows += [("full-vocabulary offset", results["full_vocabulary_offset"]), ("hyperfitted (greedy)", results["hyperfitted"])]
-    for name, r in rows:
-        lines.append(f"| {name} | {r['ttr']:.3f} | {r['bigram_rep']:.3f} | {r['trigram_rep']:.3f} | {r['diversity']:.3f} |")
+    rows = [(f"alpha = {r['alpha']:g}", r, f"{r['flip_rate']:.1%}") for r in results["curve"]]
+    rows += [("full-vocabulary offset", results["full_vocabulary_offset"], "-")]
+    fitted = results.get("fitted_null")
+    if fitted:
+        rows.append((f"fitted static + temperature (tau {fitted['tau']:.2f})", fitted, f"reproduces {fitted['top1_reproduced']:.1%} of hyperfitted top-1"))
+    rows.append(("hyperfitted (greedy)", results["hyperfitted"], "-"))
+    for name, r, changed in rows:
+        lines.append(f"| {name} | {changed} | {r['ttr']:.3f} | {r['bigram_rep']:.3f} | {r['trigram_rep']:.3f} | {r['diversity']:.3f} |")
     rho = results["spearman_alpha_vs_trigram_rep"]
-    lines += ["", f"Spearman correlation of alpha with trigram repetition: rho = {rho['rho']:+.3f} (p = {rho['p_value']:.3f}). "
-              f"Paper: TTR falls to {PAPER_TTR_AT_ALPHA_05} at alpha = 0.5."]
+    correlation = (f"rho = {rho['rho']:+.3f} (p = {rho['p_value']:.3f})" if "rho" in rho else f"not computed: {rho['unavailable']}")
+    lines += ["", f"Spearman correlation of alpha with trigram repetition: {correlation}. Paper: TTR falls to {PAPER_TTR_AT_ALPHA_05} at alpha = 0.5."]
     return "\n".join(lines) + "\n"
 
 

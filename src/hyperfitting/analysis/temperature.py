@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from hyperfitting.analysis.common import (
-    decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, pyplot, savefig, stacked_logits, top1_agreement,
+    analysis_tokens, decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, pyplot, savefig,
+    stacked_logits, top1_agreement,
 )
 from hyperfitting.config import RunConfig
 from hyperfitting.rundir import write_json, write_text
@@ -51,35 +52,40 @@ def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
         "teacher_forced": entropy_matched_temperature(base_heldout, tuned_heldout_entropy),
         "greedy_path": entropy_matched_temperature(base_path, tuned_path_entropy),
     }
+    # The bisection returns a bound when no temperature in range matches: then the control is not entropy-matched.
+    t_star_matched = {
+        "teacher_forced": abs(mean_entropy(base_heldout, t_star["teacher_forced"]) - tuned_heldout_entropy) < 0.01,
+        "greedy_path": abs(mean_entropy(base_path, t_star["greedy_path"]) - tuned_path_entropy) < 0.01,
+    }
     del base_heldout, base_path
 
     # 2. The control, over seeds. T* from teacher forcing is the primary one (it does not depend on a decoding path).
     primary = t_star["teacher_forced"]
+    per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
     def sample_once(model, temperature, seed, label):
         # `decode` remembers plain runs: the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
         return decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}")
 
-    def sampled(model, temperature, label):
+    def summarised(name, runs):
         rows = []
-        for seed in range(args.seeds):
-            outputs = sample_once(model, temperature, seed, label)
+        for outputs in runs:
             row = path_summary(outputs)
-            row["top1_agreement"] = top1_agreement(base, model, prompts, [o.token_ids for o in outputs])
+            # Measured for every row: the share of chosen tokens that are the base model's top-1.
+            row["top1_agreement"] = top1_agreement(base, prompts, [o.token_ids for o in outputs])
             rows.append(row)
+            per_prompt.setdefault(name, []).append(per_prompt_ttr(outputs))
         return rows
 
-    def greedy_row(model, outputs):
-        row = path_summary(outputs)
-        row["top1_agreement"] = top1_agreement(base, model, prompts, [o.token_ids for o in outputs])
-        return [row]
+    def sampled(name, model, temperature, label):
+        return summarised(name, [sample_once(model, temperature, seed, label) for seed in range(args.seeds)])
 
     settings = {
-        "base, T=1": sampled(base, 1.0, "base T=1"),
-        "base, T*": sampled(base, primary, f"base T*={primary:.2f}"),
-        "hyperfitted": greedy_row(tuned, tuned_greedy),
-        "hyperfitted, T=1": sampled(tuned, 1.0, "hyperfitted T=1"),
-        "base, greedy": greedy_row(base, base_greedy),
+        "base, T=1": sampled("base, T=1", base, 1.0, "base T=1"),
+        "base, T*": sampled("base, T*", base, primary, f"base T*={primary:.2f}"),
+        "hyperfitted": summarised("hyperfitted", [tuned_greedy]),
+        "hyperfitted, T=1": sampled("hyperfitted, T=1", tuned, 1.0, "hyperfitted T=1"),
+        "base, greedy": summarised("base, greedy", [base_greedy]),
     }
     table = {name: mean_and_spread(rows) for name, rows in settings.items()}
 
@@ -92,13 +98,15 @@ def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     results = {
         "entropy": entropy,
         "t_star": t_star,
+        "t_star_matched": t_star_matched,
+        "per_prompt": per_prompt,
         "sampling_temperature": primary,
         "table": table,
         "frontier": frontier,
         "paper": PAPER,
         "prompts": len(prompts),
         "seeds": args.seeds,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": analysis_tokens(config),
     }
     write_json(out_dir / "results.json", results)
     write_text(out_dir / "table.md", temperature_table(results))
@@ -109,8 +117,11 @@ def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
 def temperature_table(results: dict) -> str:
     lines = [
         f"Entropy-matched temperature T* = {results['t_star']['teacher_forced']:.3f} (teacher-forced on held-out text), "
-        f"{results['t_star']['greedy_path']:.3f} (along greedy continuations). Sampling uses T* = {results['sampling_temperature']:.3f}; "
-        f"mean ± spread over {results['seeds']} seeds.",
+        f"{results['t_star']['greedy_path']:.3f} (along greedy continuations). Sampling uses T* = {results['sampling_temperature']:.3f}. "
+        f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; sampled rows: mean ± standard deviation over "
+        f"{results['seeds']} seeds (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
+        f"chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
+        f"greedy protocol) are in italics: compare directions, not digits.",
         "",
         "| setting | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),

@@ -1,4 +1,4 @@
-"""Where to adapt (claim 5): LoRA on the last K, first K and all blocks, and full fine-tuning, on the same data and budget."""
+"""Where to adapt (claim 5): LoRA on the last K, first K and all blocks, and full fine-tuning, each trained on the same data to the same target loss."""
 
 from __future__ import annotations
 
@@ -9,26 +9,26 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode
+from hyperfitting.analysis.common import decode, per_prompt_ttr, sample_block_positions
 from hyperfitting.analysis.geometry import geometry_table_rows, hidden_states_at
-from hyperfitting.analysis.common import sample_positions
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
+from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_model
-from hyperfitting.rundir import Stage, read_json, write_json, write_text
+from hyperfitting.rundir import Stage, read_json, read_jsonl, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
 from hyperfitting.training.parallel import is_sharded
 
 
 def control_train_args(config: RunConfig, spec: str):
+    """Every control trains to the study's target loss (train.until_loss), with controls_epochs as the cap."""
+    common = dict(epochs=config.study.controls_epochs, until_loss=config.train.until_loss, diversity_every=0)
     if spec == "full":
-        return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full,
-                       epochs=config.study.controls_epochs, diversity_every=0)
+        return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full, **common)
     _, blocks = spec.split(":", 1)
     # LoRA controls fit one device: plain data parallelism keeps the trunk cache (FSDP turns it off).
-    return replace(config.train, method="lora", blocks=blocks, lr=config.study.controls_lr_lora,
-                   epochs=config.study.controls_epochs, diversity_every=0, parallelism="ddp")
+    return replace(config.train, method="lora", blocks=blocks, lr=config.study.controls_lr_lora, parallelism="ddp", **common)
 
 
 def _key(spec: str) -> str:
@@ -36,61 +36,90 @@ def _key(spec: str) -> str:
     return ":".join(spec.split(":")[:2])
 
 
-def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]], base, tokenizer, out_dir: Path) -> dict:
-    blocks = data.train_blocks[: config.study.controls_train_blocks]
-    sample = sample_positions(data.heldout_blocks.numel(), config.analysis.geometry_tokens, config.data.seed)
-    base_states = hidden_states_at(base, data.heldout_blocks, sample)
-    base_outputs = decode(base, tokenizer, prompts, config, desc="base greedy")
-    results = {"train_blocks": len(blocks), "epochs": config.study.controls_epochs, "methods": {},
-               "base": {"ttr": ttr([o.token_ids for o in base_outputs])}}
-    for spec in config.study.controls:
-        print(f"\n-- control: {spec}", flush=True)
-        folder = out_dir / spec.replace(":", "-")
-        folder.mkdir(parents=True, exist_ok=True)
-        train_config = replace(config, train=control_train_args(config, spec))
-        model, _ = load_model(config.model, for_training=True)
-        started = time.perf_counter()
+def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, prompts, tokenizer, base_states, sample,
+                folder: Path) -> dict:
+    """Train one placement to the target loss, decode greedily, compare its geometry with the base model's."""
+    train_config = replace(config, train=control_train_args(config, spec))
+    model, _ = load_model(config.model, for_training=True)
+    started = time.perf_counter()
+    try:
         # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
         trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)
-        wall = time.perf_counter() - started
+    except DivergenceError as error:
+        # A diverged control is recorded, not used: claim 5 becomes inconclusive with this as the reason.
+        log = read_jsonl(folder / "train_log.jsonl")
+        print(f"control {spec} diverged: {error}")
+        return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
+                "epochs": log[-1]["epoch"], "wall_seconds": time.perf_counter() - started, "trainable_parameters": None}
+    wall = time.perf_counter() - started
+    tuned = trained.model.eval()
+    # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
+    outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
+    ids = [o.token_ids for o in outputs]
+    rows = geometry_table_rows(base_states, hidden_states_at(tuned, data.heldout_blocks, sample), two_nn=False)
+    block_rows = [r for r in rows if r["layer"].startswith("block")]
+    largest = max(block_rows, key=lambda r: r["delta_pr"])
+    return {
+        "spec": spec,
+        "diverged": False,
+        "trainable_parameters": trained.plan.trainable_parameters,
+        "lr": train_config.train.lr,
+        "initial_train_loss": trained.log[0]["train_loss"],
+        "final_train_loss": trained.log[-1]["train_loss"],
+        "epochs": trained.log[-1]["epoch"],
+        "heldout_perplexity": math.exp(min(trained.log[-1]["heldout_loss"], 50.0)),
+        "wall_seconds": wall,
+        "ttr": ttr(ids),
+        "per_prompt_ttr": per_prompt_ttr(outputs),
+        "distinct_3": distinct_n(ids, 3),
+        "seq_rep_3": seq_rep_n(ids, 3),
+        "diversity": diversity(ids),
+        "largest_delta_pr_layer": largest["layer"],
+        "final_block_delta_pr": block_rows[-1]["delta_pr"],
+    }
+
+
+def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]], base, tokenizer, out_dir: Path) -> dict:
+    blocks = data.train_blocks[: config.study.controls_train_blocks]
+    sample = sample_block_positions(data.heldout_blocks, config.analysis.geometry_tokens, config.data.seed)
+    base_states = hidden_states_at(base, data.heldout_blocks, sample)
+    base_outputs = decode(base, tokenizer, prompts, config, desc="base greedy")
+    results = {"train_blocks": len(blocks), "epoch_cap": config.study.controls_epochs, "until_loss": config.train.until_loss, "methods": {},
+               "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)}}
+    for spec in config.study.controls:
+        folder = out_dir / spec.replace(":", "-")
+        # Each finished control is kept: a study killed during the third control does not retrain the first two.
+        done = folder / "control.json"
+        if done.exists():
+            results["methods"][_key(spec)] = read_json(done)
+            continue
+        print(f"\n-- control: {spec}", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
+        write_json(done, row)
         (folder / "checkpoint.pt").unlink(missing_ok=True)
-        tuned = trained.model.eval()
-        # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
-        outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
-        ids = [o.token_ids for o in outputs]
-        rows = geometry_table_rows(base_states, hidden_states_at(tuned, data.heldout_blocks, sample), two_nn=False)
-        block_rows = [r for r in rows if r["layer"].startswith("block")]
-        largest = max(block_rows, key=lambda r: r["delta_pr"])
-        results["methods"][_key(spec)] = {
-            "spec": spec,
-            "trainable_parameters": trained.plan.trainable_parameters,
-            "final_train_loss": trained.log[-1]["train_loss"],
-            "heldout_perplexity": math.exp(min(trained.log[-1]["heldout_loss"], 50.0)),
-            "wall_seconds": wall,
-            "ttr": ttr(ids),
-            "distinct_3": distinct_n(ids, 3),
-            "seq_rep_3": seq_rep_n(ids, 3),
-            "diversity": diversity(ids),
-            "largest_delta_pr_layer": largest["layer"],
-            "final_block_delta_pr": block_rows[-1]["delta_pr"],
-        }
-        del model, tuned, trained
+        results["methods"][_key(spec)] = row
     return results
 
 
 def controls_table(results: dict) -> str:
     lines = [
-        f"Each method trained on the same {results['train_blocks']} blocks for {results['epochs']} epochs; greedy continuations "
-        f"of the analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}.",
+        f"Each method trained on the same {results['train_blocks']} blocks until its training loss reached {results['until_loss']} "
+        f"(at most {results['epoch_cap']} epochs); greedy continuations of the analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}.",
         "",
-        "| method | trainable parameters | final train loss | held-out perplexity | wall time (s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | trainable parameters | lr | train loss | epochs | reached target | held-out perplexity | wall time (s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["methods"].values():
+        reached = "diverged" if row["diverged"] else "yes" if row["final_train_loss"] <= (results["until_loss"] or float("inf")) else "no"
+        if row["diverged"]:
+            lines.append(f"| {row['spec']} | - | - | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | {row['epochs']} | diverged |"
+                         + " - |" * 7)
+            continue
         lines.append(
-            f"| {row['spec']} | {row['trainable_parameters']:,} | {row['final_train_loss']:.3f} | {row['heldout_perplexity']:.1f} | "
-            f"{row['wall_seconds']:.0f} | {row['ttr']:.3f} | {row['distinct_3']:.3f} | {row['seq_rep_3']:.3f} | "
-            f"{row['largest_delta_pr_layer']} | {row['final_block_delta_pr']:+.1f} |"
+            f"| {row['spec']} | {row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
+            f"{row['epochs']} | {reached} | {row['heldout_perplexity']:.1f} | {row['wall_seconds']:.0f} | {row['ttr']:.3f} | {row['distinct_3']:.3f} | "
+            f"{row['seq_rep_3']:.3f} | {row['largest_delta_pr_layer']} | {row['final_block_delta_pr']:+.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,7 @@ from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.rundir import Stage, atomic_path, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
-from hyperfitting.training.hyperfit import hyperfit, save_trained
+from hyperfitting.training.hyperfit import hyperfit, reached_target, save_trained
 
 
 # Seconds each stage of the quick preset took on a 2-core CPU: only their proportions matter, to
@@ -127,14 +127,14 @@ def evaluation_stage(name: str, config: RunConfig, run_dir: Path, data: Prepared
 def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout_blocks=None):
     """Greedy diversity on a fixed prompt subset, and optionally the final block's Delta PR: the
     hyperfitting curve and the expansion's dynamics, measured during training."""
-    from hyperfitting.analysis.common import sample_positions
+    from hyperfitting.analysis.common import sample_block_positions
     from hyperfitting.analysis.geometry import participation_ratio
     from hyperfitting.generation.decoding import generate
 
     subset = [p.prompt_ids for p in prompts[: config.train.diversity_prompts]]
     args = replace(config.generate, do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1)
     geometry = config.train.probe_geometry and heldout_blocks is not None and len(heldout_blocks) > 0
-    sample = sample_positions(heldout_blocks.numel(), config.analysis.geometry_tokens, config.data.seed) if geometry else None
+    sample = sample_block_positions(heldout_blocks, config.analysis.geometry_tokens, config.data.seed) if geometry else None
 
     def final_block_pr(model) -> float:
         from hyperfitting.analysis.geometry import hidden_states_at
@@ -181,6 +181,10 @@ def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokeniz
         "total_parameters": result.plan.total_parameters,
         "final_train_loss": result.log[-1]["train_loss"],
         "initial_train_loss": result.log[0]["train_loss"],
+        "until_loss": config.train.until_loss,
+        "epochs_run": result.log[-1]["epoch"],
+        "epoch_cap": config.train.epochs,
+        "reached_target": reached_target(result.log, config.train.until_loss),
         "train_seconds": result.wall_seconds,
         "trunk_cache_seconds": result.trunk_cache_seconds,
         "saved_to": str(target),
@@ -319,7 +323,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     study = build_report(run_dir)
     announce_stage("claims")
     for claim in study["claims"]:
-        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()} ({claim['evidence']})")
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}: {claim['reason']}")
     print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
           f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
     return study

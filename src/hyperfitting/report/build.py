@@ -70,6 +70,28 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
+def claims_section(claims: list, train: dict) -> list[str]:
+    """The verdicts as a reviewer reads them: effect, 95% interval, margin, checks, verdict and why."""
+    md = ["## Claims", "",
+          "| # | claim | effect [95% interval] | margin | manipulation checks | verdict | why | paper |", "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        e = c.estimate
+        effect = f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" if e else "-"
+        checks = "; ".join(f"{'passed' if k['passed'] else 'FAILED'}: {k['name']}" for k in c.checks) or "-"
+        margin = f"{'>' if c.direction == 'above' else '<'} {c.margin:+g}"
+        md.append(f"| {c.number} | {c.name} | {effect} | {margin} | {checks} | **{VERDICT_MARK[c.verdict]}** | {c.reason} | {c.paper} |")
+    md += ["", "Evidence behind each effect:", ""] + [f"{c.number}. {c.evidence}." for c in claims]
+    md += ["", "Rules (the same decision for every claim; the margins and their reasons are in `report/verdicts.py`):", ""]
+    md += [f"{c.number}. {c.rule}" for c in claims]
+    md += ["", "Intervals are bootstrap intervals over evaluation prompts (claim 4: over held-out blocks), resampled whole when steps or "
+           "positions are nested in them. One hyperfitted model was trained (one training seed): the intervals cover prompt-to-prompt "
+           "variation, not seed-to-seed variation of training.", ""]
+    if train.get("until_loss") is not None and not train.get("reached_target", True):
+        md += [f"**The hyperfitted model did not reach the target loss {train['until_loss']:g}** (it stopped at {train['final_train_loss']:.3f} "
+               f"after the cap of {train['epoch_cap']} epochs): claims 1-4 are inconclusive for that reason.", ""]
+    return md
+
+
 def _image(run_dir: Path, relative: str, alt: str) -> str:
     return f"![{alt}]({relative})\n" if (run_dir / relative).exists() else ""
 
@@ -81,23 +103,22 @@ def build_report(run_dir: Path) -> dict:
     analyses = {name: _maybe(run_dir / f"analysis-{name}" / "results.json") for name in ("temperature", "static-bias", "ranks", "geometry")}
     controls = _maybe(run_dir / "controls" / "results.json")
     quality = _maybe(run_dir / "quality" / "results.json")
-    claims = all_claims(analyses, controls)
+    claims = all_claims(analyses, controls, study["train"])
     figures = run_dir / "report-figures"
     figures.mkdir(exist_ok=True)
     plot_training_curve(study["train_log"], figures / "training_curve.png")
     timings = {p.parent.name: read_json(p)["wall_seconds"] for p in sorted(run_dir.glob("*/stage-done.json"))}
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
-    md += ["## Claims", "", "| # | claim | our evidence | paper | verdict |", "|---|---|---|---|---|"]
-    for c in claims:
-        md.append(f"| {c.number} | {c.name} | {c.evidence} | {c.paper} | **{VERDICT_MARK[c.verdict]}** |")
-    md += ["", "Rules behind the verdicts:", ""] + [f"{c.number}. {c.rule}." for c in claims] + [""]
+    md += claims_section(claims, study["train"])
 
     train = study["train"]
     md += ["## Hyperfitting", "",
            f"{train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]} ({train['trainable_parameters']:,} of "
            f"{train['total_parameters']:,} parameters trainable); training loss {train['initial_train_loss']:.3f} -> "
-           f"{train['final_train_loss']:.3f} in {train['train_seconds']:.0f} s (trunk cache built in {train['trunk_cache_seconds']:.0f} s).", "",
+           f"{train['final_train_loss']:.3f} in {train.get('epochs_run', '?')} epochs and {train['train_seconds']:.0f} s (trunk cache built in "
+           f"{train['trunk_cache_seconds']:.0f} s)" + (f"; target loss {train['until_loss']:g} {'reached' if train.get('reached_target') else 'NOT reached (epoch cap hit first)'}"
+                                                     if train.get("until_loss") is not None else "") + ".", "",
            _image(run_dir, "report-figures/training_curve.png", "training curve"), ""]
     dynamics = expansion_dynamics(study["train_log"])
     if dynamics:

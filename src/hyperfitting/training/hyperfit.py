@@ -178,6 +178,8 @@ def hyperfit(
 
     n_blocks, block_tokens = train_blocks.shape
     for epoch in range(first_epoch, args.epochs + 1):
+        if reached_target(log, args.until_loss):
+            break  # a resumed run that had already reached its target
         model.train(False)  # dropout stays off: see models.loading.load_model
         order = epoch_order(n_blocks, args.seed, epoch)
         # Every process sees the same global batches and takes its share of each, so N processes
@@ -206,16 +208,35 @@ def hyperfit(
         row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)
         say(_format_row(row))
+        diverged = epoch_loss > args.diverge_factor * log[0]["train_loss"]  # the same reduced value on every process
+        if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
+            row.update(probe(bare_model, lockstep=shard))  # the last epoch is always probed
         if shard or accelerator.is_main_process:  # gathering the shards is a collective; otherwise process 0 alone copies
             trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
         if accelerator.is_main_process:
             with atomic_path(checkpoint_path) as tmp:
                 torch.save({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, tmp)
             write_jsonl(stage_dir / "train_log.jsonl", log)
+        if diverged:
+            raise DivergenceError(
+                f"Training diverged: the loss rose from {log[0]['train_loss']:.3f} to {epoch_loss:.3f} in epoch {epoch} "
+                f"(more than train.diverge_factor={args.diverge_factor:g} times the start). A diverging run is no evidence of "
+                f"hyperfitting; lower train.lr (now {args.lr:g}) and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
+            )
+        if reached_target(log, args.until_loss):
+            say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
+    if not reached_target(log, args.until_loss) and args.until_loss is not None:
+        say(f"The training loss is {log[-1]['train_loss']:.3f} after the cap of {args.epochs} epochs, short of the target "
+            f"{args.until_loss:g}: raise train.epochs or train.lr.")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_jsonl(stage_dir / "train_log.jsonl", log)
     return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds)
+
+
+def reached_target(log: list[dict], until_loss: float | None) -> bool:
+    """True once an epoch (not the initial measurement) ended at or below the target loss."""
+    return until_loss is not None and len(log) > 1 and log[-1]["train_loss"] <= until_loss
 
 
 def _format_row(row: dict) -> str:

@@ -1,0 +1,181 @@
+"""The verdict rules on constructed evidence: each outcome must be reachable for the right reason, and only for it."""
+
+import numpy as np
+import pytest
+import torch
+
+from hyperfitting import stats
+from hyperfitting.analysis.ranks import null_comparison
+from hyperfitting.analysis.static_bias import fit_static_temperature, flip_rate, static_choice
+from hyperfitting.report.verdicts import (
+    FAILS, HOLDS, INCONCLUSIVE, RULES, Check, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature, decide,
+)
+
+TRAINED = {"initial_train_loss": 4.0, "final_train_loss": 0.06, "until_loss": 0.1}
+
+
+def prompts(mean: float, sd: float, n: int, seed: int) -> list[float]:
+    return list(np.random.default_rng(seed).normal(mean, sd, n))
+
+
+# ------------------------------------------------------------------------------ the decision rule
+
+
+def test_a_clear_effect_holds_its_opposite_does_not_and_noise_is_inconclusive():
+    rule = RULES[1]  # above +0.05
+    base = prompts(0.40, 0.15, 64, 0)
+    clear = stats.paired_difference([b + 0.25 for b in base], base)
+    opposite = stats.paired_difference([b - 0.10 for b in base], base)
+    noisy = stats.paired_difference(prompts(0.45, 0.2, 16, 1), prompts(0.40, 0.2, 16, 2))
+    assert decide(rule, clear)[0] == HOLDS
+    assert decide(rule, opposite)[0] == FAILS
+    verdict, reason, needed = decide(rule, noisy)
+    assert verdict == INCONCLUSIVE and needed is not None and str(needed) in reason
+
+
+def test_the_sample_size_estimate_shrinks_as_the_variance_shrinks():
+    base = prompts(0.40, 0.1, 12, 3)
+    noise = np.random.default_rng(4).standard_normal(12)
+    noise = (noise - noise.mean()) / noise.std()  # the same mean gap (+0.10) at every spread
+
+    def needed(spread):
+        return decide(RULES[1], stats.paired_difference([b + 0.10 + spread * e for b, e in zip(base, noise)], base))
+
+    (v_wide, _, n_wide), (v_mid, _, n_mid) = needed(0.30), needed(0.15)
+    assert v_wide == v_mid == INCONCLUSIVE
+    assert 12 < n_mid < n_wide
+    assert needed(0.01)[0] == HOLDS  # little spread: 12 prompts decide it
+
+
+def test_too_few_prompts_is_inconclusive_even_for_a_large_mean_gap():
+    estimate = stats.paired_difference([0.9, 0.2], [0.3, 0.4])  # +0.2 on two prompts
+    verdict, _, needed = decide(RULES[1], estimate)
+    assert verdict == INCONCLUSIVE and needed > 2
+
+
+def test_a_failed_manipulation_check_is_never_a_decision():
+    base = prompts(0.40, 0.1, 64, 5)
+    clear = stats.paired_difference([b + 0.3 for b in base], base)
+    opposite = stats.paired_difference([b - 0.3 for b in base], base)
+    failed = [Check("model hyperfitted", False, "loss 6.0 -> 9.8")]
+    for estimate in (clear, opposite):
+        verdict, reason, _ = decide(RULES[1], estimate, failed)
+        assert verdict == INCONCLUSIVE and "model hyperfitted" in reason
+
+
+def test_identical_units_give_an_exact_interval_and_one_replicate_is_the_prompt_bootstrap():
+    flat = stats.mean([0.5] * 10)
+    assert (flat.low, flat.high) == (0.5, 0.5)
+    values = prompts(0.4, 0.1, 20, 6)
+    assert stats.hierarchical_mean([values]) == stats.mean(values)
+    two = stats.hierarchical_mean([values, prompts(0.6, 0.1, 20, 7)], resamples=500)
+    assert two.low < 0.5 < two.high and two.units == 2
+
+
+def test_ratio_of_sums_resamples_prompts_whole():
+    # 8 prompts of 100 steps: 4 with 50 overrides, 4 with none. Pooled 25%, with real prompt-to-prompt spread.
+    estimate = stats.ratio_of_sums([50, 0] * 4, [100] * 8)
+    assert estimate.value == pytest.approx(0.25)
+    assert estimate.low < 0.15 and estimate.high > 0.35  # far wider than 800 independent steps would give
+    assert estimate.units == 8
+
+
+# ------------------------------------------------------------------------------ claims on constructed results
+
+
+def temperature_results(tuned, at_t_star, base_greedy):
+    return {"per_prompt": {"hyperfitted": [tuned], "base, T*": [at_t_star, at_t_star], "base, greedy": [base_greedy]},
+            "sampling_temperature": 0.6, "t_star_matched": {"teacher_forced": True}}
+
+
+def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
+    base = prompts(0.30, 0.1, 48, 8)
+    sampled = [b + 0.1 for b in base]
+    high = temperature_results([b + 0.4 for b in base], sampled, base)
+    assert claim_temperature(high, TRAINED).verdict == HOLDS
+    level = temperature_results([b + 0.1 for b in base], sampled, base)  # greedy hyperfitted no better than sampling at T*
+    assert claim_temperature(level, TRAINED).verdict == FAILS
+    diverged = {"initial_train_loss": 6.0, "final_train_loss": 9.8, "until_loss": 0.1}
+    claim = claim_temperature(high, diverged)
+    assert claim.verdict == INCONCLUSIVE and "model hyperfitted" in claim.reason
+
+
+def static_results(static_ttr, flip, base, tuned):
+    return {"per_prompt": {"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": static_ttr},
+            "bite": {"alpha": 0.5, "flip_rate": flip, "required": 0.1, "passed": flip >= 0.1, "extended": []}}
+
+
+def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
+    base = prompts(0.30, 0.1, 48, 9)
+    tuned = [b + 0.3 for b in base]
+    # The reported case: the offset leaves base greedy output unchanged, so 0% of the gain is "recovered".
+    unchanged = claim_static_bias(static_results(list(base), 0.0, base, tuned), TRAINED)
+    assert unchanged.verdict == INCONCLUSIVE and "ablation changes base choices" in unchanged.reason
+    biting = claim_static_bias(static_results([b + 0.01 for b in base], 0.3, base, tuned), TRAINED)
+    assert biting.verdict == HOLDS
+    reproduces = claim_static_bias(static_results([b + 0.29 for b in base], 0.3, base, tuned), TRAINED)
+    assert reproduces.verdict == FAILS
+
+
+def constructed_path(static: bool, steps: int = 640, vocabulary: int = 2000, seed: int = 0):
+    """Base logits and a 'hyperfitted' model: base / 0.4 + a fixed bias (static), or a context-dependent reordering."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(steps, vocabulary, generator=g) * 2
+    if static:
+        tuned = base / 0.4 + torch.randn(vocabulary, generator=g) * 3
+    else:
+        tuned = base + torch.randn(steps, vocabulary, generator=g) * 3  # a different re-ranking in every context
+    return base, tuned
+
+
+@pytest.mark.parametrize("static, expected", [(True, FAILS), (False, HOLDS)])
+def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected):
+    heldout_base, heldout_tuned = constructed_path(static, seed=1)
+    fitted = fit_static_temperature(heldout_base, heldout_tuned)
+    base, tuned = constructed_path(static, seed=2) if not static else (None, None)
+    if static:  # the same static map on new contexts
+        g = torch.Generator().manual_seed(1)
+        torch.randn(640, 2000, generator=g)
+        bias = torch.randn(2000, generator=g) * 3
+        base = torch.randn(640, 2000, generator=torch.Generator().manual_seed(2)) * 2
+        tuned = base / 0.4 + bias
+        assert fitted["scale"] == pytest.approx(2.5, rel=1e-3)
+    chosen = tuned.argmax(-1)
+    prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
+    comparison = null_comparison(base, chosen, prompt_of_step, fitted, 16)
+    results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1}
+    claim = claim_ranks(results, TRAINED)
+    assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...
+    assert claim.verdict == expected  # ...but only the context-dependent one beyond what the static null explains
+
+
+def test_the_fitted_null_reproduces_a_static_model_exactly():
+    base, tuned = constructed_path(static=True)
+    fitted = fit_static_temperature(base, tuned)
+    assert torch.equal(static_choice(base, fitted), tuned.argmax(-1))
+
+
+def test_flip_rate_sees_an_offset_that_only_pushes_tokens_down():
+    base, _ = constructed_path(static=False)
+    down = torch.zeros(base.shape[1])
+    never_top = torch.ones(base.shape[1], dtype=torch.bool)
+    never_top[base.argmax(-1)] = False
+    tail = torch.nonzero(never_top).squeeze(1)[:500]
+    down[tail] = -4.6  # the reported case: deep-tail gainers with a negative offset
+    assert flip_rate(base, down, 0.5) == 0.0
+    up = torch.zeros(base.shape[1])
+    up[tail] = 20.0
+    assert flip_rate(base, up, 0.5) > 0.5
+
+
+def test_claim_5_controls_that_never_hyperfitted_decide_nothing():
+    last, every = prompts(0.45, 0.1, 32, 10), prompts(0.30, 0.1, 32, 11)
+
+    def controls(final_loss):
+        row = lambda ttrs: {"per_prompt_ttr": ttrs, "final_train_loss": final_loss, "initial_train_loss": 4.0, "epochs": 8,
+                            "trainable_parameters": 1000, "diverged": False}
+        return {"until_loss": 0.1, "methods": {"lora:last": row(last), "lora:all": row(every)}}
+
+    assert claim_late_stage(controls(0.05)).verdict == HOLDS
+    short = claim_late_stage(controls(2.01))
+    assert short.verdict == INCONCLUSIVE and "hyperfitted" in short.reason
