@@ -95,9 +95,16 @@ def test_rank_transplant_swaps_profile_not_ranking():
     assert torch.softmax(out, -1).max().item() == pytest.approx(torch.softmax(torch.tensor([0.0, 0.0, 10.0]), -1).max().item())
 
 
-def test_top1_agreement_of_a_model_with_itself_is_one():
+def test_top1_agreement_is_measured_by_a_forward_pass_of_the_base_model():
+    from hyperfitting.generation.decoding import decode_batch
+
     model = make_tiny_model("qwen2")
-    assert top1_agreement(model, model, [[3, 4, 5]], [[6, 7, 8, 9]]) == 1.0
+    greedy = decode_batch(model, [[3, 4, 5]], 8, pad_token_id=0)[0].token_ids
+    assert top1_agreement(model, [[3, 4, 5]], [greedy]) == 1.0  # its own greedy path: every token is its top-1
+    other = [(t + 1) % 97 for t in greedy]  # never the top-1
+    assert top1_agreement(model, [[3, 4, 5]], [other]) == 0.0
+    half = greedy[:4] + other[4:]
+    assert top1_agreement(model, [[3, 4, 5]], [half]) == pytest.approx(sum(a == b for a, b in zip(half[:4], greedy[:4])) / 8)
 
 
 def test_the_logit_offset_of_a_constant_bias_is_the_bias(base_logits):
