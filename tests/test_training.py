@@ -99,3 +99,19 @@ def test_preflight_refuses_a_run_that_cannot_fit(tmp_path):
     disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=10**16, activations=0, saved_output=0)
     with pytest.raises(preflight.ResourceError, match="of disk in"):
         preflight.check_fits(disk, torch.device("cpu"), tmp_path)
+
+
+def test_training_stops_at_the_target_loss_and_says_when_the_cap_came_first(tmp_path, capsys):
+    capped, *_ = _tiny_run(tmp_path / "capped", "train.until_loss=1e-6")
+    assert [row["epoch"] for row in capped.log] == [0, 1, 2, 3]  # never reached: every epoch up to the cap
+    assert "short of the target" in capsys.readouterr().out
+    first = capped.log[1]["train_loss"]
+    early, *_ = _tiny_run(tmp_path / "early", f"train.until_loss={first + 1e-6}")
+    assert [row["epoch"] for row in early.log] == [0, 1]  # reached after epoch 1: stopped there
+    assert "Reached the target loss" in capsys.readouterr().out
+
+
+def test_a_rising_loss_is_a_divergence_not_a_data_point(tmp_path):
+    # A finite loss that climbs far above its start (the Gemma-3 controls went 6.0 -> 9.8) stops the run.
+    with pytest.raises(DivergenceError, match=r"Training diverged: the loss rose from .* lower train.lr"):
+        _tiny_run(tmp_path, "train.lr=30", "train.method=full", "train.blocks=all", "train.epochs=3", "train.diverge_factor=1.01")

@@ -299,10 +299,15 @@ def geometry_table(results: dict) -> str:
     for r in results["layers"]:
         lines.append(
             f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | {r['delta_pr_std']:+.1f} | "
-            f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {r.get('twonn_base', float('nan')):.1f} / {r.get('twonn_hyperfitted', float('nan')):.1f} | "
+            f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {_number(r.get('twonn_base'))} / {_number(r.get('twonn_hyperfitted'))} | "
             f"{r['cosine']:.3f} | {r['l2']:.1f} | {r['norm_base']:.1f} / {r['norm_hyperfitted']:.1f} | {r['cka']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    """TwoNN is undefined with fewer than 10 distinct points: say so rather than print nan."""
+    return "n/a (too few distinct points)" if value is None or value != value else f"{value:.1f}"
 
 
 def plot_geometry(results: dict, path: Path) -> None:

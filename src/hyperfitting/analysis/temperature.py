@@ -17,6 +17,7 @@ from hyperfitting.analysis.common import (
     analysis_tokens, decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, pyplot, savefig,
     stacked_logits, top1_agreement,
 )
+from hyperfitting import stats
 from hyperfitting.config import RunConfig
 from hyperfitting.rundir import write_json, write_text
 
@@ -145,7 +146,10 @@ def plot_frontier(results: dict, path: Path) -> None:
         axis.annotate(f"T={f['temperature']:.2f}", (f["entropy"], f["ttr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for name, marker, colour in (("hyperfitted", "*", "tab:red"), ("hyperfitted, T=1", "s", "tab:orange"), ("base, greedy", "x", "tab:gray")):
         row = results["table"][name]
-        axis.errorbar(row["entropy"]["mean"], row["ttr"]["mean"], yerr=row["ttr"]["std"], fmt=marker, color=colour, markersize=11, label=name)
+        # Error bars: the 95% bootstrap interval of the mean TTR over prompts (seeds averaged per prompt).
+        interval = stats.mean([sum(v) / len(v) for v in zip(*results["per_prompt"][name])])
+        axis.errorbar(row["entropy"]["mean"], interval.value, yerr=[[interval.value - interval.low], [interval.high - interval.value]],
+                      fmt=marker, color=colour, markersize=11, capsize=3, label=f"{name} (95% interval over prompts)")
     axis.set_xlabel("mean entropy of the decoding distribution (nats)")
     axis.set_ylabel("type-token ratio")
     axis.set_title("Temperature frontier: is hyperfitting on the curve?")

@@ -66,7 +66,7 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
         return None
     delta = [r["final_block_pr"] - probed[0]["final_block_pr"] for r in probed]
     ttrs = [r["ttr"] for r in probed]
-    pearson = float(np.corrcoef(delta, ttrs)[0, 1]) if np.std(delta) > 0 and np.std(ttrs) > 0 else float("nan")
+    pearson = float(np.corrcoef(delta, ttrs)[0, 1]) if np.std(delta) > 0 and np.std(ttrs) > 0 else None
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
@@ -123,7 +123,9 @@ def build_report(run_dir: Path) -> dict:
     dynamics = expansion_dynamics(study["train_log"])
     if dynamics:
         md += [f"Dynamics: over {dynamics['epochs']} probed epochs, the final block's Delta PR went {dynamics['first']:+.1f} -> "
-               f"{dynamics['last']:+.1f}; its Pearson correlation with the greedy TTR is {dynamics['pearson_ttr']:+.2f}.", ""]
+               f"{dynamics['last']:+.1f}; " + (f"its Pearson correlation with the greedy TTR is {dynamics['pearson_ttr']:+.2f} (over "
+               f"{dynamics['epochs']} epochs of one run: a description, not a test)." if dynamics["pearson_ttr"] is not None
+               else "no correlation with the greedy TTR is defined: one of the two did not vary."), ""]
     md += ["## Base and hyperfitted generation beside the human text", "", (run_dir / "results.md").read_text().split("\n\n", 3)[-1], ""]
     if quality:
         md += ["### Quality", "", f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
