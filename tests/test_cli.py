@@ -1,6 +1,7 @@
 """The `hyperfit` command end to end, on a tiny model that uses the real tokenizer (seconds, not minutes)."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -43,6 +44,13 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
+    for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
+        assert claim["estimate"]["low"] <= claim["estimate"]["value"] <= claim["estimate"]["high"], claim
+        assert claim["reason"] and claim["checks"] and claim["margin"] is not None
+    # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.
+    assert all(c["verdict"] == "inconclusive" and "model hyperfitted" in c["reason"] for c in claims[:4])
+    report = (run_dir / "report.md").read_text()
+    assert "effect [95% interval]" in report and not re.search(r"\bnan\b", report)
     page = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in page and "Reader: generations side by side" in page and 'src="analysis-' not in page
     row = json.loads((run_dir / "base" / "generations.jsonl").read_text().splitlines()[0])

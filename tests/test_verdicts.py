@@ -102,7 +102,8 @@ def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
 
 def static_results(static_ttr, flip, base, tuned):
     return {"per_prompt": {"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": static_ttr},
-            "bite": {"alpha": 0.5, "flip_rate": flip, "required": 0.1, "passed": flip >= 0.1, "extended": []}}
+            "bite": {"required": 0.1, "flip_rates": {"alpha = 0.5": flip}, "biting": ["alpha = 0.5"] if flip >= 0.1 else [],
+                     "passed": flip >= 0.1, "top_k_alpha": 0.5, "top_k_flip_rate": flip, "extended": []}}
 
 
 def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
@@ -110,7 +111,7 @@ def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     tuned = [b + 0.3 for b in base]
     # The reported case: the offset leaves base greedy output unchanged, so 0% of the gain is "recovered".
     unchanged = claim_static_bias(static_results(list(base), 0.0, base, tuned), TRAINED)
-    assert unchanged.verdict == INCONCLUSIVE and "ablation changes base choices" in unchanged.reason
+    assert unchanged.verdict == INCONCLUSIVE and "a static model changes base choices" in unchanged.reason
     biting = claim_static_bias(static_results([b + 0.01 for b in base], 0.3, base, tuned), TRAINED)
     assert biting.verdict == HOLDS
     reproduces = claim_static_bias(static_results([b + 0.29 for b in base], 0.3, base, tuned), TRAINED)

@@ -131,36 +131,48 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     base_greedy = base_greedy or decode(base, tokenizer, prompts, config, desc="base greedy")
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
 
-    # Manipulation check: along the base model's own greedy paths, how often does each alpha change its choice?
-    # The grid is extended (x4) until the largest alpha bites, so "nothing changed" cannot pass as evidence.
+    # Manipulation check: along the base model's own greedy paths, how often does each static model change its choice?
+    # A static model that changes nothing is no evidence. The alpha grid is extended (x4) until the K-token offset
+    # bites, and only the first alpha that bites is decoded (the flip rate itself needs no decoding).
     base_path = path_logits(base, prompts, base_greedy)
     alphas = sorted(args.static_bias_alphas)
-    while flip_rate(base_path, delta, alphas[-1]) < args.static_bias_bite and alphas[-1] < 1e3:
-        alphas.append(alphas[-1] * 4)
-    flips = {alpha: flip_rate(base_path, delta, alpha) for alpha in alphas}
-    bite = {"alpha": alphas[-1], "flip_rate": flips[alphas[-1]], "required": args.static_bias_bite,
-            "passed": flips[alphas[-1]] >= args.static_bias_bite, "extended": alphas[len(args.static_bias_alphas):]}
+    extra = alphas[-1]
+    while flip_rate(base_path, delta, extra) < args.static_bias_bite and extra < 1e3:
+        extra *= 4
+    extended = [extra] if extra != alphas[-1] and flip_rate(base_path, delta, extra) >= args.static_bias_bite else []
+    alphas += extended
+    flips = {f"alpha = {alpha:g}": flip_rate(base_path, delta, alpha) for alpha in alphas}
+    flips["full-vocabulary offset"] = flip_rate(base_path, stats["offset"], 1.0)
+    if fitted["scale"] > 0:
+        flips["fitted static+temperature"] = flip_rate(base_path, fitted["bias"] / fitted["scale"], 1.0)
     del base_path
 
     curve = [{"alpha": 0.0, "flip_rate": 0.0, **summary("base, greedy", base_greedy)}]
     for alpha in alphas:
         outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(delta, alpha)], desc=f"static bias alpha={alpha:g}")
-        curve.append({"alpha": alpha, "flip_rate": flips[alpha], **summary(f"alpha = {alpha:g}", outputs)})
+        curve.append({"alpha": alpha, "flip_rate": flips[f"alpha = {alpha:g}"], **summary(f"alpha = {alpha:g}", outputs)})
     full_vocabulary = summary("full-vocabulary offset", decode(base, tokenizer, prompts, config,
                                                                processors=[StaticLogitBias(stats["offset"], 1.0)], desc="full-vocabulary offset"))
+    full_vocabulary["flip_rate"] = flips["full-vocabulary offset"]
     # The fitted static+temperature model, greedy: argmax(scale * z + bias) = argmax(z + bias / scale) for a positive scale.
     fitted_row = None
     if fitted["scale"] > 0:
         fitted_outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(fitted["bias"] / fitted["scale"], 1.0)],
                                 desc="fitted static+temperature")
         fitted_row = summary("fitted static+temperature", fitted_outputs)
+        fitted_row["flip_rate"] = flips["fitted static+temperature"]
         tuned_path = path_logits(base, prompts, tuned_greedy)
         chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids])
         fitted_row["top1_reproduced"] = float((static_choice(tuned_path, fitted) == chosen).float().mean()) if len(chosen) else 0.0
         del tuned_path
+    biting = {name: rate for name, rate in flips.items() if rate >= args.static_bias_bite}
+    bite = {"required": args.static_bias_bite, "flip_rates": flips, "biting": sorted(biting), "passed": bool(biting),
+            "top_k_alpha": alphas[-1], "top_k_flip_rate": flips[f"alpha = {alphas[-1]:g}"], "extended": extended}
     alpha_values = [row["alpha"] for row in curve]
     repetition = [row["trigram_rep"] for row in curve]
     correlation = spearmanr(alpha_values, repetition) if len(curve) >= 4 and len(set(repetition)) > 1 else None
+    why_no_correlation = (f"repetition did not change over the {len(curve)} alphas" if len(set(repetition)) == 1
+                          else f"{len(curve)} alphas are too few for a rank correlation (at least 4)")
     results = {
         "top_k": args.static_bias_top_k,
         "offset_of": args.static_bias_offset,
@@ -175,7 +187,7 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
         "per_prompt": per_prompt,
         # Over fewer than 4 points a rank correlation says nothing; the report says so instead of printing nan.
         "spearman_alpha_vs_trigram_rep": ({"rho": float(correlation.statistic), "p_value": float(correlation.pvalue)} if correlation else
-                                          {"unavailable": f"needs at least 4 alphas with varying repetition ({len(curve)} points)"}),
+                                          {"unavailable": why_no_correlation}),
         "paper": {"ttr_at_alpha_0.5": PAPER_TTR_AT_ALPHA_05},
     }
     write_json(out_dir / "results.json", results)
@@ -190,18 +202,21 @@ def static_bias_table(results: dict) -> str:
         f"Static offset on the K={results['top_k']} tokens with the largest mean rank gain "
         f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} offset "
         f"{results['mean_offset_of_top_k']:+.2f}); greedy decoding of the base model with z + alpha * delta. "
-        f"Manipulation check: at alpha {bite['alpha']:g} the offset changes the base model's greedy choice on {bite['flip_rate']:.1%} "
-        f"of its steps (needs {bite['required']:.0%}: {'passed' if bite['passed'] else 'FAILED, the ablation is ineffective'})"
-        + (f"; the grid was extended with alpha {', '.join(f'{a:g}' for a in bite['extended'])} to reach it." if bite["extended"] else "."),
+        f"Manipulation check: a static model counts as evidence only if it changes the base model's greedy choice on at least "
+        f"{bite['required']:.0%} of its steps (column 'choices changed'); the K-token offset does so "
+        + (f"from alpha {bite['top_k_alpha']:g} ({bite['top_k_flip_rate']:.1%}; the grid was extended to reach it)." if bite["extended"]
+           else f"at alpha {bite['top_k_alpha']:g}: {bite['top_k_flip_rate']:.1%}" + ("." if bite["top_k_flip_rate"] >= bite["required"]
+                 else " (it never does below alpha 1000: the ablation is ineffective here).")),
         "",
         "| setting | choices changed | ttr | bigram_rep | trigram_rep | diversity |",
         "|---|---|---|---|---|---|",
     ]
     rows = [(f"alpha = {r['alpha']:g}", r, f"{r['flip_rate']:.1%}") for r in results["curve"]]
-    rows += [("full-vocabulary offset", results["full_vocabulary_offset"], "-")]
+    rows += [("full-vocabulary offset", results["full_vocabulary_offset"], f"{results['full_vocabulary_offset']['flip_rate']:.1%}")]
     fitted = results.get("fitted_null")
     if fitted:
-        rows.append((f"fitted static + temperature (tau {fitted['tau']:.2f})", fitted, f"reproduces {fitted['top1_reproduced']:.1%} of hyperfitted top-1"))
+        rows.append((f"fitted static + temperature (tau {fitted['tau']:.2f}; reproduces {fitted['top1_reproduced']:.1%} of the hyperfitted top-1 choices)",
+                     fitted, f"{fitted['flip_rate']:.1%}"))
     rows.append(("hyperfitted (greedy)", results["hyperfitted"], "-"))
     for name, r, changed in rows:
         lines.append(f"| {name} | {changed} | {r['ttr']:.3f} | {r['bigram_rep']:.3f} | {r['trigram_rep']:.3f} | {r['diversity']:.3f} |")

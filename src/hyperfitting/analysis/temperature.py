@@ -119,8 +119,9 @@ def temperature_table(results: dict) -> str:
     lines = [
         f"Entropy-matched temperature T* = {results['t_star']['teacher_forced']:.3f} (teacher-forced on held-out text), "
         f"{results['t_star']['greedy_path']:.3f} (along greedy continuations). Sampling uses T* = {results['sampling_temperature']:.3f}. "
-        f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; sampled rows: mean ± standard deviation over "
-        f"{results['seeds']} seeds (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
+        f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; "
+        + (f"sampled rows: mean ± standard deviation over {results['seeds']} seeds" if results["seeds"] > 1 else "sampled rows: one seed")
+        + " (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
         f"chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
         f"greedy protocol) are in italics: compare directions, not digits.",
         "",

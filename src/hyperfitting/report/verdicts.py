@@ -97,11 +97,11 @@ class Claim:
 
 def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> tuple[str, str, int | None]:
     """(verdict, reason, units needed) from an effect's interval, its rule and the manipulation checks."""
-    if estimate is None:
-        return INCONCLUSIVE, "the effect could not be estimated", None
     failed = [c for c in checks if not c.passed]
     if failed:
         return INCONCLUSIVE, "manipulation check failed: " + "; ".join(f"{c.name} ({c.detail})" for c in failed), None
+    if estimate is None:
+        return INCONCLUSIVE, "the effect could not be estimated", None
     beyond = estimate.low > rule.margin if rule.direction == "above" else estimate.high < rule.margin
     contrary = estimate.high < rule.margin if rule.direction == "above" else estimate.low > rule.margin
     if beyond:
@@ -174,16 +174,19 @@ def claim_static_bias(results: dict | None, train: dict | None) -> Claim:
     if not per_prompt:
         return not_run(2, "these results predate per-prompt intervals: rerun the analysis")
     base, tuned = per_prompt["base, greedy"], per_prompt["hyperfitted"]
-    static_rows = {k: v for k, v in per_prompt.items() if k not in ("base, greedy", "hyperfitted")}
-    # The best static model on these prompts (chosen on the mean; the interval is then taken for it).
+    bite = results["bite"]
+    # Only static models that changed the base model's choices are evidence; the best of them on these prompts
+    # (chosen on the mean; the interval is then taken for it).
+    static_rows = {k: v for k, v in per_prompt.items() if k in bite["biting"]}
+    gain, gain_estimate = gain_check(tuned, base)
+    checks = [hyperfitted_check(train), gain,
+              Check("a static model changes base choices", bite["passed"],
+                    f"{', '.join(bite['biting']) or 'none'} change the base greedy choice on at least {bite['required']:.0%} of steps "
+                    f"(the K-token offset: {bite['top_k_flip_rate']:.1%} at alpha {bite['top_k_alpha']:g})")]
+    if not static_rows:
+        return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
     best = max(static_rows, key=lambda k: sum(static_rows[k]))
     estimate = stats.ratio_of_mean_differences((static_rows[best], base), (tuned, base))
-    gain, gain_estimate = gain_check(tuned, base)
-    bite = results["bite"]
-    checks = [hyperfitted_check(train), gain,
-              Check("the ablation changes base choices", bite["passed"],
-                    f"at alpha {bite['alpha']:g} the offset changes the base model's greedy choice on {bite['flip_rate']:.1%} of steps "
-                    f"(needs {bite['required']:.0%})")]
     fitted = results.get("fitted_null", {})
     evidence = (f"best static model: {best} (TTR {sum(static_rows[best]) / len(base):.3f}; base {sum(base) / len(base):.3f}, hyperfitted "
                 f"{sum(tuned) / len(tuned):.3f}); hyperfitting gain {gain_estimate}")
