@@ -180,3 +180,16 @@ def test_claim_5_controls_that_never_hyperfitted_decide_nothing():
     assert claim_late_stage(controls(0.05)).verdict == HOLDS
     short = claim_late_stage(controls(2.01))
     assert short.verdict == INCONCLUSIVE and "hyperfitted" in short.reason
+
+
+def test_the_geometry_interval_leaves_blocks_out_and_holds_the_estimate():
+    from hyperfitting.analysis.geometry import participation_ratio
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((320, 24)) * np.linspace(0.2, 3, 24)
+    expanded = rng.standard_normal((320, 24))  # isotropic: a far higher participation ratio
+    blocks = np.repeat(np.arange(10), 32)
+    effect = stats.jackknife_over_clusters(blocks, lambda rows: participation_ratio(expanded[rows]) - participation_ratio(base[rows]))
+    assert effect.low <= effect.value <= effect.high and effect.low > 0 and effect.units == 10
+    same = stats.jackknife_over_clusters(blocks, lambda rows: participation_ratio(base[rows]) - participation_ratio(base[rows]))
+    assert (same.low, same.high) == (0.0, 0.0)

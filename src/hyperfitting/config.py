@@ -203,8 +203,6 @@ class AnalysisArgs:
     """Length of the top-k lists compared by Kendall's tau."""
     geometry_tokens: int = 2048
     """Held-out token positions whose hidden states the geometry analysis compares (the same for both models; position 0 of each block is left out)."""
-    geometry_resamples: int = 200
-    """Bootstrap resamples of held-out blocks for the interval of the geometry effect (each costs four eigendecompositions)."""
 
     def __post_init__(self) -> None:
         if self.seeds <= 0 or (self.max_new_tokens is not None and self.max_new_tokens <= 0) or self.max_positions <= 0:

@@ -7,6 +7,7 @@ hyperfitted replicates add a level above that (resample replicates, then prompts
 
 One-level intervals come from ``scipy.stats.bootstrap`` (BCa, falling back to percentile where
 BCa is undefined). scipy has no two-level bootstrap; ``hierarchical_mean`` resamples by hand.
+Statistics that repeated rows would bias (participation ratios) get a jackknife over clusters.
 Every resampling is seeded, so the same inputs give the same interval on every machine.
 """
 
@@ -116,28 +117,26 @@ def ratio_of_mean_differences(numerator: tuple[Sequence[float], Sequence[float]]
     return _bootstrap((a, b, c, d), share, paired=True)
 
 
-def statistic_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarray], float], resamples: int = 200) -> Estimate:
-    """A statistic of a set of rows (say, a participation ratio of hidden states), resampling clusters of rows.
+def jackknife_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarray], float]) -> Estimate:
+    """A statistic of a set of rows (say, a participation ratio of hidden states), with a delete-one-cluster jackknife interval.
 
-    ``clusters[i]`` is the cluster (held-out block) of row i; ``statistic(rows)`` gets the row
-    indices of one resample. Costly statistics keep ``resamples`` small; the percentile method
-    is used because BCa's jackknife would need one evaluation per cluster on top.
+    ``clusters[i]`` is the cluster (held-out block) of row i; ``statistic(rows)`` gets row indices.
+    Not a bootstrap, on purpose: a bootstrap resample repeats rows, and the participation ratio
+    of a sample with repeated rows is strongly biased (on 16 blocks of 64 positions, the
+    resampled Delta PR sat wholly beside the estimate, percentile and basic intervals alike).
+    Leaving one block out repeats nothing. The interval is estimate +- t(n-1) x jackknife SE.
     """
-    from scipy.stats import bootstrap
+    from scipy.stats import t
 
     labels = np.unique(clusters)
-    members = [np.flatnonzero(clusters == label) for label in labels]
     value = float(statistic(np.arange(len(clusters))))
-    if len(labels) < 2:
-        return _exact(value, len(labels), "a single cluster: no interval")
-
-    def resampled(chosen):
-        return statistic(np.concatenate([members[int(i)] for i in chosen]))
-
-    result = bootstrap((np.arange(len(labels)),), resampled, vectorized=False, n_resamples=resamples,
-                       confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(SEED))
-    low, high = result.confidence_interval
-    return Estimate(value, float(low), float(high), len(labels), f"percentile cluster bootstrap over {len(labels)} blocks")
+    if len(labels) < 3:
+        return _exact(value, len(labels), "fewer than 3 blocks: no interval")
+    leave_one_out = np.array([statistic(np.flatnonzero(clusters != label)) for label in labels])
+    n = len(labels)
+    se = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
+    half = float(t.ppf((1 + CONFIDENCE) / 2, n - 1)) * se
+    return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks")
 
 
 def hierarchical_mean(per_replicate: Sequence[Sequence[float]], resamples: int = RESAMPLES) -> Estimate:

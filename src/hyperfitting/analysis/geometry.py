@@ -217,10 +217,10 @@ def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -
     return row
 
 
-def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, final: str, runner_up: str, resamples: int) -> Estimate:
+def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, final: str, runner_up: str) -> Estimate:
     """Delta PR of the final layer minus max(0, Delta PR of the runner-up), with an interval over held-out blocks.
 
-    Positions are nested in blocks, so whole blocks are resampled. Only the two layers the
+    Positions are nested in blocks, so whole blocks are left out in turn (a jackknife, see stats). Only the two layers the
     effect reads are captured again (one more forward pass per model), not every layer.
     """
     from hyperfitting import stats
@@ -232,11 +232,10 @@ def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, fi
         delta = {name: participation_ratio(y[rows]) - participation_ratio(x[rows]) for name, (x, y) in layers.items()}
         return delta[final] - max(0.0, delta[runner_up])
 
-    return stats.statistic_over_clusters(sample // blocks.shape[1], effect, resamples)
+    return stats.jackknife_over_clusters(sample // blocks.shape[1], effect)
 
 
-def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0,
-                          resamples: int = 200) -> dict:
+def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     sample = sample_block_positions(heldout_blocks, sample_tokens, seed)
     rows = layer_geometry_in_shares(base, tuned, heldout_blocks, sample)
@@ -248,7 +247,7 @@ def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_toke
     final = rows[-1] if rows[-1]["layer"] == "final norm" else final_block
     others = [r for r in rows if r["layer"] not in (final["layer"], final_block["layer"])]
     runner_up = max(others, key=lambda r: r["delta_pr"])
-    effect = final_layer_effect(base, tuned, heldout_blocks, sample, final["layer"], runner_up["layer"], resamples)
+    effect = final_layer_effect(base, tuned, heldout_blocks, sample, final["layer"], runner_up["layer"])
     weight_change = weight_change_per_block(base, tuned)
     untouched = next((i for i, change in enumerate(weight_change) if change > 0), len(weight_change))
     hidden = base.get_input_embeddings().weight.shape[1]

@@ -63,7 +63,7 @@ def analysis_stage(name: str, context: AnalysisContext, run_dir: Path) -> dict:
         from hyperfitting.analysis.geometry import run_geometry_analysis
 
         results = run_geometry_analysis(context.base, context.tuned, context.data.heldout_blocks, config.analysis.geometry_tokens,
-                                        folder, seed=config.data.seed, resamples=config.analysis.geometry_resamples)
+                                        folder, seed=config.data.seed)
     elif name == "ranks":
         results = run_rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, folder, context.tuned_greedy,
                                     context.data.heldout_blocks)

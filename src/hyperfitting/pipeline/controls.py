@@ -132,7 +132,7 @@ def controls_stage(config: RunConfig, run_dir: Path, data: PreparedData, prompts
         return read_json(stage.dir / "results.json")
     from hyperfitting.pipeline.stages import announce_stage
 
-    announce_stage("controls: where to adapt (same data and budget)", "controls")
+    announce_stage("controls: where to adapt (same data, each trained to the target loss)", "controls")
     started = time.perf_counter()
     folder = stage.start()
     results = run_controls(config, data, prompts, base, tokenizer, folder)
