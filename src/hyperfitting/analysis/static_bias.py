@@ -66,17 +66,14 @@ def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor
     """
     rows, vocabulary = base_logits.shape
 
-    def centred_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.double().mean(1), x.double().sum(0)
-
     y_rows, y_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
     z_rows, z_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
     for start in range(0, rows, chunk):
-        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1)
-        z = base_logits[start:start + chunk].float()
-        (y_rows[start:start + chunk], ys), (z_rows[start:start + chunk], zs) = centred_sums(y), centred_sums(z)
-        y_cols += ys
-        z_cols += zs
+        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1).double()
+        z = base_logits[start:start + chunk].double()
+        y_rows[start:start + chunk], z_rows[start:start + chunk] = y.mean(1), z.mean(1)
+        y_cols += y.sum(0)
+        z_cols += z.sum(0)
     y_cols /= rows
     z_cols /= rows
     y_grand, z_grand = y_cols.mean(), z_cols.mean()
