@@ -33,13 +33,15 @@ def _study_args(model, corpus, run_dir):
 
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir))
+    args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.replicates=2"]
+    code, out, err = run_cli(monkeypatch, capsys, "study", *args)
     assert code == 0, err
     assert "| ttr | higher |" in out
     for path in ("config.yaml", "results.md", "metrics.json", "data/prompts.jsonl", "base/generations.jsonl",
                  "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json",
                  "analysis-temperature/frontier.png", "analysis-static-bias/table.md", "analysis-ranks/results.json",
-                 "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html"):
+                 "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html",
+                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json"):
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5]
@@ -47,6 +49,10 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
         assert claim["estimate"]["low"] <= claim["estimate"]["value"] <= claim["estimate"]["high"], claim
         assert claim["reason"] and claim["checks"] and claim["margin"] is not None
+    # Two replicates (seeds 0 and 1): claims 1-4 pool both, and each replicate's own estimate is kept.
+    assert all(c["estimate"]["units"] == 2 and len(c["replicates"]) == 2 for c in claims[:4])
+    seeds = [(run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")]
+    assert seeds[0] != seeds[1]  # another seed: another data order and adapter initialisation
     # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.
     assert all(c["verdict"] == "inconclusive" and "model hyperfitted" in c["reason"] for c in claims[:4])
     report = (run_dir / "report.md").read_text()
@@ -59,12 +65,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert [r["epoch"] for r in log] == [0, 1, 2] and "ttr" in log[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
-    code, _, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir))
+    code, _, err = run_cli(monkeypatch, capsys, "study", *args)
     assert code == 2
     assert f"Run folder '{run_dir}' already exists. Pass --resume to continue it" in err
 
     # Resuming with the same config reuses every stage and reproduces the numbers.
-    code, out, err = run_cli(monkeypatch, capsys, "study", *_study_args(tiny_model_folder, corpus, run_dir), "--resume")
+    code, out, err = run_cli(monkeypatch, capsys, "study", *args, "--resume")
     assert code == 0, err
     assert "== train" not in out
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics["metrics"]

@@ -67,9 +67,11 @@ def test_identical_units_give_an_exact_interval_and_one_replicate_is_the_prompt_
     flat = stats.mean([0.5] * 10)
     assert (flat.low, flat.high) == (0.5, 0.5)
     values = prompts(0.4, 0.1, 20, 6)
-    assert stats.hierarchical_mean([values]) == stats.mean(values)
-    two = stats.hierarchical_mean([values, prompts(0.6, 0.1, 20, 7)], resamples=500)
+    assert stats.pooled([(values,)], stats.MEAN) == stats.mean(values)
+    two = stats.pooled([(values,), (prompts(0.6, 0.1, 20, 7),)], stats.MEAN)
     assert two.low < 0.5 < two.high and two.units == 2
+    # Replicates that disagree widen the interval beyond what either one's prompts give.
+    assert two.high - two.low > stats.mean(values).high - stats.mean(values).low
 
 
 def test_ratio_of_sums_resamples_prompts_whole():
@@ -92,11 +94,11 @@ def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
     base = prompts(0.30, 0.1, 48, 8)
     sampled = [b + 0.1 for b in base]
     high = temperature_results([b + 0.4 for b in base], sampled, base)
-    assert claim_temperature(high, TRAINED).verdict == HOLDS
+    assert claim_temperature([high], [TRAINED]).verdict == HOLDS
     level = temperature_results([b + 0.1 for b in base], sampled, base)  # greedy hyperfitted no better than sampling at T*
-    assert claim_temperature(level, TRAINED).verdict == FAILS
+    assert claim_temperature([level], [TRAINED]).verdict == FAILS
     diverged = {"initial_train_loss": 6.0, "final_train_loss": 9.8, "until_loss": 0.1}
-    claim = claim_temperature(high, diverged)
+    claim = claim_temperature([high], [diverged])
     assert claim.verdict == INCONCLUSIVE and "model hyperfitted" in claim.reason
 
 
@@ -110,11 +112,11 @@ def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     base = prompts(0.30, 0.1, 48, 9)
     tuned = [b + 0.3 for b in base]
     # The reported case: the offset leaves base greedy output unchanged, so 0% of the gain is "recovered".
-    unchanged = claim_static_bias(static_results(list(base), 0.0, base, tuned), TRAINED)
+    unchanged = claim_static_bias([static_results(list(base), 0.0, base, tuned)], [TRAINED])
     assert unchanged.verdict == INCONCLUSIVE and "a static model changes base choices" in unchanged.reason
-    biting = claim_static_bias(static_results([b + 0.01 for b in base], 0.3, base, tuned), TRAINED)
+    biting = claim_static_bias([static_results([b + 0.01 for b in base], 0.3, base, tuned)], [TRAINED])
     assert biting.verdict == HOLDS
-    reproduces = claim_static_bias(static_results([b + 0.29 for b in base], 0.3, base, tuned), TRAINED)
+    reproduces = claim_static_bias([static_results([b + 0.29 for b in base], 0.3, base, tuned)], [TRAINED])
     assert reproduces.verdict == FAILS
 
 
@@ -145,7 +147,7 @@ def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected)
     prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
     comparison = null_comparison(base, chosen, prompt_of_step, fitted, 16)
     results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1}
-    claim = claim_ranks(results, TRAINED)
+    claim = claim_ranks([results], [TRAINED])
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...
     assert claim.verdict == expected  # ...but only the context-dependent one beyond what the static null explains
 
@@ -193,3 +195,18 @@ def test_the_geometry_interval_leaves_blocks_out_and_holds_the_estimate():
     assert effect.low <= effect.value <= effect.high and effect.low > 0 and effect.units == 10
     same = stats.jackknife_over_clusters(blocks, lambda rows: participation_ratio(base[rows]) - participation_ratio(base[rows]))
     assert (same.low, same.high) == (0.0, 0.0)
+
+
+def test_replicates_that_disagree_make_a_decided_claim_inconclusive():
+    base = prompts(0.30, 0.1, 48, 12)
+    sampled = [b + 0.1 for b in base]
+    clear = temperature_results([b + 0.4 for b in base], sampled, base)  # gap +0.30
+    assert claim_temperature([clear], [TRAINED]).verdict == HOLDS
+    # A second seed whose gap is -0.05: the prompts of either replicate are decisive, the pair is not.
+    other = temperature_results([b + 0.05 for b in base], sampled, base)
+    pooled = claim_temperature([clear, other], [TRAINED, TRAINED])
+    assert pooled.verdict == INCONCLUSIVE and pooled.estimate["units"] == 2
+    assert pooled.replicates == pytest.approx([0.30, -0.05]) and "seed-to-seed" in pooled.evidence
+    # One replicate that did not hyperfit is enough to refuse a decision.
+    short = {"initial_train_loss": 4.0, "final_train_loss": 0.9, "until_loss": 0.1}
+    assert claim_temperature([clear, clear], [TRAINED, short]).verdict == INCONCLUSIVE

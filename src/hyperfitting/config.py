@@ -225,12 +225,16 @@ class StudyArgs:
     """Learning rate of the LoRA controls."""
     controls_lr_full: float = 1e-4
     """Learning rate of the full fine-tuning control."""
+    replicates: int = 1
+    """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
     mauve: bool = True
     """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
     reader_prompts: int = 8
     """Prompts shown in the report's side-by-side reader."""
 
     def __post_init__(self) -> None:
+        if self.replicates < 1:
+            raise ConfigError(f"study.replicates must be at least 1, got {self.replicates}.")
         unknown = sorted(set(self.analyses) - {"temperature", "static-bias", "ranks", "geometry"})
         if unknown:
             raise ConfigError(f"study.analyses: unknown analysis {unknown[0]!r}; choose from temperature, static-bias, ranks, geometry.")

@@ -23,6 +23,11 @@ ExistingPolicy = Literal["refuse", "resume", "overwrite"]
 MARKER = "hyperfit-run.json"
 
 
+def replicate_suffix(replicate: int) -> str:
+    """Replicate 0 keeps the plain stage names (`train`, `analysis-ranks`); replicate K adds `-rK`."""
+    return f"-r{replicate}" if replicate else ""
+
+
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a torchrun / accelerate launch job (only rank 0 writes files)."""
     return int(os.environ.get("RANK", "0")) == 0

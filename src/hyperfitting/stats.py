@@ -77,44 +77,103 @@ def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable, paired: boo
     return _exact(value, n, "bootstrap undefined")
 
 
+# The statistics of the verdicts, each over paired columns (one row per prompt). Pooled over
+# replicates, rows are concatenated: with the same prompts in every replicate, a mean over all
+# rows is the mean of the replicates' means.
+
+
+def _mean_difference(x, y):
+    return np.mean(x) - np.mean(y)
+
+
+def _ratio(x, y):
+    total = np.sum(y)
+    return np.sum(x) / total if total else np.nan
+
+
+def _share_of_gain(x, y, z, w):
+    gain = np.mean(z) - np.mean(w)
+    return (np.mean(x) - np.mean(y)) / gain if gain else np.nan
+
+
+Replicates = Sequence[tuple[Sequence[float], ...]]
+
+
+def pooled(replicates: Replicates, statistic: Callable) -> Estimate:
+    """``statistic`` of paired columns, with a bootstrap interval over prompts, and over replicates when there are several.
+
+    ``replicates`` holds, per hyperfitted replicate, a tuple of equally long columns (one row
+    per prompt). One replicate: scipy's bootstrap over prompts. Several: a two-level bootstrap
+    (resample replicates, then prompts inside each), which scipy does not offer.
+    """
+    groups = [tuple(np.asarray(column, dtype=float) for column in columns) for columns in replicates]
+    for columns in groups:
+        if len({c.shape for c in columns}) != 1:
+            raise ValueError(f"paired columns differ in length: {[c.shape for c in columns]}")
+    if len(groups) == 1:
+        return _bootstrap(groups[0], statistic, paired=True)
+    return _hierarchical(groups, statistic)
+
+
+def _hierarchical(groups: list[tuple[np.ndarray, ...]], statistic: Callable, resamples: int = RESAMPLES) -> Estimate:
+    width = len(groups[0])
+    value = float(statistic(*(np.concatenate([g[i] for g in groups]) for i in range(width))))
+    rng = np.random.default_rng(SEED)
+    draws = np.empty(resamples)
+    for r in range(resamples):
+        rows = [_resample_rows(groups[chosen], rng) for chosen in rng.integers(len(groups), size=len(groups))]
+        draws[r] = statistic(*(np.concatenate([row[i] for row in rows]) for i in range(width)))
+    draws = draws[np.isfinite(draws)]
+    if not len(draws):
+        return _exact(value, len(groups), "bootstrap undefined")
+    low, high = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return Estimate(value, float(low), float(high), len(groups), f"hierarchical bootstrap over {len(groups)} replicates x prompts")
+
+
+def _resample_rows(group: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The same rows of every column: the columns of a replicate are paired."""
+    index = rng.integers(len(group[0]), size=len(group[0]))
+    return tuple(column[index] for column in group)
+
+
 def mean(values: Sequence[float]) -> Estimate:
     """Mean of one value per unit (say, TTR per prompt)."""
-    x = np.asarray(values, dtype=float)
-    return _bootstrap((x,), np.mean, paired=False)
+    return pooled([(values,)], np.mean)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
     """Mean of a - b over units measured under both conditions (the same prompts)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
-    return _bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), paired=True)
+    return pooled([(a, b)], _mean_difference)
 
 
 def ratio_of_sums(numerators: Sequence[float], denominators: Sequence[float]) -> Estimate:
     """sum(num) / sum(den), resampling units (clusters) whole: steps nested in prompts, say overrides / steps."""
-    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
-    if den.sum() == 0:
+    if np.sum(denominators) == 0:
         raise ValueError("ratio_of_sums: every denominator is zero")
-
-    def ratio(x, y):
-        total = np.sum(y)
-        return np.sum(x) / total if total else np.nan
-
-    return _bootstrap((num, den), ratio, paired=True)
+    return pooled([(numerators, denominators)], _ratio)
 
 
 def ratio_of_mean_differences(numerator: tuple[Sequence[float], Sequence[float]],
                               denominator: tuple[Sequence[float], Sequence[float]]) -> Estimate:
     """mean(a - b) / mean(c - d) over the same units: the share of one paired gain that another recovers."""
-    a, b = (np.asarray(v, dtype=float) for v in numerator)
-    c, d = (np.asarray(v, dtype=float) for v in denominator)
+    return pooled([(*numerator, *denominator)], _share_of_gain)
 
-    def share(x, y, z, w):
-        gain = np.mean(z) - np.mean(w)
-        return (np.mean(x) - np.mean(y)) / gain if gain else np.nan
 
-    return _bootstrap((a, b, c, d), share, paired=True)
+# The same statistics for several replicates: pass pooled() one of these and one tuple of columns per replicate.
+MEAN, MEAN_DIFFERENCE, RATIO_OF_SUMS, SHARE_OF_GAIN = np.mean, _mean_difference, _ratio, _share_of_gain
+
+
+def mean_of_estimates(estimates: Sequence[Estimate]) -> Estimate:
+    """Several replicates' estimates of one quantity whose rows cannot be pooled (a participation ratio):
+    their mean, with a t interval over replicates (each replicate's own noise is inside the spread between them)."""
+    from scipy.stats import t
+
+    if len(estimates) == 1:
+        return estimates[0]
+    values = np.array([e.value for e in estimates])
+    n = len(values)
+    half = float(t.ppf((1 + CONFIDENCE) / 2, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return Estimate(float(values.mean()), float(values.mean()) - half, float(values.mean()) + half, n, f"t interval over {n} replicates")
 
 
 def jackknife_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarray], float]) -> Estimate:
@@ -137,24 +196,6 @@ def jackknife_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarra
     se = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
     half = float(t.ppf((1 + CONFIDENCE) / 2, n - 1)) * se
     return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks")
-
-
-def hierarchical_mean(per_replicate: Sequence[Sequence[float]], resamples: int = RESAMPLES) -> Estimate:
-    """Mean over replicates of each replicate's mean over prompts, resampling replicates and then prompts inside each.
-
-    With one replicate this is the ordinary one-level bootstrap over prompts.
-    """
-    groups = [np.asarray(g, dtype=float) for g in per_replicate]
-    if len(groups) == 1:
-        return mean(groups[0])
-    value = float(np.mean([g.mean() for g in groups]))
-    rng = np.random.default_rng(SEED)
-    draws = np.empty(resamples)
-    for r in range(resamples):
-        chosen = rng.integers(len(groups), size=len(groups))
-        draws[r] = np.mean([rng.choice(groups[i], size=len(groups[i])).mean() for i in chosen])
-    low, high = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return Estimate(value, float(low), float(high), len(groups), f"hierarchical bootstrap over {len(groups)} replicates x prompts")
 
 
 def units_needed(estimate: Estimate, margin: float) -> int | None:

@@ -9,9 +9,10 @@ from pathlib import Path
 from hyperfitting.analysis.common import decode, load_pair
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
-from hyperfitting.rundir import Stage, read_json
+from hyperfitting.rundir import Stage, read_json, replicate_suffix
 
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry")
+
 
 
 class AnalysisContext:
@@ -38,19 +39,20 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
-def analysis_stage(name: str, context: AnalysisContext, run_dir: Path) -> dict:
-    """Run one analysis into ``run_dir/analysis-NAME`` unless it is done with the same inputs."""
+def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, replicate: int = 0) -> dict:
+    """Run one analysis into ``run_dir/analysis-NAME`` (``analysis-NAME-rK`` for replicate K) unless it is done with the same inputs."""
     from hyperfitting.analysis.ranks import run_rank_analysis
     from hyperfitting.analysis.static_bias import run_static_bias_analysis
     from hyperfitting.analysis.temperature import run_temperature_analysis
 
     config = context.config
-    stage = Stage(run_dir, f"analysis-{name}", config.fingerprint("model", "data", "generate", "analysis") + str(config.train))
+    folder_name = f"analysis-{name}{replicate_suffix(replicate)}"
+    stage = Stage(run_dir, folder_name, config.fingerprint("model", "data", "generate", "analysis") + str(config.train))
     if stage.done:
         return read_json(stage.dir / "results.json")
     from hyperfitting.pipeline.stages import announce_stage
 
-    announce_stage(f"analysis: {name}", f"analysis-{name}")
+    announce_stage(f"analysis: {name}" + (f" (replicate {replicate})" if replicate else ""), folder_name)
     started = time.perf_counter()
     folder = stage.start()
     if name == "temperature":

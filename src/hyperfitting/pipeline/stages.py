@@ -23,7 +23,9 @@ from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
-from hyperfitting.rundir import Stage, atomic_path, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl, write_text
+from hyperfitting.rundir import (
+    Stage, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
+)
 from hyperfitting.training.hyperfit import hyperfit, reached_target, save_trained
 
 
@@ -161,12 +163,12 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
 # ------------------------------------------------------------------------------ training
 
 
-def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokenizer) -> Path:
-    stage = Stage(run_dir, "train", config.fingerprint("data", "train") + config.model.name)
+def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokenizer, name: str = "train") -> Path:
+    stage = Stage(run_dir, name, config.fingerprint("data", "train") + config.model.name)
     folder = stage.dir
     if stage.done:
         return folder
-    announce_stage(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g})", "train")
+    announce_stage(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})", name)
     started = time.perf_counter()
     stage.start()
     model, _ = load_model(config.model, for_training=True)
@@ -279,6 +281,8 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     global CLOCK
     started = time.perf_counter()
     planned = ["data", "base", "train", "hyperfitted"] + [f"analysis-{a}" for a in config.study.analyses]
+    for replicate in range(1, config.study.replicates):
+        planned += [f"train-r{replicate}"] + [f"analysis-{a}-r{replicate}" for a in config.study.analyses]
     CLOCK = StudyClock(run_dir, planned + (["controls"] if config.study.controls else []) + ["quality"])
     base_model, tokenizer = load_model(config.model)
     data = data_stage(config, run_dir, tokenizer)
@@ -305,6 +309,17 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         context = AnalysisContext(analysed, data, models=(base_model, tuned_model, tokenizer))
         for name in config.study.analyses:
             analysis_stage(name, context, run_dir)
+    # Further replicates: the same data, another seed (data order and adapter initialisation), every analysis again.
+    for replicate in range(1, config.study.replicates):
+        replicate_config = replace(config, train=replace(config.train, seed=config.train.seed + replicate))
+        folder = training_stage(replicate_config, run_dir, data, tokenizer, name=f"train{replicate_suffix(replicate)}")
+        if config.study.analyses:
+            replicate_model, _ = load_hyperfitted(config.model, folder)
+            replicate_analysed = replace(replicate_config, analysis=replace(config.analysis, hyperfitted=str(folder)))
+            context = AnalysisContext(replicate_analysed, data, models=(base_model, replicate_model, tokenizer))
+            for name in config.study.analyses:
+                analysis_stage(name, context, run_dir, replicate)
+            del context, replicate_model
     prompts = [p.prompt_ids for c in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[c]]
     controls_stage(analysed, run_dir, data, prompts, base_model, tokenizer)
     quality_stage(config, run_dir, data, base_model, tokenizer)
@@ -312,6 +327,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     results = {
         "train": train_summary,
         "train_log": read_jsonl(train_folder / "train_log.jsonl"),
+        "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
         "metrics": {"base": base, "hyperfitted": tuned},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),

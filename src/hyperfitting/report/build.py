@@ -15,7 +15,7 @@ import yaml
 
 from hyperfitting.analysis.common import pyplot, savefig
 from hyperfitting.report.verdicts import all_claims
-from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
+from hyperfitting.rundir import read_json, read_jsonl, replicate_suffix, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
@@ -83,9 +83,13 @@ def claims_section(claims: list, train: dict) -> list[str]:
     md += ["", "Evidence behind each effect:", ""] + [f"{c.number}. {c.evidence}." for c in claims]
     md += ["", "Rules (the same decision for every claim; the margins and their reasons are in `report/verdicts.py`):", ""]
     md += [f"{c.number}. {c.rule}" for c in claims]
-    md += ["", "Intervals are bootstrap intervals over evaluation prompts (claim 4: over held-out blocks), resampled whole when steps or "
-           "positions are nested in them. One hyperfitted model was trained (one training seed): the intervals cover prompt-to-prompt "
-           "variation, not seed-to-seed variation of training.", ""]
+    replicates = max(len(c.replicates) for c in claims) or 1
+    md += ["", "Intervals are bootstrap intervals over evaluation prompts (claim 4: a jackknife over held-out blocks), resampled whole when "
+           "steps or positions are nested in them. " + (
+               f"{replicates} hyperfitted replicates (training seeds) were analysed: intervals resample replicates, then prompts "
+               "(claim 4: a t interval over replicates); each replicate's own estimate is in the evidence." if replicates > 1 else
+               "One hyperfitted model was trained (one training seed): the intervals cover prompt-to-prompt variation, not "
+               "seed-to-seed variation of training (set study.replicates)."), ""]
     if train.get("until_loss") is not None and not train.get("reached_target", True):
         md += [f"**The hyperfitted model did not reach the target loss {train['until_loss']:g}** (it stopped at {train['final_train_loss']:.3f} "
                f"after the cap of {train['epoch_cap']} epochs): claims 1-4 are inconclusive for that reason.", ""]
@@ -100,10 +104,14 @@ def build_report(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     study = read_json(run_dir / "metrics.json")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    analyses = {name: _maybe(run_dir / f"analysis-{name}" / "results.json") for name in ("temperature", "static-bias", "ranks", "geometry")}
+    replicates = config["study"].get("replicates", 1)
+    # Per analysis, the results of every replicate that has them (`analysis-NAME`, `analysis-NAME-r1`, ...).
+    per_replicate = {name: [r for r in (_maybe(run_dir / f"analysis-{name}{replicate_suffix(k)}" / "results.json") for k in range(replicates)) if r]
+                     for name in ("temperature", "static-bias", "ranks", "geometry")}
+    analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
     controls = _maybe(run_dir / "controls" / "results.json")
     quality = _maybe(run_dir / "quality" / "results.json")
-    claims = all_claims(analyses, controls, study["train"])
+    claims = all_claims(per_replicate, controls, study.get("replicates") or [study["train"]])
     figures = run_dir / "report-figures"
     figures.mkdir(exist_ok=True)
     plot_training_curve(study["train_log"], figures / "training_curve.png")

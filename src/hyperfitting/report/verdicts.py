@@ -15,6 +15,7 @@ The claim functions only read the results the analyses wrote, so a report can be
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,6 +94,7 @@ class Claim:
     reason: str = ""
     units_needed: int | None = None
     evidence: str = "-"
+    replicates: list[float] = field(default_factory=list)
 
 
 def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> tuple[str, str, int | None]:
@@ -127,107 +129,126 @@ def not_run(number: int, why: str = "not run in this study") -> Claim:
 
 
 # ------------------------------------------------------------------------------ checks shared by claims 1-4
+#
+# Claims 1-4 get one results dict and one training summary per hyperfitted replicate (a list of
+# one in a single-seed study); their effects pool the replicates (see stats.pooled).
 
 
-def hyperfitted_check(train: dict | None) -> Check:
-    """The analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted model."""
-    if not train:
-        return Check("model hyperfitted", False, "no training summary")
-    final, target = train["final_train_loss"], train.get("until_loss")
-    if target is None:
-        return Check("model hyperfitted", final < 0.5 * train["initial_train_loss"], f"loss {train['initial_train_loss']:.3f} -> {final:.3f}")
-    return Check("model hyperfitted", final <= target, f"training loss {train['initial_train_loss']:.3f} -> {final:.3f}, target {target:g}")
+def hyperfitted_check(trains: list[dict | None]) -> Check:
+    """Every analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted model."""
+    details, passed = [], True
+    for train in trains:
+        if not train:
+            return Check("model hyperfitted", False, "no training summary")
+        final, target = train["final_train_loss"], train.get("until_loss")
+        reached = final <= target if target is not None else final < 0.5 * train["initial_train_loss"]
+        passed &= reached
+        details.append(f"{train['initial_train_loss']:.3f} -> {final:.3f}")
+    target = trains[0].get("until_loss")
+    return Check("model hyperfitted", passed, f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""))
 
 
-def gain_check(tuned: list[float], base: list[float]) -> tuple[Check, Estimate]:
+def gain_check(pairs: list[tuple[list[float], list[float]]]) -> tuple[Check, Estimate]:
     """Hyperfitting must have made greedy output more diverse on these prompts: otherwise there is no gain to explain."""
-    gain = stats.paired_difference(tuned, base)
+    gain = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
     return Check("hyperfitting raised greedy TTR", gain.low > 0, f"gain {gain}"), gain
+
+
+def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
+    """Each replicate's own point estimate, and their spread, beside the pooled interval."""
+    if len(per_replicate) > 1:
+        spread = statistics.stdev(per_replicate)
+        claim.evidence += (f"; per replicate {', '.join(f'{v:+.3f}' for v in per_replicate)} (seed-to-seed standard deviation "
+                           f"{spread:.3f}, {len(per_replicate)} replicates)")
+    claim.replicates = per_replicate
+    return claim
 
 
 # ------------------------------------------------------------------------------ the claims
 
 
-def claim_temperature(results: dict | None, train: dict | None) -> Claim:
+def claim_temperature(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(1)
-    per_prompt = results.get("per_prompt")
-    if not per_prompt:
+    if not all(r.get("per_prompt") for r in results):
         return not_run(1, "these results predate per-prompt intervals: rerun the analysis")
-    tuned = per_prompt["hyperfitted"][0]
-    at_t_star = _seed_mean(per_prompt["base, T*"])
-    estimate = stats.paired_difference(tuned, at_t_star)
-    gain, gain_estimate = gain_check(tuned, per_prompt["base, greedy"][0])
-    matched = results.get("t_star_matched", {}).get("teacher_forced", True)
-    checks = [hyperfitted_check(train), gain,
-              Check("entropy matched at T*", matched, f"T* = {results['sampling_temperature']:.3f}"
-                    + ("" if matched else ": the bisection hit its bound, so the entropies differ"))]
-    evidence = (f"T* = {results['sampling_temperature']:.2f}; TTR base at T* {stats.mean(at_t_star)} vs hyperfitted greedy "
-                f"{stats.mean(tuned)} over {len(tuned)} prompts x {len(per_prompt['base, T*'])} seeds; hyperfitting gain over base greedy {gain_estimate}")
-    return make_claim(1, estimate, checks, evidence)
+    tuned = [r["per_prompt"]["hyperfitted"][0] for r in results]
+    at_t_star = [_seed_mean(r["per_prompt"]["base, T*"]) for r in results]
+    pairs = list(zip(tuned, at_t_star))
+    estimate = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
+    gain, gain_estimate = gain_check([(t, r["per_prompt"]["base, greedy"][0]) for t, r in zip(tuned, results)])
+    matched = all(r.get("t_star_matched", {}).get("teacher_forced", True) for r in results)
+    temperatures = ", ".join(f"{r['sampling_temperature']:.3f}" for r in results)
+    checks = [hyperfitted_check(trains), gain,
+              Check("entropy matched at T*", matched, f"T* = {temperatures}" + ("" if matched else ": the bisection hit its bound, so the entropies differ"))]
+    evidence = (f"T* = {temperatures}; TTR base at T* {stats.pooled([(t,) for t in at_t_star], stats.MEAN)} vs hyperfitted greedy "
+                f"{stats.pooled([(t,) for t in tuned], stats.MEAN)} over {len(tuned[0])} prompts, "
+                f"{len(results[0]['per_prompt']['base, T*'])} sampling seed(s); hyperfitting gain over base greedy {gain_estimate}")
+    return with_replicates(make_claim(1, estimate, checks, evidence), [stats.paired_difference(*pair).value for pair in pairs])
 
 
-def claim_static_bias(results: dict | None, train: dict | None) -> Claim:
+def claim_static_bias(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(2)
-    per_prompt = results.get("per_prompt")
-    if not per_prompt:
-        return not_run(2, "these results predate per-prompt intervals: rerun the analysis")
-    base, tuned = per_prompt["base, greedy"], per_prompt["hyperfitted"]
-    bite = results["bite"]
-    # Only static models that changed the base model's choices are evidence; the best of them on these prompts
-    # (chosen on the mean; the interval is then taken for it).
-    static_rows = {k: v for k, v in per_prompt.items() if k in bite["biting"]}
-    gain, gain_estimate = gain_check(tuned, base)
-    checks = [hyperfitted_check(train), gain,
-              Check("a static model changes base choices", bite["passed"],
-                    f"{', '.join(bite['biting']) or 'none'} change the base greedy choice on at least {bite['required']:.0%} of steps "
-                    f"(the K-token offset: {bite['top_k_flip_rate']:.1%} at alpha {bite['top_k_alpha']:g})")]
-    if not static_rows:
+    if not all(r.get("per_prompt") and "biting" in r.get("bite", {}) for r in results):
+        return not_run(2, "these results predate per-prompt intervals and flip rates: rerun the analysis")
+    gain, gain_estimate = gain_check([(r["per_prompt"]["hyperfitted"], r["per_prompt"]["base, greedy"]) for r in results])
+    bites = [r["bite"] for r in results]
+    checks = [hyperfitted_check(trains), gain,
+              Check("a static model changes base choices", all(b["passed"] for b in bites),
+                    "; ".join(f"{', '.join(b['biting']) or 'none'} change the base greedy choice on at least {b['required']:.0%} of steps "
+                              f"(the K-token offset: {b['top_k_flip_rate']:.1%} at alpha {b['top_k_alpha']:g})" for b in bites))]
+    if not all(b["passed"] for b in bites):
         return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
-    best = max(static_rows, key=lambda k: sum(static_rows[k]))
-    estimate = stats.ratio_of_mean_differences((static_rows[best], base), (tuned, base))
-    fitted = results.get("fitted_null", {})
-    evidence = (f"best static model: {best} (TTR {sum(static_rows[best]) / len(base):.3f}; base {sum(base) / len(base):.3f}, hyperfitted "
-                f"{sum(tuned) / len(tuned):.3f}); hyperfitting gain {gain_estimate}")
+    groups, chosen = [], []
+    for r in results:
+        # Only static models that changed the base model's choices are evidence; the best of them on these
+        # prompts (chosen on the mean; the interval is then taken for it).
+        per_prompt = r["per_prompt"]
+        best = max(r["bite"]["biting"], key=lambda k: sum(per_prompt[k]))
+        chosen.append(best)
+        groups.append((per_prompt[best], per_prompt["base, greedy"], per_prompt["hyperfitted"], per_prompt["base, greedy"]))
+    estimate = stats.pooled(groups, stats.SHARE_OF_GAIN)
+    first, fitted = results[0]["per_prompt"], results[0].get("fitted_null", {})
+    evidence = (f"best static model: {chosen[0]} (TTR {sum(first[chosen[0]]) / len(first[chosen[0]]):.3f}; base "
+                f"{sum(first['base, greedy']) / len(first['base, greedy']):.3f}, hyperfitted {sum(first['hyperfitted']) / len(first['hyperfitted']):.3f}); "
+                f"hyperfitting gain {gain_estimate}")
     if fitted:
         evidence += (f"; fitted static+temperature model (tau {fitted['tau']:.2f}) reproduces {fitted['top1_reproduced']:.1%} of the "
                      f"hyperfitted top-1 choices")
-    return make_claim(2, estimate, checks, evidence)
+    return with_replicates(make_claim(2, estimate, checks, evidence), [stats.pooled([g], stats.SHARE_OF_GAIN).value for g in groups])
 
 
-def claim_ranks(results: dict | None, train: dict | None) -> Claim:
+def claim_ranks(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(3)
-    counts = results.get("per_prompt")
-    if not counts:
+    if not all(r.get("per_prompt") for r in results):
         return not_run(3, "these results predate per-prompt intervals: rerun the analysis")
-    estimate = stats.ratio_of_sums(counts["unexplained_overrides"], counts["steps"])
-    overrides = stats.ratio_of_sums(counts["overrides"], counts["steps"])
-    null = results["null"]
-    checks = [hyperfitted_check(train),
-              Check("static+temperature null fitted", null["scale"] > 0, f"tau {1 / null['scale']:.3f}" if null["scale"] > 0 else "non-positive scale")]
-    evidence = (f"overrides of the base top-1 {overrides} of steps, {results['share_of_overrides_from_rank_over_10']:.1%} of them from base rank > 10; "
-                f"the fitted static+temperature model (tau {1 / null['scale']:.2f}) reproduces {null['overrides_reproduced']:.1%} of the overrides "
-                f"and {null['deep_tail_reproduced']:.1%} of the deep-tail (rank > 10) ones")
-    return make_claim(3, estimate, checks, evidence)
+    groups = [(r["per_prompt"]["unexplained_overrides"], r["per_prompt"]["steps"]) for r in results]
+    estimate = stats.pooled(groups, stats.RATIO_OF_SUMS)
+    overrides = stats.pooled([(r["per_prompt"]["overrides"], r["per_prompt"]["steps"]) for r in results], stats.RATIO_OF_SUMS)
+    scales = [r["null"]["scale"] for r in results]
+    first = results[0]
+    checks = [hyperfitted_check(trains),
+              Check("static+temperature null fitted", all(v > 0 for v in scales), "tau " + ", ".join(f"{1 / v:.3f}" if v > 0 else "undefined" for v in scales))]
+    evidence = (f"overrides of the base top-1 {overrides} of steps, {first['share_of_overrides_from_rank_over_10']:.1%} of them from base rank > 10; "
+                f"the fitted static+temperature model (tau {1 / scales[0]:.2f}) reproduces {first['null']['overrides_reproduced']:.1%} of the "
+                f"overrides and {first['null']['deep_tail_reproduced']:.1%} of the deep-tail (rank > 10) ones")
+    return with_replicates(make_claim(3, estimate, checks, evidence), [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
 
 
-def claim_geometry(results: dict | None, train: dict | None) -> Claim:
+def claim_geometry(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(4)
-    effect = results.get("effect")
-    if not effect:
+    if not all(r.get("effect") for r in results):
         return not_run(4, "these results predate intervals: rerun the analysis")
-    estimate = Estimate(**{k: effect[k] for k in ("value", "low", "high", "units", "method")})
-    forced = results.get("localisation_forced")
-    checks = [hyperfitted_check(train),
-              Check("localisation not forced", not forced,
-                    forced or "every block was trainable")]
-    v = results["verdict"]
+    effects = [Estimate(**{k: r["effect"][k] for k in ("value", "low", "high", "units", "method")}) for r in results]
+    forced = next((r["localisation_forced"] for r in results if r.get("localisation_forced")), None)
+    checks = [hyperfitted_check(trains), Check("localisation not forced", not forced, forced or "every block was trainable")]
+    v = results[0]["verdict"]
     evidence = (f"reads {v['state']}: final layer Delta PR {v['final_delta_pr']:+.1f}; runner-up {v['runner_up']} {v['runner_up_delta_pr']:+.1f}; "
-                f"last block's raw output {v['final_block_raw_delta_pr']:+.1f}; {results['tokens']} positions (position 0 left out)")
-    return make_claim(4, estimate, checks, evidence)
+                f"last block's raw output {v['final_block_raw_delta_pr']:+.1f}; {results[0]['tokens']} positions (position 0 left out)")
+    return with_replicates(make_claim(4, stats.mean_of_estimates(effects), checks, evidence), [e.value for e in effects])
 
 
 def claim_late_stage(results: dict | None) -> Claim:
@@ -250,12 +271,13 @@ def claim_late_stage(results: dict | None) -> Claim:
     return make_claim(5, estimate, checks, evidence)
 
 
-def all_claims(analyses: dict[str, dict | None], controls: dict | None, train: dict | None = None) -> list[Claim]:
+def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None]) -> list[Claim]:
+    """``analyses`` maps each analysis to its results, one per hyperfitted replicate; ``trains`` their training summaries."""
     return [
-        claim_temperature(analyses.get("temperature"), train),
-        claim_static_bias(analyses.get("static-bias"), train),
-        claim_ranks(analyses.get("ranks"), train),
-        claim_geometry(analyses.get("geometry"), train),
+        claim_temperature(analyses.get("temperature", []), trains),
+        claim_static_bias(analyses.get("static-bias", []), trains),
+        claim_ranks(analyses.get("ranks", []), trains),
+        claim_geometry(analyses.get("geometry", []), trains),
         claim_late_stage(controls),
     ]
 
