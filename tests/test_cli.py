@@ -41,10 +41,11 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
                  "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json",
                  "analysis-temperature/frontier.png", "analysis-static-bias/table.md", "analysis-ranks/results.json",
                  "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html",
-                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json"):
+                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json", "hyperfitted-blocked/generations.jsonl"):
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5]
+    assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
         assert claim["estimate"]["low"] <= claim["estimate"]["value"] <= claim["estimate"]["high"], claim

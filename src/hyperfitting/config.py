@@ -227,6 +227,8 @@ class StudyArgs:
     """Learning rate of the full fine-tuning control."""
     replicates: int = 1
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
+    citation_blocked_row: bool = True
+    """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
     mauve: bool = True
     """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
     reader_prompts: int = 8

@@ -8,6 +8,7 @@ extended run resumes where it stopped.
 from __future__ import annotations
 
 import platform
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,10 +30,14 @@ from hyperfitting.rundir import (
 from hyperfitting.training.hyperfit import hyperfit, reached_target, save_trained
 
 
-# Seconds each stage of the quick preset took on a 2-core CPU: only their proportions matter, to
-# turn the time spent so far into an estimate of the time left.
-STAGE_WEIGHTS = {"data": 11, "base": 82, "train": 410, "hyperfitted": 68, "analysis-temperature": 170,
-                 "analysis-static-bias": 50, "analysis-ranks": 115, "analysis-geometry": 35, "controls": 220, "quality": 30}
+# Seconds each stage of the quick preset took on a 2-core CPU (2 threads): only their proportions matter,
+# to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
+STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
+                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50}
+
+
+def stage_weight(name: str) -> float:
+    return STAGE_WEIGHTS.get(re.sub(r"-r\d+$", "", name), 60)
 
 
 class StudyClock:
@@ -51,8 +56,8 @@ class StudyClock:
         done = [n for n in self.planned if n != name and (self.run_dir / n / "stage-done.json").exists()]
         ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
         spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
-        weight_ran = sum(STAGE_WEIGHTS.get(n, 60) for n in ran_now)
-        remaining = sum(STAGE_WEIGHTS.get(n, 60) for n in self.planned if n not in done)
+        weight_ran = sum(stage_weight(n) for n in ran_now)
+        remaining = sum(stage_weight(n) for n in self.planned if n not in done)
         eta = f", about {remaining * spent / weight_ran / 60:.0f} min left" if weight_ran else ""
         index = self.planned.index(name) + 1 if name in self.planned else "?"
         print(f"\n== [{index}/{len(self.planned)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
@@ -280,7 +285,8 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
 
     global CLOCK
     started = time.perf_counter()
-    planned = ["data", "base", "train", "hyperfitted"] + [f"analysis-{a}" for a in config.study.analyses]
+    planned = ["data", "base", "train", "hyperfitted"] + (["hyperfitted-blocked"] if config.study.citation_blocked_row else [])
+    planned += [f"analysis-{a}" for a in config.study.analyses]
     for replicate in range(1, config.study.replicates):
         planned += [f"train-r{replicate}"] + [f"analysis-{a}-r{replicate}" for a in config.study.analyses]
     CLOCK = StudyClock(run_dir, planned + (["controls"] if config.study.controls else []) + ["quality"])
@@ -292,10 +298,18 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     tuned_model, _ = load_hyperfitted(config.model, train_folder)
     tuned = evaluation_stage("hyperfitted", config, run_dir, data, tuned_model, tokenizer, base_model, training_index,
                              ("data", "train", "generate"))
+    # The paper's check that the gain is not copying: the same model, forbidden to continue any training 5-gram.
+    blocked = None
+    if config.study.citation_blocked_row and not config.generate.citation_blocker:
+        blocking = replace(config, generate=replace(config.generate, citation_blocker=True))
+        blocked = evaluation_stage("hyperfitted-blocked", blocking, run_dir, data, tuned_model, tokenizer, base_model, training_index,
+                                   ("data", "train", "generate"))
     columns: dict[str, dict[str, float]] = {}
     for corpus in data.prompts:
         columns[f"{corpus}: base"] = base[corpus]
         columns[f"{corpus}: hyperfitted"] = tuned[corpus]
+        if blocked:
+            columns[f"{corpus}: hyperfitted, citation blocker"] = blocked[corpus]
         columns[f"{corpus}: human"] = base[f"{corpus}:human"]
     train_summary = read_json(train_folder / "summary.json")
     table = comparison_table(columns)
@@ -328,7 +342,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         "train": train_summary,
         "train_log": read_jsonl(train_folder / "train_log.jsonl"),
         "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
-        "metrics": {"base": base, "hyperfitted": tuned},
+        "metrics": {"base": base, "hyperfitted": tuned, **({"hyperfitted, citation blocker": blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),
         "wall_seconds": time.perf_counter() - started,
