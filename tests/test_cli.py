@@ -33,7 +33,7 @@ def _study_args(model, corpus, run_dir):
 
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
-    args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.replicates=2"]
+    args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.replicates=2", "study.full_finetune=true"]
     code, out, err = run_cli(monkeypatch, capsys, "study", *args)
     assert code == 0, err
     assert "| ttr | higher |" in out
@@ -52,6 +52,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
         assert claim["reason"] and claim["checks"] and claim["margin"] is not None
     # Two replicates (seeds 0 and 1): claims 1-4 pool both, and each replicate's own estimate is kept.
     assert all(c["estimate"]["units"] == 2 and len(c["replicates"]) == 2 for c in claims[:4])
+    # The fully fine-tuned model: every block trainable, so claim 4's localisation is not forced by construction.
+    full_claims = json.loads((run_dir / "metrics.json").read_text())["claims_full_finetune"]
+    assert [c["number"] for c in full_claims] == [1, 2, 3, 4]
+    geometry = json.loads((run_dir / "analysis-geometry-full" / "results.json").read_text())
+    assert geometry["localisation_forced"] is None and all(change > 0 for change in geometry["weight_change"])
+    assert "Claims 1-4 on the fully fine-tuned model" in (run_dir / "report.md").read_text()
     seeds = [(run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")]
     assert seeds[0] != seeds[1]  # another seed: another data order and adapter initialisation
     # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.

@@ -227,6 +227,8 @@ class StudyArgs:
     """Learning rate of the full fine-tuning control."""
     replicates: int = 1
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
+    full_finetune: bool = False
+    """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it: the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA claims."""
     citation_blocked_row: bool = True
     """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
     mauve: bool = True

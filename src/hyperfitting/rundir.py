@@ -23,6 +23,9 @@ ExistingPolicy = Literal["refuse", "resume", "overwrite"]
 MARKER = "hyperfit-run.json"
 
 
+FULL = "-full"  # stage-name suffix of the fully fine-tuned model a study can analyse beside its LoRA replicates
+
+
 def replicate_suffix(replicate: int) -> str:
     """Replicate 0 keeps the plain stage names (`train`, `analysis-ranks`); replicate K adds `-rK`."""
     return f"-r{replicate}" if replicate else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from hyperfitting.analysis.common import decode, load_pair
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
-from hyperfitting.rundir import Stage, read_json, replicate_suffix
+from hyperfitting.rundir import Stage, read_json
 
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry")
 
@@ -39,20 +39,20 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
-def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, replicate: int = 0) -> dict:
-    """Run one analysis into ``run_dir/analysis-NAME`` (``analysis-NAME-rK`` for replicate K) unless it is done with the same inputs."""
+def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, suffix: str = "") -> dict:
+    """Run one analysis into ``run_dir/analysis-NAME{suffix}`` (`-rK` for replicate K, `-full` for full fine-tuning) unless done with the same inputs."""
     from hyperfitting.analysis.ranks import run_rank_analysis
     from hyperfitting.analysis.static_bias import run_static_bias_analysis
     from hyperfitting.analysis.temperature import run_temperature_analysis
 
     config = context.config
-    folder_name = f"analysis-{name}{replicate_suffix(replicate)}"
+    folder_name = f"analysis-{name}{suffix}"
     stage = Stage(run_dir, folder_name, config.fingerprint("model", "data", "generate", "analysis") + str(config.train))
     if stage.done:
         return read_json(stage.dir / "results.json")
     from hyperfitting.pipeline.stages import announce_stage
 
-    announce_stage(f"analysis: {name}" + (f" (replicate {replicate})" if replicate else ""), folder_name)
+    announce_stage(f"analysis: {name}" + (f" ({suffix.lstrip('-')})" if suffix else ""), folder_name)
     started = time.perf_counter()
     folder = stage.start()
     if name == "temperature":

@@ -25,7 +25,8 @@ from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.rundir import (
-    Stage, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
+    FULL, Stage, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl,
+    write_text,
 )
 from hyperfitting.training.hyperfit import hyperfit, reached_target, save_trained
 
@@ -37,7 +38,9 @@ STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperf
 
 
 def stage_weight(name: str) -> float:
-    return STAGE_WEIGHTS.get(re.sub(r"-r\d+$", "", name), 60)
+    if name == f"train{FULL}":
+        return 4 * STAGE_WEIGHTS["train"]  # every block runs forward and backward, no trunk cache
+    return STAGE_WEIGHTS.get(re.sub(rf"(-r\d+|{FULL})$", "", name), 60)
 
 
 class StudyClock:
@@ -168,6 +171,11 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
 # ------------------------------------------------------------------------------ training
 
 
+def full_finetune_args(config: RunConfig):
+    """Full fine-tuning on the study's data, to the same target loss, at the full-fine-tuning control's rate."""
+    return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full)
+
+
 def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokenizer, name: str = "train") -> Path:
     stage = Stage(run_dir, name, config.fingerprint("data", "train") + config.model.name)
     folder = stage.dir
@@ -287,8 +295,8 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     planned = ["data", "base", "train", "hyperfitted"] + (["hyperfitted-blocked"] if config.study.citation_blocked_row else [])
     planned += [f"analysis-{a}" for a in config.study.analyses]
-    for replicate in range(1, config.study.replicates):
-        planned += [f"train-r{replicate}"] + [f"analysis-{a}-r{replicate}" for a in config.study.analyses]
+    for suffix in [replicate_suffix(r) for r in range(1, config.study.replicates)] + ([FULL] if config.study.full_finetune else []):
+        planned += [f"train{suffix}"] + [f"analysis-{a}{suffix}" for a in config.study.analyses]
     CLOCK = StudyClock(run_dir, planned + (["controls"] if config.study.controls else []) + ["quality"])
     base_model, tokenizer = load_model(config.model)
     data = data_stage(config, run_dir, tokenizer)
@@ -319,21 +327,27 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
           f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
 
     analysed = replace(config, analysis=replace(config.analysis, hyperfitted=str(train_folder)))
-    if config.study.analyses:
-        context = AnalysisContext(analysed, data, models=(base_model, tuned_model, tokenizer))
+
+    def analyse(model_config: RunConfig, folder: Path, suffix: str, model=None) -> None:
+        """Every analysis of the study on the model trained into ``folder``, into `analysis-NAME{suffix}`."""
+        if not config.study.analyses:
+            return
+        model = model if model is not None else load_hyperfitted(config.model, folder)[0]
+        context = AnalysisContext(replace(model_config, analysis=replace(config.analysis, hyperfitted=str(folder))), data,
+                                  models=(base_model, model, tokenizer))
         for name in config.study.analyses:
-            analysis_stage(name, context, run_dir)
+            analysis_stage(name, context, run_dir, suffix)
+
+    analyse(config, train_folder, "", tuned_model)
     # Further replicates: the same data, another seed (data order and adapter initialisation), every analysis again.
     for replicate in range(1, config.study.replicates):
         replicate_config = replace(config, train=replace(config.train, seed=config.train.seed + replicate))
-        folder = training_stage(replicate_config, run_dir, data, tokenizer, name=f"train{replicate_suffix(replicate)}")
-        if config.study.analyses:
-            replicate_model, _ = load_hyperfitted(config.model, folder)
-            replicate_analysed = replace(replicate_config, analysis=replace(config.analysis, hyperfitted=str(folder)))
-            context = AnalysisContext(replicate_analysed, data, models=(base_model, replicate_model, tokenizer))
-            for name in config.study.analyses:
-                analysis_stage(name, context, run_dir, replicate)
-            del context, replicate_model
+        suffix = replicate_suffix(replicate)
+        analyse(replicate_config, training_stage(replicate_config, run_dir, data, tokenizer, name=f"train{suffix}"), suffix)
+    # The model the paper analyses: every parameter fine-tuned, so no block is unchanged by construction.
+    if config.study.full_finetune:
+        full_config = replace(config, train=full_finetune_args(config))
+        analyse(full_config, training_stage(full_config, run_dir, data, tokenizer, name=f"train{FULL}"), FULL)
     prompts = [p.prompt_ids for c in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[c]]
     controls_stage(analysed, run_dir, data, prompts, base_model, tokenizer)
     quality_stage(config, run_dir, data, base_model, tokenizer)
@@ -342,6 +356,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         "train": train_summary,
         "train_log": read_jsonl(train_folder / "train_log.jsonl"),
         "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
+        **({"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")} if config.study.full_finetune else {}),
         "metrics": {"base": base, "hyperfitted": tuned, **({"hyperfitted, citation blocker": blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),

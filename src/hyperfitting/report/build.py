@@ -15,7 +15,7 @@ import yaml
 
 from hyperfitting.analysis.common import pyplot, savefig
 from hyperfitting.report.verdicts import all_claims
-from hyperfitting.rundir import read_json, read_jsonl, replicate_suffix, write_json, write_text
+from hyperfitting.rundir import FULL, read_json, read_jsonl, replicate_suffix, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
@@ -70,9 +70,9 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
-def claims_section(claims: list, train: dict) -> list[str]:
+def claims_section(claims: list, train: dict, heading: str = "## Claims") -> list[str]:
     """The verdicts as a reviewer reads them: effect, 95% interval, margin, checks, verdict and why."""
-    md = ["## Claims", "",
+    md = [heading, "",
           "| # | claim | effect [95% interval] | margin | manipulation checks | verdict | why | paper |", "|---|---|---|---|---|---|---|---|"]
     for c in claims:
         e = c.estimate
@@ -119,6 +119,14 @@ def build_report(run_dir: Path) -> dict:
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
     md += claims_section(claims, study["train"])
+    # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
+    full_analyses = {name: [r] for name in per_replicate if (r := _maybe(run_dir / f"analysis-{name}{FULL}" / "results.json"))}
+    full_claims = all_claims(full_analyses, None, [study["full_finetune"]])[:4] if study.get("full_finetune") else []
+    if full_claims:
+        full = study["full_finetune"]
+        md += claims_section(full_claims, full, "## Claims 1-4 on the fully fine-tuned model")
+        md += [f"Full fine-tuning of every parameter ({full['trainable_parameters']:,}), loss {full['initial_train_loss']:.3f} -> "
+               f"{full['final_train_loss']:.3f} in {full['epochs_run']} epochs; the same data, prompts and rules as above.", ""]
 
     train = study["train"]
     md += ["## Hyperfitting", "",
@@ -160,6 +168,7 @@ def build_report(run_dir: Path) -> dict:
     write_text(run_dir / "report.html", render_html(markdown_text, run_dir, reader))
 
     study["claims"] = [c.__dict__ for c in claims]
+    study["claims_full_finetune"] = [c.__dict__ for c in full_claims]
     study["analyses"] = analyses
     study["controls"] = controls
     study["quality"] = quality

@@ -15,6 +15,7 @@ The claim functions only read the results the analyses wrote, so a report can be
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Literal
@@ -118,6 +119,9 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
 
 def make_claim(number: int, estimate: Estimate | None, checks: list[Check], evidence: str) -> Claim:
     rule = RULES[number]
+    if estimate is not None and not math.isfinite(estimate.value):
+        # Say why instead of printing nan: the usual cause is a ratio whose denominator (the gain) is zero.
+        estimate, evidence = None, evidence + "; the effect is undefined here (a ratio over a zero gain or an empty set)"
     verdict, reason, needed = decide(rule, estimate, checks)
     return Claim(number, NAMES[number], PAPER[number], rule.in_words(), rule.margin, rule.direction,
                  estimate.to_dict() if estimate else None, [c.__dict__ for c in checks], verdict, reason, needed, evidence)
