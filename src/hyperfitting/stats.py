@@ -6,7 +6,7 @@ whole prompts (a cluster bootstrap: per-prompt totals resampled as pairs). Indep
 hyperfitted replicates add a level above that (resample replicates, then prompts inside each).
 
 One-level intervals come from ``scipy.stats.bootstrap`` (BCa, falling back to percentile where
-BCa is undefined). scipy has no two-level bootstrap; ``hierarchical_mean`` resamples by hand.
+BCa is undefined). scipy has no two-level bootstrap; ``pooled`` resamples replicates by hand.
 Statistics that repeated rows would bias (participation ratios) get a jackknife over clusters.
 Every resampling is seeded, so the same inputs give the same interval on every machine.
 """
@@ -57,7 +57,8 @@ def _exact(value: float, units: int, why: str) -> Estimate:
     return Estimate(float(value), float(value), float(value), units, why)
 
 
-def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable, paired: bool) -> Estimate:
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable) -> Estimate:
+    """One level: resample units (rows), the columns of a row together."""
     from scipy.stats import bootstrap
 
     n = len(samples[0])
@@ -69,7 +70,7 @@ def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable, paired: boo
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BCa's degenerate-data warning: we fall back instead
-            result = bootstrap(samples, statistic, paired=paired, vectorized=False, n_resamples=RESAMPLES,
+            result = bootstrap(samples, statistic, paired=True, vectorized=False, n_resamples=RESAMPLES,
                                confidence_level=CONFIDENCE, method=method, rng=np.random.default_rng(SEED))
         low, high = result.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
@@ -111,7 +112,7 @@ def pooled(replicates: Replicates, statistic: Callable) -> Estimate:
         if len({c.shape for c in columns}) != 1:
             raise ValueError(f"paired columns differ in length: {[c.shape for c in columns]}")
     if len(groups) == 1:
-        return _bootstrap(groups[0], statistic, paired=True)
+        return _bootstrap(groups[0], statistic)
     return _hierarchical(groups, statistic)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import decode, mean_and_spread, path_logits, path_summary, pyplot, savefig, stacked_logits
-from hyperfitting.analysis.static_bias import fit_static_temperature, ranks_of, static_choice
+from hyperfitting.analysis.common import decode, mean_and_spread, path_logits, path_summary, pyplot, savefig
+from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
 from hyperfitting.rundir import write_json, write_text
@@ -116,7 +116,7 @@ def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
 
 
 def run_rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, out_dir: Path, tuned_greedy=None,
-                      heldout_blocks: torch.Tensor | None = None) -> dict:
+                      heldout_blocks: torch.Tensor | None = None, heldout_static=None) -> dict:
     args = config.analysis
     out_dir.mkdir(parents=True, exist_ok=True)
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
@@ -128,10 +128,7 @@ def run_rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: 
     statistics = rank_statistics(base_logits[keep], tuned_logits[keep], chosen[keep], args.rank_top_k)
     del tuned_logits
     # The null model is fitted on held-out human text, not on the paths it is then asked to explain.
-    if heldout_blocks is None or not len(heldout_blocks):
-        raise ValueError("the rank analysis needs held-out blocks to fit its static+temperature null model")
-    heldout, starts = heldout_blocks.tolist(), [1] * len(heldout_blocks)
-    fitted = fit_static_temperature(stacked_logits(base, heldout, starts, args.max_positions), stacked_logits(tuned, heldout, starts, args.max_positions))
+    _, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
     comparison = null_comparison(base_logits, chosen, prompt_of_step, fitted, len(prompts))
     del base_logits
 

@@ -102,19 +102,25 @@ def flip_rate(base_logits: torch.Tensor, delta: torch.Tensor, alpha: float) -> f
     return float(((base_logits + alpha * delta).argmax(-1) != base_logits.argmax(-1)).float().mean())
 
 
+def heldout_static_models(base, tuned, heldout_blocks: torch.Tensor, config: RunConfig) -> tuple[dict, dict]:
+    """From one teacher-forced pass of both models over held-out text: the per-token statistics (rank gain,
+    offset) and the fitted static+temperature model. The static-bias and rank analyses share it."""
+    if not len(heldout_blocks):
+        raise ValueError("the static models are fitted on held-out blocks: set data.heldout_blocks above 0")
+    heldout, starts = heldout_blocks.tolist(), [1] * len(heldout_blocks)
+    base_heldout = stacked_logits(base, heldout, starts, config.analysis.max_positions)
+    tuned_heldout = stacked_logits(tuned, heldout, starts, config.analysis.max_positions)
+    return (token_statistics(base_heldout, tuned_heldout, offset_of=config.analysis.static_bias_offset),
+            fit_static_temperature(base_heldout, tuned_heldout))
+
+
 def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
-                             config: RunConfig, out_dir: Path, base_greedy=None, tuned_greedy=None) -> dict:
+                             config: RunConfig, out_dir: Path, base_greedy=None, tuned_greedy=None, heldout_static=None) -> dict:
     from scipy.stats import spearmanr
 
     args = config.analysis
     out_dir.mkdir(parents=True, exist_ok=True)
-    heldout = heldout_blocks.tolist()
-    starts = [1] * len(heldout)
-    base_heldout = stacked_logits(base, heldout, starts, args.max_positions)
-    tuned_heldout = stacked_logits(tuned, heldout, starts, args.max_positions)
-    stats = token_statistics(base_heldout, tuned_heldout, offset_of=args.static_bias_offset)
-    fitted = fit_static_temperature(base_heldout, tuned_heldout)
-    del base_heldout, tuned_heldout
+    stats, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
     delta, top = static_delta(stats, args.static_bias_top_k)
 
     per_prompt: dict[str, list[float]] = {}

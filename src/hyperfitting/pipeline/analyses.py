@@ -35,6 +35,13 @@ class AnalysisContext:
         return decode(self.base, self.tokenizer, self.prompts, self.config, desc="base greedy")
 
     @cached_property
+    def heldout_static(self):
+        """Per-token statistics and the fitted static+temperature model, from one teacher-forced pass over held-out text."""
+        from hyperfitting.analysis.static_bias import heldout_static_models
+
+        return heldout_static_models(self.base, self.tuned, self.data.heldout_blocks, self.config)
+
+    @cached_property
     def tuned_greedy(self):
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
@@ -60,7 +67,8 @@ def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, suffix: s
                                            context.data.heldout_blocks, config, folder)
     elif name == "static-bias":
         results = run_static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts,
-                                           context.data.heldout_blocks, config, folder, context.base_greedy, context.tuned_greedy)
+                                           context.data.heldout_blocks, config, folder, context.base_greedy, context.tuned_greedy,
+                                           context.heldout_static)
     elif name == "geometry":
         from hyperfitting.analysis.geometry import run_geometry_analysis
 
@@ -68,7 +76,7 @@ def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, suffix: s
                                         folder, seed=config.data.seed)
     elif name == "ranks":
         results = run_rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, folder, context.tuned_greedy,
-                                    context.data.heldout_blocks)
+                                    context.data.heldout_blocks, context.heldout_static)
     else:
         raise ValueError(name)
     print((folder / "table.md").read_text())

@@ -112,7 +112,8 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     if contrary:
         return FAILS, f"the interval {estimate} lies {'below' if rule.direction == 'above' else 'above'} the margin {rule.margin:+g}", None
     needed = stats.units_needed(estimate, rule.margin)
-    power = (f"roughly {needed} {rule.units} would decide it at the observed spread" if needed
+    units = "replicates" if "replicates" in estimate.method else rule.units  # pooled estimates resample replicates first
+    power = (f"roughly {needed} {units} would decide it at the observed spread" if needed
              else "the estimate sits on the margin: no practical sample size decides it")
     return INCONCLUSIVE, f"the interval {estimate} contains the margin {rule.margin:+g}; {power}", needed
 
