@@ -111,3 +111,14 @@ def test_the_logit_offset_of_a_constant_bias_is_the_bias(base_logits):
     bias = torch.randn(50, generator=torch.Generator().manual_seed(3))
     stats = token_statistics(base_logits, base_logits + bias, offset_of="logits")
     torch.testing.assert_close(stats["offset"], bias, atol=1e-5, rtol=0)
+
+
+def test_promoted_selection_keeps_tokens_that_enter_the_hyperfitted_top_k(base_logits):
+    tuned = base_logits.clone()
+    tuned[:, 7] = tuned.max(-1).values + 1.0  # token 7 becomes the hyperfitted top-1 everywhere
+    tuned[:, 30] -= 50.0  # token 30 sinks (a large rank loss, never promoted)
+    stats = token_statistics(base_logits, tuned, offset_of="logits", top_k=3)
+    assert bool(stats["promoted"][7]) and not bool(stats["promoted"][30])
+    delta, top = static_delta(stats, top_k=1, select="promoted")
+    assert top.tolist() == [7] and float(delta[7]) > 0
+    assert 30 not in static_delta(stats, top_k=5, select="promoted")[1].tolist()

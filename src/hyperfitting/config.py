@@ -195,6 +195,8 @@ class AnalysisArgs:
     """K: tokens with the largest mean rank gain that receive the static offset."""
     static_bias_alphas: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
     """Scales alpha of the static offset delta added to the base model's logits."""
+    static_bias_select: Literal["rank_gain", "promoted"] = "rank_gain"
+    """Which K tokens get the static offset: the largest mean rank gains (the paper's choice), or the largest mean log-probability gains among tokens the hyperfitted model ranks in its top analysis.rank_top_k somewhere (tokens that matter to its choices)."""
     static_bias_bite: float = 0.1
     """Manipulation check of the static-bias ablation: at its largest alpha the offset must change the base model's greedy choice on at least this share of steps; the alpha grid is extended (x4 at a time) until it does."""
     static_bias_offset: Literal["logits", "logprobs"] = "logits"

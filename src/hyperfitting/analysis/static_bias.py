@@ -31,26 +31,40 @@ def ranks_of(logits: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, offset_of: str = "logprobs"
-                     ) -> dict[str, torch.Tensor]:
-    """Per token: mean rank gain and mean offset (of ``offset_of``: logits or logprobs) over the contexts (rows)."""
+def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, offset_of: str = "logprobs",
+                     top_k: int = 10) -> dict[str, torch.Tensor]:
+    """Per token, over the contexts (rows): mean rank gain, mean offset (of ``offset_of``: logits or logprobs),
+    mean log-probability gain, and whether the hyperfitted model ranks it in its top ``top_k`` anywhere."""
     vocabulary = base_logits.shape[1]
     rank_gain = torch.zeros(vocabulary, dtype=torch.float64)
     offset = torch.zeros(vocabulary, dtype=torch.float64)
+    logprob_gain = torch.zeros(vocabulary, dtype=torch.float64)
+    promoted = torch.zeros(vocabulary, dtype=torch.bool)
     for start in range(0, len(base_logits), chunk):
         base, tuned = base_logits[start:start + chunk], tuned_logits[start:start + chunk]
-        rank_gain += (ranks_of(base).double() - ranks_of(tuned).double()).sum(0)
-        if offset_of == "logits":
-            offset += (tuned - base).double().sum(0)
-        else:
-            offset += (torch.log_softmax(tuned, -1) - torch.log_softmax(base, -1)).double().sum(0)
+        tuned_ranks = ranks_of(tuned)
+        rank_gain += (ranks_of(base).double() - tuned_ranks.double()).sum(0)
+        gain = (torch.log_softmax(tuned, -1) - torch.log_softmax(base, -1)).double()
+        logprob_gain += gain.sum(0)
+        offset += (tuned - base).double().sum(0) if offset_of == "logits" else gain.sum(0)
+        promoted |= (tuned_ranks <= top_k).any(0)
     count = max(1, len(base_logits))
-    return {"rank_gain": (rank_gain / count).float(), "offset": (offset / count).float()}
+    return {"rank_gain": (rank_gain / count).float(), "offset": (offset / count).float(),
+            "logprob_gain": (logprob_gain / count).float(), "promoted": promoted}
 
 
-def static_delta(stats: dict[str, torch.Tensor], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(delta on the top-k rank gainers, zero elsewhere; their indices)."""
-    top = stats["rank_gain"].topk(top_k).indices
+def static_delta(stats: dict[str, torch.Tensor], top_k: int, select: str = "rank_gain") -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta on the K selected tokens, zero elsewhere; their indices).
+
+    ``rank_gain``: the K largest mean rank gains (the paper's choice; on a 49k vocabulary these are
+    mostly deep-tail tokens that stay out of reach). ``promoted``: the K largest mean log-probability
+    gains among tokens the hyperfitted model ranks in its top k somewhere: tokens that matter to its choices.
+    """
+    if select == "promoted":
+        score = torch.where(stats["promoted"], stats["logprob_gain"], torch.tensor(float("-inf")))
+        top = score.topk(min(top_k, int(stats["promoted"].sum()))).indices
+    else:
+        top = stats["rank_gain"].topk(top_k).indices
     delta = torch.zeros_like(stats["offset"])
     delta[top] = stats["offset"][top]
     return delta, top
@@ -110,7 +124,7 @@ def heldout_static_models(base, tuned, heldout_blocks: torch.Tensor, config: Run
     heldout, starts = heldout_blocks.tolist(), [1] * len(heldout_blocks)
     base_heldout = stacked_logits(base, heldout, starts, config.analysis.max_positions)
     tuned_heldout = stacked_logits(tuned, heldout, starts, config.analysis.max_positions)
-    return (token_statistics(base_heldout, tuned_heldout, offset_of=config.analysis.static_bias_offset),
+    return (token_statistics(base_heldout, tuned_heldout, offset_of=config.analysis.static_bias_offset, top_k=config.analysis.rank_top_k),
             fit_static_temperature(base_heldout, tuned_heldout))
 
 
@@ -121,7 +135,7 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
     args = config.analysis
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
-    delta, top = static_delta(stats, args.static_bias_top_k)
+    delta, top = static_delta(stats, args.static_bias_top_k, args.static_bias_select)
 
     per_prompt: dict[str, list[float]] = {}
 
@@ -178,6 +192,7 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
                           else f"{len(curve)} alphas are too few for a rank correlation (at least 4)")
     results = {
         "top_k": args.static_bias_top_k,
+        "select": args.static_bias_select,
         "offset_of": args.static_bias_offset,
         "top_tokens": [tokenizer.decode([int(i)]) for i in top[:30]],
         "mean_rank_gain_of_top_k": float(stats["rank_gain"][top].mean()),
@@ -202,7 +217,9 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
 def static_bias_table(results: dict) -> str:
     bite = results["bite"]
     lines = [
-        f"Static offset on the K={results['top_k']} tokens with the largest mean rank gain "
+        f"Static offset on the K={results['top_k']} tokens "
+        + ("with the largest mean rank gain " if results.get("select", "rank_gain") == "rank_gain" else
+           "with the largest mean log-probability gain among those the hyperfitted model ranks in its top k somewhere ") +
         f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} offset "
         f"{results['mean_offset_of_top_k']:+.2f}); greedy decoding of the base model with z + alpha * delta. "
         f"Manipulation check: a static model counts as evidence only if it changes the base model's greedy choice on at least "
