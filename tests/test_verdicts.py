@@ -182,6 +182,12 @@ def test_claim_5_controls_that_never_hyperfitted_decide_nothing():
     assert claim_late_stage(controls(0.05)).verdict == HOLDS
     short = claim_late_stage(controls(2.01))
     assert short.verdict == INCONCLUSIVE and "hyperfitted" in short.reason
+    # A control that diverged (as lora:all did at lr 1e-2: 4.09 -> 8.08) has no continuations and decides nothing.
+    diverged = controls(0.05)
+    diverged["methods"]["lora:all"] = {"spec": "lora:all", "diverged": True, "initial_train_loss": 4.09, "final_train_loss": 8.08,
+                                       "epochs": 4, "trainable_parameters": None}
+    claim = claim_late_stage(diverged)
+    assert claim.verdict == INCONCLUSIVE and "lora:all hyperfitted" in claim.reason and "diverged" in claim.reason
 
 
 def test_the_geometry_interval_leaves_blocks_out_and_holds_the_estimate():

@@ -139,16 +139,19 @@ def not_run(number: int, why: str = "not run in this study") -> Claim:
 # one in a single-seed study); their effects pool the replicates (see stats.pooled).
 
 
+def reached_target(initial: float, final: float, target: float | None) -> bool:
+    """At or below the target loss; without a target (train.until_loss=null), at least halved."""
+    return final <= target if target is not None else final < 0.5 * initial
+
+
 def hyperfitted_check(trains: list[dict | None]) -> Check:
     """Every analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted model."""
     details, passed = [], True
     for train in trains:
         if not train:
             return Check("model hyperfitted", False, "no training summary")
-        final, target = train["final_train_loss"], train.get("until_loss")
-        reached = final <= target if target is not None else final < 0.5 * train["initial_train_loss"]
-        passed &= reached
-        details.append(f"{train['initial_train_loss']:.3f} -> {final:.3f}")
+        passed &= reached_target(train["initial_train_loss"], train["final_train_loss"], train.get("until_loss"))
+        details.append(f"{train['initial_train_loss']:.3f} -> {train['final_train_loss']:.3f}")
     target = trains[0].get("until_loss")
     return Check("model hyperfitted", passed, f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""))
 
@@ -260,20 +263,23 @@ def claim_late_stage(results: dict | None) -> Claim:
     if not results or not all(k in results.get("methods", {}) for k in ("lora:last", "lora:all")):
         return not_run(5)
     m = results["methods"]
-    if "per_prompt_ttr" not in m["lora:last"]:
+    if not any("per_prompt_ttr" in row for row in m.values()) and not all(row.get("diverged") for row in m.values()):
         return not_run(5, "these results predate per-prompt intervals: rerun the controls")
-    estimate = stats.paired_difference(m["lora:last"]["per_prompt_ttr"], m["lora:all"]["per_prompt_ttr"])
+    target = results["until_loss"]
     checks = []
     for key, row in m.items():
-        reached = row["final_train_loss"] <= results["until_loss"]
-        checks.append(Check(f"{key} hyperfitted", reached and not row.get("diverged", False),
-                            f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs, "
-                            f"target {results['until_loss']:g}" + ("; diverged" if row.get("diverged") else "")))
-    evidence = (f"TTR last {stats.mean(m['lora:last']['per_prompt_ttr'])}, all {stats.mean(m['lora:all']['per_prompt_ttr'])}; "
+        reached = not row.get("diverged", False) and reached_target(row["initial_train_loss"], row["final_train_loss"], target)
+        checks.append(Check(f"{key} hyperfitted", reached,
+                            f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
+                            + (f", target {target:g}" if target is not None else "") + ("; diverged" if row.get("diverged") else "")))
+    last, every = m["lora:last"].get("per_prompt_ttr"), m["lora:all"].get("per_prompt_ttr")
+    if last is None or every is None:  # a diverged control has no continuations
+        return make_claim(5, None, checks, "a control diverged: nothing to compare")
+    evidence = (f"TTR last {stats.mean(last)}, all {stats.mean(every)}; "
                 f"trainable parameters {m['lora:last']['trainable_parameters']:,} vs {m['lora:all']['trainable_parameters']:,}")
-    if "lora:first" in m:
-        evidence += f"; last minus first {stats.paired_difference(m['lora:last']['per_prompt_ttr'], m['lora:first']['per_prompt_ttr'])}"
-    return make_claim(5, estimate, checks, evidence)
+    if m.get("lora:first", {}).get("per_prompt_ttr"):
+        evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])}"
+    return make_claim(5, stats.paired_difference(last, every), checks, evidence)
 
 
 def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None]) -> list[Claim]:
