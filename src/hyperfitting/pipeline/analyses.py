@@ -9,7 +9,7 @@ from pathlib import Path
 from hyperfitting.analysis.common import decode, load_pair
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
-from hyperfitting.rundir import Stage, read_json
+from hyperfitting.rundir import Stage, is_main_process, read_json
 
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry")
 
@@ -79,6 +79,7 @@ def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, suffix: s
                                     context.data.heldout_blocks, context.heldout_static)
     else:
         raise ValueError(name)
-    print((folder / "table.md").read_text())
+    if is_main_process():  # only process 0 writes files: another process could read the table before it exists
+        print((folder / "table.md").read_text())
     stage.finish(time.perf_counter() - started)
     return results
