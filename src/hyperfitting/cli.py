@@ -58,12 +58,18 @@ def cli() -> None:
 
 @cli.command(epilog=_keys_help())
 @run_options
-def study(arguments, resume, overwrite):
+@click.option("--dry-run", is_flag=True, help="Print which stages would run, be reused or rerun, and why; run nothing.")
+def study(arguments, resume, overwrite, dry_run):
     """Hyperfit the base model, then evaluate base and hyperfitted models side by side."""
+    from hyperfitting.pipeline.graph import study_graph
     from hyperfitting.pipeline.stages import run_study
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
+    if dry_run:
+        print(f"Plan for {config.run_dir} (nothing is run):\n")
+        print(study_graph(config, Path(config.run_dir)).explain())
+        return
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
     run_study(config, run_dir)
 
@@ -73,14 +79,16 @@ def study(arguments, resume, overwrite):
 def train(arguments, resume, overwrite):
     """Hyperfit a model and save it (full fine-tune) or its PEFT adapter (LoRA)."""
     from hyperfitting.models.loading import tokenizer_for
+    from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
     from hyperfitting.pipeline.stages import data_stage, training_stage
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
     tokenizer = tokenizer_for(config.model)
-    data = data_stage(config, run_dir, tokenizer)
-    training_stage(config, run_dir, data, tokenizer)
+    data = data_stage(graph, tokenizer)
+    training_stage(graph, "train", data, tokenizer)
 
 
 @cli.command(epilog=_keys_help())
@@ -91,16 +99,17 @@ def evaluate(arguments, resume, overwrite):
 
     from hyperfitting.metrics.overlap import SuffixAutomaton
     from hyperfitting.models.loading import load_model
+    from hyperfitting.pipeline.graph import StageGraph, data_spec, evaluation_spec
     from hyperfitting.pipeline.stages import comparison_table, data_stage, evaluation_stage
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    graph = StageGraph(run_dir, [data_spec(config), evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)")])
     model, tokenizer = load_model(config.model)
     base_model = load_model(replace(config.model, adapter=None))[0] if config.model.adapter else model
-    data = data_stage(config, run_dir, tokenizer)
-    metrics = evaluation_stage("evaluation", config, run_dir, data, model, tokenizer, base_model,
-                               SuffixAutomaton(data.train_blocks.tolist()), ("data", "generate", "model"))
+    data = data_stage(graph, tokenizer)
+    metrics = evaluation_stage(graph, "evaluation", data, model, tokenizer, base_model, SuffixAutomaton(data.train_blocks.tolist()))
     print(comparison_table({corpus: values for corpus, values in metrics.items()}))
     print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
 
@@ -119,6 +128,7 @@ def analyze(analysis, arguments, resume, overwrite):
     """
     from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
+    from hyperfitting.pipeline.graph import StageGraph, analysis_spec, data_spec
     from hyperfitting.pipeline.stages import data_stage
     from hyperfitting.rundir import prepare_run_dir
 
@@ -127,8 +137,9 @@ def analyze(analysis, arguments, resume, overwrite):
         raise HyperfitError("Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick).")
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
     tokenizer = tokenizer_for(config.model)
-    data = data_stage(config, run_dir, tokenizer)
-    analysis_stage(analysis, AnalysisContext(config, data), run_dir)
+    graph = StageGraph(run_dir, [data_spec(config), analysis_spec(analysis, config, "", train_stage=None)])
+    data = data_stage(graph, tokenizer)
+    analysis_stage(graph, analysis, AnalysisContext(config, data))
     print(f"Results, table and plots in {run_dir / ('analysis-' + analysis)}")
 
 

@@ -134,10 +134,12 @@ class Stage:
     done with another fingerprint is redone.
     """
 
-    def __init__(self, run_dir: Path, name: str, fingerprint: str):
+    def __init__(self, run_dir: Path, name: str, fingerprint: str, inputs: dict[str, str] | None = None):
         self.dir = run_dir / name
         self.name = name
         self.fingerprint = fingerprint
+        self.inputs = inputs or {}
+        """What the fingerprint hashes, kept beside the outputs so a later plan can say what changed."""
         self._done_file = self.dir / "stage-done.json"
         # Processes enter (and leave, see finish) each stage together, so all of them see the
         # same answer to `done` and none reads a file process 0 is still writing.
@@ -160,7 +162,7 @@ class Stage:
         elif self._done_file.exists():
             self._done_file.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
-        write_json(started_file, {"fingerprint": self.fingerprint})
+        write_json(started_file, {"fingerprint": self.fingerprint, "inputs": self.inputs})
         return self.dir
 
     def finish(self, wall_seconds: float, **extra: Any) -> None:
@@ -169,5 +171,5 @@ class Stage:
         # ru_maxrss is the process's peak so far (KiB on Linux): a stage's own peak is at most this.
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2),
-                                     "process_peak_memory_mib": round(peak_mib), **extra})
+                                     "process_peak_memory_mib": round(peak_mib), "inputs": self.inputs, **extra})
         wait_for_everyone()

@@ -197,6 +197,17 @@ def _load_hf_dataset(name: str, text_column: str) -> list[Document]:
     return [Document(clean_text(row[text_column]), f"{name}#{i}", f"{name}#{i}") for i, row in enumerate(dataset) if row[text_column]]
 
 
+def corpus_files(name: str) -> list[Path]:
+    """The files a corpus is read from (what a stage fingerprint hashes); none for a dataset by name."""
+    if name == "fiction":
+        root = _embedded_folder(EMBEDDED_CORPORA["fiction"]) / "data" / "sample_corpora"
+        return [path for folder in FICTION_FOLDERS for path in sorted((root / folder).glob("*.txt"))]
+    if name == "wikipedia":
+        return [_embedded_folder(EMBEDDED_CORPORA["wikipedia"]) / "data" / "summaries_en-us.json"]
+    path = Path(name).expanduser()
+    return [path] if path.exists() else []
+
+
 def load_corpus(name: str, text_column: str = "text") -> list[Document]:
     """Documents of an embedded corpus, a local file or folder, or a Hugging Face dataset."""
     if name == "fiction":

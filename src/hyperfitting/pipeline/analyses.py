@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from functools import cached_property
-from pathlib import Path
 
 from hyperfitting.analysis.common import decode, load_pair
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
-from hyperfitting.rundir import Stage, is_main_process, read_json
+from hyperfitting.pipeline.graph import StageGraph
+from hyperfitting.rundir import is_main_process, read_json
 
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry")
 
@@ -46,20 +46,18 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
-def analysis_stage(name: str, context: AnalysisContext, run_dir: Path, suffix: str = "") -> dict:
-    """Run one analysis into ``run_dir/analysis-NAME{suffix}`` (`-rK` for replicate K, `-full` for full fine-tuning) unless done with the same inputs."""
+def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext, suffix: str = "") -> dict:
+    """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full fine-tuning) unless done with the same inputs."""
     from hyperfitting.analysis.ranks import run_rank_analysis
     from hyperfitting.analysis.static_bias import run_static_bias_analysis
     from hyperfitting.analysis.temperature import run_temperature_analysis
 
-    config = context.config
-    folder_name = f"analysis-{name}{suffix}"
-    stage = Stage(run_dir, folder_name, config.fingerprint("model", "data", "generate", "analysis") + str(config.train))
+    stage_name = f"analysis-{name}{suffix}"
+    config = graph[stage_name].config
+    stage = graph.stage(stage_name)
     if stage.done:
         return read_json(stage.dir / "results.json")
-    from hyperfitting.pipeline.stages import announce_stage
-
-    announce_stage(f"analysis: {name}" + (f" ({suffix.lstrip('-')})" if suffix else ""), folder_name)
+    graph.announce(stage_name)
     started = time.perf_counter()
     folder = stage.start()
     if name == "temperature":

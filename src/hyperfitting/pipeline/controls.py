@@ -16,7 +16,8 @@ from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_model
-from hyperfitting.rundir import Stage, read_json, read_jsonl, write_json, write_text
+from hyperfitting.pipeline.graph import StageGraph
+from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
 from hyperfitting.training.parallel import is_sharded
 
@@ -124,15 +125,14 @@ def controls_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def controls_stage(config: RunConfig, run_dir: Path, data: PreparedData, prompts, base, tokenizer) -> dict | None:
-    if not config.study.controls:
+def controls_stage(graph: StageGraph, data: PreparedData, prompts, base, tokenizer) -> dict | None:
+    if "controls" not in graph:
         return None
-    stage = Stage(run_dir, "controls", config.fingerprint("model", "data", "train", "study", "analysis"))
+    config = graph["controls"].config
+    stage = graph.stage("controls")
     if stage.done:
         return read_json(stage.dir / "results.json")
-    from hyperfitting.pipeline.stages import announce_stage
-
-    announce_stage("controls: where to adapt (same data, each trained to the target loss)", "controls")
+    graph.announce("controls")
     started = time.perf_counter()
     folder = stage.start()
     results = run_controls(config, data, prompts, base, tokenizer, folder)

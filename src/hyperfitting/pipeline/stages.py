@@ -1,14 +1,13 @@
-"""The pipeline as stages over a run folder: data -> base evaluation -> hyperfit -> hyperfitted evaluation -> table.
+"""The study's stages: data -> base evaluation -> hyperfit -> hyperfitted evaluation -> analyses -> controls -> report.
 
-Each stage writes into its own subfolder and records a fingerprint of the config sections
-it depends on; a finished stage with the same fingerprint is reused, so an interrupted or
-extended run resumes where it stopped.
+Each stage function does one stage of a `StageGraph` (pipeline/graph.py): the graph says what the
+stage reads and whether a finished copy can be reused; the function does the work into the
+stage's folder. An interrupted or extended run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import platform
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,66 +23,22 @@ from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.metrics.registry import METRICS
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
+from hyperfitting.pipeline.graph import StageGraph, study_graph
 from hyperfitting.rundir import (
-    FULL, Stage, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl,
-    write_text,
+    FULL, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
 )
 from hyperfitting.training.hyperfit import hyperfit, reached_target, save_trained
-
-
-# Seconds each stage of the quick preset took on a 2-core CPU (2 threads): only their proportions matter,
-# to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
-STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
-                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50}
-
-
-def stage_weight(name: str) -> float:
-    if name == f"train{FULL}":
-        return 4 * STAGE_WEIGHTS["train"]  # every block runs forward and backward, no trunk cache
-    return STAGE_WEIGHTS.get(re.sub(rf"(-r\d+|{FULL})$", "", name), 60)
-
-
-class StudyClock:
-    """Prints which stage runs, how long the study has taken and roughly how long it has left.
-
-    It reads the run folder: stages with a stage-done.json count as done, and those finished
-    in this invocation tell how fast this machine is relative to STAGE_WEIGHTS.
-    """
-
-    def __init__(self, run_dir: Path, planned: list[str]):
-        self.run_dir = run_dir
-        self.planned = planned
-        self.started = time.time()
-
-    def begin(self, name: str, text: str) -> None:
-        done = [n for n in self.planned if n != name and (self.run_dir / n / "stage-done.json").exists()]
-        ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
-        spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
-        weight_ran = sum(stage_weight(n) for n in ran_now)
-        remaining = sum(stage_weight(n) for n in self.planned if n not in done)
-        eta = f", about {remaining * spent / weight_ran / 60:.0f} min left" if weight_ran else ""
-        index = self.planned.index(name) + 1 if name in self.planned else "?"
-        print(f"\n== [{index}/{len(self.planned)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
-
-
-CLOCK: StudyClock | None = None
-
-
-def announce_stage(text: str, name: str = "") -> None:
-    if CLOCK is not None and name:
-        CLOCK.begin(name, text)
-    else:
-        print(f"\n== {text}", flush=True)
 
 
 # ------------------------------------------------------------------------------ data
 
 
-def data_stage(config: RunConfig, run_dir: Path, tokenizer) -> PreparedData:
-    stage = Stage(run_dir, "data", config.fingerprint("data") + config.model.name)
+def data_stage(graph: StageGraph, tokenizer) -> PreparedData:
+    config = graph["data"].config
+    stage = graph.stage("data")
     if stage.done:
         return load_prepared(stage.dir)
-    announce_stage("data: loading, cleaning and splitting the corpora", "data")
+    graph.announce("data")
     started = time.perf_counter()
     folder = stage.start()
     data = prepare_data(config.data, tokenizer)
@@ -110,13 +65,14 @@ def load_prepared(folder: Path) -> PreparedData:
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluation_stage(name: str, config: RunConfig, run_dir: Path, data: PreparedData, model, tokenizer,
-                     base_model, training_index: SuffixAutomaton, depends_on: tuple[str, ...]) -> dict:
+def evaluation_stage(graph: StageGraph, name: str, data: PreparedData, model, tokenizer, base_model,
+                     training_index: SuffixAutomaton) -> dict:
     """Generate on every evaluation corpus and score; also scores the human references when evaluating the base."""
-    stage = Stage(run_dir, name, config.fingerprint(*depends_on) + config.model.name)
+    config = graph[name].config
+    stage = graph.stage(name)
     if stage.done:
         return read_json(stage.dir / "metrics.json")
-    announce_stage(f"{name}: {'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts", name)
+    graph.announce(name, f"{'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts")
     started = time.perf_counter()
     folder = stage.start()
     # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
@@ -171,17 +127,14 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
 # ------------------------------------------------------------------------------ training
 
 
-def full_finetune_args(config: RunConfig):
-    """Full fine-tuning on the study's data, to the same target loss, at the full-fine-tuning control's rate."""
-    return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full)
-
-
-def training_stage(config: RunConfig, run_dir: Path, data: PreparedData, tokenizer, name: str = "train") -> Path:
-    stage = Stage(run_dir, name, config.fingerprint("data", "train") + config.model.name)
+def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer) -> Path:
+    config = graph[name].config
+    stage = graph.stage(name)
     folder = stage.dir
     if stage.done:
         return folder
-    announce_stage(f"train: hyperfitting ({config.train.method} on {config.train.blocks}, {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})", name)
+    graph.announce(name, f"hyperfitting ({config.train.method} on {config.train.blocks}, to loss {config.train.until_loss}, "
+                         f"at most {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})")
     started = time.perf_counter()
     stage.start()
     model, _ = load_model(config.model, for_training=True)
@@ -250,14 +203,15 @@ def environment_record() -> dict:
     }
 
 
-def quality_stage(config: RunConfig, run_dir: Path, data: PreparedData, base_model, tokenizer) -> dict:
+def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) -> dict:
     """MAUVE of base and hyperfitted continuations against the human ones, and the reader's rank-coloured tokens."""
     from hyperfitting.report.quality import base_ranks_of_path, continuation_features, mauve_score
 
-    stage = Stage(run_dir, "quality", config.fingerprint("model", "data", "train", "generate", "study"))
+    config, run_dir = graph["quality"].config, graph.run_dir
+    stage = graph.stage("quality")
     if stage.done:
         return read_json(stage.dir / "results.json")
-    announce_stage("quality: MAUVE and the side-by-side reader", "quality")
+    graph.announce("quality")
     started = time.perf_counter()
     folder = stage.start()
     generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in ("base", "hyperfitted")}
@@ -291,27 +245,19 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     from hyperfitting.pipeline.controls import controls_stage
     from hyperfitting.report.build import build_report
 
-    global CLOCK
     started = time.perf_counter()
-    planned = ["data", "base", "train", "hyperfitted"] + (["hyperfitted-blocked"] if config.study.citation_blocked_row else [])
-    planned += [f"analysis-{a}" for a in config.study.analyses]
-    for suffix in [replicate_suffix(r) for r in range(1, config.study.replicates)] + ([FULL] if config.study.full_finetune else []):
-        planned += [f"train{suffix}"] + [f"analysis-{a}{suffix}" for a in config.study.analyses]
-    CLOCK = StudyClock(run_dir, planned + (["controls"] if config.study.controls else []) + ["quality"])
+    graph = study_graph(config, run_dir)
     base_model, tokenizer = load_model(config.model)
-    data = data_stage(config, run_dir, tokenizer)
+    data = data_stage(graph, tokenizer)
     training_index = SuffixAutomaton(data.train_blocks.tolist())
-    base = evaluation_stage("base", config, run_dir, data, base_model, tokenizer, base_model, training_index, ("data", "generate"))
-    train_folder = training_stage(config, run_dir, data, tokenizer)
+    base = evaluation_stage(graph, "base", data, base_model, tokenizer, base_model, training_index)
+    train_folder = training_stage(graph, "train", data, tokenizer)
     tuned_model, _ = load_hyperfitted(config.model, train_folder)
-    tuned = evaluation_stage("hyperfitted", config, run_dir, data, tuned_model, tokenizer, base_model, training_index,
-                             ("data", "train", "generate"))
+    tuned = evaluation_stage(graph, "hyperfitted", data, tuned_model, tokenizer, base_model, training_index)
     # The paper's check that the gain is not copying: the same model, forbidden to continue any training 5-gram.
     blocked = None
-    if config.study.citation_blocked_row and not config.generate.citation_blocker:
-        blocking = replace(config, generate=replace(config.generate, citation_blocker=True))
-        blocked = evaluation_stage("hyperfitted-blocked", blocking, run_dir, data, tuned_model, tokenizer, base_model, training_index,
-                                   ("data", "train", "generate"))
+    if "hyperfitted-blocked" in graph:
+        blocked = evaluation_stage(graph, "hyperfitted-blocked", data, tuned_model, tokenizer, base_model, training_index)
     columns: dict[str, dict[str, float]] = {}
     for corpus in data.prompts:
         columns[f"{corpus}: base"] = base[corpus]
@@ -326,31 +272,25 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
           f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
 
-    analysed = replace(config, analysis=replace(config.analysis, hyperfitted=str(train_folder)))
-
-    def analyse(model_config: RunConfig, folder: Path, suffix: str, model=None) -> None:
-        """Every analysis of the study on the model trained into ``folder``, into `analysis-NAME{suffix}`."""
+    def analyse(suffix: str, model=None) -> None:
+        """Every analysis of the study on the model trained by stage `train{suffix}`."""
+        folder = training_stage(graph, f"train{suffix}", data, tokenizer)
         if not config.study.analyses:
             return
         model = model if model is not None else load_hyperfitted(config.model, folder)[0]
-        context = AnalysisContext(replace(model_config, analysis=replace(config.analysis, hyperfitted=str(folder))), data,
-                                  models=(base_model, model, tokenizer))
+        first = graph[f"analysis-{config.study.analyses[0]}{suffix}"].config
+        context = AnalysisContext(first, data, models=(base_model, model, tokenizer))
         for name in config.study.analyses:
-            analysis_stage(name, context, run_dir, suffix)
+            analysis_stage(graph, name, context, suffix)
 
-    analyse(config, train_folder, "", tuned_model)
-    # Further replicates: the same data, another seed (data order and adapter initialisation), every analysis again.
-    for replicate in range(1, config.study.replicates):
-        replicate_config = replace(config, train=replace(config.train, seed=config.train.seed + replicate))
-        suffix = replicate_suffix(replicate)
-        analyse(replicate_config, training_stage(replicate_config, run_dir, data, tokenizer, name=f"train{suffix}"), suffix)
-    # The model the paper analyses: every parameter fine-tuned, so no block is unchanged by construction.
-    if config.study.full_finetune:
-        full_config = replace(config, train=full_finetune_args(config))
-        analyse(full_config, training_stage(full_config, run_dir, data, tokenizer, name=f"train{FULL}"), FULL)
+    analyse("", tuned_model)
+    # Further replicates (another seed: data order and adapter initialisation), then the model the
+    # paper analyses: every parameter fine-tuned, so no block is unchanged by construction.
+    for suffix in [replicate_suffix(r) for r in range(1, config.study.replicates)] + ([FULL] if config.study.full_finetune else []):
+        analyse(suffix)
     prompts = [p.prompt_ids for c in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[c]]
-    controls_stage(analysed, run_dir, data, prompts, base_model, tokenizer)
-    quality_stage(config, run_dir, data, base_model, tokenizer)
+    controls_stage(graph, data, prompts, base_model, tokenizer)
+    quality_stage(graph, data, base_model, tokenizer)
 
     results = {
         "train": train_summary,
@@ -366,7 +306,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     if not is_main_process():
         return results  # the report is process 0's to write
     study = build_report(run_dir)
-    announce_stage("claims")
+    print("\n== claims", flush=True)
     for claim in study["claims"]:
         print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}: {claim['reason']}")
     print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "

@@ -1,0 +1,281 @@
+"""The study as a graph of stages: what each one reads, what it waits for, and so when it must run again.
+
+Every stage declares the config sections it reads, the files it reads (hashed by content) and
+the stages it depends on. Its fingerprint is a hash of all of that plus the versions of the
+libraries that compute it and its parents' fingerprints, so a change anywhere upstream reruns
+exactly the stages below it. The inputs are stored beside each finished stage, which lets
+`hyperfit study --dry-run` say, stage by stage, what would run and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+from hyperfitting.config import RunConfig
+from hyperfitting.rundir import FULL, Stage, read_json, replicate_suffix
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    """Also the stage's folder in the run folder."""
+    what: str
+    """One line for the plan and the progress log."""
+    config: RunConfig
+    """The config this stage runs with (a replicate's differs from the study's in train.seed)."""
+    sections: tuple[str, ...] = ()
+    """Config sections read whole."""
+    parents: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    """Input files (or folders, every file inside) hashed by content."""
+    values: dict = field(default_factory=dict)
+    """Single settings read from sections not read whole (e.g. model.name for the tokenizer)."""
+
+
+def library_versions() -> dict[str, str]:
+    """The package and the libraries whose code computes every stage's numbers."""
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    from hyperfitting import __version__
+
+    return {"hyperfitting": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+@lru_cache(maxsize=None)
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files in name order (memoised per size and modification time)."""
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            digest.update(f"{file.relative_to(path)}:{content_hash(file)}\n".encode())
+        return digest.hexdigest()[:16]
+    if not path.exists():
+        return "missing"
+    stat = path.stat()
+    return _hash_file(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def model_files(name: str) -> tuple[Path, ...]:
+    """The files a model name stands for: an embedded model's GGUF, a GGUF file, a model folder; none for a hub name."""
+    from hyperfitting.models.loading import EMBEDDED_MODELS, embedded_model_path
+
+    if name in EMBEDDED_MODELS:
+        try:
+            return (embedded_model_path(name),)
+        except Exception:  # noqa: BLE001 - not installed: loading the model will say what to do
+            return ()
+    path = Path(name).expanduser()
+    return (path,) if path.exists() else ()
+
+
+# Seconds each stage of the quick preset took on a 2-core CPU (2 threads): only their proportions matter,
+# to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
+STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
+                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50}
+
+
+def stage_weight(name: str) -> float:
+    if name == f"train{FULL}":
+        return 4 * STAGE_WEIGHTS["train"]  # every block runs forward and backward, no trunk cache
+    return STAGE_WEIGHTS.get(re.sub(rf"(-r\d+|{FULL})$", "", name), 60)
+
+
+class StageGraph:
+    """The stages of one run folder, in order, with their fingerprints and what would run now."""
+
+    def __init__(self, run_dir: Path, specs: list[StageSpec]):
+        self.run_dir = Path(run_dir)
+        self.specs = {spec.name: spec for spec in specs}
+        self._inputs: dict[str, dict[str, str]] = {}
+        self.started = time.time()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.specs
+
+    def __getitem__(self, name: str) -> StageSpec:
+        return self.specs[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def inputs(self, name: str) -> dict[str, str]:
+        """Everything the stage's outputs depend on, one entry per input, as stored beside its outputs."""
+        if name not in self._inputs:
+            spec = self.specs[name]
+            inputs = {f"config {section}": spec.config.fingerprint(section) for section in spec.sections}
+            inputs.update({f"setting {key}": json.dumps(value, sort_keys=True) for key, value in spec.values.items()})
+            inputs.update({f"file {path}": content_hash(path) for path in spec.files})
+            inputs.update({f"version {library}": version for library, version in library_versions().items()})
+            inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
+            self._inputs[name] = inputs
+        return self._inputs[name]
+
+    def fingerprint(self, name: str) -> str:
+        return hashlib.sha256(json.dumps(self.inputs(name), sort_keys=True).encode()).hexdigest()[:16]
+
+    def stage(self, name: str) -> Stage:
+        return Stage(self.run_dir, name, self.fingerprint(name), inputs=self.inputs(name))
+
+    def plan(self) -> list[tuple[str, str, str]]:
+        """(stage, action, why) for every stage: `reuse`, `run` (never finished) or `rerun` (an input changed)."""
+        rows = []
+        for name, spec in self.specs.items():
+            done_file = self.run_dir / name / "stage-done.json"
+            if not done_file.exists():
+                rows.append((name, "run", "not run yet"))
+                continue
+            recorded = read_json(done_file)
+            if recorded.get("fingerprint") == self.fingerprint(name):
+                rows.append((name, "reuse", "finished with the same inputs"))
+                continue
+            before = recorded.get("inputs")
+            if before is None:
+                rows.append((name, "rerun", "finished by an older version that did not record its inputs"))
+                continue
+            now = self.inputs(name)
+            changed = [_describe_change(key, before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+                       if before.get(key) != now.get(key)]
+            rows.append((name, "rerun", "; ".join(changed)))
+        return rows
+
+    def announce(self, name: str, detail: str = "") -> None:
+        """Print which stage starts, how long this command has run and roughly how long it has left.
+
+        Stages with a stage-done.json count as done; those finished since this graph was made tell
+        how fast this machine is relative to STAGE_WEIGHTS.
+        """
+        done = [n for n in self.specs if n != name and (self.run_dir / n / "stage-done.json").exists()]
+        ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
+        spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
+        weight_ran = sum(stage_weight(n) for n in ran_now)
+        remaining = sum(stage_weight(n) for n in self.specs if n not in done)
+        eta = f", about {remaining * spent / weight_ran / 60:.0f} min left" if weight_ran else ""
+        index = self.names.index(name) + 1
+        text = f"{name}: {detail or self.specs[name].what}"
+        print(f"\n== [{index}/{len(self.specs)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
+
+    def explain(self) -> str:
+        """The plan as text: one line per stage."""
+        width = max(len(name) for name in self.specs)
+        lines = [f"{name:<{width}}  {action:<5}  {self.specs[name].what}: {why}" for name, action, why in self.plan()]
+        return "\n".join(lines)
+
+
+def _describe_change(key: str, before: str | None, now: str | None) -> str:
+    kind, _, what = key.partition(" ")
+    if before is None:
+        return f"new input {key}"
+    if now is None:
+        return f"{key} no longer read"
+    if kind == "version":
+        return f"{what} {before} -> {now}"
+    if kind == "stage":
+        return f"stage {what} changed"
+    if kind == "setting":
+        return f"{what} {before} -> {now}"
+    return f"{key} changed"
+
+
+# ---------------------------------------------------------------------------------- the study's graph
+
+
+def replicate_config(config: RunConfig, replicate: int) -> RunConfig:
+    """Replicate K: the same data, another seed (data order and adapter initialisation)."""
+    return replace(config, train=replace(config.train, seed=config.train.seed + replicate))
+
+
+def full_finetune_config(config: RunConfig) -> RunConfig:
+    """Full fine-tuning on the study's data, to the same target loss, at the full-fine-tuning control's rate."""
+    return replace(config, train=replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full))
+
+
+def blocked_config(config: RunConfig) -> RunConfig:
+    return replace(config, generate=replace(config.generate, citation_blocker=True))
+
+
+def analysed_config(config: RunConfig, train_folder: Path) -> RunConfig:
+    return replace(config, analysis=replace(config.analysis, hyperfitted=str(train_folder)))
+
+
+def _analysis_values(config: RunConfig) -> dict:
+    # The analysed model enters through the parent training stage, not through its path.
+    return {"analysis": {**config.to_dict()["analysis"], "hyperfitted": None}}
+
+
+def data_spec(config: RunConfig) -> StageSpec:
+    from hyperfitting.data.corpora import corpus_files
+
+    corpora = dict.fromkeys([config.data.corpus, *config.data.eval_corpora])
+    files = tuple(path for corpus in corpora for path in corpus_files(corpus))
+    return StageSpec("data", "load, clean and split the corpora", config, sections=("data",),
+                     files=files + model_files(config.model.name), values={"model.name": config.model.name})
+
+
+def evaluation_spec(name: str, config: RunConfig, parents: tuple[str, ...], what: str) -> StageSpec:
+    files = (Path(config.model.adapter),) if config.model.adapter else ()
+    return StageSpec(name, what, config, sections=("model", "generate"), parents=("data", *parents),
+                     files=model_files(config.model.name) + files)
+
+
+def training_spec(name: str, config: RunConfig) -> StageSpec:
+    train = config.train
+    return StageSpec(name, f"hyperfit: {train.method} on {train.blocks}, seed {train.seed}", config,
+                     sections=("model", "train"), parents=("data",), files=model_files(config.model.name))
+
+
+def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
+    """An analysis of the model trained by ``train_stage``, or (``None``) of the model at analysis.hyperfitted."""
+    files = model_files(config.model.name)
+    if train_stage is None and config.analysis.hyperfitted:
+        files += (Path(config.analysis.hyperfitted),)
+    return StageSpec(f"analysis-{analysis}{suffix}", f"analysis: {analysis}" + (f" ({suffix.lstrip('-')})" if suffix else ""),
+                     config, sections=("model", "generate"), parents=("data",) + ((train_stage,) if train_stage else ()),
+                     files=files, values=_analysis_values(config))
+
+
+def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
+    """Every stage of `hyperfit study`, in the order it runs."""
+    run_dir = Path(run_dir)
+    specs = [data_spec(config),
+             evaluation_spec("base", config, (), "greedy continuations of the base model"),
+             training_spec("train", config),
+             evaluation_spec("hyperfitted", config, ("train",), "continuations of the hyperfitted model")]
+    if config.study.citation_blocked_row and not config.generate.citation_blocker:
+        specs.append(evaluation_spec("hyperfitted-blocked", blocked_config(config), ("train",),
+                                     "the hyperfitted model with the 5-gram citation blocker"))
+    trained = [("", config)]
+    trained += [(replicate_suffix(r), replicate_config(config, r)) for r in range(1, config.study.replicates)]
+    if config.study.full_finetune:
+        trained.append((FULL, full_finetune_config(config)))
+    for suffix, trained_config in trained:
+        if suffix:
+            specs.append(training_spec(f"train{suffix}", trained_config))
+        analysed = analysed_config(trained_config, run_dir / f"train{suffix}")
+        specs += [analysis_spec(name, analysed, suffix, f"train{suffix}") for name in config.study.analyses]
+    if config.study.controls:
+        specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
+                               sections=("model", "train", "generate", "study"), parents=("data",),
+                               files=model_files(config.model.name), values=_analysis_values(config)))
+    specs.append(StageSpec("quality", "MAUVE and the side-by-side reader", config, sections=("model", "generate", "study"),
+                           parents=("data", "base", "hyperfitted"), files=model_files(config.model.name)))
+    return StageGraph(run_dir, specs)

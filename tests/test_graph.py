@@ -1,0 +1,111 @@
+"""The stage graph: a change to an input reruns exactly the stages that read it, and the plan says why."""
+
+import json
+
+import pytest
+
+from hyperfitting.config import load_config
+from hyperfitting.pipeline import graph as graph_module
+from hyperfitting.pipeline.graph import StageGraph, StageSpec, study_graph
+from tests.test_cli import _study_args, run_cli
+
+
+def _finish(graph, name):
+    stage = graph.stage(name)
+    stage.start()
+    stage.finish(0.0)
+
+
+def _actions(graph):
+    return {name: action for name, action, _ in graph.plan()}
+
+
+def test_plan_follows_sections_files_versions_and_parents(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one two three")
+
+    def build(config):
+        return StageGraph(tmp_path / "run", [
+            StageSpec("data", "read", config, sections=("data",), files=(corpus,)),
+            StageSpec("train", "train", config, sections=("train",), parents=("data",)),
+            StageSpec("decode", "decode", config, sections=("generate",), parents=("data", "train")),
+        ])
+
+    config = load_config()
+    graph = build(config)
+    assert _actions(graph) == {"data": "run", "train": "run", "decode": "run"}
+    for name in graph.names:
+        _finish(graph, name)
+    assert set(_actions(build(config)).values()) == {"reuse"}
+
+    # A setting of one section: that stage and the ones below it, nothing above.
+    changed = build(load_config(overrides=["train.lr=0.5"]))
+    assert _actions(changed) == {"data": "reuse", "train": "rerun", "decode": "rerun"}
+    why = dict((name, reason) for name, _, reason in changed.plan())
+    assert why["train"] == "config train changed" and why["decode"] == "stage train changed"
+    assert _actions(build(load_config(overrides=["generate.max_new_tokens=7"]))) == {"data": "reuse", "train": "reuse", "decode": "rerun"}
+
+    # A file's content (not its name or time): everything downstream of the stage that reads it.
+    corpus.write_text("one two four")
+    edited = build(config)
+    assert _actions(edited) == {"data": "rerun", "train": "rerun", "decode": "rerun"}
+    assert f"file {corpus} changed" in dict((n, r) for n, _, r in edited.plan())["data"]
+    corpus.write_text("one two three")
+    assert set(_actions(build(config)).values()) == {"reuse"}
+
+    # A library upgrade reruns everything, and the plan names the versions.
+    versions = graph_module.library_versions()
+    monkeypatch.setattr(graph_module, "library_versions", lambda: {**versions, "torch": "99.0"})
+    upgraded = build(config)
+    assert set(_actions(upgraded).values()) == {"rerun"}
+    assert f"torch {versions['torch']} -> 99.0" in upgraded.plan()[0][2]
+
+
+def test_stage_done_records_its_inputs(tmp_path):
+    config = load_config()
+    graph = StageGraph(tmp_path, [StageSpec("data", "read", config, sections=("data",))])
+    _finish(graph, "data")
+    recorded = json.loads((tmp_path / "data" / "stage-done.json").read_text())
+    assert recorded["inputs"] == graph.inputs("data") and recorded["fingerprint"] == graph.fingerprint("data")
+    assert "version transformers" in recorded["inputs"] and "config data" in recorded["inputs"]
+
+
+def test_study_graph_names_every_stage_in_order(tmp_path):
+    config = load_config(overrides=["study.replicates=2", "study.full_finetune=true", "study.analyses=[ranks]",
+                                    "study.controls=[lora:last:5]"])
+    graph = study_graph(config, tmp_path)
+    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "analysis-ranks", "train-r1",
+                           "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality"]
+    assert graph["train-r1"].config.train.seed == config.train.seed + 1
+    assert graph["train-full"].config.train.method == "full"
+    assert graph["analysis-ranks-r1"].parents == ("data", "train-r1")
+    # The data stage reads the embedded corpora's files, by content.
+    assert any("summaries_en-us.json" in str(path) for path in graph["data"].files)
+
+
+@pytest.mark.slow
+def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.analyses=[geometry]", "study.controls=[]"]
+    code, _, err = run_cli(monkeypatch, capsys, "study", *args)
+    assert code == 0, err
+
+    def done(name):
+        return json.loads((run_dir / name / "stage-done.json").read_text())
+
+    before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
+    code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
+    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 7  # with hyperfitted-blocked
+
+    # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
+    code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")
+    plan = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))}
+    assert plan["data"] == "reuse" and {plan[n] for n in plan if n != "data"} == {"rerun"}
+    assert "config model changed" in out
+
+    # A shorter continuation: decoding stages run again, data and training do not (tested by running it).
+    code, _, err = run_cli(monkeypatch, capsys, "study", *args, "generate.max_new_tokens=10", "--resume")
+    assert code == 0, err
+    after = {name: done(name) for name in before}
+    assert after["data"] == before["data"] and after["train"] == before["train"]
+    assert all(after[n]["fingerprint"] != before[n]["fingerprint"] for n in ("base", "hyperfitted", "analysis-geometry", "quality"))
