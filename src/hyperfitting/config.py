@@ -89,7 +89,7 @@ class TrainArgs:
     lora_alpha: float = 32.0
     """LoRA scaling alpha (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.0
-    """Dropout on the LoRA input. Zero keeps the trunk cache exact and training deterministic."""
+    """Dropout on the LoRA input, active in training steps only (held-out loss and probes run without it). Zero keeps training deterministic."""
     target_modules: list[str] | None = None
     """Linear projections to adapt; default: every linear layer inside the chosen blocks."""
     epochs: int = 20

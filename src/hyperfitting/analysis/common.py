@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -160,12 +159,15 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
            processors: Sequence[LogitsProcessor] = (), desc: str = "", shard: bool = True) -> list[Continuation]:
     """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p).
 
-    Plain decodes (no processors) are remembered for the life of the model, so analyses that
-    need the same setting (greedy paths, base sampling at T=1 for several seeds) share one run.
+    Plain decodes (no processors) are remembered for the life of the model and of its weights, so
+    analyses that need the same setting (greedy paths, base sampling at T=1 for several seeds)
+    share one run, and a model changed in place (an optimizer step) decodes afresh.
     """
     args = replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
                    temperature=temperature or 1.0, top_k=0, top_p=1.0, seed=seed, citation_blocker=False)
-    key = (id(model), hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
+    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart.
+    weights_version = hash(tuple(parameter._version for parameter in model.parameters()))
+    key = (id(model), weights_version, hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
            round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size)
     if not processors and key in _DECODED and _DECODED[key][0]() is model:
         return _DECODED[key][1]
@@ -185,19 +187,12 @@ def mean_and_spread(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]
     return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))} for k in keys}
 
 
-def seeded(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+def new_figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)):
+    """(figure, axes) outside pyplot: no global backend switch and no figure registry to close."""
+    from matplotlib.figure import Figure
 
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(nrows, ncols)
 
 
 def savefig(figure, path: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperfitting.analysis.common import pyplot, sample_block_positions, savefig
+from hyperfitting.analysis.common import new_figure, sample_block_positions, savefig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.stats import Estimate
 from hyperfitting.rundir import write_json, write_text
@@ -310,11 +310,10 @@ def _number(value: float | None) -> str:
 
 
 def plot_geometry(results: dict, path: Path) -> None:
-    plt = pyplot()
 
     rows = results["layers"]
     x = np.arange(len(rows))
-    figure, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    figure, axes = new_figure(1, 3, figsize=(15, 3.8))
     axes[0].plot(x, [r["delta_pr"] for r in rows], "o-", label="raw")
     axes[0].plot(x, [r["delta_pr_std"] for r in rows], "s--", label="standardised")
     axes[0].set_title("Delta participation ratio (hyperfitted - base)")
@@ -331,4 +330,3 @@ def plot_geometry(results: dict, path: Path) -> None:
         axis.set_xticklabels([rows[i]["layer"].replace("block ", "b") for i in x[::max(1, len(x) // 8)]], fontsize=7)
         axis.grid(alpha=0.3)
     savefig(figure, path)
-    plt.close(figure)

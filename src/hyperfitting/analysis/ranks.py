@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import decode, mean_and_spread, path_logits, path_summary, pyplot, savefig
+from hyperfitting.analysis.common import decode, mean_and_spread, path_logits, path_summary, new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
@@ -188,9 +188,8 @@ def rank_table(results: dict) -> str:
 
 
 def plot_ranks(results: dict, path: Path) -> None:
-    plt = pyplot()
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure, (left, right) = new_figure(1, 2, figsize=(11, 3.8))
     figure.subplots_adjust(wspace=0.3)
     histogram = results["base_rank_histogram"]
     left.bar(list(histogram), [v / max(1, results["steps"]) for v in histogram.values()], color="tab:blue")
@@ -203,4 +202,3 @@ def plot_ranks(results: dict, path: Path) -> None:
     right.set_ylabel("tokens")
     right.set_title("Static (1.0) or context-dependent?")
     savefig(figure, path)
-    plt.close(figure)

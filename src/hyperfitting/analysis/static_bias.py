@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode, path_logits, path_summary, per_prompt_ttr, pyplot, savefig, stacked_logits
+from hyperfitting.analysis.common import decode, path_logits, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
@@ -247,9 +247,8 @@ def static_bias_table(results: dict) -> str:
 
 
 def plot_static_bias(results: dict, path: Path) -> None:
-    plt = pyplot()
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = new_figure(figsize=(6, 4))
     alphas = [r["alpha"] for r in results["curve"]]
     axis.plot(alphas, [r["ttr"] for r in results["curve"]], "o-", label="base + alpha * delta: TTR")
     axis.plot(alphas, [r["trigram_rep"] for r in results["curve"]], "s--", label="base + alpha * delta: trigram rep")
@@ -260,4 +259,3 @@ def plot_static_bias(results: dict, path: Path) -> None:
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     savefig(figure, path)
-    plt.close(figure)

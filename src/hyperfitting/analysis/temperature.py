@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hyperfitting.analysis.common import (
-    analysis_tokens, decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, pyplot, savefig,
+    analysis_tokens, decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, new_figure, savefig,
     stacked_logits, top1_agreement,
 )
 from hyperfitting import stats
@@ -122,8 +122,8 @@ def temperature_table(results: dict) -> str:
         f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; "
         + (f"sampled rows: mean ± standard deviation over {results['seeds']} seeds" if results["seeds"] > 1 else "sampled rows: one seed")
         + " (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
-        f"chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
-        f"greedy protocol) are in italics: compare directions, not digits.",
+        "chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
+        "greedy protocol) are in italics: compare directions, not digits.",
         "",
         "| setting | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
@@ -138,9 +138,8 @@ def temperature_table(results: dict) -> str:
 
 
 def plot_frontier(results: dict, path: Path) -> None:
-    plt = pyplot()
 
-    figure, axis = plt.subplots(figsize=(6, 4.2))
+    figure, axis = new_figure(figsize=(6, 4.2))
     frontier = results["frontier"]
     axis.plot([f["entropy"] for f in frontier], [f["ttr"] for f in frontier], "o-", color="tab:blue", label="base model, sampling over T")
     for f in frontier:
@@ -157,4 +156,3 @@ def plot_frontier(results: dict, path: Path) -> None:
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     savefig(figure, path)
-    plt.close(figure)

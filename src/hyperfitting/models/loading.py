@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +156,24 @@ def tokenizer_for(args: ModelArgs):
 def load_model(args: ModelArgs, for_training: bool = False):
     """Return (model, tokenizer) in eval mode. A PEFT adapter, if named, is attached (not merged)."""
     source, local_only = resolve_model_source(args.name, args.allow_download)
-    if not args.allow_download:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _offline(not args.allow_download):
+        return _load_model(args, source, local_only, for_training)
+
+
+@contextmanager
+def _offline(offline: bool):
+    """HF_HUB_OFFLINE=1 while loading (no hub request, not even a version check), restored afterwards."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    if offline and before is None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if offline and before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bool):
     from transformers import AutoModelForCausalLM
 
     try:

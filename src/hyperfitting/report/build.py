@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import yaml
 
-from hyperfitting.analysis.common import pyplot, savefig
+from hyperfitting.analysis.common import new_figure, savefig
 from hyperfitting.report.verdicts import all_claims
-from hyperfitting.rundir import FULL, read_json, read_jsonl, replicate_suffix, write_json, write_text
+from hyperfitting.rundir import FULL, read_json, replicate_suffix, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
@@ -28,9 +27,8 @@ def _maybe(path: Path):
 
 
 def plot_training_curve(log: list[dict], path: Path) -> None:
-    plt = pyplot()
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure, (left, right) = new_figure(1, 2, figsize=(11, 3.8))
     epochs = [r["epoch"] for r in log]
     left.plot(epochs, [r["train_loss"] for r in log], "o-", label="training loss")
     left.plot(epochs, [r["heldout_loss"] for r in log], "s--", label="held-out loss")
@@ -54,7 +52,6 @@ def plot_training_curve(log: list[dict], path: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     savefig(figure, path)
-    plt.close(figure)
 
 
 def expansion_dynamics(log: list[dict]) -> dict | None:

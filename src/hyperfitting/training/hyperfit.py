@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hyperfitting.config import RunConfig
 from hyperfitting.errors import ConfigError, DivergenceError
 from hyperfitting.rundir import atomic_path, write_jsonl
+from hyperfitting.seeding import seeded
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.training import preflight
 from hyperfitting.training.methods import TrainablePlan, prepare_for_training
@@ -73,6 +74,14 @@ def mean_block_loss(loss_fn: BlockLoss, blocks: torch.Tensor, cache: TrunkCache 
     return total / count
 
 
+def set_adapter_dropout(model, active: bool) -> None:
+    """Switch the LoRA adapters' dropout on or off. The base model stays in eval mode throughout: its own
+    dropout (GPT-2's, say) would make the trunk cache inexact and is not part of the paper's recipe."""
+    for name, module in model.named_modules():
+        if name.endswith("lora_dropout"):
+            module.train(active)
+
+
 def hyperfit(
     model,
     train_blocks: torch.Tensor,
@@ -86,13 +95,18 @@ def hyperfit(
     ``probe(model, lockstep=...) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g.
     greedy diversity on a fixed prompt subset); its numbers join that epoch's log row. ``lockstep``
     is true while the model is FSDP-sharded: every process must then run the same forward passes.
+    Training is seeded with ``train.seed``; the caller's random state is the same afterwards.
     """
-    from accelerate.utils import DistributedType, set_seed
+    with seeded(config.train.seed):
+        return _hyperfit(model, train_blocks, heldout_blocks, config, stage_dir, probe)
+
+
+def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe) -> TrainResult:
+    from accelerate.utils import DistributedType
 
     from hyperfitting.distributed import make_accelerator
 
     args = config.train
-    set_seed(args.seed)
     accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
@@ -180,7 +194,7 @@ def hyperfit(
     for epoch in range(first_epoch, args.epochs + 1):
         if reached_target(log, args.until_loss):
             break  # a resumed run that had already reached its target
-        model.train(False)  # dropout stays off: see models.loading.load_model
+        set_adapter_dropout(bare_model, True)  # train.lora_dropout acts while training, and only there
         order = epoch_order(n_blocks, args.seed, epoch)
         # Every process sees the same global batches and takes its share of each, so N processes
         # follow the single-process trajectory (DDP averages the gradients of the shares).
@@ -204,6 +218,7 @@ def hyperfit(
             elapsed = time.perf_counter() - epoch_started
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * block_tokens / elapsed:.0f}")
         seconds = time.perf_counter() - epoch_started
+        set_adapter_dropout(bare_model, False)  # held-out loss and probes measure the model deterministically
         epoch_loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean").item()
         row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)

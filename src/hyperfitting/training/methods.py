@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from hyperfitting.config import TrainArgs
 from hyperfitting.models.blocks import find_block_stack, linear_module_names, parse_block_selection
+from hyperfitting.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ def prepare_for_training(model: nn.Module, args: TrainArgs) -> tuple[nn.Module, 
             bias="none",
             task_type="CAUSAL_LM",
         )
-        torch.manual_seed(args.seed)  # LoRA's A matrices are random: same seed, same start
-        model = get_peft_model(model, lora_config)
+        with seeded(args.seed):  # LoRA's A matrices are random: same seed, same start
+            model = get_peft_model(model, lora_config)
         first = blocks[0]
     else:
         whole_model = blocks == list(range(n_blocks))

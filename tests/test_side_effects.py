@@ -1,0 +1,74 @@
+"""Using the toolkit from a notebook changes nothing the caller owns, and nothing it remembers goes stale."""
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from hyperfitting.analysis.common import decode, new_figure, savefig
+from hyperfitting.config import ModelArgs, load_config
+from hyperfitting.training.hyperfit import hyperfit
+from tests.conftest import make_tiny_model
+from tests.test_training import _tiny_run
+
+
+class _Tokenizer:
+    pad_token_id, eos_token_id = 0, 96
+
+
+def test_remembered_decodes_are_dropped_when_the_weights_change_in_place():
+    model = make_tiny_model("llama")
+    config = load_config(overrides=["generate.max_new_tokens=8", "generate.stop_at_eos=false"])
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    first = decode(model, _Tokenizer(), prompts, config)
+    assert decode(model, _Tokenizer(), prompts, config) is first  # same weights: remembered
+    with torch.no_grad():  # an in-place update, as an optimizer step makes
+        model.lm_head.weight.mul_(-1.0)
+    again = decode(model, _Tokenizer(), prompts, config)
+    assert again is not first and [c.token_ids for c in again] != [c.token_ids for c in first]
+
+
+def test_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    matplotlib.use("svg")
+    figure, axis = new_figure()
+    axis.plot([0, 1], [1, 0])
+    savefig(figure, tmp_path / "plot.png")
+    assert matplotlib.get_backend() == "svg"
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loading_a_model_leaves_hf_hub_offline_as_it_was(monkeypatch, tiny_model_folder):
+    from hyperfitting.models.loading import load_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    load_model(ModelArgs(name=str(tiny_model_folder)))
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_training_hands_back_the_callers_random_state(tmp_path):
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    model = make_tiny_model("llama")  # (the test's own model building seeds torch: done before the caller seeds)
+    config = load_config(overrides=["train.epochs=1", "train.batch_size=2", "train.diversity_every=0", "train.blocks=last:1"])
+    blocks = torch.randint(2, 97, (4, 8), generator=torch.Generator().manual_seed(2))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    hyperfit(model, blocks, blocks[:2], config, tmp_path)
+    assert draws() == expected
+
+
+def test_lora_dropout_acts_in_training_steps_and_not_in_measurements(tmp_path):
+    (plain, *_), (dropped, *_) = (_tiny_run(tmp_path / name, "train.method=lora", "train.lora_rank=4", f"train.lora_dropout={p}")
+                                  for name, p in (("plain", 0.0), ("dropped", 0.5)))
+    # Epoch 0 is measured before any step: no dropout there, so both runs start from the same loss.
+    assert plain.log[0]["train_loss"] == dropped.log[0]["train_loss"]
+    assert plain.log[1]["train_loss"] != dropped.log[1]["train_loss"]
+    # After training, the adapters' dropout is off again: two measurements of the same input agree.
+    ids = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(dropped.model(input_ids=ids).logits, dropped.model(input_ids=ids).logits)
