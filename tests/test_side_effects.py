@@ -72,3 +72,29 @@ def test_lora_dropout_acts_in_training_steps_and_not_in_measurements(tmp_path):
     ids = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(dropped.model(input_ids=ids).logits, dropped.model(input_ids=ids).logits)
+
+
+def test_the_public_api_imports_lazily_and_every_name_is_documented():
+    import subprocess
+    import sys
+
+    code = ("import sys, hyperfitting as hf; assert 'torch' not in sys.modules, 'import pulled in torch';"
+            "missing = [n for n in hf.__all__[1:] if callable(getattr(hf, n)) and not (getattr(hf, n).__doc__ or '').strip()];"
+            "assert not missing, missing")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "notebook_walkthrough.py"
+    spec = importlib.util.spec_from_file_location("walkthrough", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main([f"model.name={tiny_model_folder}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]",
+                            "data.train_blocks=4", "data.block_tokens=32", "data.heldout_blocks=2", "data.prompt_tokens=8",
+                            "data.reference_tokens=12", "data.eval_prompts=2", "train.epochs=1", "train.batch_size=2",
+                            "train.blocks=last:1", "generate.max_new_tokens=8"])
+    assert set(results["generation"]) == {"base", "hyperfitted"} and 0 < results["generation"]["base"]["ttr"] <= 1
+    assert results["geometry"]["effect"]["low"] <= results["geometry"]["effect"]["value"] <= results["geometry"]["effect"]["high"]

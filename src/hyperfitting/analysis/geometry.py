@@ -235,8 +235,8 @@ def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, fi
     return stats.jackknife_over_clusters(sample // blocks.shape[1], effect)
 
 
-def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, out_dir: Path, seed: int = 0) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, seed: int = 0) -> dict:
+    """Claim 4: layer by layer, how the hyperfitted model's representations differ from the base model's."""
     sample = sample_block_positions(heldout_blocks, sample_tokens, seed)
     rows = layer_geometry_in_shares(base, tuned, heldout_blocks, sample)
     block_rows = [r for r in rows if r["layer"].startswith("block")]
@@ -275,10 +275,13 @@ def run_geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_toke
             "paper_final_block_delta_pr_per_hidden_size": PAPER_FINAL_BLOCK_DELTA_PR / PAPER_HIDDEN_SIZE,
         },
     }
-    write_json(out_dir / "results.json", results)
-    write_text(out_dir / "table.md", geometry_table(results))
-    plot_geometry(results, out_dir / "geometry.png")
     return results
+
+
+def write_geometry_analysis(results: dict, folder: Path) -> None:
+    write_json(folder / "results.json", results)
+    write_text(folder / "table.md", geometry_table(results))
+    plot_geometry(results, folder / "geometry.png")
 
 
 def geometry_table(results: dict) -> str:

@@ -115,10 +115,10 @@ def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return (logits > logits.gather(1, chosen[:, None])).sum(1) + 1
 
 
-def run_rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, out_dir: Path, tuned_greedy=None,
-                      heldout_blocks: torch.Tensor | None = None, heldout_static=None) -> dict:
+def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, tuned_greedy=None,
+                  heldout_blocks: torch.Tensor | None = None, heldout_static=None) -> dict:
+    """Claim 3: overrides and deep-tail promotions along the hyperfitted paths, against the static+temperature null, and the rank transplant."""
     args = config.analysis
-    out_dir.mkdir(parents=True, exist_ok=True)
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
     base_logits = path_logits(base, prompts, tuned_greedy)
     tuned_logits = path_logits(tuned, prompts, tuned_greedy)
@@ -148,10 +148,13 @@ def run_rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: 
             rows.append(path_summary(outputs))
         transplant[name] = mean_and_spread(rows)
     results = {**statistics, **comparison, "rank_transplant": transplant, "paper": PAPER}
-    write_json(out_dir / "results.json", results)
-    write_text(out_dir / "table.md", rank_table(results))
-    plot_ranks(results, out_dir / "ranks.png")
     return results
+
+
+def write_rank_analysis(results: dict, folder: Path) -> None:
+    write_json(folder / "results.json", results)
+    write_text(folder / "table.md", rank_table(results))
+    plot_ranks(results, folder / "ranks.png")
 
 
 def rank_table(results: dict) -> str:

@@ -128,12 +128,12 @@ def heldout_static_models(base, tuned, heldout_blocks: torch.Tensor, config: Run
             fit_static_temperature(base_heldout, tuned_heldout))
 
 
-def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
-                             config: RunConfig, out_dir: Path, base_greedy=None, tuned_greedy=None, heldout_static=None) -> dict:
+def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
+                         config: RunConfig, base_greedy=None, tuned_greedy=None, heldout_static=None) -> dict:
+    """Claim 2: can a fixed per-token reweighting of the base model (z + alpha * delta) reproduce the gain?"""
     from scipy.stats import spearmanr
 
     args = config.analysis
-    out_dir.mkdir(parents=True, exist_ok=True)
     stats, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
     delta, top = static_delta(stats, args.static_bias_top_k, args.static_bias_select)
 
@@ -208,10 +208,13 @@ def run_static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
                                           {"unavailable": why_no_correlation}),
         "paper": {"ttr_at_alpha_0.5": PAPER_TTR_AT_ALPHA_05},
     }
-    write_json(out_dir / "results.json", results)
-    write_text(out_dir / "table.md", static_bias_table(results))
-    plot_static_bias(results, out_dir / "static_bias.png")
     return results
+
+
+def write_static_bias_analysis(results: dict, folder: Path) -> None:
+    write_json(folder / "results.json", results)
+    write_text(folder / "table.md", static_bias_table(results))
+    plot_static_bias(results, folder / "static_bias.png")
 
 
 def static_bias_table(results: dict) -> str:

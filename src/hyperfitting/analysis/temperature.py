@@ -31,10 +31,9 @@ COLUMNS = ["ttr", "bigram_rep", "trigram_rep", "top1_agreement", "entropy"]
 GREEDY_SETTINGS = ("hyperfitted", "base, greedy")  # deterministic: one decode, no spread
 
 
-def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
-                             config: RunConfig, out_dir: Path) -> dict:
+def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor, config: RunConfig) -> dict:
+    """Claim 1: is hyperfitting just a lower temperature? Entropy-matched T*, sampled rows at T*, the frontier."""
     args = config.analysis
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. Entropy two ways, and T* for each.
     heldout = heldout_blocks.tolist()
@@ -109,10 +108,13 @@ def run_temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], h
         "seeds": args.seeds,
         "max_new_tokens": analysis_tokens(config),
     }
-    write_json(out_dir / "results.json", results)
-    write_text(out_dir / "table.md", temperature_table(results))
-    plot_frontier(results, out_dir / "frontier.png")
     return results
+
+
+def write_temperature_analysis(results: dict, folder: Path) -> None:
+    write_json(folder / "results.json", results)
+    write_text(folder / "table.md", temperature_table(results))
+    plot_frontier(results, folder / "frontier.png")
 
 
 def temperature_table(results: dict) -> str:

@@ -31,6 +31,7 @@ def _mean(values: list[float]) -> float:
 
 
 def ttr(sequences: Sequence[Tokens]) -> float:
+    """Type-token ratio: distinct tokens over tokens, per sequence, averaged over sequences."""
     return _mean([len(set(s)) / len(s) for s in sequences if len(s)])
 
 
@@ -46,11 +47,13 @@ def word_ttr(texts: Sequence[str]) -> float:
 
 
 def distinct_n(sequences: Sequence[Tokens], n: int) -> float:
+    """Distinct n-grams over all n-grams, pooled across the sequences."""
     grams = [g for s in sequences for g in ngrams(s, n)]
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
 def seq_rep_n(sequences: Sequence[Tokens], n: int) -> float:
+    """Share of repeated n-grams within each sequence (1 - distinct/total), averaged over sequences."""
     values = []
     for s in sequences:
         grams = ngrams(s, n)

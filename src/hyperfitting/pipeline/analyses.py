@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from functools import cached_property
+from pathlib import Path
 
 from hyperfitting.analysis.common import decode, load_pair
 from hyperfitting.config import RunConfig
@@ -46,37 +47,50 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
+def run_analysis(name: str, context: AnalysisContext) -> dict:
+    """One analysis on the context's models and prompts: its results, nothing written."""
+    from hyperfitting.analysis.geometry import geometry_analysis
+    from hyperfitting.analysis.ranks import rank_analysis
+    from hyperfitting.analysis.static_bias import static_bias_analysis
+    from hyperfitting.analysis.temperature import temperature_analysis
+
+    config, heldout = context.config, context.data.heldout_blocks
+    if name == "temperature":
+        return temperature_analysis(context.base, context.tuned, context.tokenizer, context.prompts, heldout, config)
+    if name == "static-bias":
+        return static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts, heldout, config,
+                                    context.base_greedy, context.tuned_greedy, context.heldout_static)
+    if name == "ranks":
+        return rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, context.tuned_greedy,
+                             heldout, context.heldout_static)
+    if name == "geometry":
+        return geometry_analysis(context.base, context.tuned, heldout, config.analysis.geometry_tokens, seed=config.data.seed)
+    raise ValueError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}")
+
+
+def write_analysis(name: str, results: dict, folder: Path) -> None:
+    """results.json, table.md and the figure of one analysis."""
+    from hyperfitting.analysis.geometry import write_geometry_analysis
+    from hyperfitting.analysis.ranks import write_rank_analysis
+    from hyperfitting.analysis.static_bias import write_static_bias_analysis
+    from hyperfitting.analysis.temperature import write_temperature_analysis
+
+    writers = {"temperature": write_temperature_analysis, "static-bias": write_static_bias_analysis,
+               "ranks": write_rank_analysis, "geometry": write_geometry_analysis}
+    writers[name](results, folder)
+
+
 def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext, suffix: str = "") -> dict:
     """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full fine-tuning) unless done with the same inputs."""
-    from hyperfitting.analysis.ranks import run_rank_analysis
-    from hyperfitting.analysis.static_bias import run_static_bias_analysis
-    from hyperfitting.analysis.temperature import run_temperature_analysis
-
     stage_name = f"analysis-{name}{suffix}"
-    config = graph[stage_name].config
     stage = graph.stage(stage_name)
     if stage.done:
         return read_json(stage.dir / "results.json")
     graph.announce(stage_name)
     started = time.perf_counter()
     folder = stage.start()
-    if name == "temperature":
-        results = run_temperature_analysis(context.base, context.tuned, context.tokenizer, context.prompts,
-                                           context.data.heldout_blocks, config, folder)
-    elif name == "static-bias":
-        results = run_static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts,
-                                           context.data.heldout_blocks, config, folder, context.base_greedy, context.tuned_greedy,
-                                           context.heldout_static)
-    elif name == "geometry":
-        from hyperfitting.analysis.geometry import run_geometry_analysis
-
-        results = run_geometry_analysis(context.base, context.tuned, context.data.heldout_blocks, config.analysis.geometry_tokens,
-                                        folder, seed=config.data.seed)
-    elif name == "ranks":
-        results = run_rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, folder, context.tuned_greedy,
-                                    context.data.heldout_blocks, context.heldout_static)
-    else:
-        raise ValueError(name)
+    results = run_analysis(name, context)
+    write_analysis(name, results, folder)
     if is_main_process():  # only process 0 writes files: another process could read the table before it exists
         print((folder / "table.md").read_text())
     stage.finish(time.perf_counter() - started)

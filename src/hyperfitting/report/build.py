@@ -98,6 +98,7 @@ def _image(run_dir: Path, relative: str, alt: str) -> str:
 
 
 def build_report(run_dir: Path) -> dict:
+    """Decide the claims from a finished run folder and write report.md, report.html and the claims into metrics.json."""
     run_dir = Path(run_dir)
     study = read_json(run_dir / "metrics.json")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -87,7 +87,7 @@ def hyperfit(
     train_blocks: torch.Tensor,
     heldout_blocks: torch.Tensor,
     config: RunConfig,
-    stage_dir: Path,
+    stage_dir: str | Path,
     probe: Callable[..., dict] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
@@ -98,7 +98,7 @@ def hyperfit(
     Training is seeded with ``train.seed``; the caller's random state is the same afterwards.
     """
     with seeded(config.train.seed):
-        return _hyperfit(model, train_blocks, heldout_blocks, config, stage_dir, probe)
+        return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe)
 
 
 def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe) -> TrainResult:
