@@ -115,3 +115,30 @@ def test_a_rising_loss_is_a_divergence_not_a_data_point(tmp_path):
     # A finite loss that climbs far above its start (the Gemma-3 controls went 6.0 -> 9.8) stops the run.
     with pytest.raises(DivergenceError, match=r"Training diverged: the loss rose from .* lower train.lr"):
         _tiny_run(tmp_path, "train.lr=30", "train.method=full", "train.blocks=all", "train.epochs=3", "train.diverge_factor=1.01")
+
+
+def test_an_uneven_batch_split_or_accumulation_is_refused_up_front():
+    from hyperfitting.errors import ConfigError
+    from hyperfitting.training.hyperfit import check_batch_split
+
+    check_batch_split(8, 4, 2, 1)
+    check_batch_split(10, 4, 2, 1)  # the last batch of 2 still splits 1 + 1
+    with pytest.raises(ConfigError, match=r"the last batch of 1 does not divide by 2\)\. Use data.train_blocks .* a multiple of 2"):
+        check_batch_split(9, 4, 2, 1)
+    with pytest.raises(ConfigError, match=r"\(the batch does not divide by 2\)\. Use a train.batch_size that is a multiple of 2"):
+        check_batch_split(10, 3, 2, 1)
+    check_batch_split(12, 4, 1, 3)
+    with pytest.raises(ConfigError, match=r"train.grad_accumulation=2 does not divide the 3 batches of an epoch"):
+        check_batch_split(12, 4, 1, 2)
+
+
+def test_resuming_from_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
+    from hyperfitting.errors import CheckpointError
+
+    _tiny_run(tmp_path, "train.epochs=1")
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    renamed = next(iter(checkpoint["trainable"]))
+    checkpoint["trainable"][renamed + "_renamed"] = checkpoint["trainable"].pop(renamed)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"1 trainable weights missing .* and 1 unknown"):
+        _tiny_run(tmp_path)

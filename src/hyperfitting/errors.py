@@ -23,3 +23,7 @@ class RunDirError(HyperfitError):
 
 class DivergenceError(HyperfitError):
     """Training produced a NaN or infinite loss."""
+
+
+class CheckpointError(HyperfitError):
+    """A checkpoint that does not fit the model it should resume."""

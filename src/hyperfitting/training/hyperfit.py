@@ -74,6 +74,31 @@ def mean_block_loss(loss_fn: BlockLoss, blocks: torch.Tensor, cache: TrunkCache 
     return total / count
 
 
+def check_batch_split(n_blocks: int, batch_size: int, processes: int, accumulation: int) -> None:
+    """Refuse, up front, a split that would make processes disagree or an epoch end inside an accumulation group.
+
+    Every process must take an equal, non-empty share of every batch (the last, short one too): a
+    share of another size weighs its rows differently in the averaged gradient, and an empty
+    share has a NaN loss. Every epoch must end on an optimizer step, so that a checkpoint (taken
+    at epoch ends) never holds half-accumulated gradients and a resumed run takes the same steps.
+    """
+    last = n_blocks % batch_size
+    if batch_size % processes or (last and last % processes):
+        # With the batch a multiple of the processes, the last batch splits evenly exactly when the blocks do.
+        fix = (f"Use a train.batch_size that is a multiple of {processes}." if n_blocks % processes == 0 else
+               f"Use data.train_blocks (and study.controls_train_blocks) a multiple of {processes}, and train.batch_size too.")
+        raise ConfigError(
+            f"{n_blocks} training blocks in batches of train.batch_size={batch_size} cannot be split evenly over "
+            f"{processes} processes ({'the batch' if batch_size % processes else f'the last batch of {last}'} does not divide "
+            f"by {processes}). {fix}")
+    batches = -(-n_blocks // batch_size)
+    if batches % accumulation:
+        raise ConfigError(
+            f"train.grad_accumulation={accumulation} does not divide the {batches} batches of an epoch, so an epoch would end "
+            f"inside an accumulation group. Use train.grad_accumulation in "
+            f"{[g for g in range(1, batches + 1) if batches % g == 0]} or change train.batch_size.")
+
+
 def set_adapter_dropout(model, active: bool) -> None:
     """Switch the LoRA adapters' dropout on or off. The base model stays in eval mode throughout: its own
     dropout (GPT-2's, say) would make the trunk cache inexact and is not part of the paper's recipe."""
@@ -111,9 +136,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
                           "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
-    if args.batch_size % accelerator.num_processes:
-        raise ConfigError(f"train.batch_size={args.batch_size} must be a multiple of the {accelerator.num_processes} processes, "
-                          f"so that every process takes an equal share of each batch.")
+    check_batch_split(len(train_blocks), args.batch_size, accelerator.num_processes, args.grad_accumulation)
     shard = args.parallelism == "fsdp" and accelerator.num_processes > 1
     model, plan = prepare_for_training(model, args)
     if not shard:  # FSDP moves each block to the device as it shards it: the whole model never sits there
@@ -206,7 +229,10 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         for index in bar:
             with accelerator.accumulate(model):
                 loss = loss_fn(train_blocks[index], train_cache[index] if train_cache is not None else None)
-                if not math.isfinite(loss.item()):
+                non_finite = not math.isfinite(loss.item())
+                if accelerator.num_processes > 1:  # every process raises, or none: one alone would leave the others waiting
+                    non_finite = bool(accelerator.reduce(torch.tensor(float(non_finite), device=accelerator.device), reduction="sum") > 0)
+                if non_finite:
                     raise DivergenceError(
                         f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "
                         f"(after epoch {epoch - 1}) is kept in {stage_dir}; lower train.lr and resume with --resume."

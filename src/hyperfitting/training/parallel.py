@@ -61,5 +61,17 @@ def load_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, trai
     """Put a checkpoint's full state back, resharding it across the current processes if the model is sharded."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, trainable, options=StateDictOptions(full_state_dict=True, strict=False))
+    # Frozen weights are not in the checkpoint, so the load is not strict; but every trainable weight
+    # must come back, and nothing else may be there (a renamed key would otherwise resume from scratch).
+    wanted = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    missing = sorted(wanted - set(trainable))  # before loading: the loader may consume the dictionary
+    result = set_model_state_dict(model, trainable, options=StateDictOptions(full_state_dict=True, strict=False))
+    if missing or result.unexpected_keys:
+        from hyperfitting.errors import CheckpointError
+
+        raise CheckpointError(
+            f"The checkpoint does not match the model being trained: {len(missing)} trainable weights missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) and {len(result.unexpected_keys)} unknown "
+            f"({', '.join(sorted(result.unexpected_keys)[:3])}). It was made with another model or training method; "
+            f"delete it (or the stage folder) to start this stage again.")
     set_optimizer_state_dict(model, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
