@@ -30,3 +30,8 @@ def test_block_stack_found_in_every_architecture(tiny_model):
     assert len(stack) == 3
     assert stack.attribute in ("layers", "h")
     assert linear_module_names(stack)  # q/k/v/o and MLP projections, or GPT-2's Conv1D
+
+
+def test_a_reversed_block_range_says_how_to_write_it():
+    with pytest.raises(ConfigError, match=r"Block selection '5-2': the range 5-2 runs backwards; write it low to high, as 2-5\."):
+        parse_block_selection("5-2", 30)

@@ -97,3 +97,17 @@ def test_no_prompt_comes_from_a_training_document(tmp_path):
     data = prepare_data(args, CharTokenizer())
     heldout_sources = {f"{tmp_path}/{g.rsplit('/', 1)[-1]}" for g in data.manifest["heldout_groups"]}
     assert {p.source for p in data.prompts[str(tmp_path)]} <= heldout_sources
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_text_saved_with_a_byte_order_mark_is_read(encoding):
+    text = "Jane Eyre — «ch. 3», naïve"
+    raw = text.encode(encoding)
+    if encoding in ("utf-16-le", "utf-16-be"):  # these codecs write no mark: add the one an editor would
+        raw = ("\ufeff" + text).encode(encoding)
+    assert decode_bytes(raw, "saved.txt").lstrip("\ufeff") == text
+
+
+def test_a_byte_order_mark_over_broken_text_is_refused_with_the_encoding_named():
+    with pytest.raises(DataError, match=r"'x.txt' starts with a UTF-16 byte-order mark but is not valid UTF-16"):
+        decode_bytes(b"\xff\xfea\x00\x00\xd8", "x.txt")  # a lone surrogate

@@ -80,3 +80,59 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_folder, tmp_path):
 def test_a_folder_without_config_is_not_a_model(tmp_path):
     with pytest.raises(ModelError, match="has no config.json"):
         load_model(ModelArgs(name=str(tmp_path)))
+
+
+def test_a_second_command_on_a_run_folder_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    from hyperfitting.config import load_config
+    from hyperfitting.errors import RunDirError
+    from hyperfitting.rundir import prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from hyperfitting.config import load_config; from hyperfitting.rundir import prepare_run_dir; "
+                               f"prepare_run_dir(load_config(overrides=['run_dir={run_dir}'])); print('locked', flush=True); "
+                               f"import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=rf"is in use by process {holder.pid} \(started .*\)\. Wait for that command"):
+            prepare_run_dir(load_config(overrides=[f"run_dir={run_dir}"]), "resume")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The killed holder's lock went with its process: the folder is usable again, its contents intact.
+    assert prepare_run_dir(load_config(overrides=[f"run_dir={run_dir}"]), "resume") == run_dir
+    assert (run_dir / "config.yaml").exists()
+
+
+def test_a_model_cache_entry_records_its_files_and_names_what_is_wrong(tmp_path):
+    from hyperfitting.models.loading import cache_problem, write_cache_manifest
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1000)
+    assert "no record of its files" in cache_problem(tmp_path)
+    write_cache_manifest(tmp_path)
+    assert cache_problem(tmp_path) is None
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 500)
+    assert cache_problem(tmp_path) == "model.safetensors has 500 bytes instead of 1,000 (truncated or replaced)"
+    (tmp_path / "model.safetensors").write_bytes(b"y" * 1000)
+    assert cache_problem(tmp_path) == "model.safetensors does not match its recorded checksum"
+
+
+@pytest.mark.slow
+def test_a_truncated_model_cache_is_rebuilt_with_a_notice(real_model_folder, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from hyperfitting.models.loading import cache_problem, dequantised_gguf_folder, embedded_model_path
+
+    monkeypatch.setenv("HYPERFIT_CACHE", str(tmp_path))
+    target = tmp_path / "gguf" / real_model_folder.name
+    shutil.copytree(real_model_folder, target)
+    weights = target / "model.safetensors"
+    with open(weights, "r+b") as handle:  # as a full disk or a bad copy leaves it
+        handle.truncate(weights.stat().st_size // 2)
+    assert dequantised_gguf_folder(embedded_model_path("smollm2-135m")) == target
+    assert "failed its check: model.safetensors has" in capsys.readouterr().out
+    assert cache_problem(target) is None
+    model, _ = load_model(ModelArgs(name="smollm2-135m"))
+    assert model.config.num_hidden_layers == 30

@@ -97,13 +97,47 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+# Open lock files of the run folders this process writes, kept open (and so locked) until it exits.
+_HELD_LOCKS: dict[Path, Any] = {}
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Take the run folder's advisory lock for the rest of this process, or refuse at once if another process holds it.
+
+    The lock file sits beside the folder (`.NAME.lock`), so --overwrite can delete the folder while
+    holding it. The operating system releases the lock when its process ends, however it ends: a
+    lock left by a killed command is simply taken over.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD_LOCKS:
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir.parent / f".{run_dir.name}.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"Run folder '{run_dir}' is in use by {holder}. Wait for that command to finish (or stop it), "
+                          f"or choose another run_dir=...") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    handle.flush()
+    _HELD_LOCKS[run_dir] = handle
+
+
 def prepare_run_dir(config: RunConfig, existing: ExistingPolicy = "refuse") -> Path:
-    """Create (or reopen) the run folder and write the resolved config into it (rank 0 decides; the others wait)."""
+    """Lock, create (or reopen) the run folder and write the resolved config into it (rank 0 decides; the others wait)."""
     run_dir = Path(config.run_dir)
     if not is_main_process():
         wait_for_everyone()
         return run_dir
     try:
+        lock_run_dir(run_dir)
         return _prepare_run_dir(run_dir, config, existing)
     finally:
         wait_for_everyone()

@@ -7,6 +7,7 @@ book on both sides.
 
 from __future__ import annotations
 
+import codecs
 import html
 import json
 import re
@@ -59,8 +60,20 @@ _GUTENBERG_END = re.compile(
 _GUTENBERG_LINE = re.compile(r"project gutenberg|gutenberg\.org|\betext\b", re.IGNORECASE)
 
 
+# Byte-order marks, longest first (UTF-32-LE's mark begins with UTF-16-LE's).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def decode_bytes(raw: bytes, source: str) -> str:
-    """UTF-8 first, latin-1 for the older files that are not UTF-8; refuse binary data."""
+    """Text as editors save it: by its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8, else latin-1; refuse binary data."""
+    for mark, encoding in _BOMS:
+        if raw.startswith(mark):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as error:
+                raise DataError(f"'{source}' starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()} "
+                                f"(byte {error.start}); re-save it as UTF-8.") from error
     if b"\x00" in raw[:4096]:
         raise DataError(f"'{source}' looks like a binary file (it contains NUL bytes); give a text file.")
     try:

@@ -77,11 +77,48 @@ def _file_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+CACHE_MANIFEST = "hyperfit-cache.json"
+
+
+def write_cache_manifest(folder: Path) -> None:
+    """Record every file's size and SHA-256 (written last: a folder without it was never finished)."""
+    import json
+
+    from hyperfitting.hashing import content_hash
+
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": content_hash(p)} for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != CACHE_MANIFEST}
+    (folder / CACHE_MANIFEST).write_text(json.dumps(files, indent=2))
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why a cached model folder cannot be trusted, or None when every file has its recorded size and checksum."""
+    import json
+
+    from hyperfitting.hashing import content_hash
+
+    manifest = folder / CACHE_MANIFEST
+    if not manifest.exists():
+        return "it has no record of its files (an interrupted or older build)"
+    for name, expected in json.loads(manifest.read_text()).items():
+        path = folder / name
+        if not path.exists():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size:,} bytes instead of {expected['bytes']:,} (truncated or replaced)"
+        if content_hash(path) != expected["sha256"]:  # memoised per file state: once per process
+            return f"{name} does not match its recorded checksum"
+    return None
+
+
 def dequantised_gguf_folder(gguf_path: Path) -> Path:
-    """Return a safetensors folder for this GGUF file, building it on first use."""
-    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+    """Return a safetensors folder for this GGUF file, building it on first use and rebuilding it if damaged."""
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_fingerprint(gguf_path)}-v2"
+    if target.exists():
+        problem = cache_problem(target)
+        if problem is None:
+            return target
+        print(f"The cached model in {target} failed its check: {problem}. Rebuilding it from {gguf_path.name}.")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     print(f"Dequantising {gguf_path.name} once; cached in {target}")
@@ -98,7 +135,8 @@ def dequantised_gguf_folder(gguf_path: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    if (target / "model.safetensors").exists():  # another process finished first
+    write_cache_manifest(partial)
+    if target.exists() and cache_problem(target) is None:  # another process finished first
         shutil.rmtree(partial)
         return target
     shutil.rmtree(target, ignore_errors=True)

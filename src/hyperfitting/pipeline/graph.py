@@ -14,10 +14,10 @@ import json
 import re
 import time
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 from hyperfitting.config import RunConfig
+from hyperfitting.hashing import content_hash
 from hyperfitting.rundir import FULL, Stage, read_json, replicate_suffix
 
 
@@ -49,29 +49,6 @@ def library_versions() -> dict[str, str]:
 
     return {"hyperfitting": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "accelerate": accelerate.__version__}
-
-
-@lru_cache(maxsize=None)
-def _hash_file(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def content_hash(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files in name order (memoised per size and modification time)."""
-    path = Path(path)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            digest.update(f"{file.relative_to(path)}:{content_hash(file)}\n".encode())
-        return digest.hexdigest()[:16]
-    if not path.exists():
-        return "missing"
-    stat = path.stat()
-    return _hash_file(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def model_files(name: str) -> tuple[Path, ...]:

@@ -1,0 +1,30 @@
+"""Content hashes of files and folders: what stage fingerprints and the model cache's checks compare."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+
+@lru_cache(maxsize=None)
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files in name order (memoised per size and modification time)."""
+    path = Path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            digest.update(f"{file.relative_to(path)}:{content_hash(file)}\n".encode())
+        return digest.hexdigest()[:16]
+    if not path.exists():
+        return "missing"
+    stat = path.stat()
+    return _hash_file(str(path), stat.st_size, stat.st_mtime_ns)
