@@ -28,6 +28,7 @@ def _study_args(model, corpus, run_dir):
             "analysis.seeds=1", "analysis.max_new_tokens=6", "analysis.temperature_grid=[1.0]", "analysis.static_bias_alphas=[0.5]",
             "analysis.static_bias_top_k=20", "analysis.max_positions=64", "analysis.geometry_tokens=32",
             "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
+            "study.controls_lr_sweep=[1.0,4.0]", "study.controls_sweep_epochs=1",
             "study.reader_prompts=2"]
 
 

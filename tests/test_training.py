@@ -142,3 +142,19 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=r"1 trainable weights missing .* and 1 unknown"):
         _tiny_run(tmp_path)
+
+
+def test_the_controls_learning_rate_sweep_ranks_by_training_loss_and_sets_diverged_rates_last(tiny_model_folder, tmp_path):
+    from types import SimpleNamespace
+
+    from hyperfitting.pipeline.controls import sweep_learning_rate
+
+    config = load_config(overrides=[f"model.name={tiny_model_folder}", "train.batch_size=2", "train.until_loss=null",
+                                    "study.controls_lr_lora=1e-3", "study.controls_lr_sweep=[1.0,30.0,1e6]",
+                                    "study.controls_sweep_epochs=2"])
+    blocks = torch.randint(5, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+    rows = sweep_learning_rate(config, "lora:last:1", blocks, SimpleNamespace(heldout_blocks=blocks), tmp_path)
+    assert [row["lr"] for row in rows][:2] == [0.03, 0.001]  # the faster rate reaches the lower training loss
+    assert rows[0]["train_loss"] < rows[1]["train_loss"] and not rows[0]["diverged"]
+    assert rows[-1]["lr"] == 1000.0 and rows[-1]["diverged"]  # an absurd rate is tried, marked, and never chosen
+    assert not list(tmp_path.glob("sweep-*"))  # the trials leave nothing behind

@@ -227,6 +227,10 @@ class StudyArgs:
     """Learning rate of the LoRA controls."""
     controls_lr_full: float = 1e-4
     """Learning rate of the full fine-tuning control."""
+    controls_lr_sweep: list[float] = field(default_factory=lambda: [0.25, 1.0, 4.0])
+    """Each control's learning rate is chosen by a short sweep on training loss only: these multiples of its controls_lr_* are each trained for controls_sweep_epochs, and the lowest training loss (not diverged) wins. Empty: no sweep, the controls_lr_* as given."""
+    controls_sweep_epochs: int = 3
+    """Epochs per learning rate in the controls' sweep."""
     replicates: int = 1
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
     full_finetune: bool = False
@@ -241,6 +245,9 @@ class StudyArgs:
     def __post_init__(self) -> None:
         if self.replicates < 1:
             raise ConfigError(f"study.replicates must be at least 1, got {self.replicates}.")
+        if any(m <= 0 for m in self.controls_lr_sweep) or self.controls_sweep_epochs < 1:
+            raise ConfigError(f"study.controls_lr_sweep must hold positive multiples (got {self.controls_lr_sweep}) and "
+                              f"study.controls_sweep_epochs must be at least 1 (got {self.controls_sweep_epochs}).")
         unknown = sorted(set(self.analyses) - {"temperature", "static-bias", "ranks", "geometry"})
         if unknown:
             raise ConfigError(f"study.analyses: unknown analysis {unknown[0]!r}; choose from temperature, static-bias, ranks, geometry.")
@@ -366,13 +373,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"Override '{item}' must look like section.key=value, e.g. train.lr=1e-4.")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
-        # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual spelling.
+        # YAML reads 1e-4 as a string (it wants 1.0e-4); accept the usual spelling, in lists too.
         if isinstance(value, str):
             try:
                 value = float(value) if any(c in value for c in ".eE") and value.lower() not in ("nan",) else value
             except ValueError:
                 pass
-        _set_dotted(tree, key.strip(), value)
+        _set_dotted(tree, key.strip(), _fix_yaml_floats(value))
     return tree
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,21 +38,52 @@ def _key(spec: str) -> str:
     return ":".join(spec.split(":")[:2])
 
 
+def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, folder: Path) -> list[dict]:
+    """Train the placement briefly at each multiple of its learning rate; rows ordered best first (training loss only).
+
+    Only the training loss decides, as the papers tune: the held-out loss and the diversity
+    that the verdict compares are not looked at, so the sweep cannot favour the claim.
+    """
+    train = control_train_args(config, spec)
+    rows = []
+    for multiple in config.study.controls_lr_sweep:
+        lr = train.lr * multiple
+        trial = replace(config, train=replace(train, lr=lr, epochs=config.study.controls_sweep_epochs))
+        trial_folder = folder / f"sweep-lr{lr:g}"
+        model, _ = load_model(config.model, for_training=True)
+        try:
+            log = hyperfit(model, blocks, data.heldout_blocks[:0], trial, trial_folder).log
+            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": False})
+        except DivergenceError:
+            log = read_jsonl(trial_folder / "train_log.jsonl")
+            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"] if log else float("inf"), "epochs": len(log) - 1, "diverged": True})
+        shutil.rmtree(trial_folder, ignore_errors=True)
+    return sorted(rows, key=lambda r: (r["diverged"], r["train_loss"]))
+
+
 def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, prompts, tokenizer, base_states, sample,
                 folder: Path) -> dict:
-    """Train one placement to the target loss, decode greedily, compare its geometry with the base model's."""
-    train_config = replace(config, train=control_train_args(config, spec))
-    model, _ = load_model(config.model, for_training=True)
+    """Choose the placement's learning rate, train it to the target loss, decode greedily, compare its geometry with the base model's."""
     started = time.perf_counter()
-    try:
-        # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
-        trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)
-    except DivergenceError as error:
-        # A diverged control is recorded, not used: claim 5 becomes inconclusive with this as the reason.
-        log = read_jsonl(folder / "train_log.jsonl")
-        print(f"control {spec} diverged: {error}")
-        return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
-                "epochs": log[-1]["epoch"], "wall_seconds": time.perf_counter() - started, "trainable_parameters": None}
+    sweep = sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep else []
+    candidates = [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
+    for attempt, lr in enumerate(candidates):
+        train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
+        model, _ = load_model(config.model, for_training=True)
+        try:
+            # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
+            trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)
+            break
+        except DivergenceError as error:
+            log = read_jsonl(folder / "train_log.jsonl")
+            print(f"control {spec} diverged at lr {lr:g}: {error}")
+            for stale in ("checkpoint.pt", "train_log.jsonl"):
+                (folder / stale).unlink(missing_ok=True)
+            if attempt + 1 == len(candidates):
+                # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as the reason.
+                return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
+                        "epochs": log[-1]["epoch"], "wall_seconds": time.perf_counter() - started, "trainable_parameters": None,
+                        "lr_sweep": sweep}
     wall = time.perf_counter() - started
     tuned = trained.model.eval()
     # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
@@ -77,6 +109,7 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
         "diversity": diversity(ids),
         "largest_delta_pr_layer": largest["layer"],
         "final_block_delta_pr": block_rows[-1]["delta_pr"],
+        "lr_sweep": sweep,
     }
 
 
@@ -86,6 +119,8 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
     base_states = hidden_states_at(base, data.heldout_blocks, sample)
     base_outputs = decode(base, tokenizer, prompts, config, desc="base greedy")
     results = {"train_blocks": len(blocks), "epoch_cap": config.study.controls_epochs, "until_loss": config.train.until_loss, "methods": {},
+               "lr_sweep": ({"multiples": config.study.controls_lr_sweep, "epochs": config.study.controls_sweep_epochs}
+                            if config.study.controls_lr_sweep else None),
                "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)}}
     for spec in config.study.controls:
         folder = out_dir / spec.replace(":", "-")
@@ -106,7 +141,10 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
 def controls_table(results: dict) -> str:
     lines = [
         f"Each method trained on the same {results['train_blocks']} blocks until its training loss reached {results['until_loss']} "
-        f"(at most {results['epoch_cap']} epochs); greedy continuations of the analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}.",
+        f"(at most {results['epoch_cap']} epochs); greedy continuations of the analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}. "
+        + (f"Each method's learning rate was chosen by a sweep of {results['lr_sweep']['multiples']} x its default, "
+           f"{results['lr_sweep']['epochs']} epochs each, on training loss only." if results.get("lr_sweep") else
+           "Learning rates as configured (no sweep)."),
         "",
         "| method | trainable parameters | lr | train loss | epochs | reached target | held-out perplexity | wall time (s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
