@@ -122,3 +122,15 @@ def test_promoted_selection_keeps_tokens_that_enter_the_hyperfitted_top_k(base_l
     delta, top = static_delta(stats, top_k=1, select="promoted")
     assert top.tolist() == [7] and float(delta[7]) > 0
     assert 30 not in static_delta(stats, top_k=5, select="promoted")[1].tolist()
+
+
+def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all():
+    from hyperfitting.analysis.common import sample_positions, stacked_logits, teacher_forced_logits
+
+    model = make_tiny_model("llama")
+    sequences = [list(range(5, 5 + n)) for n in (12, 7, 20)]
+    starts = [3, 2, 5]
+    everything = torch.cat([logits for _, logits in teacher_forced_logits(model, sequences, starts)])
+    expected = everything[torch.from_numpy(sample_positions(len(everything), 10))]
+    torch.testing.assert_close(stacked_logits(model, sequences, starts, 10), expected)
+    torch.testing.assert_close(stacked_logits(model, sequences, starts, 1000), everything)  # a cap above the total keeps all

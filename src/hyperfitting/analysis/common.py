@@ -29,20 +29,26 @@ def load_pair(config: RunConfig):
     return base, tuned, tokenizer
 
 
-def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8
-                          ) -> Iterator[tuple[int, torch.Tensor]]:
+def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8,
+                          keep: dict[int, np.ndarray] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """For each sequence i, in order, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``.
 
-    Under several processes each scores a contiguous share of the sequences and the shares are
-    gathered, so every process gets every sequence's logits.
+    ``keep`` (sequence -> row indices) keeps only those rows, before anything is gathered: a
+    caller that samples positions never holds, or sends, the logits of the others. Under several
+    processes each scores a contiguous share of the sequences and the shares are gathered, so
+    every process gets every sequence's (kept) logits.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
 
+    def kept(i: int, logits: torch.Tensor) -> torch.Tensor:
+        return logits if keep is None else logits[torch.from_numpy(keep.get(i, np.empty(0, dtype=np.int64)))]
+
     if process_state().num_processes == 1:  # stream: callers that keep only an argmax never hold every logit
-        yield from _teacher_forced_logits_here(model, sequences, starts, batch_size)
+        for i, logits in _teacher_forced_logits_here(model, sequences, starts, batch_size):
+            yield i, kept(i, logits)
         return
     share = my_share(len(sequences))
-    mine = [(share.start + i, logits) for i, logits in
+    mine = [(share.start + i, kept(share.start + i, logits)) for i, logits in
             _teacher_forced_logits_here(model, sequences[share.start:share.stop], starts[share.start:share.stop], batch_size)]
     yield from gather_in_order(mine)
 
@@ -83,10 +89,17 @@ def sample_block_positions(blocks: torch.Tensor, cap: int, seed: int = 0) -> np.
 
 
 def stacked_logits(model, sequences, starts, cap: int) -> torch.Tensor:
-    """Teacher-forced logits of all positions, subsampled to ``cap``: (P, V)."""
-    rows = [logits for _, logits in teacher_forced_logits(model, sequences, starts)]
-    everything = torch.cat(rows) if rows else torch.empty(0)
-    return everything[torch.from_numpy(sample_positions(len(everything), cap))]
+    """Teacher-forced logits at ``cap`` positions sampled from all of them, in position order: (P, V).
+
+    The positions are drawn first (from the sequences' lengths alone) and only their logits are
+    kept, so memory grows with ``cap``, not with the text scored.
+    """
+    lengths = [len(sequence) - start for sequence, start in zip(sequences, starts)]
+    bounds = np.cumsum([0, *lengths])
+    chosen = sample_positions(int(bounds[-1]), cap)
+    keep = {i: chosen[(chosen >= bounds[i]) & (chosen < bounds[i + 1])] - bounds[i] for i in range(len(sequences))}
+    rows = [logits for _, logits in teacher_forced_logits(model, sequences, starts, keep=keep)]
+    return torch.cat(rows) if rows else torch.empty(0)
 
 
 def path_logits(model, prompts, continuations: Sequence[Continuation]) -> torch.Tensor:
