@@ -158,3 +158,24 @@ def test_the_controls_learning_rate_sweep_ranks_by_training_loss_and_sets_diverg
     assert rows[0]["train_loss"] < rows[1]["train_loss"] and not rows[0]["diverged"]
     assert rows[-1]["lr"] == 1000.0 and rows[-1]["diverged"]  # an absurd rate is tried, marked, and never chosen
     assert not list(tmp_path.glob("sweep-*"))  # the trials leave nothing behind
+
+
+def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monkeypatch):
+    from hyperfitting.training import preflight
+
+    need = preflight.estimate(make_tiny_model("llama"), 10**6, 0, 3, False, 4, 2, 16, 2, 2.0)
+    assert need.checkpoint == 12 * 10**6 and need.disk == need.saved_output + 2 * need.checkpoint
+    ram = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0,
+                             checkpoint=10**15)
+    with pytest.raises(preflight.ResourceError, match=r"needs about 931322\.6 GiB more of RAM"):
+        preflight.check_fits(ram, torch.device("cpu"), tmp_path)
+    # On an accelerator the checkpoint still lands in host RAM.
+    with pytest.raises(preflight.ResourceError, match=r"checkpoint gathers the trainable weights and optimizer state into host RAM"):
+        preflight.check_fits(ram, torch.device("meta"), tmp_path)
+    from collections import namedtuple
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(0, 0, 3 * 2**30))
+    disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0,
+                              checkpoint=2 * 2**30)
+    with pytest.raises(preflight.ResourceError, match=r"about 4\.0 GiB of disk .* checkpoint while it is replaced 4\.0\) but 3\.0 GiB are free"):
+        preflight.check_fits(disk, torch.device("cpu"), tmp_path)

@@ -1,5 +1,5 @@
 """Refuse a training run that cannot fit, before hours are spent: memory (weights, optimizer state, trunk cache,
-activations) and disk (an on-disk trunk cache, the saved model)."""
+activations, the per-epoch checkpoint gathered in host RAM) and disk (an on-disk trunk cache, the checkpoint, the saved model)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class Estimate:
     trunk_cache_disk: int
     activations: int
     saved_output: int
+    checkpoint: int = 0
+    """The per-epoch checkpoint: trainable weights and Adam state, gathered whole (unsharded) in process 0's host RAM."""
 
     @property
     def memory(self) -> int:
@@ -36,7 +38,8 @@ class Estimate:
 
     @property
     def disk(self) -> int:
-        return self.trunk_cache_disk + self.saved_output
+        # The checkpoint is replaced atomically: the new file is written beside the old before the rename.
+        return self.trunk_cache_disk + self.saved_output + 2 * self.checkpoint
 
 
 def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blocks_total: int, use_cache: bool,
@@ -53,7 +56,8 @@ def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blo
     # Per token: ~34 saved values of width `hidden` per trained block, logits and their gradient (fp32).
     activations = batch_size * block_tokens * (trained_blocks * 34 * hidden + 3 * vocabulary) * 4
     saved = trainable_parameters * 4 if trainable_parameters < weights * shards // 8 else weights * shards
-    return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved)
+    checkpoint = trainable_parameters * 4 * 3  # fp32 weights and Adam's two moments, whole
+    return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved, checkpoint)
 
 
 def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_loaded: bool = True) -> None:
@@ -66,7 +70,7 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_load
 
         free, where = psutil.virtual_memory().available, "RAM"
     gib = 1024 ** 3
-    to_come = need.memory_to_come + (0 if weights_loaded else need.weights)
+    to_come = need.memory_to_come + (0 if weights_loaded else need.weights) + (need.checkpoint if device.type == "cpu" else 0)
     if to_come > free:
         raise ResourceError(
             f"Beyond the weights already loaded ({need.weights / gib if weights_loaded else 0:.1f} GiB), this run needs about "
@@ -75,11 +79,21 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_load
             f"data.block_tokens, train LoRA instead of every parameter, shard over more processes with "
             f"train.parallelism=fsdp, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
         )
+    if device.type != "cpu":  # the checkpoint is gathered into host RAM, whatever the device
+        import psutil
+
+        host_free = psutil.virtual_memory().available
+        if need.checkpoint > host_free:
+            raise ResourceError(
+                f"Each epoch's checkpoint gathers the trainable weights and optimizer state into host RAM: about "
+                f"{need.checkpoint / gib:.1f} GiB, but {host_free / gib:.1f} GiB are free. Train LoRA instead of every "
+                f"parameter, or run on a machine with more RAM."
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(run_dir).free
     if need.disk > free_disk:
         raise ResourceError(
             f"This run needs about {need.disk / gib:.1f} GiB of disk in {run_dir} (trunk cache {need.trunk_cache_disk / gib:.1f}, "
-            f"saved model or adapter {need.saved_output / gib:.1f}) but {free_disk / gib:.1f} GiB are free. Free some space or "
+            f"saved model or adapter {need.saved_output / gib:.1f}, checkpoint while it is replaced {2 * need.checkpoint / gib:.1f}) but {free_disk / gib:.1f} GiB are free. Free some space or "
             f"choose another run_dir."
         )
