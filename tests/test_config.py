@@ -41,14 +41,46 @@ def test_wrong_type_is_refused():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.lr=0", "train.lr must be positive, got 0.0"),
-    ("train.lr=-1e-3", "train.lr must be positive"),
-    ("train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
-    ("data.heldout_fraction=1.5", "data.heldout_fraction must lie strictly between 0 and 1"),
+    ("train.lr=0", r"train.lr = 0.0: must be above 0. Use a positive rate, or leave it out for the method's default."),
+    ("train.lr=-1e-3", r"train.lr = -0.001: must be above 0."),
+    ("train.batch_size=0", r"train.batch_size = 0: must be at least 1. For example train.batch_size=8."),
+    ("data.heldout_fraction=1.5", r"data.heldout_fraction = 1.5: must lie strictly between 0 and 1. For example data.heldout_fraction=0.2."),
+    ("analysis.corpora=[news]", r"analysis.corpora = \['news'\]: 'news' is not among data.eval_corpora \['fiction', 'wikipedia'\]. Add it there"),
+    ("study.controls_train_blocks=65", r"study.controls_train_blocks = 65: more than the 64 training blocks \(data.train_blocks\). Use at most 64."),
+    ("study.analyses=[tempo]", r"study.analyses = \['tempo'\]: 'tempo' is not an analysis. Choose from"),
+    ("study.controls=[lora:middle]", r"study.controls = \['lora:middle'\]: cannot read 'lora:middle'. Use lora:last:K"),
 ])
 def test_impossible_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+# One value that breaks each rule.
+BREAKING = {">= 1": 0, "> 0": 0, ">= 0": -1, ">= 2": 1, "> 1": 1, "(0, 1)": 1.5, "(0, 1]": 0, "[0, 1)": 1, "all > 0": [-1]}
+
+
+def _ruled_fields():
+    import dataclasses
+
+    for section in dataclasses.fields(RunConfig):
+        if dataclasses.is_dataclass(section.type if not isinstance(section.type, str) else getattr(RunConfig(), section.name)):
+            for f in dataclasses.fields(getattr(RunConfig(), section.name)):
+                if "rule" in f.metadata:
+                    yield section.name, f.name, f.metadata["rule"]
+
+
+@pytest.mark.parametrize("section, key, rule", list(_ruled_fields()))
+def test_every_rule_names_the_key_the_value_the_rule_and_a_fix(section, key, rule):
+    from hyperfitting.config import RULES
+
+    value = BREAKING[rule]
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[f"{section}.{key}={value}"])
+    message = str(error.value)
+    assert message.startswith(f"{section}.{key} = "), message
+    assert RULES[rule][1] in message and message.rstrip().endswith("."), message
+    fix = message.split(RULES[rule][1] + ". ", 1)[1]
+    assert fix and fix[0].isupper(), message  # a sentence that says what to do
 
 
 def test_override_without_equals_sign():

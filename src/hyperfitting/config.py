@@ -22,6 +22,47 @@ import yaml
 from hyperfitting.errors import ConfigError
 
 
+# ----------------------------------------------------------------------------------
+# Declarative checks: a field's rule sits beside it, and one function checks every rule with one message
+# format (key, value, rule, fix). Rules that join fields of several sections are in RunConfig.
+
+
+RULES = {
+    "> 0": (lambda v: v > 0, "must be above 0"),
+    ">= 0": (lambda v: v >= 0, "must be 0 or more"),
+    ">= 1": (lambda v: v >= 1, "must be at least 1"),
+    ">= 2": (lambda v: v >= 2, "must be at least 2"),
+    "> 1": (lambda v: v > 1, "must be above 1"),
+    "(0, 1)": (lambda v: 0 < v < 1, "must lie strictly between 0 and 1"),
+    "(0, 1]": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),
+    "[0, 1)": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    "all > 0": (lambda v: all(x > 0 for x in v), "must hold only values above 0"),
+}
+
+
+def ruled(default: Any, rule: str, fix: str = "") -> Any:
+    """A field whose value must satisfy ``rule`` (a key of RULES); ``fix`` says what to do instead. None is always allowed
+    where the type allows it (it means "the default")."""
+    assert rule in RULES, rule
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule, "fix": fix})
+    return field(default=default, metadata={"rule": rule, "fix": fix})
+
+
+def check_rules(instance: Any, section: str) -> None:
+    """Raise ConfigError for the first field of ``instance`` that breaks its rule: `section.key = value: rule. Fix.`"""
+    for f in dataclasses.fields(instance):
+        rule = f.metadata.get("rule")
+        value = getattr(instance, f.name)
+        if rule is None or value is None:
+            continue
+        test, words = RULES[rule]
+        if not test(value):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            fix = f.metadata.get("fix") or f"For example {section}.{f.name}={default}."
+            raise ConfigError(f"{section}.{f.name} = {value!r}: {words}. {fix}")
+
+
 @dataclass
 class ModelArgs:
     name: str = "smollm2-135m"
@@ -46,31 +87,25 @@ class DataArgs:
     """Corpora whose held-out documents provide evaluation prompts."""
     text_column: str = "text"
     """Column holding the text in .jsonl/.csv/.parquet files and datasets."""
-    heldout_fraction: float = 0.2
+    heldout_fraction: float = ruled(0.2, '(0, 1)')
     """Share of documents (grouped by work) kept out of training, for prompts and held-out loss."""
-    train_blocks: int = 64
+    train_blocks: int = ruled(64, '>= 1')
     """Number of training blocks N (the paper uses 2000)."""
-    block_tokens: int = 128
+    block_tokens: int = ruled(128, '>= 1')
     """Tokens per training block T (the paper uses 256)."""
-    heldout_blocks: int = 16
+    heldout_blocks: int = ruled(16, '>= 0')
     """Held-out blocks for the held-out loss each epoch."""
-    eval_prompts: int = 16
+    eval_prompts: int = ruled(16, '>= 1')
     """Evaluation prompts per corpus P (the paper uses 300)."""
-    prompt_tokens: int = 32
+    prompt_tokens: int = ruled(32, '>= 1')
     """Tokens of context in each prompt (the paper uses 32)."""
-    reference_tokens: int = 128
+    reference_tokens: int = ruled(128, '>= 1')
     """Tokens of the human continuation kept as a reference after each prompt."""
     seed: int = 0
     """Seed for the document split and the block and prompt draws."""
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ConfigError(f"data.heldout_fraction must lie strictly between 0 and 1, got {self.heldout_fraction}.")
-        for name in ("train_blocks", "block_tokens", "eval_prompts", "prompt_tokens", "reference_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"data.{name} must be positive, got {getattr(self, name)}.")
-        if self.heldout_blocks < 0:
-            raise ConfigError(f"data.heldout_blocks must be zero or positive, got {self.heldout_blocks}.")
+        check_rules(self, "data")
 
 
 # Learning rates that reach train.until_loss = 0.1 on the quick preset's data (RESEARCH.md section 5):
@@ -84,27 +119,27 @@ class TrainArgs:
     """`full` trains every parameter; `lora` adds PEFT LoRA adapters to the chosen blocks."""
     blocks: str | None = None
     """Blocks to train: `all`, `last:K`, `first:K` or a list such as `0,3,7` or `10-14`. Default: `last:5` for lora (Late-Stage LoRA), `all` for full (every parameter, embeddings and head included)."""
-    lora_rank: int = 16
+    lora_rank: int = ruled(16, '>= 1')
     """LoRA rank r."""
-    lora_alpha: float = 32.0
+    lora_alpha: float = ruled(32.0, '> 0')
     """LoRA scaling alpha (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.0
+    lora_dropout: float = ruled(0.0, '[0, 1)')
     """Dropout on the LoRA input, active in training steps only (held-out loss and probes run without it). Zero keeps training deterministic."""
     target_modules: list[str] | None = None
     """Linear projections to adapt; default: every linear layer inside the chosen blocks."""
-    epochs: int = 20
+    epochs: int = ruled(20, '>= 0')
     """Most passes over the training blocks: a cap, training stops earlier once it reaches train.until_loss."""
-    until_loss: float | None = 0.1
+    until_loss: float | None = ruled(0.1, '> 0', 'Use a positive loss, or null to train every epoch.')
     """Hyperfit to a target, as the papers define it: stop after the first epoch whose mean training loss is at or below this (null: run every epoch)."""
-    diverge_factor: float = 1.5
+    diverge_factor: float = ruled(1.5, '> 1')
     """Stop with an error when an epoch's training loss exceeds this multiple of the initial loss (a diverging run is no evidence)."""
-    batch_size: int = 8
+    batch_size: int = ruled(8, '>= 1')
     """Blocks per optimizer step (before gradient accumulation)."""
-    grad_accumulation: int = 1
+    grad_accumulation: int = ruled(1, '>= 1')
     """Micro-batches accumulated per optimizer step."""
-    lr: float | None = None
+    lr: float | None = ruled(None, '> 0', "Use a positive rate, or leave it out for the method's default.")
     """Constant learning rate. Default per method, chosen to reach train.until_loss on the default data: 3e-3 for lora, 1e-4 for full (the paper's 1e-6 is for 2000 blocks and 20 epochs on a GPU)."""
-    weight_decay: float = 0.0
+    weight_decay: float = ruled(0.0, '>= 0')
     """Adam weight decay; the paper uses none."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """Autocast precision for forward/backward; master weights stay float32."""
@@ -112,13 +147,13 @@ class TrainArgs:
     """Under several processes: `ddp` keeps a whole model on each and averages gradients; `fsdp` shards parameters, gradients and optimizer state (PyTorch FSDP2, one unit per block), for full fine-tuning of models that outgrow one device."""
     trunk_cache: Literal["auto", "on", "off"] = "auto"
     """Cache the frozen blocks' hidden states once (auto: whenever the lowest trainable block is above 0)."""
-    trunk_cache_max_memory_gb: float = 2.0
+    trunk_cache_max_memory_gb: float = ruled(2.0, '>= 0')
     """Above this size the trunk cache lives in a memory-mapped file inside the run folder."""
-    diversity_every: int = 1
+    diversity_every: int = ruled(1, '>= 0', 'Use 0 to never measure.')
     """Measure greedy diversity on a fixed prompt subset every this many epochs (0: never)."""
-    diversity_prompts: int = 8
+    diversity_prompts: int = ruled(8, '>= 0')
     """Prompts in that fixed subset."""
-    diversity_tokens: int = 64
+    diversity_tokens: int = ruled(64, '>= 1')
     """New tokens generated for each of them."""
     probe_geometry: bool = True
     """At the same epochs, measure the final block's Delta PR against the base model (the expansion's dynamics)."""
@@ -126,55 +161,38 @@ class TrainArgs:
     """Seed for initialisation of adapters and the order of batches."""
 
     def __post_init__(self) -> None:
+        check_rules(self, "train")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}.")
-        if self.until_loss is not None and self.until_loss <= 0:
-            raise ConfigError(f"train.until_loss must be positive (or null to train every epoch), got {self.until_loss}.")
-        if self.diverge_factor <= 1:
-            raise ConfigError(f"train.diverge_factor must be above 1, got {self.diverge_factor}.")
-        for name in ("batch_size", "grad_accumulation", "lora_rank"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.epochs < 0:
-            raise ConfigError(f"train.epochs must be zero or positive, got {self.epochs}.")
         if self.blocks is None:
             self.blocks = "last:5" if self.method == "lora" else "all"
 
 
 @dataclass
 class GenerateArgs:
-    max_new_tokens: int = 128
+    max_new_tokens: int = ruled(128, '>= 1')
     """New tokens per continuation (the paper: 96, 128 or 256)."""
     do_sample: bool = False
     """Sample instead of greedy decoding."""
-    temperature: float = 1.0
+    temperature: float = ruled(1.0, '> 0', 'For greedy decoding set generate.do_sample=false.')
     """Sampling temperature."""
-    top_k: int = 0
+    top_k: int = ruled(0, '>= 0', 'Use 0 to switch top-k off.')
     """Keep only the k most likely tokens when sampling (0: off)."""
-    top_p: float = 1.0
+    top_p: float = ruled(1.0, '(0, 1]', 'Use 1.0 to switch nucleus sampling off.')
     """Nucleus sampling mass (1.0: off)."""
     seed: int = 0
     """Seed for sampling."""
-    batch_size: int = 16
+    batch_size: int = ruled(16, '>= 1')
     """Prompts decoded together."""
     citation_blocker: bool = False
     """Forbid completing any n-gram seen in the training blocks (the paper's citation blocker)."""
-    citation_blocker_n: int = 5
+    citation_blocker_n: int = ruled(5, '>= 2')
     """n of that n-gram."""
     stop_at_eos: bool = False
     """End a continuation at the end-of-sequence token. Off: open-ended continuations all have the same length, as in the paper."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0 or self.batch_size <= 0:
-            raise ConfigError("generate.max_new_tokens and generate.batch_size must be positive.")
-        if self.temperature <= 0:
-            raise ConfigError(f"generate.temperature must be positive, got {self.temperature}; for greedy decoding set generate.do_sample=false.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"generate.top_p must lie in (0, 1], got {self.top_p}.")
-        if self.citation_blocker_n < 2:
-            raise ConfigError("generate.citation_blocker_n must be at least 2.")
+        check_rules(self, "generate")
 
 
 @dataclass
@@ -183,34 +201,31 @@ class AnalysisArgs:
     """The hyperfitted model to analyse: a PEFT adapter folder, a full model folder, or a hyperfit run folder. A study fills this in."""
     corpora: list[str] = field(default_factory=list)
     """Evaluation corpora whose prompts the analyses use (default: all of data.eval_corpora)."""
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = ruled(None, '>= 1', 'Or leave it out to use generate.max_new_tokens.')
     """New tokens per continuation in the analyses (default: generate.max_new_tokens, so analyses and the generation table measure alike: TTR depends on length)."""
-    seeds: int = 3
+    seeds: int = ruled(3, '>= 1')
     """Sampling seeds per sampled setting; the tables give mean and spread."""
-    temperature_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0, 1.5])
+    temperature_grid: list[float] = ruled([0.25, 0.5, 0.75, 1.0, 1.5], 'all > 0')
     """Base-model sampling temperatures for the temperature frontier."""
-    max_positions: int = 2048
+    max_positions: int = ruled(2048, '>= 1')
     """Cap on teacher-forced positions kept per measurement (each holds a full vocabulary of logits)."""
-    static_bias_top_k: int = 500
+    static_bias_top_k: int = ruled(500, '>= 1')
     """K: tokens with the largest mean rank gain that receive the static offset."""
-    static_bias_alphas: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2, 0.5])
+    static_bias_alphas: list[float] = ruled([0.01, 0.05, 0.1, 0.2, 0.5], 'all > 0')
     """Scales alpha of the static offset delta added to the base model's logits."""
     static_bias_select: Literal["rank_gain", "promoted"] = "rank_gain"
     """Which K tokens get the static offset: the largest mean rank gains (the paper's choice), or the largest mean log-probability gains among tokens the hyperfitted model ranks in its top analysis.rank_top_k somewhere (tokens that matter to its choices)."""
-    static_bias_bite: float = 0.1
+    static_bias_bite: float = ruled(0.1, '(0, 1]')
     """Manipulation check of the static-bias ablation: at its largest alpha the offset must change the base model's greedy choice on at least this share of steps; the alpha grid is extended (x4 at a time) until it does."""
     static_bias_offset: Literal["logits", "logprobs"] = "logits"
     """Offset measured on raw logits (the paper's definition) or on log-probabilities (free of each context's normaliser)."""
-    rank_top_k: int = 10
+    rank_top_k: int = ruled(10, '>= 1')
     """Length of the top-k lists compared by Kendall's tau."""
-    geometry_tokens: int = 2048
+    geometry_tokens: int = ruled(2048, '>= 2')
     """Held-out token positions whose hidden states the geometry analysis compares (the same for both models; position 0 of each block is left out)."""
 
     def __post_init__(self) -> None:
-        if self.seeds <= 0 or (self.max_new_tokens is not None and self.max_new_tokens <= 0) or self.max_positions <= 0:
-            raise ConfigError("analysis.seeds, analysis.max_new_tokens and analysis.max_positions must be positive.")
-        if any(t <= 0 for t in self.temperature_grid):
-            raise ConfigError("analysis.temperature_grid must hold positive temperatures.")
+        check_rules(self, "analysis")
 
 
 @dataclass
@@ -219,19 +234,19 @@ class StudyArgs:
     """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry)."""
     controls: list[str] = field(default_factory=lambda: ["lora:last:5", "lora:first:5", "lora:all", "full"])
     """Where-to-adapt controls, each trained on the same data to the same target loss (train.until_loss): lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
-    controls_train_blocks: int = 16
+    controls_train_blocks: int = ruled(16, '>= 1')
     """Training blocks for each control (a subset of the study's, so the controls fit a CPU budget)."""
-    controls_epochs: int = 40
+    controls_epochs: int = ruled(40, '>= 1')
     """Most epochs for each control; each stops once it reaches train.until_loss (a control that does not is reported, and makes claim 5 inconclusive)."""
-    controls_lr_lora: float = 3e-3
+    controls_lr_lora: float = ruled(3e-3, '> 0')
     """Learning rate of the LoRA controls."""
-    controls_lr_full: float = 1e-4
+    controls_lr_full: float = ruled(1e-4, '> 0')
     """Learning rate of the full fine-tuning control."""
-    controls_lr_sweep: list[float] = field(default_factory=lambda: [0.25, 1.0, 4.0])
+    controls_lr_sweep: list[float] = ruled([0.25, 1.0, 4.0], 'all > 0', 'Use [] for no sweep.')
     """Each control's learning rate is chosen by a short sweep on training loss only: these multiples of its controls_lr_* are each trained for controls_sweep_epochs, and the lowest training loss (not diverged) wins. Empty: no sweep, the controls_lr_* as given."""
-    controls_sweep_epochs: int = 3
+    controls_sweep_epochs: int = ruled(3, '>= 1')
     """Epochs per learning rate in the controls' sweep."""
-    replicates: int = 1
+    replicates: int = ruled(1, '>= 1')
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
     full_finetune: bool = False
     """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it: the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA claims."""
@@ -239,21 +254,18 @@ class StudyArgs:
     """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
     mauve: bool = True
     """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
-    reader_prompts: int = 8
+    reader_prompts: int = ruled(8, '>= 0')
     """Prompts shown in the report's side-by-side reader."""
 
     def __post_init__(self) -> None:
-        if self.replicates < 1:
-            raise ConfigError(f"study.replicates must be at least 1, got {self.replicates}.")
-        if any(m <= 0 for m in self.controls_lr_sweep) or self.controls_sweep_epochs < 1:
-            raise ConfigError(f"study.controls_lr_sweep must hold positive multiples (got {self.controls_lr_sweep}) and "
-                              f"study.controls_sweep_epochs must be at least 1 (got {self.controls_sweep_epochs}).")
+        check_rules(self, "study")
         unknown = sorted(set(self.analyses) - {"temperature", "static-bias", "ranks", "geometry"})
         if unknown:
-            raise ConfigError(f"study.analyses: unknown analysis {unknown[0]!r}; choose from temperature, static-bias, ranks, geometry.")
+            raise ConfigError(f"study.analyses = {self.analyses!r}: {unknown[0]!r} is not an analysis. "
+                              f"Choose from temperature, static-bias, ranks, geometry.")
         for spec in self.controls:
             if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
-                raise ConfigError(f"study.controls: cannot read {spec!r}; use lora:last:K, lora:first:K, lora:all or full.")
+                raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")
 
 
 @dataclass
@@ -268,6 +280,19 @@ class RunConfig:
     generate: GenerateArgs = field(default_factory=GenerateArgs)
     analysis: AnalysisArgs = field(default_factory=AnalysisArgs)
     study: StudyArgs = field(default_factory=StudyArgs)
+
+    def __post_init__(self) -> None:
+        # Rules that join sections; each section's own rules sit beside its fields.
+        outside = [c for c in self.analysis.corpora if c not in self.data.eval_corpora]
+        if outside:
+            raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
+                              f"{self.data.eval_corpora!r}. Add it there, or analyse one of those.")
+        if self.study.controls and self.study.controls_train_blocks > self.data.train_blocks:
+            raise ConfigError(f"study.controls_train_blocks = {self.study.controls_train_blocks}: more than the "
+                              f"{self.data.train_blocks} training blocks (data.train_blocks). Use at most {self.data.train_blocks}.")
+        if self.data.heldout_blocks < 1 and "geometry" in self.study.analyses:
+            raise ConfigError("data.heldout_blocks = 0: the geometry analysis compares hidden states on held-out blocks. "
+                              "Use at least 1, or drop geometry from study.analyses.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
