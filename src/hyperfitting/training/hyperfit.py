@@ -74,6 +74,23 @@ def mean_block_loss(loss_fn: BlockLoss, blocks: torch.Tensor, cache: TrunkCache 
     return total / count
 
 
+def divergence(log: list[dict], factor: float, patience: int) -> str | None:
+    """Why the training loss in ``log`` (epoch 0 first) counts as diverged, or None.
+
+    Either it rose above ``factor`` times its starting value, or it stayed above its starting
+    value for ``patience`` epochs in a row (a run that goes nowhere is no evidence either).
+    """
+    start, last = log[0]["train_loss"], log[-1]
+    if last["train_loss"] > factor * start:
+        return (f"the loss rose from {start:.3f} to {last['train_loss']:.3f} in epoch {last['epoch']} "
+                f"(more than train.diverge_factor={factor:g} times the start)")
+    recent = log[1:][-patience:]
+    if len(recent) == patience and all(row["train_loss"] > start for row in recent):
+        return (f"the loss stayed above its starting value {start:.3f} for {patience} epochs in a row "
+                f"(epochs {recent[0]['epoch']}-{recent[-1]['epoch']}; train.diverge_patience={patience})")
+    return None
+
+
 def check_batch_split(n_blocks: int, batch_size: int, processes: int, accumulation: int) -> None:
     """Refuse, up front, a split that would make processes disagree or an epoch end inside an accumulation group.
 
@@ -249,7 +266,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
         log.append(row)
         say(_format_row(row))
-        diverged = epoch_loss > args.diverge_factor * log[0]["train_loss"]  # the same reduced value on every process
+        diverged = divergence(log, args.diverge_factor, args.diverge_patience)  # from reduced values: the same on every process
         if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
             row.update(probe(bare_model, lockstep=shard))  # the last epoch is always probed
         if shard or accelerator.is_main_process:  # gathering the shards is a collective; otherwise process 0 alone copies
@@ -260,9 +277,8 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
             write_jsonl(stage_dir / "train_log.jsonl", log)
         if diverged:
             raise DivergenceError(
-                f"Training diverged: the loss rose from {log[0]['train_loss']:.3f} to {epoch_loss:.3f} in epoch {epoch} "
-                f"(more than train.diverge_factor={args.diverge_factor:g} times the start). A diverging run is no evidence of "
-                f"hyperfitting; lower train.lr (now {args.lr:g}) and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
+                f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
+                f"and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
             )
         if reached_target(log, args.until_loss):
             say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
