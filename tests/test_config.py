@@ -46,7 +46,6 @@ def test_wrong_type_is_refused():
     ("train.batch_size=0", r"train.batch_size = 0: must be at least 1. For example train.batch_size=8."),
     ("data.heldout_fraction=1.5", r"data.heldout_fraction = 1.5: must lie strictly between 0 and 1. For example data.heldout_fraction=0.2."),
     ("analysis.corpora=[news]", r"analysis.corpora = \['news'\]: 'news' is not among data.eval_corpora \['fiction', 'wikipedia'\]. Add it there"),
-    ("study.controls_train_blocks=65", r"study.controls_train_blocks = 65: more than the 64 training blocks \(data.train_blocks\). Use at most 64."),
     ("study.analyses=[tempo]", r"study.analyses = \['tempo'\]: 'tempo' is not an analysis. Choose from"),
     ("study.controls=[lora:middle]", r"study.controls = \['lora:middle'\]: cannot read 'lora:middle'. Use lora:last:K"),
 ])

@@ -78,3 +78,37 @@ def test_short_hyperfit_lowers_the_loss_and_the_adapter_loads_with_plain_peft(re
         ids = torch.tensor([prompt])
         out = plain.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=open_ended)
         assert out[0, len(prompt):].tolist() == expected.token_ids
+
+
+def test_the_embedded_gemma_loads_and_decodes_like_generate():
+    """Gemma-3-270M ships in five packages: assembled (SHA-256 checked), dequantised, and usable by every path."""
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.models.blocks import find_block_stack
+    from hyperfitting.models.loading import load_model
+
+    model, tokenizer = load_model(ModelArgs(name="gemma3-270m"))
+    assert type(model).__name__ == "Gemma3ForCausalLM" and len(find_block_stack(model)) == 18
+    prompt = tokenizer("The old house stood at the end of the lane, and")["input_ids"]
+    from hyperfitting.data.splits import leading_special_tokens
+
+    assert leading_special_tokens(tokenizer) == [tokenizer.bos_token_id] == prompt[:1]  # every block and prompt starts with <bos>
+    ours = generate(model, tokenizer, [prompt], GenerateArgs(max_new_tokens=12), show_progress=False)[0].token_ids
+    theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    assert ours == theirs
+
+
+def test_blocks_and_prompts_start_with_the_tokens_the_tokenizer_puts_first(tmp_path, real_tokenizer):
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.data.splits import leading_special_tokens, prepare_data
+    from hyperfitting.models.loading import tokenizer_for
+
+    for i in range(4):
+        (tmp_path / f"book{i}.txt").write_text(" ".join(f"the lamp {i} and the river {j} ran past" for j in range(300)))
+    args = load_config(overrides=[f"data.corpus={tmp_path}", f"data.eval_corpora=[{tmp_path}]", "data.train_blocks=4",
+                                  "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=2"]).data
+    assert leading_special_tokens(real_tokenizer) == []  # SmolLM2 puts nothing first: its data is unchanged
+    gemma = tokenizer_for(ModelArgs(name="gemma3-270m"))
+    data = prepare_data(args, gemma)
+    assert data.train_blocks.shape == (4, 32) and bool((data.train_blocks[:, 0] == gemma.bos_token_id).all())
+    assert bool((data.heldout_blocks[:, 0] == gemma.bos_token_id).all())
+    assert all(p.prompt_ids[0] == gemma.bos_token_id and len(p.prompt_ids) == 33 for ps in data.prompts.values() for p in ps)

@@ -289,9 +289,6 @@ class RunConfig:
         if outside:
             raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
                               f"{self.data.eval_corpora!r}. Add it there, or analyse one of those.")
-        if self.study.controls and self.study.controls_train_blocks > self.data.train_blocks:
-            raise ConfigError(f"study.controls_train_blocks = {self.study.controls_train_blocks}: more than the "
-                              f"{self.data.train_blocks} training blocks (data.train_blocks). Use at most {self.data.train_blocks}.")
         if self.data.heldout_blocks < 1 and "geometry" in self.study.analyses:
             raise ConfigError("data.heldout_blocks = 0: the geometry analysis compares hidden states on held-out blocks. "
                               "Use at least 1, or drop geometry from study.analyses.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -125,15 +125,35 @@ def draw_prompts(
     return prompts
 
 
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The tokens a tokenizer puts before any text by default (Gemma's <bos>; none for SmolLM2).
+
+    A model pretrained with them in front of every sequence degenerates without them (Gemma-3
+    ends its continuation at once), so every block and prompt starts with them.
+    """
+    with_special = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    extra = len(with_special) - len(plain)
+    return list(with_special[:extra]) if extra > 0 and list(with_special[extra:]) == list(plain) else []
+
+
+def _with_prefix(blocks: torch.Tensor, prefix: list[int]) -> torch.Tensor:
+    if not prefix:
+        return blocks
+    return torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(blocks), -1), blocks], dim=1)
+
+
 def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
     """Load, split and tokenise the training corpus and every evaluation corpus."""
     train_documents = load_corpus(args.corpus, args.text_column)
     split = split_documents(train_documents, args.heldout_fraction, args.seed)
     train_tokens = tokenize_documents(tokenizer, split.train)
     heldout_tokens = tokenize_documents(tokenizer, split.heldout)
-    train_blocks = draw_blocks(train_tokens, args.train_blocks, args.block_tokens, args.seed, "training")
+    prefix = leading_special_tokens(tokenizer)
+    text_tokens = args.block_tokens - len(prefix)  # blocks keep data.block_tokens tokens in all
+    train_blocks = _with_prefix(draw_blocks(train_tokens, args.train_blocks, text_tokens, args.seed, "training"), prefix)
     heldout_blocks = (
-        draw_blocks(heldout_tokens, args.heldout_blocks, args.block_tokens, args.seed + 1, "held-out")
+        _with_prefix(draw_blocks(heldout_tokens, args.heldout_blocks, text_tokens, args.seed + 1, "held-out"), prefix)
         if args.heldout_blocks
         else torch.empty(0, args.block_tokens, dtype=torch.long)
     )
@@ -144,6 +164,7 @@ def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
         "heldout_documents": len(split.heldout),
         "heldout_groups": sorted({d.group for d in split.heldout}),
         "train_tokens_available": sum(map(len, train_tokens)),
+        "prefix_tokens": prefix,
     }
     for corpus in args.eval_corpora:
         if corpus == args.corpus:
@@ -152,5 +173,5 @@ def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
             # Another corpus was never trained on: all of it is held out.
             documents = load_corpus(corpus, args.text_column)
             tokens = tokenize_documents(tokenizer, documents)
-        prompts[corpus] = draw_prompts(corpus, documents, tokens, args, args.seed + 2)
+        prompts[corpus] = [replace(p, prompt_ids=prefix + p.prompt_ids) for p in draw_prompts(corpus, documents, tokens, args, args.seed + 2)]
     return PreparedData(train_blocks, heldout_blocks, prompts, manifest)
