@@ -29,7 +29,7 @@ def _study_args(model, corpus, run_dir):
             "analysis.static_bias_top_k=20", "analysis.max_positions=64", "analysis.geometry_tokens=32",
             "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
             "study.controls_lr_sweep=[1.0,4.0]", "study.controls_sweep_epochs=1",
-            "study.reader_prompts=2"]
+            "study.reader_prompts=2", f"study.judge={model}"]
 
 
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
@@ -59,6 +59,10 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     geometry = json.loads((run_dir / "analysis-geometry-full" / "results.json").read_text())
     assert geometry["localisation_forced"] is None and all(change > 0 for change in geometry["weight_change"])
     assert "Claims 1-4 on the fully fine-tuned model" in (run_dir / "report.md").read_text()
+    judge = json.loads((run_dir / "quality" / "results.json").read_text())["judge"]
+    assert set(judge["corpora"][str(corpus)]) == {"base", "hyperfitted", "hyperfitted-blocked", "human"}
+    assert all(r["low"] <= r["perplexity"] <= r["high"] for r in judge["corpora"][str(corpus)].values())
+    assert "under an independent judge" in (run_dir / "report.md").read_text()
     seeds = [(run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")]
     assert seeds[0] != seeds[1]  # another seed: another data order and adapter initialisation
     # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.

@@ -254,6 +254,8 @@ class StudyArgs:
     """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it: the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA claims."""
     citation_blocked_row: bool = True
     """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
+    judge: str | None = "auto"
+    """Independent judge model for quality: the perplexity of every row's text under it (auto: gemma3-270m judges other models, smollm2-135m judges Gemma; any model name; null: none). Low perplexity alone rewards repetition: read it beside TTR."""
     mauve: bool = True
     """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
     reader_prompts: int = ruled(8, '>= 0')

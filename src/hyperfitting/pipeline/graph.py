@@ -253,6 +253,11 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
                                sections=("model", "train", "generate", "study"), parents=("data",),
                                files=model_files(config.model.name), values=_analysis_values(config)))
-    specs.append(StageSpec("quality", "MAUVE and the side-by-side reader", config, sections=("model", "generate", "study"),
-                           parents=("data", "base", "hyperfitted"), files=model_files(config.model.name)))
+    from hyperfitting.report.quality import judge_name
+
+    judge = judge_name(config.study.judge, config.model.name)
+    decoded = ("base", "hyperfitted") + (("hyperfitted-blocked",) if any(s.name == "hyperfitted-blocked" for s in specs) else ())
+    specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
+                           sections=("model", "generate", "study"), parents=("data", *decoded),
+                           files=model_files(config.model.name) + (model_files(judge) if judge else ())))
     return StageGraph(run_dir, specs)

@@ -7,6 +7,7 @@ stage's folder. An interrupted or extended run resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import platform
 import time
 from dataclasses import replace
@@ -214,11 +215,13 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     graph.announce("quality")
     started = time.perf_counter()
     folder = stage.start()
-    generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in ("base", "hyperfitted")}
-    results: dict = {"mauve": {}, "reader": [], "samples": 0}
+    rows_decoded = ["base", "hyperfitted"] + (["hyperfitted-blocked"] if "hyperfitted-blocked" in graph else [])
+    generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in rows_decoded}
+    results: dict = {"mauve": {}, "reader": [], "samples": 0,
+                     "judge": judge_quality(config, data, tokenizer, generations)}
     if config.study.mauve:
         for corpus, prompts in data.prompts.items():
-            rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in generations}
+            rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
             prompt_ids = [p.prompt_ids for p in prompts]
             human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts])
             results["mauve"][corpus] = {
@@ -236,6 +239,33 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
         results["reader"].append(item)
     write_json(folder / "results.json", results)
     stage.finish(time.perf_counter() - started)
+    return results
+
+
+def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations: dict[str, list[dict]]) -> dict | None:
+    """Perplexity of every row's continuations (and the human ones) under the independent judge, per corpus, with intervals."""
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.report.quality import judge_log_perplexities, judge_name
+    from hyperfitting.stats import mean
+
+    name = judge_name(config.study.judge, config.model.name)
+    if name is None:
+        return None
+    judge, judge_tokenizer = load_model(ModelArgs(name=name, dtype=config.model.dtype))
+    results: dict = {"model": name, "corpora": {}}
+    length = config.generate.max_new_tokens
+    for corpus, prompts in data.prompts.items():
+        texts = [tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in prompts]
+        rows = {row: [tokenizer.decode(g["continuation_ids"], skip_special_tokens=True) for g in generations[row] if g["corpus"] == corpus]
+                for row in generations}
+        rows["human"] = [tokenizer.decode(p.reference_ids[:length], skip_special_tokens=True) for p in prompts]
+        results["corpora"][corpus] = {}
+        for row, continuations in rows.items():
+            values = [v for v in judge_log_perplexities(judge, judge_tokenizer, texts, continuations) if v == v]
+            estimate = mean(values)  # of log-perplexities: the interval is then exponentiated
+            results["corpora"][corpus][row] = {"perplexity": math.exp(estimate.value), "low": math.exp(estimate.low),
+                                               "high": math.exp(estimate.high), "per_prompt_log_perplexity": values}
+    del judge
     return results
 
 

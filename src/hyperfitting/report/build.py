@@ -147,6 +147,16 @@ def build_report(run_dir: Path) -> dict:
         for corpus, row in quality["mauve"].items():
             md.append(f"| {corpus} | {row['base']:.3f} | {row['hyperfitted']:.3f} |")
         md.append("")
+        judge = quality.get("judge")
+        if judge:
+            names = list(next(iter(judge["corpora"].values())))
+            md += [f"Perplexity of each row's text under an independent judge, {judge['model']} (geometric mean over prompts "
+                   "[95% interval]). Repetitive text is easy to predict, so a low perplexity alone is no mark of quality: read "
+                   "it beside the TTR.", "", "| corpus | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+            for corpus, rows in judge["corpora"].items():
+                md.append(f"| {corpus} | " + " | ".join(f"{rows[n]['perplexity']:.1f} [{rows[n]['low']:.1f}, {rows[n]['high']:.1f}]"
+                                                     for n in names) + " |")
+            md.append("")
     sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),
                 ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png")]
     for name, title, image in sections:

@@ -46,3 +46,30 @@ def base_ranks_of_path(base, prompt: Sequence[int], continuation: Sequence[int])
     (_, logits), = teacher_forced_logits(base, [list(prompt) + list(continuation)], [len(prompt)])
     ranks = ranks_of(logits)
     return ranks.gather(1, torch.tensor(continuation)[:, None]).squeeze(1).tolist()
+
+
+def judge_name(choice: str | None, studied: str) -> str | None:
+    """The judge of a study: `auto` picks the other embedded model (Gemma judges SmolLM2 and the reverse)."""
+    if choice in (None, "", "none"):
+        return None
+    if choice == "auto":
+        return "smollm2-135m" if "gemma" in studied.lower() else "gemma3-270m"
+    return choice
+
+
+@torch.no_grad()
+def judge_log_perplexities(judge, judge_tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+    """Per continuation, the mean negative log-likelihood (nats per judge token) of its text under an independent model,
+    given the prompt's text. Texts are re-tokenised by the judge, whose vocabulary differs from the studied model's."""
+    device = next(judge.parameters()).device
+    values = []
+    for prompt, continuation in zip(prompts, continuations):
+        context = judge_tokenizer(prompt)["input_ids"]  # with the judge's own leading tokens (Gemma's <bos>)
+        target = judge_tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not target:
+            values.append(float("nan"))
+            continue
+        ids = torch.tensor([context + target], device=device)
+        log_probs = torch.log_softmax(judge(input_ids=ids, use_cache=False).logits[0, len(context) - 1:-1].float(), dim=-1)
+        values.append(float(-log_probs.gather(1, torch.tensor(target, device=device)[:, None]).mean()))
+    return values
