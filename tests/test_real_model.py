@@ -44,13 +44,25 @@ def test_trunk_cache_gradients_equal_the_full_forward_on_the_real_model(real_mod
             torch.testing.assert_close(parameter.grad, expected[name], atol=1e-7, rtol=1e-5)
 
 
-def test_greedy_generation_is_deterministic(real_model, real_tokenizer):
+def test_greedy_generation_is_deterministic_across_processes(real_model, real_tokenizer):
+    """Another process (fresh allocator, fresh kernel choices, one thread instead of two) decodes the same tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     prompts = [real_tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     args = GenerateArgs(max_new_tokens=24)
-    first = generate(real_model, real_tokenizer, prompts, args, show_progress=False)
-    second = generate(real_model, real_tokenizer, prompts, args, show_progress=False)
-    assert [o.token_ids for o in first] == [o.token_ids for o in second]
-    assert all(len(o.token_ids) == 24 for o in first)
+    here = [o.token_ids for o in generate(real_model, real_tokenizer, prompts, args, show_progress=False)]
+    assert all(len(ids) == 24 for ids in here)
+    code = ("import json, sys, torch; torch.set_num_threads(1); from hyperfitting.config import GenerateArgs, ModelArgs; "
+            "from hyperfitting.generation.decoding import generate; from hyperfitting.models.loading import load_model; "
+            "model, tokenizer = load_model(ModelArgs(name='smollm2-135m')); "
+            f"out = generate(model, tokenizer, {prompts!r}, GenerateArgs(max_new_tokens=24), show_progress=False); "
+            "print(json.dumps([o.token_ids for o in out]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == here
 
 
 def test_short_hyperfit_lowers_the_loss_and_the_adapter_loads_with_plain_peft(real_model, real_tokenizer, real_model_folder, tmp_path):
