@@ -225,7 +225,7 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
     files = model_files(config.model.name)
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
-    return StageSpec(f"analysis-{analysis}{suffix}", f"analysis: {analysis}" + (f" ({suffix.lstrip('-')})" if suffix else ""),
+    return StageSpec(f"analysis-{analysis}{suffix}", f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
                      config, sections=("model", "generate"), parents=("data",) + ((train_stage,) if train_stage else ()),
                      files=files, values=_analysis_values(config))
 
