@@ -84,7 +84,7 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def timed(device: torch.device, function, repeats: int = 1) -> float:
+def device_seconds(device: torch.device, function, repeats: int = 1) -> float:
     """Mean seconds per call of ``function`` over ``repeats`` calls, the device drained before and after."""
     synchronize(device)
     started = time.perf_counter()
@@ -99,11 +99,11 @@ def roofline(device: torch.device, sizes: Sizes, dtype: torch.dtype) -> dict:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    seconds = timed(device, lambda: a @ b, repeats=10)
+    seconds = device_seconds(device, lambda: a @ b, repeats=10)
     source = torch.empty(sizes.copy_bytes // 2, dtype=torch.bfloat16, device=device)
     target = torch.empty_like(source)
     target.copy_(source)
-    copy_seconds = timed(device, lambda: target.copy_(source), repeats=10)
+    copy_seconds = device_seconds(device, lambda: target.copy_(source), repeats=10)
     del a, b, source, target
     return {"matmul_tflops": 2 * n**3 / seconds / 1e12,
             "copy_tb_per_s": 2 * sizes.copy_bytes / copy_seconds / 1e12}  # bytes read + written
@@ -149,7 +149,7 @@ def full_finetune(shape: str, device, sizes: Sizes, peak_tflops: float) -> dict:
 
     for _ in range(2):  # warm-up: kernels chosen, optimizer state allocated
         step()
-    seconds = timed(device, step, repeats=sizes.train_steps)
+    seconds = device_seconds(device, step, repeats=sizes.train_steps)
     tokens = sizes.batch * sizes.seq
     flops = 3 * forward_flops_per_token(model, context=sizes.seq) * tokens  # forward + backward (2x)
     parameters = sum(p.numel() for p in model.parameters())
@@ -193,7 +193,7 @@ def late_stage_lora(shape: str, device, sizes: Sizes) -> dict:
                 optimizer.zero_grad(set_to_none=True)
 
         epoch()  # warm-up epoch
-        seconds = timed(device, epoch)
+        seconds = device_seconds(device, epoch)
         result[path] = {"epoch_s": seconds, "tokens_per_s": ids.numel() / seconds, "one_off_cache_s": cache_seconds,
                         "first_step_loss": first_loss[0], "peak_gib": peak_gib(device)}
         del model, optimizer, cache, loss_fn
@@ -216,8 +216,8 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
         # The first pass at a width pays one-off costs per new shape (on a GPU, an attention plan per
         # cache length); it is timed on its own, and the steady rate comes from a second, identical pass.
         outputs = []
-        first_s = timed(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
-        seconds = timed(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
+        first_s = device_seconds(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
+        seconds = device_seconds(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
         # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches).
         bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12 / 2)
         result[f"batch_{width}"] = {"tokens_per_s": width * sizes.new_tokens / seconds, "seconds": seconds,
@@ -235,7 +235,7 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
                         min_new_tokens=sizes.new_tokens, do_sample=False, pad_token_id=0))
 
             run_generate()  # same warm start as ours
-            gen_seconds = timed(device, run_generate)
+            gen_seconds = device_seconds(device, run_generate)
             theirs = generated[-1][:, sizes.prompt_tokens:].tolist()
             result[f"generate_batch_{width}"] = {
                 "tokens_per_s": width * sizes.new_tokens / gen_seconds,
@@ -264,7 +264,7 @@ def profile_decoding(shape: str, device, sizes: Sizes) -> None:
     for name, run in runs.items():
         with torch.no_grad():
             run()
-            print(f"{name}: {timed(device, run) / 32 * 1e3:.1f} ms per step", flush=True)
+            print(f"{name}: {device_seconds(device, run) / 32 * 1e3:.1f} ms per step", flush=True)
             with profile(activities=activities) as profiler:
                 run()
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)

@@ -42,10 +42,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
                  "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json",
                  "analysis-temperature/frontier.png", "analysis-static-bias/table.md", "analysis-ranks/results.json",
                  "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html",
-                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json", "hyperfitted-blocked/generations.jsonl"):
+                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json", "hyperfitted-blocked/generations.jsonl",
+                 "analysis-block-swap/block_swap.png", "analysis-block-swap-full/table.md", "report-figures/diversity_quality.png",
+                 "report-figures/diversity_quality-full.png", "analysis-geometry-lowest-heldout/results.json"):
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
-    assert [c["number"] for c in claims] == [1, 2, 3, 4, 5]
+    assert [c["number"] for c in claims] == [1, 2, 3, 4, 5, "1b"]
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
@@ -55,7 +57,7 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert all(c["estimate"]["units"] == 2 and len(c["replicates"]) == 2 for c in claims[:4])
     # The fully fine-tuned model: every block trainable, so claim 4's localisation is not forced by construction.
     full_claims = json.loads((run_dir / "metrics.json").read_text())["claims_full_finetune"]
-    assert [c["number"] for c in full_claims] == [1, 2, 3, 4]
+    assert [c["number"] for c in full_claims] == [1, 2, 3, 4, "1b"]
     geometry = json.loads((run_dir / "analysis-geometry-full" / "results.json").read_text())
     assert geometry["localisation_forced"] is None and all(change > 0 for change in geometry["weight_change"])
     assert "Claims 1-4 on the fully fine-tuned model" in (run_dir / "report.md").read_text()
@@ -63,6 +65,21 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert set(judge["corpora"][str(corpus)]) == {"base", "hyperfitted", "hyperfitted-blocked", "human"}
     assert all(r["low"] <= r["perplexity"] <= r["high"] for r in judge["corpora"][str(corpus)].values())
     assert "under an independent judge" in (run_dir / "report.md").read_text()
+    # Claim 1(b): every decoded path of both temperature analyses judged, prompt by prompt.
+    frontier = judge["frontier"]
+    assert set(frontier) == {"analysis-temperature", "analysis-temperature-full"}
+    points = frontier["analysis-temperature"]
+    assert {"hyperfitted", "base, greedy", "base, sampling baseline", "human"} <= set(points)
+    assert all(len(p["ttr"]) == len(p["log_perplexity"]) == 3 for p in points.values())
+    assert "Claim 1(b): diversity against quality" in (run_dir / "report.md").read_text()
+    assert "is the expansion specific to hyperfitting?" in (run_dir / "report.md").read_text()
+    # The saved adapter carries a model card (the card classes read its header back) with the study's verdicts.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "train" / "adapter" / "README.md")
+    assert card.data.library_name == "peft" and "hyperfitting" in card.data.tags
+    assert "## Does hyperfitting hold here?" in card.text and "PeftModel.from_pretrained" in card.text
+    assert "## Evaluation" in card.text and "fingerprint" in card.text
     seeds = [(run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")]
     assert seeds[0] != seeds[1]  # another seed: another data order and adapter initialisation
     # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.

@@ -55,7 +55,7 @@ def test_impossible_values_are_refused(override, message):
 
 
 # One value that breaks each rule.
-BREAKING = {">= 1": 0, "> 0": 0, ">= 0": -1, ">= 2": 1, "> 1": 1, "(0, 1)": 1.5, "(0, 1]": 0, "[0, 1)": 1, "all > 0": [-1]}
+BREAKING = {">= 1": 0, "> 0": 0, ">= 0": -1, ">= 2": 1, "> 1": 1, "(0, 1)": 1.5, "(0, 1]": 0, "[0, 1)": 1, "[0, 1]": 1.5, "all > 0": [-1]}
 
 
 def _ruled_fields():
@@ -102,3 +102,13 @@ def test_fingerprint_follows_sections():
     a, b = load_config(), load_config(overrides=["train.lr=1e-3"])
     assert a.fingerprint("data") == b.fingerprint("data")
     assert a.fingerprint("train") != b.fingerprint("train")
+
+
+def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
+    from hyperfitting.report.build import left_out
+
+    quick = left_out(load_config("configs/quick.yaml").to_dict())
+    assert any("block-swap" in m for m in quick) and any("study.replicates" in m for m in quick)
+    assert any("study.full_finetune" in m for m in quick) and any("study.lowest_heldout_control" in m for m in quick)
+    everything = load_config(overrides=["study.replicates=3", "study.full_finetune=true", "study.judge=auto"]).to_dict()
+    assert left_out(everything) == []

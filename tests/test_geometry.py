@@ -33,6 +33,21 @@ def test_standardising_tames_an_outlier_dimension():
     assert participation_ratio(x, standardise=True) == pytest.approx(10.0, rel=0.05)
 
 
+def test_removing_massive_dimensions_reveals_the_expansion_they_hide():
+    from hyperfitting.analysis.geometry import massive_dimensions, trimmed_participation_ratio
+
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(1000, 12)) * np.r_[np.ones(2), np.full(10, 0.05)]  # 2 strong directions, 10 faint ones
+    base[:, 5] += 500.0  # one massive activation, constant across tokens like a position-0 attention sink
+    base[:, 5] *= 1 + 0.2 * rng.normal(size=1000)
+    tuned = base.copy()
+    tuned[:, 6:] *= 20  # the faint directions grow: an expansion
+    assert massive_dimensions(base).tolist() == [5]
+    # Raw, the massive direction hides it (both PR ~1); with it left out, the expansion shows.
+    assert participation_ratio(base) == pytest.approx(1.0, abs=0.01) and participation_ratio(tuned) == pytest.approx(1.0, abs=0.05)
+    assert trimmed_participation_ratio(tuned, [5]) - trimmed_participation_ratio(base, [5]) > 3
+
+
 def test_pca_dimension():
     x = subspace_points(d=5)
     assert pca_dimension(x, 0.999) == 5

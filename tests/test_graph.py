@@ -83,6 +83,15 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
     assert any("summaries_en-us.json" in str(path) for path in graph["data"].files)
 
 
+def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_path):
+    overrides = ["study.full_finetune=true", "study.analyses=[temperature]", "study.controls=[]"]
+    graph = study_graph(load_config(overrides=overrides), tmp_path)
+    assert graph["quality"].parents == ("data", "base", "hyperfitted", "hyperfitted-blocked", "analysis-temperature",
+                                        "analysis-temperature-full")
+    unjudged = study_graph(load_config(overrides=[*overrides, "study.judge=null"]), tmp_path)
+    assert "analysis-temperature" not in unjudged["quality"].parents
+
+
 @pytest.mark.slow
 def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
@@ -95,7 +104,7 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
 
     before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
-    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 7  # with hyperfitted-blocked
+    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 8  # with hyperfitted-blocked and the lowest-held-out control
 
     # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")

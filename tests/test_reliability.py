@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from hyperfitting.config import ModelArgs
 from hyperfitting.errors import ModelError
 from hyperfitting.models.loading import load_model
+from tests.test_cli import _study_args
 
 
 def _train_command(model, corpus, run_dir, *extra):
@@ -136,3 +137,77 @@ def test_a_truncated_model_cache_is_rebuilt_with_a_notice(real_model_folder, tmp
     assert cache_problem(target) is None
     model, _ = load_model(ModelArgs(name="smollm2-135m"))
     assert model.config.num_hidden_layers == 30
+
+
+# ------------------------------------------------------------------------------ faults in every stage of a study
+
+
+def _study_command(model, corpus, run_dir, *extra):
+    return [sys.executable, "-m", "hyperfitting.cli", "study", *_study_args(model, corpus, run_dir), "study.controls=[lora:last:1]",
+            "study.controls_lr_sweep=[]", "study.reader_prompts=1", *extra]
+
+
+def _comparable(value, path=""):
+    """A results file flattened to {path: value}, without what may differ between two identical runs: times and folders."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() if not any(word in key for word in ("second", "wall", "saved_to", "environment", "memory"))
+                for k, v in _comparable(item, f"{path}/{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _comparable(item, f"{path}/{i}").items()}
+    return {path: value}
+
+
+def test_a_study_killed_inside_every_stage_resumes_to_the_same_results(tiny_model_folder, corpus, tmp_path):
+    """SIGKILL inside each stage in turn (at its first completed write, before the file lands), resume, and the
+    finished study's metrics.json equals an uninterrupted run's."""
+    from hyperfitting.config import load_config
+    from hyperfitting.pipeline.graph import study_graph
+    from hyperfitting.rundir import FAULT_ENV
+
+    environment = {**_environment(), "OMP_NUM_THREADS": "1"}  # the same threads in every process: the same floats
+    straight, faulted = tmp_path / "straight" / "run", tmp_path / "faulted" / "run"
+    done = subprocess.run(_study_command(tiny_model_folder, corpus, straight), env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    config = load_config(overrides=[*_study_args(tiny_model_folder, corpus, faulted), "study.controls=[lora:last:1]", "study.controls_lr_sweep=[]"])
+    stages = [*study_graph(config, faulted).names, "report-figures"]
+    assert {"data", "train", "analysis-block-swap", "analysis-geometry-lowest-heldout", "controls", "quality"} <= set(stages)
+    for stage in stages:
+        killed = subprocess.run(_study_command(tiny_model_folder, corpus, faulted, "--resume"), capture_output=True, text=True,
+                                env={**environment, FAULT_ENV: stage})
+        assert killed.returncode == -signal.SIGKILL, f"{stage}: {killed.stderr[-3000:]}"
+        for path in faulted.rglob("*.json"):  # nothing half-written where a reader would look
+            json.loads(path.read_text())
+    resumed = subprocess.run(_study_command(tiny_model_folder, corpus, faulted, "--resume"), env=environment, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = (_comparable(json.loads((folder / "metrics.json").read_text())) for folder in (straight, faulted))
+    assert got.keys() == expected.keys()
+    assert {k: v for k, v in got.items() if v != expected[k] and not (v != v and expected[k] != expected[k])} == {}  # NaN is NaN
+
+
+def test_a_write_that_hits_a_file_size_limit_names_the_file_and_the_run_resumes(tiny_model_folder, corpus, tmp_path):
+    import resource
+
+    run_dir = tmp_path / "run"
+    command = _train_command(tiny_model_folder, corpus, run_dir, "train.epochs=2")
+
+    def limit():  # 30 kB: the data stage's files fit, the first checkpoint of the training (weights and Adam state) does not
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, resource.RLIM_INFINITY))
+
+    failed = subprocess.run(command, env=_environment(), capture_output=True, text=True, preexec_fn=limit)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert f"error: Could not write {run_dir / 'train' / 'checkpoint.pt'}: File too large" in failed.stderr, failed.stderr[-3000:]
+    assert "--resume" in failed.stderr
+    assert not list(run_dir.rglob(".*.tmp"))  # the temporary was removed
+    resumed = subprocess.run([*command, "--resume"], env=_environment(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_an_adapter_on_the_wrong_base_model_is_refused_before_anything_loads(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "hyperfit.json").write_text(json.dumps({"base_model": "gemma3-270m"}))  # as a study's model card records it
+    with pytest.raises(ModelError, match="trained on 'gemma3-270m'.*model.name=gemma3-270m"):
+        load_model(ModelArgs(name="smollm2-135m", adapter=str(adapter)))

@@ -65,6 +65,41 @@ def test_hyperfit_lowers_the_training_loss_and_logs_every_epoch(tmp_path):
     assert (tmp_path / "train_log.jsonl").read_text().count("\n") == 4
 
 
+def test_the_weights_at_the_lowest_held_out_loss_are_those_of_a_run_stopped_there(tmp_path):
+    from hyperfitting.training.hyperfit import LOWEST_HELDOUT, lowest_heldout_epoch, restore_trainable
+
+    heldout = torch.randint(2, 8, (2, 16), generator=torch.Generator().manual_seed(4))  # the training distribution: it improves
+    config = load_config(overrides=["train.epochs=4", "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0", "train.blocks=last:2"])
+    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
+    long = hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path / "long")
+    epoch = lowest_heldout_epoch(long.log)
+    assert epoch > 0 and long.log[epoch]["heldout_loss"] == min(r["heldout_loss"] for r in long.log)
+    stopped = hyperfit(make_tiny_model("llama"), train, heldout, load_config(overrides=[*config_overrides(config), f"train.epochs={epoch}"]),
+                       tmp_path / "stopped")
+    saved = torch.load(tmp_path / "long" / LOWEST_HELDOUT, weights_only=True)
+    assert saved["epoch"] == epoch
+    model = restore_trainable(long.model, saved["trainable"], tmp_path / "long")
+    expected = dict(stopped.model.named_parameters())
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter, expected[name])
+
+
+def test_no_control_is_kept_when_the_held_out_loss_never_improved(tmp_path):
+    from hyperfitting.config import ModelArgs
+    from hyperfitting.training.hyperfit import load_lowest_heldout, lowest_heldout_epoch
+
+    worse = [{"epoch": 0, "heldout_loss": 3.0}, {"epoch": 1, "heldout_loss": 3.5}, {"epoch": 2, "heldout_loss": 4.0}]
+    assert lowest_heldout_epoch(worse) == 0  # so no epoch saves its weights: the control is the base model
+    assert lowest_heldout_epoch([{"epoch": 0, "heldout_loss": float("nan")}]) is None  # no held-out blocks
+    assert load_lowest_heldout(ModelArgs(), tmp_path) == (None, 0)
+
+
+def config_overrides(config) -> list[str]:
+    train = config.train
+    return [f"train.batch_size={train.batch_size}", f"train.lr={train.lr}", "train.diversity_every=0", f"train.blocks={train.blocks}"]
+
+
 def test_resuming_from_a_checkpoint_reaches_the_same_weights(tmp_path):
     straight, *_ = _tiny_run(tmp_path / "straight")
     _tiny_run(tmp_path / "interrupted", "train.epochs=1")  # stops after epoch 1, checkpoint kept

@@ -216,3 +216,48 @@ def test_replicates_that_disagree_make_a_decided_claim_inconclusive():
     # One replicate that did not hyperfit is enough to refuse a decision.
     short = {"initial_train_loss": 4.0, "final_train_loss": 0.9, "until_loss": 0.1}
     assert claim_temperature([clear, clear], [TRAINED, short]).verdict == INCONCLUSIVE
+
+
+# ------------------------------------------------------------------------------ claim 1(b): the diversity-quality frontier
+
+
+def frontier_points(tuned_ttr: float, tuned_quality: float, n: int = 64, seed: int = 7) -> dict:
+    """A base model whose TTR rises linearly with judge log-perplexity (0.3 at 1.0 to 0.6 at 3.0), per prompt with noise,
+    and a hyperfitted model at (tuned_ttr, tuned_quality)."""
+    rng = np.random.default_rng(seed)
+
+    def point(ttr, quality):
+        return {"ttr": list(ttr + rng.normal(0, 0.05, n)), "log_perplexity": list(quality + rng.normal(0, 0.2, n))}
+
+    points = {"base, greedy": point(0.30, 1.0), "base, T=0.500": point(0.45, 2.0), "base, T=1.000": point(0.60, 3.0)}
+    return {**points, "hyperfitted": point(tuned_ttr, tuned_quality), "human": point(0.7, 3.5)}
+
+
+def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
+    from hyperfitting.report.verdicts import frontier_gap
+
+    frontier = ([0.3], [1.0], [0.6], [3.0])  # (TTR, log-perplexity) of two base points
+    assert frontier_gap([0.5], [2.0], *frontier) == pytest.approx(0.05)  # the frontier is 0.45 half-way
+    assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(0.075)  # order of the points does not matter
+
+
+@pytest.mark.parametrize("tuned, expected", [((0.70, 2.0), HOLDS), ((0.45, 2.0), FAILS), ((0.47, 2.0), None)])
+def test_claim_1b_above_on_or_near_the_frontier(tuned, expected):
+    from hyperfitting.report.verdicts import claim_frontier
+
+    claim = claim_frontier(frontier_points(*tuned), [TRAINED])
+    if expected is None:  # 0.02 above the frontier against a margin of 0.05: not decided at 64 prompts either way
+        assert claim.verdict in (INCONCLUSIVE, FAILS) and claim.estimate["low"] < 0.05
+    else:
+        assert claim.verdict == expected, claim.reason
+    assert claim.number == "1b" and "frontier" in claim.evidence and "human text" in claim.evidence
+
+
+def test_claim_1b_outside_the_frontier_or_without_a_judge_decides_nothing():
+    from hyperfitting.report.verdicts import NOT_RUN, claim_frontier
+
+    beyond = claim_frontier(frontier_points(0.9, 5.0), [TRAINED])  # less predictable than the hottest base sampling
+    assert beyond.verdict == INCONCLUSIVE and "within the frontier" in beyond.reason
+    assert claim_frontier(None, [TRAINED]).verdict == NOT_RUN
+    untrained = claim_frontier(frontier_points(0.7, 2.0), [{**TRAINED, "final_train_loss": 2.0}])
+    assert untrained.verdict == INCONCLUSIVE and "model hyperfitted" in untrained.reason

@@ -52,6 +52,8 @@ _EXPORTS = {
     "static_bias_analysis": "hyperfitting.analysis.static_bias",
     "rank_analysis": "hyperfitting.analysis.ranks",
     "geometry_analysis": "hyperfitting.analysis.geometry",
+    "block_swap_analysis": "hyperfitting.analysis.block_swap",
+    "swapped_block": "hyperfitting.analysis.block_swap",
     # statistics and verdicts
     "Estimate": "hyperfitting.stats",
     "RULES": "hyperfitting.report.verdicts",

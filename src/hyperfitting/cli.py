@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from hyperfitting.config import RunConfig, describe_fields, load_config
+from hyperfitting.config import ANALYSES, RunConfig, describe_fields, load_config
 from hyperfitting.errors import HyperfitError
 
 EXISTING_HELP = "If the run folder exists: --resume reuses its finished stages, --overwrite deletes it first."
@@ -115,7 +115,7 @@ def evaluate(arguments, resume, overwrite):
 
 
 @cli.command(epilog=_keys_help())
-@click.argument("analysis", type=click.Choice(["temperature", "static-bias", "ranks", "geometry"]))
+@click.argument("analysis", type=click.Choice(ANALYSES))
 @run_options
 def analyze(analysis, arguments, resume, overwrite):
     """Run one mechanism analysis on model.name and analysis.hyperfitted (an adapter, model or run folder).
@@ -125,6 +125,7 @@ def analyze(analysis, arguments, resume, overwrite):
     static-bias   is it a fixed reweighting of the vocabulary? z + alpha * delta
     ranks         overrides, deep-tail tokens, context dependence, rank transplant
     geometry      layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion
+    block-swap    the final block swapped between the models: does it carry the effect?
     """
     from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
@@ -258,6 +259,15 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted. Run the same command with --resume to continue.", err=True)
         sys.exit(130)
+    except OSError as error:
+        from hyperfitting.rundir import NO_ROOM
+
+        if error.errno not in NO_ROOM:
+            raise
+        # A write outside the run folder's atomic writes (a saved model, a cache): say where, and how to go on.
+        click.echo(f"error: could not write {error.filename or 'a file'}: {error.strerror}. Finished stages are kept: make "
+                   "room (or raise the file-size limit), then run the same command with --resume.", err=True)
+        sys.exit(2)
     if sys.stdout.isatty():
         click.echo(f"({time.perf_counter() - started:.0f} s)", err=True)
 

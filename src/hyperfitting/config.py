@@ -36,6 +36,7 @@ RULES = {
     "(0, 1)": (lambda v: 0 < v < 1, "must lie strictly between 0 and 1"),
     "(0, 1]": (lambda v: 0 < v <= 1, "must lie in (0, 1]"),
     "[0, 1)": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    "[0, 1]": (lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
     "all > 0": (lambda v: all(x > 0 for x in v), "must hold only values above 0"),
 }
 
@@ -135,6 +136,8 @@ class TrainArgs:
     """Stop with an error when an epoch's training loss exceeds this multiple of the initial loss (a diverging run is no evidence)."""
     diverge_patience: int = ruled(3, '>= 1')
     """Stop with an error when the training loss stays above its initial value this many epochs in a row."""
+    keep_lowest_heldout: bool = True
+    """Also keep the trainable weights of the epoch with the lowest held-out loss (lowest_heldout.pt in the run folder): the same run stopped before it hyperfitted, which the study's geometry analysis uses as a non-hyperfitting control."""
     batch_size: int = ruled(8, '>= 1')
     """Blocks per optimizer step (before gradient accumulation)."""
     grad_accumulation: int = ruled(1, '>= 1')
@@ -192,9 +195,16 @@ class GenerateArgs:
     """n of that n-gram."""
     stop_at_eos: bool = False
     """End a continuation at the end-of-sequence token. Off: open-ended continuations all have the same length, as in the paper."""
+    contrastive_top_k: int = ruled(0, '>= 0', 'Use 0 to switch contrastive search off.')
+    """Contrastive search (Su and Collier): choose among this many top tokens by confidence minus the degeneration penalty (0: off; the papers use 4-10)."""
+    contrastive_alpha: float = ruled(0.6, '[0, 1]')
+    """Weight of contrastive search's degeneration penalty (0 is greedy decoding)."""
 
     def __post_init__(self) -> None:
         check_rules(self, "generate")
+        if self.contrastive_top_k and (self.do_sample or self.citation_blocker):
+            raise ConfigError("generate.contrastive_top_k > 0 is a deterministic search of its own: it takes no sampling and no "
+                              "citation blocker. Set generate.do_sample=false and generate.citation_blocker=false, or contrastive_top_k=0.")
 
 
 @dataclass
@@ -208,7 +218,13 @@ class AnalysisArgs:
     seeds: int = ruled(3, '>= 1')
     """Sampling seeds per sampled setting; the tables give mean and spread."""
     temperature_grid: list[float] = ruled([0.25, 0.5, 0.75, 1.0, 1.5], 'all > 0')
-    """Base-model sampling temperatures for the temperature frontier."""
+    """Base-model sampling temperatures for the temperature frontier (with T*): its diversity-quality curve, quality judged by study.judge."""
+    baseline_temperature: float = ruled(0.7, '> 0')
+    """Carlsson et al.'s sampling baseline for the base model (T 0.7, top-k 50, top-p 0.9): a row of the temperature table and a point beside the frontier."""
+    baseline_top_k: int = ruled(50, '>= 0', 'Use 0 to switch top-k off.')
+    """Top-k of the sampling baseline."""
+    baseline_top_p: float = ruled(0.9, '(0, 1]', 'Use 1.0 to switch nucleus sampling off.')
+    """Top-p of the sampling baseline."""
     max_positions: int = ruled(2048, '>= 1')
     """Cap on teacher-forced positions kept per measurement (each holds a full vocabulary of logits)."""
     static_bias_top_k: int = ruled(500, '>= 1')
@@ -230,10 +246,14 @@ class AnalysisArgs:
         check_rules(self, "analysis")
 
 
+# The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
+ANALYSES = ("temperature", "static-bias", "ranks", "geometry", "block-swap")
+
+
 @dataclass
 class StudyArgs:
-    analyses: list[str] = field(default_factory=lambda: ["temperature", "static-bias", "ranks", "geometry"])
-    """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry)."""
+    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
+    """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry, block-swap)."""
     controls: list[str] = field(default_factory=lambda: ["lora:last:5", "lora:first:5", "lora:all", "full"])
     """Where-to-adapt controls, each trained on the same data to the same target loss (train.until_loss): lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
     controls_train_blocks: int = ruled(16, '>= 1')
@@ -252,6 +272,8 @@ class StudyArgs:
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to see seed-to-seed spread."""
     full_finetune: bool = False
     """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it: the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA claims."""
+    lowest_heldout_control: bool = True
+    """Also run the geometry analysis on the main run as it was at its epoch of lowest held-out loss (train.keep_lowest_heldout): the same fine-tune stopped before it hyperfitted. Is the expansion specific to hyperfitting?"""
     citation_blocked_row: bool = True
     """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
     judge: str | None = "auto"
@@ -263,10 +285,10 @@ class StudyArgs:
 
     def __post_init__(self) -> None:
         check_rules(self, "study")
-        unknown = sorted(set(self.analyses) - {"temperature", "static-bias", "ranks", "geometry"})
+        unknown = sorted(set(self.analyses) - set(ANALYSES))
         if unknown:
             raise ConfigError(f"study.analyses = {self.analyses!r}: {unknown[0]!r} is not an analysis. "
-                              f"Choose from temperature, static-bias, ranks, geometry.")
+                              f"Choose from {', '.join(ANALYSES)}.")
         for spec in self.controls:
             if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
                 raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")
@@ -291,6 +313,9 @@ class RunConfig:
         if outside:
             raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
                               f"{self.data.eval_corpora!r}. Add it there, or analyse one of those.")
+        if self.study.lowest_heldout_control and "geometry" in self.study.analyses and not self.train.keep_lowest_heldout:
+            raise ConfigError("study.lowest_heldout_control=true needs the weights at the lowest held-out loss: set "
+                              "train.keep_lowest_heldout=true, or study.lowest_heldout_control=false.")
         if self.data.heldout_blocks < 1 and "geometry" in self.study.analyses:
             raise ConfigError("data.heldout_blocks = 0: the geometry analysis compares hidden states on held-out blocks. "
                               "Use at least 1, or drop geometry from study.analyses.")

@@ -27,3 +27,7 @@ class DivergenceError(HyperfitError):
 
 class CheckpointError(HyperfitError):
     """A checkpoint that does not fit the model it should resume."""
+
+
+class OutputError(HyperfitError):
+    """An output that could not be written (a full disk, a file-size limit): what, where, and how to go on."""

@@ -7,6 +7,7 @@ user asks to resume (finished stages are reused) or to overwrite it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from hyperfitting.config import RunConfig, dump_config
-from hyperfitting.errors import RunDirError
+from hyperfitting.errors import OutputError, RunDirError
 
 ExistingPolicy = Literal["refuse", "resume", "overwrite"]
 MARKER = "hyperfit-run.json"
 
 
 FULL = "-full"  # stage-name suffix of the fully fine-tuned model a study can analyse beside its LoRA replicates
+LOWEST = "-lowest-heldout"  # ... and of the main run at its lowest held-out loss: the non-hyperfitting control of the geometry
 
 
 def replicate_suffix(replicate: int) -> str:
@@ -46,18 +48,54 @@ def wait_for_everyone() -> None:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A write that fails for want of room (a full disk, a file-size limit) becomes an ``OutputError`` that
+    names the file: the temporary is removed and ``path`` keeps its old content, so the run resumes.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        _raise_if_no_room(path, error)
+        raise
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are meant to be shared
     try:
         yield Path(tmp)
+        _injected_fault(path)
         os.replace(tmp, path)
+    except OSError as error:
+        _raise_if_no_room(path, error)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+NO_ROOM = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT}
+
+
+def _raise_if_no_room(path: Path, error: OSError) -> None:
+    if error.errno not in NO_ROOM:
+        return
+    raise OutputError(f"Could not write {path}: {error.strerror}. Nothing was half-written (each file is written beside "
+                      "its place and moved there only when complete), and finished stages are kept: make room (or raise "
+                      "the file-size limit), then run the same command with --resume.") from error
+
+
+# Fault injection, for the tests only: SIGKILL this process at the first output it completes inside the named
+# stage folder (after the temporary is written, before it replaces the target), as a power cut would.
+FAULT_ENV = "HYPERFIT_TEST_KILL_IN"
+
+
+def _injected_fault(path: Path) -> None:
+    stage = os.environ.get(FAULT_ENV)
+    if stage and stage in path.parts and path.name != "stage-started.json":  # inside the stage's work, not its bookkeeping
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -196,6 +234,8 @@ class Stage:
         elif self._done_file.exists():
             self._done_file.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
+        for orphan in self.dir.glob(".*.tmp"):  # the temporary of a write that a killed process never finished
+            orphan.unlink()
         write_json(started_file, {"fingerprint": self.fingerprint, "inputs": self.inputs})
         return self.dir
 

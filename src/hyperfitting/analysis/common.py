@@ -133,20 +133,25 @@ def entropy_matched_temperature(logits: torch.Tensor, target: float, low: float 
     return math.sqrt(low * high)
 
 
+def overrides_per_prompt(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """Per continuation, (steps whose token is not the base model's top-1, steps), teacher-forcing the base model along it."""
+    sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    overrides, steps = [0] * len(sequences), [len(c) for c in continuations]
+    for i, logits in teacher_forced_logits(base, sequences, [len(p) for p in prompts]):
+        chosen = torch.tensor(list(continuations[i]), dtype=torch.long)
+        overrides[i] = int((logits.argmax(-1) != chosen).sum())
+    return overrides, steps
+
+
 def top1_agreement(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> float:
     """Share of decoded tokens that are the base model's top-1 at their step (teacher forcing the base model along the paths).
 
     Measured for every row, the base model's own included: sampling picks the base argmax only
     some of the time, greedy decoding of the base every time (up to numerical ties).
     """
-    sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-    starts = [len(p) for p in prompts]
-    agree = total = 0
-    for i, logits in teacher_forced_logits(base, sequences, starts):
-        chosen = torch.tensor(list(continuations[i]), dtype=torch.long)
-        agree += int((logits.argmax(-1) == chosen).sum())
-        total += len(chosen)
-    return agree / total if total else float("nan")
+    overrides, steps = overrides_per_prompt(base, prompts, continuations)
+    total = sum(steps)
+    return 1 - sum(overrides) / total if total else float("nan")
 
 
 def per_prompt_ttr(continuations: Sequence[Continuation]) -> list[float]:
@@ -169,19 +174,22 @@ _DECODED: dict[tuple, tuple[weakref.ref, list[Continuation]]] = {}
 
 
 def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
-           processors: Sequence[LogitsProcessor] = (), desc: str = "", shard: bool = True) -> list[Continuation]:
-    """Greedy when ``temperature`` is None, else pure sampling at that temperature (no top-k/top-p).
+           top_k: int = 0, top_p: float = 1.0, processors: Sequence[LogitsProcessor] = (), desc: str = "",
+           shard: bool = True) -> list[Continuation]:
+    """Greedy when ``temperature`` is None, else sampling at that temperature (pure unless ``top_k``/``top_p`` truncate).
 
     Plain decodes (no processors) are remembered for the life of the model and of its weights, so
     analyses that need the same setting (greedy paths, base sampling at T=1 for several seeds)
     share one run, and a model changed in place (an optimizer step) decodes afresh.
     """
     args = replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
-                   temperature=temperature or 1.0, top_k=0, top_p=1.0, seed=seed, citation_blocker=False)
-    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart.
-    weights_version = hash(tuple(parameter._version for parameter in model.parameters()))
+                   temperature=temperature or 1.0, top_k=top_k, top_p=top_p, seed=seed, citation_blocker=False)
+    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart,
+    # and their identities a model with a module swapped in (analysis.block_swap).
+    weights_version = hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
     key = (id(model), weights_version, hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
-           round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size)
+           round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size,
+           (top_k, top_p) if args.do_sample else None)
     if not processors and key in _DECODED and _DECODED[key][0]() is model:
         return _DECODED[key][1]
     outputs = generate(model, tokenizer, prompts, args, processors, desc=desc, shard=shard)

@@ -28,6 +28,8 @@ from hyperfitting.rundir import write_json, write_text
 PAPER_FINAL_BLOCK_DELTA_PR = 80.8  # TinyLlama-1.1B (hidden size 2048)
 PAPER_HIDDEN_SIZE = 2048
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_norm")
+MASSIVE_FACTOR = 100.0  # "massive" above 100x the median dimension's RMS (Sun et al. find them ~1000x above)
+PR_VARIANTS = {"raw": "raw", "standardised": "standardised", "trimmed": "massive dimensions removed"}
 
 
 # ------------------------------------------------------------------------------ estimators
@@ -42,6 +44,18 @@ def participation_ratio(states: np.ndarray, standardise: bool = False) -> float:
     gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
     eigenvalues = np.clip(np.linalg.eigvalsh(gram.astype(np.float64)), 0, None)
     return float(eigenvalues.sum() ** 2 / max((eigenvalues ** 2).sum(), 1e-30))
+
+
+def massive_dimensions(states: np.ndarray, factor: float = MASSIVE_FACTOR) -> np.ndarray:
+    """Dimensions whose root-mean-square activation exceeds ``factor`` x the median dimension's: the few "massive
+    activation" directions (Sun et al., 2024) that saturate a raw participation ratio at ~1 whatever the rest does."""
+    rms = np.sqrt((states.astype(np.float64) ** 2).mean(0))
+    return np.flatnonzero(rms > factor * max(float(np.median(rms)), 1e-30))
+
+
+def trimmed_participation_ratio(states: np.ndarray, massive: np.ndarray) -> float:
+    """Participation ratio with the ``massive`` dimensions (found on the base model, the same for both models) left out."""
+    return participation_ratio(np.delete(states, massive, axis=1))
 
 
 def pca_dimension(states: np.ndarray, variance: float) -> int:
@@ -193,8 +207,12 @@ def geometry_table_rows(base_states: dict[str, np.ndarray], tuned_states: dict[s
 def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -> dict:
     """Both models' states of one layer at the same positions -> dimensions, similarity, Delta PR."""
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    massive = massive_dimensions(a)
     row = {
         "layer": name,
+        "massive_dimensions": int(len(massive)),
+        "pr_trimmed_base": trimmed_participation_ratio(a, massive),
+        "pr_trimmed_hyperfitted": trimmed_participation_ratio(b, massive),
         "pr_base": participation_ratio(a),
         "pr_hyperfitted": participation_ratio(b),
         "pr_std_base": participation_ratio(a, standardise=True),
@@ -214,25 +232,41 @@ def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -
         row["twonn_hyperfitted"] = two_nn_dimension(b)
     row["delta_pr"] = row["pr_hyperfitted"] - row["pr_base"]
     row["delta_pr_std"] = row["pr_std_hyperfitted"] - row["pr_std_base"]
+    row["delta_pr_trimmed"] = row["pr_trimmed_hyperfitted"] - row["pr_trimmed_base"]
     return row
 
 
-def final_layer_effect(base, tuned, blocks: torch.Tensor, sample: np.ndarray, final: str, runner_up: str) -> Estimate:
-    """Delta PR of the final layer minus max(0, Delta PR of the runner-up), with an interval over held-out blocks.
+def _delta_pr(variant: str):
+    """Delta PR (hyperfitted - base) of one variant, as a function of the two models' states at chosen rows."""
+    def delta(a: np.ndarray, b: np.ndarray) -> float:
+        if variant == "trimmed":
+            massive = massive_dimensions(a)
+            return trimmed_participation_ratio(b, massive) - trimmed_participation_ratio(a, massive)
+        standardise = variant == "standardised"
+        return participation_ratio(b, standardise) - participation_ratio(a, standardise)
+    return delta
 
-    Positions are nested in blocks, so whole blocks are left out in turn (a jackknife, see stats). Only the two layers the
-    effect reads are captured again (one more forward pass per model), not every layer.
+
+def read_out_estimates(base, tuned, blocks: torch.Tensor, sample: np.ndarray, final: str, runner_up: str,
+                       layers: list[str]) -> tuple[Estimate, dict[str, dict[str, dict]]]:
+    """The verdict's effect (Delta PR of the final layer minus max(0, the runner-up's)) and, for each of ``layers``, its
+    Delta PR raw, standardised and with the massive dimensions removed: each with an interval over held-out blocks.
+
+    Positions are nested in blocks, so whole blocks are left out in turn (a jackknife, see stats). The states are
+    captured once more for all of it (one forward pass per model).
     """
     from hyperfitting import stats
 
     a, b = hidden_states_at(base, blocks, sample), hidden_states_at(tuned, blocks, sample)
-    layers = {name: (a[name], b[name]) for name in (final, runner_up)}
+    clusters = sample // blocks.shape[1]
+    raw = _delta_pr("raw")
 
     def effect(rows: np.ndarray) -> float:
-        delta = {name: participation_ratio(y[rows]) - participation_ratio(x[rows]) for name, (x, y) in layers.items()}
-        return delta[final] - max(0.0, delta[runner_up])
+        return raw(a[final][rows], b[final][rows]) - max(0.0, raw(a[runner_up][rows], b[runner_up][rows]))
 
-    return stats.jackknife_over_clusters(sample // blocks.shape[1], effect)
+    intervals = {layer: {variant: stats.jackknife_over_clusters(clusters, lambda rows, d=_delta_pr(variant), x=a[layer], y=b[layer]: d(x[rows], y[rows])).to_dict()
+                         for variant in PR_VARIANTS} for layer in layers}
+    return stats.jackknife_over_clusters(clusters, effect), intervals
 
 
 def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, seed: int = 0) -> dict:
@@ -247,7 +281,8 @@ def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: 
     final = rows[-1] if rows[-1]["layer"] == "final norm" else final_block
     others = [r for r in rows if r["layer"] not in (final["layer"], final_block["layer"])]
     runner_up = max(others, key=lambda r: r["delta_pr"])
-    effect = final_layer_effect(base, tuned, heldout_blocks, sample, final["layer"], runner_up["layer"])
+    effect, intervals = read_out_estimates(base, tuned, heldout_blocks, sample, final["layer"], runner_up["layer"],
+                                           list(dict.fromkeys([final["layer"], final_block["layer"]])))
     weight_change = weight_change_per_block(base, tuned)
     untouched = next((i for i, change in enumerate(weight_change) if change > 0), len(weight_change))
     hidden = base.get_input_embeddings().weight.shape[1]
@@ -257,6 +292,7 @@ def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: 
         "layers": rows,
         "weight_change": weight_change,
         "effect": effect.to_dict(),
+        "delta_pr_intervals": intervals,
         # Blocks below the first trained one are bit-identical: any change must then appear late, by construction.
         "localisation_forced": f"blocks 0-{untouched - 1} were not trained, so every change must appear after them" if untouched else None,
         "verdict": {
@@ -295,16 +331,32 @@ def geometry_table(results: dict) -> str:
         f"{results['effect']['value']:+.1f} [{results['effect']['low']:+.1f}, {results['effect']['high']:+.1f}] ({results['effect']['method']})."
         + (f" Localisation forced: {results['localisation_forced']}." if results.get("localisation_forced") else ""),
         "",
-        "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | PCA-90 base / hyp | TwoNN base / hyp | cosine | L2 | norm base / hyp | CKA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *_interval_lines(results),
+        "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | Delta PR (massive dims removed) | PCA-90 base / hyp | "
+        "TwoNN base / hyp | cosine | L2 | norm base / hyp | CKA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["layers"]:
+        trimmed = f"{r['delta_pr_trimmed']:+.1f} ({r['massive_dimensions']} removed)" if "delta_pr_trimmed" in r else "-"
         lines.append(
-            f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | {r['delta_pr_std']:+.1f} | "
+            f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | {r['delta_pr_std']:+.1f} | {trimmed} | "
             f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {_number(r.get('twonn_base'))} / {_number(r.get('twonn_hyperfitted'))} | "
             f"{r['cosine']:.3f} | {r['l2']:.1f} | {r['norm_base']:.1f} / {r['norm_hyperfitted']:.1f} | {r['cka']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _interval_lines(results: dict) -> list[str]:
+    """The read-out layers' Delta PR in each variant, with intervals over held-out blocks."""
+    intervals = results.get("delta_pr_intervals")
+    if not intervals:
+        return []
+    lines = ["| layer | " + " | ".join(f"Delta PR, {name} [95% interval]" for name in PR_VARIANTS.values()) + " |",
+             "|---|" + "---|" * len(PR_VARIANTS)]
+    for layer, variants in intervals.items():
+        lines.append(f"| {layer} | " + " | ".join(f"{v['value']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]" for v in variants.values()) + " |")
+    return lines + ["", f"Massive dimensions: RMS above {MASSIVE_FACTOR:g}x the median dimension's, found on the base model's states "
+                        "and left out of both models' (intervals: delete-one-block jackknife).", ""]
 
 
 def _number(value: float | None) -> str:

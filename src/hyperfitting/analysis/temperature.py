@@ -29,6 +29,15 @@ PAPER = {
 }
 COLUMNS = ["ttr", "bigram_rep", "trigram_rep", "top1_agreement", "entropy"]
 GREEDY_SETTINGS = ("hyperfitted", "base, greedy")  # deterministic: one decode, no spread
+BASELINE = "base, sampling baseline"  # Carlsson et al.'s: T 0.7, top-k 50, top-p 0.9 (analysis.baseline_*)
+
+
+def frontier_label(temperature: float) -> str:
+    return f"base, T={temperature:.3f}"
+
+
+def _ids(continuations) -> list[list[int]]:
+    return [list(c.token_ids) for c in continuations]
 
 
 def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor, config: RunConfig) -> dict:
@@ -63,9 +72,9 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     primary = t_star["teacher_forced"]
     per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
-    def sample_once(model, temperature, seed, label):
+    def sample_once(model, temperature, seed, label, **truncation):
         # `decode` remembers plain runs: the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
-        return decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}")
+        return decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}", **truncation)
 
     def summarised(name, runs):
         rows = []
@@ -77,23 +86,28 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
             per_prompt.setdefault(name, []).append(per_prompt_ttr(outputs))
         return rows
 
-    def sampled(name, model, temperature, label):
-        return summarised(name, [sample_once(model, temperature, seed, label) for seed in range(args.seeds)])
+    def sampled(name, model, temperature, label, **truncation):
+        return summarised(name, [sample_once(model, temperature, seed, label, **truncation) for seed in range(args.seeds)])
 
+    truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
     settings = {
         "base, T=1": sampled("base, T=1", base, 1.0, "base T=1"),
         "base, T*": sampled("base, T*", base, primary, f"base T*={primary:.2f}"),
         "hyperfitted": summarised("hyperfitted", [tuned_greedy]),
         "hyperfitted, T=1": sampled("hyperfitted, T=1", tuned, 1.0, "hyperfitted T=1"),
         "base, greedy": summarised("base, greedy", [base_greedy]),
+        BASELINE: sampled(BASELINE, base, args.baseline_temperature, "base, sampling baseline", **truncation),
     }
     table = {name: mean_and_spread(rows) for name, rows in settings.items()}
 
-    # 3. The frontier: base sampling over temperatures, diversity against entropy (seed 0).
-    frontier = []
+    # 3. The frontier: base sampling over temperatures, diversity against entropy (seed 0). Every decoded path is
+    # kept (token ids), so the quality stage can place each on the diversity-quality plane under the judge model.
+    frontier, paths = [], {"hyperfitted": _ids(tuned_greedy), "base, greedy": _ids(base_greedy)}
     for temperature in sorted(set(args.temperature_grid) | {primary}):
         outputs = sample_once(base, temperature, 0, f"frontier T={temperature:.2f}")
         frontier.append({"temperature": temperature, **path_summary(outputs)})
+        paths[frontier_label(temperature)] = _ids(outputs)
+    paths[BASELINE] = _ids(sample_once(base, args.baseline_temperature, 0, "base, sampling baseline", **truncation))
 
     results = {
         "entropy": entropy,
@@ -103,6 +117,8 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
         "sampling_temperature": primary,
         "table": table,
         "frontier": frontier,
+        "paths": paths,
+        "baseline": {"temperature": args.baseline_temperature, **truncation},
         "paper": PAPER,
         "prompts": len(prompts),
         "seeds": args.seeds,
@@ -125,7 +141,9 @@ def temperature_table(results: dict) -> str:
         + (f"sampled rows: mean ± standard deviation over {results['seeds']} seeds" if results["seeds"] > 1 else "sampled rows: one seed")
         + " (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
         "chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
-        "greedy protocol) are in italics: compare directions, not digits.",
+        "greedy protocol) are in italics: compare directions, not digits."
+        + (" The sampling baseline (Carlsson et al.): T {temperature:g}, top-k {top_k}, top-p {top_p:g}.".format(**results["baseline"])
+           if results.get("baseline") else ""),
         "",
         "| setting | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),

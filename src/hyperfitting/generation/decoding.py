@@ -184,6 +184,13 @@ def generate(
                disable=not (show_progress and process_state().is_main_process), leave=False)
     for batch_index, start in enumerate(starts):
         batch = range(start, min(start + args.batch_size, mine.stop))
+        if args.contrastive_top_k:  # its own search, not a processor: it looks one token ahead for each candidate
+            from hyperfitting.generation.contrastive import contrastive_batch
+
+            results += contrastive_batch(model, [prompts[i] for i in batch], args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                         top_k=args.contrastive_top_k, alpha=args.contrastive_alpha, eos_token_id=eos, on_step=bar.update)
+            bar.update((batch_index + 1) * args.max_new_tokens - bar.n)
+            continue
         results += decode_batch(
             model,
             [prompts[i] for i in batch],

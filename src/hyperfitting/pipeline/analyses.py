@@ -7,13 +7,10 @@ from functools import cached_property
 from pathlib import Path
 
 from hyperfitting.analysis.common import decode, load_pair
-from hyperfitting.config import RunConfig
+from hyperfitting.config import ANALYSES, RunConfig
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.rundir import is_main_process, read_json
-
-ANALYSES = ("temperature", "static-bias", "ranks", "geometry")
-
 
 
 class AnalysisContext:
@@ -49,6 +46,7 @@ class AnalysisContext:
 
 def run_analysis(name: str, context: AnalysisContext) -> dict:
     """One analysis on the context's models and prompts: its results, nothing written."""
+    from hyperfitting.analysis.block_swap import block_swap_analysis
     from hyperfitting.analysis.geometry import geometry_analysis
     from hyperfitting.analysis.ranks import rank_analysis
     from hyperfitting.analysis.static_bias import static_bias_analysis
@@ -65,18 +63,21 @@ def run_analysis(name: str, context: AnalysisContext) -> dict:
                              heldout, context.heldout_static)
     if name == "geometry":
         return geometry_analysis(context.base, context.tuned, heldout, config.analysis.geometry_tokens, seed=config.data.seed)
+    if name == "block-swap":
+        return block_swap_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, context.base_greedy, context.tuned_greedy)
     raise ValueError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}")
 
 
 def write_analysis(name: str, results: dict, folder: Path) -> None:
     """results.json, table.md and the figure of one analysis."""
+    from hyperfitting.analysis.block_swap import write_block_swap_analysis
     from hyperfitting.analysis.geometry import write_geometry_analysis
     from hyperfitting.analysis.ranks import write_rank_analysis
     from hyperfitting.analysis.static_bias import write_static_bias_analysis
     from hyperfitting.analysis.temperature import write_temperature_analysis
 
     writers = {"temperature": write_temperature_analysis, "static-bias": write_static_bias_analysis,
-               "ranks": write_rank_analysis, "geometry": write_geometry_analysis}
+               "ranks": write_rank_analysis, "geometry": write_geometry_analysis, "block-swap": write_block_swap_analysis}
     writers[name](results, folder)
 
 

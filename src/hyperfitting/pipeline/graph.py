@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hyperfitting.config import RunConfig
 from hyperfitting.hashing import content_hash
-from hyperfitting.rundir import FULL, Stage, read_json, replicate_suffix
+from hyperfitting.rundir import FULL, LOWEST, Stage, read_json, replicate_suffix
 
 
 @dataclass(frozen=True)
@@ -249,6 +249,8 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             specs.append(training_spec(f"train{suffix}", trained_config))
         analysed = analysed_config(trained_config, run_dir / f"train{suffix}")
         specs += [analysis_spec(name, analysed, suffix, f"train{suffix}") for name in config.study.analyses]
+        if not suffix and config.study.lowest_heldout_control and "geometry" in config.study.analyses:
+            specs.append(analysis_spec("geometry", analysed, LOWEST, "train"))
     if config.study.controls:
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
                                sections=("model", "train", "generate", "study"), parents=("data",),
@@ -257,7 +259,9 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
 
     judge = judge_name(config.study.judge, config.model.name)
     decoded = ("base", "hyperfitted") + (("hyperfitted-blocked",) if any(s.name == "hyperfitted-blocked" for s in specs) else ())
+    # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
+    judged = tuple(s.name for s in specs if s.name in ("analysis-temperature", f"analysis-temperature{FULL}")) if judge else ()
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
-                           sections=("model", "generate", "study"), parents=("data", *decoded),
+                           sections=("model", "generate", "study", "analysis"), parents=("data", *decoded, *judged),
                            files=model_files(config.model.name) + (model_files(judge) if judge else ())))
     return StageGraph(run_dir, specs)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 import yaml
 
+from hyperfitting import stats
 from hyperfitting.analysis.common import new_figure, savefig
+from hyperfitting.config import ANALYSES
 from hyperfitting.report.verdicts import all_claims
-from hyperfitting.rundir import FULL, read_json, replicate_suffix, write_json, write_text
+from hyperfitting.rundir import FULL, LOWEST, read_json, replicate_suffix, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
@@ -71,15 +74,16 @@ def claims_section(claims: list, train: dict, heading: str = "## Claims") -> lis
     """The verdicts as a reviewer reads them: effect, 95% interval, margin, checks, verdict and why."""
     md = [heading, "",
           "| # | claim | effect [95% interval] | margin | manipulation checks | verdict | why | paper |", "|---|---|---|---|---|---|---|---|"]
+    claims = sorted(claims, key=lambda c: str(c.number))  # 1, 1b, 2, ...
     for c in claims:
         e = c.estimate
         effect = f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" if e else "-"
         checks = "; ".join(f"{'passed' if k['passed'] else 'FAILED'}: {k['name']}" for k in c.checks) or "-"
         margin = f"{'>' if c.direction == 'above' else '<'} {c.margin:+g}"
         md.append(f"| {c.number} | {c.name} | {effect} | {margin} | {checks} | **{VERDICT_MARK[c.verdict]}** | {c.reason} | {c.paper} |")
-    md += ["", "Evidence behind each effect:", ""] + [f"{c.number}. {c.evidence}." for c in claims]
+    md += ["", "Evidence behind each effect:", ""] + [f"- **{c.number}.** {c.evidence}." for c in claims]
     md += ["", "Rules (the same decision for every claim; the margins and their reasons are in `report/verdicts.py`):", ""]
-    md += [f"{c.number}. {c.rule}" for c in claims]
+    md += [f"- **{c.number}.** {c.rule}" for c in claims]
     replicates = max(len(c.replicates) for c in claims) or 1
     md += ["", "Intervals are bootstrap intervals over evaluation prompts (claim 4: a jackknife over held-out blocks), resampled whole when "
            "steps or positions are nested in them. " + (
@@ -91,6 +95,81 @@ def claims_section(claims: list, train: dict, heading: str = "## Claims") -> lis
         md += [f"**The hyperfitted model did not reach the target loss {train['until_loss']:g}** (it stopped at {train['final_train_loss']:.3f} "
                f"after the cap of {train['epoch_cap']} epochs): claims 1-4 are inconclusive for that reason.", ""]
     return md
+
+
+def left_out(config: dict) -> list[str]:
+    """What this study's config did not run, each with the key that turns it on: a small preset says what it cannot tell."""
+    study, analysis = config["study"], config["analysis"]
+    missing = [f"the {name} analysis (add it to study.analyses)" for name in ANALYSES if name not in study["analyses"]]
+    if study.get("replicates", 1) < 2:
+        missing.append("replicates: one training seed, so no seed-to-seed spread in any interval (study.replicates=3)")
+    if not study.get("full_finetune"):
+        missing.append("claims 1-4 on a fully fine-tuned model, the model the paper analyses (study.full_finetune=true)")
+    if "geometry" in study["analyses"] and not study.get("lowest_heldout_control"):
+        missing.append("the non-hyperfitting control of claim 4: is the expansion specific? (study.lowest_heldout_control=true)")
+    if study.get("judge") in (None, "", "none"):
+        missing.append("claim 1(b) and the judge's perplexities: no judge model (study.judge=auto)")
+    if study["controls"] and "full" not in study["controls"]:
+        missing.append("full fine-tuning among claim 5's placements (add full to study.controls)")
+    if study["controls"] and not study.get("controls_lr_sweep"):
+        missing.append("a learning-rate sweep for each of claim 5's placements: one rate per method (study.controls_lr_sweep)")
+    if "temperature" in study["analyses"] and len(analysis["temperature_grid"]) < 5:
+        missing.append(f"a fine temperature frontier: {len(analysis['temperature_grid'])} temperatures besides T* and greedy "
+                       "(analysis.temperature_grid; a frontier wants at least 5)")
+    return missing
+
+
+def left_out_section(config: dict) -> list[str]:
+    missing = left_out(config)
+    if not missing:
+        return []
+    return ["## What this study left out", "", "Not run here, so not part of any verdict above:", ""] + [f"- {m}" for m in missing] + [""]
+
+
+def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict) -> list[str]:
+    """Claim 1(b)'s plane: each temperature analysis's decoded paths at their TTR and judge perplexity."""
+    from hyperfitting.report.quality import plot_diversity_quality
+
+    md = ["### Claim 1(b): diversity against quality", "",
+          f"Every decoded path of the temperature analysis on the plane of TTR and perplexity under the judge ({judge}); "
+          "means over prompts [95% intervals]; MAUVE against the human continuations (base-model features; coarse at few "
+          "prompts). The base model's temperatures (greedy as T=0) trace its frontier; claim 1(b) asks whether hyperfitted "
+          "greedy lies above it.", ""]
+    for stage, points in frontier.items():
+        model = "the fully fine-tuned model" if stage.endswith(FULL) else "the Late-Stage LoRA model (replicate 0)"
+        scores = mauve.get(stage, {})
+        md += [f"Hyperfitted: {model}.", "", "| path | TTR | judge perplexity | MAUVE |", "|---|---|---|---|"]
+        for label, values in points.items():
+            diversity = stats.mean(values["ttr"])
+            quality = stats.mean([v for v in values["log_perplexity"] if math.isfinite(v)])
+            md.append(f"| {label} | {diversity.value:.3f} [{diversity.low:.3f}, {diversity.high:.3f}] | "
+                      f"{math.exp(quality.value):.1f} [{math.exp(quality.low):.1f}, {math.exp(quality.high):.1f}] | "
+                      f"{f'{scores[label]:.3f}' if label in scores else '-'} |")
+        image = f"diversity_quality{stage.removeprefix('analysis-temperature')}.png"
+        plot_diversity_quality(points, judge, figures / image)
+        md += ["", f"![diversity against quality, {model}](report-figures/{image})", ""]
+    return md
+
+
+def _geometry_control_section(hyperfitted: dict, control: dict, train: dict) -> list[str]:
+    """Is the expansion specific to hyperfitting? The same run at its lowest held-out loss, beside the hyperfitted model."""
+    def row(name, results):
+        v, e = results["verdict"], results["effect"]
+        return (f"| {name} | {v['final_delta_pr']:+.1f} | {v['final_block_raw_delta_pr']:+.1f} | {v['largest_delta_pr_layer']} "
+                f"({v['largest_delta_pr']:+.1f}) | {e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}] |")
+
+    epoch = train.get("lowest_heldout_epoch")
+    described = (f"the same run at epoch {epoch}, where its held-out loss was lowest ({train['lowest_heldout_loss']:.3f}, against "
+                 f"{train['final_heldout_loss']:.3f} at the end)" if epoch else "the base model itself: the held-out loss never fell "
+                 "below its value before training")
+    if epoch and epoch == train.get("epochs_run"):
+        described += (". **No control here**: the held-out loss was still falling at the last epoch, so this is the hyperfitted "
+                      "model itself")
+    return ["### Claim 4: is the expansion specific to hyperfitting?", "",
+            f"The non-hyperfitting control is {described}: a fine-tune on the same data that stopped before it hyperfitted. "
+            "Each row compares a model with the base model on the same held-out positions.", "",
+            "| model | Delta PR, final layer (post-norm) | Delta PR, last block (raw) | largest increase | effect [95% interval] |",
+            "|---|---|---|---|---|", row("hyperfitted", hyperfitted), row("lowest held-out loss", control), ""]
 
 
 def _image(run_dir: Path, relative: str, alt: str) -> str:
@@ -105,21 +184,28 @@ def build_report(run_dir: Path) -> dict:
     replicates = config["study"].get("replicates", 1)
     # Per analysis, the results of every replicate that has them (`analysis-NAME`, `analysis-NAME-r1`, ...).
     per_replicate = {name: [r for r in (_maybe(run_dir / f"analysis-{name}{replicate_suffix(k)}" / "results.json") for k in range(replicates)) if r]
-                     for name in ("temperature", "static-bias", "ranks", "geometry")}
+                     for name in ANALYSES}
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
     controls = _maybe(run_dir / "controls" / "results.json")
     quality = _maybe(run_dir / "quality" / "results.json")
-    claims = all_claims(per_replicate, controls, study.get("replicates") or [study["train"]])
+    frontier = ((quality or {}).get("judge") or {}).get("frontier", {})
+    geometry_control = _maybe(run_dir / f"analysis-geometry{LOWEST}" / "results.json")
+    claims = all_claims(per_replicate, controls, study.get("replicates") or [study["train"]], frontier.get("analysis-temperature"),
+                        geometry_control)
     figures = run_dir / "report-figures"
     figures.mkdir(exist_ok=True)
     plot_training_curve(study["train_log"], figures / "training_curve.png")
-    timings = {p.parent.name: read_json(p)["wall_seconds"] for p in sorted(run_dir.glob("*/stage-done.json"))}
+    done = {p.parent.name: read_json(p) for p in sorted(run_dir.glob("*/stage-done.json"), key=lambda p: p.stat().st_mtime)}  # as run
+    timings = {name: record["wall_seconds"] for name, record in done.items()}
+    peaks = {name: record.get("process_peak_memory_mib") for name, record in done.items()}
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
     md += claims_section(claims, study["train"])
+    md += left_out_section(config)
     # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
     full_analyses = {name: [r] for name in per_replicate if (r := _maybe(run_dir / f"analysis-{name}{FULL}" / "results.json"))}
-    full_claims = all_claims(full_analyses, None, [study["full_finetune"]])[:4] if study.get("full_finetune") else []
+    full_claims = ([c for c in all_claims(full_analyses, None, [study["full_finetune"]], frontier.get(f"analysis-temperature{FULL}")) if c.number != 5]
+                   if study.get("full_finetune") else [])
     if full_claims:
         full = study["full_finetune"]
         md += claims_section(full_claims, full, "## Claims 1-4 on the fully fine-tuned model")
@@ -158,14 +244,24 @@ def build_report(run_dir: Path) -> dict:
                                                      for n in names) + " |")
             md.append("")
     sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),
-                ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png")]
+                ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png"),
+                ("block-swap", "Claim 4, causal test: the final block swapped", "block_swap.png")]
     for name, title, image in sections:
         if analyses[name]:
             md += [f"## {title}", "", (run_dir / f"analysis-{name}" / "table.md").read_text(), _image(run_dir, f"analysis-{name}/{image}", title), ""]
+        if name == "temperature" and frontier:
+            md += _frontier_section(frontier, quality["judge"]["model"], figures, quality.get("frontier_mauve", {}))
+        if name == "geometry" and geometry_control and analyses["geometry"]:
+            md += _geometry_control_section(analyses["geometry"], geometry_control, study["train"])
+        full_table = run_dir / f"analysis-{name}{FULL}" / "table.md"
+        if full_table.exists():  # the fully fine-tuned model's, beside the Late-Stage LoRA model's
+            md += [f"### {title}: the fully fine-tuned model", "", full_table.read_text(),
+                   _image(run_dir, f"analysis-{name}{FULL}/{image}", f"{title}, full fine-tuning"), ""]
     if controls:
         md += ["## Claim 5: where to adapt", "", (run_dir / "controls" / "table.md").read_text(), ""]
     md += ["## Reproduce", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", "",
-           "| stage | wall time (s) |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+           "| stage | wall time (s) | process peak memory so far (MiB) |", "|---|---|---|"]
+    md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} |" for k, v in timings.items()]
     env = study["environment"]
     md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()) + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
            "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines, process or "
@@ -175,12 +271,20 @@ def build_report(run_dir: Path) -> dict:
     reader = quality["reader"] if quality else []
     write_text(run_dir / "report.html", render_html(markdown_text, run_dir, reader))
 
+    # The saved adapter's (or model's) card gains what the study found about it.
+    saved = next((run_dir / "train" / name for name in ("adapter", "model") if (run_dir / "train" / name).is_dir()), None)
+    if saved is not None:
+        from hyperfitting.report.model_card import write_model_card
+
+        write_model_card(saved, config, study["train"], study["data"], (run_dir / "results.md").read_text().split("\n\n", 3)[-1],
+                         [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))])
     study["claims"] = [c.__dict__ for c in claims]
     study["claims_full_finetune"] = [c.__dict__ for c in full_claims]
     study["analyses"] = analyses
     study["controls"] = controls
     study["quality"] = quality
     study["stage_seconds"] = timings
+    study["stage_peak_memory_mib"] = peaks
     study["expansion_dynamics"] = dynamics
     write_json(run_dir / "metrics.json", study)
     return study

@@ -57,19 +57,72 @@ def judge_name(choice: str | None, studied: str) -> str | None:
     return choice
 
 
-@torch.no_grad()
 def judge_log_perplexities(judge, judge_tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
     """Per continuation, the mean negative log-likelihood (nats per judge token) of its text under an independent model,
-    given the prompt's text. Texts are re-tokenised by the judge, whose vocabulary differs from the studied model's."""
-    device = next(judge.parameters()).device
-    values = []
-    for prompt, continuation in zip(prompts, continuations):
-        context = judge_tokenizer(prompt)["input_ids"]  # with the judge's own leading tokens (Gemma's <bos>)
-        target = judge_tokenizer(continuation, add_special_tokens=False)["input_ids"]
-        if not target:
-            values.append(float("nan"))
-            continue
-        ids = torch.tensor([context + target], device=device)
-        log_probs = torch.log_softmax(judge(input_ids=ids, use_cache=False).logits[0, len(context) - 1:-1].float(), dim=-1)
-        values.append(float(-log_probs.gather(1, torch.tensor(target, device=device)[:, None]).mean()))
+    given the prompt's text (NaN for an empty continuation, so the list stays aligned with the prompts). Texts are
+    re-tokenised by the judge, whose vocabulary differs from the studied model's; batches go through the analyses'
+    teacher forcing."""
+    contexts = [judge_tokenizer(prompt)["input_ids"] for prompt in prompts]  # with the judge's own leading tokens (Gemma's <bos>)
+    targets = [judge_tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
+    scored = [i for i, target in enumerate(targets) if target]
+    values = [float("nan")] * len(prompts)
+    sequences = [contexts[i] + targets[i] for i in scored]
+    for k, logits in teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored]):
+        target = torch.tensor(targets[scored[k]])
+        values[scored[k]] = float(-torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).mean())
     return values
+
+
+def judged_points(judge, judge_tokenizer, tokenizer, prompts: Sequence[Sequence[int]], paths: dict[str, Sequence[Sequence[int]]],
+                  memo: dict | None = None) -> dict[str, dict[str, list[float]]]:
+    """Each set of continuations of the same prompts as per-prompt TTR and judge log-perplexity: points of the
+    diversity-quality plane. ``memo`` (shared across calls) scores a set of continuations seen before only once."""
+    from hyperfitting.metrics.diversity import ttr
+
+    memo = {} if memo is None else memo
+    texts = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+    points = {}
+    for label, continuations in paths.items():
+        key = tuple(map(tuple, continuations))
+        if key not in memo:
+            decoded = [tokenizer.decode(c, skip_special_tokens=True) for c in continuations]
+            memo[key] = judge_log_perplexities(judge, judge_tokenizer, texts, decoded)
+        points[label] = {"ttr": [ttr([c]) for c in continuations], "log_perplexity": memo[key]}
+    return points
+
+
+def plot_diversity_quality(points: dict[str, dict[str, list[float]]], judge: str, path) -> None:
+    """The base model's temperature frontier, the sampling baseline, hyperfitted greedy and the human text, each with
+    95% intervals over prompts, on the plane of judge perplexity (log scale) and TTR."""
+    import math
+
+    from hyperfitting import stats
+    from hyperfitting.analysis.common import new_figure, savefig
+
+    def centre(label):
+        values = points[label]
+        quality = stats.mean([v for v in values["log_perplexity"] if math.isfinite(v)])
+        diversity = stats.mean(values["ttr"])
+        x = [math.exp(quality.value), math.exp(quality.value) - math.exp(quality.low), math.exp(quality.high) - math.exp(quality.value)]
+        return x, [diversity.value, diversity.value - diversity.low, diversity.high - diversity.value]
+
+    figure, axis = new_figure(figsize=(6.5, 4.5))
+    frontier = sorted((l for l in points if l == "base, greedy" or l.startswith("base, T=")),
+                      key=lambda l: np.nanmean(points[l]["log_perplexity"]))
+    centres = {label: centre(label) for label in points}
+    axis.plot([centres[l][0][0] for l in frontier], [centres[l][1][0] for l in frontier], "-", color="tab:blue", alpha=0.6)
+    styles = {"hyperfitted": ("*", "tab:red", 13), "base, sampling baseline": ("D", "tab:green", 7), "human": ("P", "black", 9)}
+    for label, (x, y) in centres.items():
+        marker, colour, size = styles.get(label, ("o", "tab:blue", 6))
+        axis.errorbar(x[0], y[0], xerr=[[x[1]], [x[2]]], yerr=[[y[1]], [y[2]]], fmt=marker, color=colour, markersize=size, capsize=2,
+                      label=label if label in styles else None)
+        if label in frontier:
+            axis.annotate(label.removeprefix("base, "), (x[0], y[0]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axis.plot([], [], "o-", color="tab:blue", label="base model over temperatures")
+    axis.set_xscale("log")
+    axis.set_xlabel(f"perplexity under the judge, {judge} (lower: more predictable)")
+    axis.set_ylabel("type-token ratio")
+    axis.set_title("Diversity against quality: is hyperfitted greedy above the frontier?", fontsize=10)
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    savefig(figure, path)

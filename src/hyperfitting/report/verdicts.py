@@ -20,6 +20,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from hyperfitting import stats
 from hyperfitting.stats import Estimate
 
@@ -41,7 +43,7 @@ class Rule:
                 f"entirely {other}; otherwise inconclusive. Margin: {self.margin_reason}. A failed manipulation check makes it inconclusive.")
 
 
-RULES: dict[int, Rule] = {
+RULES: dict[int | str, Rule] = {
     1: Rule("hyperfitted greedy TTR minus the TTR of the base model sampled at the entropy-matched T*, paired over prompts",
             "above", 0.05, "0.05 TTR, a sixth of the paper's gap (0.287); smaller differences are within what length and seed choices move"),
     2: Rule("share of the hyperfitted TTR gain over base greedy that the best static reweighting of the base logits recovers",
@@ -53,6 +55,10 @@ RULES: dict[int, Rule] = {
             "above", 0.0, "any positive amount: the claim is about where the largest increase is, not its size", units="held-out blocks"),
     5: Rule("greedy TTR of LoRA on the last blocks minus LoRA on all blocks, both trained to the target loss, paired over prompts",
             "above", -0.02, "a non-inferiority margin of 0.02 TTR: 'matches' allows the last blocks to trail all blocks by less than that"),
+    "1b": Rule("hyperfitted greedy TTR minus the TTR of the base model's temperature frontier at the same judge perplexity "
+               "(linear between neighbouring temperatures, greedy as T=0), paired over prompts", "above", 0.05,
+               "0.05 TTR, as claim 1: sampling hotter buys diversity with quality, so only a point clear of that curve is "
+               "more than a temperature"),
 }
 
 NAMES = {
@@ -61,6 +67,7 @@ NAMES = {
     3: "Dynamic, context-dependent rank reordering",
     4: "Terminal Expansion: the largest dimension increase is in the final layer",
     5: "Late-Stage LoRA: the last blocks match all blocks",
+    "1b": "Not temperature (b): hyperfitted greedy lies above the base model's diversity-quality frontier",
 }
 
 PAPER = {
@@ -69,6 +76,7 @@ PAPER = {
     3: "39.1% overrides, 12.9% of them from base rank > 10",
     4: "Delta PR +80.8 at the final layer (TinyLlama, width 2048)",
     5: "last 5 blocks match or beat all blocks with ~80% fewer trainable parameters",
+    "1b": "no frontier in the paper; Carlsson et al. find hyperfitted greedy preferred by people over top-p sampling",
 }
 
 
@@ -83,7 +91,7 @@ class Check:
 
 @dataclass
 class Claim:
-    number: int
+    number: int | str  # 1-5, and "1b" (claim 1's stronger control)
     name: str
     paper: str
     rule: str
@@ -118,7 +126,7 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     return INCONCLUSIVE, f"the interval {estimate} contains the margin {rule.margin:+g}; {power}", needed
 
 
-def make_claim(number: int, estimate: Estimate | None, checks: list[Check], evidence: str) -> Claim:
+def make_claim(number: int | str, estimate: Estimate | None, checks: list[Check], evidence: str) -> Claim:
     rule = RULES[number]
     if estimate is not None and not math.isfinite(estimate.value):
         # Say why instead of printing nan: the usual cause is a ratio whose denominator (the gain) is zero.
@@ -128,7 +136,7 @@ def make_claim(number: int, estimate: Estimate | None, checks: list[Check], evid
                  estimate.to_dict() if estimate else None, [c.__dict__ for c in checks], verdict, reason, needed, evidence)
 
 
-def not_run(number: int, why: str = "not run in this study") -> Claim:
+def not_run(number: int | str, why: str = "not run in this study") -> Claim:
     rule = RULES[number]
     return Claim(number, NAMES[number], PAPER[number], rule.in_words(), rule.margin, rule.direction, None, [], NOT_RUN, why)
 
@@ -139,8 +147,9 @@ def not_run(number: int, why: str = "not run in this study") -> Claim:
 # one in a single-seed study); their effects pool the replicates (see stats.pooled).
 
 
-def reached_target(initial: float, final: float, target: float | None) -> bool:
-    """At or below the target loss; without a target (train.until_loss=null), at least halved."""
+def loss_hyperfitted(initial: float, final: float, target: float | None) -> bool:
+    """Did a training run hyperfit? At or below the target loss (the test `training.hyperfit.reached_target` stops on);
+    without a target (train.until_loss=null), at least halved."""
     return final <= target if target is not None else final < 0.5 * initial
 
 
@@ -150,7 +159,7 @@ def hyperfitted_check(trains: list[dict | None]) -> Check:
     for train in trains:
         if not train:
             return Check("model hyperfitted", False, "no training summary")
-        passed &= reached_target(train["initial_train_loss"], train["final_train_loss"], train.get("until_loss"))
+        passed &= loss_hyperfitted(train["initial_train_loss"], train["final_train_loss"], train.get("until_loss"))
         details.append(f"{train['initial_train_loss']:.3f} -> {train['final_train_loss']:.3f}")
     target = trains[0].get("until_loss")
     return Check("model hyperfitted", passed, f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""))
@@ -245,7 +254,8 @@ def claim_ranks(results: list[dict], trains: list[dict | None]) -> Claim:
     return with_replicates(make_claim(3, estimate, checks, evidence), [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
 
 
-def claim_geometry(results: list[dict], trains: list[dict | None]) -> Claim:
+def claim_geometry(results: list[dict], trains: list[dict | None], control: dict | None = None) -> Claim:
+    """``control``: the geometry of the first run at its lowest held-out loss (a fine-tune that did not hyperfit)."""
     if not results:
         return not_run(4)
     if not all(r.get("effect") for r in results):
@@ -256,7 +266,58 @@ def claim_geometry(results: list[dict], trains: list[dict | None]) -> Claim:
     v = results[0]["verdict"]
     evidence = (f"reads {v['state']}: final layer Delta PR {v['final_delta_pr']:+.1f}; runner-up {v['runner_up']} {v['runner_up_delta_pr']:+.1f}; "
                 f"last block's raw output {v['final_block_raw_delta_pr']:+.1f}; {results[0]['tokens']} positions (position 0 left out)")
+    if control and trains[0] and trains[0].get("lowest_heldout_epoch") is not None:
+        c = control["verdict"]
+        evidence += (f"; the non-hyperfitting control (the same run at epoch {trains[0]['lowest_heldout_epoch']}, its lowest held-out loss) "
+                     f"has final layer Delta PR {c['final_delta_pr']:+.1f} and effect {Estimate(**{k: control['effect'][k] for k in ('value', 'low', 'high', 'units', 'method')})}")
     return with_replicates(make_claim(4, stats.mean_of_estimates(effects), checks, evidence), [e.value for e in effects])
+
+
+def frontier_gap(hyperfitted_ttr, hyperfitted_log_perplexity, *frontier_columns) -> float:
+    """Mean hyperfitted TTR minus the frontier's TTR at the hyperfitted mean judge log-perplexity.
+
+    ``frontier_columns`` are (TTR, log-perplexity) per prompt for each base point; the frontier is
+    the piecewise-linear curve through their means, ordered by log-perplexity (flat beyond its ends).
+    """
+    ttrs = np.array([np.mean(c) for c in frontier_columns[0::2]])
+    quality = np.array([np.mean(c) for c in frontier_columns[1::2]])
+    order = np.argsort(quality)
+    return float(np.mean(hyperfitted_ttr) - np.interp(np.mean(hyperfitted_log_perplexity), quality[order], ttrs[order]))
+
+
+def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
+    """Claim 1(b): the base model sampled over temperatures traces diversity against judge perplexity; is hyperfitted greedy above it?"""
+    if not points:
+        return not_run("1b", "needs the temperature analysis and a judge model (study.judge)")
+    frontier = sorted((label for label in points if label == "base, greedy" or label.startswith("base, T=")),
+                      key=lambda label: float(np.nanmean(points[label]["log_perplexity"])))
+    labels = ["hyperfitted", *frontier]
+    # A prompt whose continuation the judge could not score (empty text) leaves every column, so the columns stay paired.
+    keep = [i for i in range(len(points["hyperfitted"]["ttr"])) if all(math.isfinite(points[l]["log_perplexity"][i]) for l in labels)]
+    columns = tuple(np.array(points[l][measure])[keep] for l in labels for measure in ("ttr", "log_perplexity"))
+    estimate = stats.pooled([columns], frontier_gap)
+    mean_of = {l: (float(np.mean(points[l]["ttr"])), float(np.exp(np.nanmean(points[l]["log_perplexity"])))) for l in points}
+    qualities = [float(np.mean(column)) for column in columns[1::2]]  # hyperfitted first, then the frontier, over the same prompts
+    tuned_quality, low, high = qualities[0], min(qualities[1:]), max(qualities[1:])
+    inside = low <= tuned_quality <= high
+    gain, _ = gain_check([(points["hyperfitted"]["ttr"], points["base, greedy"]["ttr"])])
+    checks = [hyperfitted_check(trains[:1]), gain,
+              Check("hyperfitted judge perplexity within the frontier", inside,
+                    f"{math.exp(tuned_quality):.1f} against {math.exp(low):.1f}-{math.exp(high):.1f}" +
+                    ("" if inside else ": add temperatures to analysis.temperature_grid so the frontier reaches it"))]
+    evidence = ("frontier (TTR at judge perplexity): " + ", ".join(f"{l.removeprefix('base, ')} {mean_of[l][0]:.3f} at {mean_of[l][1]:.1f}" for l in frontier)
+                + f"; hyperfitted {mean_of['hyperfitted'][0]:.3f} at {mean_of['hyperfitted'][1]:.1f}; {len(keep)} prompts, replicate 0")
+    baseline = "base, sampling baseline"
+    if baseline in points:
+        scored = [i for i in range(len(points[baseline]["ttr"]))
+                  if math.isfinite(points[baseline]["log_perplexity"][i]) and math.isfinite(points["hyperfitted"]["log_perplexity"][i])]
+        tuned, other = ({m: [points[l][m][i] for i in scored] for m in ("ttr", "log_perplexity")} for l in ("hyperfitted", baseline))
+        evidence += (f"; hyperfitted minus the base model's sampling baseline (analysis.baseline_*; Carlsson et al.'s top-p): TTR "
+                     f"{stats.paired_difference(tuned['ttr'], other['ttr'])}, judge log-perplexity "
+                     f"{stats.paired_difference(tuned['log_perplexity'], other['log_perplexity'])}")
+    if "human" in points:
+        evidence += f"; human text {mean_of['human'][0]:.3f} at {mean_of['human'][1]:.1f}"
+    return make_claim("1b", estimate, checks, evidence)
 
 
 def claim_late_stage(results: dict | None) -> Claim:
@@ -268,7 +329,7 @@ def claim_late_stage(results: dict | None) -> Claim:
     target = results["until_loss"]
     checks = []
     for key, row in m.items():
-        reached = not row.get("diverged", False) and reached_target(row["initial_train_loss"], row["final_train_loss"], target)
+        reached = not row.get("diverged", False) and loss_hyperfitted(row["initial_train_loss"], row["final_train_loss"], target)
         checks.append(Check(f"{key} hyperfitted", reached,
                             f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
                             + (f", target {target:g}" if target is not None else "") + ("; diverged" if row.get("diverged") else "")))
@@ -282,14 +343,18 @@ def claim_late_stage(results: dict | None) -> Claim:
     return make_claim(5, stats.paired_difference(last, every), checks, evidence)
 
 
-def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None]) -> list[Claim]:
-    """``analyses`` maps each analysis to its results, one per hyperfitted replicate; ``trains`` their training summaries."""
+def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None], frontier: dict | None = None,
+               geometry_control: dict | None = None) -> list[Claim]:
+    """``analyses`` maps each analysis to its results, one per hyperfitted replicate; ``trains`` their training summaries;
+    ``frontier`` the judged diversity-quality points of the first replicate's temperature analysis (quality stage);
+    ``geometry_control`` the geometry of the first replicate at its lowest held-out loss. Claims 1-5 in order, then claim 1(b)."""
     return [
         claim_temperature(analyses.get("temperature", []), trains),
         claim_static_bias(analyses.get("static-bias", []), trains),
         claim_ranks(analyses.get("ranks", []), trains),
-        claim_geometry(analyses.get("geometry", []), trains),
+        claim_geometry(analyses.get("geometry", []), trains, geometry_control),
         claim_late_stage(controls),
+        claim_frontier(frontier, trains),
     ]
 
 

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hyperfitting.config import RunConfig
-from hyperfitting.errors import ConfigError, DivergenceError
+from hyperfitting.errors import CheckpointError, ConfigError, DivergenceError
 from hyperfitting.rundir import atomic_path, write_jsonl
 from hyperfitting.seeding import seeded
 from hyperfitting.models.blocks import find_block_stack
@@ -27,6 +27,9 @@ from hyperfitting.training.parallel import full_model_state, full_optimizer_stat
 from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
 
 CHECKPOINT = "checkpoint.pt"
+# The trainable weights at the epoch of lowest held-out loss: the same run stopped before it hyperfitted, the
+# non-hyperfitting control of the geometry analysis (is the expansion specific to hyperfitting?).
+LOWEST_HELDOUT = "lowest_heldout.pt"
 
 
 @dataclass
@@ -272,8 +275,9 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         if shard or accelerator.is_main_process:  # gathering the shards is a collective; otherwise process 0 alone copies
             trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
         if accelerator.is_main_process:
-            with atomic_path(checkpoint_path) as tmp:
-                torch.save({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, tmp)
+            save_atomically({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, checkpoint_path)
+            if args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:
+                save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, stage_dir / LOWEST_HELDOUT)
             write_jsonl(stage_dir / "train_log.jsonl", log)
         if diverged:
             raise DivergenceError(
@@ -289,6 +293,54 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     if accelerator.is_main_process:
         write_jsonl(stage_dir / "train_log.jsonl", log)
     return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds)
+
+
+def save_atomically(state: dict, path: Path) -> None:
+    """torch.save through a Python file object, so a full disk surfaces as an OSError that atomic_path names
+    (torch's own file writer would raise a bare RuntimeError)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(state, handle)
+
+
+def lowest_heldout_epoch(log: list[dict]) -> int | None:
+    """The epoch (0 = before training) whose held-out loss is the lowest so far; None without held-out blocks."""
+    scored = [(row["heldout_loss"], row["epoch"]) for row in log if math.isfinite(row.get("heldout_loss", math.nan))]
+    return min(scored)[1] if scored else None
+
+
+def restore_trainable(model, trainable: dict[str, torch.Tensor], source: Path):
+    """Copy saved trainable weights (keyed by parameter name) into ``model``, refusing names it does not have."""
+    # The state dict, not named_parameters: a tied head is one parameter under two names, and a saved state has both.
+    unknown = model.load_state_dict(trainable, strict=False).unexpected_keys
+    if unknown:
+        raise CheckpointError(f"{source} names {len(unknown)} parameters the model does not have (first: {sorted(unknown)[0]}). "
+                              "It was saved by another version or recipe: delete it and run that stage again.")
+    return model
+
+
+def load_lowest_heldout(args, folder: Path):
+    """(model, epoch): the hyperfitted run in ``folder`` as it was at its epoch of lowest held-out loss, ready for inference.
+
+    (None, 0) when the held-out loss never fell below its value before training: then nothing was saved, and the
+    control is the base model itself.
+    """
+    from dataclasses import replace
+
+    from hyperfitting.models.loading import adapter_folder, finetuned_model_folder, load_hyperfitted, load_model
+
+    path = Path(folder) / LOWEST_HELDOUT
+    if not path.exists():
+        return None, 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if finetuned_model_folder(folder) is not None:
+        model = load_hyperfitted(args, folder)[0]
+    else:  # the adapter unmerged, so its LoRA weights have their names; merged once they are restored
+        model = load_model(replace(args, adapter=str(adapter_folder(folder))), for_training=True)[0]
+    model = restore_trainable(model, state["trainable"], path)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.requires_grad_(False)
+    return model.eval(), int(state["epoch"])
 
 
 def reached_target(log: list[dict], until_loss: float | None) -> bool:
