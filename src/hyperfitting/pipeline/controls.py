@@ -87,7 +87,7 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
     wall = time.perf_counter() - started
     tuned = trained.model.eval()
     if hasattr(tuned, "merge_and_unload") and not is_sharded(tuned):
-        tuned = tuned.merge_and_unload()  # trained: the adapter folded in decodes at the base model's speed
+        tuned = tuned.merge_and_unload()  # trained: decoded and measured as a plain model, like the study's own
     # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
     outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
     ids = [o.token_ids for o in outputs]
