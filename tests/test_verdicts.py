@@ -261,3 +261,14 @@ def test_claim_1b_outside_the_frontier_or_without_a_judge_decides_nothing():
     assert claim_frontier(None, [TRAINED]).verdict == NOT_RUN
     untrained = claim_frontier(frontier_points(0.7, 2.0), [{**TRAINED, "final_train_loss": 2.0}])
     assert untrained.verdict == INCONCLUSIVE and "model hyperfitted" in untrained.reason
+
+
+def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_decide():
+    from hyperfitting.report.verdicts import claim_frontier
+
+    points = frontier_points(0.60, 2.0, n=64, seed=11)  # +0.15 above the frontier, but ...
+    few = {label: {m: v[:4] for m, v in values.items()} for label, values in points.items()}  # ... on 4 prompts
+    noisy = {label: {"ttr": [t + e for t, e in zip(values["ttr"], (0.14, -0.14, 0.12, -0.12))],
+                     "log_perplexity": values["log_perplexity"]} if label == "hyperfitted" else values for label, values in few.items()}
+    claim = claim_frontier(noisy, [TRAINED])
+    assert claim.verdict == INCONCLUSIVE and "would decide it" in claim.reason and claim.units_needed > 4, claim.reason

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from hyperfitting.generation.decoding import Continuation
+from hyperfitting.generation.decoding import Continuation, left_padded
 
 
 def contrastive_scores(probabilities: torch.Tensor, candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
@@ -39,13 +39,8 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    batch, width = len(prompts), max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    batch = len(prompts)
+    input_ids, attention_mask = left_padded(prompts, pad_token_id, device)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache(config=model.config)

@@ -55,6 +55,17 @@ def _accepts(model, name: str) -> bool:
     return name in inspect.signature(forward).parameters
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of a batch padded on the left, so every row's next token goes at the end."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
 @torch.no_grad()
 def decode_batch(
     model,
@@ -75,12 +86,7 @@ def decode_batch(
     device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    input_ids, attention_mask = left_padded(prompts, pad_token_id, device)
     # Left padding: positions count real tokens only, so a padded row sees the same positions as alone.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     padded = any(len(p) != width for p in prompts)

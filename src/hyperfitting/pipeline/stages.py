@@ -55,6 +55,11 @@ def data_stage(graph: StageGraph, tokenizer) -> PreparedData:
     return load_prepared(folder)  # as a resumed run would read it: one manifest, whether the stage ran now or before
 
 
+def analysed_prompts(config: RunConfig, data: PreparedData) -> list[Prompt]:
+    """The analyses' prompts, in the order every analysis uses them: analysis.corpora, or every evaluation corpus."""
+    return [p for corpus in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[corpus]]
+
+
 def load_prepared(folder: Path) -> PreparedData:
     tensors = load_file(folder / "blocks.safetensors")
     prompts: dict[str, list[Prompt]] = {}
@@ -245,7 +250,7 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
         # The judged paths of the temperature analyses too: MAUVE is the papers' second quality axis beside perplexity.
         frontier = (results["judge"] or {}).get("frontier", {})
         if frontier:
-            analysed = [p for corpus in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[corpus]]
+            analysed = analysed_prompts(config, data)
             prompt_ids = [p.prompt_ids for p in analysed]
             human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed])
             results["frontier_mauve"] = {
@@ -292,7 +297,7 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
             results["corpora"][corpus][row] = {"perplexity": math.exp(estimate.value), "low": math.exp(estimate.low),
                                                "high": math.exp(estimate.high), "per_prompt_log_perplexity": values}
     if frontiers:
-        analysed = [p for corpus in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[corpus]]
+        analysed = analysed_prompts(config, data)
         human = [p.reference_ids[:analysis_tokens(config)] for p in analysed]
         memo: dict = {}  # the base model's frontier paths are the same for every analysed model: judge them once
         results["frontier"] = {stage: judged_points(judge, judge_tokenizer, tokenizer, [p.prompt_ids for p in analysed],
@@ -357,7 +362,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     # paper analyses: every parameter fine-tuned, so no block is unchanged by construction.
     for suffix in [replicate_suffix(r) for r in range(1, config.study.replicates)] + ([FULL] if config.study.full_finetune else []):
         analyse(suffix)
-    prompts = [p.prompt_ids for c in (config.analysis.corpora or list(data.prompts)) for p in data.prompts[c]]
+    prompts = [p.prompt_ids for p in analysed_prompts(config, data)]
     controls_stage(graph, data, prompts, base_model, tokenizer)
     quality_stage(graph, data, base_model, tokenizer)
 
