@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test clean browser
 
 install: $(STAMP)
 
@@ -24,8 +24,13 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(BIN)/hyperfit study configs/quick.yaml --resume
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# Chromium from the system's packages (Playwright's own browser download cannot run offline); as root only, otherwise
+# the browser test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 clean:
 	rm -rf $(VENV) runs

@@ -73,6 +73,16 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert all(len(p["ttr"]) == len(p["log_perplexity"]) == 3 for p in points.values())
     assert "Claim 1(b): diversity against quality" in (run_dir / "report.md").read_text()
     assert "is the expansion specific to hyperfitting?" in (run_dir / "report.md").read_text()
+    # Better than what? Every decoding method of the base model, judged and in the report with the study's rows.
+    from hyperfitting.config import BASELINE_METHODS
+
+    baselines = json.loads((run_dir / "baselines" / "results.json").read_text())
+    assert list(baselines) == list(BASELINE_METHODS)
+    assert all(len(r["corpora"][str(corpus)]["per_prompt_ttr"]) == 3 for r in baselines.values())
+    plane = judge["baselines"][str(corpus)]
+    assert set(BASELINE_METHODS) | {"hyperfitted", "hyperfitted-blocked", "human"} == set(plane)
+    assert "## Better than what?" in (run_dir / "report.md").read_text()
+    assert (run_dir / "report-figures" / f"methods_{corpus.name}.png").exists()  # a corpus given as a path: its name
     # The saved adapter carries a model card (the card classes read its header back) with the study's verdicts.
     from huggingface_hub import ModelCard
 
@@ -109,6 +119,24 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code == 0, err
     code, out, err = run_cli(monkeypatch, capsys, "compare", str(run_dir), str(run_dir))
     assert code == 0 and out.count(str(run_dir)) == 2
+
+    # Preference: a blind export of every decoded row against the human text, the judge model standing in for people, and
+    # people's judgements imported; the report shows both, the stand-in labelled as not people.
+    code, out, err = run_cli(monkeypatch, capsys, "judge", "export", str(run_dir))
+    assert code == 0, err
+    tasks = [json.loads(line) for line in (run_dir / "judging" / "for-raters" / "tasks.jsonl").read_text().splitlines()]
+    assert len(tasks) == 3 * (len(BASELINE_METHODS) + 2)  # 3 prompts x (hyperfitted, citation-blocked and every baseline)
+    code, out, err = run_cli(monkeypatch, capsys, "judge", "auto", str(run_dir))
+    assert code == 0, err
+    ratings = tmp_path / "ann.jsonl"
+    ratings.write_text("".join(json.dumps({"export_id": t["export_id"], "task_id": t["task_id"], "rater": "ann", "choice": "A"}) + "\n"
+                               for t in tasks))
+    code, out, err = run_cli(monkeypatch, capsys, "judge", "import", str(run_dir), str(ratings))
+    assert code == 0, err
+    report = (run_dir / "report.md").read_text()
+    assert "## Human preference" in report and "not people" in report
+    code, out, err = run_cli(monkeypatch, capsys, "judge", "import", str(run_dir), str(ratings), str(ratings))
+    assert code == 2 and "rater 'ann' already judged task" in err
 
 
 def test_unknown_model_names_the_alternatives(monkeypatch, capsys, tmp_path):

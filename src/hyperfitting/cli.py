@@ -208,6 +208,80 @@ def compare(run_dirs):
     print(compare_runs([Path(d) for d in run_dirs]))
 
 
+@cli.group()
+def judge():
+    """Blind pairwise preference: export tasks for raters, import their judgements, or let a judge model stand in."""
+
+
+@judge.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", default=None, help="Corpus whose prompts are judged (default: the training corpus).")
+@click.option("--methods", default=None, help="Comma-separated methods (default: every row the study decoded).")
+@click.option("--against", type=click.Choice(["human", "all"]), default="human", show_default=True,
+              help="human: each method against the original text; all: every pair of methods.")
+@click.option("--prompts", type=int, default=None, help="Use only the first N prompts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sides and the order.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export (its judgements will no longer import).")
+def judge_export(run_dir, corpus, methods, against, prompts, seed, overwrite):
+    """Write blind pairwise tasks (JSONL, CSV and a self-contained page) for raters, and the key apart from them."""
+    from hyperfitting.preference.export import collect_candidates, make_export, write_export
+
+    candidates = collect_candidates(Path(run_dir), corpus)
+    tasks, key = make_export(candidates, methods.split(",") if methods else None, against, prompts, seed)
+    folder = write_export(Path(run_dir), tasks, key, overwrite)
+    print(f"Export {key['export_id']}: {len(tasks)} pairs on {candidates.corpus} ({', '.join(key['methods'])} against "
+          f"{'the human text' if against == 'human' else 'each other and the human text'}).\n"
+          f"Give raters {folder / 'for-raters' / 'judge.html'} (it runs in any browser, offline); the key stays in {folder / 'key.json'}.\n"
+          f"Then: hyperfit judge import {run_dir} FILE...")
+
+
+@judge.command(name="import")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+def judge_import(run_dir, files):
+    """Merge raters' judgement files, check them against the export, score them, and add them to the report."""
+    from hyperfitting.preference.export import judging_folder, key_of
+    from hyperfitting.preference.scoring import preference_markdown, read_judgements, score_judgements
+    from hyperfitting.rundir import write_json, write_jsonl
+
+    key = key_of(Path(run_dir))
+    judgements = read_judgements([Path(f) for f in files], key)
+    scores = score_judgements(judgements, key, "people")
+    folder = judging_folder(Path(run_dir))
+    write_jsonl(folder / "judgements.jsonl", judgements)
+    write_json(folder / "preference.json", scores)
+    print("\n".join(preference_markdown(scores, "Human preference")))
+    _rebuild_report(Path(run_dir))
+
+
+@judge.command(name="auto")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--judge", "judge_model", default=None, help="Judge model (default: the study's study.judge).")
+def judge_auto(run_dir, judge_model):
+    """An automatic stand-in for raters: the judge model prefers the likelier continuation. Never human preference."""
+    from hyperfitting.preference.automatic import automatic_judgements
+    from hyperfitting.preference.export import judging_folder, key_of
+    from hyperfitting.preference.scoring import preference_markdown, score_judgements
+    from hyperfitting.rundir import write_json, write_jsonl
+
+    key = key_of(Path(run_dir))
+    judgements, name = automatic_judgements(Path(run_dir), judge_model)
+    scores = score_judgements(judgements, key, f"automatic: {name}")
+    folder = judging_folder(Path(run_dir))
+    write_jsonl(folder / "automatic-judgements.jsonl", judgements)
+    write_json(folder / "automatic.json", scores)
+    print("\n".join(preference_markdown(scores, f"Automatic stand-in ({name}'s likelihood, not people)")))
+    _rebuild_report(Path(run_dir))
+
+
+def _rebuild_report(run_dir: Path) -> None:
+    if (run_dir / "metrics.json").exists():
+        from hyperfitting.report.build import build_report
+
+        build_report(run_dir)
+        print(f"Report rebuilt: {run_dir / 'report.html'}")
+
+
 @cli.command(name="list")
 def list_embedded():
     """List the embedded models, corpora and config presets."""

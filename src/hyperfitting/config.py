@@ -246,6 +246,49 @@ class AnalysisArgs:
         check_rules(self, "analysis")
 
 
+# Decoding methods the base model is compared with (generation/baselines.py), in the order of the table.
+BASELINE_METHODS = ("greedy", "top-p", "min-p", "typical", "eta", "epsilon", "repetition-penalty", "no-repeat-ngram", "beam",
+                    "contrastive")
+
+
+@dataclass
+class BaselinesArgs:
+    """The base model decoded by other methods, at the generation table's budget (same prompts, generate.max_new_tokens)."""
+
+    methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
+    """Decoding methods decoded from the base model, each a row of the baselines table (empty: none). The top-p row is
+    Carlsson et al.'s sampling baseline, with analysis.baseline_temperature/top_k/top_p."""
+    corpora: list[str] = field(default_factory=list)
+    """Evaluation corpora whose prompts the baselines decode (default: all of data.eval_corpora)."""
+    seeds: int = ruled(3, '>= 1')
+    """Sampling seeds per sampled method (top-p, min-p, typical, eta, epsilon); every seed decodes in one batch."""
+    min_p: float = ruled(0.1, '(0, 1)')
+    """Min-p sampling (Nguyen et al.): keep tokens with at least this share of the top token's probability (they suggest 0.05-0.1)."""
+    typical_p: float = ruled(0.95, '(0, 1)')
+    """Locally typical sampling (Meister et al.): probability mass kept, most typical tokens first (they evaluate 0.2 and 0.95)."""
+    eta: float = ruled(9e-4, '(0, 1)')
+    """Eta sampling (Hewitt et al.): the entropy-dependent cutoff's epsilon (they suggest 3e-4 to 4e-3, by model size)."""
+    epsilon: float = ruled(3e-4, '(0, 1)')
+    """Epsilon sampling (Hewitt et al.): drop tokens below this probability (they suggest 3e-4 to 9e-4)."""
+    repetition_penalty: float = ruled(1.2, '> 1')
+    """Greedy decoding with CTRL's repetition penalty (Keskar et al. use 1.2): logits of tokens already in the text are divided by it."""
+    no_repeat_ngram: int = ruled(3, '>= 1')
+    """Greedy decoding that never repeats an n-gram of this length."""
+    beams: int = ruled(4, '>= 2')
+    """Beam search width (transformers' beam search; no length penalty, continuations of the full length)."""
+    contrastive_top_k: int = ruled(4, '>= 1')
+    """Contrastive search's candidates per step (Su and Collier use 4-10)."""
+    contrastive_alpha: float = ruled(0.6, '[0, 1]')
+    """Contrastive search's degeneration penalty weight (Su and Collier use 0.6)."""
+
+    def __post_init__(self) -> None:
+        check_rules(self, "baselines")
+        unknown = sorted(set(self.methods) - set(BASELINE_METHODS))
+        if unknown:
+            raise ConfigError(f"baselines.methods = {self.methods!r}: {unknown[0]!r} is not a decoding method here. "
+                              f"Choose from {', '.join(BASELINE_METHODS)}.")
+
+
 # The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry", "block-swap")
 
@@ -306,6 +349,7 @@ class RunConfig:
     generate: GenerateArgs = field(default_factory=GenerateArgs)
     analysis: AnalysisArgs = field(default_factory=AnalysisArgs)
     study: StudyArgs = field(default_factory=StudyArgs)
+    baselines: BaselinesArgs = field(default_factory=BaselinesArgs)
 
     def __post_init__(self) -> None:
         # Rules that join sections; each section's own rules sit beside its fields.
@@ -316,6 +360,10 @@ class RunConfig:
         if self.study.lowest_heldout_control and "geometry" in self.study.analyses and not self.train.keep_lowest_heldout:
             raise ConfigError("study.lowest_heldout_control=true needs the weights at the lowest held-out loss: set "
                               "train.keep_lowest_heldout=true, or study.lowest_heldout_control=false.")
+        outside = [c for c in self.baselines.corpora if c not in self.data.eval_corpora]
+        if outside:
+            raise ConfigError(f"baselines.corpora = {self.baselines.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
+                              f"{self.data.eval_corpora!r}. Add it there, or decode one of those.")
         if self.data.heldout_blocks < 1 and "geometry" in self.study.analyses:
             raise ConfigError("data.heldout_blocks = 0: the geometry analysis compares hidden states on held-out blocks. "
                               "Use at least 1, or drop geometry from study.analyses.")

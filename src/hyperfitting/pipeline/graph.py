@@ -67,7 +67,8 @@ def model_files(name: str) -> tuple[Path, ...]:
 # Seconds each stage of the quick preset took on a 2-core CPU (2 threads): only their proportions matter,
 # to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
 STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
-                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50}
+                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50,
+                 "baselines": 240}
 
 
 def stage_weight(name: str) -> float:
@@ -240,6 +241,11 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     if config.study.citation_blocked_row and not config.generate.citation_blocker:
         specs.append(evaluation_spec("hyperfitted-blocked", blocked_config(config), ("train",),
                                      "the hyperfitted model with the 5-gram citation blocker"))
+    if config.baselines.methods:
+        a = config.analysis  # the top-p row is the analyses' sampling baseline
+        specs.append(StageSpec("baselines", "the base model decoded by other methods, at the same budget", config,
+                               sections=("model", "generate", "baselines"), parents=("data", "base"), files=model_files(config.model.name),
+                               values={"analysis.baseline": [a.baseline_temperature, a.baseline_top_k, a.baseline_top_p]}))
     trained = [("", config)]
     trained += [(replicate_suffix(r), replicate_config(config, r)) for r in range(1, config.study.replicates)]
     if config.study.full_finetune:
@@ -258,7 +264,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
-    decoded = ("base", "hyperfitted") + (("hyperfitted-blocked",) if any(s.name == "hyperfitted-blocked" for s in specs) else ())
+    decoded = ("base", "hyperfitted") + tuple(s.name for s in specs if s.name in ("hyperfitted-blocked", "baselines"))
     # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
     judged = tuple(s.name for s in specs if s.name in ("analysis-temperature", f"analysis-temperature{FULL}")) if judge else ()
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,

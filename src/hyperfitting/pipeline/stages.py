@@ -235,8 +235,9 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
         temperature = read_json(run_dir / name / "results.json") if name in graph else {}
         if "paths" in temperature:
             frontiers[name] = temperature
+    baselines = graph.run_dir if "baselines" in graph else None
     results: dict = {"mauve": {}, "reader": [], "samples": 0,
-                     "judge": judge_quality(config, data, tokenizer, generations, frontiers)}
+                     "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
     if config.study.mauve:
         for corpus, prompts in data.prompts.items():
             rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
@@ -257,6 +258,17 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
                 name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label]))
                        for label in points if label != "human"}
                 for name, points in frontier.items()}
+        if "baselines" in graph:  # each decoding method's first seed against the same human continuations
+            from hyperfitting.pipeline.baselines import baseline_paths
+
+            results["baselines_mauve"] = {}
+            for corpus in baseline_corpora(config, data):
+                prompts = data.prompts[corpus]
+                prompt_ids = [p.prompt_ids for p in prompts]
+                human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts])
+                results["baselines_mauve"][corpus] = {
+                    name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0]))
+                    for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
     reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
     for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
         item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
@@ -270,13 +282,18 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     return results
 
 
+def baseline_corpora(config: RunConfig, data: PreparedData) -> list[str]:
+    return config.baselines.corpora or list(data.prompts)
+
+
 def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations: dict[str, list[dict]],
-                  frontiers: dict[str, dict] | None = None) -> dict | None:
+                  frontiers: dict[str, dict] | None = None, baselines_run_dir: Path | None = None) -> dict | None:
     """Perplexity of every row's continuations (and the human ones) under the independent judge, per corpus, with intervals;
-    and, per temperature analysis in ``frontiers`` (stage -> results), each of its decoded paths as per-prompt points."""
+    per temperature analysis in ``frontiers`` (stage -> results), each of its decoded paths as per-prompt points; and, when
+    ``baselines_run_dir`` has a baselines stage, every decoding method beside the study's rows as per-prompt points."""
     from hyperfitting.analysis.common import analysis_tokens
     from hyperfitting.config import ModelArgs
-    from hyperfitting.report.quality import judge_log_perplexities, judge_name, judged_points
+    from hyperfitting.report.quality import judge_name, judged_points
     from hyperfitting.stats import mean
 
     name = judge_name(config.study.judge, config.model.name)
@@ -285,26 +302,47 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
     judge, judge_tokenizer = load_model(ModelArgs(name=name, dtype=config.model.dtype))
     results: dict = {"model": name, "corpora": {}}
     length = config.generate.max_new_tokens
+    memo: dict = {}  # a set of continuations seen before (the base model's frontier paths, a row also on the baselines plane) is judged once
+    rows_by_corpus = {}
     for corpus, prompts in data.prompts.items():
-        texts = [tokenizer.decode(p.prompt_ids, skip_special_tokens=True) for p in prompts]
-        rows = {row: [tokenizer.decode(g["continuation_ids"], skip_special_tokens=True) for g in generations[row] if g["corpus"] == corpus]
-                for row in generations}
-        rows["human"] = [tokenizer.decode(p.reference_ids[:length], skip_special_tokens=True) for p in prompts]
+        prompt_ids = [p.prompt_ids for p in prompts]
+        rows = {row: [g["continuation_ids"] for g in generations[row] if g["corpus"] == corpus] for row in generations}
+        rows["human"] = [p.reference_ids[:length] for p in prompts]
+        rows_by_corpus[corpus] = rows
+        points = judged_points(judge, judge_tokenizer, tokenizer, prompt_ids, rows, memo)
         results["corpora"][corpus] = {}
-        for row, continuations in rows.items():
-            values = [v for v in judge_log_perplexities(judge, judge_tokenizer, texts, continuations) if v == v]
+        for row in rows:
+            values = [v for v in points[row]["log_perplexity"] if v == v]
             estimate = mean(values)  # of log-perplexities: the interval is then exponentiated
             results["corpora"][corpus][row] = {"perplexity": math.exp(estimate.value), "low": math.exp(estimate.low),
                                                "high": math.exp(estimate.high), "per_prompt_log_perplexity": values}
+    if baselines_run_dir is not None:
+        from hyperfitting.pipeline.baselines import baseline_paths
+
+        results["baselines"] = {}
+        for corpus in baseline_corpora(config, data):
+            prompt_ids = [p.prompt_ids for p in data.prompts[corpus]]
+            plane = {}
+            for method, seeds in baseline_paths(baselines_run_dir, corpus, config.baselines.methods).items():
+                per_seed = [judged_points(judge, judge_tokenizer, tokenizer, prompt_ids, {method: seed}, memo)[method] for seed in seeds]
+                plane[method] = {key: [_nanmean(column) for column in zip(*(p[key] for p in per_seed))] for key in ("ttr", "log_perplexity")}
+            # The study's own rows on the same plane: hyperfitted greedy (and blocked) among the methods, the human text as the yardstick.
+            plane.update(judged_points(judge, judge_tokenizer, tokenizer, prompt_ids,
+                                       {row: ids for row, ids in rows_by_corpus[corpus].items() if row != "base"}, memo))
+            results["baselines"][corpus] = plane
     if frontiers:
         analysed = analysed_prompts(config, data)
         human = [p.reference_ids[:analysis_tokens(config)] for p in analysed]
-        memo: dict = {}  # the base model's frontier paths are the same for every analysed model: judge them once
         results["frontier"] = {stage: judged_points(judge, judge_tokenizer, tokenizer, [p.prompt_ids for p in analysed],
                                                     {**temperature["paths"], "human": human}, memo)
                                for stage, temperature in frontiers.items()}
     del judge
     return results
+
+
+def _nanmean(values) -> float:
+    finite = [v for v in values if v == v]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def run_study(config: RunConfig, run_dir: Path) -> dict:
@@ -326,6 +364,10 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     blocked = None
     if "hyperfitted-blocked" in graph:
         blocked = evaluation_stage(graph, "hyperfitted-blocked", data, tuned_model, tokenizer, base_model, training_index)
+    if "baselines" in graph:  # "better than what?": the base model under other decoding methods, at the same budget
+        from hyperfitting.pipeline.baselines import baselines_stage
+
+        baselines_stage(graph, data, base_model, tokenizer, training_index)
     columns: dict[str, dict[str, float]] = {}
     for corpus in data.prompts:
         columns[f"{corpus}: base"] = base[corpus]

@@ -15,7 +15,8 @@ import yaml
 
 from hyperfitting import stats
 from hyperfitting.analysis.common import new_figure, savefig
-from hyperfitting.config import ANALYSES
+from hyperfitting.config import ANALYSES, BASELINE_METHODS
+from hyperfitting.report.baselines import baselines_section
 from hyperfitting.report.verdicts import all_claims
 from hyperfitting.rundir import FULL, LOWEST, read_json, replicate_suffix, write_json, write_text
 
@@ -113,6 +114,12 @@ def left_out(config: dict) -> list[str]:
         missing.append("full fine-tuning among claim 5's placements (add full to study.controls)")
     if study["controls"] and not study.get("controls_lr_sweep"):
         missing.append("a learning-rate sweep for each of claim 5's placements: one rate per method (study.controls_lr_sweep)")
+    methods = (config.get("baselines") or {}).get("methods", [])
+    absent = [m for m in BASELINE_METHODS if m not in methods]
+    if absent:
+        missing.append(f"decoding baselines {', '.join(absent)} (baselines.methods)")
+    elif (config.get("baselines") or {}).get("seeds", 1) < 2:
+        missing.append("several seeds per sampled decoding baseline (baselines.seeds=3)")
     if "temperature" in study["analyses"] and len(analysis["temperature_grid"]) < 5:
         missing.append(f"a fine temperature frontier: {len(analysis['temperature_grid'])} temperatures besides T* and greedy "
                        "(analysis.temperature_grid; a frontier wants at least 5)")
@@ -124,6 +131,22 @@ def left_out_section(config: dict) -> list[str]:
     if not missing:
         return []
     return ["## What this study left out", "", "Not run here, so not part of any verdict above:", ""] + [f"- {m}" for m in missing] + [""]
+
+
+def preference_sections(run_dir: Path) -> list[str]:
+    """Human preference when judgements were imported, and the automatic stand-in, labelled as such, when it was run."""
+    from hyperfitting.preference.scoring import preference_markdown
+
+    md = []
+    people = _maybe(run_dir / "judging" / "preference.json")
+    if people:
+        md += preference_markdown(people, "## Human preference")
+    automatic = _maybe(run_dir / "judging" / "automatic.json")
+    if automatic:
+        md += preference_markdown(automatic, f"## Automatic stand-in for preference ({automatic['source']}): not people")
+        md += ["A language model's likelihood prefers predictable text, repetitive text included; this stand-in only shows the "
+               "preference pipeline working end to end. It is not evidence of what readers prefer.", ""]
+    return md
 
 
 def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict) -> list[str]:
@@ -243,6 +266,10 @@ def build_report(run_dir: Path) -> dict:
                 md.append(f"| {corpus} | " + " | ".join(f"{rows[n]['perplexity']:.1f} [{rows[n]['low']:.1f}, {rows[n]['high']:.1f}]"
                                                      for n in names) + " |")
             md.append("")
+    baselines = _maybe(run_dir / "baselines" / "results.json")
+    if baselines:
+        md += baselines_section(run_dir, baselines, study["metrics"], quality, figures)
+    md += preference_sections(run_dir)
     sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),
                 ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png"),
                 ("block-swap", "Claim 4, causal test: the final block swapped", "block_swap.png")]
@@ -283,6 +310,7 @@ def build_report(run_dir: Path) -> dict:
     study["analyses"] = analyses
     study["controls"] = controls
     study["quality"] = quality
+    study["baselines"] = baselines
     study["stage_seconds"] = timings
     study["stage_peak_memory_mib"] = peaks
     study["expansion_dynamics"] = dynamics

@@ -1,0 +1,132 @@
+"""Decoding methods that hyperfitting is compared with: "better than what?"
+
+Each method decodes the *base* model at the generation table's budget (same prompts, same number
+of new tokens). Most are logits processors from transformers (min-p, typical, eta, epsilon,
+repetition penalty, no-repeat-n-gram) run through the toolkit's one decoding path
+(`generation/decoding.py`); contrastive search is the project's own (`generation/contrastive.py`);
+beam search is the one exception: it keeps several hypotheses per prompt, which a
+one-token-per-row loop cannot, so it goes through transformers' `generate`.
+
+Sampled methods decode every seed of every prompt in one batch: row s * P + p is seed s of prompt
+p, and samples from its own generator, so the text does not depend on batching.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import torch
+
+from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig
+from hyperfitting.generation.decoding import Continuation, generate, left_padded
+
+SAMPLED = ("top-p", "min-p", "typical", "eta", "epsilon")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    settings: str
+    """The method's settings in words, for the table."""
+    sampled: bool
+
+
+def describe(name: str, config: RunConfig) -> Method:
+    """A method of `baselines.methods` with the settings this config gives it."""
+    b, a = config.baselines, config.analysis
+    settings = {
+        "greedy": "argmax at every step",
+        "top-p": f"T {a.baseline_temperature:g}, top-k {a.baseline_top_k}, top-p {a.baseline_top_p:g} (Carlsson et al.'s baseline)",
+        "min-p": f"min-p {b.min_p:g}, T 1",
+        "typical": f"typical mass {b.typical_p:g}, T 1",
+        "eta": f"eta {b.eta:g}, T 1",
+        "epsilon": f"epsilon {b.epsilon:g}, T 1",
+        "repetition-penalty": f"greedy, penalty {b.repetition_penalty:g}",
+        "no-repeat-ngram": f"greedy, no repeated {b.no_repeat_ngram}-gram",
+        "beam": f"{b.beams} beams, no length penalty",
+        "contrastive": f"k {b.contrastive_top_k}, alpha {b.contrastive_alpha:g}",
+    }[name]
+    return Method(name, settings, name in SAMPLED)
+
+
+def _processors(name: str, baselines: BaselinesArgs) -> list:
+    from transformers import (
+        EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+        TypicalLogitsWarper,
+    )
+
+    return {
+        "min-p": lambda: [MinPLogitsWarper(baselines.min_p)],
+        "typical": lambda: [TypicalLogitsWarper(baselines.typical_p)],
+        "eta": lambda: [EtaLogitsWarper(baselines.eta)],
+        "epsilon": lambda: [EpsilonLogitsWarper(baselines.epsilon)],
+        "repetition-penalty": lambda: [RepetitionPenaltyLogitsProcessor(baselines.repetition_penalty)],
+        "no-repeat-ngram": lambda: [NoRepeatNGramLogitsProcessor(baselines.no_repeat_ngram)],
+    }.get(name, lambda: [])()
+
+
+def decoding_args(name: str, config: RunConfig) -> GenerateArgs:
+    """The generate settings of a method (its logits processors come from ``_processors``)."""
+    a, b = config.analysis, config.baselines
+    plain = replace(config.generate, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, citation_blocker=False, contrastive_top_k=0)
+    if name == "top-p":
+        return replace(plain, do_sample=True, temperature=a.baseline_temperature, top_k=a.baseline_top_k, top_p=a.baseline_top_p)
+    if name in SAMPLED:
+        return replace(plain, do_sample=True)
+    if name == "contrastive":
+        return replace(plain, contrastive_top_k=b.contrastive_top_k, contrastive_alpha=b.contrastive_alpha)
+    return plain
+
+
+@torch.no_grad()
+def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], args: GenerateArgs, beams: int) -> list[Continuation]:
+    """transformers' beam search, left-padded batches, every continuation ``args.max_new_tokens`` long (EOS suppressed
+    unless generate.stop_at_eos): the same budget as every other row."""
+    device = next(model.parameters()).device
+    outputs: list[Continuation] = []
+    for start in range(0, len(prompts), args.batch_size):
+        batch = prompts[start:start + args.batch_size]
+        input_ids, attention_mask = left_padded(batch, tokenizer.pad_token_id, device)
+        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=beams, do_sample=False,
+                                   max_new_tokens=args.max_new_tokens, min_new_tokens=0 if args.stop_at_eos else args.max_new_tokens,
+                                   length_penalty=0.0, early_stopping=False, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, top_k=None, top_p=None, temperature=None)
+        for prompt, row in zip(batch, generated[:, input_ids.shape[1]:].tolist()):
+            if args.stop_at_eos and tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id) + 1]
+            outputs.append(Continuation(list(prompt), row))
+    return outputs
+
+
+@dataclass
+class Decoded:
+    method: Method
+    continuations: list[list[Continuation]]
+    """continuations[s][p]: seed s (one for deterministic methods) of prompt p."""
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        tokens = sum(len(c.token_ids) for seed in self.continuations for c in seed)
+        return tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def decode_method(name: str, model, tokenizer, prompts: Sequence[Sequence[int]], config: RunConfig,
+                  show_progress: bool = True) -> Decoded:
+    """Decode ``prompts`` from ``model`` with one method of the baselines; sampled methods once per seed."""
+    method = describe(name, config)
+    args = decoding_args(name, config)
+    seeds = config.baselines.seeds if method.sampled else 1
+    rows = [p for _ in range(seeds) for p in prompts]
+    started = time.perf_counter()
+    if name == "beam":
+        decoded = beam_search(model, tokenizer, rows, args, config.baselines.beams)
+    else:
+        # Every seed of a sampled method in one batch: decoding a CPU is bound by reading the weights once per step.
+        args = replace(args, batch_size=args.batch_size * seeds)
+        decoded = generate(model, tokenizer, rows, args, _processors(name, config.baselines), desc=f"baseline {name}",
+                           show_progress=show_progress)
+    seconds = time.perf_counter() - started
+    return Decoded(method, [decoded[s * len(prompts):(s + 1) * len(prompts)] for s in range(seeds)], seconds)
