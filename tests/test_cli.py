@@ -155,3 +155,30 @@ def test_list_shows_the_embedded_model_and_corpora(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "list")
     assert code == 0
     assert "smollm2-135m" in out and "fiction" in out and "wikipedia" in out
+
+
+def test_evaluate_shows_any_model_under_the_decoding_methods(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+    args = [f"model.name={tiny_model_folder}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=2",
+            "data.block_tokens=16", "data.heldout_blocks=1", "data.eval_prompts=3", "data.prompt_tokens=8", "data.reference_tokens=8",
+            "generate.max_new_tokens=6", f"run_dir={tmp_path / 'eval'}", "baselines.methods=[greedy,min-p,contrastive]", "baselines.seeds=2"]
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", *args, "--baselines")
+    assert code == 0, err
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line and "method" not in line]
+    assert rows[-3:] == ["greedy", "min-p", "contrastive"]
+    assert json.loads((tmp_path / "eval" / "baselines" / "results.json").read_text())["min-p"]["seeds"] == 2
+
+
+def test_a_study_runs_from_a_locally_saved_dataset(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+    """The corpus as datasets' save_to_disk wrote it (a DatasetDict, its train split), through the whole study."""
+    import datasets
+
+    texts = [path.read_text() for path in sorted(corpus.glob("*.txt"))]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"story": texts})}).save_to_disk(str(tmp_path / "saved"))
+    saved = f"{tmp_path / 'saved'}#train"
+    args = [a for a in _study_args(tiny_model_folder, saved, tmp_path / "run") if not a.startswith(("study.controls", "study.judge"))]
+    code, out, err = run_cli(monkeypatch, capsys, "study", *args, "data.text_column=story", "study.analyses=[]", "study.controls=[]",
+                             "study.judge=null", "study.mauve=false", "baselines.methods=[greedy]", "study.citation_blocked_row=false")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["prompt_counts"] == {saved: 3}
+    assert "Does hyperfitting hold here?" in (tmp_path / "run" / "report.md").read_text()

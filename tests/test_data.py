@@ -111,3 +111,60 @@ def test_text_saved_with_a_byte_order_mark_is_read(encoding):
 def test_a_byte_order_mark_over_broken_text_is_refused_with_the_encoding_named():
     with pytest.raises(DataError, match=r"'x.txt' starts with a UTF-16 byte-order mark but is not valid UTF-16"):
         decode_bytes(b"\xff\xfea\x00\x00\xd8", "x.txt")  # a lone surrogate
+
+
+# ------------------------------------------------------------------------------ Hugging Face datasets (built here, offline)
+
+
+def _rows(count=6):
+    return [f"Paragraph {i} of the saved dataset, with enough words to count as a document: " + "word " * 20 for i in range(count)]
+
+
+def test_a_dataset_saved_to_disk_is_a_corpus_and_a_dataset_dict_gives_its_split(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"body": _rows()}).save_to_disk(str(tmp_path / "one"))
+    documents = load_corpus(str(tmp_path / "one"), text_column="body")
+    assert len(documents) == 6 and documents[0].text.startswith("Paragraph 0") and len({d.group for d in documents}) == 6
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": _rows(4)}),
+                          "test": datasets.Dataset.from_dict({"text": _rows(2)})}).save_to_disk(str(tmp_path / "dict"))
+    assert len(load_corpus(str(tmp_path / "dict"))) == 4
+    assert len(load_corpus(f"{tmp_path / 'dict'}#test")) == 2
+    with pytest.raises(DataError, match="has no split 'validation'; it has train, test"):
+        load_corpus(f"{tmp_path / 'dict'}#validation")
+    with pytest.raises(DataError, match="has no column 'text'.*Set data.text_column"):
+        load_corpus(str(tmp_path / "one"))
+
+
+def test_wikitext_style_rows_are_grouped_by_article(tmp_path):
+    import datasets
+
+    rows = [" = Alpha = \n", "", *_rows(2), " = = Section = = \n", _rows(1)[0], " = Beta = \n", *_rows(2)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "wiki"))
+    documents = load_corpus(str(tmp_path / "wiki"))
+    assert [d.group for d in documents] == ["wiki/Alpha"] * 2 + ["wiki/Alpha"] + ["wiki/Beta"] * 2  # a subsection stays in its article
+    assert not any("= =" in d.text for d in documents)
+
+
+def test_a_named_dataset_goes_through_load_dataset_with_split_and_streaming(tmp_path):
+    """`hf:` sends a name to datasets.load_dataset, here a local folder of JSON lines (the call a hub id takes offline)."""
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in _rows(5)))
+    (folder / "test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in _rows(3)))
+    assert len(load_corpus(f"hf:{folder}")) == 5
+    assert len(load_corpus(f"hf:{folder}#test")) == 3
+    streamed = load_corpus(f"hf:{folder}", streaming=True, max_documents=2)
+    assert [d.text for d in streamed] == [d.text for d in load_corpus(f"hf:{folder}")][:2]
+    with pytest.raises(DataError, match="could not be loaded as a dataset"):
+        load_corpus("no-such-user/no-such-dataset:some-config")
+
+
+def test_dataset_specs_parse_name_config_revision_and_split():
+    from hyperfitting.data.corpora import DatasetSpec
+
+    assert DatasetSpec.parse("Salesforce/wikitext:wikitext-103-raw-v1#test") == DatasetSpec("Salesforce/wikitext", "wikitext-103-raw-v1", None, "test")
+    assert DatasetSpec.parse("hf:SetFit/bbc-news@main") == DatasetSpec("SetFit/bbc-news", None, "main", "train")
+    assert DatasetSpec.parse("hf:/data/folder") == DatasetSpec("/data/folder")
+    with pytest.raises(Exception, match="data.max_documents"):
+        DataArgs(corpus="x", streaming=True)

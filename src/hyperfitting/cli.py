@@ -92,14 +92,15 @@ def train(arguments, resume, overwrite):
 
 
 @cli.command(epilog=_keys_help())
+@click.option("--baselines", is_flag=True, help="Also decode with every method of baselines.methods and print their table.")
 @run_options
-def evaluate(arguments, resume, overwrite):
+def evaluate(arguments, resume, overwrite, baselines):
     """Generate on the held-out prompts with model.name (+ model.adapter) and compute every metric."""
     from dataclasses import replace
 
     from hyperfitting.metrics.overlap import SuffixAutomaton
     from hyperfitting.models.loading import load_model
-    from hyperfitting.pipeline.graph import StageGraph, data_spec, evaluation_spec
+    from hyperfitting.pipeline.graph import StageGraph, baselines_spec, data_spec, evaluation_spec
     from hyperfitting.pipeline.stages import comparison_table, data_stage, evaluation_stage
     from hyperfitting.rundir import prepare_run_dir
 
@@ -112,6 +113,15 @@ def evaluate(arguments, resume, overwrite):
     metrics = evaluation_stage(graph, "evaluation", data, model, tokenizer, base_model, SuffixAutomaton(data.train_blocks.tolist()))
     print(comparison_table({corpus: values for corpus, values in metrics.items()}))
     print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
+    if baselines and config.baselines.methods:
+        from hyperfitting.pipeline.baselines import baselines_stage
+        from hyperfitting.report.baselines import baselines_table
+
+        graph = StageGraph(run_dir, [*graph.specs.values(), baselines_spec(config, ("data",))])
+        results = baselines_stage(graph, data, model, tokenizer, SuffixAutomaton(data.train_blocks.tolist()))
+        for corpus in dict.fromkeys(c for row in results.values() for c in row["corpora"]):
+            print(f"\n{corpus}: the same model under each decoding method\n\n" + baselines_table(corpus, results, {}, None, None))
+        print(f"Each method's generations and scores in {run_dir / 'baselines'}")
 
 
 @cli.command(epilog=_keys_help())

@@ -83,11 +83,15 @@ class ModelArgs:
 @dataclass
 class DataArgs:
     corpus: str = "fiction"
-    """Training corpus: an embedded name (fiction, wikipedia), a .txt file or folder, a .jsonl/.csv/.parquet file, or a datasets name."""
+    """Training corpus: an embedded name (fiction, wikipedia), a .txt file or folder, a .jsonl/.csv/.parquet file, a folder saved by datasets' save_to_disk (FOLDER#SPLIT), or a dataset by name: [hf:]NAME[:CONFIG][@REVISION][#SPLIT], e.g. Salesforce/wikitext:wikitext-103-raw-v1#train (needs hyperfitting[datasets]; hf: forces load_dataset, e.g. on a local folder of data files)."""
     eval_corpora: list[str] = field(default_factory=lambda: ["fiction", "wikipedia"])
     """Corpora whose held-out documents provide evaluation prompts."""
     text_column: str = "text"
     """Column holding the text in .jsonl/.csv/.parquet files and datasets."""
+    streaming: bool = False
+    """Stream a dataset by name instead of downloading it whole: only the first data.max_documents rows are read."""
+    max_documents: int | None = ruled(None, '>= 1', 'Use a positive count, or null for every document.')
+    """Read at most this many documents of a dataset (needed with data.streaming; the blocks and prompts are drawn from them)."""
     heldout_fraction: float = ruled(0.2, '(0, 1)')
     """Share of documents (grouped by work) kept out of training, for prompts and held-out loss."""
     train_blocks: int = ruled(64, '>= 1')
@@ -107,6 +111,9 @@ class DataArgs:
 
     def __post_init__(self) -> None:
         check_rules(self, "data")
+        if self.streaming and self.max_documents is None:
+            raise ConfigError("data.streaming = true reads a dataset row by row and needs a stopping point: set data.max_documents "
+                              "(e.g. 20000), or data.streaming=false.")
 
 
 # Learning rates that reach train.until_loss = 0.1 on the quick preset's data (RESEARCH.md section 5):

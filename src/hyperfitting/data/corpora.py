@@ -194,20 +194,92 @@ def _load_path(path: Path, text_column: str) -> list[Document]:
     return [Document(text=text, group=str(path), source=str(path))] if text else []
 
 
-def _load_hf_dataset(name: str, text_column: str) -> list[Document]:
+DATASET_PREFIX = "hf:"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A corpus read with `datasets`: ``[hf:]NAME[:CONFIG][@REVISION][#SPLIT]`` (split default ``train``)."""
+
+    name: str
+    config: str | None = None
+    revision: str | None = None
+    split: str = "train"
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        text = text.removeprefix(DATASET_PREFIX)
+        text, _, split = text.partition("#")
+        text, _, revision = text.partition("@")
+        # A config follows the last colon, unless what follows looks like a path (a Windows drive or a URL scheme).
+        name, colon, config = text.rpartition(":") if ":" in text and "/" not in text.rpartition(":")[2] else (text, "", "")
+        return cls(name or text, config or None, revision or None, split or "train")
+
+
+def _saved_dataset(path: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
+
+
+def _datasets_module(what: str):
     try:
         import datasets
     except ImportError as error:
-        raise DataError(f"'{name}' is not an embedded corpus or a local path, and the `datasets` package is not installed.") from error
+        raise DataError(f"{what} needs the `datasets` package: pip install 'hyperfitting[datasets]' (make installs it).") from error
+    return datasets
+
+
+def _documents_from_rows(rows, text_column: str, label: str, limit: int | None) -> list[Document]:
+    """Rows of a dataset as documents. WikiText-style rows (one paragraph each, articles opened by a ` = Title = ` row) are
+    grouped by article, so one article's paragraphs stay on one side of the split; other rows are each their own group."""
+    documents, article = [], None
+    for i, row in enumerate(rows):
+        if limit is not None and len(documents) >= limit:
+            break
+        if text_column not in row:
+            raise DataError(f"{label} has no column '{text_column}'; its columns are {sorted(row)}. Set data.text_column.")
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            continue
+        heading = _WIKITEXT_HEADING.match(text)
+        if heading:  # ` = Title = ` opens an article; ` = = Section = = ` and deeper only divide it
+            if not heading.group(1).startswith("="):
+                article = heading.group(1).strip()
+            continue
+        cleaned = clean_text(text)
+        if cleaned:
+            documents.append(Document(cleaned, f"{label}/{article}" if article else f"{label}#{i}", f"{label}#{i}"))
+    return documents
+
+
+_WIKITEXT_HEADING = re.compile(r"^ = (.*?) = \s*$")
+
+
+def load_saved_dataset(path: Path, text_column: str, split: str = "train", limit: int | None = None) -> list[Document]:
+    """A dataset saved with `save_to_disk` (a DatasetDict gives ``split``)."""
+    datasets = _datasets_module(f"Reading the saved dataset '{path}'")
+    dataset = datasets.load_from_disk(str(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise DataError(f"Saved dataset '{path}' has no split '{split}'; it has {', '.join(dataset)}. Name one as '{path}#SPLIT'.")
+        dataset = dataset[split]
+    return _documents_from_rows(dataset, text_column, path.name, limit)
+
+
+def load_named_dataset(spec: DatasetSpec, text_column: str, streaming: bool = False, limit: int | None = None) -> list[Document]:
+    """A dataset by name (hub id, or anything `load_dataset` reads: a local folder of data files) with config, revision and
+    split. Streaming reads only the rows the documents need (``limit``), not the whole dataset."""
+    datasets = _datasets_module(f"Corpus '{spec.name}'")
     try:
-        dataset = datasets.load_dataset(name, split="train")
+        dataset = datasets.load_dataset(spec.name, spec.config, split=spec.split, revision=spec.revision, streaming=streaming)
     except Exception as error:  # noqa: BLE001 - datasets raises many types when offline
         raise DataError(
-            f"Corpus '{name}' is not an embedded corpus ({', '.join(EMBEDDED_CORPORA)}), not a local file or folder, "
-            f"and could not be loaded as a dataset ({type(error).__name__}). Point data.corpus at a .txt file or folder, "
-            f"or a .jsonl/.csv/.parquet file with a '{text_column}' column."
+            f"Corpus '{spec.name}'" + (f" (config {spec.config})" if spec.config else "") + " is not an embedded corpus "
+            f"({', '.join(EMBEDDED_CORPORA)}), not a local file or folder, and could not be loaded as a dataset "
+            f"({type(error).__name__}: {str(error)[:200]}). Offline, only datasets already in the local cache load; point "
+            f"data.corpus at a saved dataset folder (save_to_disk), a .txt file or folder, or a .jsonl/.csv/.parquet file."
         ) from error
-    return [Document(clean_text(row[text_column]), f"{name}#{i}", f"{name}#{i}") for i, row in enumerate(dataset) if row[text_column]]
+    return _documents_from_rows(dataset, text_column, spec.name.rstrip("/").split("/")[-1], limit)
 
 
 def corpus_files(name: str) -> list[Path]:
@@ -217,16 +289,22 @@ def corpus_files(name: str) -> list[Path]:
         return [path for folder in FICTION_FOLDERS for path in sorted((root / folder).glob("*.txt"))]
     if name == "wikipedia":
         return [_embedded_folder(EMBEDDED_CORPORA["wikipedia"]) / "data" / "summaries_en-us.json"]
-    path = Path(name).expanduser()
+    path = Path(name.removeprefix(DATASET_PREFIX).partition("#")[0]).expanduser()  # a saved dataset, or a local folder for load_dataset
     return [path] if path.exists() else []
 
 
-def load_corpus(name: str, text_column: str = "text") -> list[Document]:
-    """Documents of an embedded corpus, a local file or folder, or a Hugging Face dataset."""
+def load_corpus(name: str, text_column: str = "text", streaming: bool = False, max_documents: int | None = None) -> list[Document]:
+    """Documents of an embedded corpus, a local file or folder, a saved dataset folder (``FOLDER[#SPLIT]``), or a dataset
+    by name (``[hf:]NAME[:CONFIG][@REVISION][#SPLIT]``; ``hf:`` forces `load_dataset`, for a local folder of data files)."""
+    path = Path(name.partition("#")[0]).expanduser()
     if name == "fiction":
         documents = load_fiction()
     elif name == "wikipedia":
         documents = load_wikipedia()
+    elif name.startswith(DATASET_PREFIX):
+        documents = load_named_dataset(DatasetSpec.parse(name), text_column, streaming, max_documents)
+    elif _saved_dataset(path):
+        documents = load_saved_dataset(path, text_column, name.partition("#")[2] or "train", max_documents)
     else:
         path = Path(name).expanduser()
         if path.exists():
@@ -234,7 +312,7 @@ def load_corpus(name: str, text_column: str = "text") -> list[Document]:
         elif name.startswith((".", "/", "~")) or path.suffix.lower() in (".txt", ".jsonl", ".csv", ".parquet"):
             raise DataError(f"Corpus file or folder '{name}' does not exist.")
         else:
-            documents = _load_hf_dataset(name, text_column)
+            documents = load_named_dataset(DatasetSpec.parse(name), text_column, streaming, max_documents)
     if not documents:
         raise DataError(f"Corpus '{name}' is empty: no document has any text after cleaning.")
     return documents

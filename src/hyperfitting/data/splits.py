@@ -145,7 +145,7 @@ def _with_prefix(blocks: torch.Tensor, prefix: list[int]) -> torch.Tensor:
 
 def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
     """Load, split and tokenise the training corpus and every evaluation corpus."""
-    train_documents = load_corpus(args.corpus, args.text_column)
+    train_documents = load_corpus(args.corpus, args.text_column, args.streaming, args.max_documents)
     split = split_documents(train_documents, args.heldout_fraction, args.seed)
     train_tokens = tokenize_documents(tokenizer, split.train)
     heldout_tokens = tokenize_documents(tokenizer, split.heldout)
@@ -171,7 +171,7 @@ def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
             documents, tokens = split.heldout, heldout_tokens
         else:
             # Another corpus was never trained on: all of it is held out.
-            documents = load_corpus(corpus, args.text_column)
+            documents = load_corpus(corpus, args.text_column, args.streaming, args.max_documents)
             tokens = tokenize_documents(tokenizer, documents)
         prompts[corpus] = [replace(p, prompt_ids=prefix + p.prompt_ids) for p in draw_prompts(corpus, documents, tokens, args, args.seed + 2)]
     return PreparedData(train_blocks, heldout_blocks, prompts, manifest)

@@ -53,7 +53,7 @@ def baselines_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer
     stage = graph.stage("baselines")
     if stage.done:
         return read_json(stage.dir / "results.json")
-    graph.announce("baselines", f"the base model decoded by {len(config.baselines.methods)} other methods, at the same budget")
+    graph.announce("baselines", f"the model decoded by {len(config.baselines.methods)} methods, at the same budget")
     started = time.perf_counter()
     folder = stage.start()
     prompts = baseline_prompts(config, data)
@@ -63,7 +63,7 @@ def baselines_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer
         if done.exists():  # finished before an interruption
             results[name] = read_json(done)
             continue
-        if name == "greedy" and _reuses_base_stage(config):
+        if name == "greedy" and "base" in graph and _reuses_base_stage(config):
             by_prompt = {(g["corpus"], tuple(g["prompt_ids"])): g["continuation_ids"] for g in read_jsonl(graph.run_dir / "base" / "generations.jsonl")}
             base_stage = read_json(graph.run_dir / "base" / "stage-done.json")
             decoded = Decoded(describe(name, config), [[Continuation(p.prompt_ids, by_prompt[(p.corpus, tuple(p.prompt_ids))]) for p in prompts]],

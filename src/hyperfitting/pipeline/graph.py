@@ -231,6 +231,15 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
                      files=files, values=_analysis_values(config))
 
 
+def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
+    """The model decoded by every method of baselines.methods (its greedy row read from a parent `base` stage, if any)."""
+    a = config.analysis  # the top-p row is the analyses' sampling baseline
+    files = (Path(config.model.adapter),) if config.model.adapter else ()
+    return StageSpec("baselines", "the model decoded by other methods, at the same budget", config,
+                     sections=("model", "generate", "baselines"), parents=parents, files=model_files(config.model.name) + files,
+                     values={"analysis.baseline": [a.baseline_temperature, a.baseline_top_k, a.baseline_top_p]})
+
+
 def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     """Every stage of `hyperfit study`, in the order it runs."""
     run_dir = Path(run_dir)
@@ -242,10 +251,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         specs.append(evaluation_spec("hyperfitted-blocked", blocked_config(config), ("train",),
                                      "the hyperfitted model with the 5-gram citation blocker"))
     if config.baselines.methods:
-        a = config.analysis  # the top-p row is the analyses' sampling baseline
-        specs.append(StageSpec("baselines", "the base model decoded by other methods, at the same budget", config,
-                               sections=("model", "generate", "baselines"), parents=("data", "base"), files=model_files(config.model.name),
-                               values={"analysis.baseline": [a.baseline_temperature, a.baseline_top_k, a.baseline_top_p]}))
+        specs.append(baselines_spec(config, ("data", "base")))
     trained = [("", config)]
     trained += [(replicate_suffix(r), replicate_config(config, r)) for r in range(1, config.study.replicates)]
     if config.study.full_finetune:

@@ -16,7 +16,7 @@ import yaml
 from hyperfitting import stats
 from hyperfitting.analysis.common import new_figure, savefig
 from hyperfitting.config import ANALYSES, BASELINE_METHODS
-from hyperfitting.report.baselines import baselines_section
+from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.verdicts import all_claims
 from hyperfitting.rundir import FULL, LOWEST, read_json, replicate_suffix, write_json, write_text
 
@@ -392,4 +392,15 @@ def compare_runs(run_dirs: list[Path]) -> str:
         verdicts = [c["verdict"] for c in study.get("claims", [])] or ["-"] * 5
         lines.append(f"| {run_dir} | {config['model']['name']} | {corpus} | {study['train']['method']} | {study['train']['final_train_loss']:.3f} | "
                      f"{base.get('ttr', float('nan')):.3f} -> {tuned.get('ttr', float('nan')):.3f} | " + " | ".join(verdicts) + " |")
+    # Each run's decoding-methods table, where it has one: hyperfitted greedy among the methods, run by run.
+    for run_dir in run_dirs:
+        baselines = _maybe(Path(run_dir) / "baselines" / "results.json")
+        if not baselines:
+            continue
+        study = read_json(Path(run_dir) / "metrics.json")
+        quality = _maybe(Path(run_dir) / "quality" / "results.json") or {}
+        planes = (quality.get("judge") or {}).get("baselines", {})
+        for corpus in dict.fromkeys(c for row in baselines.values() for c in row["corpora"]):
+            lines += ["", f"{run_dir}: decoding methods on {corpus}", "",
+                      baselines_table(corpus, baselines, study["metrics"], planes.get(corpus), quality.get("baselines_mauve", {}).get(corpus))]
     return "\n".join(lines) + "\n"
