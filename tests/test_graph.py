@@ -74,7 +74,7 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
     config = load_config(overrides=["study.replicates=2", "study.full_finetune=true", "study.analyses=[ranks]",
                                     "study.controls=[lora:last:5]"])
     graph = study_graph(config, tmp_path)
-    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "analysis-ranks", "train-r1",
+    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-ranks", "train-r1",
                            "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality"]
     assert graph["train-r1"].config.train.seed == config.train.seed + 1
     assert graph["train-full"].config.train.method == "full"
@@ -86,8 +86,9 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
 def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_path):
     overrides = ["study.full_finetune=true", "study.analyses=[temperature]", "study.controls=[]"]
     graph = study_graph(load_config(overrides=overrides), tmp_path)
-    assert graph["quality"].parents == ("data", "base", "hyperfitted", "hyperfitted-blocked", "analysis-temperature",
+    assert graph["quality"].parents == ("data", "base", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-temperature",
                                         "analysis-temperature-full")
+    assert graph["baselines"].parents == ("data", "base")  # its greedy row is the base stage's decoding
     unjudged = study_graph(load_config(overrides=[*overrides, "study.judge=null"]), tmp_path)
     assert "analysis-temperature" not in unjudged["quality"].parents
 
@@ -104,11 +105,11 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
 
     before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
-    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 8  # with hyperfitted-blocked and the lowest-held-out control
+    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 9  # with hyperfitted-blocked, baselines and the lowest-held-out control
 
     # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")
-    plan = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))}
+    plan = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))}  # "base" also matches baselines
     assert plan["data"] == "reuse" and {plan[n] for n in plan if n != "data"} == {"rerun"}
     assert "config model changed" in out
 
