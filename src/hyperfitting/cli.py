@@ -82,13 +82,18 @@ def train(arguments, resume, overwrite):
     from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
     from hyperfitting.pipeline.stages import data_stage, training_stage
     from hyperfitting.rundir import prepare_run_dir
+    from hyperfitting.tracking import trackers_for
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
     graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
     tokenizer = tokenizer_for(config.model)
     data = data_stage(graph, tokenizer)
-    training_stage(graph, "train", data, tokenizer)
+    trackers = trackers_for(config, run_dir, "train")
+    try:
+        training_stage(graph, "train", data, tokenizer, trackers)
+    finally:
+        trackers.close()
 
 
 @cli.command(epilog=_keys_help())

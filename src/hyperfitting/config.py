@@ -296,6 +296,22 @@ class BaselinesArgs:
                               f"Choose from {', '.join(BASELINE_METHODS)}.")
 
 
+@dataclass
+class TrackingArgs:
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that also receive the run's numbers (local stores, nothing uploaded): any of trackio, tensorboard, mlflow. Empty: JSON files only."""
+    project: str = "hyperfitting"
+    """Project (trackio) or experiment (MLflow) the runs are filed under."""
+
+    def __post_init__(self) -> None:
+        from hyperfitting.tracking import TRACKERS
+
+        unknown = sorted(set(self.report_to) - set(TRACKERS))
+        if unknown:
+            raise ConfigError(f"tracking.report_to = {self.report_to!r}: {unknown[0]!r} is not a tracker here. Choose from "
+                              f"{', '.join(TRACKERS)}, or [] for none.")
+
+
 # The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry", "block-swap")
 
@@ -357,6 +373,7 @@ class RunConfig:
     analysis: AnalysisArgs = field(default_factory=AnalysisArgs)
     study: StudyArgs = field(default_factory=StudyArgs)
     baselines: BaselinesArgs = field(default_factory=BaselinesArgs)
+    tracking: TrackingArgs = field(default_factory=TrackingArgs)
 
     def __post_init__(self) -> None:
         # Rules that join sections; each section's own rules sit beside its fields.

@@ -134,7 +134,8 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
 # ------------------------------------------------------------------------------ training
 
 
-def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer) -> Path:
+def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, trackers=None) -> Path:
+    """Hyperfit into stage ``name``; each epoch's numbers also go to ``trackers`` (tracking.py) as they come."""
     config = graph[name].config
     stage = graph.stage(name)
     folder = stage.dir
@@ -146,7 +147,12 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer) 
     stage.start()
     model, _ = load_model(config.model, for_training=True)
     probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
-    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder, probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks))
+    on_epoch = None
+    if trackers:
+        trackers.live.add(name)
+        on_epoch = lambda row: trackers.log({name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"]))  # noqa: E731
+    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder,
+                      probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks), on_epoch=on_epoch)
     target = save_trained(result.model, tokenizer, result.plan, folder)
     wait_for_everyone()  # the other processes read the saved model next
     lowest = lowest_heldout_epoch(result.log)
@@ -351,13 +357,16 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     from hyperfitting.pipeline.controls import controls_stage
     from hyperfitting.report.build import build_report
 
+    from hyperfitting.tracking import log_study, trackers_for
+
     started = time.perf_counter()
     graph = study_graph(config, run_dir)
+    trackers = trackers_for(config, run_dir, "study")
     base_model, tokenizer = load_model(config.model)
     data = data_stage(graph, tokenizer)
     training_index = SuffixAutomaton(data.train_blocks.tolist())
     base = evaluation_stage(graph, "base", data, base_model, tokenizer, base_model, training_index)
-    train_folder = training_stage(graph, "train", data, tokenizer)
+    train_folder = training_stage(graph, "train", data, tokenizer, trackers)
     tuned_model, _ = load_hyperfitted(config.model, train_folder)
     tuned = evaluation_stage(graph, "hyperfitted", data, tuned_model, tokenizer, base_model, training_index)
     # The paper's check that the gain is not copying: the same model, forbidden to continue any training 5-gram.
@@ -384,7 +393,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
 
     def analyse(suffix: str, model=None) -> None:
         """Every analysis of the study on the model trained by stage `train{suffix}`."""
-        folder = training_stage(graph, f"train{suffix}", data, tokenizer)
+        folder = training_stage(graph, f"train{suffix}", data, tokenizer, trackers)
         if not config.study.analyses:
             return
         model = model if model is not None else load_hyperfitted(config.model, folder)[0]
@@ -420,8 +429,11 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     }
     write_json(run_dir / "metrics.json", results)
     if not is_main_process():
+        trackers.close()
         return results  # the report is process 0's to write
     study = build_report(run_dir)
+    log_study(trackers, study, run_dir)
+    trackers.close()
     print("\n== claims", flush=True)
     for claim in study["claims"]:
         print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}: {claim['reason']}")

@@ -134,19 +134,21 @@ def hyperfit(
     config: RunConfig,
     stage_dir: str | Path,
     probe: Callable[..., dict] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
 
     ``probe(model, lockstep=...) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g.
     greedy diversity on a fixed prompt subset); its numbers join that epoch's log row. ``lockstep``
     is true while the model is FSDP-sharded: every process must then run the same forward passes.
+    ``on_epoch(row)`` receives each epoch's log row as it is written (process 0; experiment tracking).
     Training is seeded with ``train.seed``; the caller's random state is the same afterwards.
     """
     with seeded(config.train.seed):
-        return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe)
+        return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe, on_epoch)
 
 
-def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe) -> TrainResult:
+def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe, on_epoch=None) -> TrainResult:
     from accelerate.utils import DistributedType
 
     from hyperfitting.distributed import make_accelerator
@@ -232,6 +234,8 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
             initial = mean_block_loss(loss_fn, train_blocks, train_cache, args.batch_size)
         log.append(measure(0, initial, 0.0, 0))
         say(_format_row(log[-1]))
+        if on_epoch is not None and accelerator.is_main_process:
+            on_epoch(log[-1])
 
     n_blocks, block_tokens = train_blocks.shape
     for epoch in range(first_epoch, args.epochs + 1):
@@ -279,6 +283,8 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
             if args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:
                 save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, stage_dir / LOWEST_HELDOUT)
             write_jsonl(stage_dir / "train_log.jsonl", log)
+            if on_epoch is not None:
+                on_epoch(row)
         if diverged:
             raise DivergenceError(
                 f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
