@@ -223,6 +223,25 @@ def compare(run_dirs):
     print(compare_runs([Path(d) for d in run_dirs]))
 
 
+@cli.command(name="export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--merged", type=click.Path(), default=None, help="Write a plain transformers model (adapter merged) to this new folder.")
+@click.option("--gguf", "gguf_path", type=click.Path(), default=None, help="Write a GGUF file (llama.cpp and its tools) here.")
+@click.option("--gguf-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Tensor type of the GGUF export (float32 is exact).")
+def export(run_dir, merged, gguf_path, gguf_dtype):
+    """Export a run's hyperfitted model, then load each export back and check its greedy tokens against the run's."""
+    from hyperfitting.models.export import export_run
+
+    if merged is None and gguf_path is None:
+        raise HyperfitError("Say what to write: --merged DIR, --gguf FILE, or both.")
+    report = export_run(Path(run_dir), Path(merged) if merged else None, Path(gguf_path) if gguf_path else None, gguf_dtype)
+    for kind, row in report.items():
+        print(f"{kind}: {row['path']}: {row['identical_rows']} of {row['rows']} greedy continuations identical to {row['against']} "
+              f"({row['steps_before_first_difference']:.1%} of steps before any difference)")
+    print(f"Checks in {Path(run_dir) / 'exports.json'}")
+
+
 @cli.group()
 def judge():
     """Blind pairwise preference: export tasks for raters, import their judgements, or let a judge model stand in."""
