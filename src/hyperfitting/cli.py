@@ -242,6 +242,32 @@ def export(run_dir, merged, gguf_path, gguf_dtype):
     print(f"Checks in {Path(run_dir) / 'exports.json'}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--tasks", default=None, help="Comma-separated standard harness tasks (default: study.retention_tasks); ours always run.")
+def retention(run_dir, tasks):
+    """Capability retention of a finished run: the LM Evaluation Harness on the base and the hyperfitted model."""
+    from dataclasses import replace
+
+    from hyperfitting.models.loading import load_hyperfitted, load_model
+    from hyperfitting.pipeline.graph import StageGraph, data_spec, retention_spec, training_spec
+    from hyperfitting.pipeline.retention import retention_markdown, retention_stage
+    from hyperfitting.pipeline.stages import data_stage
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "train" / "stage-done.json").exists():
+        raise HyperfitError(f"'{run_dir}' has no finished training stage: run hyperfit train (or study) first.")
+    config = load_config(str(run_dir / "config.yaml"), [])
+    if tasks is not None:
+        config = replace(config, study=replace(config.study, retention_tasks=[t for t in tasks.split(",") if t]))
+    graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config), retention_spec(config)])
+    base_model, tokenizer = load_model(config.model)
+    data = data_stage(graph, tokenizer)
+    tuned_model, _ = load_hyperfitted(config.model, run_dir / "train")
+    print("\n".join(retention_markdown(retention_stage(graph, data, base_model, tuned_model, tokenizer))))
+    _rebuild_report(run_dir)
+
+
 @cli.group()
 def judge():
     """Blind pairwise preference: export tasks for raters, import their judgements, or let a judge model stand in."""

@@ -348,6 +348,10 @@ class StudyArgs:
     """Compute MAUVE of each model's continuations against the human ones (features from the base model)."""
     reader_prompts: int = ruled(8, '>= 0')
     """Prompts shown in the report's side-by-side reader."""
+    retention: bool = True
+    """Capability retention: run the LM Evaluation Harness on the base and the hyperfitted model (our offline last-word tasks built from the held-out text, plus study.retention_tasks). Needs hyperfitting[retention]."""
+    retention_tasks: list[str] = field(default_factory=lambda: ["lambada_openai", "hellaswag", "arc_easy"])
+    """Standard harness tasks to add where their data is already in the local datasets cache (others are reported as skipped)."""
 
     def __post_init__(self) -> None:
         check_rules(self, "study")

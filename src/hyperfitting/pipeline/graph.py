@@ -68,7 +68,7 @@ def model_files(name: str) -> tuple[Path, ...]:
 # to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
 STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
                  "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50,
-                 "baselines": 240}
+                 "baselines": 240, "retention": 30}
 
 
 def stage_weight(name: str) -> float:
@@ -240,6 +240,13 @@ def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
                      values={"analysis.baseline": [a.baseline_temperature, a.baseline_top_k, a.baseline_top_p]})
 
 
+def retention_spec(config: RunConfig) -> StageSpec:
+    """The harness on the base and the main hyperfitted model (library versions include lm-eval's through the result)."""
+    return StageSpec("retention", "capability retention: the LM Evaluation Harness on both models", config, sections=("model",),
+                     parents=("data", "train"), files=model_files(config.model.name),
+                     values={"study.retention_tasks": list(config.study.retention_tasks)})
+
+
 def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     """Every stage of `hyperfit study`, in the order it runs."""
     run_dir = Path(run_dir)
@@ -267,6 +274,8 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
                                sections=("model", "train", "generate", "study"), parents=("data",),
                                files=model_files(config.model.name), values=_analysis_values(config)))
+    if config.study.retention:
+        specs.append(retention_spec(config))
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)

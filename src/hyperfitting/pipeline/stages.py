@@ -416,6 +416,10 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     prompts = [p.prompt_ids for p in analysed_prompts(config, data)]
     controls_stage(graph, data, prompts, base_model, tokenizer)
     quality_stage(graph, data, base_model, tokenizer)
+    if "retention" in graph:  # what hyperfitting costs in general ability
+        from hyperfitting.pipeline.retention import retention_stage
+
+        retention_stage(graph, data, base_model, tuned_model, tokenizer)
 
     results = {
         "train": train_summary,

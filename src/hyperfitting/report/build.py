@@ -270,6 +270,11 @@ def build_report(run_dir: Path) -> dict:
     if baselines:
         md += baselines_section(run_dir, baselines, study["metrics"], quality, figures)
     md += preference_sections(run_dir)
+    retention = _maybe(run_dir / "retention" / "results.json")
+    if retention:
+        from hyperfitting.pipeline.retention import retention_markdown
+
+        md += retention_markdown(retention)
     sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),
                 ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png"),
                 ("block-swap", "Claim 4, causal test: the final block swapped", "block_swap.png")]
@@ -311,6 +316,7 @@ def build_report(run_dir: Path) -> dict:
     study["controls"] = controls
     study["quality"] = quality
     study["baselines"] = baselines
+    study["retention"] = retention
     study["stage_seconds"] = timings
     study["stage_peak_memory_mib"] = peaks
     study["expansion_dynamics"] = dynamics
