@@ -118,8 +118,10 @@ def left_out(config: dict) -> list[str]:
     absent = [m for m in BASELINE_METHODS if m not in methods]
     if absent:
         missing.append(f"decoding baselines {', '.join(absent)} (baselines.methods)")
-    elif (config.get("baselines") or {}).get("seeds", 1) < 2:
-        missing.append("several seeds per sampled decoding baseline (baselines.seeds=3)")
+    elif (config.get("baselines") or {}).get("seeds", 1) < 3:
+        missing.append(f"3 or more seeds per sampled decoding baseline: {config['baselines']['seeds']} here (baselines.seeds=3)")
+    if not study.get("retention", False):
+        missing.append("capability retention through the LM Evaluation Harness (study.retention=true)")
     if "temperature" in study["analyses"] and len(analysis["temperature_grid"]) < 5:
         missing.append(f"a fine temperature frontier: {len(analysis['temperature_grid'])} temperatures besides T* and greedy "
                        "(analysis.temperature_grid; a frontier wants at least 5)")
