@@ -22,7 +22,7 @@ import yaml
 
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.pipeline.graph import StageGraph
-from hyperfitting.rundir import read_json, write_json, write_jsonl, write_text
+from hyperfitting.rundir import is_main_process, read_json, write_json, write_jsonl, write_text
 
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*[A-Za-z]$")
 
@@ -120,18 +120,19 @@ def retention_stage(graph: StageGraph, data: PreparedData, base_model, tuned_mod
     graph.announce("retention")
     started = time.perf_counter()
     folder = stage.start()
-    ours = write_lastword_tasks(folder / "tasks", data, tokenizer)
-    tasks = ours + list(config.study.retention_tasks)
-    results: dict = {"tasks": {}, "skipped": {}, "ours": ours}
-    for label, model in (("base", base_model), ("hyperfitted", tuned_model)):
-        scores, skipped = run_harness(model, tokenizer, tasks, folder / "tasks")
-        for task, row in scores.items():
-            results["tasks"].setdefault(task, {})[label] = row
-        results["skipped"].update(skipped)
-    write_json(folder / "results.json", results)
-    print(json.dumps({task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()} for task, rows in results["tasks"].items()}))
-    stage.finish(time.perf_counter() - started)
-    return results
+    if is_main_process():  # the harness evaluates an in-memory model in one process; the others wait for its file
+        ours = write_lastword_tasks(folder / "tasks", data, tokenizer)
+        tasks = ours + list(config.study.retention_tasks)
+        results: dict = {"tasks": {}, "skipped": {}, "ours": ours}
+        for label, model in (("base", base_model), ("hyperfitted", tuned_model)):
+            scores, skipped = run_harness(model, tokenizer, tasks, folder / "tasks")
+            for task, row in scores.items():
+                results["tasks"].setdefault(task, {})[label] = row
+            results["skipped"].update(skipped)
+        write_json(folder / "results.json", results)
+        print(json.dumps({task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()} for task, rows in results["tasks"].items()}))
+    stage.finish(time.perf_counter() - started)  # every process waits here until process 0 has written
+    return read_json(folder / "results.json")
 
 
 def retention_markdown(results: dict) -> list[str]:
