@@ -75,7 +75,7 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
                                     "study.controls=[lora:last:5]"])
     graph = study_graph(config, tmp_path)
     assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-ranks", "train-r1",
-                           "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality"]
+                           "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality", "retention"]
     assert graph["train-r1"].config.train.seed == config.train.seed + 1
     assert graph["train-full"].config.train.method == "full"
     assert graph["analysis-ranks-r1"].parents == ("data", "train-r1")
@@ -105,7 +105,7 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
 
     before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
-    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 9  # with hyperfitted-blocked, baselines and the lowest-held-out control
+    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 10  # with hyperfitted-blocked, baselines, retention and the lowest-held-out control
 
     # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")

@@ -274,8 +274,6 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
                                sections=("model", "train", "generate", "study"), parents=("data",),
                                files=model_files(config.model.name), values=_analysis_values(config)))
-    if config.study.retention:
-        specs.append(retention_spec(config))
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
@@ -285,4 +283,6 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
                            sections=("model", "generate", "study", "analysis"), parents=("data", *decoded, *judged),
                            files=model_files(config.model.name) + (model_files(judge) if judge else ())))
+    if config.study.retention:
+        specs.append(retention_spec(config))
     return StageGraph(run_dir, specs)
