@@ -61,7 +61,8 @@ def test_a_study_logs_its_metrics_verdicts_and_figures(tmp_path):
     (tmp_path / "report-figures").mkdir()
     savefig(figure, tmp_path / "report-figures" / "curve.png")
     study = {"train_log": [{"epoch": 0, "train_loss": 4.0}, {"epoch": 1, "train_loss": 0.5}],
-             "metrics": {"base": {"fiction": {"ttr": 0.3}}, "hyperfitted": {"fiction": {"ttr": 0.5}}},
+             "metrics": {"base": {"fiction": {"ttr": 0.3}}, "hyperfitted": {"fiction": {"ttr": 0.5}},
+                         "hyperfitted, citation blocker": {"fiction:human": {"ttr": 0.4}}},  # names as the study writes them
              "claims": [{"number": 1, "name": "not temperature", "verdict": "holds", "reason": "clear of the margin",
                          "estimate": {"value": 0.2, "low": 0.1, "high": 0.3}}]}
     trackers = Trackers(["tensorboard", "mlflow"], tmp_path / "tracking", "study", {"train": {"lr": 0.1}})
@@ -73,6 +74,7 @@ def test_a_study_logs_its_metrics_verdicts_and_figures(tmp_path):
     client = MlflowClient(tracking_uri=mlflow_uri(tmp_path / "tracking"))
     (run,) = client.search_runs([client.get_experiment_by_name("hyperfitting").experiment_id])
     assert run.data.metrics["metrics/hyperfitted/fiction/ttr"] == 0.5 and run.data.metrics["claim_1/low"] == 0.1
+    assert run.data.metrics["metrics/hyperfitted_citation_blocker/fiction_human/ttr"] == 0.4
     assert "**holds**" in run.data.tags["verdicts"]
     assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/curve.png"]
 

@@ -14,6 +14,7 @@ the verdicts (effect and interval as numbers, the verdict as text) and the repor
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -28,7 +29,7 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             flat.update(flatten(value, name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[name.replace(":", "_").replace(" ", "_")] = float(value)
+            flat[re.sub(r"[^A-Za-z0-9_./-]+", "_", name)] = float(value)  # the characters every tracker accepts in a name
     return flat
 
 
