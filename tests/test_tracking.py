@@ -76,7 +76,7 @@ def test_a_study_logs_its_metrics_verdicts_and_figures(tmp_path):
     assert run.data.metrics["metrics/hyperfitted/fiction/ttr"] == 0.5 and run.data.metrics["claim_1/low"] == 0.1
     assert run.data.metrics["metrics/hyperfitted_citation_blocker/fiction_human/ttr"] == 0.4
     assert "**holds**" in run.data.tags["verdicts"]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/curve.png"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "figures/report-figures")] == ["figures/report-figures/curve.png"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -78,7 +78,8 @@ class _MLflow:
         self.client.set_tag(self.run_id, key, value[:5000])
 
     def image(self, key: str, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path="figures")
+        # Under the key's folder: figures of the same file name from two stages (geometry.png, LoRA and full) both stay.
+        self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(key).parent))
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
