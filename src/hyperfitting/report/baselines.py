@@ -80,6 +80,12 @@ def plot_methods(plane: dict[str, dict[str, list[float]]], judge: str, corpus: s
         axis.annotate(STUDY_ROWS.get(label, label), (x, d.value), textcoords="offset points", xytext=(5, 4), fontsize=7,
                       color=colours.get(label, "tab:blue"))
     axis.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    low, high = axis.get_xlim()
+    axis.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= t <= high])
+    axis.xaxis.set_major_formatter(ScalarFormatter())  # 2, 5, 10, 20 rather than crowded powers of ten
+    axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel(f"perplexity under the judge, {judge} (lower: more predictable)")
     axis.set_ylabel("type-token ratio (higher: more diverse)")
     axis.set_title(f"Decoding methods of the base model and hyperfitted greedy ({corpus})", fontsize=10)
