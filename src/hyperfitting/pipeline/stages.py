@@ -356,7 +356,6 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
     from hyperfitting.pipeline.controls import controls_stage
     from hyperfitting.report.build import build_report
-
     from hyperfitting.tracking import log_study, trackers_for
 
     started = time.perf_counter()
