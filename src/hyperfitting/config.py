@@ -64,6 +64,13 @@ def check_rules(instance: Any, section: str) -> None:
             raise ConfigError(f"{section}.{f.name} = {value!r}: {words}. {fix}")
 
 
+def check_choices(key: str, values: list[str], known: tuple[str, ...], what: str, otherwise: str = "") -> None:
+    """Raise ConfigError naming the first of ``values`` that is not among ``known``, and the choices."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{key} = {values!r}: {unknown[0]!r} is not {what}. Choose from {', '.join(known)}{otherwise}.")
+
+
 @dataclass
 class ModelArgs:
     name: str = "smollm2-135m"
@@ -290,10 +297,7 @@ class BaselinesArgs:
 
     def __post_init__(self) -> None:
         check_rules(self, "baselines")
-        unknown = sorted(set(self.methods) - set(BASELINE_METHODS))
-        if unknown:
-            raise ConfigError(f"baselines.methods = {self.methods!r}: {unknown[0]!r} is not a decoding method here. "
-                              f"Choose from {', '.join(BASELINE_METHODS)}.")
+        check_choices("baselines.methods", self.methods, BASELINE_METHODS, "a decoding method here")
 
 
 @dataclass
@@ -306,10 +310,7 @@ class TrackingArgs:
     def __post_init__(self) -> None:
         from hyperfitting.tracking import TRACKERS
 
-        unknown = sorted(set(self.report_to) - set(TRACKERS))
-        if unknown:
-            raise ConfigError(f"tracking.report_to = {self.report_to!r}: {unknown[0]!r} is not a tracker here. Choose from "
-                              f"{', '.join(TRACKERS)}, or [] for none.")
+        check_choices("tracking.report_to", self.report_to, TRACKERS, "a tracker here", ", or [] for none")
 
 
 # The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
@@ -355,10 +356,7 @@ class StudyArgs:
 
     def __post_init__(self) -> None:
         check_rules(self, "study")
-        unknown = sorted(set(self.analyses) - set(ANALYSES))
-        if unknown:
-            raise ConfigError(f"study.analyses = {self.analyses!r}: {unknown[0]!r} is not an analysis. "
-                              f"Choose from {', '.join(ANALYSES)}.")
+        check_choices("study.analyses", self.analyses, ANALYSES, "an analysis")
         for spec in self.controls:
             if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
                 raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")
