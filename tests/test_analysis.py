@@ -8,7 +8,7 @@ from hyperfitting.analysis.ranks import rank_statistics
 from hyperfitting.analysis.static_bias import ranks_of, static_delta, token_statistics
 from hyperfitting.generation.decoding import decode_batch
 from hyperfitting.generation.processors import RankTransplant, StaticLogitBias
-from tests.conftest import make_tiny_model
+from tests.conftest import TINY_VOCAB, make_tiny_model
 
 
 @pytest.fixture()
@@ -134,3 +134,17 @@ def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all()
     expected = everything[torch.from_numpy(sample_positions(len(everything), 10))]
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 10), expected)
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 1000), everything)  # a cap above the total keeps all
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_teacher_forced_logits_equal_one_forward_per_sequence(architecture):
+    # Rows of different lengths and prompt lengths in one batch: the head skips the prompts' positions where the model allows.
+    from hyperfitting.analysis.common import teacher_forced_logits
+
+    model = make_tiny_model(architecture)
+    sequences = [list(range(5, 25)), list(range(30, 42)), list(range(50, 77))]
+    starts = [6, 3, 11]
+    for i, logits in teacher_forced_logits(model, sequences, starts, batch_size=3):
+        direct = model(input_ids=torch.tensor([sequences[i]])).logits[0, starts[i] - 1:len(sequences[i]) - 1]
+        assert logits.shape == (len(sequences[i]) - starts[i], TINY_VOCAB)
+        torch.testing.assert_close(logits, direct, rtol=1e-4, atol=1e-4)

@@ -33,6 +33,15 @@ def _config(arguments: tuple[str, ...]) -> RunConfig:
     return load_config(path, overrides)
 
 
+def _at_precision(config: RunConfig):
+    """The context training and decoding run in: model.precision resolved on this machine (precision.py), said once."""
+    from hyperfitting.precision import compute_precision, resolve_precision
+
+    precision = resolve_precision(config.model.precision)
+    click.echo(f"Precision: {'bf16 autocast' if precision.bf16 else 'fp32'} ({precision.reason}).", err=True)
+    return compute_precision(precision)
+
+
 def _existing(resume: bool, overwrite: bool) -> str:
     if resume and overwrite:
         raise HyperfitError("Choose one of --resume and --overwrite.")
@@ -91,7 +100,8 @@ def train(arguments, resume, overwrite):
     data = data_stage(graph, tokenizer)
     trackers = trackers_for(config, run_dir, "train")
     try:
-        training_stage(graph, "train", data, tokenizer, trackers)
+        with _at_precision(config):
+            training_stage(graph, "train", data, tokenizer, trackers)
     finally:
         trackers.close()
 
@@ -115,7 +125,9 @@ def evaluate(arguments, resume, overwrite, baselines):
     model, tokenizer = load_model(config.model)
     base_model = load_model(replace(config.model, adapter=None))[0] if config.model.adapter else model
     data = data_stage(graph, tokenizer)
-    metrics = evaluation_stage(graph, "evaluation", data, model, tokenizer, base_model, SuffixAutomaton(data.train_blocks.tolist()))
+    precision = _at_precision(config)
+    with precision:
+        metrics = evaluation_stage(graph, "evaluation", data, model, tokenizer, base_model, SuffixAutomaton(data.train_blocks.tolist()))
     print(comparison_table({corpus: values for corpus, values in metrics.items()}))
     print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
     if baselines and config.baselines.methods:
@@ -123,7 +135,8 @@ def evaluate(arguments, resume, overwrite, baselines):
         from hyperfitting.report.baselines import baselines_table
 
         graph = StageGraph(run_dir, [*graph.specs.values(), baselines_spec(config, ("data",))])
-        results = baselines_stage(graph, data, model, tokenizer, SuffixAutomaton(data.train_blocks.tolist()))
+        with precision:
+            results = baselines_stage(graph, data, model, tokenizer, SuffixAutomaton(data.train_blocks.tolist()))
         for corpus in dict.fromkeys(c for row in results.values() for c in row["corpora"]):
             print(f"\n{corpus}: the same model under each decoding method\n\n" + baselines_table(corpus, results, {}, None, None))
         print(f"Each method's generations and scores in {run_dir / 'baselines'}")
@@ -155,7 +168,8 @@ def analyze(analysis, arguments, resume, overwrite):
     tokenizer = tokenizer_for(config.model)
     graph = StageGraph(run_dir, [data_spec(config), analysis_spec(analysis, config, "", train_stage=None)])
     data = data_stage(graph, tokenizer)
-    analysis_stage(graph, analysis, AnalysisContext(config, data))
+    with _at_precision(config):
+        analysis_stage(graph, analysis, AnalysisContext(config, data))
     print(f"Results, table and plots in {run_dir / ('analysis-' + analysis)}")
 
 
@@ -179,7 +193,8 @@ def generate(arguments, prompts, prompts_file, output):
         raise HyperfitError("Give at least one --prompt TEXT or a --prompts-file with one prompt per line.")
     model, tokenizer = load_model(config.model)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    outputs = decode(model, tokenizer, ids, config.generate)
+    with _at_precision(config):
+        outputs = decode(model, tokenizer, ids, config.generate)
     rows = [
         {"prompt": t, "continuation": tokenizer.decode(o.token_ids, skip_special_tokens=True), "continuation_ids": o.token_ids,
          "entropy": o.entropy, "chosen_prob": o.chosen_prob}

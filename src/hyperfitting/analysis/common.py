@@ -15,6 +15,7 @@ from hyperfitting.config import RunConfig
 from hyperfitting.errors import ConfigError
 from hyperfitting.generation.decoding import Continuation, LogitsProcessor, generate
 from hyperfitting.metrics.diversity import seq_rep_n, ttr
+from hyperfitting.precision import full_precision
 
 
 def load_pair(config: RunConfig):
@@ -55,7 +56,10 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
 
 @torch.no_grad()
 def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    from hyperfitting.generation.decoding import _accepts
+
     device = next(model.parameters()).device
+    can_skip = _accepts(model, "logits_to_keep")
     for first in range(0, len(sequences), batch_size):
         rows = sequences[first:first + batch_size]
         width = max(map(len, rows))
@@ -64,10 +68,15 @@ def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> It
         for r, row in enumerate(rows):  # right padding: positions need no adjustment
             ids[r, :len(row)] = torch.tensor(row)
             mask[r, :len(row)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+        # The head runs only from the first scored position on: the prompts' logits are never read, and on a large
+        # vocabulary (a 262k-token judge) the head is most of the cost.
+        offset = max(0, min(starts[first:first + len(rows)]) - 1) if can_skip else 0
+        keep = {"logits_to_keep": width - offset} if can_skip else {}
+        with full_precision(device):  # a measurement: float32 whatever model.precision says
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits.float()
         for r, row in enumerate(rows):
             start = starts[first + r]
-            yield first + r, logits[r, start - 1:len(row) - 1].cpu()
+            yield first + r, logits[r, start - 1 - offset:len(row) - 1 - offset].cpu()
 
 
 def sample_positions(total: int, cap: int, seed: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from torch import nn
 
 from hyperfitting.analysis.common import new_figure, sample_block_positions, savefig
 from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.precision import full_precision
 from hyperfitting.stats import Estimate
 from hyperfitting.rundir import write_json, write_text
 
@@ -152,7 +153,8 @@ def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray,
             if len(inside) == 0:
                 continue
             captured["_positions"].append(torch.from_numpy(inside))
-            model(input_ids=batch.to(device), use_cache=False)
+            with full_precision(device):  # a measurement: float32 whatever model.precision says
+                model(input_ids=batch.to(device), use_cache=False)
     width = model.get_input_embeddings().weight.shape[1]
     return {name: torch.cat(captured[name]).numpy() if name in captured else np.zeros((0, width), np.float32)
             for name, _ in capture_targets(model)}

@@ -14,6 +14,7 @@ from hyperfitting.generation.decoding import Continuation, generate
 from hyperfitting.generation.processors import CitationBlocker
 from hyperfitting.metrics.overlap import SuffixAutomaton, training_overlap
 from hyperfitting.metrics.registry import Samples, compute_metrics
+from hyperfitting.precision import full_precision
 from hyperfitting.rundir import write_jsonl
 
 
@@ -36,7 +37,8 @@ def continuation_perplexity(model, prompts: Sequence[Sequence[int]], continuatio
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, : len(row)] = 1
             labels[r, len(prompt) : len(row)] = torch.tensor(row[len(prompt):])
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+        with full_precision(device):  # a measurement: float32 whatever model.precision says
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100, reduction="sum"
         )

@@ -105,6 +105,10 @@ class StageGraph:
             inputs.update({f"file {path}": content_hash(path) for path in spec.files})
             inputs.update({f"version {library}": version for library, version in library_versions().items()})
             inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
+            if name != "data":  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
+                from hyperfitting.precision import resolve_precision
+
+                inputs["precision"] = resolve_precision(spec.config.model.precision).precision
             self._inputs[name] = inputs
         return self._inputs[name]
 

@@ -172,6 +172,7 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
         "final_heldout_loss": result.log[-1]["heldout_loss"],
         "train_seconds": result.wall_seconds,
         "trunk_cache_seconds": result.trunk_cache_seconds,
+        "precision": "bf16 autocast" if result.precision == "bf16" else "fp32",
         "saved_to": str(target),
     }
     write_json(folder / "summary.json", summary)
@@ -352,7 +353,19 @@ def _nanmean(values) -> float:
 
 
 def run_study(config: RunConfig, run_dir: Path) -> dict:
-    """The whole investigation: evaluate the base model, hyperfit, evaluate, analyse, control, report."""
+    """The whole investigation: evaluate the base model, hyperfit, evaluate, analyse, control, report.
+
+    Training and decoding run at model.precision (precision.py); what the analyses measure, in float32.
+    """
+    from hyperfitting.precision import compute_precision, resolve_precision
+
+    precision = resolve_precision(config.model.precision)
+    print(f"Precision: {'bf16 autocast' if precision.bf16 else 'fp32'} ({precision.reason}).")
+    with compute_precision(precision):
+        return _run_study(config, Path(run_dir), precision)
+
+
+def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
     from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
     from hyperfitting.pipeline.controls import controls_stage
     from hyperfitting.report.build import build_report
@@ -417,8 +430,10 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     quality_stage(graph, data, base_model, tokenizer)
     if "retention" in graph:  # what hyperfitting costs in general ability
         from hyperfitting.pipeline.retention import retention_stage
+        from hyperfitting.precision import full_precision
 
-        retention_stage(graph, data, base_model, tuned_model, tokenizer)
+        with full_precision(next(base_model.parameters()).device):  # the harness's log-likelihoods are measurements
+            retention_stage(graph, data, base_model, tuned_model, tokenizer)
 
     results = {
         "train": train_summary,
@@ -428,6 +443,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
         "metrics": {"base": base, "hyperfitted": tuned, **({"hyperfitted, citation blocker": blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),
+        "precision": precision.as_dict(),
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(run_dir / "metrics.json", results)

@@ -297,6 +297,10 @@ def build_report(run_dir: Path) -> dict:
            "| stage | wall time (s) | process peak memory so far (MiB) |", "|---|---|---|"]
     md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} |" for k, v in timings.items()]
     env = study["environment"]
+    precision = study.get("precision")
+    if precision:
+        md += ["", f"Precision of training and decoding: {'bf16 autocast over float32 weights' if precision['precision'] == 'bf16' else 'float32'} "
+                   f"(model.precision={precision['setting']}: {precision['reason']}); everything the analyses measure ran in float32."]
     md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()) + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
            "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines, process or "
            "thread counts, floating-point reduction order can change the last digits and, through greedy ties, a few tokens.", ""]
@@ -313,6 +317,7 @@ def build_report(run_dir: Path) -> dict:
         write_model_card(saved, config, study["train"], study["data"], (run_dir / "results.md").read_text().split("\n\n", 3)[-1],
                          [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))])
     study["claims"] = [c.__dict__ for c in claims]
+    study["stage_profile"] = {name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name]} for name, seconds in timings.items()}
     study["claims_full_finetune"] = [c.__dict__ for c in full_claims]
     study["analyses"] = analyses
     study["controls"] = controls

@@ -9,6 +9,7 @@ import torch
 
 from hyperfitting.analysis.common import teacher_forced_logits
 from hyperfitting.analysis.static_bias import ranks_of
+from hyperfitting.precision import full_precision
 
 
 @torch.no_grad()
@@ -24,7 +25,8 @@ def continuation_features(model, prompts: Sequence[Sequence[int]], continuations
         for r, row in enumerate(rows):
             ids[r, :len(row)] = torch.tensor(row)
             mask[r, :len(row)] = 1
-        hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False).hidden_states[-1]
+        with full_precision(device):  # a measurement: float32 whatever model.precision says
+            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False).hidden_states[-1]
         for r, prompt in enumerate(prompts[start:start + batch_size]):
             features.append(hidden[r, len(prompt):len(rows[r])].float().mean(0).cpu().numpy())
     return np.stack(features)

@@ -39,6 +39,8 @@ class TrainResult:
     log: list[dict]
     wall_seconds: float
     trunk_cache_seconds: float
+    precision: str = "no"
+    """accelerate's mixed_precision the steps ran under: no (float32) or bf16 autocast."""
 
 
 def epoch_order(n_blocks: int, seed: int, epoch: int) -> torch.Tensor:
@@ -152,9 +154,11 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     from accelerate.utils import DistributedType
 
     from hyperfitting.distributed import make_accelerator
+    from hyperfitting.precision import training_precision
 
     args = config.train
-    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=args.mixed_precision)
+    precision = training_precision(config)
+    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=precision)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
                           "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
@@ -193,7 +197,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     cache_seconds = time.perf_counter() - cache_started
 
     if shard:
-        shard_model(model, args.mixed_precision)  # before the optimizer: it must hold the shards
+        shard_model(model, precision)  # before the optimizer: it must hold the shards
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)
     if shard:  # FSDP reduces the gradients itself; accelerate only handles accumulation
         optimizer = accelerator.prepare(optimizer)
@@ -298,7 +302,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_jsonl(stage_dir / "train_log.jsonl", log)
-    return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds)
+    return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds, precision)
 
 
 def save_atomically(state: dict, path: Path) -> None:

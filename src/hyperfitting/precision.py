@@ -1,0 +1,121 @@
+"""Matrix-product precision: bf16 autocast (float32 weights) where the hardware runs it much faster, float32 elsewhere.
+
+The policy covers the work whose cost is matrix products and whose numbers tolerate bf16
+rounding: training steps and decoding. Everything the analyses *measure* by teacher forcing
+(log-probabilities, ranks, entropies, hidden-state geometry, perplexities, the judge) runs in
+float32 whatever the policy says (:func:`full_precision`), so a measurement never changes
+with the machine, only the paths decoded and the weights trained can (near-ties, rounding).
+
+``auto`` decides from a short measurement on the device, not from the processor's name: a
+CPU that has bf16 instructions can still run bf16 products slower than float32 (the first
+machine of this project did), and another runs them 3-8x faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_SPEEDUP_NEEDED = 1.5
+"""auto picks bf16 when its matrix products run at least this many times faster than float32's."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    setting: str
+    """What the config asked for: auto, fp32 or bf16."""
+    precision: str
+    """What runs: fp32 or bf16 (autocast)."""
+    reason: str
+    fp32_gflops: float | None = None
+    bf16_gflops: float | None = None
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:
+    """Square matrix products of ``dtype`` on ``device`` for about ``seconds``: the best rate seen, in GFLOP/s."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm up (kernel choice, caches)
+    sync()
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+_MEASURED: dict[str, tuple[float, float]] = {}  # device type -> (fp32, bf16) GFLOP/s: measured once per process
+
+
+def resolve_precision(setting: str, device: torch.device | None = None, measure=matmul_gflops) -> PrecisionChoice:
+    """What ``setting`` (auto, fp32, bf16) means on ``device`` (default: this process's), and why.
+
+    Under several processes the decision is process 0's, sent to all, so they never disagree
+    when the measured ratio sits near the threshold.
+    """
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r}: choose from {', '.join(PRECISIONS)}")
+    if setting != "auto":
+        return PrecisionChoice(setting, setting, "set explicitly")
+    from hyperfitting.distributed import process_state
+
+    state = process_state()
+    device = device or state.device
+    if measure is not matmul_gflops:  # a stand-in (tests): never cached
+        fp32, bf16 = measure(torch.float32, device), measure(torch.bfloat16, device)
+    else:
+        if device.type not in _MEASURED:
+            _MEASURED[device.type] = (measure(torch.float32, device), measure(torch.bfloat16, device))
+        fp32, bf16 = _MEASURED[device.type]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        fp32, bf16 = broadcast_object_list([fp32, bf16], from_process=0)
+    ratio = bf16 / fp32
+    chosen = "bf16" if ratio >= BF16_SPEEDUP_NEEDED else "fp32"
+    reason = (f"auto: bf16 matrix products ran at {bf16:.0f} GFLOP/s against {fp32:.0f} in float32 on {device.type} "
+              f"({ratio:.2f}x; bf16 needs {BF16_SPEEDUP_NEEDED}x)")
+    return PrecisionChoice("auto", chosen, reason, round(fp32, 1), round(bf16, 1))
+
+
+def compute_precision(choice: PrecisionChoice | str, device: torch.device | None = None):
+    """A context in which training and decoding run at ``choice`` (bf16: autocast with float32 weights)."""
+    precision = choice.precision if isinstance(choice, PrecisionChoice) else choice
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    from hyperfitting.distributed import process_state
+
+    device = device or process_state().device
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device):
+    """Float32 inside, even within :func:`compute_precision`: for everything the analyses measure."""
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
+def training_precision(config) -> str:
+    """accelerate's ``mixed_precision`` for training: train.mixed_precision, or model.precision resolved when it says `model`."""
+    setting = config.train.mixed_precision
+    if setting != "model":
+        return setting
+    return "bf16" if resolve_precision(config.model.precision).bf16 else "no"

@@ -1,0 +1,62 @@
+"""The precision policy: auto decides from a measurement, training and decoding follow it, measurements stay float32."""
+
+import torch
+
+from hyperfitting.analysis.common import teacher_forced_logits
+from hyperfitting.config import GenerateArgs, load_config
+from hyperfitting.generation.decoding import generate
+from hyperfitting.pipeline.graph import study_graph
+from hyperfitting.precision import compute_precision, resolve_precision, training_precision
+from tests.conftest import make_tiny_model
+from tests.test_baselines import Tokenizer
+
+CPU = torch.device("cpu")
+
+
+def _rates(fp32: float, bf16: float):
+    return lambda dtype, device: bf16 if dtype == torch.bfloat16 else fp32
+
+
+def test_auto_takes_bf16_only_where_it_is_measured_much_faster():
+    fast = resolve_precision("auto", CPU, measure=_rates(140.0, 406.0))
+    assert fast.precision == "bf16" and fast.bf16_gflops == 406.0 and "2.90x" in fast.reason
+    assert resolve_precision("auto", CPU, measure=_rates(140.0, 150.0)).precision == "fp32"  # has bf16, gains too little
+    assert resolve_precision("auto", CPU, measure=_rates(140.0, 90.0)).precision == "fp32"   # bf16 slower (an older CPU)
+
+    def never(*_):
+        raise AssertionError("an explicit setting must not measure")
+
+    assert resolve_precision("fp32", CPU, measure=never).precision == "fp32"
+    assert resolve_precision("bf16", CPU, measure=never).precision == "bf16"
+
+
+def test_training_follows_model_precision_unless_overridden():
+    assert training_precision(load_config(overrides=["model.precision=bf16"])) == "bf16"
+    assert training_precision(load_config(overrides=["model.precision=fp32"])) == "no"
+    assert training_precision(load_config(overrides=["model.precision=bf16", "train.mixed_precision=no"])) == "no"
+    assert training_precision(load_config(overrides=["model.precision=fp32", "train.mixed_precision=bf16"])) == "bf16"
+
+
+def test_decoding_runs_in_bf16_but_teacher_forcing_measures_in_float32():
+    model = make_tiny_model("llama")
+    ids = torch.randint(1, 90, (2, 12))
+    exact = [logits for _, logits in teacher_forced_logits(model, ids.tolist(), [4, 4])]
+    with compute_precision("bf16", CPU):
+        plain = model(input_ids=ids).logits  # an ordinary forward inside the policy: bf16 products
+        measured = [logits for _, logits in teacher_forced_logits(model, ids.tolist(), [4, 4])]
+        decoded = generate(model, Tokenizer(), ids[:, :4].tolist(), GenerateArgs(max_new_tokens=6, batch_size=2), show_progress=False)
+    assert plain.dtype == torch.bfloat16  # the policy is in force, so the next line can fail
+    for a, b in zip(exact, measured):
+        assert torch.equal(a, b)
+    assert all(len(c.token_ids) == 6 for c in decoded)
+
+
+def test_stages_rerun_when_the_resolved_precision_changes(tmp_path):
+    fp32 = study_graph(load_config(overrides=["model.precision=fp32"]), tmp_path)
+    bf16 = study_graph(load_config(overrides=["model.precision=bf16"]), tmp_path)
+    assert fp32.fingerprint("data") == bf16.fingerprint("data")  # reading text does not depend on it
+    for name in ("base", "train", "hyperfitted"):
+        assert fp32.fingerprint(name) != bf16.fingerprint(name)
+        assert fp32.inputs(name)["precision"] == "fp32" and bf16.inputs(name)["precision"] == "bf16"
+    # "auto" is not itself an input: where it resolves to fp32 the stages are the fp32 ones.
+    assert load_config(overrides=["model.precision=auto"]).fingerprint("model") == load_config(overrides=["model.precision=fp32"]).fingerprint("model")
