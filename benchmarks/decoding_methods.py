@@ -2,7 +2,7 @@
 
 The baselines stage decodes the base model with every method of `baselines.methods`. This times each
 on the quick study's workload (16 fiction prompts of 32 tokens, 96 new tokens; sampled methods decode
-their 2 seeds in one batch of 32, as the stage does) and prints tokens/s and the ratio to greedy.
+the preset's baselines.seeds seeds in one batch, as the stage does) and prints tokens/s and the ratio to greedy.
 Contrastive search scores k candidates per step on a copy of the KV cache; beam search keeps 4
 hypotheses per prompt.
 

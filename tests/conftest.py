@@ -36,6 +36,15 @@ def tiny_config(architecture: str):
 ARCHITECTURES = ["llama", "qwen2", "gemma2", "gpt2"]
 
 
+@pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch):
+    """model.precision=auto resolves to float32 in tests, whatever this machine's bf16 speed: a test's numbers must not
+    depend on the machine it runs on. Tests of the policy pass a measurement or an explicit precision."""
+    from hyperfitting import precision
+
+    monkeypatch.setitem(precision._MEASURED, "cpu", (1.0, 1.0))
+
+
 def make_tiny_model(architecture: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 

@@ -60,3 +60,20 @@ def test_stages_rerun_when_the_resolved_precision_changes(tmp_path):
         assert fp32.inputs(name)["precision"] == "fp32" and bf16.inputs(name)["precision"] == "bf16"
     # "auto" is not itself an input: where it resolves to fp32 the stages are the fp32 ones.
     assert load_config(overrides=["model.precision=auto"]).fingerprint("model") == load_config(overrides=["model.precision=fp32"]).fingerprint("model")
+
+
+def test_training_inside_the_policy_moves_the_weights(tmp_path):
+    # A study holds one bf16 autocast region around every stage. With autocast's cast cache on, every forward of the
+    # training loop reused the bf16 copies of the initial weights and the loss never moved (found in a quick study).
+    from hyperfitting.training.hyperfit import hyperfit
+
+    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
+    heldout = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(3))
+    for method, blocks in (("lora", "last:2"), ("full", "all")):
+        config = load_config(overrides=["model.precision=bf16", f"train.method={method}", f"train.blocks={blocks}", "train.epochs=3",
+                                        "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0", "train.until_loss=null"])
+        with compute_precision("bf16", CPU):
+            result = hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path / method)
+        losses = [row["train_loss"] for row in result.log]
+        assert result.precision == "bf16"
+        assert losses[-1] < 0.8 * losses[0], (method, losses)

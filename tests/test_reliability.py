@@ -21,7 +21,7 @@ def _train_command(model, corpus, run_dir, *extra):
     return [sys.executable, "-m", "hyperfitting.cli", "train", f"model.name={model}", f"data.corpus={corpus}",
             f"data.eval_corpora=[{corpus}]", "data.train_blocks=16", "data.block_tokens=32", "data.heldout_blocks=2",
             "data.eval_prompts=2", "data.prompt_tokens=8", "data.reference_tokens=8", "train.epochs=30", "train.batch_size=2",
-            "train.lr=1e-2", "train.blocks=last:1", "train.diversity_every=0", f"run_dir={run_dir}", *extra]
+            "train.lr=1e-2", "train.blocks=last:1", "train.diversity_every=0", "model.precision=fp32", f"run_dir={run_dir}", *extra]
 
 
 def _environment():

@@ -100,7 +100,9 @@ def compute_precision(choice: PrecisionChoice | str, device: torch.device | None
     from hyperfitting.distributed import process_state
 
     device = device or process_state().device
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    # No cast cache: it lives as long as the outermost autocast region, so a model updated in place inside this one
+    # (a training step, a control trained and then decoded) would keep running on the bf16 copies of its old weights.
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 @contextlib.contextmanager
@@ -111,6 +113,11 @@ def full_precision(device: torch.device):
             yield
     else:
         yield
+
+
+def training_autocast(mixed_precision: str, device: torch.device):
+    """The autocast of one training step: bf16, or float32 even inside a bf16 region (train.mixed_precision=no)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16", cache_enabled=False)
 
 
 def training_precision(config) -> str:

@@ -154,11 +154,13 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     from accelerate.utils import DistributedType
 
     from hyperfitting.distributed import make_accelerator
-    from hyperfitting.precision import training_precision
+    from hyperfitting.precision import training_autocast, training_precision
 
     args = config.train
     precision = training_precision(config)
-    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation, mixed_precision=precision)
+    # The steps' autocast is ours, not accelerate's: accelerate keeps its precision in process-wide state that a
+    # second run in the same process (a control, the full fine-tune, a notebook) could not change.
+    accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation)
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
                           "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
@@ -256,7 +258,8 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
         for index in bar:
             with accelerator.accumulate(model):
-                loss = loss_fn(train_blocks[index], train_cache[index] if train_cache is not None else None)
+                with training_autocast(precision, accelerator.device):
+                    loss = loss_fn(train_blocks[index], train_cache[index] if train_cache is not None else None)
                 non_finite = not math.isfinite(loss.item())
                 if accelerator.num_processes > 1:  # every process raises, or none: one alone would leave the others waiting
                     non_finite = bool(accelerator.reduce(torch.tensor(float(non_finite), device=accelerator.device), reduction="sum") > 0)
