@@ -19,15 +19,19 @@ def _rates(fp32: float, bf16: float):
 
 def test_auto_takes_bf16_only_where_it_is_measured_much_faster():
     fast = resolve_precision("auto", CPU, measure=_rates(140.0, 406.0))
-    assert fast.precision == "bf16" and fast.bf16_gflops == 406.0 and "2.90x" in fast.reason
-    assert resolve_precision("auto", CPU, measure=_rates(140.0, 150.0)).precision == "fp32"  # has bf16, gains too little
-    assert resolve_precision("auto", CPU, measure=_rates(140.0, 90.0)).precision == "fp32"   # bf16 slower (an older CPU)
+    assert (fast.training, fast.decoding) == ("bf16", "fp32")  # on a CPU decoding stays float32 (per-step weight casts)
+    assert fast.bf16_gflops == 406.0 and "2.90x" in fast.reason and fast.label == "training bf16, decoding fp32"
+    gpu = resolve_precision("auto", torch.device("cuda"), measure=_rates(60_000.0, 700_000.0))
+    assert (gpu.training, gpu.decoding) == ("bf16", "bf16") and gpu.label == "bf16 autocast"
+    for slow in (_rates(140.0, 150.0), _rates(140.0, 90.0)):  # has bf16 but gains too little; bf16 slower (an older CPU)
+        choice = resolve_precision("auto", CPU, measure=slow)
+        assert (choice.training, choice.decoding, choice.label) == ("fp32", "fp32", "fp32")
 
     def never(*_):
         raise AssertionError("an explicit setting must not measure")
 
-    assert resolve_precision("fp32", CPU, measure=never).precision == "fp32"
-    assert resolve_precision("bf16", CPU, measure=never).precision == "bf16"
+    assert resolve_precision("fp32", CPU, measure=never).label == "fp32"
+    assert resolve_precision("bf16", CPU, measure=never).label == "bf16 autocast"
 
 
 def test_training_follows_model_precision_unless_overridden():
@@ -57,7 +61,7 @@ def test_stages_rerun_when_the_resolved_precision_changes(tmp_path):
     assert fp32.fingerprint("data") == bf16.fingerprint("data")  # reading text does not depend on it
     for name in ("base", "train", "hyperfitted"):
         assert fp32.fingerprint(name) != bf16.fingerprint(name)
-        assert fp32.inputs(name)["precision"] == "fp32" and bf16.inputs(name)["precision"] == "bf16"
+        assert fp32.inputs(name)["precision"] == "fp32" and bf16.inputs(name)["precision"] == "bf16 autocast"
     # "auto" is not itself an input: where it resolves to fp32 the stages are the fp32 ones.
     assert load_config(overrides=["model.precision=auto"]).fingerprint("model") == load_config(overrides=["model.precision=fp32"]).fingerprint("model")
 

@@ -38,7 +38,7 @@ def _at_precision(config: RunConfig):
     from hyperfitting.precision import compute_precision, resolve_precision
 
     precision = resolve_precision(config.model.precision)
-    click.echo(f"Precision: {'bf16 autocast' if precision.bf16 else 'fp32'} ({precision.reason}).", err=True)
+    click.echo(f"Precision: {precision.label} ({precision.reason}).", err=True)
     return compute_precision(precision)
 
 

@@ -8,7 +8,11 @@ with the machine, only the paths decoded and the weights trained can (near-ties,
 
 ``auto`` decides from a short measurement on the device, not from the processor's name: a
 CPU that has bf16 instructions can still run bf16 products slower than float32 (the first
-machine of this project did), and another runs them 3-8x faster.
+machine of this project did), and another runs them 2-8x faster. On a CPU, ``auto`` keeps
+decoding in float32 even then: autocast casts every weight again at every decoding step, and
+on the quick study that cost what the faster products saved (base decoding 29 s against 31 s,
+hyperfitted 24 s against 22 s), while it would make the decoded paths depend on the machine.
+Training steps are large products: there bf16 paid 1.7x (146 s against 249 s).
 """
 
 from __future__ import annotations
@@ -28,18 +32,23 @@ BF16_SPEEDUP_NEEDED = 1.5
 class PrecisionChoice:
     setting: str
     """What the config asked for: auto, fp32 or bf16."""
-    precision: str
-    """What runs: fp32 or bf16 (autocast)."""
+    training: str
+    """What the training steps run in: fp32 or bf16 (autocast)."""
+    decoding: str
+    """What decoding runs in: fp32 or bf16 (autocast)."""
     reason: str
     fp32_gflops: float | None = None
     bf16_gflops: float | None = None
 
     @property
-    def bf16(self) -> bool:
-        return self.precision == "bf16"
+    def label(self) -> str:
+        """One line for logs, reports and stage fingerprints."""
+        if self.training == self.decoding:
+            return "bf16 autocast" if self.training == "bf16" else "fp32"
+        return f"training {self.training}, decoding {self.decoding}"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "label": self.label}
 
 
 def matmul_gflops(dtype: torch.dtype, device: torch.device, size: int = 1024, seconds: float = 0.3) -> float:
@@ -70,7 +79,7 @@ def resolve_precision(setting: str, device: torch.device | None = None, measure=
     if setting not in PRECISIONS:
         raise ValueError(f"precision {setting!r}: choose from {', '.join(PRECISIONS)}")
     if setting != "auto":
-        return PrecisionChoice(setting, setting, "set explicitly")
+        return PrecisionChoice(setting, setting, setting, "set explicitly")
     from hyperfitting.distributed import process_state
 
     state = process_state()
@@ -86,15 +95,20 @@ def resolve_precision(setting: str, device: torch.device | None = None, measure=
 
         fp32, bf16 = broadcast_object_list([fp32, bf16], from_process=0)
     ratio = bf16 / fp32
-    chosen = "bf16" if ratio >= BF16_SPEEDUP_NEEDED else "fp32"
+    fast = ratio >= BF16_SPEEDUP_NEEDED
+    decoding = "bf16" if fast and device.type != "cpu" else "fp32"
     reason = (f"auto: bf16 matrix products ran at {bf16:.0f} GFLOP/s against {fp32:.0f} in float32 on {device.type} "
-              f"({ratio:.2f}x; bf16 needs {BF16_SPEEDUP_NEEDED}x)")
-    return PrecisionChoice("auto", chosen, reason, round(fp32, 1), round(bf16, 1))
+              f"({ratio:.2f}x; bf16 needs {BF16_SPEEDUP_NEEDED}x)"
+              + ("; decoding stays float32 on a CPU, where autocast's per-step weight casts cancel the gain" if fast and decoding == "fp32" else ""))
+    return PrecisionChoice("auto", "bf16" if fast else "fp32", decoding, reason, round(fp32, 1), round(bf16, 1))
 
 
 def compute_precision(choice: PrecisionChoice | str, device: torch.device | None = None):
-    """A context in which training and decoding run at ``choice`` (bf16: autocast with float32 weights)."""
-    precision = choice.precision if isinstance(choice, PrecisionChoice) else choice
+    """A context in which decoding runs at ``choice``'s decoding precision (bf16: autocast with float32 weights).
+
+    Training steps set their own autocast inside it (:func:`training_autocast`), measurements theirs (:func:`full_precision`).
+    """
+    precision = choice.decoding if isinstance(choice, PrecisionChoice) else choice
     if precision != "bf16":
         return contextlib.nullcontext()
     from hyperfitting.distributed import process_state
@@ -121,8 +135,8 @@ def training_autocast(mixed_precision: str, device: torch.device):
 
 
 def training_precision(config) -> str:
-    """accelerate's ``mixed_precision`` for training: train.mixed_precision, or model.precision resolved when it says `model`."""
+    """The training steps' precision, as accelerate names it (no / bf16): train.mixed_precision, or model.precision resolved."""
     setting = config.train.mixed_precision
     if setting != "model":
         return setting
-    return "bf16" if resolve_precision(config.model.precision).bf16 else "no"
+    return "bf16" if resolve_precision(config.model.precision).training == "bf16" else "no"

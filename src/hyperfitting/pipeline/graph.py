@@ -108,7 +108,7 @@ class StageGraph:
             if name != "data":  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
                 from hyperfitting.precision import resolve_precision
 
-                inputs["precision"] = resolve_precision(spec.config.model.precision).precision
+                inputs["precision"] = resolve_precision(spec.config.model.precision).label
             self._inputs[name] = inputs
         return self._inputs[name]
 

@@ -360,7 +360,7 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     from hyperfitting.precision import compute_precision, resolve_precision
 
     precision = resolve_precision(config.model.precision)
-    print(f"Precision: {'bf16 autocast' if precision.bf16 else 'fp32'} ({precision.reason}).")
+    print(f"Precision: {precision.label} ({precision.reason}).")
     with compute_precision(precision):
         return _run_study(config, Path(run_dir), precision)
 

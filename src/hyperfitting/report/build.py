@@ -299,8 +299,8 @@ def build_report(run_dir: Path) -> dict:
     env = study["environment"]
     precision = study.get("precision")
     if precision:
-        md += ["", f"Precision of training and decoding: {'bf16 autocast over float32 weights' if precision['precision'] == 'bf16' else 'float32'} "
-                   f"(model.precision={precision['setting']}: {precision['reason']}); everything the analyses measure ran in float32."]
+        md += ["", f"Precision: training {precision['training']}, decoding {precision['decoding']} (bf16 means autocast over float32 "
+                   f"weights; model.precision={precision['setting']}: {precision['reason']}); everything the analyses measure ran in float32."]
     md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()) + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
            "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines, process or "
            "thread counts, floating-point reduction order can change the last digits and, through greedy ties, a few tokens.", ""]
