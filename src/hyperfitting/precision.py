@@ -13,6 +13,10 @@ decoding in float32 even then: autocast casts every weight again at every decodi
 on the quick study that cost what the faster products saved (base decoding 29 s against 31 s,
 hyperfitted 24 s against 22 s), while it would make the decoded paths depend on the machine.
 Training steps are large products: there bf16 paid 1.7x (146 s against 249 s).
+
+The config's default is nevertheless ``fp32``: a model trained under bf16 reaches the same loss
+but is a different model, and on the quick study that moved claim 1 as far as another training
+seed does (BENCHMARKS.md section 4), which a one-seed study's intervals cannot show.
 """
 
 from __future__ import annotations
