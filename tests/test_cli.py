@@ -48,6 +48,11 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5, "1b"]
+    # The stage profile (time and peak memory of every stage) and the precision the study ran at, in metrics.json.
+    study_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train", "analysis-ranks", "quality"} <= set(study_metrics["stage_profile"])
+    assert all(row["seconds"] >= 0 for row in study_metrics["stage_profile"].values())
+    assert study_metrics["precision"]["label"] == "fp32" and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
