@@ -34,12 +34,10 @@ def _config(arguments: tuple[str, ...]) -> RunConfig:
 
 
 def _at_precision(config: RunConfig):
-    """The context training and decoding run in: model.precision resolved on this machine (precision.py), said once."""
-    from hyperfitting.precision import compute_precision, resolve_precision
+    """precision_for, said on stderr: `hyperfit generate` prints its results on stdout."""
+    from hyperfitting.precision import precision_for
 
-    precision = resolve_precision(config.model.precision)
-    click.echo(f"Precision: {precision.label} ({precision.reason}).", err=True)
-    return compute_precision(precision)
+    return precision_for(config, say=lambda line: click.echo(line, err=True))[1]
 
 
 def _existing(resume: bool, overwrite: bool) -> str:

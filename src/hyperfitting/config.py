@@ -80,7 +80,7 @@ class ModelArgs:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight dtype. Keep float32 for training: at lr ~1e-6, bf16 weights lose updates to rounding."""
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    """Precision of training and decoding: bf16 autocast over float32 weights, or fp32 (the default: the same numbers on every machine; bf16 training moved the quick study's claim 1 as much as another training seed does, BENCHMARKS.md section 3). auto times bf16 and fp32 matrix products on the device for a moment and, where bf16 is at least 1.5x faster, trains under bf16 (and on a GPU decodes under it too; on a CPU decoding stays fp32); recorded in the run. What the analyses measure (log-probabilities, ranks, entropies, geometry, perplexities) is always computed in float32."""
+    """Precision of training and decoding: bf16 autocast over float32 weights, or fp32 (the default: the same numbers on every machine; bf16 training moved the quick study's claim 1 as much as another training seed does, BENCHMARKS.md section 4). auto times bf16 and fp32 matrix products on the device for a moment and, where bf16 is at least 1.5x faster, trains under bf16 (and on a GPU decodes under it too; on a CPU decoding stays fp32); recorded in the run. What the analyses measure (log-probabilities, ranks, entropies, geometry, perplexities) is always computed in float32."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model. Off unless you trust the source."""
     allow_download: bool = False

@@ -123,14 +123,16 @@ def compute_precision(choice: PrecisionChoice | str, device: torch.device | None
     return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
-@contextlib.contextmanager
 def full_precision(device: torch.device):
     """Float32 inside, even within :func:`compute_precision`: for everything the analyses measure."""
-    if torch.is_autocast_enabled(device.type):
-        with torch.autocast(device.type, enabled=False):
-            yield
-    else:
-        yield
+    return torch.autocast(device.type, enabled=False)
+
+
+def precision_for(config, say=print):
+    """The context a command's training and decoding run in: model.precision resolved here, said once. (choice, context)"""
+    choice = resolve_precision(config.model.precision)
+    say(f"Precision: {choice.label} ({choice.reason}).")
+    return choice, compute_precision(choice)
 
 
 def training_autocast(mixed_precision: str, device: torch.device):

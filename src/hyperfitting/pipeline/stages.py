@@ -357,11 +357,10 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
 
     Training and decoding run at model.precision (precision.py); what the analyses measure, in float32.
     """
-    from hyperfitting.precision import compute_precision, resolve_precision
+    from hyperfitting.precision import precision_for
 
-    precision = resolve_precision(config.model.precision)
-    print(f"Precision: {precision.label} ({precision.reason}).")
-    with compute_precision(precision):
+    precision, context = precision_for(config)
+    with context:
         return _run_study(config, Path(run_dir), precision)
 
 
