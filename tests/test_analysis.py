@@ -1,5 +1,6 @@
 """The mechanism analyses pinned on constructed cases whose answer is known."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,28 @@ def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all()
     expected = everything[torch.from_numpy(sample_positions(len(everything), 10))]
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 10), expected)
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 1000), everything)  # a cap above the total keeps all
+
+
+def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
+    # The scan keeps a few numbers per step and whole rows only at the drawn steps; each must equal what the
+    # concatenated (steps x vocabulary) logits of the same paths give, continuations of uneven length included.
+    from hyperfitting.analysis.common import Continuation, path_scan, teacher_forced_logits
+
+    model = make_tiny_model("llama")
+    prompts = [list(range(5, 11)), list(range(20, 23)), list(range(40, 49))]
+    paths = [Continuation(p, [int(t) for t in torch.randint(0, TINY_VOCAB, (n,), generator=torch.Generator().manual_seed(n))])
+             for p, n in zip(prompts, (7, 1, 12))]
+    sequences = [p + c.token_ids for p, c in zip(prompts, paths)]
+    everything = torch.cat([logits for _, logits in teacher_forced_logits(model, sequences, [len(p) for p in prompts])])
+    chosen = torch.tensor([t for c in paths for t in c.token_ids])
+    offset = torch.randn(TINY_VOCAB, generator=torch.Generator().manual_seed(3))
+    keep = np.array([0, 7, 8, 19])  # the first step of each path, and the last step of the last
+    scan = path_scan(model, prompts, paths, {"top1": lambda z: z.argmax(-1), "shifted": lambda z: (z + offset).argmax(-1)}, keep)
+    assert torch.equal(scan["top1"], everything.argmax(-1))
+    assert torch.equal(scan["shifted"], (everything + offset).argmax(-1))
+    assert torch.equal(scan["chosen_rank"], ranks_of(everything).gather(1, chosen[:, None]).squeeze(1).long())
+    torch.testing.assert_close(scan["kept"], everything[torch.from_numpy(keep)])
+    assert set(path_scan(model, prompts, paths)) == {"chosen_rank"}  # nothing else is kept unless asked for
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from hyperfitting import stats
-from hyperfitting.analysis.ranks import null_comparison
+from hyperfitting.analysis.common import step_summary
+from hyperfitting.analysis.ranks import null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_static_temperature, flip_rate, static_choice
 from hyperfitting.report.verdicts import (
     FAILS, HOLDS, INCONCLUSIVE, RULES, Check, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature, decide,
@@ -145,7 +146,7 @@ def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected)
         assert fitted["scale"] == pytest.approx(2.5, rel=1e-3)
     chosen = tuned.argmax(-1)
     prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
-    comparison = null_comparison(base, chosen, prompt_of_step, fitted, 16)
+    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16)
     results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1}
     claim = claim_ranks([results], [TRAINED])
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...

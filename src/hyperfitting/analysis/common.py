@@ -6,7 +6,7 @@ import math
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,18 +31,21 @@ def load_pair(config: RunConfig):
 
 
 def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8,
-                          keep: dict[int, np.ndarray] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                          keep: dict[int, np.ndarray] | None = None, reduce: Callable[[int, torch.Tensor], Any] | None = None,
+                          ) -> Iterator[tuple[int, Any]]:
     """For each sequence i, in order, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``.
 
-    ``keep`` (sequence -> row indices) keeps only those rows, before anything is gathered: a
-    caller that samples positions never holds, or sends, the logits of the others. Under several
-    processes each scores a contiguous share of the sequences and the shares are gathered, so
-    every process gets every sequence's (kept) logits.
+    ``keep`` (sequence -> row indices) keeps only those rows, and ``reduce(i, logits)`` replaces
+    them with what the caller needs from them (argmaxes, ranks), before anything is gathered: a
+    caller never holds, or sends, more than its statistic reads. Under several processes each
+    scores a contiguous share of the sequences and the shares are gathered, so every process gets
+    every sequence's (kept, reduced) result.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
 
-    def kept(i: int, logits: torch.Tensor) -> torch.Tensor:
-        return logits if keep is None else logits[torch.from_numpy(keep.get(i, np.empty(0, dtype=np.int64)))]
+    def kept(i: int, logits: torch.Tensor) -> Any:
+        logits = logits if keep is None else logits[torch.from_numpy(keep.get(i, np.empty(0, dtype=np.int64)))]
+        return logits if reduce is None else reduce(i, logits)
 
     if process_state().num_processes == 1:  # stream: callers that keep only an argmax never hold every logit
         for i, logits in _teacher_forced_logits_here(model, sequences, starts, batch_size):
@@ -111,11 +114,54 @@ def stacked_logits(model, sequences, starts, cap: int) -> torch.Tensor:
     return torch.cat(rows) if rows else torch.empty(0)
 
 
-def path_logits(model, prompts, continuations: Sequence[Continuation]) -> torch.Tensor:
-    """Teacher-forced logits at every step of the given continuations, in order: (steps, V)."""
+StepChoice = Callable[[torch.Tensor], torch.Tensor]
+"""Logits (L, V) of L steps -> the token some decision rule picks at each step (L,)."""
+
+
+def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Rank (1 = top) of each chosen token under ``logits``, without ranking the whole vocabulary."""
+    return (logits > logits.gather(1, chosen[:, None])).sum(1) + 1
+
+
+def step_summary(logits: torch.Tensor, chosen: torch.Tensor, choices: dict[str, StepChoice] | None = None,
+                 keep_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What the path statistics read from the logits (L, V) of L steps whose tokens were ``chosen`` (L,).
+
+    ``chosen_rank``: each chosen token's rank; one entry per named decision rule in ``choices``
+    (its pick at every step); ``kept``: the full rows at ``keep_rows``, for statistics that need them.
+    """
+    summary = {"chosen_rank": ranks_of_chosen(logits, chosen)}
+    summary.update({name: pick(logits) for name, pick in (choices or {}).items()})
+    if keep_rows is not None:
+        summary["kept"] = logits[keep_rows]
+    return summary
+
+
+def path_scan(model, prompts, continuations: Sequence[Continuation], choices: dict[str, StepChoice] | None = None,
+              keep_steps: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """One teacher-forced pass of ``model`` along the continuations, keeping only what the statistics read.
+
+    The step summaries (:func:`step_summary`) of every continuation, concatenated in step order,
+    and the full logit rows at ``keep_steps`` (sorted flat step indices, drawn before the pass)
+    only. Memory grows with the steps kept, not with (steps x vocabulary): on a 262k-token
+    vocabulary the whole path of 16 prompts x 96 tokens would be 1.6 GB per model.
+    """
     sequences = [list(p) + list(c.token_ids) for p, c in zip(prompts, continuations)]
-    rows = [logits for _, logits in teacher_forced_logits(model, sequences, [len(p) for p in prompts])]
-    return torch.cat(rows) if rows else torch.empty(0)
+    bounds = np.cumsum([0, *(len(c.token_ids) for c in continuations)])
+    keep_steps = None if keep_steps is None else np.asarray(keep_steps, dtype=np.int64)
+
+    def reduce(i: int, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long)
+        rows = None
+        if keep_steps is not None:
+            mine = keep_steps[(keep_steps >= bounds[i]) & (keep_steps < bounds[i + 1])] - bounds[i]
+            rows = torch.from_numpy(mine)
+        return step_summary(logits, chosen, choices, rows)
+
+    parts = [summary for _, summary in teacher_forced_logits(model, sequences, [len(p) for p in prompts], reduce=reduce)]
+    if not parts:
+        return {}
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
 
 def mean_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 512) -> float:

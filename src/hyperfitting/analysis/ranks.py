@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import decode, mean_and_spread, path_logits, path_summary, new_figure, savefig
+from hyperfitting.analysis.common import StepChoice, decode, mean_and_spread, path_scan, path_summary, new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
@@ -82,18 +82,25 @@ def context_dependence(tokens: torch.Tensor, base_logits: torch.Tensor, tuned_lo
     }
 
 
-def null_comparison(base_logits: torch.Tensor, chosen: torch.Tensor, prompt_of_step: torch.Tensor, fitted: dict, n_prompts: int) -> dict:
+def null_choices(fitted: dict) -> dict[str, StepChoice]:
+    """The decision rules the null comparison reads along a path: the base model's top-1 and the fitted null's pick."""
+    return {"top1": lambda logits: logits.argmax(-1), "null": lambda logits: static_choice(logits, fitted)}
+
+
+def null_comparison(path: dict[str, torch.Tensor], chosen: torch.Tensor, prompt_of_step: torch.Tensor, fitted: dict, n_prompts: int) -> dict:
     """Per prompt: steps, overrides of the base top-1, and overrides the fitted static+temperature model does not reproduce.
 
-    The null is the strongest static explanation (a temperature and a fixed per-token bias, fitted
-    on held-out text): an override it also makes is explained by a static reweighting, however
-    deep in the base ranking the chosen token sat.
+    ``path`` holds, per step of the hyperfitted paths, the base model's ``top1``, the fitted
+    null's pick (``null``) and the base rank of the token taken (``chosen_rank``): a
+    :func:`path_scan` of the base model with :func:`null_choices`. The null is the strongest
+    static explanation (a temperature and a fixed per-token bias, fitted on held-out text): an
+    override it also makes is explained by a static reweighting, however deep in the base
+    ranking the chosen token sat.
     """
-    base_top1 = base_logits.argmax(-1)
-    null_choice = static_choice(base_logits, fitted)
+    base_top1, null_choice = path["top1"], path["null"]
     overrides = chosen != base_top1
     unexplained = overrides & (null_choice != chosen)
-    deep = overrides & (ranks_of_chosen(base_logits, chosen) > 10)
+    deep = overrides & (path["chosen_rank"] > 10)
 
     def per_prompt(mask: torch.Tensor) -> list[int]:
         return torch.bincount(prompt_of_step[mask], minlength=n_prompts).tolist()
@@ -110,27 +117,21 @@ def null_comparison(base_logits: torch.Tensor, chosen: torch.Tensor, prompt_of_s
     }
 
 
-def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Base rank (1 = top) of each chosen token, without ranking the whole vocabulary."""
-    return (logits > logits.gather(1, chosen[:, None])).sum(1) + 1
-
-
 def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, tuned_greedy=None,
                   heldout_blocks: torch.Tensor | None = None, heldout_static=None) -> dict:
     """Claim 3: overrides and deep-tail promotions along the hyperfitted paths, against the static+temperature null, and the rank transplant."""
     args = config.analysis
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
-    base_logits = path_logits(base, prompts, tuned_greedy)
-    tuned_logits = path_logits(tuned, prompts, tuned_greedy)
     chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids], dtype=torch.long)
     prompt_of_step = torch.tensor([i for i, c in enumerate(tuned_greedy) for _ in c.token_ids], dtype=torch.long)
-    keep = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(chosen), min(len(chosen), args.max_positions), replace=False)))
-    statistics = rank_statistics(base_logits[keep], tuned_logits[keep], chosen[keep], args.rank_top_k)
-    del tuned_logits
     # The null model is fitted on held-out human text, not on the paths it is then asked to explain.
     _, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
-    comparison = null_comparison(base_logits, chosen, prompt_of_step, fitted, len(prompts))
-    del base_logits
+    # The steps whose whole rankings the statistics compare are drawn first; every other step keeps a few numbers only.
+    keep = np.sort(np.random.default_rng(0).choice(len(chosen), min(len(chosen), args.max_positions), replace=False))
+    base_path = path_scan(base, prompts, tuned_greedy, null_choices(fitted), keep_steps=keep)
+    tuned_path = path_scan(tuned, prompts, tuned_greedy, keep_steps=keep)
+    statistics = rank_statistics(base_path.pop("kept"), tuned_path.pop("kept"), chosen[torch.from_numpy(keep)], args.rank_top_k)
+    comparison = null_comparison(base_path, chosen, prompt_of_step, fitted, len(prompts))
 
     # Rank transplant with sampling at T = 1: which of ranking and profile carries the gain?
     settings = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode, path_logits, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
+from hyperfitting.analysis.common import StepChoice, decode, path_scan, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
@@ -109,11 +109,16 @@ def static_choice(base_logits: torch.Tensor, fitted: dict) -> torch.Tensor:
     return (fitted["scale"] * base_logits + fitted["bias"]).argmax(-1)
 
 
+def biased_choice(delta: torch.Tensor, alpha: float) -> StepChoice:
+    """The greedy pick of the base model with alpha * delta added to its logits, as a decision rule."""
+    return lambda logits: (logits + alpha * delta).argmax(-1)
+
+
 def flip_rate(base_logits: torch.Tensor, delta: torch.Tensor, alpha: float) -> float:
     """Share of rows whose argmax changes when alpha * delta is added: does the ablation bite at all?"""
     if not len(base_logits):
         return 0.0
-    return float(((base_logits + alpha * delta).argmax(-1) != base_logits.argmax(-1)).float().mean())
+    return float((biased_choice(delta, alpha)(base_logits) != base_logits.argmax(-1)).float().mean())
 
 
 def heldout_static_models(base, tuned, heldout_blocks: torch.Tensor, config: RunConfig) -> tuple[dict, dict]:
@@ -151,18 +156,22 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     # Manipulation check: along the base model's own greedy paths, how often does each static model change its choice?
     # A static model that changes nothing is no evidence. The alpha grid is extended (x4) until the K-token offset
     # bites, and only the first alpha that bites is decoded (the flip rate itself needs no decoding).
-    base_path = path_logits(base, prompts, base_greedy)
+    # One pass along the base paths reads every candidate's pick at every step (the grid, then the ladder x4 up to 1e3).
     alphas = sorted(args.static_bias_alphas)
-    extra = alphas[-1]
-    while flip_rate(base_path, delta, extra) < args.static_bias_bite and extra < 1e3:
-        extra *= 4
-    extended = [extra] if extra != alphas[-1] and flip_rate(base_path, delta, extra) >= args.static_bias_bite else []
-    alphas += extended
-    flips = {f"alpha = {alpha:g}": flip_rate(base_path, delta, alpha) for alpha in alphas}
-    flips["full-vocabulary offset"] = flip_rate(base_path, stats["offset"], 1.0)
+    ladder = [alphas[-1]]
+    while ladder[-1] < 1e3:
+        ladder.append(ladder[-1] * 4)
+    rules = {f"alpha = {alpha:g}": biased_choice(delta, alpha) for alpha in alphas + ladder[1:]}
+    rules["full-vocabulary offset"] = biased_choice(stats["offset"], 1.0)
     if fitted["scale"] > 0:
-        flips["fitted static+temperature"] = flip_rate(base_path, fitted["bias"] / fitted["scale"], 1.0)
-    del base_path
+        rules["fitted static+temperature"] = biased_choice(fitted["bias"] / fitted["scale"], 1.0)
+    base_path = path_scan(base, prompts, base_greedy, {"top1": lambda logits: logits.argmax(-1), **rules})
+    steps = len(base_path["top1"]) if base_path else 0
+    flips = {name: float((base_path[name] != base_path["top1"]).float().mean()) if steps else 0.0 for name in rules}
+    bites = [alpha for alpha in ladder if flips[f"alpha = {alpha:g}"] >= args.static_bias_bite]
+    extended = bites[:1] if bites and bites[0] != alphas[-1] else []
+    alphas += extended
+    flips = {name: rate for name, rate in flips.items() if not name.startswith("alpha = ") or name in {f"alpha = {a:g}" for a in alphas}}
 
     curve = [{"alpha": 0.0, "flip_rate": 0.0, **summary("base, greedy", base_greedy)}]
     for alpha in alphas:
@@ -178,10 +187,9 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
                                 desc="fitted static+temperature")
         fitted_row = summary("fitted static+temperature", fitted_outputs)
         fitted_row["flip_rate"] = flips["fitted static+temperature"]
-        tuned_path = path_logits(base, prompts, tuned_greedy)
-        chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids])
-        fitted_row["top1_reproduced"] = float((static_choice(tuned_path, fitted) == chosen).float().mean()) if len(chosen) else 0.0
-        del tuned_path
+        along_tuned = path_scan(base, prompts, tuned_greedy, {"null": lambda logits: static_choice(logits, fitted)})
+        chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids], dtype=torch.long)
+        fitted_row["top1_reproduced"] = float((along_tuned["null"] == chosen).float().mean()) if len(chosen) else 0.0
     biting = {name: rate for name, rate in flips.items() if rate >= args.static_bias_bite}
     bite = {"required": args.static_bias_bite, "flip_rates": flips, "biting": sorted(biting), "passed": bool(biting),
             "top_k_alpha": alphas[-1], "top_k_flip_rate": flips[f"alpha = {alphas[-1]:g}"], "extended": extended}
