@@ -57,6 +57,16 @@ def test_a_context_dependent_reranking_is_not_static(base_logits):
     assert share < 0.2
 
 
+def test_rank_statistics_do_not_depend_on_the_chunk_they_rank_at_a_time(base_logits):
+    tuned = base_logits + torch.randn(base_logits.shape, generator=torch.Generator().manual_seed(4)) * 2
+    whole, chunked = (rank_statistics(base_logits, tuned, tuned.argmax(-1), chunk=chunk) for chunk in (len(base_logits), 7))
+    assert chunked["promoted_tokens"] == whole["promoted_tokens"] > 0
+    dependence = chunked.pop("context_dependence"), whole.pop("context_dependence")
+    assert chunked == whole
+    assert dependence[0]["static_share"] == pytest.approx(dependence[1]["static_share"], rel=1e-9)
+    assert dependence[0]["sign_consistency_per_token"] == dependence[1]["sign_consistency_per_token"]
+
+
 def test_static_delta_keeps_only_the_top_gainers(base_logits):
     bias = torch.zeros(50)
     bias[[3, 7]] = 5.0

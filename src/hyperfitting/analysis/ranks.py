@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import StepChoice, decode, mean_and_spread, path_scan, path_summary, new_figure, savefig
+from hyperfitting.analysis.common import StepChoice, decode, ranks_of_chosen, mean_and_spread, path_scan, path_summary, new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
@@ -24,13 +24,15 @@ RANK_BINS = [(1, 1, "1"), (2, 10, "2-10"), (11, 100, "11-100"), (101, 1000, "101
 PAPER = {"override_rate": 0.391, "share_of_overrides_from_rank_over_10": 0.129}
 
 
-def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chosen: torch.Tensor, top_k: int = 10) -> dict:
-    """Statistics of the steps (rows) of a path: logits of both models (P, V) and the tokens chosen (P,)."""
+def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chosen: torch.Tensor, top_k: int = 10, chunk: int = 256) -> dict:
+    """Statistics of the steps (rows) of a path: logits of both models (P, V) and the tokens chosen (P,).
+
+    Whole-vocabulary rankings are computed ``chunk`` rows at a time: memory stays at a few
+    (chunk x V) tensors beside the inputs, whatever the vocabulary (262k tokens on Gemma).
+    """
     from scipy.stats import kendalltau
 
-    base_ranks = ranks_of(base_logits)
-    tuned_ranks = ranks_of(tuned_logits)
-    chosen_base_rank = base_ranks.gather(1, chosen[:, None]).squeeze(1).long()
+    chosen_base_rank = ranks_of_chosen(base_logits, chosen)
     overrides = chosen_base_rank > 1
     n_overrides = int(overrides.sum())
     histogram = {label: int(((chosen_base_rank >= low) & (chosen_base_rank <= high)).sum()) for low, high, label in RANK_BINS}
@@ -44,9 +46,12 @@ def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chose
         taus.append(0.0 if np.isnan(tau) else float(tau))
 
     # Context dependence, on the tokens the hyperfitted model promoted into its top-k somewhere.
-    promoted = (tuned_ranks <= top_k) & (tuned_ranks < base_ranks)
-    tokens = torch.nonzero(promoted.any(0)).squeeze(1)
-    dependence = context_dependence(tokens, base_logits, tuned_logits, base_ranks[:, tokens], tuned_ranks[:, tokens]) if len(tokens) else {}
+    promoted = torch.zeros(base_logits.shape[1], dtype=torch.bool)
+    for rows in _chunks(len(chosen), chunk):
+        tuned_ranks = ranks_of(tuned_logits[rows])
+        promoted |= ((tuned_ranks <= top_k) & (tuned_ranks < ranks_of(base_logits[rows]))).any(0)
+    tokens = torch.nonzero(promoted).squeeze(1)
+    dependence = context_dependence(tokens, base_logits, tuned_logits, chunk) if len(tokens) else {}
     return {
         "steps": len(chosen),
         "override_rate": n_overrides / max(1, len(chosen)),
@@ -60,8 +65,11 @@ def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chose
     }
 
 
-def context_dependence(tokens: torch.Tensor, base_logits: torch.Tensor, tuned_logits: torch.Tensor,
-                       base_ranks: torch.Tensor, tuned_ranks: torch.Tensor) -> dict:
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def context_dependence(tokens: torch.Tensor, base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict:
     """How much of each promoted token's log-probability shift is the same in every context.
 
     A static reweighting z + b shifts token v's log-probability by b_v minus a per-context
@@ -69,11 +77,15 @@ def context_dependence(tokens: torch.Tensor, base_logits: torch.Tensor, tuned_lo
     in every context: ``static_share`` (the variance explained by a per-token constant) is 1.
     A context-dependent re-ranking leaves most of the variance to the context: the share is low.
     """
-    shift = (torch.log_softmax(tuned_logits, -1)[:, tokens] - torch.log_softmax(base_logits, -1)[:, tokens]).double()
+    shifts, rank_changes = [], []
+    for rows in _chunks(len(base_logits), chunk):  # only the promoted tokens' columns are kept
+        base, tuned = base_logits[rows], tuned_logits[rows]
+        shifts.append((torch.log_softmax(tuned, -1)[:, tokens] - torch.log_softmax(base, -1)[:, tokens]).double())
+        rank_changes.append((ranks_of(base)[:, tokens] - ranks_of(tuned)[:, tokens]).float())  # > 0: promoted in that context
+    shift, rank_change = torch.cat(shifts), torch.cat(rank_changes)
     shift = shift - shift.mean(dim=1, keepdim=True)  # remove the per-context normaliser
     total = float(((shift - shift.mean()) ** 2).sum())
     within = float(((shift - shift.mean(dim=0, keepdim=True)) ** 2).sum())
-    rank_change = (base_ranks - tuned_ranks).float()  # > 0: promoted in that context
     majority = torch.maximum((rank_change > 0).float().mean(0), (rank_change < 0).float().mean(0))
     return {
         "static_share": 1.0 - within / total if total > 1e-12 else float("nan"),
