@@ -200,12 +200,15 @@ def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monk
 
     need = preflight.estimate(make_tiny_model("llama"), 10**6, 0, 3, False, 4, 2, 16, 2, 2.0)
     assert need.checkpoint == 12 * 10**6 and need.disk == need.saved_output + 2 * need.checkpoint
+    assert need.checkpoint_memory == need.checkpoint  # a replicated run gathers it whole in process 0
+    sharded = preflight.estimate(make_tiny_model("llama"), 10**6, 0, 3, False, 4, 2, 16, 2, 2.0, shards=4)
+    assert sharded.checkpoint == need.checkpoint and sharded.checkpoint_memory == need.checkpoint // 4  # each process writes its shards
     ram = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0,
-                             checkpoint=10**15)
+                             checkpoint=10**15, checkpoint_memory=10**15)
     with pytest.raises(preflight.ResourceError, match=r"needs about 931322\.6 GiB more of RAM"):
         preflight.check_fits(ram, torch.device("cpu"), tmp_path)
-    # On an accelerator the checkpoint still lands in host RAM.
-    with pytest.raises(preflight.ResourceError, match=r"checkpoint gathers the trainable weights and optimizer state into host RAM"):
+    # On an accelerator the checkpoint still passes through host RAM.
+    with pytest.raises(preflight.ResourceError, match=r"checkpoint copies the trainable weights and optimizer state into host RAM"):
         preflight.check_fits(ram, torch.device("meta"), tmp_path)
     from collections import namedtuple
 
@@ -227,3 +230,50 @@ def test_divergence_is_a_rise_past_the_factor_or_a_loss_that_stays_above_its_sta
     assert divergence(log(6.0, 6.5, 6.2), 1.5, 3) is None  # above the start, but not for 3 epochs yet
     assert "stayed above its starting value 6.000 for 3 epochs in a row (epochs 1-3" in divergence(log(6.0, 6.5, 6.2, 6.1), 1.5, 3)
     assert divergence(log(6.0, 6.5, 5.9, 6.1, 6.2), 1.5, 3) is None  # a dip below the start resets the count
+
+
+def _stepped(seed: int, trainable: str):
+    """A tiny model with the parameters whose names contain ``trainable`` trained for one Adam step."""
+    model = make_tiny_model("llama", seed=seed)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trainable in name)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(2, 97, (2, 12), generator=torch.Generator().manual_seed(seed))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_a_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(tmp_path):
+    # The format FSDP runs write (torch.distributed.checkpoint, one shard per process), read back here by the replicated
+    # strategy without any process group: weights and Adam state as saved, the progress with them.
+    from types import SimpleNamespace
+
+    from hyperfitting.errors import CheckpointError
+    from hyperfitting.training.parallel import CHECKPOINT, SHARDED_CHECKPOINT, Replicated, remove_checkpoints, save_sharded_checkpoint
+
+    saved, saved_optimizer = _stepped(0, "layers.1.")
+    (tmp_path / CHECKPOINT).write_bytes(b"an older replicated checkpoint")
+    save_sharded_checkpoint(saved, saved_optimizer, {"log": [{"epoch": 0}, {"epoch": 1}], "epoch": 1}, tmp_path)
+    assert not (tmp_path / CHECKPOINT).exists()  # superseded
+    strategy = Replicated(SimpleNamespace(num_processes=1, is_main_process=True, process_index=0))
+
+    fresh, fresh_optimizer = _stepped(1, "layers.1.")
+    progress = strategy.load_checkpoint(fresh, fresh_optimizer, tmp_path)
+    assert progress["epoch"] == 1 and len(progress["log"]) == 2
+    for (name, a), b in zip(saved.named_parameters(), fresh.parameters()):
+        if a.requires_grad:
+            assert torch.equal(a, b), name
+    moments = [(saved_optimizer.state[a]["exp_avg_sq"], fresh_optimizer.state[b]["exp_avg_sq"])
+               for a, b in zip(saved.parameters(), fresh.parameters()) if a.requires_grad]
+    assert all(torch.equal(a, b) for a, b in moments)
+
+    # A kill between the save's two renames leaves the previous checkpoint as checkpoint.old: it is still found.
+    (tmp_path / SHARDED_CHECKPOINT).rename(tmp_path / (SHARDED_CHECKPOINT + ".old"))
+    assert strategy.load_checkpoint(*_stepped(1, "layers.1."), tmp_path)["epoch"] == 1
+
+    other, other_optimizer = _stepped(1, "layers.0.")  # trains weights the checkpoint does not have
+    with pytest.raises(CheckpointError, match="does not match the model being trained"):
+        strategy.load_checkpoint(other, other_optimizer, tmp_path)
+    remove_checkpoints(tmp_path)
+    assert strategy.load_checkpoint(other, other_optimizer, tmp_path) is None

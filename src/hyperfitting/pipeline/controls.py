@@ -20,7 +20,7 @@ from hyperfitting.models.loading import load_model
 from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
-from hyperfitting.training.parallel import is_sharded
+from hyperfitting.training.parallel import is_sharded, remove_checkpoints
 
 
 def control_train_args(config: RunConfig, spec: str):
@@ -77,8 +77,8 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
         except DivergenceError as error:
             log = read_jsonl(folder / "train_log.jsonl")
             print(f"control {spec} diverged at lr {lr:g}: {error}")
-            for stale in ("checkpoint.pt", "train_log.jsonl"):
-                (folder / stale).unlink(missing_ok=True)
+            remove_checkpoints(folder)
+            (folder / "train_log.jsonl").unlink(missing_ok=True)
             if attempt + 1 == len(candidates):
                 # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as the reason.
                 return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
@@ -135,7 +135,7 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
         folder.mkdir(parents=True, exist_ok=True)
         row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
         write_json(done, row)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        remove_checkpoints(folder)
         results["methods"][_key(spec)] = row
     return results
 

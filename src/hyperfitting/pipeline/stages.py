@@ -30,6 +30,7 @@ from hyperfitting.rundir import (
     FULL, LOWEST, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
 )
 from hyperfitting.training.hyperfit import hyperfit, load_lowest_heldout, lowest_heldout_epoch, reached_target, save_trained
+from hyperfitting.training.parallel import remove_checkpoints
 
 
 # ------------------------------------------------------------------------------ data
@@ -178,7 +179,7 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
     write_json(folder / "summary.json", summary)
     write_model_card(target, config.to_dict(), summary, {"fingerprint": data.fingerprint})
     if is_main_process():
-        (folder / "checkpoint.pt").unlink(missing_ok=True)  # the saved model supersedes it
+        remove_checkpoints(folder)  # the saved model supersedes them
         for cache_file in folder.glob("trunk_cache_*.npy"):
             cache_file.unlink()
     print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")

@@ -1,8 +1,11 @@
 """Hyperfitting: train to near-zero loss on a small set of blocks, logging the dynamics per epoch.
 
-The loop is written out (no Trainer): setup -> epochs -> save. `accelerate` supplies the
-few calls that let the same loop run on one CPU or under `accelerate launch`/`torchrun`
-(`prepare`, `accumulate`, `backward`, `is_main_process`).
+A recipe written out (no Trainer) to read top to bottom: :func:`_set_up`, then epochs of
+:func:`_one_epoch` and :func:`_checkpoint` until the target loss, then :func:`save_trained`.
+How the processes share the work (one process, data parallel, FSDP2) is one strategy object
+(:mod:`hyperfitting.training.parallel`) that the recipe calls at fixed points, not branches
+through the loop. `accelerate` supplies the few calls that let the same loop run on one CPU or
+under `accelerate launch`/`torchrun` (`prepare`, `accumulate`, `backward`, `is_main_process`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,14 @@ from tqdm.auto import tqdm
 
 from hyperfitting.config import RunConfig
 from hyperfitting.errors import CheckpointError, ConfigError, DivergenceError
-from hyperfitting.rundir import atomic_path, write_jsonl
+from hyperfitting.rundir import write_jsonl
 from hyperfitting.seeding import seeded
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.training import preflight
 from hyperfitting.training.methods import TrainablePlan, prepare_for_training
-from hyperfitting.training.parallel import full_model_state, full_optimizer_state, is_sharded, load_training_state, shard_model
+from hyperfitting.training.parallel import Replicated, full_model_state, is_sharded, make_strategy, save_atomically
 from hyperfitting.training.trunk_cache import TrunkCache, start_at_block
 
-CHECKPOINT = "checkpoint.pt"
 # The trainable weights at the epoch of lowest held-out loss: the same run stopped before it hyperfitted, the
 # non-hyperfitting control of the geometry analysis (is the expansion specific to hyperfitting?).
 LOWEST_HELDOUT = "lowest_heldout.pt"
@@ -150,11 +152,97 @@ def hyperfit(
         return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe, on_epoch)
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds between its steps (set up once by :func:`_set_up`)."""
+
+    args: object
+    accelerator: object
+    strategy: Replicated
+    precision: str
+    plan: TrainablePlan
+    model: torch.nn.Module
+    """As the steps call it (DDP-wrapped under data parallel)."""
+    optimizer: object
+    bare_model: torch.nn.Module
+    bare_optimizer: torch.optim.Optimizer
+    train_loss: BlockLoss
+    heldout_loss: BlockLoss
+    train_cache: TrunkCache | None
+    heldout_cache: TrunkCache | None
+    cache_seconds: float
+    stage_dir: Path
+
+
 def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe, on_epoch=None) -> TrainResult:
+    """The recipe, top to bottom: set up, resume, then epochs (one epoch, measure, checkpoint) until the target."""
+    args = config.train
+    run = _set_up(model, train_blocks, heldout_blocks, config, stage_dir)
+    say = run.accelerator.print
+    is_main = run.accelerator.is_main_process
+
+    def measure(epoch: int, train_loss: float, seconds: float, tokens: int) -> dict:
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "heldout_loss": mean_block_loss(run.heldout_loss, heldout_blocks, run.heldout_cache, args.batch_size),
+            "tokens_per_second": tokens / seconds if seconds > 0 else None,
+            "epoch_seconds": seconds,
+            "processes": run.strategy.processes,
+        }
+        if probe is not None and args.diversity_every and (epoch % args.diversity_every == 0 or epoch == args.epochs):
+            row.update(probe(run.bare_model, lockstep=run.strategy.lockstep))
+        return row
+
+    # Resume: the latest checkpoint holds the trainable weights, the optimizer state and the log so far.
+    progress = run.strategy.load_checkpoint(run.bare_model, run.bare_optimizer, stage_dir)
+    log: list[dict] = progress["log"] if progress else []
+    if progress:
+        say(f"Resuming from the checkpoint after epoch {progress['epoch']}.")
+    started = time.perf_counter()
+    if not log:
+        with torch.no_grad():
+            initial = mean_block_loss(run.train_loss, train_blocks, run.train_cache, args.batch_size)
+        log.append(measure(0, initial, 0.0, 0))
+        say(_format_row(log[-1]))
+        if on_epoch is not None and is_main:
+            on_epoch(log[-1])
+
+    for epoch in range(log[-1]["epoch"] + 1, args.epochs + 1):
+        if reached_target(log, args.until_loss):
+            break  # a resumed run that had already reached its target
+        train_loss, seconds = _one_epoch(run, train_blocks, epoch)
+        row = measure(epoch, train_loss, seconds, len(train_blocks) * train_blocks.shape[1])
+        log.append(row)
+        say(_format_row(row))
+        diverged = divergence(log, args.diverge_factor, args.diverge_patience)  # from reduced values: the same on every process
+        if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
+            row.update(probe(run.bare_model, lockstep=run.strategy.lockstep))  # the last epoch is always probed
+        _checkpoint(run, log)
+        if on_epoch is not None and is_main:
+            on_epoch(row)
+        if diverged:
+            raise DivergenceError(
+                f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
+                f"and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
+            )
+        if reached_target(log, args.until_loss):
+            say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
+    if not reached_target(log, args.until_loss) and args.until_loss is not None:
+        say(f"The training loss is {log[-1]['train_loss']:.3f} after the cap of {args.epochs} epochs, short of the target "
+            f"{args.until_loss:g}: raise train.epochs or train.lr.")
+    run.accelerator.wait_for_everyone()
+    if is_main:
+        write_jsonl(stage_dir / "train_log.jsonl", log)
+    return TrainResult(run.bare_model, run.plan, log, time.perf_counter() - started, run.cache_seconds, run.precision)
+
+
+def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path) -> _Run:
+    """Processes and strategy, the trainable plan, the pre-flight check, the trunk caches, the optimizer."""
     from accelerate.utils import DistributedType
 
     from hyperfitting.distributed import make_accelerator
-    from hyperfitting.precision import training_autocast, training_precision
+    from hyperfitting.precision import training_precision
 
     args = config.train
     precision = training_precision(config)
@@ -165,25 +253,26 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
                           "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
     check_batch_split(len(train_blocks), args.batch_size, accelerator.num_processes, args.grad_accumulation)
-    shard = args.parallelism == "fsdp" and accelerator.num_processes > 1
+    strategy = make_strategy(accelerator, args.parallelism, precision)
     model, plan = prepare_for_training(model, args)
-    if not shard:  # FSDP moves each block to the device as it shards it: the whole model never sits there
-        model.to(accelerator.device)
+    strategy.place(model)
     say = accelerator.print
     say(plan.summary())
+    if accelerator.num_processes > 1:
+        say(f"Parallelism: {strategy.describe()}.")
 
     use_cache = plan.first_trainable_block > 0 if args.trunk_cache == "auto" else args.trunk_cache == "on"
     if use_cache and plan.first_trainable_block == 0:
         say("train.trunk_cache=on has no effect: block 0 is trainable, so nothing below it is frozen.")
         use_cache = False
-    if use_cache and shard:
-        # Swapping FSDP-managed blocks for pass-throughs would bypass their all-gather hooks.
-        say("The trunk cache is off under train.parallelism=fsdp: every block runs in every step.")
+    if use_cache and strategy.trunk_cache_refused():
+        say(strategy.trunk_cache_refused())
         use_cache = False
     need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
                               len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size // accelerator.num_processes,
-                              args.trunk_cache_max_memory_gb, shards=accelerator.num_processes if shard else 1)
-    preflight.check_fits(need, accelerator.device, stage_dir, weights_loaded=not shard)
+                              args.trunk_cache_max_memory_gb, shards=strategy.shards)
+    preflight.check_fits(need, accelerator.device, stage_dir, weights_loaded=strategy.shards == 1)
+
     cache_started = time.perf_counter()
     train_cache = heldout_cache = None
     if use_cache:
@@ -198,121 +287,60 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
             f"built in {time.perf_counter() - cache_started:.1f} s; blocks 0-{k - 1} are skipped from now on.")
     cache_seconds = time.perf_counter() - cache_started
 
-    if shard:
-        shard_model(model, precision)  # before the optimizer: it must hold the shards
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)
-    if shard:  # FSDP reduces the gradients itself; accelerate only handles accumulation
-        optimizer = accelerator.prepare(optimizer)
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-    loss_fn = BlockLoss(model, train_cache)
-    heldout_loss_fn = BlockLoss(model, heldout_cache)
-    bare_model = accelerator.unwrap_model(model)
-    bare_optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+    make_optimizer = lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)  # noqa: E731
+    model, optimizer, bare_model, bare_optimizer = strategy.prepare(model, make_optimizer)
+    return _Run(args, accelerator, strategy, precision, plan, model, optimizer, bare_model, bare_optimizer,
+                BlockLoss(model, train_cache), BlockLoss(model, heldout_cache), train_cache, heldout_cache, cache_seconds, stage_dir)
 
-    # Resume: the checkpoint holds trainable weights, optimizer state and the log so far, all
-    # unsharded and keyed by parameter name, so any number of processes can pick it up.
-    log: list[dict] = []
-    first_epoch = 1
-    checkpoint_path = stage_dir / CHECKPOINT
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        load_training_state(bare_model, bare_optimizer, state["trainable"], state["optimizer"])
-        log, first_epoch = state["log"], state["epoch"] + 1
-        say(f"Resuming from the checkpoint after epoch {state['epoch']}.")
 
-    def measure(epoch: int, train_loss: float, seconds: float, tokens: int) -> dict:
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "heldout_loss": mean_block_loss(heldout_loss_fn, heldout_blocks, heldout_cache, args.batch_size),
-            "tokens_per_second": tokens / seconds if seconds > 0 else None,
-            "epoch_seconds": seconds,
-            "processes": accelerator.num_processes,
-        }
-        if probe is not None and args.diversity_every and (epoch % args.diversity_every == 0 or epoch == args.epochs):
-            row.update(probe(bare_model, lockstep=shard))
-        return row
+def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float, float]:
+    """One pass over the training blocks in this epoch's order: (mean training loss over the processes, seconds)."""
+    from hyperfitting.precision import training_autocast
 
+    args, accelerator = run.args, run.accelerator
+    set_adapter_dropout(run.bare_model, True)  # train.lora_dropout acts while training, and only there
+    order = epoch_order(len(train_blocks), args.seed, epoch)
+    # Every process sees the same global batches and takes its share of each, so N processes
+    # follow the single-process trajectory (the gradients of the shares are averaged).
+    batches = [run.strategy.batch_share(order[i : i + args.batch_size]) for i in range(0, len(order), args.batch_size)]
     started = time.perf_counter()
-    if not log:
-        with torch.no_grad():
-            initial = mean_block_loss(loss_fn, train_blocks, train_cache, args.batch_size)
-        log.append(measure(0, initial, 0.0, 0))
-        say(_format_row(log[-1]))
-        if on_epoch is not None and accelerator.is_main_process:
-            on_epoch(log[-1])
-
-    n_blocks, block_tokens = train_blocks.shape
-    for epoch in range(first_epoch, args.epochs + 1):
-        if reached_target(log, args.until_loss):
-            break  # a resumed run that had already reached its target
-        set_adapter_dropout(bare_model, True)  # train.lora_dropout acts while training, and only there
-        order = epoch_order(n_blocks, args.seed, epoch)
-        # Every process sees the same global batches and takes its share of each, so N processes
-        # follow the single-process trajectory (DDP averages the gradients of the shares).
-        batches = [order[i : i + args.batch_size][accelerator.process_index :: accelerator.num_processes]
-                   for i in range(0, len(order), args.batch_size)]
-        epoch_started = time.perf_counter()
-        losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
-        for index in bar:
-            with accelerator.accumulate(model):
-                with training_autocast(precision, accelerator.device):
-                    loss = loss_fn(train_blocks[index], train_cache[index] if train_cache is not None else None)
-                non_finite = not math.isfinite(loss.item())
-                if accelerator.num_processes > 1:  # every process raises, or none: one alone would leave the others waiting
-                    non_finite = bool(accelerator.reduce(torch.tensor(float(non_finite), device=accelerator.device), reduction="sum") > 0)
-                if non_finite:
-                    raise DivergenceError(
-                        f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "
-                        f"(after epoch {epoch - 1}) is kept in {stage_dir}; lower train.lr and resume with --resume."
-                    )
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            losses.append(loss.item())
-            elapsed = time.perf_counter() - epoch_started
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * block_tokens / elapsed:.0f}")
-        seconds = time.perf_counter() - epoch_started
-        set_adapter_dropout(bare_model, False)  # held-out loss and probes measure the model deterministically
-        epoch_loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean").item()
-        row = measure(epoch, epoch_loss, seconds, len(order) * block_tokens)
-        log.append(row)
-        say(_format_row(row))
-        diverged = divergence(log, args.diverge_factor, args.diverge_patience)  # from reduced values: the same on every process
-        if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
-            row.update(probe(bare_model, lockstep=shard))  # the last epoch is always probed
-        if shard or accelerator.is_main_process:  # gathering the shards is a collective; otherwise process 0 alone copies
-            trainable, optimizer_state = full_model_state(bare_model, trainable_only=True), full_optimizer_state(bare_model, bare_optimizer)
-        if accelerator.is_main_process:
-            save_atomically({"trainable": trainable, "optimizer": optimizer_state, "log": log, "epoch": epoch}, checkpoint_path)
-            if args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:
-                save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, stage_dir / LOWEST_HELDOUT)
-            write_jsonl(stage_dir / "train_log.jsonl", log)
-            if on_epoch is not None:
-                on_epoch(row)
-        if diverged:
-            raise DivergenceError(
-                f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
-                f"and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
-            )
-        if reached_target(log, args.until_loss):
-            say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
-    if not reached_target(log, args.until_loss) and args.until_loss is not None:
-        say(f"The training loss is {log[-1]['train_loss']:.3f} after the cap of {args.epochs} epochs, short of the target "
-            f"{args.until_loss:g}: raise train.epochs or train.lr.")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_jsonl(stage_dir / "train_log.jsonl", log)
-    return TrainResult(bare_model, plan, log, time.perf_counter() - started, cache_seconds, precision)
+    losses = []
+    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
+    for index in bar:
+        with accelerator.accumulate(run.model):
+            with training_autocast(run.precision, accelerator.device):
+                loss = run.train_loss(train_blocks[index], run.train_cache[index] if run.train_cache is not None else None)
+            non_finite = not math.isfinite(loss.item())
+            if accelerator.num_processes > 1:  # every process raises, or none: one alone would leave the others waiting
+                non_finite = bool(accelerator.reduce(torch.tensor(float(non_finite), device=accelerator.device), reduction="sum") > 0)
+            if non_finite:
+                raise DivergenceError(
+                    f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "
+                    f"(after epoch {epoch - 1}) is kept in {run.stage_dir}; lower train.lr and resume with --resume."
+                )
+            accelerator.backward(loss)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+        losses.append(loss.item())
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{len(losses) * len(index) * train_blocks.shape[1] / elapsed:.0f}")
+    seconds = time.perf_counter() - started
+    set_adapter_dropout(run.bare_model, False)  # held-out loss and probes measure the model deterministically
+    mean_loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean").item()
+    return mean_loss, seconds
 
 
-def save_atomically(state: dict, path: Path) -> None:
-    """torch.save through a Python file object, so a full disk surfaces as an OSError that atomic_path names
-    (torch's own file writer would raise a bare RuntimeError)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(state, handle)
+def _checkpoint(run: _Run, log: list[dict]) -> None:
+    """After each epoch: the checkpoint (in the strategy's format), the lowest-held-out weights when this epoch set
+    the lowest held-out loss, and the log. Every process calls it (a sharded save is a collective)."""
+    epoch, row = log[-1]["epoch"], log[-1]
+    run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.stage_dir)
+    if run.args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:  # the same decision on every process
+        trainable = run.strategy.trainable_state(run.bare_model)
+        if run.accelerator.is_main_process:
+            save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, run.stage_dir / LOWEST_HELDOUT)
+    if run.accelerator.is_main_process:
+        write_jsonl(run.stage_dir / "train_log.jsonl", log)
 
 
 def lowest_heldout_epoch(log: list[dict]) -> int | None:

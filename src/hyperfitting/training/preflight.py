@@ -1,5 +1,5 @@
 """Refuse a training run that cannot fit, before hours are spent: memory (weights, optimizer state, trunk cache,
-activations, the per-epoch checkpoint gathered in host RAM) and disk (an on-disk trunk cache, the checkpoint, the saved model)."""
+activations, the per-epoch checkpoint as it passes through host RAM) and disk (an on-disk trunk cache, the checkpoint, the saved model)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ class Estimate:
     activations: int
     saved_output: int
     checkpoint: int = 0
-    """The per-epoch checkpoint: trainable weights and Adam state, gathered whole (unsharded) in process 0's host RAM."""
+    """The per-epoch checkpoint on disk: trainable weights and Adam state, whole."""
+    checkpoint_memory: int = 0
+    """Host RAM it takes per process while it is written: whole in process 0 (a replicated run gathers it), one
+    shard per process under FSDP (each process writes its own shards)."""
 
     @property
     def memory(self) -> int:
@@ -57,7 +60,7 @@ def estimate(model, trainable_parameters: int, first_trainable_block: int, n_blo
     activations = batch_size * block_tokens * (trained_blocks * 34 * hidden + 3 * vocabulary) * 4
     saved = trainable_parameters * 4 if trainable_parameters < weights * shards // 8 else weights * shards
     checkpoint = trainable_parameters * 4 * 3  # fp32 weights and Adam's two moments, whole
-    return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved, checkpoint)
+    return Estimate(weights, optimizer, cache_in_memory, cache - cache_in_memory, activations, saved, checkpoint, checkpoint // shards)
 
 
 def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_loaded: bool = True) -> None:
@@ -70,7 +73,7 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_load
 
         free, where = psutil.virtual_memory().available, "RAM"
     gib = 1024 ** 3
-    to_come = need.memory_to_come + (0 if weights_loaded else need.weights) + (need.checkpoint if device.type == "cpu" else 0)
+    to_come = need.memory_to_come + (0 if weights_loaded else need.weights) + (need.checkpoint_memory if device.type == "cpu" else 0)
     if to_come > free:
         raise ResourceError(
             f"Beyond the weights already loaded ({need.weights / gib if weights_loaded else 0:.1f} GiB), this run needs about "
@@ -79,15 +82,15 @@ def check_fits(need: Estimate, device: torch.device, run_dir: Path, weights_load
             f"data.block_tokens, train LoRA instead of every parameter, shard over more processes with "
             f"train.parallelism=fsdp, or lower train.trunk_cache_max_memory_gb to keep the cache on disk."
         )
-    if device.type != "cpu":  # the checkpoint is gathered into host RAM, whatever the device
+    if device.type != "cpu":  # the checkpoint passes through host RAM, whatever the device
         import psutil
 
         host_free = psutil.virtual_memory().available
-        if need.checkpoint > host_free:
+        if need.checkpoint_memory > host_free:
             raise ResourceError(
-                f"Each epoch's checkpoint gathers the trainable weights and optimizer state into host RAM: about "
-                f"{need.checkpoint / gib:.1f} GiB, but {host_free / gib:.1f} GiB are free. Train LoRA instead of every "
-                f"parameter, or run on a machine with more RAM."
+                f"Each epoch's checkpoint copies the trainable weights and optimizer state into host RAM: about "
+                f"{need.checkpoint_memory / gib:.1f} GiB per process, but {host_free / gib:.1f} GiB are free. Train LoRA instead of every "
+                f"parameter, shard over more processes with train.parallelism=fsdp (each writes only its shards), or run on a machine with more RAM."
             )
     run_dir.mkdir(parents=True, exist_ok=True)
     free_disk = shutil.disk_usage(run_dir).free
