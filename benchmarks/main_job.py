@@ -19,7 +19,7 @@ def main(run_dir: str = "runs/quick") -> None:
     if not rows:
         sys.exit(f"No finished stages in {run_dir}: run the study first.")
     total = sum(seconds for _, seconds, _ in rows)
-    print(f"| stage | wall time (s) | share | process peak memory so far (MiB) |\n|---|---|---|---|")
+    print("| stage | wall time (s) | share | process peak memory so far (MiB) |\n|---|---|---|---|")
     for name, seconds, peak in rows:
         print(f"| {name} | {seconds:.0f} | {seconds / total:.0%} | {peak if peak is not None else '-'} |")
     slowest = max(rows, key=lambda row: row[1])

@@ -4,7 +4,6 @@ import json
 import re
 import sys
 
-import pytest
 
 from hyperfitting.cli import main
 

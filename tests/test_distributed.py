@@ -64,7 +64,7 @@ def test_fsdp_full_fine_tuning_on_two_processes_matches_one(tiny_model_folder, c
     single, double = tmp_path / "one", tmp_path / "two"
     _run(_train_command(tiny_model_folder, corpus, single, *extra))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-    result = _run(torchrun + _train_command(tiny_model_folder, corpus, double, *extra)[1:])
+    _run(torchrun + _train_command(tiny_model_folder, corpus, double, *extra)[1:])
 
     a = load_file(single / "train" / "model" / "model.safetensors")
     b = load_file(double / "train" / "model" / "model.safetensors")

@@ -82,7 +82,7 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
         "## Data and licences", "", *licences, "",
     ]
     if results_table:
-        lines += ["## Evaluation", "", f"Greedy continuations of held-out prompts, beside the base model and the human text:", "",
+        lines += ["## Evaluation", "", "Greedy continuations of held-out prompts, beside the base model and the human text:", "",
                   results_table.strip(), ""]
     if claims:
         lines += ["## Does hyperfitting hold here?", "", "| # | claim | effect [95% interval] | verdict |", "|---|---|---|---|"]
