@@ -12,16 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def matmul_peak_gflops(dtype=torch.float32, size: int = 2048, repeats: int = 5) -> float:
-    """Best of ``repeats`` size^3 matrix multiplies, measured in this process (the roofline for MFU)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e9
+def matmul_peak_gflops(dtype=torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
+    """The best rate of size^3 matrix products on this CPU, measured in this process (the roofline for MFU):
+    the same measurement as the precision policy's (hyperfitting.precision.matmul_gflops), on larger matrices."""
+    from hyperfitting.precision import matmul_gflops
+
+    return matmul_gflops(dtype, torch.device("cpu"), size=size, seconds=seconds)
 
 
 def machine() -> str:

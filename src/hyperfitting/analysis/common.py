@@ -59,10 +59,10 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
 
 @torch.no_grad()
 def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
-    from hyperfitting.generation.decoding import _accepts
+    from hyperfitting.generation.decoding import accepts
 
     device = next(model.parameters()).device
-    can_skip = _accepts(model, "logits_to_keep")
+    can_skip = accepts(model, "logits_to_keep")
     for first in range(0, len(sequences), batch_size):
         rows = sequences[first:first + batch_size]
         width = max(map(len, rows))

@@ -50,7 +50,8 @@ def sampling_processors(args: GenerateArgs) -> list[LogitsProcessor]:
     return processors
 
 
-def _accepts(model, name: str) -> bool:
+def accepts(model, name: str) -> bool:
+    """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
     forward = getattr(model, "get_base_model", lambda: model)().forward
     return name in inspect.signature(forward).parameters
 
@@ -90,7 +91,7 @@ def decode_batch(
     # Left padding: positions count real tokens only, so a padded row sees the same positions as alone.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     padded = any(len(p) != width for p in prompts)
-    keep_last = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+    keep_last = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
 
     from transformers import DynamicCache
 
