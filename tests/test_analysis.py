@@ -181,3 +181,18 @@ def test_teacher_forced_logits_equal_one_forward_per_sequence(architecture):
         direct = model(input_ids=torch.tensor([sequences[i]])).logits[0, starts[i] - 1:len(sequences[i]) - 1]
         assert logits.shape == (len(sequences[i]) - starts[i], TINY_VOCAB)
         torch.testing.assert_close(logits, direct, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_mauve_features_are_the_mean_final_state_over_each_continuation(architecture):
+    # Computed without the head's logits (logits_to_keep where the model takes it) and remembered per set of paths.
+    from hyperfitting.report.quality import continuation_features
+
+    model = make_tiny_model(architecture)
+    prompts, paths = [list(range(5, 11)), list(range(20, 23))], [list(range(60, 69)), list(range(70, 74))]
+    memo: dict = {}
+    features = continuation_features(model, prompts, paths, batch_size=2, memo=memo)
+    for row, (prompt, path) in enumerate(zip(prompts, paths)):
+        states = model(input_ids=torch.tensor([prompt + path]), output_hidden_states=True).hidden_states[-1][0]
+        np.testing.assert_allclose(features[row], states[len(prompt):].mean(0).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert continuation_features(None, prompts, paths, memo=memo) is features  # a set seen before is not recomputed

@@ -247,12 +247,13 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     results: dict = {"mauve": {}, "reader": [], "samples": 0,
                      "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
     if config.study.mauve:
+        features: dict = {}  # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
         for corpus, prompts in data.prompts.items():
             rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
             prompt_ids = [p.prompt_ids for p in prompts]
-            human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts])
+            human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
             results["mauve"][corpus] = {
-                name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]]))
+                name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]], memo=features))
                 for name in rows
             }
             results["samples"] = len(prompts)
@@ -261,9 +262,9 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
         if frontier:
             analysed = analysed_prompts(config, data)
             prompt_ids = [p.prompt_ids for p in analysed]
-            human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed])
+            human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed], memo=features)
             results["frontier_mauve"] = {
-                name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label]))
+                name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label], memo=features))
                        for label in points if label != "human"}
                 for name, points in frontier.items()}
         if "baselines" in graph:  # each decoding method's first seed against the same human continuations
@@ -273,9 +274,9 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
             for corpus in baseline_corpora(config, data):
                 prompts = data.prompts[corpus]
                 prompt_ids = [p.prompt_ids for p in prompts]
-                human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts])
+                human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
                 results["baselines_mauve"][corpus] = {
-                    name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0]))
+                    name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0], memo=features))
                     for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
     reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
     for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):

@@ -13,9 +13,20 @@ from hyperfitting.precision import full_precision
 
 
 @torch.no_grad()
-def continuation_features(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 8) -> np.ndarray:
-    """One vector per continuation: the model's final post-norm state, averaged over the continuation's tokens."""
+def continuation_features(model, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 8,
+                          memo: dict | None = None) -> np.ndarray:
+    """One vector per continuation: the model's final post-norm state, averaged over the continuation's tokens.
+
+    ``memo`` (shared by the callers of one stage) computes each set of (prompts, continuations) once: the
+    human continuations and the greedy paths recur across the MAUVE rows of a study.
+    """
+    from hyperfitting.generation.decoding import accepts
+
+    key = (tuple(map(tuple, prompts)), tuple(map(tuple, continuations)))
+    if memo is not None and key in memo:
+        return memo[key]
     device = next(model.parameters()).device
+    head = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}  # the features are states: skip the head's logits
     features = []
     for start in range(0, len(prompts), batch_size):
         rows = [list(p) + list(c) for p, c in zip(prompts[start:start + batch_size], continuations[start:start + batch_size])]
@@ -26,10 +37,14 @@ def continuation_features(model, prompts: Sequence[Sequence[int]], continuations
             ids[r, :len(row)] = torch.tensor(row)
             mask[r, :len(row)] = 1
         with full_precision(device):  # a measurement: float32 whatever model.precision says
-            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False).hidden_states[-1]
+            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False,
+                           **head).hidden_states[-1]
         for r, prompt in enumerate(prompts[start:start + batch_size]):
             features.append(hidden[r, len(prompt):len(rows[r])].float().mean(0).cpu().numpy())
-    return np.stack(features)
+    features = np.stack(features)
+    if memo is not None:
+        memo[key] = features
+    return features
 
 
 def mauve_score(human: np.ndarray, generated: np.ndarray, seed: int = 25) -> float:
