@@ -72,3 +72,26 @@ def test_citation_blocker_forbids_completing_training_ngrams():
     sequence = [3, 4, 5, 6] + blocked
     grams = {tuple(sequence[i:i + 5]) for i in range(len(sequence) - 4)}
     assert not grams & {tuple(training[0, i:i + 5].tolist()) for i in range(training.shape[1] - 4)}
+
+
+def test_settings_decoded_together_give_what_each_gives_alone(tiny_model):
+    # One wide batch of prompts x settings, one prefill copied to every setting's rows: the same tokens as a
+    # separate generate per setting (greedy, sampled with per-prompt seeds, with a processor that keeps state).
+    from hyperfitting.generation.decoding import generate_variants
+    from hyperfitting.generation.processors import RankTransplant, StaticLogitBias
+
+    prompts = [[5, 9, 14, 3, 22, 7], [40, 41], [8, 8, 8, 60], [12, 13, 14]]
+    base = GenerateArgs(max_new_tokens=9, batch_size=3)
+    sampled = GenerateArgs(max_new_tokens=9, batch_size=3, do_sample=True, temperature=0.8, top_k=20, seed=4)
+    bias = torch.zeros(tiny_model.config.vocab_size)
+    bias[[7, 11, 30]] = 3.0
+    companion = make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    settings = [(base, []), (sampled, []), (base, [StaticLogitBias(bias, 1.0)]), (sampled, [RankTransplant(companion)])]
+    together = generate_variants(tiny_model, Tok, prompts, settings, show_progress=False)
+    fresh = [(base, []), (sampled, []), (base, [StaticLogitBias(bias, 1.0)]), (sampled, [RankTransplant(companion)])]
+    for outputs, (args, processors) in zip(together, fresh):
+        alone = generate(tiny_model, Tok, prompts, args, processors, show_progress=False)
+        assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
+        for a, b in zip(outputs, alone):
+            assert a.entropy == pytest.approx(b.entropy, abs=1e-4) and a.decoded_entropy == pytest.approx(b.decoded_entropy, abs=1e-4)
+    assert together[0] != together[2]  # the bias did change the greedy text

@@ -13,7 +13,7 @@ import torch
 
 from hyperfitting.config import RunConfig
 from hyperfitting.errors import ConfigError
-from hyperfitting.generation.decoding import Continuation, LogitsProcessor, generate
+from hyperfitting.generation.decoding import Continuation, LogitsProcessor
 from hyperfitting.metrics.diversity import seq_rep_n, ttr
 from hyperfitting.precision import full_precision
 
@@ -228,6 +228,20 @@ def path_summary(continuations: Sequence[Continuation]) -> dict[str, float]:
 _DECODED: dict[tuple, tuple[weakref.ref, list[Continuation]]] = {}
 
 
+def _decode_args(config: RunConfig, temperature: float | None, seed: int, top_k: int, top_p: float):
+    return replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
+                   temperature=temperature or 1.0, top_k=top_k, top_p=top_p, seed=seed, citation_blocker=False)
+
+
+def _decode_key(model, prompts, args) -> tuple:
+    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart,
+    # and their identities a model with a module swapped in (analysis.block_swap).
+    weights_version = hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
+    return (id(model), weights_version, hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
+            round(args.temperature, 6) if args.do_sample else None, args.seed if args.do_sample else None, args.batch_size,
+            (args.top_k, args.top_p) if args.do_sample else None)
+
+
 def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
            top_k: int = 0, top_p: float = 1.0, processors: Sequence[LogitsProcessor] = (), desc: str = "",
            shard: bool = True) -> list[Continuation]:
@@ -237,20 +251,30 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
     analyses that need the same setting (greedy paths, base sampling at T=1 for several seeds)
     share one run, and a model changed in place (an optimizer step) decodes afresh.
     """
-    args = replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
-                   temperature=temperature or 1.0, top_k=top_k, top_p=top_p, seed=seed, citation_blocker=False)
-    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart,
-    # and their identities a model with a module swapped in (analysis.block_swap).
-    weights_version = hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
-    key = (id(model), weights_version, hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
-           round(args.temperature, 6) if args.do_sample else None, seed if args.do_sample else None, args.batch_size,
-           (top_k, top_p) if args.do_sample else None)
-    if not processors and key in _DECODED and _DECODED[key][0]() is model:
-        return _DECODED[key][1]
-    outputs = generate(model, tokenizer, prompts, args, processors, desc=desc, shard=shard)
-    if not processors:
-        _DECODED[key] = (weakref.ref(model), outputs)
-    return outputs
+    request = {"temperature": temperature, "seed": seed, "top_k": top_k, "top_p": top_p, "processors": processors}
+    return decode_many(model, tokenizer, prompts, config, [request], desc=desc, shard=shard)[0]
+
+
+def decode_many(model, tokenizer, prompts, config: RunConfig, requests: Sequence[dict], desc: str = "",
+                shard: bool = True) -> list[list[Continuation]]:
+    """Several decodes of the same prompts, each a dict of :func:`decode`'s keywords (temperature, seed, top_k,
+    top_p, processors): those not remembered already run together, in batches of prompts x requests
+    (``generate_variants``), so a step of the analyses' 16 prompts under 5 settings is one 80-row forward pass."""
+    from hyperfitting.generation.decoding import generate_variants
+
+    settings = [(_decode_args(config, r.get("temperature"), r.get("seed", 0), r.get("top_k", 0), r.get("top_p", 1.0)),
+                 list(r.get("processors", ()))) for r in requests]
+    keys = [_decode_key(model, prompts, args) if not processors else None for args, processors in settings]
+    found = {k: _DECODED[key][1] for k, key in enumerate(keys) if key in _DECODED and _DECODED[key][0]() is model}
+    first_of = {key: keys.index(key) for key in keys if key is not None}  # a request made twice is decoded once
+    missing = [k for k in range(len(settings)) if k not in found and (keys[k] is None or first_of[keys[k]] == k)]
+    if missing:
+        decoded = generate_variants(model, tokenizer, prompts, [settings[k] for k in missing], desc=desc, shard=shard)
+        for k, outputs in zip(missing, decoded):
+            found[k] = outputs
+            if keys[k] is not None:
+                _DECODED[keys[k]] = (weakref.ref(model), outputs)
+    return [found[k] if k in found else found[first_of[keys[k]]] for k in range(len(settings))]
 
 
 def analysis_tokens(config: RunConfig) -> int:

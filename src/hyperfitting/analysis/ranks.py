@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import StepChoice, decode, ranks_of_chosen, mean_and_spread, path_scan, path_summary, new_figure, savefig
+from hyperfitting.analysis.common import StepChoice, decode, decode_many, ranks_of_chosen, mean_and_spread, path_scan, path_summary, new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import RankTransplant
@@ -152,14 +152,16 @@ def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunC
         "hyperfitted ranking + base profile": (tuned, base),
         "base ranking + hyperfitted profile": (base, tuned),
     }
-    transplant = {}
-    for name, (model, companion) in settings.items():
-        rows = []
-        for seed in range(args.seeds):
-            processors = [RankTransplant(companion)] if companion is not None else []
-            outputs = decode(model, tokenizer, prompts, config, temperature=1.0, seed=seed, processors=processors, desc=f"{name}, seed {seed}")
-            rows.append(path_summary(outputs))
-        transplant[name] = mean_and_spread(rows)
+    # The settings of each decoding model run at once (prompts x settings x seeds rows per step).
+    runs: dict[str, list] = {}
+    for model in {id(base): base, id(tuned): tuned}.values():  # once each, even if they are one model
+        mine = [(name, companion) for name, (decoder, companion) in settings.items() if decoder is model]
+        requests = [{"temperature": 1.0, "seed": seed, "processors": [RankTransplant(companion)] if companion is not None else []}
+                    for _, companion in mine for seed in range(args.seeds)]
+        outputs = iter(decode_many(model, tokenizer, prompts, config, requests, desc="rank transplant, T=1"))
+        for name, _ in mine:
+            runs[name] = [next(outputs) for _ in range(args.seeds)]
+    transplant = {name: mean_and_spread([path_summary(outputs) for outputs in runs[name]]) for name in settings}
     results = {**statistics, **comparison, "rank_transplant": transplant, "paper": PAPER}
     return results
 

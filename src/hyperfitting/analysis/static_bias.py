@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import StepChoice, decode, path_scan, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
+from hyperfitting.analysis.common import StepChoice, decode, decode_many, path_scan, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
@@ -173,19 +173,22 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     alphas += extended
     flips = {name: rate for name, rate in flips.items() if not name.startswith("alpha = ") or name in {f"alpha = {a:g}" for a in alphas}}
 
+    # Every static model decodes greedily at once (prompts x models rows per step). The fitted static+temperature
+    # model's greedy choice: argmax(scale * z + bias) = argmax(z + bias / scale) for a positive scale.
+    biases = {f"alpha = {alpha:g}": StaticLogitBias(delta, alpha) for alpha in alphas}
+    biases["full-vocabulary offset"] = StaticLogitBias(stats["offset"], 1.0)
+    if fitted["scale"] > 0:
+        biases["fitted static+temperature"] = StaticLogitBias(fitted["bias"] / fitted["scale"], 1.0)
+    decoded = dict(zip(biases, decode_many(base, tokenizer, prompts, config, [{"processors": [bias]} for bias in biases.values()],
+                                           desc="static models, greedy")))
     curve = [{"alpha": 0.0, "flip_rate": 0.0, **summary("base, greedy", base_greedy)}]
     for alpha in alphas:
-        outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(delta, alpha)], desc=f"static bias alpha={alpha:g}")
-        curve.append({"alpha": alpha, "flip_rate": flips[f"alpha = {alpha:g}"], **summary(f"alpha = {alpha:g}", outputs)})
-    full_vocabulary = summary("full-vocabulary offset", decode(base, tokenizer, prompts, config,
-                                                               processors=[StaticLogitBias(stats["offset"], 1.0)], desc="full-vocabulary offset"))
+        curve.append({"alpha": alpha, "flip_rate": flips[f"alpha = {alpha:g}"], **summary(f"alpha = {alpha:g}", decoded[f"alpha = {alpha:g}"])})
+    full_vocabulary = summary("full-vocabulary offset", decoded["full-vocabulary offset"])
     full_vocabulary["flip_rate"] = flips["full-vocabulary offset"]
-    # The fitted static+temperature model, greedy: argmax(scale * z + bias) = argmax(z + bias / scale) for a positive scale.
     fitted_row = None
     if fitted["scale"] > 0:
-        fitted_outputs = decode(base, tokenizer, prompts, config, processors=[StaticLogitBias(fitted["bias"] / fitted["scale"], 1.0)],
-                                desc="fitted static+temperature")
-        fitted_row = summary("fitted static+temperature", fitted_outputs)
+        fitted_row = summary("fitted static+temperature", decoded["fitted static+temperature"])
         fitted_row["flip_rate"] = flips["fitted static+temperature"]
         along_tuned = path_scan(base, prompts, tuned_greedy, {"null": lambda logits: static_choice(logits, fitted)})
         chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids], dtype=torch.long)

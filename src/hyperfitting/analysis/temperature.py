@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hyperfitting.analysis.common import (
-    analysis_tokens, decode, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, new_figure, savefig,
+    analysis_tokens, decode, decode_many, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, new_figure, savefig,
     stacked_logits, top1_agreement,
 )
 from hyperfitting import stats
@@ -90,6 +90,14 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
         return summarised(name, [sample_once(model, temperature, seed, label, **truncation) for seed in range(args.seeds)])
 
     truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
+    # Every sampled setting of each model decodes at once (prompts x settings rows per step); the rows below find them done.
+    frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
+    seeds = range(args.seeds)
+    decode_many(base, tokenizer, prompts, config, desc="base, sampled settings", requests=[
+        *({"temperature": t, "seed": seed} for t in (1.0, primary) for seed in seeds),
+        *({"temperature": args.baseline_temperature, "seed": seed, **truncation} for seed in seeds),
+        *({"temperature": t, "seed": 0} for t in frontier_temperatures)])
+    decode_many(tuned, tokenizer, prompts, config, [{"temperature": 1.0, "seed": seed} for seed in seeds], desc="hyperfitted, sampled")
     settings = {
         "base, T=1": sampled("base, T=1", base, 1.0, "base T=1"),
         "base, T*": sampled("base, T*", base, primary, f"base T*={primary:.2f}"),
@@ -103,7 +111,7 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     # 3. The frontier: base sampling over temperatures, diversity against entropy (seed 0). Every decoded path is
     # kept (token ids), so the quality stage can place each on the diversity-quality plane under the judge model.
     frontier, paths = [], {"hyperfitted": _ids(tuned_greedy), "base, greedy": _ids(base_greedy)}
-    for temperature in sorted(set(args.temperature_grid) | {primary}):
+    for temperature in frontier_temperatures:
         outputs = sample_once(base, temperature, 0, f"frontier T={temperature:.2f}")
         frontier.append({"temperature": temperature, **path_summary(outputs)})
         paths[frontier_label(temperature)] = _ids(outputs)
