@@ -119,3 +119,21 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
     after = {name: done(name) for name in before}
     assert after["data"] == before["data"] and after["train"] == before["train"]
     assert all(after[n]["fingerprint"] != before[n]["fingerprint"] for n in ("base", "hyperfitted", "analysis-geometry", "quality"))
+
+
+def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
+    # The progress line's "min left" weighs each stage by its work: the standard preset (100 prompts per corpus, three
+    # replicates, full fine-tuning) must not be estimated like the quick one, whose stage times the weights come from.
+    from hyperfitting.pipeline.graph import STAGE_WEIGHTS, stage_weight
+
+    def total(preset):
+        from pathlib import Path
+
+        graph = study_graph(load_config(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"), tmp_path / preset)
+        return {name: stage_weight(name, graph[name].config) for name in graph.names}
+
+    quick, standard = total("quick"), total("standard")
+    assert quick["base"] == STAGE_WEIGHTS["base"] and quick["analysis-ranks"] == STAGE_WEIGHTS["analysis-ranks"]
+    assert standard["base"] > 5 * quick["base"] and standard["train-r1"] == standard["train"]
+    assert standard["analysis-temperature-r1"] < standard["analysis-temperature"]  # the base model's rows are reused
+    assert sum(standard.values()) > 8 * sum(quick.values())

@@ -64,17 +64,42 @@ def model_files(name: str) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-# Seconds each stage of the quick preset took on a 2-core CPU (2 threads): only their proportions matter,
-# to turn the time spent so far into an estimate of the time left. Replicates' stages weigh as the first's.
-STAGE_WEIGHTS = {"data": 5, "base": 35, "train": 215, "hyperfitted": 25, "hyperfitted-blocked": 30, "analysis-temperature": 130,
-                 "analysis-static-bias": 60, "analysis-ranks": 87, "analysis-geometry": 40, "controls": 410, "quality": 50,
-                 "baselines": 240, "retention": 30}
+# Seconds each stage of the quick preset took alone on a 2-core CPU (session 7, fp32; baselines with 2 seeds): only
+# their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
+# each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
+STAGE_WEIGHTS = {"data": 6, "base": 31, "train": 249, "hyperfitted": 22, "hyperfitted-blocked": 22, "analysis-temperature": 140,
+                 "analysis-static-bias": 65, "analysis-ranks": 70, "analysis-geometry": 45, "controls": 289, "quality": 326,
+                 "baselines": 256, "retention": 33}
+_QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED = 32 * 96, 16 * 96, 64 * 128  # prompts x new tokens, blocks x tokens
 
 
-def stage_weight(name: str) -> float:
+def stage_weight(name: str, config: RunConfig | None = None) -> float:
+    """The stage's expected share of the work, in quick-preset seconds."""
+    family = re.sub(rf"(-r\d+|{FULL}|-lowest-heldout)$", "", name)
+    weight = STAGE_WEIGHTS.get(family, 60)
     if name == f"train{FULL}":
-        return 4 * STAGE_WEIGHTS["train"]  # every block runs forward and backward, no trunk cache
-    return STAGE_WEIGHTS.get(re.sub(rf"(-r\d+|{FULL})$", "", name), 60)
+        weight *= 4  # every block runs forward and backward, no trunk cache
+    if config is None:
+        return weight
+    d, g, a, b, study = config.data, config.generate, config.analysis, config.baselines, config.study
+    decoded = d.eval_prompts * len(d.eval_corpora) * g.max_new_tokens
+    analysed = d.eval_prompts * len(a.corpora or d.eval_corpora) * (a.max_new_tokens or g.max_new_tokens) * max(1, a.seeds)
+    if family in ("base", "hyperfitted", "hyperfitted-blocked", "quality"):
+        return weight * decoded / _QUICK_DECODED
+    if family == "train":
+        return weight * d.train_blocks * d.block_tokens / _QUICK_TRAINED
+    if family == "analysis-temperature":  # the grid, T*, T=1, the baseline, greedy; later replicates reuse the base model's rows
+        return weight * analysed / _QUICK_ANALYSED * (len(a.temperature_grid) + 5) / 7 * (0.4 if name != family else 1.0)
+    if family == "analysis-geometry":
+        return weight * a.geometry_tokens / 1024
+    if family.startswith("analysis-"):
+        return weight * analysed / _QUICK_ANALYSED
+    if family == "baselines":
+        prompts = d.eval_prompts * len(b.corpora or d.eval_corpora)
+        return weight * len(b.methods) / 10 * prompts / 16 * (1 + b.seeds) / 3
+    if family == "controls":
+        return weight * len(study.controls) / 3 * study.controls_train_blocks / 4 * (2 if study.controls_lr_sweep else 1)
+    return weight
 
 
 class StageGraph:
@@ -149,9 +174,11 @@ class StageGraph:
         done = [n for n in self.specs if n != name and (self.run_dir / n / "stage-done.json").exists()]
         ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
         spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
-        weight_ran = sum(stage_weight(n) for n in ran_now)
-        remaining = sum(stage_weight(n) for n in self.specs if n not in done)
-        eta = f", about {remaining * spent / weight_ran / 60:.0f} min left" if weight_ran else ""
+        weight_ran = sum(stage_weight(n, self.specs[n].config) for n in ran_now)
+        remaining = sum(stage_weight(n, self.specs[n].config) for n in self.specs if n not in done)
+        # Seconds per unit of weight on this machine, once enough has run to tell; before that, the 2-core CPU's.
+        pace = spent / weight_ran if weight_ran >= 30 else 1.0
+        eta = f", about {remaining * pace / 60:.0f} min left{'' if weight_ran >= 30 else ' on a 2-core CPU'}"
         index = self.names.index(name) + 1
         text = f"{name}: {detail or self.specs[name].what}"
         print(f"\n== [{index}/{len(self.specs)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
