@@ -258,23 +258,24 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
 def decode_many(model, tokenizer, prompts, config: RunConfig, requests: Sequence[dict], desc: str = "",
                 shard: bool = True) -> list[list[Continuation]]:
     """Several decodes of the same prompts, each a dict of :func:`decode`'s keywords (temperature, seed, top_k,
-    top_p, processors): those not remembered already run together, in batches of prompts x requests
-    (``generate_variants``), so a step of the analyses' 16 prompts under 5 settings is one 80-row forward pass."""
+    top_p, processors), run together in batches of prompts x requests (``generate_variants``): a step of the
+    analyses' 16 prompts under 5 settings is one 80-row forward pass.
+
+    Only a single request is remembered (and answered from memory). A row's floats depend, in their last
+    bits, on how wide the matrix products were, so a stacked decode is always run with the same company:
+    whether a study ran straight or was resumed in a fresh process, every number comes out the same.
+    """
     from hyperfitting.generation.decoding import generate_variants
 
     settings = [(_decode_args(config, r.get("temperature"), r.get("seed", 0), r.get("top_k", 0), r.get("top_p", 1.0)),
                  list(r.get("processors", ()))) for r in requests]
-    keys = [_decode_key(model, prompts, args) if not processors else None for args, processors in settings]
-    found = {k: _DECODED[key][1] for k, key in enumerate(keys) if key in _DECODED and _DECODED[key][0]() is model}
-    first_of = {key: keys.index(key) for key in keys if key is not None}  # a request made twice is decoded once
-    missing = [k for k in range(len(settings)) if k not in found and (keys[k] is None or first_of[keys[k]] == k)]
-    if missing:
-        decoded = generate_variants(model, tokenizer, prompts, [settings[k] for k in missing], desc=desc, shard=shard)
-        for k, outputs in zip(missing, decoded):
-            found[k] = outputs
-            if keys[k] is not None:
-                _DECODED[keys[k]] = (weakref.ref(model), outputs)
-    return [found[k] if k in found else found[first_of[keys[k]]] for k in range(len(settings))]
+    key = _decode_key(model, prompts, settings[0][0]) if len(settings) == 1 and not settings[0][1] else None
+    if key is not None and key in _DECODED and _DECODED[key][0]() is model:
+        return [_DECODED[key][1]]
+    decoded = generate_variants(model, tokenizer, prompts, settings, desc=desc, shard=shard)
+    if key is not None:
+        _DECODED[key] = (weakref.ref(model), decoded[0])
+    return decoded
 
 
 def analysis_tokens(config: RunConfig) -> int:

@@ -72,9 +72,23 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     primary = t_star["teacher_forced"]
     per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
+    # Every sampled setting of each model decodes at once (prompts x settings rows per step): the rows below read them
+    # here; the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
+    truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
+    frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
+    requests = {model: list(dict.fromkeys(
+        [(t, seed, ()) for t in (1.0, primary) for seed in range(args.seeds)]
+        + [(args.baseline_temperature, seed, tuple(truncation.items())) for seed in range(args.seeds)]
+        + [(t, 0, ()) for t in frontier_temperatures]) if model is base else [(1.0, seed, ()) for seed in range(args.seeds)])
+        for model in (base, tuned)}
+    sampled_rows = {}
+    for model, wanted in requests.items():
+        outputs = decode_many(model, tokenizer, prompts, config, [{"temperature": t, "seed": seed, **dict(cut)} for t, seed, cut in wanted],
+                              desc=f"{'base' if model is base else 'hyperfitted'}, sampled settings")
+        sampled_rows.update({(id(model), *request): rows for request, rows in zip(wanted, outputs)})
+
     def sample_once(model, temperature, seed, label, **truncation):
-        # `decode` remembers plain runs: the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
-        return decode(model, tokenizer, prompts, config, temperature=temperature, seed=seed, desc=f"{label}, seed {seed}", **truncation)
+        return sampled_rows[(id(model), temperature, seed, tuple(truncation.items()))]
 
     def summarised(name, runs):
         rows = []
@@ -89,15 +103,6 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     def sampled(name, model, temperature, label, **truncation):
         return summarised(name, [sample_once(model, temperature, seed, label, **truncation) for seed in range(args.seeds)])
 
-    truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
-    # Every sampled setting of each model decodes at once (prompts x settings rows per step); the rows below find them done.
-    frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
-    seeds = range(args.seeds)
-    decode_many(base, tokenizer, prompts, config, desc="base, sampled settings", requests=[
-        *({"temperature": t, "seed": seed} for t in (1.0, primary) for seed in seeds),
-        *({"temperature": args.baseline_temperature, "seed": seed, **truncation} for seed in seeds),
-        *({"temperature": t, "seed": 0} for t in frontier_temperatures)])
-    decode_many(tuned, tokenizer, prompts, config, [{"temperature": 1.0, "seed": seed} for seed in seeds], desc="hyperfitted, sampled")
     settings = {
         "base, T=1": sampled("base, T=1", base, 1.0, "base T=1"),
         "base, T*": sampled("base, T*", base, primary, f"base T*={primary:.2f}"),
