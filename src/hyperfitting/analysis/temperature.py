@@ -72,23 +72,25 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     primary = t_star["teacher_forced"]
     per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
-    # Every sampled setting of each model decodes at once (prompts x settings rows per step): the rows below read them
-    # here; the frontier's T=1 and T* runs at seed 0 are the table's, not a second decode.
+    # Every sampled setting of each model decodes at once (prompts x settings rows per step), keyed by (temperature,
+    # seed, truncation); the table's rows and the frontier read them (the frontier's T=1 and T* at seed 0 are the table's).
     truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
+    cut, seeds = tuple(truncation.items()), range(args.seeds)
     frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
-    requests = {model: list(dict.fromkeys(
-        [(t, seed, ()) for t in (1.0, primary) for seed in range(args.seeds)]
-        + [(args.baseline_temperature, seed, tuple(truncation.items())) for seed in range(args.seeds)]
-        + [(t, 0, ()) for t in frontier_temperatures]) if model is base else [(1.0, seed, ()) for seed in range(args.seeds)])
-        for model in (base, tuned)}
+    wanted = {
+        "base": (base, list(dict.fromkeys([(t, seed, ()) for t in (1.0, primary) for seed in seeds]
+                                          + [(args.baseline_temperature, seed, cut) for seed in seeds]
+                                          + [(t, 0, ()) for t in frontier_temperatures]))),
+        "hyperfitted": (tuned, [(1.0, seed, ()) for seed in seeds]),
+    }
     sampled_rows = {}
-    for model, wanted in requests.items():
-        outputs = decode_many(model, tokenizer, prompts, config, [{"temperature": t, "seed": seed, **dict(cut)} for t, seed, cut in wanted],
-                              desc=f"{'base' if model is base else 'hyperfitted'}, sampled settings")
-        sampled_rows.update({(id(model), *request): rows for request, rows in zip(wanted, outputs)})
+    for name, (model, keys) in wanted.items():
+        decoded = decode_many(model, tokenizer, prompts, config, [{"temperature": t, "seed": seed, **dict(c)} for t, seed, c in keys],
+                              desc=f"{name}, sampled settings")
+        sampled_rows.update({(name, *key): outputs for key, outputs in zip(keys, decoded)})
 
-    def sample_once(model, temperature, seed, label, **truncation):
-        return sampled_rows[(id(model), temperature, seed, tuple(truncation.items()))]
+    def sample_once(model, temperature, seed, **truncation):
+        return sampled_rows[("base" if model is base else "hyperfitted", temperature, seed, tuple(truncation.items()))]
 
     def summarised(name, runs):
         rows = []
@@ -100,16 +102,16 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
             per_prompt.setdefault(name, []).append(per_prompt_ttr(outputs))
         return rows
 
-    def sampled(name, model, temperature, label, **truncation):
-        return summarised(name, [sample_once(model, temperature, seed, label, **truncation) for seed in range(args.seeds)])
+    def sampled(name, model, temperature, **truncation):
+        return summarised(name, [sample_once(model, temperature, seed, **truncation) for seed in seeds])
 
     settings = {
-        "base, T=1": sampled("base, T=1", base, 1.0, "base T=1"),
-        "base, T*": sampled("base, T*", base, primary, f"base T*={primary:.2f}"),
+        "base, T=1": sampled("base, T=1", base, 1.0),
+        "base, T*": sampled("base, T*", base, primary),
         "hyperfitted": summarised("hyperfitted", [tuned_greedy]),
-        "hyperfitted, T=1": sampled("hyperfitted, T=1", tuned, 1.0, "hyperfitted T=1"),
+        "hyperfitted, T=1": sampled("hyperfitted, T=1", tuned, 1.0),
         "base, greedy": summarised("base, greedy", [base_greedy]),
-        BASELINE: sampled(BASELINE, base, args.baseline_temperature, "base, sampling baseline", **truncation),
+        BASELINE: sampled(BASELINE, base, args.baseline_temperature, **truncation),
     }
     table = {name: mean_and_spread(rows) for name, rows in settings.items()}
 
@@ -117,10 +119,10 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     # kept (token ids), so the quality stage can place each on the diversity-quality plane under the judge model.
     frontier, paths = [], {"hyperfitted": _ids(tuned_greedy), "base, greedy": _ids(base_greedy)}
     for temperature in frontier_temperatures:
-        outputs = sample_once(base, temperature, 0, f"frontier T={temperature:.2f}")
+        outputs = sample_once(base, temperature, 0)
         frontier.append({"temperature": temperature, **path_summary(outputs)})
         paths[frontier_label(temperature)] = _ids(outputs)
-    paths[BASELINE] = _ids(sample_once(base, args.baseline_temperature, 0, "base, sampling baseline", **truncation))
+    paths[BASELINE] = _ids(sample_once(base, args.baseline_temperature, 0, **truncation))
 
     results = {
         "entropy": entropy,
