@@ -27,8 +27,9 @@ PAPER = {"override_rate": 0.391, "share_of_overrides_from_rank_over_10": 0.129}
 def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chosen: torch.Tensor, top_k: int = 10, chunk: int = 256) -> dict:
     """Statistics of the steps (rows) of a path: logits of both models (P, V) and the tokens chosen (P,).
 
-    Whole-vocabulary rankings are computed ``chunk`` rows at a time: memory stays at a few
-    (chunk x V) tensors beside the inputs, whatever the vocabulary (262k tokens on Gemma).
+    Whole-vocabulary rankings are computed ``chunk`` rows at a time, once, keeping only the columns
+    of the tokens in the hyperfitted top-k lists: memory stays at a few (chunk x V) tensors beside
+    the inputs, whatever the vocabulary (262k tokens on Gemma).
     """
     from scipy.stats import kendalltau
 
@@ -45,13 +46,22 @@ def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chose
         tau = kendalltau(base_logits[step, union].numpy(), tuned_logits[step, union].numpy()).statistic
         taus.append(0.0 if np.isnan(tau) else float(tau))
 
-    # Context dependence, on the tokens the hyperfitted model promoted into its top-k somewhere.
-    promoted = torch.zeros(base_logits.shape[1], dtype=torch.bool)
+    # Context dependence, on the tokens the hyperfitted model promoted into its top-k somewhere: all of them are among
+    # the tokens of its top-k lists, so one chunked pass keeps only those columns of the two rankings and of the shift.
+    candidates = torch.unique(tuned_top)
+    base_ranks, tuned_ranks, shifts = [], [], []
     for rows in _chunks(len(chosen), chunk):
-        tuned_ranks = ranks_of(tuned_logits[rows])
-        promoted |= ((tuned_ranks <= top_k) & (tuned_ranks < ranks_of(base_logits[rows]))).any(0)
-    tokens = torch.nonzero(promoted).squeeze(1)
-    dependence = context_dependence(tokens, base_logits, tuned_logits, chunk) if len(tokens) else {}
+        base, tuned = base_logits[rows], tuned_logits[rows]
+        base_ranks.append(ranks_of(base)[:, candidates])
+        tuned_ranks.append(ranks_of(tuned)[:, candidates])
+        shifts.append((torch.log_softmax(tuned, -1)[:, candidates] - torch.log_softmax(base, -1)[:, candidates]).double())
+    tokens, dependence = candidates, {}
+    if shifts:
+        base_ranks, tuned_ranks = torch.cat(base_ranks), torch.cat(tuned_ranks)
+        promoted = ((tuned_ranks <= top_k) & (tuned_ranks < base_ranks)).any(0)
+        tokens = candidates[promoted]
+        if len(tokens):
+            dependence = context_dependence(torch.cat(shifts)[:, promoted], base_ranks[:, promoted], tuned_ranks[:, promoted])
     return {
         "steps": len(chosen),
         "override_rate": n_overrides / max(1, len(chosen)),
@@ -69,23 +79,19 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def context_dependence(tokens: torch.Tensor, base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict:
+def context_dependence(shift: torch.Tensor, base_ranks: torch.Tensor, tuned_ranks: torch.Tensor) -> dict:
     """How much of each promoted token's log-probability shift is the same in every context.
 
-    A static reweighting z + b shifts token v's log-probability by b_v minus a per-context
-    normaliser, so after removing each context's mean over the tokens, the shift is the same
-    in every context: ``static_share`` (the variance explained by a per-token constant) is 1.
+    ``shift``: (contexts x tokens) log_softmax(tuned) - log_softmax(base) of the promoted tokens; ``base_ranks``,
+    ``tuned_ranks``: their ranks (1 = top) under each model. A static reweighting z + b shifts token v's
+    log-probability by b_v minus a per-context normaliser, so after removing each context's mean over the tokens,
+    the shift is the same in every context: ``static_share`` (the variance explained by a per-token constant) is 1.
     A context-dependent re-ranking leaves most of the variance to the context: the share is low.
     """
-    shifts, rank_changes = [], []
-    for rows in _chunks(len(base_logits), chunk):  # only the promoted tokens' columns are kept
-        base, tuned = base_logits[rows], tuned_logits[rows]
-        shifts.append((torch.log_softmax(tuned, -1)[:, tokens] - torch.log_softmax(base, -1)[:, tokens]).double())
-        rank_changes.append((ranks_of(base)[:, tokens] - ranks_of(tuned)[:, tokens]).float())  # > 0: promoted in that context
-    shift, rank_change = torch.cat(shifts), torch.cat(rank_changes)
     shift = shift - shift.mean(dim=1, keepdim=True)  # remove the per-context normaliser
     total = float(((shift - shift.mean()) ** 2).sum())
     within = float(((shift - shift.mean(dim=0, keepdim=True)) ** 2).sum())
+    rank_change = (base_ranks - tuned_ranks).float()  # > 0: promoted in that context
     majority = torch.maximum((rank_change > 0).float().mean(0), (rank_change < 0).float().mean(0))
     return {
         "static_share": 1.0 - within / total if total > 1e-12 else float("nan"),
