@@ -123,14 +123,14 @@ def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return (logits > logits.gather(1, chosen[:, None])).sum(1) + 1
 
 
-def step_summary(logits: torch.Tensor, chosen: torch.Tensor, choices: dict[str, StepChoice] | None = None,
+def step_summary(logits: torch.Tensor, chosen: torch.Tensor | None, choices: dict[str, StepChoice] | None = None,
                  keep_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """What the path statistics read from the logits (L, V) of L steps whose tokens were ``chosen`` (L,).
 
-    ``chosen_rank``: each chosen token's rank; one entry per named decision rule in ``choices``
+    ``chosen_rank``: each chosen token's rank (left out when ``chosen`` is None); one entry per named decision rule in ``choices``
     (its pick at every step); ``kept``: the full rows at ``keep_rows``, for statistics that need them.
     """
-    summary = {"chosen_rank": ranks_of_chosen(logits, chosen)}
+    summary = {"chosen_rank": ranks_of_chosen(logits, chosen)} if chosen is not None else {}
     summary.update({name: pick(logits) for name, pick in (choices or {}).items()})
     if keep_rows is not None:
         summary["kept"] = logits[keep_rows]
@@ -138,7 +138,7 @@ def step_summary(logits: torch.Tensor, chosen: torch.Tensor, choices: dict[str, 
 
 
 def path_scan(model, prompts, continuations: Sequence[Continuation], choices: dict[str, StepChoice] | None = None,
-              keep_steps: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+              keep_steps: np.ndarray | None = None, chosen_rank: bool = True) -> dict[str, torch.Tensor]:
     """One teacher-forced pass of ``model`` along the continuations, keeping only what the statistics read.
 
     The step summaries (:func:`step_summary`) of every continuation, concatenated in step order,
@@ -151,7 +151,7 @@ def path_scan(model, prompts, continuations: Sequence[Continuation], choices: di
     keep_steps = None if keep_steps is None else np.asarray(keep_steps, dtype=np.int64)
 
     def reduce(i: int, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long)
+        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long) if chosen_rank else None
         rows = None
         if keep_steps is not None:
             mine = keep_steps[(keep_steps >= bounds[i]) & (keep_steps < bounds[i + 1])] - bounds[i]

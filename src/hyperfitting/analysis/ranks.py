@@ -147,7 +147,7 @@ def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunC
     # The steps whose whole rankings the statistics compare are drawn first; every other step keeps a few numbers only.
     keep = np.sort(np.random.default_rng(0).choice(len(chosen), min(len(chosen), args.max_positions), replace=False))
     base_path = path_scan(base, prompts, tuned_greedy, null_choices(fitted), keep_steps=keep)
-    tuned_path = path_scan(tuned, prompts, tuned_greedy, keep_steps=keep)
+    tuned_path = path_scan(tuned, prompts, tuned_greedy, keep_steps=keep, chosen_rank=False)  # its rows only
     statistics = rank_statistics(base_path.pop("kept"), tuned_path.pop("kept"), chosen[torch.from_numpy(keep)], args.rank_top_k)
     comparison = null_comparison(base_path, chosen, prompt_of_step, fitted, len(prompts))
 

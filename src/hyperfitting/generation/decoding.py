@@ -251,6 +251,7 @@ def generate_variants(
     search and runs apart.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
+    from hyperfitting.generation.contrastive import contrastive_batch
 
     first = settings[0][0]
     if any((a.max_new_tokens, a.batch_size, a.stop_at_eos) != (first.max_new_tokens, first.batch_size, first.stop_at_eos) for a, _ in settings):
@@ -278,8 +279,6 @@ def generate_variants(
                                                            on_step=bar.update)):
                 results[k] += outputs
         for k in contrastive:  # it looks one token ahead for each candidate: not a processor
-            from hyperfitting.generation.contrastive import contrastive_batch
-
             args = settings[k][0]
             results[k] += contrastive_batch(model, rows, args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                             top_k=args.contrastive_top_k, alpha=args.contrastive_alpha, eos_token_id=eos, on_step=bar.update)
