@@ -46,6 +46,19 @@ def wait_for_everyone() -> None:
         process_state().wait_for_everyone()
 
 
+def remove_together(*paths: Path) -> None:
+    """Delete files or folders that every process has just finished with: all of them reach this point first,
+    then process 0 deletes (another process deleting could pull a folder from under a write of process 0)."""
+    wait_for_everyone()
+    if is_main_process():
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    wait_for_everyone()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.

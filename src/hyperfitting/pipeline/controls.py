@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_model
 from hyperfitting.pipeline.graph import StageGraph
-from hyperfitting.rundir import read_json, read_jsonl, write_json, write_text
+from hyperfitting.rundir import is_main_process, read_json, read_jsonl, remove_together, wait_for_everyone, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
 from hyperfitting.training.parallel import is_sharded, remove_checkpoints
 
@@ -57,7 +56,7 @@ def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data
         except DivergenceError:
             log = read_jsonl(trial_folder / "train_log.jsonl")
             rows.append({"lr": lr, "train_loss": log[-1]["train_loss"] if log else float("inf"), "epochs": len(log) - 1, "diverged": True})
-        shutil.rmtree(trial_folder, ignore_errors=True)
+        remove_together(trial_folder)  # every process has left the trial before process 0 deletes it
     return sorted(rows, key=lambda r: (r["diverged"], r["train_loss"]))
 
 
@@ -77,8 +76,11 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
         except DivergenceError as error:
             log = read_jsonl(folder / "train_log.jsonl")
             print(f"control {spec} diverged at lr {lr:g}: {error}")
-            remove_checkpoints(folder)
-            (folder / "train_log.jsonl").unlink(missing_ok=True)
+            wait_for_everyone()  # every process has read the log before process 0 deletes it and the checkpoints
+            if is_main_process():
+                remove_checkpoints(folder)
+                (folder / "train_log.jsonl").unlink(missing_ok=True)
+            wait_for_everyone()
             if attempt + 1 == len(candidates):
                 # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as the reason.
                 return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
