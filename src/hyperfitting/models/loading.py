@@ -148,13 +148,18 @@ def dequantised_gguf_folder(gguf_path: Path) -> Path:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     write_cache_manifest(partial)
-    if target.exists() and cache_problem(target) is None:  # another process finished first
-        shutil.rmtree(partial)
-        return target
-    shutil.rmtree(target, ignore_errors=True)
+    if target.exists() and cache_problem(target) is not None:
+        # A broken cache is moved aside (one rename) rather than deleted in place: deleting it could remove a good
+        # cache that another process renamed into place after the check.
+        stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
+        try:
+            target.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:  # another process moved it first
+            pass
     try:
-        partial.rename(target)
-    except OSError:  # lost the race between the check and the rename
+        partial.rename(target)  # fails if another process's finished cache is already there: that one is kept
+    except OSError:
         shutil.rmtree(partial, ignore_errors=True)
     return target
 

@@ -74,17 +74,22 @@ def judge_name(choice: str | None, studied: str) -> str | None:
     return choice
 
 
-def judge_log_perplexities(judge, judge_tokenizer, prompts: Sequence[str], continuations: Sequence[str]) -> list[float]:
+def judge_log_perplexities(judge, judge_tokenizer, prompts: Sequence[str], continuations: Sequence[str], desc: str = "judge") -> list[float]:
     """Per continuation, the mean negative log-likelihood (nats per judge token) of its text under an independent model,
     given the prompt's text (NaN for an empty continuation, so the list stays aligned with the prompts). Texts are
     re-tokenised by the judge, whose vocabulary differs from the studied model's; batches go through the analyses'
     teacher forcing."""
+    from tqdm.auto import tqdm
+
+    from hyperfitting.distributed import process_state
+
     contexts = [judge_tokenizer(prompt)["input_ids"] for prompt in prompts]  # with the judge's own leading tokens (Gemma's <bos>)
     targets = [judge_tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
     scored = [i for i, target in enumerate(targets) if target]
     values = [float("nan")] * len(prompts)
     sequences = [contexts[i] + targets[i] for i in scored]
-    for k, logits in teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored]):
+    scores = teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored])
+    for k, logits in tqdm(scores, total=len(sequences), desc=desc, unit="text", leave=False, disable=not process_state().is_main_process):
         target = torch.tensor(targets[scored[k]])
         values[scored[k]] = float(-torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).mean())
     return values
@@ -103,7 +108,7 @@ def judged_points(judge, judge_tokenizer, tokenizer, prompts: Sequence[Sequence[
         key = tuple(map(tuple, continuations))
         if key not in memo:
             decoded = [tokenizer.decode(c, skip_special_tokens=True) for c in continuations]
-            memo[key] = judge_log_perplexities(judge, judge_tokenizer, texts, decoded)
+            memo[key] = judge_log_perplexities(judge, judge_tokenizer, texts, decoded, desc=f"judge: {label}")
         points[label] = {"ttr": [ttr([c]) for c in continuations], "log_perplexity": memo[key]}
     return points
 

@@ -268,17 +268,15 @@ def load_sharded_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, 
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    from torch.distributed.checkpoint.api import CheckpointException
-
     state = _sharded_state(model, optimizer)
-    try:
-        dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
-    except (RuntimeError, CheckpointException) as error:  # a weight the checkpoint lacks: a RuntimeError naming it, wrapped per rank
-        missing = [name for name in state["model"] if name in str(error)]
-        if "Missing key" in str(error) or missing:
-            raise _mismatch(missing or ["(see below)"], []) from error
-        raise
-    # Not strict: the frozen weights are not in the checkpoint; every trainable one was (dcp.load checked it).
+    # The checkpoint's index names what it holds: a trainable weight it lacks is named before anything is read.
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    missing = sorted(name for name in state["model"] if f"model.{name}" not in saved)
+    unknown = sorted(key.removeprefix("model.") for key in saved if key.startswith("model.") and key.removeprefix("model.") not in state["model"])
+    if missing or unknown:
+        raise _mismatch(missing, unknown)
+    dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
+    # Not strict: the frozen weights are not in the checkpoint; every trainable one was (checked above).
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
     return json.loads((path / PROGRESS).read_text())
