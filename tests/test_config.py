@@ -104,6 +104,23 @@ def test_fingerprint_follows_sections():
     assert a.fingerprint("train") != b.fingerprint("train")
 
 
+def test_a_key_added_later_leaves_the_fingerprints_of_earlier_runs_alone():
+    """At the value that does what the toolkit did before it existed, a new key is not hashed: an upgrade keeps
+    existing runs' finished stages; any other value is hashed like every key."""
+    from hyperfitting.config import LATER_KEYS
+
+    default = load_config()
+    before = default.to_dict()
+    before["model"].pop("precision")
+    for (section, key), unchanged in LATER_KEYS.items():
+        assert before[section].pop(key) == unchanged  # the default is the old behaviour
+    import hashlib
+    import json
+
+    assert default.fingerprint("train") == hashlib.sha256(json.dumps({"train": before["train"]}, sort_keys=True).encode()).hexdigest()[:16]
+    assert load_config(overrides=["train.heldout_every=2"]).fingerprint("train") != default.fingerprint("train")
+
+
 def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
     from hyperfitting.report.build import left_out
 

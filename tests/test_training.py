@@ -146,6 +146,22 @@ def test_training_stops_at_the_target_loss_and_says_when_the_cap_came_first(tmp_
     assert "Reached the target loss" in capsys.readouterr().out
 
 
+def test_the_heldout_loss_is_measured_at_the_start_every_so_often_and_after_the_last_epoch(tmp_path):
+    import math
+
+    def measured(log):
+        return [row["epoch"] for row in log if math.isfinite(row["heldout_loss"])]
+
+    every, *_ = _tiny_run(tmp_path / "every", "train.until_loss=1e-6")
+    assert measured(every.log) == [0, 1, 2, 3]
+    sparse, *_ = _tiny_run(tmp_path / "sparse", "train.until_loss=1e-6", "train.heldout_every=2")
+    assert measured(sparse.log) == [0, 2, 3]  # the cap (3) is the last epoch: always measured
+    assert [r["train_loss"] for r in sparse.log] == [r["train_loss"] for r in every.log]  # measuring changes no training
+    first = every.log[1]["train_loss"]
+    ends, *_ = _tiny_run(tmp_path / "ends", f"train.until_loss={first + 1e-6}", "train.heldout_every=0")
+    assert measured(ends.log) == [0, 1]  # the target reached after epoch 1: that epoch is the last, measured
+
+
 def test_a_rising_loss_is_a_divergence_not_a_data_point(tmp_path):
     # A finite loss that climbs far above its start (the Gemma-3 controls went 6.0 -> 9.8) stops the run.
     with pytest.raises(DivergenceError, match=r"Training diverged: the loss rose from .* lower train.lr"):

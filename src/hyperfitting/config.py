@@ -170,6 +170,8 @@ class TrainArgs:
     """Cache the frozen blocks' hidden states once (auto: whenever the lowest trainable block is above 0)."""
     trunk_cache_max_memory_gb: float = ruled(2.0, '>= 0')
     """Above this size the trunk cache lives in a memory-mapped file inside the run folder."""
+    heldout_every: int = ruled(1, '>= 0', 'Use 0 to measure only at the start and after the last epoch.')
+    """Measure the held-out loss every this many epochs (always at the start and after the last epoch; 0: only then). The lowest-held-out snapshot sees only measured epochs."""
     diversity_every: int = ruled(1, '>= 0', 'Use 0 to never measure.')
     """Measure greedy diversity on a fixed prompt subset every this many epochs (0: never)."""
     diversity_prompts: int = ruled(8, '>= 0')
@@ -364,6 +366,11 @@ class StudyArgs:
                 raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")
 
 
+# Keys added after run folders existed, each with the value that does what the toolkit did before the key: at that
+# value a key is left out of the fingerprints, so an upgrade does not redo the finished stages of existing runs.
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1}
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; written next to every output as config.yaml."""
@@ -403,6 +410,9 @@ class RunConfig:
         """Hash of the named sections (all if none): a stage reruns when this changes."""
         data = self.to_dict()
         data["model"].pop("precision")  # "auto" is not a value: the study graph adds the precision it resolves to
+        for (section, key), unchanged in LATER_KEYS.items():
+            if data[section].get(key) == unchanged:
+                data[section].pop(key)
         picked = {name: data[name] for name in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -182,10 +182,13 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
     is_main = run.accelerator.is_main_process
 
     def measure(epoch: int, train_loss: float, seconds: float, tokens: int) -> dict:
+        # The held-out loss at the start, every heldout_every epochs, and after the last epoch (the cap, or the target reached).
+        last = epoch == args.epochs or (epoch > 0 and args.until_loss is not None and train_loss <= args.until_loss)
+        due = epoch == 0 or last or (args.heldout_every and epoch % args.heldout_every == 0)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "heldout_loss": mean_block_loss(run.heldout_loss, heldout_blocks, run.heldout_cache, args.batch_size),
+            "heldout_loss": mean_block_loss(run.heldout_loss, heldout_blocks, run.heldout_cache, args.batch_size) if due else math.nan,
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "epoch_seconds": seconds,
             "processes": run.strategy.processes,
