@@ -95,3 +95,22 @@ def test_settings_decoded_together_give_what_each_gives_alone(tiny_model):
         for a, b in zip(outputs, alone):
             assert a.entropy == pytest.approx(b.entropy, abs=1e-4) and a.decoded_entropy == pytest.approx(b.decoded_entropy, abs=1e-4)
     assert together[0] != together[2]  # the bias did change the greedy text
+
+
+def test_a_draw_follows_the_row_probabilities_and_never_picks_an_impossible_token():
+    from hyperfitting.generation.decoding import draw
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0]) * 7  # unnormalised, zeros between and at both ends
+    rows = 20_000
+    generators = [torch.Generator().manual_seed(row) for row in range(rows)]
+    picks = draw(probs.expand(rows, -1), generators)
+    counts = torch.bincount(picks, minlength=6).double() / rows
+    assert counts[[0, 2, 5]].tolist() == [0.0, 0.0, 0.0]
+    assert counts[[1, 3, 4]].tolist() == pytest.approx([0.5, 0.3, 0.2], abs=0.015)  # ~4.5 standard errors at n=20,000
+    # A row's draw depends on its own generator only: alone, or among other rows, the same token.
+    alone = [draw(probs[None], [torch.Generator().manual_seed(row)]).item() for row in range(50)]
+    assert alone == picks[:50].tolist()
+    # A point mass is always drawn; a row with nothing to draw from is an error, not a silent token 0.
+    assert draw(torch.eye(4), [torch.Generator().manual_seed(0) for _ in range(4)]).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="Cannot sample"):
+        draw(torch.zeros(1, 4))

@@ -195,17 +195,36 @@ def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, pro
     scores = logits
     for processor in variant.processors:
         scores = processor(sequences, scores)
-    if variant.processors or variant.do_sample:
+    if variant.processors:
         decoded_log_probs = torch.log_softmax(scores, dim=-1)
         decoded_probs = decoded_log_probs.exp()
         decoded_entropy = -(decoded_probs * decoded_log_probs.nan_to_num(neginf=0.0)).sum(-1)
-    else:  # plain greedy decodes from the raw distribution: no second softmax over the vocabulary
+    else:  # no processor: greedy or sampled, the decoded distribution is the raw one (no second softmax over the vocabulary)
         decoded_probs, decoded_entropy = probs, entropy
     if not variant.do_sample:
         return scores.argmax(dim=-1), decoded_entropy
-    if variant.generators is None:
-        return torch.multinomial(decoded_probs, 1).squeeze(1), decoded_entropy
-    return torch.cat([torch.multinomial(decoded_probs[r], 1, generator=g) for r, g in enumerate(variant.generators)]), decoded_entropy
+    return draw(decoded_probs, variant.generators), decoded_entropy
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V; unnormalised), drawn by inverting the row's cumulative sum at one uniform
+    number taken from the row's own generator, so a row's draw does not depend on the rows beside it.
+
+    One batched search instead of ``torch.multinomial`` per row, which spends a vocabulary of random exponentials
+    on each row: a fifth of a sampled decode's time at 128 rows. The sums are float64, so that the last tokens of a
+    49k-262k vocabulary keep their share; a token of probability 0 is never drawn (its cumulative sum equals the one
+    before it, which is found first).
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+        raise ValueError("Cannot sample: a row of probabilities is all zero or not finite (a processor masked every token, or the logits hold NaN).")
+    if generators is None:
+        uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device)
+    else:
+        uniform = torch.cat([torch.rand(1, 1, dtype=torch.float64, generator=g, device=g.device) for g in generators])
+    point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))  # below the total, whatever the rounding
+    return torch.searchsorted(cdf, point, right=True).squeeze(1).to(probs.device)
 
 
 def generate(
