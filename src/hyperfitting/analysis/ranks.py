@@ -168,7 +168,7 @@ def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunC
         for name, _ in mine:
             runs[name] = [next(outputs) for _ in range(args.seeds)]
     transplant = {name: mean_and_spread([path_summary(outputs) for outputs in runs[name]]) for name in settings}
-    results = {**statistics, **comparison, "rank_transplant": transplant, "paper": PAPER}
+    results = {**statistics, **comparison, "rank_transplant": transplant, "seeds": args.seeds, "paper": PAPER}
     return results
 
 
@@ -205,9 +205,13 @@ def rank_table(results: dict) -> str:
         lines += [f"Context dependence over {results['promoted_tokens']} promoted tokens: static share of their log-probability shift "
                   f"{dependence['static_share']:.3f} (1 = a fixed reweighting), mean sign consistency of their rank change "
                   f"{dependence['sign_consistency_mean']:.3f} (1 = always the same direction).", ""]
-    lines += ["| rank transplant (sampling, T=1) | ttr | bigram_rep | trigram_rep | entropy |", "|---|---|---|---|---|"]
+    seeds = results.get("seeds")  # absent from results written before it was recorded: spreads shown as they were
+    one = seeds == 1
+    spread = ", one seed" if one else f", mean ± standard deviation over {seeds or 'the'} seeds"
+    lines += [f"| rank transplant (sampling, T=1{spread}) | ttr | bigram_rep | trigram_rep | entropy |", "|---|---|---|---|---|"]
     for name, row in results["rank_transplant"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in ("ttr", "bigram_rep", "trigram_rep", "entropy")) + " |")
+        cells = [f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" if not one else f"{row[k]['mean']:.3f}" for k in ("ttr", "bigram_rep", "trigram_rep", "entropy")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
