@@ -93,6 +93,24 @@ def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_
     assert "analysis-temperature" not in unjudged["quality"].parents
 
 
+def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):
+    # Replicates added to a finished study keep its controls and quality; a control's setting redoes the controls
+    # alone, the judge the quality stage alone.
+    base = ["study.judge=null", "study.analyses=[geometry]", "baselines.methods=[]"]
+
+    def fingerprints(*overrides):
+        graph = study_graph(load_config(overrides=[*base, *overrides]), tmp_path)
+        return {name: graph.fingerprint(name) for name in ("controls", "quality")}
+
+    before = fingerprints()
+    assert fingerprints("study.replicates=3") == before
+    assert fingerprints("study.full_finetune=true") == before
+    epochs = fingerprints("study.controls_epochs=7")
+    assert epochs["controls"] != before["controls"] and epochs["quality"] == before["quality"]
+    reader = fingerprints("study.reader_prompts=5")
+    assert reader["controls"] == before["controls"] and reader["quality"] != before["quality"]
+
+
 @pytest.mark.slow
 def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"

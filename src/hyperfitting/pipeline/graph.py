@@ -226,6 +226,17 @@ def analysed_config(config: RunConfig, train_folder: Path) -> RunConfig:
     return replace(config, analysis=replace(config.analysis, hyperfitted=str(train_folder)))
 
 
+# The study keys each late stage reads; the others (replicates, which analyses run, full_finetune) reach it through
+# its parent stages or not at all, so that adding replicates to a finished study does not redo its controls or quality.
+CONTROLS_READS = ("controls", "controls_train_blocks", "controls_epochs", "controls_lr_lora", "controls_lr_full",
+                  "controls_lr_sweep", "controls_sweep_epochs")
+QUALITY_READS = ("judge", "mauve", "reader_prompts")
+
+
+def _study_values(config: RunConfig, keys: tuple[str, ...]) -> dict:
+    return {key: getattr(config.study, key) for key in keys}
+
+
 def _analysis_values(config: RunConfig) -> dict:
     # The analysed model enters through the parent training stage, not through its path.
     return {"analysis": {**config.to_dict()["analysis"], "hyperfitted": None}}
@@ -303,8 +314,8 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             specs.append(analysis_spec("geometry", analysed, LOWEST, "train"))
     if config.study.controls:
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
-                               sections=("model", "train", "generate", "study"), parents=("data",),
-                               files=model_files(config.model.name), values=_analysis_values(config)))
+                               sections=("model", "train", "generate"), parents=("data",), files=model_files(config.model.name),
+                               values={**_analysis_values(config), "study": _study_values(config, CONTROLS_READS)}))
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
@@ -312,7 +323,8 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
     judged = tuple(s.name for s in specs if s.name in ("analysis-temperature", f"analysis-temperature{FULL}")) if judge else ()
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
-                           sections=("model", "generate", "study", "analysis"), parents=("data", *decoded, *judged),
+                           sections=("model", "generate", "analysis"), parents=("data", *decoded, *judged),
+                           values={"study": _study_values(config, QUALITY_READS)},
                            files=model_files(config.model.name) + (model_files(judge) if judge else ())))
     if config.study.retention:
         specs.append(retention_spec(config))
