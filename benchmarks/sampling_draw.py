@@ -1,7 +1,7 @@
 """Benchmark: the sampling draw, one batched inverse-CDF search against ``torch.multinomial`` row by row.
 
 The widest sampled workload of a study: the quick study's 32 prompts (16 fiction + 16 Wikipedia) x 4 seeds =
-128 rows per step, 64 new tokens at temperature 1, on the embedded SmolLM2-135M. Baseline: the same decode with
+128 rows per step, 48 new tokens at temperature 1, on the embedded SmolLM2-135M. Baseline: the same decode with
 the draw swapped back to per-row ``torch.multinomial`` (what decoding.draw replaced), in the same process; greedy
 decoding of the same rows as the ceiling (a sampled step cannot be cheaper than a greedy one). Both draws are exact
 samples from the same distributions, through different random numbers: the texts differ, their statistics do not

@@ -107,6 +107,9 @@ def test_fingerprint_follows_sections():
 def test_a_key_added_later_leaves_the_fingerprints_of_earlier_runs_alone():
     """At the value that does what the toolkit did before it existed, a new key is not hashed: an upgrade keeps
     existing runs' finished stages; any other value is hashed like every key."""
+    import hashlib
+    import json
+
     from hyperfitting.config import LATER_KEYS
 
     default = load_config()
@@ -114,9 +117,6 @@ def test_a_key_added_later_leaves_the_fingerprints_of_earlier_runs_alone():
     before["model"].pop("precision")
     for (section, key), unchanged in LATER_KEYS.items():
         assert before[section].pop(key) == unchanged  # the default is the old behaviour
-    import hashlib
-    import json
-
     assert default.fingerprint("train") == hashlib.sha256(json.dumps({"train": before["train"]}, sort_keys=True).encode()).hexdigest()[:16]
     assert load_config(overrides=["train.heldout_every=2"]).fingerprint("train") != default.fingerprint("train")
 

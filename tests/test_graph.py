@@ -95,7 +95,7 @@ def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_
 
 def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):
     # Replicates added to a finished study keep its controls and quality; a control's setting redoes the controls
-    # alone, the judge the quality stage alone.
+    # alone, a reader setting the quality stage alone.
     base = ["study.judge=null", "study.analyses=[geometry]", "baselines.methods=[]"]
 
     def fingerprints(*overrides):
