@@ -7,7 +7,7 @@ import torch
 
 from hyperfitting.config import BASELINE_METHODS, RunConfig, build_dataclass
 from hyperfitting.errors import ConfigError
-from hyperfitting.generation.baselines import decode_method
+from hyperfitting.generation.baselines import decode_group, decode_method, decoding_groups
 from tests.conftest import TINY_VOCAB, make_tiny_model
 
 
@@ -48,6 +48,28 @@ def test_sampled_seeds_differ_and_do_not_depend_on_the_batch_width():
     tokens = lambda d: [[c.token_ids for c in seed] for seed in d.continuations]  # noqa: E731
     assert tokens(narrow) == tokens(wide)
     assert tokens(narrow)[0] != tokens(narrow)[1]  # two seeds, two samples
+
+
+def test_methods_of_one_kind_decode_together_to_the_text_each_gives_alone():
+    """One wide batch per group (every sampled method; the greedy methods with a processor): the same rows, seeds and
+    processors as decoding each method alone, so the same tokens, and each method's share of the batch's time."""
+    assert decoding_groups(BASELINE_METHODS) == [["greedy"], ["top-p", "min-p", "typical", "eta", "epsilon"],
+                                                 ["repetition-penalty", "no-repeat-ngram"], ["beam"], ["contrastive"]]
+    assert decoding_groups(["min-p", "beam", "top-p"]) == [["min-p", "top-p"], ["beam"]]
+    model = make_tiny_model("llama")
+    config = _config(repetition_penalty=1.5, no_repeat_ngram=2)
+    tokens = lambda d: [[c.token_ids for c in seed] for seed in d.continuations]  # noqa: E731
+    for group in (["top-p", "min-p", "typical", "eta", "epsilon"], ["repetition-penalty", "no-repeat-ngram"]):
+        together = decode_group(group, model, Tokenizer(), PROMPTS, config, show_progress=False)
+        assert list(together) == group
+        for name in group:
+            alone = decode_method(name, model, Tokenizer(), PROMPTS, config, show_progress=False)
+            assert tokens(together[name]) == tokens(alone), name
+            assert together[name].together == tuple(group) and together[name].seconds > 0
+        shares = [together[name].seconds for name in group]
+        assert max(shares) == pytest.approx(min(shares))  # every member decoded the same number of tokens
+    with pytest.raises(ValueError, match="do not decode together"):
+        decode_group(["min-p", "repetition-penalty"], model, Tokenizer(), PROMPTS, config, show_progress=False)
 
 
 def _reference_greedy(model, prompt, steps, adjust):
@@ -121,4 +143,10 @@ def test_the_table_gives_every_method_and_the_study_rows_with_intervals():
     lines = table.strip().splitlines()
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["greedy", "min-p", "**hyperfitted (greedy)**", "**human text**"]
     assert "0.600 [" in lines[3] and "| 120 |" in lines[3] and "| 0.250 |" in lines[4]
-    assert "nan" not in table
+    assert "nan" not in table and "*" not in table.replace("**", "")
+    # Methods decoded in one batch share its tokens/s, and the table says so.
+    baselines["min-p"]["decoded_with"] = ["top-p", "min-p"]
+    baselines["top-p"] = {**baselines["min-p"], "settings": "top-p 0.9"}
+    lines = baselines_table("fiction", baselines, study, plane, {}).strip().splitlines()
+    assert "| 120 * |" in lines[3] and "| 120 * |" in lines[4]
+    assert lines[-1].startswith("\\* decoded in one batch") and "top-p, min-p." in lines[-1]

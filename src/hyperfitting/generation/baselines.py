@@ -8,7 +8,9 @@ beam search is the one exception: it keeps several hypotheses per prompt, which 
 one-token-per-row loop cannot, so it goes through transformers' `generate`.
 
 Sampled methods decode every seed of every prompt in one batch: row s * P + p is seed s of prompt
-p, and samples from its own generator, so the text does not depend on batching.
+p, and samples from its own generator, so the text does not depend on batching. Methods of one
+kind decode together (`decode_group`): every sampled method in one wide batch, and the greedy
+methods with a processor in another, one forward pass per step for all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig
 from hyperfitting.generation.decoding import Continuation, generate, left_padded
 
 SAMPLED = ("top-p", "min-p", "typical", "eta", "epsilon")
+GREEDY_WITH_PROCESSOR = ("repetition-penalty", "no-repeat-ngram")
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ class Decoded:
     continuations: list[list[Continuation]]
     """continuations[s][p]: seed s (one for deterministic methods) of prompt p."""
     seconds: float
+    """Decoding time; a method decoded in a group gets the group's time in proportion to its tokens."""
+    together: tuple[str, ...] = ()
+    """The methods decoded in one batch with this one (itself included); empty when it decoded alone."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -130,3 +136,43 @@ def decode_method(name: str, model, tokenizer, prompts: Sequence[Sequence[int]],
                            show_progress=show_progress)
     seconds = time.perf_counter() - started
     return Decoded(method, [decoded[s * len(prompts):(s + 1) * len(prompts)] for s in range(seeds)], seconds)
+
+
+def decoding_groups(names: Sequence[str]) -> list[list[str]]:
+    """``names`` in the groups they decode in, in order of first appearance: the sampled methods together, the greedy
+    methods with a processor together, every other method (greedy, beam, contrastive: searches of their own) alone."""
+    groups: list[list[str]] = []
+    for name in names:
+        kind = SAMPLED if name in SAMPLED else GREEDY_WITH_PROCESSOR if name in GREEDY_WITH_PROCESSOR else None
+        joined = next((g for g in groups if kind and g[0] in kind), None)
+        if joined is not None:
+            joined.append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def decode_group(names: Sequence[str], model, tokenizer, prompts: Sequence[Sequence[int]], config: RunConfig,
+                 show_progress: bool = True) -> dict[str, Decoded]:
+    """Decode ``prompts`` by one group of :func:`decoding_groups` in one wide batch (prompts x methods rows per step,
+    one prefill): the same rows and seeds as :func:`decode_method` per method, so the same text up to floating-point
+    near-ties of the wider batch. On a CPU a step reads every weight once whatever its width, so the group costs
+    little more than its widest member."""
+    from hyperfitting.generation.decoding import generate_variants
+
+    if len(names) == 1:
+        return {names[0]: decode_method(names[0], model, tokenizer, prompts, config, show_progress)}
+    methods = [describe(name, config) for name in names]
+    if len({m.sampled for m in methods}) != 1 or any(n not in SAMPLED + GREEDY_WITH_PROCESSOR for n in names):
+        raise ValueError(f"{names} do not decode together: see decoding_groups")
+    seeds = config.baselines.seeds if methods[0].sampled else 1
+    rows = [p for _ in range(seeds) for p in prompts]
+    settings = [(replace(decoding_args(name, config), batch_size=config.generate.batch_size * seeds), _processors(name, config.baselines))
+                for name in names]
+    started = time.perf_counter()
+    decoded = generate_variants(model, tokenizer, rows, settings, desc=f"baselines {', '.join(names)}", show_progress=show_progress)
+    seconds = time.perf_counter() - started
+    tokens = [sum(len(c.token_ids) for c in rows_of) for rows_of in decoded]
+    return {name: Decoded(method, [out[s * len(prompts):(s + 1) * len(prompts)] for s in range(seeds)],
+                          seconds * n / max(1, sum(tokens)), tuple(names))
+            for name, method, out, n in zip(names, methods, decoded, tokens)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from hyperfitting.data.splits import PreparedData, Prompt
-from hyperfitting.generation.baselines import Decoded, decode_method, describe
+from hyperfitting.generation.baselines import Decoded, decode_group, decoding_groups, describe
 from hyperfitting.generation.decoding import Continuation
 from hyperfitting.metrics.diversity import ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
@@ -33,7 +33,8 @@ def score_method(name: str, decoded: Decoded, prompts: list[Prompt], tokenizer, 
                  training_index: SuffixAutomaton | None) -> dict:
     """Per corpus: every generation-table metric (mean over seeds), per-prompt TTR (mean over seeds) for intervals."""
     results = {"method": name, "settings": decoded.method.settings, "seeds": len(decoded.continuations),
-               "seconds": decoded.seconds, "tokens_per_second": decoded.tokens_per_second, "corpora": {}}
+               "seconds": decoded.seconds, "tokens_per_second": decoded.tokens_per_second, "decoded_with": list(decoded.together),
+               "corpora": {}}
     for corpus in dict.fromkeys(p.corpus for p in prompts):
         rows = [i for i, p in enumerate(prompts) if p.corpus == corpus]
         per_seed = []
@@ -58,31 +59,42 @@ def baselines_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer
     folder = stage.start()
     prompts = baseline_prompts(config, data)
     results: dict = {}
-    for name in config.baselines.methods:
-        done = folder / f"{name}.json"
-        if done.exists():  # finished before an interruption
-            results[name] = read_json(done)
+    for group in decoding_groups(config.baselines.methods):
+        pending = [name for name in group if not (folder / f"{name}.json").exists()]
+        for name in group:
+            if name not in pending:  # finished before an interruption
+                results[name] = read_json(folder / f"{name}.json")
+        if not pending:
             continue
-        if name == "greedy" and "base" in graph and _reuses_base_stage(config):
+        if pending == ["greedy"] and "base" in graph and _reuses_base_stage(config):
             by_prompt = {(g["corpus"], tuple(g["prompt_ids"])): g["continuation_ids"] for g in read_jsonl(graph.run_dir / "base" / "generations.jsonl")}
             base_stage = read_json(graph.run_dir / "base" / "stage-done.json")
-            decoded = Decoded(describe(name, config), [[Continuation(p.prompt_ids, by_prompt[(p.corpus, tuple(p.prompt_ids))]) for p in prompts]],
-                              float("nan"))
+            decoded = {"greedy": Decoded(describe("greedy", config), [[Continuation(p.prompt_ids, by_prompt[(p.corpus, tuple(p.prompt_ids))])
+                                                                       for p in prompts]], float("nan"))}
             print(f"baseline greedy: the base stage's continuations (decoded in {base_stage['wall_seconds']:.0f} s with the other corpora)")
         else:
-            decoded = decode_method(name, base_model, tokenizer, [p.prompt_ids for p in prompts], config)
-        write_jsonl(folder / f"{name}.jsonl", [
-            {"corpus": p.corpus, "seed": s, "prompt_ids": p.prompt_ids, "continuation_ids": c.token_ids,
-             "continuation": tokenizer.decode(c.token_ids, skip_special_tokens=True)}
-            for s, seed in enumerate(decoded.continuations) for p, c in zip(prompts, seed)])
-        results[name] = score_method(name, decoded, prompts, tokenizer, base_model, training_index)
-        write_json(done, results[name])
-        print(f"baseline {name} ({decoded.method.settings}): " + ", ".join(
-            f"{corpus} TTR {row['metrics']['ttr']:.3f}" for corpus, row in results[name]["corpora"].items())
-            + (f", {decoded.tokens_per_second:.0f} tokens/s" if decoded.seconds == decoded.seconds else ""))
+            decoded = decode_group(pending, base_model, tokenizer, [p.prompt_ids for p in prompts], config)
+        for name in pending:  # each method's files as soon as its group is decoded: a resumed study starts at the next group
+            _keep_method(folder, name, decoded[name], prompts, tokenizer, base_model, training_index, results)
+    results = {name: results[name] for name in config.baselines.methods}  # the order of baselines.methods, not of the groups
     write_json(folder / "results.json", results)
     stage.finish(time.perf_counter() - started)
     return results
+
+
+def _keep_method(folder, name: str, decoded: Decoded, prompts: list[Prompt], tokenizer, base_model,
+                 training_index: SuffixAutomaton | None, results: dict) -> None:
+    """Write one decoded method's continuations and scores into the stage folder, and into ``results``."""
+    write_jsonl(folder / f"{name}.jsonl", [
+        {"corpus": p.corpus, "seed": s, "prompt_ids": p.prompt_ids, "continuation_ids": c.token_ids,
+         "continuation": tokenizer.decode(c.token_ids, skip_special_tokens=True)}
+        for s, seed in enumerate(decoded.continuations) for p, c in zip(prompts, seed)])
+    results[name] = score_method(name, decoded, prompts, tokenizer, base_model, training_index)
+    write_json(folder / f"{name}.json", results[name])
+    speed = f", {decoded.tokens_per_second:.0f} tokens/s" if decoded.seconds == decoded.seconds else ""
+    print(f"baseline {name} ({decoded.method.settings}): " + ", ".join(
+        f"{corpus} TTR {row['metrics']['ttr']:.3f}" for corpus, row in results[name]["corpora"].items())
+        + speed + (f" (decoded together with {', '.join(n for n in decoded.together if n != name)})" if decoded.together else ""))
 
 
 def baseline_paths(run_dir, corpus: str, methods: list[str]) -> dict[str, list[list[list[int]]]]:

@@ -67,10 +67,12 @@ def model_files(name: str) -> tuple[Path, ...]:
 # Seconds each stage of the quick preset took alone on a 2-core CPU (session 7, fp32; baselines with 2 seeds): only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
-STAGE_WEIGHTS = {"data": 6, "base": 31, "train": 249, "hyperfitted": 22, "hyperfitted-blocked": 22, "analysis-temperature": 140,
-                 "analysis-static-bias": 65, "analysis-ranks": 70, "analysis-geometry": 45, "controls": 289, "quality": 326,
-                 "baselines": 256, "retention": 33}
-_QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED = 32 * 96, 16 * 96, 64 * 128  # prompts x new tokens, blocks x tokens
+STAGE_WEIGHTS = {"data": 6, "base": 16, "train": 211, "hyperfitted": 11, "hyperfitted-blocked": 13, "analysis-temperature": 104,
+                 "analysis-static-bias": 49, "analysis-ranks": 77, "analysis-geometry": 39, "controls": 140, "quality": 130,
+                 "baselines": 110, "retention": 33}
+# The quick preset's shape, to which the weights belong: prompts x new tokens decoded and analysed, blocks x tokens trained,
+# decoding baselines, controls.
+_QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 16 * 96, 64 * 128, 8, 2
 
 
 def stage_weight(name: str, config: RunConfig | None = None) -> float:
@@ -96,9 +98,9 @@ def stage_weight(name: str, config: RunConfig | None = None) -> float:
         return weight * analysed / _QUICK_ANALYSED
     if family == "baselines":
         prompts = d.eval_prompts * len(b.corpora or d.eval_corpora)
-        return weight * len(b.methods) / 10 * prompts / 16 * (1 + b.seeds) / 3
+        return weight * len(b.methods) / _QUICK_METHODS * prompts / 16 * (1 + b.seeds) / 2
     if family == "controls":
-        return weight * len(study.controls) / 3 * study.controls_train_blocks / 4 * (2 if study.controls_lr_sweep else 1)
+        return weight * len(study.controls) / _QUICK_CONTROLS * study.controls_train_blocks / 4 * (2 if study.controls_lr_sweep else 1)
     return weight
 
 

@@ -244,8 +244,11 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
         if "paths" in temperature:
             frontiers[name] = temperature
     baselines = graph.run_dir if "baselines" in graph else None
+    clock = time.perf_counter()
     results: dict = {"mauve": {}, "reader": [], "samples": 0,
                      "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
+    steps = {"judge": time.perf_counter() - clock}  # the stage's own profile: which of its three parts takes the time
+    clock = time.perf_counter()
     if config.study.mauve:
         features: dict = {}  # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
         for corpus, prompts in data.prompts.items():
@@ -278,6 +281,8 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
                 results["baselines_mauve"][corpus] = {
                     name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0], memo=features))
                     for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
+    steps["mauve"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
     for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
         item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
@@ -286,6 +291,9 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
             item[f"{name}_tokens"] = [tokenizer.decode([t]) for t in row["continuation_ids"]]
             item[f"{name}_ranks"] = base_ranks_of_path(base_model, prompt.prompt_ids, row["continuation_ids"])
         results["reader"].append(item)
+    steps["reader"] = time.perf_counter() - clock
+    results["step_seconds"] = {name: round(seconds, 1) for name, seconds in steps.items()}
+    print("quality: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in steps.items()))
     write_json(folder / "results.json", results)
     stage.finish(time.perf_counter() - started)
     return results

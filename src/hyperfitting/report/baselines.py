@@ -47,7 +47,7 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
         lines.append(f"| {name} | {row['settings']} | {row['seeds']} | {_interval(measured['per_prompt_ttr'])} | {_cell(metrics, 'distinct_3')} | "
                      f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | "
                      f"{mauve.get(name, float('nan')):.3f} | {_cell(metrics, 'train_overlap_share_over_10')} | "
-                     f"{f'{speed:.0f}' if speed is not None and speed == speed else 'base stage'} |")
+                     f"{f'{speed:.0f}' if speed is not None and speed == speed else 'base stage'}{' *' if row.get('decoded_with') else ''} |")
     for key, label in STUDY_ROWS.items():
         metrics = study_metrics.get("base", {}).get(f"{corpus}:human") if key == "human" else \
             study_metrics.get({"hyperfitted-blocked": "hyperfitted, citation blocker"}.get(key, key), {}).get(corpus)
@@ -58,6 +58,10 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
         lines.append(f"| **{label}** | {'the study' if key != 'human' else 'reference'} | 1 | {ttr_cell} | {_cell(metrics, 'distinct_3')} | "
                      f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | - | "
                      f"{_cell(metrics, 'train_overlap_share_over_10')} | - |")
+    groups = list(dict.fromkeys(tuple(row["decoded_with"]) for row in baselines.values() if row.get("decoded_with")))
+    if groups:
+        lines += ["", "\\* decoded in one batch, one forward pass per step for all of them: " + "; ".join(", ".join(g) for g in groups)
+                  + ". Their tokens/s is the batch's (its time shared by tokens), not what each would reach alone."]
     return "\n".join(lines) + "\n"
 
 

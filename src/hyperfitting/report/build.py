@@ -110,6 +110,9 @@ def left_out(config: dict) -> list[str]:
         missing.append("the non-hyperfitting control of claim 4: is the expansion specific? (study.lowest_heldout_control=true)")
     if study.get("judge") in (None, "", "none"):
         missing.append("claim 1(b) and the judge's perplexities: no judge model (study.judge=auto)")
+    if study["controls"] and not any(c.startswith("lora:first") for c in study["controls"]):
+        missing.append("LoRA on the first blocks among claim 5's placements: the early-against-late contrast, evidence beside "
+                       "the verdict, which compares the last blocks with all blocks (add lora:first:5 to study.controls)")
     if study["controls"] and "full" not in study["controls"]:
         missing.append("full fine-tuning among claim 5's placements (add full to study.controls)")
     if study["controls"] and not study.get("controls_lr_sweep"):
@@ -118,8 +121,12 @@ def left_out(config: dict) -> list[str]:
     absent = [m for m in BASELINE_METHODS if m not in methods]
     if absent:
         missing.append(f"decoding baselines {', '.join(absent)} (baselines.methods)")
-    elif (config.get("baselines") or {}).get("seeds", 1) < 3:
+    if methods and (config.get("baselines") or {}).get("seeds", 1) < 3:
         missing.append(f"3 or more seeds per sampled decoding baseline: {config['baselines']['seeds']} here (baselines.seeds=3)")
+    if len(config["data"].get("eval_corpora", [])) < 2:
+        missing.append("generation on a second corpus, beside the training domain's (data.eval_corpora)")
+    if not study.get("mauve", True):
+        missing.append("MAUVE against the human continuations (study.mauve=true; it wants hundreds of continuations per row)")
     if not study.get("retention", False):
         missing.append("capability retention through the LM Evaluation Harness (study.retention=true)")
     if "temperature" in study["analyses"] and len(analysis["temperature_grid"]) < 5:
