@@ -6,18 +6,24 @@ the preset's baselines.seeds seeds in one batch, as the stage does) and prints t
 Contrastive search scores k candidates per step on a copy of the KV cache; beam search keeps 4
 hypotheses per prompt.
 
+Then the stage's grouping: the sampled methods in one wide batch and the greedy methods with a
+processor in another (`decode_group`), against the same methods one by one, best of two interleaved
+runs each, with the share of continuations whose tokens differ (floating-point near-ties of the
+wider batch).
+
     .venv/bin/python benchmarks/decoding_methods.py
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from common import load_embedded, machine  # noqa: E402
 
 from hyperfitting.config import BASELINE_METHODS, load_config  # noqa: E402
 from hyperfitting.data.splits import prepare_data  # noqa: E402
-from hyperfitting.generation.baselines import decode_method  # noqa: E402
+from hyperfitting.generation.baselines import decode_group, decode_method, decoding_groups  # noqa: E402
 
 
 def main():
@@ -33,6 +39,21 @@ def main():
     for name, decoded in timings.items():
         speed = decoded.tokens_per_second
         print(f"{name:<20} {decoded.method.settings:<62} {speed:9.1f} {speed / greedy:9.2f}x")
+    print("\nmethods of one kind in one wide batch against one by one (best of 2 interleaved runs):")
+    for group in (g for g in decoding_groups(BASELINE_METHODS) if len(g) > 1):
+        alone_seconds, together_seconds = [], []
+        for _ in range(2):
+            started = time.perf_counter()
+            alone = {name: decode_method(name, model, tokenizer, prompts, config, show_progress=False) for name in group}
+            alone_seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            together = decode_group(group, model, tokenizer, prompts, config, show_progress=False)
+            together_seconds.append(time.perf_counter() - started)
+        rows = [(a.token_ids, b.token_ids) for name in group for sa, sb in zip(alone[name].continuations, together[name].continuations)
+                for a, b in zip(sa, sb)]
+        differ = sum(a != b for a, b in rows) / len(rows)
+        print(f"{', '.join(group)}: one by one {min(alone_seconds):.1f} s, together {min(together_seconds):.1f} s: "
+              f"{min(alone_seconds) / min(together_seconds):.2f}x; continuations that differ {differ:.1%}")
 
 
 if __name__ == "__main__":

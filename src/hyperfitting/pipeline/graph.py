@@ -67,9 +67,9 @@ def model_files(name: str) -> tuple[Path, ...]:
 # Seconds each stage of the quick preset took alone on a 2-core CPU (session 7, fp32; baselines with 2 seeds): only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
-STAGE_WEIGHTS = {"data": 6, "base": 16, "train": 211, "hyperfitted": 11, "hyperfitted-blocked": 13, "analysis-temperature": 104,
-                 "analysis-static-bias": 49, "analysis-ranks": 77, "analysis-geometry": 39, "controls": 140, "quality": 130,
-                 "baselines": 110, "retention": 33}
+STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "analysis-temperature": 103,
+                 "analysis-static-bias": 50, "analysis-ranks": 80, "analysis-geometry": 38, "controls": 131, "quality": 120,
+                 "baselines": 82, "retention": 33}  # seconds, the quick preset alone on a 2-core CPU (session 10)
 # The quick preset's shape, to which the weights belong: prompts x new tokens decoded and analysed, blocks x tokens trained,
 # decoding baselines, controls.
 _QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 16 * 96, 64 * 128, 8, 2
