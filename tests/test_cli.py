@@ -51,6 +51,8 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     study_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train", "analysis-ranks", "quality"} <= set(study_metrics["stage_profile"])
     assert all(row["seconds"] >= 0 for row in study_metrics["stage_profile"].values())
+    assert set(study_metrics["stage_profile"]["quality"]["step_seconds"]) == {"judge", "mauve", "reader"}  # the stage's parts
+    assert "| &nbsp;&nbsp;quality: judge |" in (run_dir / "report.md").read_text()
     assert study_metrics["precision"]["label"] == "fp32" and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured

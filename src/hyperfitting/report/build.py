@@ -303,6 +303,8 @@ def build_report(run_dir: Path) -> dict:
     md += ["## Reproduce", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", "",
            "| stage | wall time (s) | process peak memory so far (MiB) |", "|---|---|---|"]
     md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} |" for k, v in timings.items()]
+    steps = (quality or {}).get("step_seconds", {})
+    md += [f"| &nbsp;&nbsp;quality: {step} | {seconds:.0f} | |" for step, seconds in steps.items()]  # the quality stage's parts
     env = study["environment"]
     precision = study.get("precision")
     if precision:
@@ -325,6 +327,8 @@ def build_report(run_dir: Path) -> dict:
                          [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))])
     study["claims"] = [c.__dict__ for c in claims]
     study["stage_profile"] = {name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name]} for name, seconds in timings.items()}
+    if steps and "quality" in study["stage_profile"]:
+        study["stage_profile"]["quality"]["step_seconds"] = steps
     study["claims_full_finetune"] = [c.__dict__ for c in full_claims]
     study["analyses"] = analyses
     study["controls"] = controls
