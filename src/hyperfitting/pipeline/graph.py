@@ -64,12 +64,12 @@ def model_files(name: str) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-# Seconds each stage of the quick preset took alone on a 2-core CPU (session 7, fp32; baselines with 2 seeds): only
+# Seconds each stage of the quick preset took alone on a 2-core CPU (session 10, fp32; runs/quick-s10b): only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
 STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "analysis-temperature": 103,
                  "analysis-static-bias": 50, "analysis-ranks": 80, "analysis-geometry": 38, "controls": 131, "quality": 120,
-                 "baselines": 82, "retention": 33}  # seconds, the quick preset alone on a 2-core CPU (session 10)
+                 "baselines": 82, "retention": 33}  # retention: the preset before it left it out
 # The quick preset's shape, to which the weights belong: prompts x new tokens decoded and analysed, blocks x tokens trained,
 # decoding baselines, controls.
 _QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 16 * 96, 64 * 128, 8, 2
