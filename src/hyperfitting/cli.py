@@ -225,6 +225,29 @@ def report(run_dir):
 
 
 @cli.command()
+@click.argument("arguments", nargs=-1)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the error rates here (JSON).")
+@click.option("--worlds", type=click.IntRange(min=10), default=200, show_default=True, help="Simulated studies per rule and truth.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated worlds.")
+def calibrate(arguments, json_path, worlds, seed):
+    """How often each verdict rule is wrong at this config's sizes: false holds, false fails, coverage and power.
+
+    Simulates studies whose truth is known, with the config's numbers of prompts, replicates, seeds and blocks, and the
+    spreads its run folder observed (RESEARCH.md's where it has none), and runs the real rules on them.
+    """
+    import json
+
+    from hyperfitting.calibration import Design, Spreads, calibrate as run_calibration, calibration_table
+
+    config = _config(arguments)
+    run_dir = Path(config.run_dir)
+    result = run_calibration(Design.of(config), Spreads.observed(run_dir if run_dir.exists() else None), worlds, seed, progress=True)
+    Path(json_path).write_text(json.dumps(result, indent=1))
+    print(calibration_table(result))
+    print(f"Written: {json_path}")
+
+
+@cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 def compare(run_dirs):
     """One table over several finished studies (other models, corpora or seeds)."""

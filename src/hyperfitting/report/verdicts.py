@@ -8,7 +8,13 @@ same for every claim (``decide``):
 - *does not hold* when the interval lies entirely on the other side (it excludes the claimed effect);
 - *inconclusive* otherwise, with roughly how many prompts would decide it at the observed spread;
 - and *inconclusive*, never a decision, when a manipulation check failed (the model did not
-  hyperfit, the ablation did not change anything, the localisation was forced by construction...).
+  hyperfit, the ablation did not change anything, the localisation was forced by construction...),
+  or when the estimate has no real interval (one prompt, every prompt identical, fewer than 3 blocks).
+
+A rule with direction "apart" is two-sided: it holds when the interval lies wholly outside
+[-margin, +margin], does not hold when it lies wholly inside (equivalence), and is
+inconclusive otherwise. How often each rule is wrong is measured in ``calibration.py``; Holm's
+correction over the rules of a study is reported beside the uncorrected verdicts.
 
 The claim functions only read the results the analyses wrote, so a report can be rebuilt.
 """
@@ -31,12 +37,16 @@ HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "does not hold", "inconclusive", 
 @dataclass(frozen=True)
 class Rule:
     effect: str
-    direction: Literal["above", "below"]
+    direction: Literal["above", "below", "apart"]
     margin: float
     margin_reason: str
     units: str = "prompts"
 
     def in_words(self) -> str:
+        if self.direction == "apart":
+            return (f"effect: {self.effect}. Holds if its 95% interval lies entirely outside [-{self.margin:g}, +{self.margin:g}]; "
+                    f"does not hold if it lies entirely inside; otherwise inconclusive. Margin: {self.margin_reason}. "
+                    "A failed manipulation check makes it inconclusive.")
         side = "above" if self.direction == "above" else "below"
         other = "below" if self.direction == "above" else "above"
         return (f"effect: {self.effect}. Holds if its 95% interval lies entirely {side} {self.margin:+g}; does not hold if it lies "
@@ -46,19 +56,28 @@ class Rule:
 RULES: dict[int | str, Rule] = {
     1: Rule("hyperfitted greedy TTR minus the TTR of the base model sampled at the entropy-matched T*, paired over prompts",
             "above", 0.05, "0.05 TTR, a sixth of the paper's gap (0.287); smaller differences are within what length and seed choices move"),
-    2: Rule("share of the hyperfitted TTR gain over base greedy that the best static reweighting of the base logits recovers",
+    2: Rule("share of the hyperfitted TTR gain over base greedy that the best static reweighting of the base logits recovers "
+            "(the best non-degenerate static model, chosen again inside every resample)",
             "below", 0.5, "a static offset that recovers half of the gain or more would explain a large part of hyperfitting"),
     3: Rule("share of hyperfitted greedy steps that override the base top-1 with a token the fitted static+temperature model "
             "(base logits / tau + a per-token bias) does not choose", "above", 0.05,
             "one step in twenty; the paper reports 39.1% overrides in all, and a rarer reordering could not carry the diversity gain"),
-    4: Rule("Delta participation ratio of the final layer's state minus the largest Delta PR of any other layer (or zero, if larger)",
+    4: Rule("Delta participation ratio of the final block's output minus the largest Delta PR of any other block or the embeddings "
+            "(or zero, if larger), every state RMS-normalised per token the same way, the rival's maximum taken again in every "
+            "jackknife resample; the standardised and massive-dimension-trimmed variants must agree",
             "above", 0.0, "any positive amount: the claim is about where the largest increase is, not its size", units="held-out blocks"),
-    5: Rule("greedy TTR of LoRA on the last blocks minus LoRA on all blocks, both trained to the target loss, paired over prompts",
-            "above", -0.02, "a non-inferiority margin of 0.02 TTR: 'matches' allows the last blocks to trail all blocks by less than that"),
+    5: Rule("share of LoRA-on-all-blocks' TTR gain over base greedy that LoRA on the last blocks reaches, both trained to the "
+            "target loss, paired over prompts", "above", 0.8,
+            "non-inferiority relative to the gain: 'matches' allows the last blocks to fall short of all blocks by less than a fifth of "
+            "what all blocks gained (an absolute margin would mean a different thing at every size of gain)"),
     "1b": Rule("hyperfitted greedy TTR minus the TTR of the base model's temperature frontier at the same judge perplexity "
-               "(linear between neighbouring temperatures, greedy as T=0), paired over prompts", "above", 0.05,
+               "(the frontier's upper envelope: the best TTR any mixture of sampled temperatures reaches at that perplexity), "
+               "paired over prompts", "above", 0.05,
                "0.05 TTR, as claim 1: sampling hotter buys diversity with quality, so only a point clear of that curve is "
                "more than a temperature"),
+    "1c": Rule("TTR of the hyperfitted model sampled at T=1 minus the base model sampled at the entropy-matched T*, paired over "
+               "prompts: if hyperfitting were a temperature these two would share one distribution", "apart", 0.05,
+               "0.05 TTR either way, as claim 1: a smaller difference is what a temperature could still explain"),
 }
 
 NAMES = {
@@ -68,6 +87,7 @@ NAMES = {
     4: "Terminal Expansion: the largest dimension increase is in the final layer",
     5: "Late-Stage LoRA: the last blocks match all blocks",
     "1b": "Not temperature (b): hyperfitted greedy lies above the base model's diversity-quality frontier",
+    "1c": "Not temperature (c): hyperfitted sampling at T=1 differs from base sampling at T*",
 }
 
 PAPER = {
@@ -77,7 +97,15 @@ PAPER = {
     4: "Delta PR +80.8 at the final layer (TinyLlama, width 2048)",
     5: "last 5 blocks match or beat all blocks with ~80% fewer trainable parameters",
     "1b": "no frontier in the paper; Carlsson et al. find hyperfitted greedy preferred by people over top-p sampling",
+    "1c": "not in the paper: its control compares hyperfitted greedy with sampled base output",
 }
+
+# The two entropy-matched temperatures (teacher-forced on human text, and along the models' own greedy paths) must agree
+# this closely for claim 1 to be decided: otherwise the verdict would depend on which text matched the entropy.
+T_STAR_AGREEMENT = 0.15  # relative difference
+# A static model whose flips of the base top-1 exceed this multiple of the hyperfitted model's override rate is not a
+# reweighting that could stand in for hyperfitting: it rewrites the text (the reported case: TTR 0.02, share -1.38).
+DEGENERATE_FLIP_FACTOR = 2.0
 
 
 @dataclass
@@ -91,7 +119,7 @@ class Check:
 
 @dataclass
 class Claim:
-    number: int | str  # 1-5, and "1b" (claim 1's stronger control)
+    number: int | str  # 1-5, and "1b", "1c" (claim 1's stronger controls)
     name: str
     paper: str
     rule: str
@@ -104,6 +132,7 @@ class Claim:
     units_needed: int | None = None
     evidence: str = "-"
     replicates: list[float] = field(default_factory=list)
+    holm: str | None = None  # the verdict after Holm's correction over the study's decided rules (see with_holm)
 
 
 def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> tuple[str, str, int | None]:
@@ -113,17 +142,30 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
         return INCONCLUSIVE, "manipulation check failed: " + "; ".join(f"{c.name} ({c.detail})" for c in failed), None
     if estimate is None:
         return INCONCLUSIVE, "the effect could not be estimated", None
-    beyond = estimate.low > rule.margin if rule.direction == "above" else estimate.high < rule.margin
-    contrary = estimate.high < rule.margin if rule.direction == "above" else estimate.low > rule.margin
+    if not estimate.decisive:
+        return INCONCLUSIVE, f"the effect {estimate.value:+.3f} has no real interval ({estimate.method}): an estimate without one never decides", None
+    if rule.direction == "apart":
+        beyond = estimate.low > rule.margin or estimate.high < -rule.margin
+        contrary = -rule.margin < estimate.low and estimate.high < rule.margin
+        where = f"outside ±{rule.margin:g}", f"inside ±{rule.margin:g}"
+    else:
+        beyond = estimate.low > rule.margin if rule.direction == "above" else estimate.high < rule.margin
+        contrary = estimate.high < rule.margin if rule.direction == "above" else estimate.low > rule.margin
+        other = "below" if rule.direction == "above" else "above"
+        where = f"{rule.direction} the margin {rule.margin:+g}", f"{other} the margin {rule.margin:+g}"
     if beyond:
-        return HOLDS, f"the interval {estimate} lies {rule.direction} the margin {rule.margin:+g}", None
+        return HOLDS, f"the interval {estimate} lies {where[0]}", None
     if contrary:
-        return FAILS, f"the interval {estimate} lies {'below' if rule.direction == 'above' else 'above'} the margin {rule.margin:+g}", None
-    needed = stats.units_needed(estimate, rule.margin)
-    units = "replicates" if "replicates" in estimate.method else rule.units  # pooled estimates resample replicates first
+        return FAILS, f"the interval {estimate} lies {where[1]}", None
+    if rule.direction == "apart":
+        margin = rule.margin if estimate.value >= 0 else -rule.margin
+        needed = stats.units_needed(estimate, margin) if abs(estimate.value) > rule.margin else None
+    else:
+        needed = stats.units_needed(estimate, rule.margin)
+    units = rule.units
     power = (f"roughly {needed} {units} would decide it at the observed spread" if needed
              else "the estimate sits on the margin: no practical sample size decides it")
-    return INCONCLUSIVE, f"the interval {estimate} contains the margin {rule.margin:+g}; {power}", needed
+    return INCONCLUSIVE, f"the interval {estimate} contains the margin; {power}", needed
 
 
 def make_claim(number: int | str, estimate: Estimate | None, checks: list[Check], evidence: str) -> Claim:
@@ -141,7 +183,21 @@ def not_run(number: int | str, why: str = "not run in this study") -> Claim:
     return Claim(number, NAMES[number], PAPER[number], rule.in_words(), rule.margin, rule.direction, None, [], NOT_RUN, why)
 
 
-# ------------------------------------------------------------------------------ checks shared by claims 1-4
+def with_holm(claims: list[Claim]) -> list[Claim]:
+    """Holm's correction over the rules this study decided on: a claim that holds keeps "holds" only if its one-sided
+    p-value survives the step-down at 2.5% family-wise. Claims that do not hold or are inconclusive are unchanged."""
+    tested = [c for c in claims if c.estimate is not None and c.verdict in (HOLDS, FAILS, INCONCLUSIVE)
+              and not any(not k["passed"] for k in c.checks)]
+    p_values = [stats.one_sided_p(Estimate.from_dict(c.estimate), c.margin, c.direction) for c in tested]
+    for claim, rejected in zip(tested, stats.holm(p_values)):
+        claim.holm = claim.verdict if claim.verdict != HOLDS or rejected else INCONCLUSIVE
+    for claim in claims:
+        if claim.holm is None:
+            claim.holm = claim.verdict
+    return claims
+
+
+# ------------------------------------------------------------------------------ checks shared by the claims
 #
 # Claims 1-4 get one results dict and one training summary per hyperfitted replicate (a list of
 # one in a single-seed study); their effects pool the replicates (see stats.pooled).
@@ -165,10 +221,10 @@ def hyperfitted_check(trains: list[dict | None]) -> Check:
     return Check("model hyperfitted", passed, f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""))
 
 
-def gain_check(pairs: list[tuple[list[float], list[float]]]) -> tuple[Check, Estimate]:
+def gain_check(pairs: list[tuple[list[float], list[float]]], name: str = "hyperfitting raised greedy TTR") -> tuple[Check, Estimate]:
     """Hyperfitting must have made greedy output more diverse on these prompts: otherwise there is no gain to explain."""
     gain = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
-    return Check("hyperfitting raised greedy TTR", gain.low > 0, f"gain {gain}"), gain
+    return Check(name, gain.decisive and gain.low > 0, f"gain {gain}"), gain
 
 
 def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
@@ -184,6 +240,25 @@ def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
 # ------------------------------------------------------------------------------ the claims
 
 
+def t_star_check(results: list[dict]) -> Check:
+    """Claim 1 is decided only when T* is entropy-matched both ways and the two agree: otherwise it depends on the text."""
+    problems, shown = [], []
+    for r in results:
+        matched, t_star = r.get("t_star_matched"), r.get("t_star")
+        if not matched or not t_star or "greedy_path" not in matched:
+            problems.append("the entropy match was not recorded both ways: rerun the temperature analysis")
+            continue
+        for way in ("teacher_forced", "greedy_path"):
+            if not matched[way]:
+                problems.append(f"the {way.replace('_', '-')} bisection hit its bound")
+        human, path = t_star["teacher_forced"], t_star["greedy_path"]
+        shown.append(f"T* {human:.3f} on human text, {path:.3f} on the decoded paths")
+        if abs(human - path) > T_STAR_AGREEMENT * human:
+            problems.append(f"the two T* differ by more than {T_STAR_AGREEMENT:.0%} ({human:.3f} vs {path:.3f}), so the verdict would "
+                            "depend on which text matched the entropy")
+    return Check("entropy matched at T*, both ways and alike", not problems, "; ".join(shown + problems))
+
+
 def claim_temperature(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(1)
@@ -194,49 +269,94 @@ def claim_temperature(results: list[dict], trains: list[dict | None]) -> Claim:
     pairs = list(zip(tuned, at_t_star))
     estimate = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
     gain, gain_estimate = gain_check([(t, r["per_prompt"]["base, greedy"][0]) for t, r in zip(tuned, results)])
-    matched = all(r.get("t_star_matched", {}).get("teacher_forced", True) for r in results)
     temperatures = ", ".join(f"{r['sampling_temperature']:.3f}" for r in results)
-    checks = [hyperfitted_check(trains), gain,
-              Check("entropy matched at T*", matched, f"T* = {temperatures}" + ("" if matched else ": the bisection hit its bound, so the entropies differ"))]
+    checks = [hyperfitted_check(trains), gain, t_star_check(results)]
     evidence = (f"T* = {temperatures}; TTR base at T* {stats.pooled([(t,) for t in at_t_star], stats.MEAN)} vs hyperfitted greedy "
                 f"{stats.pooled([(t,) for t in tuned], stats.MEAN)} over {len(tuned[0])} prompts, "
                 f"{len(results[0]['per_prompt']['base, T*'])} sampling seed(s); hyperfitting gain over base greedy {gain_estimate}")
     return with_replicates(make_claim(1, estimate, checks, evidence), [stats.paired_difference(*pair).value for pair in pairs])
 
 
-def claim_static_bias(results: list[dict], trains: list[dict | None]) -> Claim:
+def claim_temperature_like_for_like(results: list[dict], trains: list[dict | None]) -> Claim:
+    """Claim 1(c): under "hyperfitting is a temperature", hyperfitted sampled at T=1 and base sampled at T* are one distribution."""
+    if not results:
+        return not_run("1c")
+    if not all("hyperfitted, T=1" in r.get("per_prompt", {}) for r in results):
+        return not_run("1c", "these results predate the hyperfitted T=1 rows: rerun the temperature analysis")
+    pairs = [(_seed_mean(r["per_prompt"]["hyperfitted, T=1"]), _seed_mean(r["per_prompt"]["base, T*"])) for r in results]
+    estimate = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
+    gain, gain_estimate = gain_check([(r["per_prompt"]["hyperfitted"][0], r["per_prompt"]["base, greedy"][0]) for r in results])
+    checks = [hyperfitted_check(trains), gain, t_star_check(results)]
+    evidence = (f"TTR hyperfitted at T=1 {stats.pooled([(a,) for a, _ in pairs], stats.MEAN)} vs base at T* "
+                f"{stats.pooled([(b,) for _, b in pairs], stats.MEAN)}, {len(results[0]['per_prompt']['base, T*'])} sampling seed(s) "
+                f"averaged per prompt; hyperfitting gain over base greedy {gain_estimate}")
+    return with_replicates(make_claim("1c", estimate, checks, evidence), [stats.paired_difference(*pair).value for pair in pairs])
+
+
+def best_static_share(*columns, axis=-1):
+    """The share of the gain recovered by the best of k static models, the choice made on the same resample:
+    columns are (static_1, ..., static_k, base, hyperfitted) per prompt."""
+    *statics, base, tuned = columns
+    shares = [stats.SHARE_OF_GAIN(s, base, tuned, base, axis=axis) for s in statics]
+    return np.max(np.stack(shares), axis=0)
+
+
+BEST_STATIC_SHARE = stats.Statistic("best static share of the gain", best_static_share)
+
+
+def degenerate_static_models(result: dict, override_rate: float | None) -> dict[str, str]:
+    """Static models that rewrite the text rather than reweight it: they flip the base choice far more often than the
+    hyperfitted model overrides it. Excluded from the best-of choice, and reported."""
+    if override_rate is None:
+        return {}
+    limit = DEGENERATE_FLIP_FACTOR * override_rate
+    return {name: f"flips {rate:.1%} of base choices, beyond {DEGENERATE_FLIP_FACTOR:g}x the hyperfitted override rate {override_rate:.1%}"
+            for name, rate in result["bite"]["flip_rates"].items() if name in result["bite"]["biting"] and rate > limit}
+
+
+def claim_static_bias(results: list[dict], trains: list[dict | None], override_rates: list[float | None] | None = None) -> Claim:
+    """``override_rates``: per replicate, the share of steps where the hyperfitted greedy choice is not the base top-1
+    (from the ranks analysis), which sets the bound beyond which a static model is degenerate."""
     if not results:
         return not_run(2)
     if not all(r.get("per_prompt") and "biting" in r.get("bite", {}) for r in results):
         return not_run(2, "these results predate per-prompt intervals and flip rates: rerun the analysis")
+    override_rates = override_rates or [None] * len(results)
     gain, gain_estimate = gain_check([(r["per_prompt"]["hyperfitted"], r["per_prompt"]["base, greedy"]) for r in results])
     bites = [r["bite"] for r in results]
+    degenerate = [degenerate_static_models(r, rate) for r, rate in zip(results, override_rates)]
+    usable = [[name for name in r["bite"]["biting"] if name not in bad] for r, bad in zip(results, degenerate)]
+    # Every replicate is resampled with the same static models: those usable in all of them.
+    common = [name for name in usable[0] if all(name in u for u in usable)]
+    excluded = sorted({name for bad in degenerate for name in bad})
     checks = [hyperfitted_check(trains), gain,
               Check("a static model changes base choices", all(b["passed"] for b in bites),
                     "; ".join(f"{', '.join(b['biting']) or 'none'} change the base greedy choice on at least {b['required']:.0%} of steps "
-                              f"(the K-token offset: {b['top_k_flip_rate']:.1%} at alpha {b['top_k_alpha']:g})" for b in bites))]
-    if not all(b["passed"] for b in bites):
-        return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
-    groups, chosen = [], []
-    for r in results:
-        # Only static models that changed the base model's choices are evidence; the best of them on these
-        # prompts (chosen on the mean; the interval is then taken for it).
-        per_prompt = r["per_prompt"]
-        best = max(r["bite"]["biting"], key=lambda k: sum(per_prompt[k]))
-        chosen.append(best)
-        groups.append((per_prompt[best], per_prompt["base, greedy"], per_prompt["hyperfitted"], per_prompt["base, greedy"]))
-    estimate = stats.pooled(groups, stats.SHARE_OF_GAIN)
-    first, fitted = results[0]["per_prompt"], results[0].get("fitted_null", {})
-    evidence = (f"best static model: {chosen[0]} (TTR {sum(first[chosen[0]]) / len(first[chosen[0]]):.3f}; base "
-                f"{sum(first['base, greedy']) / len(first['base, greedy']):.3f}, hyperfitted {sum(first['hyperfitted']) / len(first['hyperfitted']):.3f}); "
-                f"hyperfitting gain {gain_estimate}")
+                              f"(the K-token offset: {b['top_k_flip_rate']:.1%} at alpha {b['top_k_alpha']:g})" for b in bites)),
+              Check("a non-degenerate static model remains", bool(common),
+                    ("excluded: " + "; ".join(f"{name} ({why})" for bad in degenerate[:1] for name, why in bad.items())) if excluded
+                    else "none excluded" if override_rates[0] is not None else "no override rate to judge by (the ranks analysis did not run)")]
+    if not all(b["passed"] for b in bites) or not common:
+        return make_claim(2, None, checks, f"no usable static model; hyperfitting gain {gain_estimate}")
+    groups = [tuple(r["per_prompt"][name] for name in common) + (r["per_prompt"]["base, greedy"], r["per_prompt"]["hyperfitted"]) for r in results]
+    estimate = stats.pooled(groups, BEST_STATIC_SHARE)
+    first = results[0]["per_prompt"]
+    shares = {name: stats.pooled([(first[name], first["base, greedy"], first["hyperfitted"], first["base, greedy"])], stats.SHARE_OF_GAIN).value
+              for name in common}
+    evidence = (f"static models compared ({len(common)}; the best is chosen again in every resample, so the choice is inside the interval): "
+                + ", ".join(f"{name} recovers {share:+.2f}" for name, share in shares.items())
+                + (f"; excluded as degenerate: {', '.join(excluded)}" if excluded else "")
+                + f"; base TTR {np.mean(first['base, greedy']):.3f}, hyperfitted {np.mean(first['hyperfitted']):.3f}; hyperfitting gain {gain_estimate}")
+    fitted = results[0].get("fitted_null", {})
     if fitted:
         evidence += (f"; fitted static+temperature model (tau {fitted['tau']:.2f}) reproduces {fitted['top1_reproduced']:.1%} of the "
                      f"hyperfitted top-1 choices")
-    return with_replicates(make_claim(2, estimate, checks, evidence), [stats.pooled([g], stats.SHARE_OF_GAIN).value for g in groups])
+    return with_replicates(make_claim(2, estimate, checks, evidence), [stats.pooled([g], BEST_STATIC_SHARE).value for g in groups])
 
 
-def claim_ranks(results: list[dict], trains: list[dict | None]) -> Claim:
+def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list[tuple[list[float], list[float]]] | None = None) -> Claim:
+    """``gain_pairs``: per replicate, (hyperfitted, base) greedy TTR per prompt (from the temperature or static-bias analysis):
+    a reordering that did not raise diversity is not the reordering the claim is about."""
     if not results:
         return not_run(3)
     if not all(r.get("per_prompt") for r in results):
@@ -246,43 +366,95 @@ def claim_ranks(results: list[dict], trains: list[dict | None]) -> Claim:
     overrides = stats.pooled([(r["per_prompt"]["overrides"], r["per_prompt"]["steps"]) for r in results], stats.RATIO_OF_SUMS)
     scales = [r["null"]["scale"] for r in results]
     first = results[0]
-    checks = [hyperfitted_check(trains),
+    if gain_pairs:
+        gain, gain_estimate = gain_check(gain_pairs)
+    else:
+        gain, gain_estimate = Check("hyperfitting raised greedy TTR", False, "no per-prompt TTR of both models: run the temperature or static-bias analysis"), None
+    checks = [hyperfitted_check(trains), gain,
               Check("static+temperature null fitted", all(v > 0 for v in scales), "tau " + ", ".join(f"{1 / v:.3f}" if v > 0 else "undefined" for v in scales))]
     evidence = (f"overrides of the base top-1 {overrides} of steps, {first['share_of_overrides_from_rank_over_10']:.1%} of them from base rank > 10; "
                 f"the fitted static+temperature model (tau {1 / scales[0]:.2f}) reproduces {first['null']['overrides_reproduced']:.1%} of the "
-                f"overrides and {first['null']['deep_tail_reproduced']:.1%} of the deep-tail (rank > 10) ones")
+                f"overrides and {first['null']['deep_tail_reproduced']:.1%} of the deep-tail (rank > 10) ones"
+                + (f"; hyperfitting gain {gain_estimate}" if gain_estimate else ""))
     return with_replicates(make_claim(3, estimate, checks, evidence), [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
 
 
 def claim_geometry(results: list[dict], trains: list[dict | None], control: dict | None = None) -> Claim:
-    """``control``: the geometry of the first run at its lowest held-out loss (a fine-tune that did not hyperfit)."""
+    """``control``: the geometry of the first run at its lowest held-out loss (a fine-tune that did not hyperfit).
+
+    The verdict is decided on each variant of the participation ratio (RMS-normalised, standardised, massive dimensions
+    removed); it is that verdict only if all three agree, and inconclusive otherwise.
+    """
     if not results:
         return not_run(4)
-    if not all(r.get("effect") for r in results):
-        return not_run(4, "these results predate intervals: rerun the analysis")
-    effects = [Estimate(**{k: r["effect"][k] for k in ("value", "low", "high", "units", "method")}) for r in results]
+    if not all(r.get("footing") for r in results):
+        return not_run(4, "these results predate the common footing of every layer (RMS-normalised states, the rival's maximum "
+                          "in every resample): rerun the geometry analysis")
+    variants = list(results[0]["footing"]["effects"])
+    def pooled(variant):
+        effects = [r["footing"]["effects"][variant] for r in results]
+        shared = all("leave_one_out" in e for e in effects) and len({len(e["leave_one_out"]) for e in effects}) == 1
+        return stats.mean_of_estimates([Estimate.from_dict(e) for e in effects], [e["leave_one_out"] for e in effects] if shared else None)
+
+    pooled_by_variant = {v: pooled(v) for v in variants}
+    primary = variants[0]
+    estimate = pooled_by_variant[primary]
+    verdicts = {v: decide(RULES[4], e)[0] for v, e in pooled_by_variant.items()}
     forced = next((r["localisation_forced"] for r in results if r.get("localisation_forced")), None)
-    checks = [hyperfitted_check(trains), Check("localisation not forced", not forced, forced or "every block was trainable")]
-    v = results[0]["verdict"]
-    evidence = (f"reads {v['state']}: final layer Delta PR {v['final_delta_pr']:+.1f}; runner-up {v['runner_up']} {v['runner_up_delta_pr']:+.1f}; "
-                f"last block's raw output {v['final_block_raw_delta_pr']:+.1f}; {results[0]['tokens']} positions (position 0 left out)")
-    if control and trains[0] and trains[0].get("lowest_heldout_epoch") is not None:
-        c = control["verdict"]
+    agree = len(set(verdicts.values())) == 1
+    checks = [hyperfitted_check(trains), Check("localisation not forced", not forced, forced or "every block was trainable"),
+              Check("the participation-ratio variants agree", agree, "; ".join(f"{v}: {pooled_by_variant[v]} ({verdicts[v]})" for v in variants))]
+    f = results[0]["footing"]
+    evidence = (f"every layer's state RMS-normalised per token (no learned gain); final block Delta PR {f['final_delta_pr'][primary]:+.1f}, "
+                f"largest rival {f['rival'][primary]} {f['rival_delta_pr'][primary]:+.1f} (the rival is chosen again in every jackknife "
+                f"resample); {results[0]['tokens']} positions (position 0 left out). As transformers' hidden_states[-1] gives it (after the "
+                f"final norm, with its gain): Delta PR {results[0]['verdict']['final_delta_pr']:+.1f}")
+    if control and control.get("footing") and trains[0] and trains[0].get("lowest_heldout_epoch") is not None:
+        c = Estimate.from_dict(control["footing"]["effects"][primary])
         evidence += (f"; the non-hyperfitting control (the same run at epoch {trains[0]['lowest_heldout_epoch']}, its lowest held-out loss) "
-                     f"has final layer Delta PR {c['final_delta_pr']:+.1f} and effect {Estimate(**{k: control['effect'][k] for k in ('value', 'low', 'high', 'units', 'method')})}")
-    return with_replicates(make_claim(4, stats.mean_of_estimates(effects), checks, evidence), [e.value for e in effects])
+                     f"has effect {c}")
+    per_replicate = [Estimate.from_dict(r["footing"]["effects"][primary]).value for r in results]
+    return with_replicates(make_claim(4, estimate, checks, evidence), per_replicate)
+
+
+def envelope_at(quality: np.ndarray, ttr: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """The frontier's upper envelope at log-perplexity ``at``: the best TTR that any base point of no worse perplexity
+    reaches, or any mixture of two points (decoding a share of the prompts at each temperature reaches every point on
+    the segment between them). A dominated, noisy temperature cannot pull the curve down, as a line through every
+    point would. Flat beyond the ends. Vectorised: ``quality``, ``ttr`` are (..., k), ``at`` is (...).
+    """
+    at = at[..., None]
+    left = quality <= at
+    best = np.where(left, ttr, -np.inf).max(-1)
+    first = np.take_along_axis(ttr, quality.argmin(-1)[..., None], -1)[..., 0]
+    best = np.where(np.isfinite(best), best, first)  # left of every point: flat at the best-quality one
+    k = quality.shape[-1]
+    for i in range(k):
+        for j in range(k):
+            qi, qj, ti, tj = quality[..., i], quality[..., j], ttr[..., i], ttr[..., j]
+            straddle = (qi <= at[..., 0]) & (at[..., 0] < qj)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                on_segment = ti + (tj - ti) * (at[..., 0] - qi) / (qj - qi)
+            best = np.where(straddle, np.maximum(best, on_segment), best)
+    return best
+
+
+def _frontier_gap(hyperfitted_ttr, hyperfitted_log_perplexity, *frontier_columns, axis=-1):
+    """Mean hyperfitted TTR minus the frontier's upper envelope at the hyperfitted mean judge log-perplexity.
+
+    ``frontier_columns`` are (TTR, log-perplexity) per prompt for each base point; the envelope is
+    taken over their means.
+    """
+    ttrs = np.stack([np.mean(c, axis=axis) for c in frontier_columns[0::2]], axis=-1)
+    quality = np.stack([np.mean(c, axis=axis) for c in frontier_columns[1::2]], axis=-1)
+    return np.mean(hyperfitted_ttr, axis=axis) - envelope_at(quality, ttrs, np.mean(hyperfitted_log_perplexity, axis=axis))
+
+
+FRONTIER_GAP = stats.Statistic("gap above the frontier's envelope", _frontier_gap)
 
 
 def frontier_gap(hyperfitted_ttr, hyperfitted_log_perplexity, *frontier_columns) -> float:
-    """Mean hyperfitted TTR minus the frontier's TTR at the hyperfitted mean judge log-perplexity.
-
-    ``frontier_columns`` are (TTR, log-perplexity) per prompt for each base point; the frontier is
-    the piecewise-linear curve through their means, ordered by log-perplexity (flat beyond its ends).
-    """
-    ttrs = np.array([np.mean(c) for c in frontier_columns[0::2]])
-    quality = np.array([np.mean(c) for c in frontier_columns[1::2]])
-    order = np.argsort(quality)
-    return float(np.mean(hyperfitted_ttr) - np.interp(np.mean(hyperfitted_log_perplexity), quality[order], ttrs[order]))
+    return float(FRONTIER_GAP(np.asarray(hyperfitted_ttr), np.asarray(hyperfitted_log_perplexity), *map(np.asarray, frontier_columns)))
 
 
 def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
@@ -295,7 +467,7 @@ def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
     # A prompt whose continuation the judge could not score (empty text) leaves every column, so the columns stay paired.
     keep = [i for i in range(len(points["hyperfitted"]["ttr"])) if all(math.isfinite(points[l]["log_perplexity"][i]) for l in labels)]
     columns = tuple(np.array(points[l][measure])[keep] for l in labels for measure in ("ttr", "log_perplexity"))
-    estimate = stats.pooled([columns], frontier_gap)
+    estimate = stats.pooled([columns], FRONTIER_GAP)
     mean_of = {l: (float(np.mean(points[l]["ttr"])), float(np.exp(np.nanmean(points[l]["log_perplexity"])))) for l in points}
     qualities = [float(np.mean(column)) for column in columns[1::2]]  # hyperfitted first, then the frontier, over the same prompts
     tuned_quality, low, high = qualities[0], min(qualities[1:]), max(qualities[1:])
@@ -306,7 +478,8 @@ def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
                     f"{math.exp(tuned_quality):.1f} against {math.exp(low):.1f}-{math.exp(high):.1f}" +
                     ("" if inside else ": add temperatures to analysis.temperature_grid so the frontier reaches it"))]
     evidence = ("frontier (TTR at judge perplexity): " + ", ".join(f"{l.removeprefix('base, ')} {mean_of[l][0]:.3f} at {mean_of[l][1]:.1f}" for l in frontier)
-                + f"; hyperfitted {mean_of['hyperfitted'][0]:.3f} at {mean_of['hyperfitted'][1]:.1f}; {len(keep)} prompts, replicate 0")
+                + f"; hyperfitted {mean_of['hyperfitted'][0]:.3f} at {mean_of['hyperfitted'][1]:.1f}; {len(keep)} prompts, replicate 0 "
+                "(the judge scores the first replicate's paths only)")
     baseline = "base, sampling baseline"
     if baseline in points:
         scored = [i for i in range(len(points[baseline]["ttr"]))
@@ -321,41 +494,66 @@ def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
 
 
 def claim_late_stage(results: dict | None) -> Claim:
+    """Claim 5: is LoRA on the last blocks non-inferior to LoRA on all blocks, relative to what all blocks gained?
+
+    Gated only by the two arms it compares (a diverged first-blocks control is evidence beside it, not a condition),
+    and each arm must itself have hyperfitted and raised greedy TTR over the base model: two arms equal to base are not
+    a match, they are no hyperfitting.
+    """
     if not results or not all(k in results.get("methods", {}) for k in ("lora:last", "lora:all")):
         return not_run(5)
     m = results["methods"]
-    if not any("per_prompt_ttr" in row for row in m.values()) and not all(row.get("diverged") for row in m.values()):
-        return not_run(5, "these results predate per-prompt intervals: rerun the controls")
+    if "per_prompt_ttr" not in results.get("base", {}):
+        return not_run(5, "these results predate the base model's per-prompt TTR: rerun the controls")
     target = results["until_loss"]
     checks = []
-    for key, row in m.items():
+    for key in ("lora:last", "lora:all"):
+        row = m[key]
         reached = not row.get("diverged", False) and loss_hyperfitted(row["initial_train_loss"], row["final_train_loss"], target)
         checks.append(Check(f"{key} hyperfitted", reached,
                             f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
                             + (f", target {target:g}" if target is not None else "") + ("; diverged" if row.get("diverged") else "")))
-    last, every = m["lora:last"].get("per_prompt_ttr"), m["lora:all"].get("per_prompt_ttr")
+    last, every, base = m["lora:last"].get("per_prompt_ttr"), m["lora:all"].get("per_prompt_ttr"), results["base"]["per_prompt_ttr"]
     if last is None or every is None:  # a diverged control has no continuations
-        return make_claim(5, None, checks, "a control diverged: nothing to compare")
-    evidence = (f"TTR last {stats.mean(last)}, all {stats.mean(every)}; "
-                f"trainable parameters {m['lora:last']['trainable_parameters']:,} vs {m['lora:all']['trainable_parameters']:,}")
+        return make_claim(5, None, checks, "a compared arm diverged: nothing to compare")
+    for key, arm in (("lora:last", last), ("lora:all", every)):
+        checks.append(gain_check([(arm, base)], f"{key} raised greedy TTR over base")[0])
+    blocks = results.get("train_blocks")
+    evidence = (f"TTR base {stats.mean(base)}, last {stats.mean(last)}, all {stats.mean(every)}; last minus all "
+                f"{stats.paired_difference(last, every)}; trainable parameters {m['lora:last']['trainable_parameters']:,} vs "
+                f"{m['lora:all']['trainable_parameters']:,}" + (f"; the controls trained on {blocks} blocks" if blocks else ""))
     if m.get("lora:first", {}).get("per_prompt_ttr"):
-        evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])}"
-    return make_claim(5, stats.paired_difference(last, every), checks, evidence)
+        evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])} (evidence beside the verdict)"
+    return make_claim(5, stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN), checks, evidence)
+
+
+def _gain_pairs(analyses: dict[str, list[dict]]) -> list[tuple[list[float], list[float]]] | None:
+    """Per replicate, (hyperfitted, base) greedy TTR per prompt, from whichever analysis recorded them."""
+    for name, read in (("temperature", lambda p: (p["hyperfitted"][0], p["base, greedy"][0])),
+                       ("static-bias", lambda p: (p["hyperfitted"], p["base, greedy"]))):
+        results = analyses.get(name) or []
+        if results and all(r.get("per_prompt") for r in results):
+            return [read(r["per_prompt"]) for r in results]
+    return None
 
 
 def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None], frontier: dict | None = None,
                geometry_control: dict | None = None) -> list[Claim]:
     """``analyses`` maps each analysis to its results, one per hyperfitted replicate; ``trains`` their training summaries;
     ``frontier`` the judged diversity-quality points of the first replicate's temperature analysis (quality stage);
-    ``geometry_control`` the geometry of the first replicate at its lowest held-out loss. Claims 1-5 in order, then claim 1(b)."""
-    return [
+    ``geometry_control`` the geometry of the first replicate at its lowest held-out loss. Claims 1-5 in order, then 1(b), 1(c),
+    each with its verdict after Holm's correction over the study's rules beside it."""
+    ranks = analyses.get("ranks") or []
+    override_rates = [r.get("override_rate") for r in ranks] if len(ranks) == len(analyses.get("static-bias") or []) else None
+    return with_holm([
         claim_temperature(analyses.get("temperature", []), trains),
-        claim_static_bias(analyses.get("static-bias", []), trains),
-        claim_ranks(analyses.get("ranks", []), trains),
+        claim_static_bias(analyses.get("static-bias", []), trains, override_rates),
+        claim_ranks(ranks, trains, _gain_pairs(analyses)),
         claim_geometry(analyses.get("geometry", []), trains, geometry_control),
         claim_late_stage(controls),
         claim_frontier(frontier, trains),
-    ]
+        claim_temperature_like_for_like(analyses.get("temperature", []), trains),
+    ])
 
 
 def _seed_mean(per_seed: list[list[float]]) -> list[float]:

@@ -1,0 +1,275 @@
+"""The statistical review's cases, each on constructed inputs: the rule must not decide for the wrong reason, and a true
+effect must still hold (a fix cannot be a rule that never decides). Then the calibration: every rule's error rates,
+measured on simulated studies, and a deliberately broken rule that the calibration must flag."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hyperfitting import stats
+from hyperfitting.calibration import BROKEN_RULES, RULE_WORLDS, Design, Spreads, calibrate_rule, calibration_table
+from hyperfitting.report.verdicts import (
+    FAILS, HOLDS, INCONCLUSIVE, RULES, claim_geometry, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature,
+    claim_temperature_like_for_like, decide, frontier_gap, with_holm, make_claim,
+)
+
+TRAINED = {"initial_train_loss": 4.0, "final_train_loss": 0.06, "until_loss": 0.1}
+
+
+def normal(mean, sd, n, seed):
+    return np.random.default_rng(seed).normal(mean, sd, n)
+
+
+def temperature(tuned, at_t_star, base, t_star=(0.6, 0.62), matched=(True, True), tuned_t1=None):
+    per_prompt = {"hyperfitted": [list(tuned)], "base, T*": [list(at_t_star)], "base, greedy": [list(base)]}
+    if tuned_t1 is not None:
+        per_prompt["hyperfitted, T=1"] = [list(tuned_t1)]
+    return {"per_prompt": per_prompt, "sampling_temperature": t_star[0], "t_star": dict(zip(("teacher_forced", "greedy_path"), t_star)),
+            "t_star_matched": dict(zip(("teacher_forced", "greedy_path"), matched))}
+
+
+# ------------------------------------------------------------------------------ 1. replicates
+
+
+def test_the_same_replicate_three_times_gives_the_interval_of_one():
+    base = normal(0.3, 0.15, 16, 0)
+    tuned = base + 0.097 + normal(0, 0.18, 16, 1)
+    one = stats.pooled([(tuned, base)], stats.MEAN_DIFFERENCE)
+    three = stats.pooled([(tuned, base)] * 3, stats.MEAN_DIFFERENCE)
+    assert (three.low, three.high) == pytest.approx((one.low, one.high))
+    result = temperature(tuned, base, base - 0.3)
+    assert claim_temperature([result] * 3, [TRAINED] * 3).verdict == claim_temperature([result], [TRAINED]).verdict
+
+
+def test_three_seeds_that_disagree_give_about_a_t_interval_over_seeds():
+    base = normal(0.4, 0.1, 300, 2)
+    replicates = [(base + effect + normal(0, 0.01, 300, 3 + i), base) for i, effect in enumerate((0.07, 0.10, 0.13))]
+    pooled = stats.pooled(replicates, stats.MEAN_DIFFERENCE)
+    # The review's t interval over the three seeds is [+0.026, +0.174]; a percentile over 3 seeds cannot reach beyond them.
+    assert pooled.low == pytest.approx(0.026, abs=0.004) and pooled.high == pytest.approx(0.174, abs=0.004)
+    assert decide(RULES[1], pooled)[0] == INCONCLUSIVE
+    # The opposite case: seeds that agree, on a large effect, still hold.
+    agree = [(base + 0.30 + normal(0, 0.01, 300, 9 + i), base) for i in range(3)]
+    assert decide(RULES[1], stats.pooled(agree, stats.MEAN_DIFFERENCE))[0] == HOLDS
+
+
+def test_pooling_geometry_replicates_keeps_each_replicates_block_noise():
+    estimates = [stats.Estimate(v, v - 15, v + 15, 16, "jackknife") for v in (9.0, 9.2, 9.4)]
+    pooled = stats.mean_of_estimates(estimates)
+    assert pooled.low < 0 < pooled.high and decide(RULES[4], pooled)[0] == INCONCLUSIVE
+    narrow = [stats.Estimate(v, v - 1, v + 1, 16, "jackknife") for v in (9.0, 9.2, 9.4)]
+    assert decide(RULES[4], stats.mean_of_estimates(narrow))[0] == HOLDS
+
+
+# ------------------------------------------------------------------------------ 2. zero-width intervals
+
+
+def test_a_single_prompt_or_no_spread_never_decides():
+    single = stats.paired_difference([0.9], [0.3])
+    assert not single.decisive and decide(RULES[1], single)[0] == INCONCLUSIVE
+    no_spread = stats.paired_difference([0.9] * 8, [0.3] * 8)
+    assert not no_spread.decisive and decide(RULES[1], no_spread)[0] == INCONCLUSIVE
+    two_blocks = stats.jackknife_over_clusters(np.array([0, 0, 1, 1]), lambda rows: 5.0)
+    assert decide(RULES[4], two_blocks)[0] == INCONCLUSIVE
+    # Opposite: the same large gap with spread on 8 prompts decides.
+    spread = stats.paired_difference(0.9 + normal(0, 0.02, 8, 4), [0.3] * 8)
+    assert decide(RULES[1], spread)[0] == HOLDS
+
+
+# ------------------------------------------------------------------------------ 3. small-sample coverage; Holm
+
+
+def test_the_paired_mean_interval_covers_at_sixteen_prompts():
+    rng = np.random.default_rng(5)
+    covered = []
+    for _ in range(300):
+        a, b = rng.normal(0.5, 0.15, 16), rng.normal(0.4, 0.15, 16)
+        e = stats.paired_difference(a, b)
+        covered.append(e.low <= 0.1 <= e.high)
+    assert 0.93 <= np.mean(covered) <= 0.975  # BCa covered about 91% here
+
+
+def test_holm_demotes_a_borderline_hold_among_several_rules_and_keeps_a_clear_one():
+    base = normal(0.3, 0.1, 16, 6)
+    clear = make_claim(1, stats.paired_difference(base + 0.4 + normal(0, 0.05, 16, 7), base), [], "")
+    border = [make_claim(number, stats.Estimate(0.11, 0.051, 0.169, 16, "t"), [], "") for number in ("1b", "1c")]
+    claims = with_holm([clear, *border])
+    assert clear.verdict == clear.holm == HOLDS
+    assert all(c.verdict == HOLDS and c.holm == INCONCLUSIVE for c in border if c.direction == "above")
+
+
+# ------------------------------------------------------------------------------ 4. claim 4: one footing, the rival inside
+
+
+def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
+    from hyperfitting.analysis.geometry import footing
+
+    rng = np.random.default_rng(8)
+    names = ["embeddings", "block 0", "block 1", "block 2"]
+    base = {n: rng.normal(0, 1, (640, 12)) * np.linspace(0.2, 2, 12) for n in names}
+    tuned = {n: base[n] + rng.normal(0, 0.05, (640, 12)) for n in names}
+    clusters = np.repeat(np.arange(10), 64)
+    before = footing(base, tuned, clusters)
+    gain = np.linspace(0.1, 5, 12)  # a trained gain of the final norm: transformers' hidden_states[-1] would change a lot
+    with_norm = footing({**base, "final norm": base["block 2"]}, {**tuned, "final norm": tuned["block 2"] * gain}, clusters)
+    assert with_norm["effects"]["normalised"]["value"] == pytest.approx(before["effects"]["normalised"]["value"])
+    assert with_norm["final"] == "block 2"
+
+
+def test_claim_4_with_equal_rivals_is_not_biased_against_the_final_layer():
+    from hyperfitting.calibration import world_geometry
+
+    design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(9)
+    leads = [world_geometry(design, Spreads(), 3.0, rng)[0].verdict for _ in range(15)]
+    assert leads.count(HOLDS) >= 13 and FAILS not in leads  # the final block truly leads: it holds, never "does not hold"
+
+
+# ------------------------------------------------------------------------------ 5. claim 2: the best static model
+
+
+def static(per_prompt, flip_rates):
+    names = [n for n in per_prompt if n.startswith("alpha")]
+    return {"per_prompt": per_prompt, "bite": {"required": 0.1, "flip_rates": flip_rates, "biting": names, "passed": True,
+                                               "top_k_alpha": 0.5, "top_k_flip_rate": 0.3}}
+
+
+def test_a_degenerate_static_model_is_excluded_and_named():
+    base = normal(0.3, 0.1, 48, 10)
+    tuned = base + 0.3 + normal(0, 0.05, 48, 11)
+    garbage = np.full(48, 0.02)  # the reported case: TTR 0.02, share -1.38
+    one = static({"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": garbage}, {"alpha = 0.5": 0.95})
+    claim = claim_static_bias([one], [TRAINED], [0.4])
+    assert claim.verdict == INCONCLUSIVE and "non-degenerate" in claim.reason
+    # Opposite: a sane static model that recovers little beside it still decides.
+    sane = base + 0.03 + normal(0, 0.05, 48, 12)
+    two = static({"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": garbage, "alpha = 0.1": sane},
+                 {"alpha = 0.5": 0.95, "alpha = 0.1": 0.3})
+    claim = claim_static_bias([two], [TRAINED], [0.4])
+    assert claim.verdict == HOLDS and "excluded as degenerate: alpha = 0.5" in claim.evidence
+
+
+def test_the_best_of_six_static_models_is_chosen_inside_each_resample():
+    covered = []
+    for world in range(60):
+        rng = np.random.default_rng(100 + world)
+        base = rng.normal(0.3, 0.1, 64)
+        tuned = base + 0.3 + rng.normal(0, 0.1, 64)
+        per_prompt = {"base, greedy": base, "hyperfitted": tuned}
+        per_prompt.update({f"alpha = {i}": base + 0.35 * 0.3 + rng.normal(0, 0.1, 64) for i in range(6)})
+        claim = claim_static_bias([static(per_prompt, {f"alpha = {i}": 0.3 for i in range(6)})], [TRAINED], [0.4])
+        covered.append(claim.estimate["high"] >= 0.35)
+    # Claim 2 holds when the interval lies below 0.5, so what must not fail is the interval's upper end: chosen once on
+    # the same prompts, the review saw the truth covered 82% of the time. Chosen in every resample, the maximum of six
+    # tied models is biased upwards (two-sided coverage ~68% here): conservative for "holds", and said in the closing note.
+    assert np.mean(covered) >= 0.95
+
+
+# ------------------------------------------------------------------------------ 6. claim 3: a gain to explain
+
+
+def ranks_results(unexplained):
+    return {"per_prompt": {"unexplained_overrides": unexplained, "overrides": [40] * len(unexplained), "steps": [96] * len(unexplained)},
+            "null": {"scale": 1.2, "overrides_reproduced": 0.5, "deep_tail_reproduced": 0.2}, "share_of_overrides_from_rank_over_10": 0.1}
+
+
+def test_claim_3_needs_the_diversity_gain_it_explains():
+    results = ranks_results(list(np.random.default_rng(13).integers(15, 30, 16)))
+    base = normal(0.3, 0.1, 16, 14)
+    fell = claim_ranks([results], [TRAINED], [(base - 0.1 + normal(0, 0.02, 16, 15), base)])
+    assert fell.verdict == INCONCLUSIVE and "raised greedy TTR" in fell.reason
+    rose = claim_ranks([results], [TRAINED], [(base + 0.2 + normal(0, 0.02, 16, 16), base)])
+    assert rose.verdict == HOLDS
+
+
+# ------------------------------------------------------------------------------ 7. claim 5: both arms, relative margin
+
+
+def controls(base, last, every, first_diverged=False):
+    row = lambda ttr: {"per_prompt_ttr": list(ttr), "initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 9,
+                       "trainable_parameters": 1000, "diverged": False}
+    methods = {"lora:last": row(last), "lora:all": row(every)}
+    if first_diverged:
+        methods["lora:first"] = {"diverged": True, "initial_train_loss": 4.0, "final_train_loss": 9.0, "epochs": 3, "trainable_parameters": 1}
+    return {"until_loss": 0.1, "base": {"per_prompt_ttr": list(base)}, "methods": methods}
+
+
+def test_claim_5_cannot_hold_vacuously_and_an_unrelated_control_cannot_block_it():
+    base = normal(0.3, 0.1, 64, 17)
+    same = claim_late_stage(controls(base, base + normal(0, 0.01, 64, 18), base + normal(0, 0.01, 64, 19)))
+    assert same.verdict == INCONCLUSIVE and "raised greedy TTR over base" in same.reason  # both arms equal to base
+    matched = controls(base, base + 0.3 + normal(0, 0.03, 64, 20), base + 0.3 + normal(0, 0.03, 64, 21), first_diverged=True)
+    assert claim_late_stage(matched).verdict == HOLDS  # a diverged lora:first is evidence beside it, not a gate
+    short = claim_late_stage(controls(base, base + 0.15 + normal(0, 0.03, 64, 22), base + 0.3 + normal(0, 0.03, 64, 23)))
+    assert short.verdict == FAILS  # half of all-blocks' gain: beyond a margin relative to the gain
+
+
+# ------------------------------------------------------------------------------ 8-10. claim 1, its frontier, minor
+
+
+def test_claim_1_is_decided_only_when_both_entropy_matched_temperatures_agree():
+    base = normal(0.3, 0.1, 48, 24)
+    tuned, sampled = base + 0.4 + normal(0, 0.03, 48, 25), base + 0.1 + normal(0, 0.03, 48, 26)
+    assert claim_temperature([temperature(tuned, sampled, base)], [TRAINED]).verdict == HOLDS
+    apart = claim_temperature([temperature(tuned, sampled, base, t_star=(0.6, 0.9))], [TRAINED])
+    assert apart.verdict == INCONCLUSIVE and "differ" in apart.reason
+    missing = temperature(tuned, sampled, base)
+    del missing["t_star_matched"]
+    assert claim_temperature([missing], [TRAINED]).verdict == INCONCLUSIVE  # a missing record is not a passed check
+
+
+def test_the_like_for_like_rule_compares_hyperfitted_and_base_both_sampled():
+    base = normal(0.3, 0.1, 64, 27)
+    tuned, sampled = base + 0.4 + normal(0, 0.03, 64, 28), base + 0.1 + normal(0, 0.03, 64, 29)
+    one_distribution = claim_temperature_like_for_like([temperature(tuned, sampled, base, tuned_t1=sampled + normal(0, 0.03, 64, 30))], [TRAINED])
+    assert one_distribution.verdict == FAILS  # within +-0.05 of each other: a temperature could explain it
+    different = claim_temperature_like_for_like([temperature(tuned, sampled, base, tuned_t1=sampled + 0.2 + normal(0, 0.03, 64, 31))], [TRAINED])
+    assert different.verdict == HOLDS
+
+
+def test_the_frontier_is_its_upper_envelope_so_a_noisy_point_cannot_lower_it():
+    # Base points (log-perplexity, TTR): (1, 0.2), (2, 0.5), (2.5, 0.3: dominated), (3, 0.6). At 2.5 the envelope is 0.55.
+    columns = [c for q, t in ((1, .2), (2, .5), (2.5, .3), (3, .6)) for c in (np.full(4, t), np.full(4, q))]
+    assert frontier_gap(np.full(4, 0.45), np.full(4, 2.5), *columns) == pytest.approx(-0.10)  # a line through every point said +0.15
+
+
+def test_compare_runs_has_a_column_per_claim(tmp_path):
+    import yaml
+
+    from hyperfitting.report.build import compare_runs
+    from hyperfitting.rundir import write_json
+
+    write_json(tmp_path / "metrics.json", {"metrics": {"base": {}, "hyperfitted": {}}, "train": {"method": "lora", "final_train_loss": 0.1},
+                                           "claims": [{"number": n, "verdict": HOLDS} for n in (1, 2, 3, 4, 5, "1b", "1c")]})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "m"}, "data": {"corpus": "fiction"}}))
+    header = compare_runs([tmp_path]).splitlines()[0]
+    assert all(f"claim {n}" in header for n in ("1", "1b", "1c", "2", "3", "4", "5"))
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+QUICK = Design(prompts=16, replicates=1, seeds=1, steps=96, blocks=16, positions_per_block=64, static_models=2, frontier_points=4)
+
+
+@pytest.mark.parametrize("rule", [r for r in RULE_WORLDS if r != "4"])
+def test_every_rule_keeps_its_false_holds_and_coverage_at_the_quick_size(rule):
+    result = calibrate_rule(rule, QUICK, Spreads(), worlds=100, seed=1)
+    assert result["false_holds"] <= 0.05 + 0.03, result  # 100 worlds: the 5% goal, plus about 1.5 standard errors
+    assert 0.91 <= result["coverage"] <= 0.98, result
+    assert result["false_fails"] <= 0.05, result
+
+
+def test_claim_4_calibration_is_measured_and_its_shortfall_reported():
+    result = calibrate_rule("4", Design(blocks=16, positions_per_block=32), Spreads(), worlds=40, seed=1)
+    assert result["false_holds"] <= 0.05 and result["power"] >= 0.9
+    assert 0.8 <= result["coverage"] <= 1.0  # measured 90.5% at 200 worlds: below the goal, and the report says so
+    assert result["meets_goals"] == (result["coverage"] >= 0.93 and result["coverage"] <= 0.97)
+
+
+def test_the_calibration_flags_a_deliberately_broken_rule():
+    (name,) = BROKEN_RULES
+    result = calibrate_rule(name, QUICK, Spreads(), worlds=100, seed=1)
+    assert result["false_holds"] > 0.1 and result["coverage"] < 0.8 and not result["meets_goals"]
+    table = calibration_table({"design": QUICK.__dict__, "spreads": Spreads().__dict__, "worlds": 100, "rules": {name: result}})
+    assert "**no**" in table
