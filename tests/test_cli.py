@@ -60,6 +60,7 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
+        assert claim["estimate"] is not None, (claim["number"], claim["reason"], claim["evidence"])
         assert claim["estimate"]["low"] <= claim["estimate"]["value"] <= claim["estimate"]["high"], claim
         assert claim["reason"] and claim["checks"] and claim["margin"] is not None
     # Two replicates (seeds 0 and 1): claims 1-4 pool both, and each replicate's own estimate is kept.

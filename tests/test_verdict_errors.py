@@ -273,3 +273,19 @@ def test_the_calibration_flags_a_deliberately_broken_rule():
     assert result["false_holds"] > 0.1 and result["coverage"] < 0.8 and not result["meets_goals"]
     table = calibration_table({"design": QUICK.__dict__, "spreads": Spreads().__dict__, "worlds": 100, "rules": {name: result}})
     assert "**no**" in table
+
+
+def test_hyperfit_calibrate_writes_every_rules_error_rates(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hyperfitting.cli import cli
+
+    out = tmp_path / "calibration.json"
+    result = CliRunner().invoke(cli, ["calibrate", "configs/quick.yaml", f"run_dir={tmp_path / 'none'}", "--json", str(out), "--worlds", "10"])
+    assert result.exit_code == 0, result.output
+    rules = json.loads(out.read_text())["rules"]
+    assert set(RULE_WORLDS) <= set(rules)
+    assert all({"false_holds", "false_fails", "coverage", "power"} <= set(r) for r in rules.values())
+    assert "| rule | false holds |" in result.output

@@ -334,6 +334,10 @@ def calibrate(design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0
     return out
 
 
+def coverage_text(coverage: float) -> str:
+    return f"{coverage:.1%}" if math.isfinite(coverage) else "n/a (no interval at these sizes)"
+
+
 def calibration_table(calibration: dict, preset: str = "this study") -> str:
     """One row per rule: false holds, false fails, coverage, power, and whether the goals are met."""
     d = calibration["design"]
@@ -342,6 +346,6 @@ def calibration_table(calibration: dict, preset: str = "this study") -> str:
              f"Goals: false holds <= {FALSE_HOLDS_GOAL:.0%}, coverage {COVERAGE_GOAL[0]:.0%}-{COVERAGE_GOAL[1]:.0%}.", "",
              "| rule | false holds | false fails | coverage | power at the paper's size | meets the goals |", "|---|---|---|---|---|---|"]
     for name, r in calibration["rules"].items():
-        lines.append(f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {r['coverage']:.1%} | {r['power']:.1%} | "
+        lines.append(f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {coverage_text(r['coverage'])} | {r['power']:.1%} | "
                      f"{'yes' if r['meets_goals'] else '**no**'} |")
     return "\n".join(lines) + "\n"

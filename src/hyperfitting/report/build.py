@@ -109,7 +109,7 @@ CALIBRATION_WORLDS = 100  # per rule and truth: a 5% rate is then known to about
 def calibration_section(run_dir: Path, claims: list) -> list[str]:
     """How often each rule is wrong at this study's sizes and spreads, measured on simulated studies (calibration.py),
     written to calibration.json; a rule that misses its goals is named beside its verdict."""
-    from hyperfitting.calibration import Design, Spreads, calibrate, calibration_table
+    from hyperfitting.calibration import Design, Spreads, calibrate, calibration_table, coverage_text
     from hyperfitting.config import load_config
 
     config = load_config(run_dir / "config.yaml")
@@ -122,7 +122,7 @@ def calibration_section(run_dir: Path, claims: list) -> list[str]:
           "size. `hyperfit calibrate CONFIG --json FILE` reruns it with more worlds. The last row is a deliberately broken rule "
           "(claim 3 with steps taken as independent): the calibration must flag it.", "", calibration_table(result)]
     by_number = {str(c.number): c for c in claims}
-    missed = [f"claim {name}: false holds {r['false_holds']:.1%}, coverage {r['coverage']:.1%}"
+    missed = [f"claim {name}: false holds {r['false_holds']:.1%}, coverage {coverage_text(r['coverage'])}"
               + (f" (its verdict here: {by_number[name].verdict})" if name in by_number else "")
               for name, r in result["rules"].items() if name in by_number and not r["meets_goals"]]
     if missed:

@@ -336,15 +336,17 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
               Check("a non-degenerate static model remains", bool(common),
                     ("excluded: " + "; ".join(f"{name} ({why})" for bad in degenerate[:1] for name, why in bad.items())) if excluded
                     else "none excluded" if override_rates[0] is not None else "no override rate to judge by (the ranks analysis did not run)")]
-    if not all(b["passed"] for b in bites) or not common:
-        return make_claim(2, None, checks, f"no usable static model; hyperfitting gain {gain_estimate}")
+    if not all(b["passed"] for b in bites):
+        return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
+    if not common:  # only degenerate ones: their estimate is shown, and the failed check keeps it from deciding
+        common = [name for name in results[0]["bite"]["biting"] if all(name in r["bite"]["biting"] for r in results)]
     groups = [tuple(r["per_prompt"][name] for name in common) + (r["per_prompt"]["base, greedy"], r["per_prompt"]["hyperfitted"]) for r in results]
     estimate = stats.pooled(groups, BEST_STATIC_SHARE)
     first = results[0]["per_prompt"]
     shares = {name: stats.pooled([(first[name], first["base, greedy"], first["hyperfitted"], first["base, greedy"])], stats.SHARE_OF_GAIN).value
               for name in common}
     evidence = (f"static models compared ({len(common)}; the best is chosen again in every resample, so the choice is inside the interval): "
-                + ", ".join(f"{name} recovers {share:+.2f}" for name, share in shares.items())
+                + ", ".join(f"{name} recovers {share:+.2f}" if math.isfinite(share) else f"{name}: undefined (no gain)" for name, share in shares.items())
                 + (f"; excluded as degenerate: {', '.join(excluded)}" if excluded else "")
                 + f"; base TTR {np.mean(first['base, greedy']):.3f}, hyperfitted {np.mean(first['hyperfitted']):.3f}; hyperfitting gain {gain_estimate}")
     fitted = results[0].get("fitted_null", {})
