@@ -289,3 +289,31 @@ def test_hyperfit_calibrate_writes_every_rules_error_rates(tmp_path):
     assert set(RULE_WORLDS) <= set(rules)
     assert all({"false_holds", "false_fails", "coverage", "power"} <= set(r) for r in rules.values())
     assert "| rule | false holds |" in result.output
+
+
+def test_holm_over_one_rule_is_the_rule_itself_in_either_direction():
+    # A single two-sided (1c) or asymmetric-interval claim that holds keeps "holds" when it is the only test.
+    apart = make_claim("1c", stats.Estimate(0.11, 0.055, 0.165, 64, "t", df=63), [], "")
+    skewed = make_claim(5, stats.Estimate(1.0, 0.81, 3.0, 64, "BCa", df=63), [], "")
+    for claim in (apart, skewed):
+        assert claim.verdict == HOLDS and with_holm([claim])[0].holm == HOLDS, claim.number
+
+
+def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
+    from hyperfitting.calibration import world_geometry
+
+    design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(31)
+    tied = [world_geometry(design, Spreads(), 1.3, rng)[0].verdict for _ in range(20)]
+    assert HOLDS not in tied
+
+
+def test_claim_2_with_six_tied_static_models_below_the_margin_does_not_fail_falsely():
+    verdicts = []
+    for world in range(40):
+        rng = np.random.default_rng(300 + world)
+        base = rng.normal(0.3, 0.1, 16)
+        tuned = base + 0.3 + rng.normal(0, 0.1, 16)
+        per_prompt = {"base, greedy": base, "hyperfitted": tuned}
+        per_prompt.update({f"alpha = {i}": base + 0.45 * 0.3 + rng.normal(0, 0.1, 16) for i in range(6)})
+        verdicts.append(claim_static_bias([static(per_prompt, {f"alpha = {i}": 0.3 for i in range(6)})], [TRAINED], [0.4]).verdict)
+    assert verdicts.count(FAILS) <= 1  # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds

@@ -294,17 +294,19 @@ def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 20
                    table: dict | None = None) -> dict:
     """Error rates of one rule over ``worlds`` simulated studies at each truth (seeded: the same numbers every run)."""
     simulate, truths = (table or {**RULE_WORLDS, **BROKEN_RULES})[name]
-    by_truth, covered = {}, []
+    by_truth, covered = {}, []  # coverage per truth too: pooled over truths, one bad truth could hide
     for label, effect in (("at the margin", truths.margin), ("wrong side", truths.wrong_side), ("paper size", truths.paper)):
         rng = np.random.default_rng([seed, zlib.crc32(name.encode()), int(label == "paper size") * 2 + int(label == "wrong side")])
         counts = {HOLDS: 0, FAILS: 0, "inconclusive": 0}
-        truth = None
+        truth, mine = None, []
         for _ in range(worlds):
             claim, truth = simulate(design, spreads, effect, rng)
             counts[claim.verdict if claim.verdict in counts else "inconclusive"] += 1
             if (c := _covers(claim, truth)) is not None:
-                covered.append(c)
-        by_truth[label] = {"effect": float(truth), **{k: v / worlds for k, v in counts.items()}}
+                mine.append(c)
+        covered += mine
+        by_truth[label] = {"effect": float(truth), **{k: v / worlds for k, v in counts.items()},
+                           "coverage": float(np.mean(mine)) if mine else float("nan")}
     false_holds = max(by_truth["at the margin"][HOLDS], by_truth["wrong side"][HOLDS])
     coverage = float(np.mean(covered)) if covered else float("nan")
     result = {

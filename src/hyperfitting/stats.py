@@ -62,6 +62,7 @@ class Estimate:
     method: str
     replicates: int = 1
     decisive: bool = True
+    df: float = math.inf  # degrees of freedom of the quantile the interval was built with (inf: normal)
 
     @property
     def unit_sd(self) -> float:
@@ -77,7 +78,7 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Estimate":
-        keys = ("value", "low", "high", "units", "method", "replicates", "decisive")
+        keys = ("value", "low", "high", "units", "method", "replicates", "decisive", "df")
         estimate = cls(**{k: d[k] for k in keys if k in d})
         if "decisive" not in d:  # written before the flag: a zero-width interval was never a real one
             estimate = cls(**{**asdict(estimate), "decisive": _real_interval(estimate.low, estimate.high)})
@@ -95,8 +96,8 @@ def _exact(value: float, units: int, why: str) -> Estimate:
     return Estimate(float(value), float(value), float(value), units, why, decisive=False)
 
 
-def t_quantile(df: float) -> float:
-    return float(scipy_stats.t.ppf((1 + CONFIDENCE) / 2, df)) if df < 1e6 else Z
+def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
+    return float(scipy_stats.t.ppf((1 + confidence) / 2, df)) if df < 1e6 else float(scipy_stats.norm.ppf((1 + confidence) / 2))
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -158,7 +159,7 @@ def _as_statistic(statistic: Statistic | Callable) -> Statistic:
 # ------------------------------------------------------------------------------ one level: units
 
 
-def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic) -> Estimate:
+def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence: float = CONFIDENCE) -> Estimate:
     n = len(columns[0])
     value = float(statistic(*columns))
     if n < 2:
@@ -170,20 +171,20 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic) -> Estimat
         sd = float(per_unit.std(ddof=1))
         if sd == 0:
             return _exact(value, n, "every unit identical: no interval")
-        half = t_quantile(n - 1) * sd / math.sqrt(n)
-        return Estimate(value, value - half, value + half, n, f"t interval over {n} units")
+        half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
+        return Estimate(value, value - half, value + half, n, f"t interval over {n} units", df=n - 1)
     if all(np.ptp(c) == 0 for c in columns):
         return _exact(value, n, "every unit identical: no interval")
-    expand = t_quantile(n - 1) / Z * math.sqrt(n / (n - 1))
+    expand = t_quantile(n - 1, confidence) / t_quantile(math.inf, confidence) * math.sqrt(n / (n - 1))
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BCa's degenerate-data warning: we fall back instead
             result = scipy_stats.bootstrap(columns, statistic.function, paired=True, vectorized=True, n_resamples=RESAMPLES,
-                                           confidence_level=CONFIDENCE, method=method, rng=np.random.default_rng(SEED))
+                                           confidence_level=confidence, method=method, rng=np.random.default_rng(SEED))
         low, high = result.confidence_interval
         if np.isfinite(low) and np.isfinite(high) and high > low:
             low, high = value - expand * (value - low), value + expand * (high - value)
-            return Estimate(value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n")
+            return Estimate(value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n", df=n - 1)
     return _exact(value, n, "bootstrap undefined")
 
 
@@ -193,7 +194,7 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic) -> Estimat
 Replicates = Sequence[tuple[Sequence[float], ...]]
 
 
-def pooled(replicates: Replicates, statistic: Statistic | Callable) -> Estimate:
+def pooled(replicates: Replicates, statistic: Statistic | Callable, confidence: float = CONFIDENCE) -> Estimate:
     """``statistic`` of paired columns pooled over replicates, with an interval over prompts and seeds.
 
     ``replicates`` holds, per hyperfitted replicate, a tuple of equally long columns (one row
@@ -208,13 +209,13 @@ def pooled(replicates: Replicates, statistic: Statistic | Callable) -> Estimate:
         raise ValueError(f"every column of every replicate must cover the same prompts; lengths {sorted(shapes)}")
     width = len(groups[0])
     averaged = tuple(np.mean([g[i] for g in groups], axis=0) for i in range(width))
-    prompt_level = _one_level(averaged, statistic)
+    prompt_level = _one_level(averaged, statistic, confidence)
     if len(groups) == 1:
         return prompt_level
-    return between_replicates(prompt_level, [float(statistic(*g)) for g in groups])
+    return between_replicates(prompt_level, [float(statistic(*g)) for g in groups], confidence)
 
 
-def between_replicates(within: Estimate, per_replicate: Sequence[float]) -> Estimate:
+def between_replicates(within: Estimate, per_replicate: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
     """Widen an interval over units by the between-seed variance of R replicates crossed with the units: se^2 + s^2 / R.
 
     Each side of the (possibly asymmetric) interval is widened on its own; the degrees of freedom come from
@@ -231,14 +232,15 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float]) -> Esti
     if not within.decisive or not np.all(np.isfinite(values)):
         return Estimate(within.value, within.low, within.high, within.units, method, r, False)
     between = float(values.var(ddof=1)) / r
-    q_units = t_quantile(max(within.units - 1, 1))
-    ends = []
+    q_units = t_quantile(max(within.units - 1, 1), confidence)
+    ends, dfs = [], []
     for half in (within.value - within.low, within.high - within.value):
         se_units = half / q_units
         total = se_units ** 2 + between
         df = total ** 2 / (se_units ** 4 / max(within.units - 1, 1) + between ** 2 / (r - 1)) if total > 0 else within.units - 1
-        ends.append(t_quantile(df) * math.sqrt(total))
-    return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True)
+        ends.append(t_quantile(df, confidence) * math.sqrt(total))
+        dfs.append(df)
+    return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs))
 
 
 def mean(values: Sequence[float]) -> Estimate:
@@ -316,21 +318,30 @@ def jackknife_interval(value: float, leave_one_out: np.ndarray) -> Estimate:
     if not math.isfinite(se) or se == 0:
         return _exact(value, n, "the jackknife has no spread: no interval")
     half = t_quantile(n - 1) * se
-    return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks")
+    return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks", df=n - 1)
 
 
 # ------------------------------------------------------------------------------ several rules at once
 
 
 def one_sided_p(estimate: Estimate, margin: float, direction: str) -> float:
-    """P-value of "the effect is beyond the margin" (normal scale, from the interval's standard error); 1 without an interval."""
-    if not estimate.decisive or estimate.standard_error <= 0 or not math.isfinite(estimate.value):
+    """P-value of "the effect is beyond the margin", read off the interval: the half facing the margin gives the standard
+    error, on the t (or normal) scale the interval was built with. 1 without an interval.
+
+    "apart" (beyond +-margin on either side) is the nearer side's one-sided test plus the far side's tail, the same
+    test the interval rule makes (not doubled: only one side can be clear of the margin at once)."""
+    if not estimate.decisive or not math.isfinite(estimate.value):
         return 1.0
-    if direction == "apart":  # beyond +-margin on either side: the nearer side, doubled
-        z = (abs(estimate.value) - margin) / estimate.standard_error
-        return min(1.0, 2 * float(scipy_stats.norm.sf(z)))
-    z = (estimate.value - margin) / estimate.standard_error
-    return float(scipy_stats.norm.sf(z if direction == "above" else -z))
+    q = t_quantile(estimate.df)
+    below, above = (estimate.value - estimate.low) / q, (estimate.high - estimate.value) / q  # standard errors by side
+    tail = (lambda z: float(scipy_stats.t.sf(z, estimate.df))) if math.isfinite(estimate.df) else (lambda z: float(scipy_stats.norm.sf(z)))
+    if direction == "apart":
+        if estimate.value >= 0:
+            return min(1.0, tail((estimate.value - margin) / below) + tail((estimate.value + margin) / below))
+        return min(1.0, tail((-margin - estimate.value) / above) + tail((margin - estimate.value) / above))
+    if direction == "above":
+        return tail((estimate.value - margin) / below) if below > 0 else 1.0
+    return tail((margin - estimate.value) / above) if above > 0 else 1.0
 
 
 def holm(p_values: Sequence[float], alpha: float = (1 - CONFIDENCE) / 2) -> list[bool]:
@@ -355,6 +366,6 @@ def units_needed(estimate: Estimate, margin: float) -> int | None:
     """
     distance = abs(estimate.value - margin)
     sd = estimate.unit_sd
-    if distance < 1e-12 or sd <= 0 or not estimate.decisive:
-        return None
+    if distance < 1e-12 or sd <= 0 or not estimate.decisive or estimate.replicates > 1:
+        return None  # with replicates the seed-to-seed spread sets part of the width: more prompts alone may not decide it
     return max(estimate.units, math.ceil(((Z + Z_POWER) * sd / distance) ** 2))
