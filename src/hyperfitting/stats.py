@@ -92,7 +92,8 @@ def _real_interval(low: float, high: float) -> bool:
     return bool(np.isfinite(low) and np.isfinite(high) and high > low)
 
 
-def _exact(value: float, units: int, why: str) -> Estimate:
+def no_interval(value: float, units: int, why: str) -> Estimate:
+    """The point as its own (zero-width) interval, marked never to decide a verdict."""
     return Estimate(float(value), float(value), float(value), units, why, decisive=False)
 
 
@@ -163,18 +164,18 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence
     n = len(columns[0])
     value = float(statistic(*columns))
     if n < 2:
-        return _exact(value, n, "a single unit: no interval")
+        return no_interval(value, n, "a single unit: no interval")
     if not math.isfinite(value):
-        return _exact(value, n, "undefined on these units")
+        return no_interval(value, n, "undefined on these units")
     if statistic.per_unit is not None:
         per_unit = np.asarray(statistic.per_unit(*columns), dtype=float)
         sd = float(per_unit.std(ddof=1))
         if sd == 0:
-            return _exact(value, n, "every unit identical: no interval")
+            return no_interval(value, n, "every unit identical: no interval")
         half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
         return Estimate(value, value - half, value + half, n, f"t interval over {n} units", df=n - 1)
     if all(np.ptp(c) == 0 for c in columns):
-        return _exact(value, n, "every unit identical: no interval")
+        return no_interval(value, n, "every unit identical: no interval")
     expand = t_quantile(n - 1, confidence) / t_quantile(math.inf, confidence) * math.sqrt(n / (n - 1))
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
@@ -185,7 +186,7 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence
         if np.isfinite(low) and np.isfinite(high) and high > low:
             low, high = value - expand * (value - low), value + expand * (high - value)
             return Estimate(value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n", df=n - 1)
-    return _exact(value, n, "bootstrap undefined")
+    return no_interval(value, n, "bootstrap undefined")
 
 
 # ------------------------------------------------------------------------------ replicates crossed with units
@@ -306,7 +307,7 @@ def jackknife_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarra
     labels = np.unique(clusters)
     value = float(statistic(np.arange(len(clusters))))
     if len(labels) < 3:
-        return _exact(value, len(labels), "fewer than 3 blocks: no interval")
+        return no_interval(value, len(labels), "fewer than 3 blocks: no interval")
     leave_one_out = np.array([statistic(np.flatnonzero(clusters != label)) for label in labels])
     return jackknife_interval(value, leave_one_out)
 
@@ -316,7 +317,7 @@ def jackknife_interval(value: float, leave_one_out: np.ndarray) -> Estimate:
     n = len(leave_one_out)
     se = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
     if not math.isfinite(se) or se == 0:
-        return _exact(value, n, "the jackknife has no spread: no interval")
+        return no_interval(value, n, "the jackknife has no spread: no interval")
     half = t_quantile(n - 1) * se
     return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks", df=n - 1)
 

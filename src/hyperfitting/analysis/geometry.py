@@ -323,7 +323,7 @@ def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.nda
         best = max(rivals, key=lambda layer: full_delta[layer][v])
         value = full_delta[final][v] - max(0.0, full_delta[best][v])
         if len(labels) < 3:
-            effects[v] = stats._exact(value, len(labels), "fewer than 3 blocks: no interval").to_dict()
+            effects[v] = stats.no_interval(value, len(labels), "fewer than 3 blocks: no interval").to_dict()
         else:
             rival_max = np.max(np.stack([loo_delta[layer][v] for layer in rivals]), axis=0)
             leave_one_out = loo_delta[final][v] - np.maximum(0.0, rival_max)
@@ -356,8 +356,9 @@ def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: 
     block_rows = [r for r in rows if r["layer"].startswith("block")]
     largest = max(block_rows, key=lambda r: r["delta_pr"])
     final_block = block_rows[-1]
-    # The verdict reads the final layer as transformers' hidden_states[-1] holds it: after the final norm
-    # (the raw last block is the same layer before that norm, so it is not its competitor).
+    # Reported beside the verdict: the final layer as transformers' hidden_states[-1] holds it, after the final norm
+    # (the raw last block is the same layer before that norm, so it is not its competitor). The verdict itself reads
+    # every layer on one footing (see footing).
     final = rows[-1] if rows[-1]["layer"] == "final norm" else final_block
     others = [r for r in rows if r["layer"] not in (final["layer"], final_block["layer"])]
     runner_up = max(others, key=lambda r: r["delta_pr"])
