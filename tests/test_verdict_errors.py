@@ -149,16 +149,18 @@ def test_a_degenerate_static_model_is_excluded_and_named():
     assert claim.verdict == HOLDS and "excluded as degenerate: alpha = 0.5" in claim.evidence
 
 
+def six_tied_static_models(seed: int, prompts: int, share: float):
+    """Claim 2 on a world where six static models each recover ``share`` of a 0.3 TTR gain."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.3, 0.1, prompts)
+    tuned = base + 0.3 + rng.normal(0, 0.1, prompts)
+    per_prompt = {"base, greedy": base, "hyperfitted": tuned}
+    per_prompt.update({f"alpha = {i}": base + share * 0.3 + rng.normal(0, 0.1, prompts) for i in range(6)})
+    return claim_static_bias([static(per_prompt, {f"alpha = {i}": 0.3 for i in range(6)})], [TRAINED], [0.4])
+
+
 def test_the_best_of_six_static_models_is_chosen_inside_each_resample():
-    covered = []
-    for world in range(60):
-        rng = np.random.default_rng(100 + world)
-        base = rng.normal(0.3, 0.1, 64)
-        tuned = base + 0.3 + rng.normal(0, 0.1, 64)
-        per_prompt = {"base, greedy": base, "hyperfitted": tuned}
-        per_prompt.update({f"alpha = {i}": base + 0.35 * 0.3 + rng.normal(0, 0.1, 64) for i in range(6)})
-        claim = claim_static_bias([static(per_prompt, {f"alpha = {i}": 0.3 for i in range(6)})], [TRAINED], [0.4])
-        covered.append(claim.estimate["high"] >= 0.35)
+    covered = [six_tied_static_models(100 + world, 64, 0.35).estimate["high"] >= 0.35 for world in range(60)]
     # Claim 2 holds when the interval lies below 0.5, so what must not fail is the interval's upper end: chosen once on
     # the same prompts, the review saw the truth covered 82% of the time. Chosen in every resample, the maximum of six
     # tied models is biased upwards (two-sided coverage ~68% here): conservative for "holds", and said in the closing note.
@@ -308,12 +310,5 @@ def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
 
 
 def test_claim_2_with_six_tied_static_models_below_the_margin_does_not_fail_falsely():
-    verdicts = []
-    for world in range(40):
-        rng = np.random.default_rng(300 + world)
-        base = rng.normal(0.3, 0.1, 16)
-        tuned = base + 0.3 + rng.normal(0, 0.1, 16)
-        per_prompt = {"base, greedy": base, "hyperfitted": tuned}
-        per_prompt.update({f"alpha = {i}": base + 0.45 * 0.3 + rng.normal(0, 0.1, 16) for i in range(6)})
-        verdicts.append(claim_static_bias([static(per_prompt, {f"alpha = {i}": 0.3 for i in range(6)})], [TRAINED], [0.4]).verdict)
+    verdicts = [six_tied_static_models(300 + world, 16, 0.45).verdict for world in range(40)]
     assert verdicts.count(FAILS) <= 1  # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds

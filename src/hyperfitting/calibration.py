@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -212,15 +213,10 @@ def _geometry_effect(rng, n_blocks, per_block, final_flatness, with_interval=Tru
     return footing(base, tuned, clusters)
 
 
-_GEOMETRY_TRUTH: dict = {}
-
-
+@lru_cache(maxsize=None)
 def _geometry_truth(final_flatness: float) -> float:
     """The population value of claim 4's statistic in this world, from one very large sample (the same statistic)."""
-    if final_flatness not in _GEOMETRY_TRUTH:
-        big = _geometry_effect(np.random.default_rng(2024), 400, 500, final_flatness)
-        _GEOMETRY_TRUTH[final_flatness] = big["effects"]["normalised"]["value"]
-    return _GEOMETRY_TRUTH[final_flatness]
+    return _geometry_effect(np.random.default_rng(2024), 400, 500, final_flatness)["effects"]["normalised"]["value"]
 
 
 def world_geometry(design, spreads, effect, rng):
