@@ -68,11 +68,6 @@ class Estimate:
     def unit_sd(self) -> float:
         return (self.high - self.low) / (2 * Z) * math.sqrt(max(self.units, 1))
 
-    @property
-    def standard_error(self) -> float:
-        """The standard error implied by the interval (normal scale): what a p-value or Holm's correction reads."""
-        return (self.high - self.low) / (2 * Z)
-
     def to_dict(self) -> dict:
         return {**asdict(self), "unit_sd": self.unit_sd}
 
