@@ -84,18 +84,48 @@ def real_model(real_model_folder):
 WORDS = "river lamp garden window bell field house lane church wall evening light stone road hill"
 
 
+TINY_FOLDER_VOCAB = 512
+
+
+def train_tiny_tokenizer(folder, vocabulary: int = TINY_FOLDER_VOCAB):
+    """A byte-level BPE tokenizer of ``vocabulary`` entries trained on a few sentences, saved as a Hugging Face tokenizer.
+
+    Byte-level, so any text encodes (the embedded corpora too); trained here in well under a second, so no tiny test
+    needs the embedded model's tokenizer (dequantising its GGUF takes half a minute).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocabulary, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    sentences = [WORDS, WORDS.upper(), "The river ran past the house. A lamp was lit in the window; the bell rang at evening.",
+                 "She walked down the lane, over the hill, to the church by the stone wall, and the field was light."] * 4
+    tokenizer.train_from_iterator(sentences, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            pad_token="<|endoftext|>").save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_model_folder(tmp_path_factory, real_model_folder):
-    """A 2-block Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+def tiny_tokenizer_folder(tmp_path_factory):
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory, tiny_tokenizer_folder):
+    """A 2-block Llama with the tiny tokenizer, saved as a local Hugging Face folder."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=2, eos_token_id=2, tie_word_embeddings=True)
+    config = LlamaConfig(vocab_size=TINY_FOLDER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, eos_token_id=0, tie_word_embeddings=True)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(real_model_folder / name, folder / name)
+    for path in tiny_tokenizer_folder.iterdir():
+        shutil.copy(path, folder / path.name)
     return folder
 
 

@@ -131,7 +131,9 @@ def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
     assert any("lora:first:5" in m for m in quick) and any("add full to study.controls" in m for m in quick)
     assert any("data.eval_corpora" in m for m in quick) and any("study.mauve" in m for m in quick)
     assert any("study.retention" in m for m in quick) and any("beam, contrastive" in m for m in quick)
-    everything = load_config(overrides=["study.replicates=3", "study.full_finetune=true", "study.judge=auto"]).to_dict()
+    assert any("study.controls_on_study_data" in m for m in quick)
+    everything = load_config(overrides=["study.replicates=3", "study.full_finetune=true", "study.judge=auto",
+                                        "study.controls_on_study_data=true"]).to_dict()
     assert left_out(everything) == []
     # The standard preset runs everything the protocol asks for: no verdict rests on a part it skipped.
     assert left_out(load_config("configs/standard.yaml").to_dict()) == []

@@ -74,7 +74,8 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
     config = load_config(overrides=["study.replicates=2", "study.full_finetune=true", "study.analyses=[ranks]",
                                     "study.controls=[lora:last:5]"])
     graph = study_graph(config, tmp_path)
-    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-ranks", "train-r1",
+    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-ranks",
+                           "analysis-ranks-lowest-heldout", "train-r1",
                            "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality", "retention"]
     assert graph["train-r1"].config.train.seed == config.train.seed + 1
     assert graph["train-full"].config.train.method == "full"
@@ -91,6 +92,18 @@ def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_
     assert graph["baselines"].parents == ("data", "base")  # its greedy row is the base stage's decoding
     unjudged = study_graph(load_config(overrides=[*overrides, "study.judge=null"]), tmp_path)
     assert "analysis-temperature" not in unjudged["quality"].parents
+
+
+def test_claim_5_on_the_study_data_reads_the_runs_it_reuses(tmp_path):
+    overrides = ["study.full_finetune=true", "study.analyses=[]", "study.controls=[lora:last:5,lora:all,full]"]
+    subset = study_graph(load_config(overrides=overrides), tmp_path)
+    assert subset["controls"].parents == ("data",)  # every placement trained afresh on the first blocks
+    own = study_graph(load_config(overrides=[*overrides, "study.controls_on_study_data=true"]), tmp_path)
+    assert own["controls"].parents == ("data", "train", "train-full")
+    assert own.fingerprint("controls") != subset.fingerprint("controls")
+    # The main run is another placement: nothing to reuse for it, lora:last:5 is trained like the others.
+    other = study_graph(load_config(overrides=[*overrides, "study.controls_on_study_data=true", "train.blocks=last:3"]), tmp_path)
+    assert other["controls"].parents == ("data", "train-full")
 
 
 def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):

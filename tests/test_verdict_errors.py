@@ -6,11 +6,18 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from hyperfitting import stats
-from hyperfitting.calibration import BROKEN_RULES, RULE_WORLDS, Design, Spreads, calibrate_rule, calibration_table
+from hyperfitting.analysis.common import step_summary
+from hyperfitting.analysis.ranks import copied_steps, null_choices, null_comparison
+from hyperfitting.analysis.static_bias import fit_over_vocabulary, fit_static_temperature, static_choice
+from hyperfitting.calibration import (
+    BROKEN_RULES, BROKEN_WITH_REPLICATES, LOOPING_PROMPTS, RULE_WORLDS, STRESSED_RULES, Design, Spreads, calibrate, calibrate_rule,
+    calibration_table,
+)
 from hyperfitting.report.verdicts import (
-    FAILS, HOLDS, INCONCLUSIVE, RULES, claim_geometry, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature,
+    Check, FAILS, HOLDS, INCONCLUSIVE, RULES, claim_geometry, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature,
     claim_temperature_like_for_like, decide, frontier_gap, with_holm, make_claim,
 )
 
@@ -77,6 +84,16 @@ def test_a_single_prompt_or_no_spread_never_decides():
     assert decide(RULES[1], spread)[0] == HOLDS
 
 
+def test_a_constant_difference_computed_in_floats_never_decides():
+    # x + 0.3 - x is not exactly 0.3 in floats: a spread of ~1e-17 is rounding, not evidence.
+    x = normal(0.35, 0.09, 16, 30)
+    rounded = stats.paired_difference(x + 0.3, x)
+    assert not rounded.decisive and decide(RULES[1], rounded)[0] == INCONCLUSIVE
+    loo = stats.jackknife_interval(5.0, 5.0 + np.array([1e-15, -1e-15, 0.0, 2e-15]))
+    assert not loo.decisive
+    assert stats.paired_difference(x + 0.3 + normal(0, 1e-4, 16, 31), x).decisive  # a small real spread still counts
+
+
 # ------------------------------------------------------------------------------ 3. small-sample coverage; Holm
 
 
@@ -97,6 +114,27 @@ def test_holm_demotes_a_borderline_hold_among_several_rules_and_keeps_a_clear_on
     claims = with_holm([clear, *border])
     assert clear.verdict == clear.holm == HOLDS
     assert all(c.verdict == HOLDS and c.holm == INCONCLUSIVE for c in border if c.direction == "above")
+
+
+def test_holm_also_guards_does_not_hold_and_its_family_is_what_the_study_ran():
+    base = normal(0.3, 0.1, 16, 6)
+    clear = make_claim(1, stats.paired_difference(base + 0.4 + normal(0, 0.05, 16, 7), base), [], "")
+    # A borderline "does not hold" (the interval just below claim 1b's margin) is a directional decision too.
+    border_fail = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
+    assert border_fail.verdict == FAILS
+    failed_check = make_claim(3, stats.Estimate(0.3, 0.2, 0.4, 16, "t", df=15), [Check("gain", False, "no gain")], "")
+    with_holm([clear, border_fail, failed_check])
+    assert border_fail.holm == INCONCLUSIVE and clear.holm == HOLDS
+    # Alone, the same "does not hold" stands: the rule's own level. With a rule whose check failed beside it, it does not
+    # (the family is the rules run, not those the data let decide).
+    alone = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
+    assert with_holm([alone])[0].holm == FAILS
+    beside = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
+    with_holm([beside, make_claim(3, stats.Estimate(0.3, 0.2, 0.4, 16, "t", df=15), [Check("gain", False, "no gain")], "")])
+    assert beside.holm == INCONCLUSIVE
+    # A clear "does not hold" survives.
+    clear_fail = make_claim("1b", stats.paired_difference(base - 0.3 + normal(0, 0.05, 16, 8), base), [], "")
+    assert with_holm([clear_fail, clear])[0].holm == FAILS
 
 
 # ------------------------------------------------------------------------------ 4. claim 4: one footing, the rival inside
@@ -149,6 +187,18 @@ def test_a_degenerate_static_model_is_excluded_and_named():
     assert claim.verdict == HOLDS and "excluded as degenerate: alpha = 0.5" in claim.evidence
 
 
+def test_an_excluded_static_model_that_recovers_the_gain_keeps_claim_2_from_holding():
+    # The review's case: the model that flips many base choices is also the one that reproduces 90% of the gain.
+    # Excluding it would leave only a weak model and say "holds" (+0.019 [-0.027, +0.063]) for the wrong reason.
+    base = normal(0.3, 0.1, 48, 20)
+    tuned = base + 0.3 + normal(0, 0.05, 48, 21)
+    strong, weak = base + 0.27 + normal(0, 0.05, 48, 22), base + 0.015 + normal(0, 0.05, 48, 23)
+    results = static({"base, greedy": base, "hyperfitted": tuned, "alpha = 1": strong, "alpha = 0.1": weak}, {"alpha = 1": 0.85, "alpha = 0.1": 0.3})
+    claim = claim_static_bias([results], [TRAINED], [0.4])
+    assert claim.verdict == INCONCLUSIVE and "no excluded static model recovers the gain" in claim.reason
+    assert claim.estimate["value"] < 0.1  # the estimate itself is still the best usable model's
+
+
 def six_tied_static_models(seed: int, prompts: int, share: float):
     """Claim 2 on a world where six static models each recover ``share`` of a 0.3 TTR gain."""
     rng = np.random.default_rng(seed)
@@ -171,7 +221,8 @@ def test_the_best_of_six_static_models_is_chosen_inside_each_resample():
 
 
 def ranks_results(unexplained):
-    return {"per_prompt": {"unexplained_overrides": unexplained, "overrides": [40] * len(unexplained), "steps": [96] * len(unexplained)},
+    return {"per_prompt": {"unexplained_overrides": unexplained, "overrides": [40] * len(unexplained), "steps": [96] * len(unexplained),
+                           "copied": [0] * len(unexplained)}, "copied_spans": {"share_of_steps": 0.0, "n": 5},
             "null": {"scale": 1.2, "overrides_reproduced": 0.5, "deep_tail_reproduced": 0.2}, "share_of_overrides_from_rank_over_10": 0.1}
 
 
@@ -182,6 +233,62 @@ def test_claim_3_needs_the_diversity_gain_it_explains():
     assert fell.verdict == INCONCLUSIVE and "raised greedy TTR" in fell.reason
     rose = claim_ranks([results], [TRAINED], [(base + 0.2 + normal(0, 0.02, 16, 16), base)])
     assert rose.verdict == HOLDS
+
+
+def tail_compressed(seed, contexts=1024, vocabulary=2000):
+    """The review's static model: base / 0.4 + a fixed bias, its ranking below the top 50 of each context compressed."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(contexts, vocabulary, generator=g) * 2
+    tuned = base / 0.4 + torch.randn(vocabulary, generator=torch.Generator().manual_seed(99)) * 3
+    cut = tuned.topk(50, dim=-1).values[:, -1:]
+    return base, torch.where(tuned < cut, cut + (tuned - cut) * 0.1, tuned)
+
+
+def test_the_null_is_fitted_on_the_top_of_the_ranking_so_a_compressed_tail_cannot_hide_a_static_model():
+    heldout_base, heldout_tuned = tail_compressed(1)
+    over_vocabulary = fit_over_vocabulary(heldout_base, heldout_tuned)
+    assert over_vocabulary["scale"] < 1.0  # the tail sets the temperature: the review's 0.80 instead of 2.5
+    fitted = fit_static_temperature(heldout_base, heldout_tuned)
+    assert fitted["fitted_on"].startswith("top") and fitted["scale"] == pytest.approx(2.5, rel=1e-3)
+    base, tuned = tail_compressed(2)  # new contexts, the same static map
+    chosen = tuned.argmax(-1)
+    assert float((static_choice(base, over_vocabulary) == chosen).float().mean()) < 0.5
+    prompt_of_step = torch.arange(1024) // 64
+    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16,
+                                 torch.zeros(1024, dtype=torch.bool))
+    assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 1024
+    base_ttr = normal(0.3, 0.1, 16, 3)
+    claim = claim_ranks([{**comparison, "share_of_overrides_from_rank_over_10": 0.1}], [TRAINED], [(base_ttr + 0.2, base_ttr)])
+    assert claim.verdict != HOLDS and claim.estimate["value"] < 0.05
+
+
+def test_steps_that_recite_training_text_are_left_out_of_claim_3():
+    training = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    prompts, continuation = [[1, 5, 6]], type("C", (), {"token_ids": [7, 8, 9, 3, 4]})()
+    # The prompt counts as context: 9 completes the training 5-gram 5 6 7 8 9; 7 and 8 only shorter ones; 3 and 4 are new.
+    copied = copied_steps(prompts, [continuation], training, 5)
+    assert copied.tolist() == [False, False, True, False, False]
+    copied = copied_steps(prompts, [continuation], training, 3)
+    assert copied.tolist() == [True, True, True, False, False]
+    # Every override is inside a copied span: counted apart, none of them is re-ranking.
+    chosen = torch.tensor([7, 8, 9, 3, 4])
+    path = {"top1": torch.tensor([0, 0, 0, 3, 4]), "null": torch.tensor([0, 0, 0, 3, 4]), "chosen_rank": torch.tensor([40, 40, 40, 1, 1])}
+    comparison = null_comparison(path, chosen, torch.zeros(5, dtype=torch.long), {"scale": 1.0}, 1, copied, 3)
+    assert comparison["per_prompt"] == {"steps": [2], "overrides": [0], "unexplained_overrides": [0], "copied": [3]}
+    assert comparison["copied_spans"] == {"share_of_steps": pytest.approx(0.6), "n": 3}
+    unexcluded = null_comparison(path, chosen, torch.zeros(5, dtype=torch.long), {"scale": 1.0}, 1)
+    assert unexcluded["per_prompt"]["unexplained_overrides"] == [3] and unexcluded["copied_spans"] is None
+
+
+def test_claim_3_is_not_decided_without_copied_spans_left_out_and_shows_the_control_beside_it():
+    results = ranks_results(list(np.random.default_rng(13).integers(15, 30, 16)))
+    base = normal(0.3, 0.1, 16, 14)
+    gains = [(base + 0.2 + normal(0, 0.02, 16, 16), base)]
+    unknown = claim_ranks([{**results, "copied_spans": None}], [TRAINED], gains)
+    assert unknown.verdict == INCONCLUSIVE and "copied training spans" in unknown.reason
+    control = ranks_results([1] * 16)
+    claim = claim_ranks([results], [{**TRAINED, "lowest_heldout_epoch": 3}], gains, control)
+    assert claim.verdict == HOLDS and "non-hyperfitting control (the same run at epoch 3" in claim.evidence
 
 
 # ------------------------------------------------------------------------------ 7. claim 5: both arms, relative margin
@@ -266,7 +373,9 @@ def test_claim_4_calibration_is_measured_and_its_shortfall_reported():
     result = calibrate_rule("4", Design(blocks=16, positions_per_block=32), Spreads(), worlds=40, seed=1)
     assert result["false_holds"] <= 0.05 and result["power"] >= 0.9
     assert 0.8 <= result["coverage"] <= 1.0  # measured 90.5% at 200 worlds: below the goal, and the report says so
-    assert result["meets_goals"] == (result["coverage"] >= 0.93 and result["coverage"] <= 0.97)
+    assert result["meets_goals"] == (result["false_holds"] <= 0.05 and not result["under_covers_at"])
+    # Coverage is judged truth by truth, less two Monte-Carlo standard errors (40 worlds: 6.9 points).
+    assert result["under_covers_at"] == [t for t, row in result["by_truth"].items() if row["coverage"] < 0.93 - 2 * (0.95 * 0.05 / 40) ** 0.5]
 
 
 def test_the_calibration_flags_a_deliberately_broken_rule():
@@ -275,6 +384,29 @@ def test_the_calibration_flags_a_deliberately_broken_rule():
     assert result["false_holds"] > 0.1 and result["coverage"] < 0.8 and not result["meets_goals"]
     table = calibration_table({"design": QUICK.__dict__, "spreads": Spreads().__dict__, "worlds": 100, "rules": {name: result}})
     assert "**no**" in table
+
+
+def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes_the_real_one():
+    # Three replicates crossed with 16 prompts, seeds that matter (sd 0.06): taking the replicate-averaged differences as
+    # if the seed added nothing covers ~83% and says "holds" of a false claim ~11% of the time; the real rule does not.
+    design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
+    (broken,) = BROKEN_WITH_REPLICATES
+    wrong = calibrate_rule(broken, design, spreads, worlds=200, seed=1)
+    assert not wrong["meets_goals"] and wrong["false_holds"] > 0.05 and wrong["coverage"] < 0.9
+    right = calibrate_rule("1", design, spreads, worlds=200, seed=1)
+    assert right["meets_goals"] and right["false_holds"] <= 0.05 and 0.93 <= right["coverage"] <= 0.98
+    # With one replicate the two are the same rule, so the broken one is run only where the design has replicates.
+    assert broken not in calibrate(QUICK, spreads, worlds=2)["rules"]
+    assert broken in calibrate(design, spreads, worlds=2)["rules"]
+
+
+def test_skewed_prompts_are_a_row_of_their_own_and_move_the_error_rates():
+    # 10% of prompts loop: the per-prompt differences are skewed, not the normal noise a t interval assumes.
+    stressed = f"1, {LOOPING_PROMPTS:.0%} of prompts loop"
+    assert stressed in STRESSED_RULES
+    loops = calibrate_rule(stressed, QUICK, Spreads(), worlds=100, seed=1)
+    plain = calibrate_rule("1", QUICK, Spreads(), worlds=100, seed=1)
+    assert loops["by_truth"] != plain["by_truth"] and loops["false_holds"] <= 0.08  # measured 4.0% at 200 worlds
 
 
 def test_hyperfit_calibrate_writes_every_rules_error_rates(tmp_path):

@@ -19,14 +19,20 @@ def prompts(mean: float, sd: float, n: int, seed: int) -> list[float]:
     return list(np.random.default_rng(seed).normal(mean, sd, n))
 
 
+def shifted(values: list[float], shift: float, seed: int, sd: float = 0.01) -> list[float]:
+    """``values + shift`` with a small real spread per prompt: a constant shift computed in floats has none and never decides."""
+    return [v + shift + e for v, e in zip(values, prompts(0.0, sd, len(values), seed))]
+
+
 # ------------------------------------------------------------------------------ the decision rule
 
 
 def test_a_clear_effect_holds_its_opposite_does_not_and_noise_is_inconclusive():
     rule = RULES[1]  # above +0.05
     base = prompts(0.40, 0.15, 64, 0)
-    clear = stats.paired_difference([b + 0.25 for b in base], base)
-    opposite = stats.paired_difference([b - 0.10 for b in base], base)
+    # Differences with a real spread: a constant shift computed in floats has none and never decides.
+    clear = stats.paired_difference([b + 0.25 + e for b, e in zip(base, prompts(0, 0.05, 64, 3))], base)
+    opposite = stats.paired_difference([b - 0.10 + e for b, e in zip(base, prompts(0, 0.05, 64, 4))], base)
     noisy = stats.paired_difference(prompts(0.45, 0.2, 16, 1), prompts(0.40, 0.2, 16, 2))
     assert decide(rule, clear)[0] == HOLDS
     assert decide(rule, opposite)[0] == FAILS
@@ -56,8 +62,8 @@ def test_too_few_prompts_is_inconclusive_even_for_a_large_mean_gap():
 
 def test_a_failed_manipulation_check_is_never_a_decision():
     base = prompts(0.40, 0.1, 64, 5)
-    clear = stats.paired_difference([b + 0.3 for b in base], base)
-    opposite = stats.paired_difference([b - 0.3 for b in base], base)
+    clear = stats.paired_difference(shifted(base, 0.3, 51), base)
+    opposite = stats.paired_difference(shifted(base, -0.3, 52), base)
     failed = [Check("model hyperfitted", False, "loss 6.0 -> 9.8")]
     for estimate in (clear, opposite):
         verdict, reason, _ = decide(RULES[1], estimate, failed)
@@ -94,8 +100,8 @@ def temperature_results(tuned, at_t_star, base_greedy):
 
 def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
     base = prompts(0.30, 0.1, 48, 8)
-    sampled = [b + 0.1 for b in base]
-    high = temperature_results([b + 0.4 for b in base], sampled, base)
+    sampled = shifted(base, 0.1, 81)
+    high = temperature_results(shifted(base, 0.4, 82), sampled, base)
     assert claim_temperature([high], [TRAINED]).verdict == HOLDS
     jitter = prompts(0.0, 0.02, 48, 80)
     level = temperature_results([b + 0.1 + j for b, j in zip(base, jitter)], sampled, base)  # greedy hyperfitted no better than sampling at T*
@@ -113,13 +119,13 @@ def static_results(static_ttr, flip, base, tuned):
 
 def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     base = prompts(0.30, 0.1, 48, 9)
-    tuned = [b + 0.3 for b in base]
+    tuned = shifted(base, 0.3, 91)
     # The reported case: the offset leaves base greedy output unchanged, so 0% of the gain is "recovered".
     unchanged = claim_static_bias([static_results(list(base), 0.0, base, tuned)], [TRAINED])
     assert unchanged.verdict == INCONCLUSIVE and "a static model changes base choices" in unchanged.reason
-    biting = claim_static_bias([static_results([b + 0.01 for b in base], 0.3, base, tuned)], [TRAINED])
+    biting = claim_static_bias([static_results(shifted(base, 0.01, 92), 0.3, base, tuned)], [TRAINED])
     assert biting.verdict == HOLDS
-    reproduces = claim_static_bias([static_results([b + 0.29 for b in base], 0.3, base, tuned)], [TRAINED])
+    reproduces = claim_static_bias([static_results(shifted(base, 0.29, 93), 0.3, base, tuned)], [TRAINED])
     assert reproduces.verdict == FAILS
 
 
@@ -150,10 +156,10 @@ def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected)
         assert fitted["scale"] == pytest.approx(2.5, rel=1e-3)
     chosen = tuned.argmax(-1)
     prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
-    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16)
+    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16, torch.zeros(640, dtype=torch.bool))
     results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1}
     base_ttr = prompts(0.3, 0.1, 16, 3)
-    claim = claim_ranks([results], [TRAINED], [([b + 0.2 for b in base_ttr], base_ttr)])
+    claim = claim_ranks([results], [TRAINED], [(shifted(base_ttr, 0.2, 31), base_ttr)])
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...
     assert claim.verdict == expected  # ...but only the context-dependent one beyond what the static null explains
     if static:
@@ -213,14 +219,14 @@ def test_the_geometry_interval_leaves_blocks_out_and_holds_the_estimate():
 
 def test_replicates_that_disagree_make_a_decided_claim_inconclusive():
     base = prompts(0.30, 0.1, 48, 12)
-    sampled = [b + 0.1 for b in base]
-    clear = temperature_results([b + 0.4 for b in base], sampled, base)  # gap +0.30
+    sampled = shifted(base, 0.1, 121)
+    clear = temperature_results(shifted(base, 0.4, 122), sampled, base)  # gap +0.30
     assert claim_temperature([clear], [TRAINED]).verdict == HOLDS
     # A second seed whose gap is -0.05: the prompts of either replicate are decisive, the pair is not.
-    other = temperature_results([b + 0.05 for b in base], sampled, base)
+    other = temperature_results(shifted(base, 0.05, 123), sampled, base)
     pooled = claim_temperature([clear, other], [TRAINED, TRAINED])
     assert pooled.verdict == INCONCLUSIVE and pooled.estimate["replicates"] == 2
-    assert pooled.replicates == pytest.approx([0.30, -0.05]) and "seed-to-seed" in pooled.evidence
+    assert pooled.replicates == pytest.approx([0.30, -0.05], abs=0.01) and "seed-to-seed" in pooled.evidence
     # One replicate that did not hyperfit is enough to refuse a decision.
     short = {"initial_train_loss": 4.0, "final_train_loss": 0.9, "until_loss": 0.1}
     assert claim_temperature([clear, clear], [TRAINED, short]).verdict == INCONCLUSIVE

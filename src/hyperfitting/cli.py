@@ -215,12 +215,13 @@ def generate(arguments, prompts, prompts_file, output):
 def report(run_dir):
     """Rebuild report.md, report.html and the claims in metrics.json from a finished study folder."""
     from hyperfitting.report.build import build_report
+    from hyperfitting.report.verdicts import holm_note
 
     if not (Path(run_dir) / "metrics.json").exists():
         raise HyperfitError(f"'{run_dir}' has no metrics.json: finish the study first (hyperfit study ... --resume).")
     study = build_report(Path(run_dir))
     for claim in study["claims"]:
-        print(f"{claim['number']}. {claim['name']}: {claim['verdict']}: {claim['reason']}")
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict']}{holm_note(claim)}: {claim['reason']}")
     print(f"Report: {Path(run_dir) / 'report.html'}")
 
 

@@ -319,6 +319,9 @@ class TrackingArgs:
 
 # The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
 ANALYSES = ("temperature", "static-bias", "ranks", "geometry", "block-swap")
+# The analyses also run on the main run at its lowest held-out loss (study.lowest_heldout_control): a fine-tune that did
+# not hyperfit, beside the claims 4 (is the expansion specific?) and 3 (is the re-ranking?).
+LOWEST_HELDOUT_ANALYSES = ("geometry", "ranks")
 
 
 @dataclass
@@ -329,6 +332,8 @@ class StudyArgs:
     """Where-to-adapt controls, each trained on the same data to the same target loss (train.until_loss): lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
     controls_train_blocks: int = ruled(16, '>= 1')
     """Training blocks for each control (a subset of the study's, so the controls fit a CPU budget)."""
+    controls_on_study_data: bool = False
+    """Train claim 5's placements on the study's own training blocks, LoRA ones at train.lr: the regime claims 1-4 are tested in. The main run then stands for its own placement and the full fine-tune (study.full_finetune) for `full`, measured rather than trained again. False: each placement trains on the first controls_train_blocks blocks, a cheaper regime the report names as such."""
     controls_epochs: int = ruled(40, '>= 1')
     """Most epochs for each control; each stops once it reaches train.until_loss (a control that does not is reported, and makes claim 5 inconclusive)."""
     controls_lr_lora: float = ruled(3e-3, '> 0')
@@ -344,7 +349,7 @@ class StudyArgs:
     full_finetune: bool = False
     """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it: the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA claims."""
     lowest_heldout_control: bool = True
-    """Also run the geometry analysis on the main run as it was at its epoch of lowest held-out loss (train.keep_lowest_heldout): the same fine-tune stopped before it hyperfitted. Is the expansion specific to hyperfitting?"""
+    """Also run the geometry and rank analyses (those of them in study.analyses) on the main run as it was at its epoch of lowest held-out loss (train.keep_lowest_heldout): the same fine-tune stopped before it hyperfitted. Are the expansion and the re-ranking specific to hyperfitting?"""
     citation_blocked_row: bool = True
     """Also decode the hyperfitted model with the paper's citation blocker (no training 5-gram continued), a column beside the plain one: does the gain survive when copying is forbidden?"""
     judge: str | None = "auto"
@@ -392,7 +397,8 @@ class RunConfig:
         if outside:
             raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
                               f"{self.data.eval_corpora!r}. Add it there, or analyse one of those.")
-        if self.study.lowest_heldout_control and "geometry" in self.study.analyses and not self.train.keep_lowest_heldout:
+        if (self.study.lowest_heldout_control and set(LOWEST_HELDOUT_ANALYSES) & set(self.study.analyses)
+                and not self.train.keep_lowest_heldout):
             raise ConfigError("study.lowest_heldout_control=true needs the weights at the lowest held-out loss: set "
                               "train.keep_lowest_heldout=true, or study.lowest_heldout_control=false.")
         outside = [c for c in self.baselines.corpora if c not in self.data.eval_corpora]

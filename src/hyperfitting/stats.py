@@ -83,8 +83,17 @@ class Estimate:
         return f"{self.value:+.3f} [{self.low:+.3f}, {self.high:+.3f}]" + ("" if self.decisive else " (no interval)")
 
 
+# Spreads and widths below this share of the value's scale are floating-point noise, not evidence: a constant difference
+# computed in floats (x + 0.3 - x) has a spread of about 1e-17, and its interval must not decide.
+RELATIVE_TOLERANCE = 1e-9
+
+
+def _negligible(spread: float, value: float) -> bool:
+    return not math.isfinite(spread) or spread <= RELATIVE_TOLERANCE * max(1.0, abs(value))
+
+
 def _real_interval(low: float, high: float) -> bool:
-    return bool(np.isfinite(low) and np.isfinite(high) and high > low)
+    return bool(np.isfinite(low) and np.isfinite(high) and not _negligible(high - low, (low + high) / 2))
 
 
 def no_interval(value: float, units: int, why: str) -> Estimate:
@@ -165,11 +174,11 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence
     if statistic.per_unit is not None:
         per_unit = np.asarray(statistic.per_unit(*columns), dtype=float)
         sd = float(per_unit.std(ddof=1))
-        if sd == 0:
+        if _negligible(sd, value):
             return no_interval(value, n, "every unit identical: no interval")
         half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
         return Estimate(value, value - half, value + half, n, f"t interval over {n} units", df=n - 1)
-    if all(np.ptp(c) == 0 for c in columns):
+    if all(_negligible(float(np.ptp(c)), float(np.max(np.abs(c)))) for c in columns):
         return no_interval(value, n, "every unit identical: no interval")
     expand = t_quantile(n - 1, confidence) / t_quantile(math.inf, confidence) * math.sqrt(n / (n - 1))
     for method in ("BCa", "percentile"):
@@ -178,7 +187,7 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence
             result = scipy_stats.bootstrap(columns, statistic.function, paired=True, vectorized=True, n_resamples=RESAMPLES,
                                            confidence_level=confidence, method=method, rng=np.random.default_rng(SEED))
         low, high = result.confidence_interval
-        if np.isfinite(low) and np.isfinite(high) and high > low:
+        if _real_interval(low, high):
             low, high = value - expand * (value - low), value + expand * (high - value)
             return Estimate(value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n", df=n - 1)
     return no_interval(value, n, "bootstrap undefined")
@@ -311,7 +320,7 @@ def jackknife_interval(value: float, leave_one_out: np.ndarray) -> Estimate:
     """estimate +- t(n-1) x the jackknife standard error of the n leave-one-cluster-out values."""
     n = len(leave_one_out)
     se = math.sqrt((n - 1) / n * float(((leave_one_out - leave_one_out.mean()) ** 2).sum()))
-    if not math.isfinite(se) or se == 0:
+    if _negligible(se, value):
         return no_interval(value, n, "the jackknife has no spread: no interval")
     half = t_quantile(n - 1) * se
     return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks", df=n - 1)

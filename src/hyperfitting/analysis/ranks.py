@@ -17,7 +17,7 @@ import torch
 from hyperfitting.analysis.common import StepChoice, decode, decode_many, ranks_of_chosen, mean_and_spread, path_scan, path_summary, new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
-from hyperfitting.generation.processors import RankTransplant
+from hyperfitting.generation.processors import CitationBlocker, RankTransplant
 from hyperfitting.rundir import write_json, write_text
 
 RANK_BINS = [(1, 1, "1"), (2, 10, "2-10"), (11, 100, "11-100"), (101, 1000, "101-1000"), (1001, 10**9, ">1000")]
@@ -105,7 +105,8 @@ def null_choices(fitted: dict) -> dict[str, StepChoice]:
     return {"top1": lambda logits: logits.argmax(-1), "null": lambda logits: static_choice(logits, fitted)}
 
 
-def null_comparison(path: dict[str, torch.Tensor], chosen: torch.Tensor, prompt_of_step: torch.Tensor, fitted: dict, n_prompts: int) -> dict:
+def null_comparison(path: dict[str, torch.Tensor], chosen: torch.Tensor, prompt_of_step: torch.Tensor, fitted: dict, n_prompts: int,
+                    copied: torch.Tensor | None = None, ngram: int = 5) -> dict:
     """Per prompt: steps, overrides of the base top-1, and overrides the fitted static+temperature model does not reproduce.
 
     ``path`` holds, per step of the hyperfitted paths, the base model's ``top1``, the fitted
@@ -114,9 +115,14 @@ def null_comparison(path: dict[str, torch.Tensor], chosen: torch.Tensor, prompt_
     static explanation (a temperature and a fixed per-token bias, fitted on held-out text): an
     override it also makes is explained by a static reweighting, however deep in the base
     ranking the chosen token sat.
+
+    ``copied`` marks the steps whose token completes an ``ngram``-gram of the training data: there the hyperfitted model
+    recites, and an override is memory, not re-ranking. Those steps are counted apart (``copied``) and left out of the
+    other counts; without ``copied`` (no training data given) nothing is left out and ``copied_spans`` says so.
     """
     base_top1, null_choice = path["top1"], path["null"]
-    overrides = chosen != base_top1
+    novel = ~copied if copied is not None else torch.ones_like(chosen, dtype=torch.bool)
+    overrides = (chosen != base_top1) & novel
     unexplained = overrides & (null_choice != chosen)
     deep = overrides & (path["chosen_rank"] > 10)
 
@@ -124,20 +130,37 @@ def null_comparison(path: dict[str, torch.Tensor], chosen: torch.Tensor, prompt_
         return torch.bincount(prompt_of_step[mask], minlength=n_prompts).tolist()
 
     return {
-        "per_prompt": {"steps": per_prompt(torch.ones_like(overrides)), "overrides": per_prompt(overrides),
-                       "unexplained_overrides": per_prompt(unexplained)},
+        "per_prompt": {"steps": per_prompt(novel), "overrides": per_prompt(overrides), "unexplained_overrides": per_prompt(unexplained),
+                       "copied": per_prompt(~novel)},
+        "copied_spans": None if copied is None else {"share_of_steps": float((~novel).float().mean()) if len(chosen) else 0.0, "n": ngram},
         "null": {
             "scale": fitted["scale"],
+            "fitted_on": fitted.get("fitted_on"),
+            # How well the null fits where it was fitted (held-out text): a weak fit leaves overrides "unexplained" cheaply.
+            "heldout_top1_agreement": (fitted.get("top1_agreement_by_fit") or {}).get(fitted.get("fitted_on")),
             "overrides_reproduced": float((overrides & (null_choice == chosen)).sum()) / max(1, int(overrides.sum())),
             "deep_tail_reproduced": float((deep & (null_choice == chosen)).sum()) / max(1, int(deep.sum())),
-            "null_override_rate": float((null_choice != base_top1).float().mean()) if len(chosen) else 0.0,
+            "null_override_rate": float(((null_choice != base_top1) & novel).sum()) / max(1, int(novel.sum())),
         },
     }
 
 
+def copied_steps(prompts: list[list[int]], continuations, training_blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """Per step of the continuations (in order): does its token complete an n-gram of the training blocks, prompt included?"""
+    table = CitationBlocker(training_blocks, n)
+    return torch.tensor([flag for prompt, c in zip(prompts, continuations) for flag in table.completes(list(prompt) + list(c.token_ids), len(prompt))],
+                        dtype=torch.bool)
+
+
 def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, tuned_greedy=None,
-                  heldout_blocks: torch.Tensor | None = None, heldout_static=None) -> dict:
-    """Claim 3: overrides and deep-tail promotions along the hyperfitted paths, against the static+temperature null, and the rank transplant."""
+                  heldout_blocks: torch.Tensor | None = None, heldout_static=None, training_blocks: torch.Tensor | None = None,
+                  transplant: bool = True) -> dict:
+    """Claim 3: overrides and deep-tail promotions along the hyperfitted paths, against the static+temperature null, and the rank transplant.
+
+    ``training_blocks``: steps that complete one of their n-grams (generate.citation_blocker_n) are left out of the
+    comparison with the null. ``transplant=False`` leaves out the rank transplant (the non-hyperfitting control needs
+    only the comparison with the null).
+    """
     args = config.analysis
     tuned_greedy = tuned_greedy or decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
     chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids], dtype=torch.long)
@@ -149,9 +172,19 @@ def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunC
     base_path = path_scan(base, prompts, tuned_greedy, null_choices(fitted), keep_steps=keep)
     tuned_path = path_scan(tuned, prompts, tuned_greedy, keep_steps=keep, chosen_rank=False)  # its rows only
     statistics = rank_statistics(base_path.pop("kept"), tuned_path.pop("kept"), chosen[torch.from_numpy(keep)], args.rank_top_k)
-    comparison = null_comparison(base_path, chosen, prompt_of_step, fitted, len(prompts))
+    copied = None
+    if training_blocks is not None:
+        copied = copied_steps(prompts, tuned_greedy, training_blocks, config.generate.citation_blocker_n)
+    comparison = null_comparison(base_path, chosen, prompt_of_step, fitted, len(prompts), copied, config.generate.citation_blocker_n)
+    results = {**statistics, **comparison, "seeds": args.seeds, "paper": PAPER}
+    if transplant:
+        results["rank_transplant"] = rank_transplant(base, tuned, tokenizer, prompts, config)
+    return results
 
-    # Rank transplant with sampling at T = 1: which of ranking and profile carries the gain?
+
+def rank_transplant(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig) -> dict:
+    """Sampling at T = 1 with one model's ranking and the other's probability profile: which of the two carries the gain?"""
+    args = config.analysis
     settings = {
         "base, T=1": (base, None),
         "hyperfitted, T=1": (tuned, None),
@@ -167,9 +200,7 @@ def rank_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunC
         outputs = iter(decode_many(model, tokenizer, prompts, config, requests, desc="rank transplant, T=1"))
         for name, _ in mine:
             runs[name] = [next(outputs) for _ in range(args.seeds)]
-    transplant = {name: mean_and_spread([path_summary(outputs) for outputs in runs[name]]) for name in settings}
-    results = {**statistics, **comparison, "rank_transplant": transplant, "seeds": args.seeds, "paper": PAPER}
-    return results
+    return {name: mean_and_spread([path_summary(outputs) for outputs in runs[name]]) for name in settings}
 
 
 def write_rank_analysis(results: dict, folder: Path) -> None:
@@ -197,14 +228,21 @@ def rank_table(results: dict) -> str:
     null = results.get("null")
     if null:
         counts = results["per_prompt"]
-        lines += [f"Null model (base logits / tau + a fixed per-token bias, fitted on held-out text; tau {1 / null['scale']:.2f}): it overrides the base "
-                  f"top-1 on {null['null_override_rate']:.1%} of these steps and reproduces {null['overrides_reproduced']:.1%} of the hyperfitted "
+        copied = results.get("copied_spans")
+        fitted_on = f", fitted over the {null['fitted_on']}" if null.get("fitted_on") else ""
+        tau = f"tau {1 / null['scale']:.2f}" if null["scale"] > 0 else f"scale {null['scale']:.2f}, no positive temperature"
+        lines += [(f"Of these steps, {copied['share_of_steps']:.1%} complete a training {copied['n']}-gram (the model recites): they are left "
+                   "out of what follows. " if copied else "Steps that copy the training data are not left out (no training data given). ")
+                  + f"Null model (base logits / tau + a fixed per-token bias, fitted on held-out text{fitted_on}; {tau}): it overrides the base "
+                  f"top-1 on {null['null_override_rate']:.1%} of the steps and reproduces {null['overrides_reproduced']:.1%} of the hyperfitted "
                   f"overrides ({null['deep_tail_reproduced']:.1%} of those from base rank > 10). Overrides it does not explain: "
                   f"{sum(counts['unexplained_overrides']) / max(1, sum(counts['steps'])):.1%} of steps.", ""]
     if dependence:
         lines += [f"Context dependence over {results['promoted_tokens']} promoted tokens: static share of their log-probability shift "
                   f"{dependence['static_share']:.3f} (1 = a fixed reweighting), mean sign consistency of their rank change "
                   f"{dependence['sign_consistency_mean']:.3f} (1 = always the same direction).", ""]
+    if "rank_transplant" not in results:
+        return "\n".join(lines) + "\n"
     seeds = results.get("seeds")  # absent from results written before it was recorded: spreads shown as they were
     one = seeds == 1
     spread = ", one seed" if one else f", mean ± standard deviation over {seeds or 'the'} seeds"

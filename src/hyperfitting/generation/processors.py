@@ -22,6 +22,11 @@ class CitationBlocker:
             for i in range(len(ids) - n + 1):
                 self.next_tokens[tuple(ids[i : i + n - 1])].add(ids[i + n - 1])
 
+    def completes(self, ids: list[int], start: int) -> list[bool]:
+        """For each position from ``start`` on, whether its token completes an n-gram of the training data."""
+        k = self.n - 1
+        return [i >= k and ids[i] in self.next_tokens.get(tuple(ids[i - k:i]), ()) for i in range(start, len(ids))]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] < self.n - 1:
             return scores

@@ -16,9 +16,10 @@ from hyperfitting.rundir import is_main_process, read_json
 class AnalysisContext:
     """Base and hyperfitted models, the analysis prompts and each model's greedy continuations (decoded once)."""
 
-    def __init__(self, config: RunConfig, data: PreparedData, models=None):
+    def __init__(self, config: RunConfig, data: PreparedData, models=None, control: bool = False):
         self.config = config
         self.data = data
+        self.control = control  # the run before it hyperfitted: the analyses it feeds need only their comparison, not every row
         self.base, self.tuned, self.tokenizer = models or load_pair(config)
         corpora = config.analysis.corpora or list(data.prompts)
         missing = [c for c in corpora if c not in data.prompts]
@@ -60,7 +61,7 @@ def run_analysis(name: str, context: AnalysisContext) -> dict:
                                     context.base_greedy, context.tuned_greedy, context.heldout_static)
     if name == "ranks":
         return rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, context.tuned_greedy,
-                             heldout, context.heldout_static)
+                             heldout, context.heldout_static, training_blocks=context.data.train_blocks, transplant=not context.control)
     if name == "geometry":
         return geometry_analysis(context.base, context.tuned, heldout, config.analysis.geometry_tokens, seed=config.data.seed)
     if name == "block-swap":

@@ -15,15 +15,18 @@ from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
-from hyperfitting.models.loading import load_model
-from hyperfitting.pipeline.graph import StageGraph
+from hyperfitting.models.loading import load_hyperfitted, load_model
+from hyperfitting.pipeline.graph import StageGraph, reused_runs
 from hyperfitting.rundir import is_main_process, read_json, read_jsonl, remove_together, wait_for_everyone, write_json, write_text
 from hyperfitting.training.hyperfit import hyperfit
 from hyperfitting.training.parallel import is_sharded, remove_checkpoints
 
 
 def control_train_args(config: RunConfig, spec: str):
-    """Every control trains to the study's target loss (train.until_loss), with controls_epochs as the cap."""
+    """Every control trains to the study's target loss (train.until_loss), with controls_epochs as the cap.
+
+    On the study's own data (study.controls_on_study_data) a LoRA placement starts from the main run's learning rate,
+    so the placements differ in where they adapt and nothing else."""
     # The verdict reads a control's final held-out loss only; measured every epoch, a forward pass over as many blocks
     # as it trains on added about a third to each epoch (forward alone against forward and backward).
     common = dict(epochs=config.study.controls_epochs, until_loss=config.train.until_loss, diversity_every=0, heldout_every=0)
@@ -31,7 +34,8 @@ def control_train_args(config: RunConfig, spec: str):
         return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full, **common)
     _, blocks = spec.split(":", 1)
     # LoRA controls fit one device: plain data parallelism keeps the trunk cache (FSDP turns it off).
-    return replace(config.train, method="lora", blocks=blocks, lr=config.study.controls_lr_lora, parallelism="ddp", **common)
+    lr = config.train.lr if config.study.controls_on_study_data else config.study.controls_lr_lora
+    return replace(config.train, method="lora", blocks=blocks, lr=lr, parallelism="ddp", **common)
 
 
 def _key(spec: str) -> str:
@@ -92,12 +96,6 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
     tuned = trained.model.eval()
     if hasattr(tuned, "merge_and_unload") and not is_sharded(tuned):
         tuned = tuned.merge_and_unload()  # trained: decoded and measured as a plain model, like the study's own
-    # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
-    outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
-    ids = [o.token_ids for o in outputs]
-    rows = geometry_table_rows(base_states, hidden_states_at(tuned, data.heldout_blocks, sample), two_nn=False)
-    block_rows = [r for r in rows if r["layer"].startswith("block")]
-    largest = max(block_rows, key=lambda r: r["delta_pr"])
     return {
         "spec": spec,
         "diverged": False,
@@ -108,6 +106,41 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
         "epochs": trained.log[-1]["epoch"],
         "heldout_perplexity": math.exp(min(trained.log[-1]["heldout_loss"], 50.0)),
         "wall_seconds": wall,
+        **measure_control(tuned, spec, config, data, prompts, tokenizer, base_states, sample),
+        "lr_sweep": sweep,
+    }
+
+
+def reused_control(config: RunConfig, spec: str, train_folder: Path, lr: float, data: PreparedData, prompts, tokenizer, base_states,
+                   sample) -> dict:
+    """A placement the study has already trained on its own data (the main run, or its full fine-tune): measured, not retrained."""
+    summary = read_json(train_folder / "summary.json")
+    tuned = load_hyperfitted(config.model, train_folder)[0].eval()
+    return {
+        "spec": spec,
+        "diverged": False,
+        "reused_from": train_folder.name,
+        "trainable_parameters": summary["trainable_parameters"],
+        "lr": lr,
+        "initial_train_loss": summary["initial_train_loss"],
+        "final_train_loss": summary["final_train_loss"],
+        "epochs": summary["epochs_run"],
+        "heldout_perplexity": math.exp(min(summary["final_heldout_loss"], 50.0)),
+        "wall_seconds": summary["train_seconds"],
+        **measure_control(tuned, spec, config, data, prompts, tokenizer, base_states, sample),
+        "lr_sweep": [],
+    }
+
+
+def measure_control(tuned, spec: str, config: RunConfig, data: PreparedData, prompts, tokenizer, base_states, sample) -> dict:
+    """Greedy continuations of the analysis prompts and the geometry against the base model's: what claim 5 compares."""
+    # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
+    outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
+    ids = [o.token_ids for o in outputs]
+    rows = geometry_table_rows(base_states, hidden_states_at(tuned, data.heldout_blocks, sample), two_nn=False)
+    block_rows = [r for r in rows if r["layer"].startswith("block")]
+    largest = max(block_rows, key=lambda r: r["delta_pr"])
+    return {
         "ttr": ttr(ids),
         "per_prompt_ttr": per_prompt_ttr(outputs),
         "distinct_3": distinct_n(ids, 3),
@@ -115,16 +148,18 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
         "diversity": diversity(ids),
         "largest_delta_pr_layer": largest["layer"],
         "final_block_delta_pr": block_rows[-1]["delta_pr"],
-        "lr_sweep": sweep,
     }
 
 
 def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]], base, tokenizer, out_dir: Path) -> dict:
-    blocks = data.train_blocks[: config.study.controls_train_blocks]
+    on_study_data = config.study.controls_on_study_data
+    blocks = data.train_blocks if on_study_data else data.train_blocks[: config.study.controls_train_blocks]
+    reused = reused_runs(config)
     sample = sample_block_positions(data.heldout_blocks, config.analysis.geometry_tokens, config.data.seed)
     base_states = hidden_states_at(base, data.heldout_blocks, sample)
     base_outputs = decode(base, tokenizer, prompts, config, desc="base greedy")
-    results = {"train_blocks": len(blocks), "epoch_cap": config.study.controls_epochs, "until_loss": config.train.until_loss, "methods": {},
+    results = {"train_blocks": len(blocks), "on_study_data": on_study_data, "epoch_cap": config.study.controls_epochs,
+               "until_loss": config.train.until_loss, "methods": {},
                "lr_sweep": ({"multiples": config.study.controls_lr_sweep, "epochs": config.study.controls_sweep_epochs}
                             if config.study.controls_lr_sweep else None),
                "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)}}
@@ -135,9 +170,14 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
         if done.exists():
             results["methods"][_key(spec)] = read_json(done)
             continue
-        print(f"\n-- control: {spec}", flush=True)
+        print(f"\n-- control: {spec}" + (f" (the study's own {reused[spec][0]} run, measured, not retrained)" if spec in reused else ""),
+              flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
+        if spec in reused:
+            stage, lr = reused[spec]
+            row = reused_control(config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample)
+        else:
+            row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
         write_json(done, row)
         remove_checkpoints(folder)
         results["methods"][_key(spec)] = row
@@ -146,8 +186,14 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
 
 def controls_table(results: dict) -> str:
     lines = [
-        f"Each method trained on the same {results['train_blocks']} blocks until its training loss reached {results['until_loss']} "
-        f"(at most {results['epoch_cap']} epochs); greedy continuations of the analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}. "
+        (f"Each method trained on the study's own {results['train_blocks']} training blocks (the regime claims 1-4 are tested in) "
+         if results.get("on_study_data") else
+         f"Each method trained on the first {results['train_blocks']} training blocks only, a smaller regime than the one claims 1-4 are "
+         "tested in (study.controls_on_study_data=false), ")
+        + f"until its training loss reached {results['until_loss']} (at most {results['epoch_cap']} epochs); greedy continuations of the "
+        f"analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}. "
+        + ("Rows marked 'reused' are the study's own runs, measured here, not retrained. " if any(
+            r.get("reused_from") for r in results["methods"].values()) else "")
         + (f"Each method's learning rate was chosen by a sweep of {results['lr_sweep']['multiples']} x its default, "
            f"{results['lr_sweep']['epochs']} epochs each, on training loss only." if results.get("lr_sweep") else
            "Learning rates as configured (no sweep)."),
@@ -162,7 +208,7 @@ def controls_table(results: dict) -> str:
                          + " - |" * 7)
             continue
         lines.append(
-            f"| {row['spec']} | {row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
+            f"| {row['spec']}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | {row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
             f"{row['epochs']} | {reached} | {row['heldout_perplexity']:.1f} | {row['wall_seconds']:.0f} | {row['ttr']:.3f} | {row['distinct_3']:.3f} | "
             f"{row['seq_rep_3']:.3f} | {row['largest_delta_pr_layer']} | {row['final_block_delta_pr']:+.1f} |"
         )

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hyperfitting.config import RunConfig
+from hyperfitting.config import LOWEST_HELDOUT_ANALYSES, RunConfig
 from hyperfitting.hashing import content_hash
 from hyperfitting.rundir import FULL, LOWEST, Stage, read_json, replicate_suffix
 
@@ -100,7 +100,9 @@ def stage_weight(name: str, config: RunConfig | None = None) -> float:
         prompts = d.eval_prompts * len(b.corpora or d.eval_corpora)
         return weight * len(b.methods) / _QUICK_METHODS * prompts / 16 * (1 + b.seeds) / 2
     if family == "controls":
-        return weight * len(study.controls) / _QUICK_CONTROLS * study.controls_train_blocks / 4 * (2 if study.controls_lr_sweep else 1)
+        trained = len(study.controls) - len(reused_runs(config))
+        blocks = d.train_blocks if study.controls_on_study_data else study.controls_train_blocks
+        return weight * trained / _QUICK_CONTROLS * blocks / 4 * (2 if study.controls_lr_sweep else 1)
     return weight
 
 
@@ -220,6 +222,23 @@ def full_finetune_config(config: RunConfig) -> RunConfig:
     return replace(config, train=replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full))
 
 
+def reused_runs(config: RunConfig) -> dict[str, tuple[str, float]]:
+    """On the study's own data (study.controls_on_study_data), the placements the study trains anyway: spec -> (stage, lr).
+
+    The main run stands for its own placement, the full fine-tune (study.full_finetune) for `full`; each was trained on
+    every training block with the study's own arguments, so training it again would measure the same thing twice.
+    """
+    if not config.study.controls_on_study_data:
+        return {}
+    reused = {}
+    for spec in config.study.controls:
+        if config.train.method == "lora" and spec == f"lora:{config.train.blocks}":
+            reused[spec] = ("train", config.train.lr)
+        elif spec == "full" and config.study.full_finetune:
+            reused[spec] = (f"train{FULL}", config.study.controls_lr_full)
+    return reused
+
+
 def blocked_config(config: RunConfig) -> RunConfig:
     return replace(config, generate=replace(config.generate, citation_blocker=True))
 
@@ -230,7 +249,7 @@ def analysed_config(config: RunConfig, train_folder: Path) -> RunConfig:
 
 # The study keys each late stage reads; the others (replicates, which analyses run, full_finetune) reach it through
 # its parent stages or not at all, so that adding replicates to a finished study does not redo its controls or quality.
-CONTROLS_READS = ("controls", "controls_train_blocks", "controls_epochs", "controls_lr_lora", "controls_lr_full",
+CONTROLS_READS = ("controls", "controls_train_blocks", "controls_on_study_data", "controls_epochs", "controls_lr_lora", "controls_lr_full",
                   "controls_lr_sweep", "controls_sweep_epochs")
 QUALITY_READS = ("judge", "mauve", "reader_prompts")
 
@@ -312,18 +331,21 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             specs.append(training_spec(f"train{suffix}", trained_config))
         analysed = analysed_config(trained_config, run_dir / f"train{suffix}")
         specs += [analysis_spec(name, analysed, suffix, f"train{suffix}") for name in config.study.analyses]
-        if not suffix and config.study.lowest_heldout_control and "geometry" in config.study.analyses:
-            specs.append(analysis_spec("geometry", analysed, LOWEST, "train"))
+        if not suffix and config.study.lowest_heldout_control:
+            specs += [analysis_spec(name, analysed, LOWEST, "train") for name in LOWEST_HELDOUT_ANALYSES if name in config.study.analyses]
     if config.study.controls:
+        # On the study's own data, a placement the study trains anyway is read from its training stage.
+        reused = tuple(dict.fromkeys(stage for stage, _ in reused_runs(config).values()))
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
-                               sections=("model", "train", "generate"), parents=("data",), files=model_files(config.model.name),
+                               sections=("model", "train", "generate"), parents=("data", *reused), files=model_files(config.model.name),
                                values={**_analysis_values(config), "study": _study_values(config, CONTROLS_READS)}))
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
     decoded = ("base", "hyperfitted") + tuple(s.name for s in specs if s.name in ("hyperfitted-blocked", "baselines"))
     # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
-    judged = tuple(s.name for s in specs if s.name in ("analysis-temperature", f"analysis-temperature{FULL}")) if judge else ()
+    temperatures = [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]
+    judged = tuple(s.name for s in specs if s.name in temperatures) if judge else ()
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
                            sections=("model", "generate", "analysis"), parents=("data", *decoded, *judged),
                            values={"study": _study_values(config, QUALITY_READS)},

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hyperfitting import __version__
-from hyperfitting.config import RunConfig
+from hyperfitting.config import LOWEST_HELDOUT_ANALYSES, RunConfig
 from hyperfitting.data.splits import PreparedData, Prompt, prepare_data
 from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
@@ -26,6 +26,7 @@ from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.pipeline.graph import StageGraph, study_graph
 from hyperfitting.report.model_card import write_model_card
+from hyperfitting.report.verdicts import holm_note
 from hyperfitting.rundir import (
     FULL, LOWEST, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
 )
@@ -239,7 +240,7 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in rows_decoded}
     # The temperature analyses whose decoded paths the judge places on the diversity-quality plane (claim 1(b)).
     frontiers = {}
-    for name in ("analysis-temperature", f"analysis-temperature{FULL}"):
+    for name in [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]:
         temperature = read_json(run_dir / name / "results.json") if name in graph else {}
         if "paths" in temperature:
             frontiers[name] = temperature
@@ -422,12 +423,16 @@ def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
         context = AnalysisContext(first, data, models=(base_model, model, tokenizer))
         for name in config.study.analyses:
             analysis_stage(graph, name, context, suffix)
-        if f"analysis-geometry{suffix}{LOWEST}" in graph and not graph.stage(f"analysis-geometry{suffix}{LOWEST}").done:
+        pending = [name for name in LOWEST_HELDOUT_ANALYSES if f"analysis-{name}{suffix}{LOWEST}" in graph
+                   and not graph.stage(f"analysis-{name}{suffix}{LOWEST}").done]
+        if pending:
             # The same run at its lowest held-out loss, before it hyperfitted (the base model if training never improved it).
             control, epoch = load_lowest_heldout(config.model, folder)
             print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
-            control_context = AnalysisContext(first, data, models=(base_model, control if control is not None else base_model, tokenizer))
-            analysis_stage(graph, "geometry", control_context, f"{suffix}{LOWEST}")
+            control_context = AnalysisContext(first, data, models=(base_model, control if control is not None else base_model, tokenizer),
+                                              control=True)
+            for name in pending:
+                analysis_stage(graph, name, control_context, f"{suffix}{LOWEST}")
 
     analyse("", tuned_model)
     # Further replicates (another seed: data order and adapter initialisation), then the model the
@@ -464,7 +469,7 @@ def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
     trackers.close()
     print("\n== claims", flush=True)
     for claim in study["claims"]:
-        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}: {claim['reason']}")
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}{holm_note(claim)}: {claim['reason']}")
     print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
           f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
     return study

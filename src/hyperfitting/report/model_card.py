@@ -85,11 +85,12 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
         lines += ["## Evaluation", "", "Greedy continuations of held-out prompts, beside the base model and the human text:", "",
                   results_table.strip(), ""]
     if claims:
-        lines += ["## Does hyperfitting hold here?", "", "| # | claim | effect [95% interval] | verdict |", "|---|---|---|---|"]
+        lines += ["## Does hyperfitting hold here?", "", "| # | claim | effect [95% interval] | verdict | after Holm over the study's rules |",
+                  "|---|---|---|---|---|"]
         for claim in claims:
             e = claim.get("estimate")
             effect = f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" if e else "-"
-            lines.append(f"| {claim['number']} | {claim['name']} | {effect} | {claim['verdict']} |")
+            lines.append(f"| {claim['number']} | {claim['name']} | {effect} | {claim['verdict']} | {claim.get('holm') or claim['verdict']} |")
         lines += ["", "The study's report (report.html beside the run) gives each verdict's rule, margin and checks.", ""]
     lines += ["## How to load", "", load, "",
               f"With hyperfit: `hyperfit generate model.name={base['base_model']} "

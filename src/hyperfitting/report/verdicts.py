@@ -184,18 +184,48 @@ def not_run(number: int | str, why: str = "not run in this study") -> Claim:
     return Claim(number, NAMES[number], PAPER[number], rule.in_words(), rule.margin, rule.direction, None, [], NOT_RUN, why)
 
 
+def contrary_p(estimate: Estimate, margin: float, direction: str) -> float:
+    """P-value of "the effect is on the other side of the margin" (the test behind "does not hold"), read off the interval.
+
+    For a two-sided ("apart") rule that is equivalence: inside +-margin, the larger of the two one-sided p-values."""
+    if direction == "apart":
+        return max(stats.one_sided_p(estimate, margin, "below"), stats.one_sided_p(estimate, -margin, "above"))
+    return stats.one_sided_p(estimate, margin, "below" if direction == "above" else "above")
+
+
 def with_holm(claims: list[Claim]) -> list[Claim]:
-    """Holm's correction over the rules this study decided on: a claim that holds keeps "holds" only if its one-sided
-    p-value survives the step-down at 2.5% family-wise. Claims that do not hold or are inconclusive are unchanged."""
-    tested = [c for c in claims if c.estimate is not None and c.verdict in (HOLDS, FAILS, INCONCLUSIVE)
-              and not any(not k["passed"] for k in c.checks)]
-    p_values = [stats.one_sided_p(Estimate.from_dict(c.estimate), c.margin, c.direction) for c in tested]
-    for claim, rejected in zip(tested, stats.holm(p_values)):
-        claim.holm = claim.verdict if claim.verdict != HOLDS or rejected else INCONCLUSIVE
+    """Holm's correction over every rule the study ran, in both directions: a claim keeps "holds" or "does not hold"
+    only if the p-value of that side survives the step-down at 2.5% family-wise; otherwise it becomes inconclusive.
+
+    The family is fixed by what the study ran, not by what its data allowed: a rule whose checks failed, or whose effect
+    could not be estimated, still counts in it (with p = 1). Each rule enters once, with the smaller of its two
+    one-sided p-values (at most one side can be below 2.5%), so a directional error anywhere is controlled together.
+    """
+    family = [c for c in claims if c.verdict != NOT_RUN]
+    p_values, sides = [], []
+    for claim in family:
+        if claim.estimate is None or any(not k["passed"] for k in claim.checks):
+            p_values.append(1.0)
+            sides.append(None)
+            continue
+        estimate = Estimate.from_dict(claim.estimate)
+        p_holds = stats.one_sided_p(estimate, claim.margin, claim.direction)
+        p_fails = contrary_p(estimate, claim.margin, claim.direction)
+        p_values.append(min(p_holds, p_fails))
+        sides.append(HOLDS if p_holds <= p_fails else FAILS)
+    for claim, rejected, side in zip(family, stats.holm(p_values), sides):
+        kept = claim.verdict in (HOLDS, FAILS) and rejected and side == claim.verdict
+        claim.holm = claim.verdict if claim.verdict not in (HOLDS, FAILS) or kept else INCONCLUSIVE
     for claim in claims:
         if claim.holm is None:
             claim.holm = claim.verdict
     return claims
+
+
+def holm_note(claim: dict) -> str:
+    """' (after Holm: inconclusive)' where the correction over the study's rules changes a verdict, else nothing."""
+    holm = claim.get("holm")
+    return f" (after Holm over the study's rules: {holm})" if holm and holm != claim["verdict"] else ""
 
 
 # ------------------------------------------------------------------------------ checks shared by the claims
@@ -231,9 +261,11 @@ def gain_check(pairs: list[tuple[list[float], list[float]]], name: str = "hyperf
 def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
     """Each replicate's own point estimate, and their spread, beside the pooled interval."""
     if len(per_replicate) > 1:
-        spread = statistics.stdev(per_replicate)
-        claim.evidence += (f"; per replicate {', '.join(f'{v:+.3f}' for v in per_replicate)} (seed-to-seed standard deviation "
-                           f"{spread:.3f}, {len(per_replicate)} replicates)")
+        defined = [v for v in per_replicate if math.isfinite(v)]  # a replicate without a gain has no share of it
+        spread = f"{statistics.stdev(defined):.3f}" if len(defined) > 1 else "undefined"
+        claim.evidence += (f"; per replicate {', '.join(f'{v:+.3f}' if math.isfinite(v) else 'undefined' for v in per_replicate)} "
+                           f"(seed-to-seed standard deviation "
+                           f"{spread}, {len(per_replicate)} replicates)")
     claim.replicates = per_replicate
     return claim
 
@@ -339,6 +371,20 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
                     else "none excluded" if override_rates[0] is not None else "no override rate to judge by (the ranks analysis did not run)")]
     if not all(b["passed"] for b in bites):
         return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
+    # Excluding a model can only change the verdict when that model recovers much of the gain: then the exclusion removed
+    # the evidence against the claim. An excluded model is set aside only if its share is clearly below the margin.
+    explaining = {}
+    for name in excluded:
+        if all(name in r["per_prompt"] for r in results):
+            share = stats.pooled([tuple(r["per_prompt"][k] for k in (name, "base, greedy", "hyperfitted", "base, greedy")) for r in results],
+                                 stats.SHARE_OF_GAIN)
+            if not (share.decisive and share.high < RULES[2].margin):
+                explaining[name] = share
+    if excluded:
+        checks.append(Check("no excluded static model recovers the gain", not explaining,
+                            "; ".join(f"{name} recovers {share if math.isfinite(share.value) else 'an undefined share (no gain to share)'}, "
+                                      f"not clearly below {RULES[2].margin:g}" for name, share in explaining.items())
+                            or f"every excluded model recovers clearly less than {RULES[2].margin:g} of the gain"))
     if not common:  # only degenerate ones: their estimate is shown, and the failed check keeps it from deciding
         common = [name for name in results[0]["bite"]["biting"] if all(name in r["bite"]["biting"] for r in results)]
     groups = [tuple(r["per_prompt"][name] for name in common) + (r["per_prompt"]["base, greedy"], r["per_prompt"]["hyperfitted"]) for r in results]
@@ -369,13 +415,15 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
     return with_replicates(claim, [stats.pooled([g], BEST_STATIC_SHARE).value for g in groups])
 
 
-def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list[tuple[list[float], list[float]]] | None = None) -> Claim:
+def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list[tuple[list[float], list[float]]] | None = None,
+                control: dict | None = None) -> Claim:
     """``gain_pairs``: per replicate, (hyperfitted, base) greedy TTR per prompt (from the temperature or static-bias analysis):
-    a reordering that did not raise diversity is not the reordering the claim is about."""
+    a reordering that did not raise diversity is not the reordering the claim is about. ``control``: the rank analysis of
+    the first run at its lowest held-out loss (a fine-tune that did not hyperfit), shown beside the verdict."""
     if not results:
         return not_run(3)
-    if not all(r.get("per_prompt") for r in results):
-        return not_run(3, "these results predate per-prompt intervals: rerun the analysis")
+    if not all(r.get("per_prompt") and "copied" in r["per_prompt"] for r in results):
+        return not_run(3, "these results predate per-prompt counts with copied training spans left out: rerun the analysis")
     groups = [(r["per_prompt"]["unexplained_overrides"], r["per_prompt"]["steps"]) for r in results]
     estimate = stats.pooled(groups, stats.RATIO_OF_SUMS)
     overrides = stats.pooled([(r["per_prompt"]["overrides"], r["per_prompt"]["steps"]) for r in results], stats.RATIO_OF_SUMS)
@@ -385,12 +433,24 @@ def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list
         gain, gain_estimate = gain_check(gain_pairs)
     else:
         gain, gain_estimate = Check("hyperfitting raised greedy TTR", False, "no per-prompt TTR of both models: run the temperature or static-bias analysis"), None
+    copied = [r.get("copied_spans") for r in results]
     checks = [hyperfitted_check(trains), gain,
-              Check("static+temperature null fitted", all(v > 0 for v in scales), "tau " + ", ".join(f"{1 / v:.3f}" if v > 0 else "undefined" for v in scales))]
-    evidence = (f"overrides of the base top-1 {overrides} of steps, {first['share_of_overrides_from_rank_over_10']:.1%} of them from base rank > 10; "
-                f"the fitted static+temperature model (tau {1 / scales[0]:.2f}) reproduces {first['null']['overrides_reproduced']:.1%} of the "
+              Check("static+temperature null fitted", all(v > 0 for v in scales), "tau " + ", ".join(f"{1 / v:.3f}" if v > 0 else "undefined" for v in scales)),
+              Check("copied training spans left out", all(copied),
+                    ", ".join(f"{c['share_of_steps']:.1%} of steps complete a training {c['n']}-gram" if c else
+                              "not known: the analysis had no training data" for c in copied))]
+    fitted_on = f" fitted over the {first['null']['fitted_on']}," if first["null"].get("fitted_on") else ""
+    evidence = (f"overrides of the base top-1 {overrides} of the steps that do not recite training text, "
+                f"{first['share_of_overrides_from_rank_over_10']:.1%} of all overrides from base rank > 10; the static+temperature model"
+                f"{fitted_on} (tau {1 / scales[0]:.2f}) reproduces {first['null']['overrides_reproduced']:.1%} of the "
                 f"overrides and {first['null']['deep_tail_reproduced']:.1%} of the deep-tail (rank > 10) ones"
+                + (f" (on the held-out text it was fitted on, it chooses as the hyperfitted model does at "
+                   f"{first['null']['heldout_top1_agreement']:.1%} of positions)" if first["null"].get("heldout_top1_agreement") is not None else "")
                 + (f"; hyperfitting gain {gain_estimate}" if gain_estimate else ""))
+    if control and control.get("per_prompt") and "copied" in control["per_prompt"] and trains[0] and trains[0].get("lowest_heldout_epoch") is not None:
+        c = stats.pooled([(control["per_prompt"]["unexplained_overrides"], control["per_prompt"]["steps"])], stats.RATIO_OF_SUMS)
+        evidence += (f"; the non-hyperfitting control (the same run at epoch {trains[0]['lowest_heldout_epoch']}, its lowest held-out loss) "
+                     f"has effect {c}")
     return with_replicates(make_claim(3, estimate, checks, evidence), [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
 
 
@@ -472,29 +532,39 @@ def frontier_gap(hyperfitted_ttr, hyperfitted_log_perplexity, *frontier_columns)
     return float(FRONTIER_GAP(np.asarray(hyperfitted_ttr), np.asarray(hyperfitted_log_perplexity), *map(np.asarray, frontier_columns)))
 
 
-def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
-    """Claim 1(b): the base model sampled over temperatures traces diversity against judge perplexity; is hyperfitted greedy above it?"""
-    if not points:
+def claim_frontier(replicates: list[dict] | dict | None, trains: list[dict | None]) -> Claim:
+    """Claim 1(b): the base model sampled over temperatures traces diversity against judge perplexity; is hyperfitted greedy above it?
+
+    ``replicates``: per hyperfitted replicate, the judged points of its temperature analysis (one dict: one replicate).
+    The gap is pooled over replicates crossed with the prompts, as every other claim's.
+    """
+    replicates = [replicates] if isinstance(replicates, dict) else [r for r in (replicates or []) if r]
+    if not replicates:
         return not_run("1b", "needs the temperature analysis and a judge model (study.judge)")
+    points = replicates[0]
     frontier = sorted((label for label in points if label == "base, greedy" or label.startswith("base, T=")),
                       key=lambda label: float(np.nanmean(points[label]["log_perplexity"])))
     labels = ["hyperfitted", *frontier]
-    # A prompt whose continuation the judge could not score (empty text) leaves every column, so the columns stay paired.
-    keep = [i for i in range(len(points["hyperfitted"]["ttr"])) if all(math.isfinite(points[l]["log_perplexity"][i]) for l in labels)]
-    columns = tuple(np.array(points[l][measure])[keep] for l in labels for measure in ("ttr", "log_perplexity"))
-    estimate = stats.pooled([columns], FRONTIER_GAP)
+    if not all(label in r for r in replicates for label in labels):
+        return not_run("1b", "the replicates' temperature analyses decoded different temperatures: rerun them with one grid")
+    # A prompt whose continuation the judge could not score (empty text) leaves every column of every replicate, so they stay paired.
+    keep = [i for i in range(len(points["hyperfitted"]["ttr"]))
+            if all(math.isfinite(r[l]["log_perplexity"][i]) for r in replicates for l in labels)]
+    groups = [tuple(np.array(r[l][measure])[keep] for l in labels for measure in ("ttr", "log_perplexity")) for r in replicates]
+    estimate = stats.pooled(groups, FRONTIER_GAP)
     mean_of = {l: (float(np.mean(points[l]["ttr"])), float(np.exp(np.nanmean(points[l]["log_perplexity"])))) for l in points}
-    qualities = [float(np.mean(column)) for column in columns[1::2]]  # hyperfitted first, then the frontier, over the same prompts
+    qualities = [float(np.mean([np.mean(g[i]) for g in groups])) for i in range(1, len(groups[0]), 2)]  # hyperfitted, then the frontier
     tuned_quality, low, high = qualities[0], min(qualities[1:]), max(qualities[1:])
     inside = low <= tuned_quality <= high
-    gain, _ = gain_check([(points["hyperfitted"]["ttr"], points["base, greedy"]["ttr"])])
-    checks = [hyperfitted_check(trains[:1]), gain,
+    gain, _ = gain_check([(r["hyperfitted"]["ttr"], r["base, greedy"]["ttr"]) for r in replicates])
+    checks = [hyperfitted_check(trains[:len(replicates)]), gain,
               Check("hyperfitted judge perplexity within the frontier", inside,
                     f"{math.exp(tuned_quality):.1f} against {math.exp(low):.1f}-{math.exp(high):.1f}" +
                     ("" if inside else ": add temperatures to analysis.temperature_grid so the frontier reaches it"))]
-    evidence = ("frontier (TTR at judge perplexity): " + ", ".join(f"{l.removeprefix('base, ')} {mean_of[l][0]:.3f} at {mean_of[l][1]:.1f}" for l in frontier)
-                + f"; hyperfitted {mean_of['hyperfitted'][0]:.3f} at {mean_of['hyperfitted'][1]:.1f}; {len(keep)} prompts, replicate 0 "
-                "(the judge scores the first replicate's paths only)")
+    evidence = ("frontier (TTR at judge perplexity, replicate 0): "
+                + ", ".join(f"{l.removeprefix('base, ')} {mean_of[l][0]:.3f} at {mean_of[l][1]:.1f}" for l in frontier)
+                + f"; hyperfitted {mean_of['hyperfitted'][0]:.3f} at {mean_of['hyperfitted'][1]:.1f}; {len(keep)} prompts"
+                + (f" x {len(replicates)} replicates" if len(replicates) > 1 else ""))
     baseline = "base, sampling baseline"
     if baseline in points:
         scored = [i for i in range(len(points[baseline]["ttr"]))
@@ -505,7 +575,8 @@ def claim_frontier(points: dict | None, trains: list[dict | None]) -> Claim:
                      f"{stats.paired_difference(tuned['log_perplexity'], other['log_perplexity'])}")
     if "human" in points:
         evidence += f"; human text {mean_of['human'][0]:.3f} at {mean_of['human'][1]:.1f}"
-    return make_claim("1b", estimate, checks, evidence)
+    claim = make_claim("1b", estimate, checks, evidence)
+    return with_replicates(claim, [stats.pooled([g], FRONTIER_GAP).value for g in groups])
 
 
 def claim_late_stage(results: dict | None) -> Claim:
@@ -536,7 +607,8 @@ def claim_late_stage(results: dict | None) -> Claim:
     blocks = results.get("train_blocks")
     evidence = (f"TTR base {stats.mean(base)}, last {stats.mean(last)}, all {stats.mean(every)}; last minus all "
                 f"{stats.paired_difference(last, every)}; trainable parameters {m['lora:last']['trainable_parameters']:,} vs "
-                f"{m['lora:all']['trainable_parameters']:,}" + (f"; the controls trained on {blocks} blocks" if blocks else ""))
+                f"{m['lora:all']['trainable_parameters']:,}" + (f"; the controls trained on {blocks} blocks" + (", the study's own training data" if results.get("on_study_data") else
+                                                                  ", fewer than claims 1-4 are tested on") if blocks else ""))
     if m.get("lora:first", {}).get("per_prompt_ttr"):
         evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])} (evidence beside the verdict)"
     return make_claim(5, stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN), checks, evidence)
@@ -552,18 +624,18 @@ def _gain_pairs(analyses: dict[str, list[dict]]) -> list[tuple[list[float], list
     return None
 
 
-def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None], frontier: dict | None = None,
-               geometry_control: dict | None = None) -> list[Claim]:
+def all_claims(analyses: dict[str, list[dict]], controls: dict | None, trains: list[dict | None], frontier: list[dict] | None = None,
+               geometry_control: dict | None = None, ranks_control: dict | None = None) -> list[Claim]:
     """``analyses`` maps each analysis to its results, one per hyperfitted replicate; ``trains`` their training summaries;
-    ``frontier`` the judged diversity-quality points of the first replicate's temperature analysis (quality stage);
-    ``geometry_control`` the geometry of the first replicate at its lowest held-out loss. Claims 1-5 in order, then 1(b), 1(c),
-    each with its verdict after Holm's correction over the study's rules beside it."""
+    ``frontier`` the judged diversity-quality points of each replicate's temperature analysis (quality stage);
+    ``geometry_control``, ``ranks_control`` the geometry and rank analyses of the first replicate at its lowest held-out
+    loss. Claims 1-5 in order, then 1(b), 1(c), each with its verdict after Holm's correction over the study's rules beside it."""
     ranks = analyses.get("ranks") or []
     override_rates = [r.get("override_rate") for r in ranks] if len(ranks) == len(analyses.get("static-bias") or []) else None
     return with_holm([
         claim_temperature(analyses.get("temperature", []), trains),
         claim_static_bias(analyses.get("static-bias", []), trains, override_rates),
-        claim_ranks(ranks, trains, _gain_pairs(analyses)),
+        claim_ranks(ranks, trains, _gain_pairs(analyses), ranks_control),
         claim_geometry(analyses.get("geometry", []), trains, geometry_control),
         claim_late_stage(controls),
         claim_frontier(frontier, trains),
