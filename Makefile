@@ -1,10 +1,11 @@
-# `make run`: set everything up and run the quick study. `make test`: set up and run the tests.
+# `make run`: set everything up and run the quick study. `make test`: set up and run every test.
+# `make test-fast`: the unit tests alone (no whole study, no second process, no browser, no embedded model), for the edit loop.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean browser
+.PHONY: install run test test-fast clean browser
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ run: install
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 # Chromium from the system's packages (Playwright's own browser download cannot run offline); as root only, otherwise
 # the browser test is skipped and says why.

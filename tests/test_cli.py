@@ -1,5 +1,6 @@
 """The `hyperfit` command end to end, on a tiny model that uses the real tokenizer (seconds, not minutes)."""
 
+import pytest
 import json
 import re
 import sys
@@ -31,6 +32,7 @@ def _study_args(model, corpus, run_dir):
             "study.reader_prompts=2", f"study.judge={model}", "model.precision=fp32"]
 
 
+@pytest.mark.e2e
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.replicates=2", "study.full_finetune=true",
@@ -152,6 +154,19 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code == 0 and out.count(f"| {run_dir} |") == 2  # one row per run, then each run's decoding-methods table
     assert out.count(f"{run_dir}: decoding methods on") == 2
 
+    # RESULTS.md is written from run folders: the command, date and commit of each, its tables, nothing typed by hand.
+    results = tmp_path / "RESULTS.md"
+    code, out, err = run_cli(monkeypatch, capsys, "results", str(run_dir), "--out", str(results))
+    assert code == 0, err
+    text = results.read_text()
+    env = json.loads((run_dir / "metrics.json").read_text())["environment"]
+    assert env["command"].startswith("hyperfit study ") and f"`{env['command']}`, {env['date']}" in text
+    assert f"hyperfitting commit {env['commit'] or 'not recorded'}" in text
+    assert "| 1. Not temperature scaling |" in text or "| 1. " in text
+    assert "| ttr | higher |" in text and "How often these rules are wrong" in text and not re.search(r"\bnan\b", text)
+    code, _, err = run_cli(monkeypatch, capsys, "results", str(tmp_path), "--out", str(tmp_path / "other.md"))
+    assert code != 0 and "no metrics.json" in err and not (tmp_path / "other.md").exists()
+
     # Preference: a blind export of every decoded row against the human text, the judge model standing in for people, and
     # people's judgements imported; the report shows both, the stand-in labelled as not people.
     code, out, err = run_cli(monkeypatch, capsys, "judge", "export", str(run_dir))
@@ -200,6 +215,7 @@ def test_evaluate_shows_any_model_under_the_decoding_methods(monkeypatch, capsys
     assert json.loads((tmp_path / "eval" / "baselines" / "results.json").read_text())["min-p"]["seeds"] == 2
 
 
+@pytest.mark.e2e
 def test_a_study_runs_from_a_locally_saved_dataset(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     """The corpus as datasets' save_to_disk wrote it (a DatasetDict, its train split), through the whole study."""
     import datasets

@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from tests.test_reliability import _environment, _train_command
 
+pytestmark = pytest.mark.e2e  # several processes each
+
 
 def _run(command, **kwargs):
     import subprocess

@@ -124,6 +124,7 @@ def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):
     assert reader["controls"] == before["controls"] and reader["quality"] != before["quality"]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"

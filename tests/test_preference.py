@@ -134,6 +134,7 @@ def _reload_keeps(page, progress: str, seconds: float = 20.0) -> bool:
         time.sleep(0.25)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs the Debian chromium package (make test installs it as root)")
 def test_the_page_in_a_real_browser_clicks_reloads_downloads_and_imports(tmp_path):
     """Headless Chromium: judge some pairs, reload (progress kept), judge the rest, undo one, download, import, score."""

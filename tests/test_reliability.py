@@ -28,6 +28,7 @@ def _environment():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.e2e
 def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder, corpus, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(_train_command(tiny_model_folder, corpus, straight), check=True, env=_environment(), capture_output=True)
@@ -157,6 +158,7 @@ def _comparable(value, path=""):
     return {path: value}
 
 
+@pytest.mark.e2e
 def test_a_study_killed_inside_every_stage_resumes_to_the_same_results(tiny_model_folder, corpus, tmp_path):
     """SIGKILL inside each stage in turn (at its first completed write, before the file lands), resume, and the
     finished study's metrics.json equals an uninterrupted run's."""
@@ -185,6 +187,7 @@ def test_a_study_killed_inside_every_stage_resumes_to_the_same_results(tiny_mode
     assert {k: v for k, v in got.items() if v != expected[k] and not (v != v and expected[k] != expected[k])} == {}  # NaN is NaN
 
 
+@pytest.mark.e2e
 def test_a_write_that_hits_a_file_size_limit_names_the_file_and_the_run_resumes(tiny_model_folder, corpus, tmp_path):
     import resource
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from hyperfitting.pipeline.retention import last_word_items, run_harness, task_name
@@ -14,6 +15,7 @@ def test_last_word_items_cut_before_the_last_word_of_letters():
     assert task_name("/data/My Corpus#test") == "hyperfit_lastword_my_corpus"
 
 
+@pytest.mark.e2e
 def test_the_harness_scores_our_task_as_a_direct_computation_does(tiny_model_folder, tmp_path):
     """Accuracy = share of items whose target tokens are each the model's greedy choice; perplexity = exp(mean NLL per item)."""
     import math

@@ -21,6 +21,7 @@ print(json.dumps({run: SQLiteStorage.get_logs(project, run) for run in runs}, de
 """
 
 
+@pytest.mark.e2e
 def test_training_numbers_reach_tensorboard_mlflow_and_trackio(tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = [a for a in _study_args(tiny_model_folder, corpus, run_dir) if a.startswith(("model.", "data.", "train.", "run_dir"))]

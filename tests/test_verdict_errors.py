@@ -249,7 +249,7 @@ def test_the_null_is_fitted_on_the_top_of_the_ranking_so_a_compressed_tail_canno
     over_vocabulary = fit_over_vocabulary(heldout_base, heldout_tuned)
     assert over_vocabulary["scale"] < 1.0  # the tail sets the temperature: the review's 0.80 instead of 2.5
     fitted = fit_static_temperature(heldout_base, heldout_tuned)
-    assert fitted["fitted_on"].startswith("top") and fitted["scale"] == pytest.approx(2.5, rel=1e-3)
+    assert fitted["fitted_on"].startswith("the top") and fitted["scale"] == pytest.approx(2.5, rel=1e-3)
     base, tuned = tail_compressed(2)  # new contexts, the same static map
     chosen = tuned.argmax(-1)
     assert float((static_choice(base, over_vocabulary) == chosen).float().mean()) < 0.5

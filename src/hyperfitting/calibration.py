@@ -4,7 +4,7 @@ For each rule we build worlds at three truths: the effect exactly at the margin 
 false, just), on the wrong side of it (false), and at the paper's size (true). Each world is a
 constructed set of results with this study's sizes (prompts, replicates, sampling seeds, steps,
 held-out blocks, static models, frontier points) and spreads (the run's own where it has them,
-RESEARCH.md's otherwise), passed through the real claim function: the same estimator, interval
+the quick studies' measured spreads otherwise), passed through the real claim function: the same estimator, interval
 and decision a study uses. Over many worlds we count
 
 - ``false_holds``: P(holds | claim false), the larger of the two false truths (goal: <= 5%);
@@ -67,7 +67,7 @@ class Design:
 class Spreads:
     """The noise of a study: per-prompt spreads of TTR and of a paired difference, the seed-to-seed spread of an effect."""
 
-    prompt_sd: float = 0.15  # TTR across prompts (RESEARCH.md section 6: 0.13-0.19)
+    prompt_sd: float = 0.15  # TTR across prompts (the quick studies on SmolLM2 and Gemma: 0.13-0.19)
     paired_sd: float = 0.18  # one paired per-prompt TTR difference (0.16-0.20)
     seed_sd: float = 0.02  # a replicate's effect about the mean of replicates (assumed where a run has one seed)
     override_heterogeneity: float = 20.0  # Beta concentration of a prompt's share of overrides (lower: more spread)
@@ -77,7 +77,7 @@ class Spreads:
     # Share of prompts whose hyperfitted greedy continuation falls into a loop (TTR far below its mean): per-prompt
     # differences are then skewed, not normal. 0 in the main table; the stress rows set it.
     loop_share: float = 0.0
-    source: str = "RESEARCH.md section 6"
+    source: str = "the quick studies' measured spreads"
 
     @classmethod
     def observed(cls, run_dir: Path | None) -> "Spreads":
@@ -97,7 +97,7 @@ class Spreads:
                            for r in [read_json(results)] + [read_json(f) for f in replicate_files]]
                 spreads = replace(spreads, seed_sd=float(np.std(effects, ddof=1)))
                 seen.append(f"seed spread from {len(effects)} replicates")
-        return replace(spreads, source="; ".join(seen) + " (the rest RESEARCH.md section 6)" if seen else spreads.source)
+        return replace(spreads, source="; ".join(seen) + " (the rest the quick studies' measured spreads)" if seen else spreads.source)
 
 
 # ------------------------------------------------------------------------------ worlds, one simulator per rule

@@ -234,7 +234,7 @@ def calibrate(arguments, json_path, worlds, seed):
     """How often each verdict rule is wrong at this config's sizes: false holds, false fails, coverage and power.
 
     Simulates studies whose truth is known, with the config's numbers of prompts, replicates, seeds and blocks, and the
-    spreads its run folder observed (RESEARCH.md's where it has none), and runs the real rules on them.
+    spreads its run folder observed (the quick studies' measured spreads where it has none), and runs the real rules on them.
     """
     import json
 
@@ -258,6 +258,25 @@ def compare(run_dirs):
     if missing:
         raise HyperfitError(f"No finished study in {missing[0]} (metrics.json is missing).")
     print(compare_runs([Path(d) for d in run_dirs]))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="RESULTS.md", show_default=True,
+              help="The Markdown file to write (replaced whole).")
+def results(run_dirs, out_path):
+    """RESULTS.md from finished studies: per run its command, date and commit, generation table, verdicts and error rates."""
+    import shlex
+
+    from hyperfitting.report.results import results_document
+    from hyperfitting.rundir import write_text
+
+    try:
+        text = results_document([Path(d) for d in run_dirs], "hyperfit results " + shlex.join([*run_dirs, "--out", out_path]))
+    except FileNotFoundError as error:
+        raise HyperfitError(str(error)) from None
+    write_text(Path(out_path), text)
+    print(f"Wrote {out_path} from {len(run_dirs)} run folder(s).")
 
 
 @cli.command(name="export")

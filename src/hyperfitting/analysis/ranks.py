@@ -229,7 +229,7 @@ def rank_table(results: dict) -> str:
     if null:
         counts = results["per_prompt"]
         copied = results.get("copied_spans")
-        fitted_on = f", fitted over the {null['fitted_on']}" if null.get("fitted_on") else ""
+        fitted_on = f", fitted over {null['fitted_on']}" if null.get("fitted_on") else ""
         tau = f"tau {1 / null['scale']:.2f}" if null["scale"] > 0 else f"scale {null['scale']:.2f}, no positive temperature"
         lines += [(f"Of these steps, {copied['share_of_steps']:.1%} complete a training {copied['n']}-gram (the model recites): they are left "
                    "out of what follows. " if copied else "Steps that copy the training data are not left out (no training data given). ")

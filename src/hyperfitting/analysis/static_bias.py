@@ -81,7 +81,7 @@ def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor
     that compete for the choice. Its greedy choice is argmax(scale * base + bias).
     """
     candidates = {"every vocabulary entry": fit_over_vocabulary(base_logits, tuned_logits, chunk),
-                  f"top {top_k} of each context": fit_over_top_of_ranking(base_logits, tuned_logits, top_k)}
+                  f"the top {top_k} of each context": fit_over_top_of_ranking(base_logits, tuned_logits, top_k)}
     chosen = tuned_logits.argmax(-1)
     agreement = {name: float((static_choice(base_logits, fit) == chosen).float().mean()) if len(chosen) else 0.0
                  for name, fit in candidates.items()}
@@ -295,7 +295,7 @@ def static_bias_table(results: dict) -> str:
     rows += [("full-vocabulary offset", results["full_vocabulary_offset"], f"{results['full_vocabulary_offset']['flip_rate']:.1%}")]
     fitted = results.get("fitted_null")
     if fitted:
-        over = f", fitted over the {fitted['fitted_on']}" if fitted.get("fitted_on") else ""
+        over = f", fitted over {fitted['fitted_on']}" if fitted.get("fitted_on") else ""
         rows.append((f"fitted static + temperature (tau {fitted['tau']:.2f}{over}; reproduces {fitted['top1_reproduced']:.1%} of the hyperfitted top-1 choices)",
                      fitted, f"{fitted['flip_rate']:.1%}"))
     rows.append(("hyperfitted (greedy)", results["hyperfitted"], "-"))

@@ -21,7 +21,7 @@ from hyperfitting import stats
 from hyperfitting.config import RunConfig
 from hyperfitting.rundir import write_json, write_text
 
-# RESEARCH.md section 2.1 (Li et al., TinyLlama-1.1B): TTR, bigram rep, trigram rep, top-1 agreement, entropy.
+# Li et al., ICML 2026, their table for TinyLlama-1.1B: TTR, bigram rep, trigram rep, top-1 agreement, entropy.
 PAPER = {
     "base, T=1": {"ttr": 0.400, "bigram_rep": 0.592, "trigram_rep": 0.536, "top1_agreement": 1.000, "entropy": 2.083},
     "base, T*": {"ttr": 0.397, "bigram_rep": 0.604, "trigram_rep": 0.548, "top1_agreement": 0.997, "entropy": 0.875},

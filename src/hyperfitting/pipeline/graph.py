@@ -64,7 +64,7 @@ def model_files(name: str) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-# Seconds each stage of the quick preset took alone on a 2-core CPU (session 10, fp32; runs/quick-s10b): only
+# Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4): only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
 STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "analysis-temperature": 103,

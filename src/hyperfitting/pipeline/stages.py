@@ -203,7 +203,28 @@ def comparison_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def source_commit() -> str | None:
+    """The git commit of the hyperfitting source that ran ("+changes" when its files differ from it); None outside a checkout."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+changes" if changed else "")
+
+
 def environment_record() -> dict:
+    """Versions, machine and provenance (the command line, the date, the source commit) of a study's run."""
+    import datetime
+    import shlex
+    import sys
+
     import accelerate
     import peft
     import transformers
@@ -211,6 +232,9 @@ def environment_record() -> dict:
     from hyperfitting.distributed import process_state
 
     return {
+        "command": "hyperfit " + shlex.join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": source_commit(),
         "hyperfitting": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -352,7 +352,12 @@ def build_report(run_dir: Path) -> dict:
     if precision:
         md += ["", f"Precision: training {precision['training']}, decoding {precision['decoding']} (bf16 means autocast over float32 "
                    f"weights; model.precision={precision['setting']}: {precision['reason']}); everything the analyses measure ran in float32."]
-    md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items()) + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
+    provenance = {k: env[k] for k in ("command", "date", "commit") if env.get(k)}
+    if provenance:
+        md += ["", f"Run by `{provenance.get('command', '-')}` on {provenance.get('date', '-')}, hyperfitting commit "
+                   f"{provenance.get('commit') or 'not recorded (not a git checkout)'}."]
+    md += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in env.items() if k not in provenance)
+           + f". Data fingerprint {study['data'].get('fingerprint', '-')}.",
            "Determinism: the same config and seed reproduce every number on the same machine (CPU); across machines, process or "
            "thread counts, floating-point reduction order can change the last digits and, through greedy ties, a few tokens.", ""]
     markdown_text = "\n".join(md)

@@ -439,7 +439,7 @@ def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list
               Check("copied training spans left out", all(copied),
                     ", ".join(f"{c['share_of_steps']:.1%} of steps complete a training {c['n']}-gram" if c else
                               "not known: the analysis had no training data" for c in copied))]
-    fitted_on = f" fitted over the {first['null']['fitted_on']}," if first["null"].get("fitted_on") else ""
+    fitted_on = f" fitted over {first['null']['fitted_on']}," if first["null"].get("fitted_on") else ""
     evidence = (f"overrides of the base top-1 {overrides} of the steps that do not recite training text, "
                 f"{first['share_of_overrides_from_rank_over_10']:.1%} of all overrides from base rank > 10; the static+temperature model"
                 f"{fitted_on} (tau {1 / scales[0]:.2f}) reproduces {first['null']['overrides_reproduced']:.1%} of the "
