@@ -137,3 +137,12 @@ def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
     assert left_out(everything) == []
     # The standard preset runs everything the protocol asks for: no verdict rests on a part it skipped.
     assert left_out(load_config("configs/standard.yaml").to_dict()) == []
+
+
+def test_the_quick_preset_takes_ones_own_text_as_the_readme_says(tmp_path):
+    # README, "Quick start": the quick preset with one's own corpus for training and evaluation, nothing else changed.
+    config = load_config("configs/quick.yaml", overrides=[f"data.corpus={tmp_path}", f"data.eval_corpora=[{tmp_path}]"])
+    assert config.corpora_of("analysis") == config.corpora_of("baselines") == [str(tmp_path)]
+    # Naming every evaluation corpus, or none ([] = all of them), is the same stage: a resume reuses it.
+    named = load_config("configs/quick.yaml", overrides=["analysis.corpora=[fiction]", "baselines.corpora=[fiction]"])
+    assert named.fingerprint("analysis", "baselines") == load_config("configs/quick.yaml").fingerprint("analysis", "baselines")

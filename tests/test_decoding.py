@@ -74,6 +74,23 @@ def test_citation_blocker_forbids_completing_training_ngrams():
     assert not grams & {tuple(training[0, i:i + 5].tolist()) for i in range(training.shape[1] - 4)}
 
 
+def test_generate_honours_the_citation_blocker_or_refuses_it():
+    from hyperfitting.errors import ConfigError
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 1
+
+    model = make_tiny_model("llama")
+    free = generate(model, Tok(), [[3, 4, 5, 6]], GenerateArgs(max_new_tokens=8), show_progress=False)[0].token_ids
+    training = torch.tensor([[3, 4, 5, 6] + free[:1] + [90, 91]])
+    args = GenerateArgs(max_new_tokens=8, citation_blocker=True)
+    # Asked for without the training text, the blocker is refused, not silently left out.
+    with pytest.raises(ConfigError, match="citation_blocker"):
+        generate(model, Tok(), [[3, 4, 5, 6]], args, show_progress=False)
+    blocked = generate(model, Tok(), [[3, 4, 5, 6]], args, show_progress=False, training_blocks=training)[0].token_ids
+    assert blocked[0] != free[0]
+
+
 def test_settings_decoded_together_give_what_each_gives_alone(tiny_model):
     # One wide batch of prompts x settings, one prefill copied to every setting's rows: the same tokens as a
     # separate generate per setting (greedy, sampled with per-prompt seeds, with a processor that keeps state).

@@ -189,6 +189,10 @@ def generate(arguments, prompts, prompts_file, output):
         texts += [line for line in Path(prompts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise HyperfitError("Give at least one --prompt TEXT or a --prompts-file with one prompt per line.")
+    if config.generate.citation_blocker:  # it needs a run's training text, which free prompts do not come with
+        raise HyperfitError("hyperfit generate cannot apply generate.citation_blocker: it blocks a run's training text. Use "
+                            "`hyperfit evaluate ... generate.citation_blocker=true` on the run's data, or hf.generate(..., "
+                            "training_blocks=...) in Python.")
     model, tokenizer = load_model(config.model)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     with _at_precision(config):

@@ -396,7 +396,7 @@ class RunConfig:
         outside = [c for c in self.analysis.corpora if c not in self.data.eval_corpora]
         if outside:
             raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
-                              f"{self.data.eval_corpora!r}. Add it there, or analyse one of those.")
+                              f"{self.data.eval_corpora!r}. Add it there, analyse one of those, or set analysis.corpora=[] (every evaluation corpus).")
         if (self.study.lowest_heldout_control and set(LOWEST_HELDOUT_ANALYSES) & set(self.study.analyses)
                 and not self.train.keep_lowest_heldout):
             raise ConfigError("study.lowest_heldout_control=true needs the weights at the lowest held-out loss: set "
@@ -404,7 +404,7 @@ class RunConfig:
         outside = [c for c in self.baselines.corpora if c not in self.data.eval_corpora]
         if outside:
             raise ConfigError(f"baselines.corpora = {self.baselines.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
-                              f"{self.data.eval_corpora!r}. Add it there, or decode one of those.")
+                              f"{self.data.eval_corpora!r}. Add it there, decode one of those, or set baselines.corpora=[] (every evaluation corpus).")
         if self.data.heldout_blocks < 1 and "geometry" in self.study.analyses:
             raise ConfigError("data.heldout_blocks = 0: the geometry analysis compares hidden states on held-out blocks. "
                               "Use at least 1, or drop geometry from study.analyses.")
@@ -412,10 +412,16 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def corpora_of(self, section: str) -> list[str]:
+        """The evaluation corpora the analyses or the baselines read: their own list, or every evaluation corpus."""
+        return list(getattr(self, section).corpora or self.data.eval_corpora)
+
     def fingerprint(self, *sections: str) -> str:
         """Hash of the named sections (all if none): a stage reruns when this changes."""
         data = self.to_dict()
         data["model"].pop("precision")  # "auto" is not a value: the study graph adds the precision it resolves to
+        for section in ("analysis", "baselines"):  # [] means every evaluation corpus: the same stage as naming them all
+            data[section]["corpora"] = self.corpora_of(section)
         for (section, key), unchanged in LATER_KEYS.items():
             if data[section].get(key) == unchanged:
                 data[section].pop(key)

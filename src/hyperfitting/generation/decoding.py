@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hyperfitting.config import GenerateArgs
+from hyperfitting.errors import ConfigError
+from hyperfitting.generation.processors import CitationBlocker
 
 LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
@@ -236,8 +238,12 @@ def generate(
     desc: str = "generating",
     show_progress: bool = True,
     shard: bool = True,
+    training_blocks: torch.Tensor | None = None,
 ) -> list[Continuation]:
     """Continue every prompt, ``args.batch_size`` at a time; the continuations come back in the prompts' order.
+
+    ``training_blocks``: the training text, which ``args.citation_blocker`` forbids continuing (its n-grams); the
+    blocker needs it, so asking for the blocker without it is refused rather than ignored.
 
     Under several processes (torchrun, accelerate launch) each decodes a contiguous share of the
     prompts and every process gets all continuations back. ``shard=False``: every process decodes
@@ -248,6 +254,8 @@ def generate(
     ``extra_processors`` run before the sampling warpers (so a bias shifts logits before
     temperature is applied, as it would inside the model).
     """
+    if args.citation_blocker and training_blocks is not None and not any(isinstance(p, CitationBlocker) for p in extra_processors):
+        extra_processors = [CitationBlocker(training_blocks, args.citation_blocker_n), *extra_processors]
     return generate_variants(model, tokenizer, prompts, [(args, extra_processors)], desc, show_progress, shard)[0]
 
 
@@ -275,6 +283,9 @@ def generate_variants(
     first = settings[0][0]
     if any((a.max_new_tokens, a.batch_size, a.stop_at_eos) != (first.max_new_tokens, first.batch_size, first.stop_at_eos) for a, _ in settings):
         raise ValueError("settings decoded together must share max_new_tokens, batch_size and stop_at_eos")
+    if any(a.citation_blocker and not any(isinstance(p, CitationBlocker) for p in processors) for a, processors in settings):
+        raise ConfigError("generate.citation_blocker=true needs the training text it blocks: pass training_blocks= to generate "
+                          "(or a CitationBlocker among the processors), or set generate.citation_blocker=false.")
     mine = my_share(len(prompts)) if shard else range(len(prompts))
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id if first.stop_at_eos else None

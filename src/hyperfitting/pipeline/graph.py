@@ -260,7 +260,7 @@ def _study_values(config: RunConfig, keys: tuple[str, ...]) -> dict:
 
 def _analysis_values(config: RunConfig) -> dict:
     # The analysed model enters through the parent training stage, not through its path.
-    return {"analysis": {**config.to_dict()["analysis"], "hyperfitted": None}}
+    return {"analysis": {**config.to_dict()["analysis"], "hyperfitted": None, "corpora": config.corpora_of("analysis")}}
 
 
 def data_spec(config: RunConfig) -> StageSpec:

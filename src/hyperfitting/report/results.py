@@ -51,6 +51,12 @@ def generation_table(metrics: dict, corpus: str) -> list[str]:
     return lines
 
 
+def stage_minutes(study: dict) -> float:
+    """The stages' own time: a study resumed from finished stages has a short last invocation, not a short study."""
+    profile = study.get("stage_profile") or {}
+    return sum(row["seconds"] for row in profile.values()) / 60 if profile else study.get("wall_seconds", float("nan")) / 60
+
+
 def run_section(run_dir: Path) -> list[str]:
     """One study: its provenance, training, generation table, verdicts and the rules' measured error rates."""
     study = read_json(run_dir / "metrics.json")
@@ -60,7 +66,7 @@ def run_section(run_dir: Path) -> list[str]:
     corpora = [c for c in study["metrics"]["base"] if ":" not in c]
     lines = [f"## {config['model']['name']} on {config['data']['corpus']}: `{run_dir.name}`", "",
              f"`{env.get('command', 'command not recorded')}`, {env.get('date', 'date not recorded')}, hyperfitting commit "
-             f"{env.get('commit') or 'not recorded'}; {study.get('wall_seconds', float('nan')) / 60:.1f} min on "
+             f"{env.get('commit') or 'not recorded'}; its stages took {stage_minutes(study):.1f} min on "
              f"{env.get('device', '?')} ({env.get('threads', '?')} threads, {env.get('processes', 1)} process(es)), precision "
              f"{(study.get('precision') or {}).get('label', 'fp32')}.", "",
              f"Training: {train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]} "
