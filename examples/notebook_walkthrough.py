@@ -9,7 +9,6 @@ Every step is one public function of `hyperfitting`; the test suite runs this fi
 from __future__ import annotations
 
 import sys
-import tempfile
 
 import hyperfitting as hf
 
@@ -21,9 +20,8 @@ def main(overrides: list[str]) -> dict:
     data = hf.prepare_data(config.data, tokenizer)
     prompts = [p.prompt_ids for p in data.prompts[config.data.eval_corpora[0]]]
 
-    with tempfile.TemporaryDirectory() as checkpoints:  # hyperfit keeps a resumable checkpoint there
-        trained = hf.hyperfit(hf.load_model(config.model, for_training=True)[0], data.train_blocks, data.heldout_blocks,
-                              config, checkpoints)
+    # No folder given: checkpoints live in a temporary folder for the length of the call (pass one to resume).
+    trained = hf.hyperfit(hf.load_model(config.model, for_training=True)[0], data.train_blocks, data.heldout_blocks, config)
     tuned = trained.model.eval()
     print(f"training loss {trained.log[0]['train_loss']:.3f} -> {trained.log[-1]['train_loss']:.3f} ({trained.plan.summary()})")
 

@@ -87,7 +87,10 @@ def test_whole_study_on_two_processes_matches_one(tiny_model_folder, corpus, tmp
     from tests.test_cli import _study_args
 
     study = lambda run_dir: [sys.executable, "-m", "hyperfitting.cli", "study", *_study_args(tiny_model_folder, corpus, run_dir),  # noqa: E731
-                             "train.batch_size=4", "data.train_blocks=8", "data.eval_prompts=5"]
+                             "train.batch_size=4", "data.train_blocks=8", "data.eval_prompts=5",
+                             # One rate per control and three decoding methods (greedy, sampled, with a processor): the
+                             # sharding is the same for every method and every rate, and the three studies stay short.
+                             "study.controls_lr_sweep=[]", "baselines.methods=[greedy,top-p,repetition-penalty]"]
     _run(study(tmp_path / "one"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
     _run(torchrun + study(tmp_path / "two")[1:])

@@ -34,7 +34,7 @@ def test_a_gguf_export_of_the_embedded_model_round_trips_exactly(real_model, rea
     """The embedded SmolLM2 with one block changed (as hyperfitting changes it), written as float32 GGUF and read back."""
     from hyperfitting.config import GenerateArgs, ModelArgs
     from hyperfitting.generation.decoding import generate
-    from hyperfitting.models.export import export_gguf, greedy_agreement
+    from hyperfitting.pipeline.export import export_gguf, greedy_agreement
     from hyperfitting.models.loading import embedded_model_path, load_model
 
     with torch.no_grad():

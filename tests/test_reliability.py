@@ -145,7 +145,7 @@ def test_a_truncated_model_cache_is_rebuilt_with_a_notice(real_model_folder, tmp
 
 def _study_command(model, corpus, run_dir, *extra):
     return [sys.executable, "-m", "hyperfitting.cli", "study", *_study_args(model, corpus, run_dir), "study.controls=[lora:last:1]",
-            "study.controls_lr_sweep=[]", "study.reader_prompts=1", *extra]
+            "study.controls_lr_sweep=[]", "study.reader_prompts=1", "baselines.methods=[greedy,top-p,repetition-penalty]", *extra]
 
 
 def _comparable(value, path=""):
@@ -174,6 +174,8 @@ def test_a_study_killed_inside_every_stage_resumes_to_the_same_results(tiny_mode
     config = load_config(overrides=[*_study_args(tiny_model_folder, corpus, faulted), "study.controls=[lora:last:1]", "study.controls_lr_sweep=[]"])
     stages = [*study_graph(config, faulted).names, "report-figures"]
     assert {"data", "train", "analysis-block-swap", "analysis-geometry-lowest-heldout", "controls", "quality"} <= set(stages)
+    # The lowest-held-out-loss analyses write as the analyses of the same name do: one of them is killed, for time.
+    stages = [s for s in stages if s != "analysis-ranks-lowest-heldout"]
     for stage in stages:
         killed = subprocess.run(_study_command(tiny_model_folder, corpus, faulted, "--resume"), capture_output=True, text=True,
                                 env={**environment, FAULT_ENV: stage})

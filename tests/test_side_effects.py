@@ -84,9 +84,14 @@ def test_the_public_api_imports_lazily_and_every_name_is_documented():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus):
+def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus, tmp_path, monkeypatch):
     import importlib.util
+    import tempfile
     from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)  # the library writes no folder of its own: nothing appears here or in the temp dir
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
 
     path = Path(__file__).resolve().parents[1] / "examples" / "notebook_walkthrough.py"
     spec = importlib.util.spec_from_file_location("walkthrough", path)
@@ -98,3 +103,4 @@ def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus):
                             "train.blocks=last:1", "generate.max_new_tokens=8"])
     assert set(results["generation"]) == {"base", "hyperfitted"} and 0 < results["generation"]["base"]["ttr"] <= 1
     assert results["geometry"]["effect"]["low"] <= results["geometry"]["effect"]["value"] <= results["geometry"]["effect"]["high"]
+    assert {p.name for p in tmp_path.iterdir()} <= {"scratch", "corpus"} and not list((tmp_path / "scratch").iterdir())

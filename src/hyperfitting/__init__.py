@@ -8,7 +8,7 @@ The public API, for notebooks and scripts (the `hyperfit` command is built on th
     base, tokenizer = hf.load_model(config.model)
     data = hf.prepare_data(config.data, tokenizer)
     trained = hf.hyperfit(hf.load_model(config.model, for_training=True)[0], data.train_blocks,
-                          data.heldout_blocks, config, "runs/notebook/train")
+                          data.heldout_blocks, config)  # no folder needed; give one to checkpoint and resume
     greedy = hf.generate(trained.model, tokenizer, [p.prompt_ids for p in data.prompts["fiction"]], config.generate)
     print(hf.ttr([c.token_ids for c in greedy]))
     geometry = hf.geometry_analysis(base, trained.model, data.heldout_blocks, sample_tokens=512)

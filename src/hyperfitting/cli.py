@@ -291,7 +291,7 @@ def results(run_dirs, out_path):
               help="Tensor type of the GGUF export (float32 is exact).")
 def export(run_dir, merged, gguf_path, gguf_dtype):
     """Export a run's hyperfitted model, then load each export back and check its greedy tokens against the run's."""
-    from hyperfitting.models.export import export_run
+    from hyperfitting.pipeline.export import export_run
 
     if merged is None and gguf_path is None:
         raise HyperfitError("Say what to write: --merged DIR, --gguf FILE, or both.")
@@ -311,7 +311,8 @@ def retention(run_dir, tasks):
 
     from hyperfitting.models.loading import load_hyperfitted, load_model
     from hyperfitting.pipeline.graph import StageGraph, data_spec, retention_spec, training_spec
-    from hyperfitting.pipeline.retention import retention_markdown, retention_stage
+    from hyperfitting.pipeline.retention import retention_stage
+    from hyperfitting.report.retention import retention_markdown
     from hyperfitting.pipeline.stages import data_stage
 
     run_dir = Path(run_dir)

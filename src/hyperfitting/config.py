@@ -304,6 +304,10 @@ class BaselinesArgs:
         check_choices("baselines.methods", self.methods, BASELINE_METHODS, "a decoding method here")
 
 
+# The experiment trackers tracking.report_to accepts (tracking.py connects each).
+TRACKERS = ("trackio", "tensorboard", "mlflow")
+
+
 @dataclass
 class TrackingArgs:
     report_to: list[str] = field(default_factory=list)
@@ -312,8 +316,6 @@ class TrackingArgs:
     """Project (trackio) or experiment (MLflow) the runs are filed under."""
 
     def __post_init__(self) -> None:
-        from hyperfitting.tracking import TRACKERS
-
         check_choices("tracking.report_to", self.report_to, TRACKERS, "a tracker here", ", or [] for none")
 
 

@@ -8,7 +8,22 @@ torchrun / accelerate launch really split the work (gloo backend).
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a torchrun / accelerate launch job (only rank 0 writes files).
+
+    Read from the launcher's environment, so asking sets nothing up (run folders ask before any model loads)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def wait_for_everyone() -> None:
+    """Barrier across processes, a no-op in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        process_state().wait_for_everyone()
 
 
 def has_accelerator() -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from hyperfitting.config import RunConfig, dump_config
+from hyperfitting.distributed import is_main_process, wait_for_everyone  # noqa: F401 (callers import them from here too)
 from hyperfitting.errors import OutputError, RunDirError
 
 ExistingPolicy = Literal["refuse", "resume", "overwrite"]
@@ -31,19 +32,6 @@ LOWEST = "-lowest-heldout"  # ... and of the main run at its lowest held-out los
 def replicate_suffix(replicate: int) -> str:
     """Replicate 0 keeps the plain stage names (`train`, `analysis-ranks`); replicate K adds `-rK`."""
     return f"-r{replicate}" if replicate else ""
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a torchrun / accelerate launch job (only rank 0 writes files)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def wait_for_everyone() -> None:
-    """Barrier across processes, a no-op in a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from hyperfitting.distributed import process_state
-
-        process_state().wait_for_everyone()
 
 
 def remove_together(*paths: Path) -> None:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-TRACKERS = ("trackio", "tensorboard", "mlflow")
+from hyperfitting.config import TRACKERS
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from hyperfitting.generation.decoding import Continuation, left_padded
+from hyperfitting.generation.batches import Continuation, left_padded
 
 
 def contrastive_scores(probabilities: torch.Tensor, candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,

@@ -11,7 +11,7 @@ distribution, the entropy, the top-1 probability and the chosen token's probabil
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -19,22 +19,11 @@ from tqdm.auto import tqdm
 
 from hyperfitting.config import GenerateArgs
 from hyperfitting.errors import ConfigError
+from hyperfitting.generation.batches import Continuation, left_padded  # noqa: F401 (part of this module's interface)
+from hyperfitting.generation.contrastive import contrastive_batch
 from hyperfitting.generation.processors import CitationBlocker
 
 LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
-
-
-@dataclass
-class Continuation:
-    prompt_ids: list[int]
-    token_ids: list[int]
-    entropy: list[float] = field(default_factory=list)
-    """Entropy (nats) of the model's unprocessed next-token distribution at each step."""
-    top1_prob: list[float] = field(default_factory=list)
-    chosen_prob: list[float] = field(default_factory=list)
-    """Probability of the emitted token under the unprocessed distribution."""
-    decoded_entropy: list[float] = field(default_factory=list)
-    """Entropy of the distribution actually decoded from (after temperature and other processors)."""
 
 
 def sampling_processors(args: GenerateArgs) -> list[LogitsProcessor]:
@@ -56,17 +45,6 @@ def accepts(model, name: str) -> bool:
     """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
     forward = getattr(model, "get_base_model", lambda: model)().forward
     return name in inspect.signature(forward).parameters
-
-
-def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) of a batch padded on the left, so every row's next token goes at the end."""
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 @dataclass
@@ -278,7 +256,6 @@ def generate_variants(
     search and runs apart.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
-    from hyperfitting.generation.contrastive import contrastive_batch
 
     first = settings[0][0]
     if any((a.max_new_tokens, a.batch_size, a.stop_at_eos) != (first.max_new_tokens, first.batch_size, first.stop_at_eos) for a, _ in settings):

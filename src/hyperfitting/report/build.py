@@ -323,7 +323,7 @@ def build_report(run_dir: Path) -> dict:
     md += preference_sections(run_dir)
     retention = _maybe(run_dir / "retention" / "results.json")
     if retention:
-        from hyperfitting.pipeline.retention import retention_markdown
+        from hyperfitting.report.retention import retention_markdown
 
         md += retention_markdown(retention)
     sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),

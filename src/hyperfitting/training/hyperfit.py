@@ -136,11 +136,15 @@ def hyperfit(
     train_blocks: torch.Tensor,
     heldout_blocks: torch.Tensor,
     config: RunConfig,
-    stage_dir: str | Path,
+    stage_dir: str | Path | None = None,
     probe: Callable[..., dict] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
+
+    ``stage_dir=None``: no folder of the caller's is written; checkpoints and the trunk cache live in a temporary
+    folder removed when training ends, so there is nothing to resume from (one process only: under several, every
+    process must see the same folder).
 
     ``probe(model, lockstep=...) -> dict`` runs at epoch 0 and every ``diversity_every`` epochs (e.g.
     greedy diversity on a fixed prompt subset); its numbers join that epoch's log row. ``lockstep``
@@ -148,6 +152,16 @@ def hyperfit(
     ``on_epoch(row)`` receives each epoch's log row as it is written (process 0; experiment tracking).
     Training is seeded with ``train.seed``; the caller's random state is the same afterwards.
     """
+    if stage_dir is None:
+        import tempfile
+
+        from hyperfitting.distributed import process_state
+
+        if process_state().num_processes > 1:
+            raise ConfigError("hyperfit(..., stage_dir=None) runs in one process: under several, pass a folder every process "
+                              "sees (the run folder's train/).")
+        with tempfile.TemporaryDirectory(prefix="hyperfit-") as scratch:
+            return hyperfit(model, train_blocks, heldout_blocks, config, scratch, probe, on_epoch)
     with seeded(config.train.seed):
         return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe, on_epoch)
 
