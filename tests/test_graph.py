@@ -157,6 +157,7 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
     # The progress line's "min left" weighs each stage by its work: the standard preset (100 prompts per corpus, three
     # replicates, full fine-tuning) must not be estimated like the quick one, whose stage times the weights come from.
     from hyperfitting.pipeline.graph import STAGE_WEIGHTS, stage_weight
+    from hyperfitting.registry import get_analysis
 
     def total(preset):
         from pathlib import Path
@@ -165,7 +166,7 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
         return {name: stage_weight(name, graph[name].config) for name in graph.names}
 
     quick, standard = total("quick"), total("standard")
-    assert quick["base"] == STAGE_WEIGHTS["base"] and quick["analysis-ranks"] == STAGE_WEIGHTS["analysis-ranks"]
+    assert quick["base"] == STAGE_WEIGHTS["base"] and quick["analysis-ranks"] == get_analysis("ranks").weight
     assert standard["base"] > 5 * quick["base"] and standard["train-r1"] == standard["train"]
     assert standard["analysis-temperature-r1"] < standard["analysis-temperature"]  # the base model's rows are reused
     assert sum(standard.values()) > 8 * sum(quick.values())

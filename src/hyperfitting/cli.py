@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from hyperfitting.config import ANALYSES, RunConfig, describe_fields, load_config
+from hyperfitting.config import RunConfig, describe_fields, load_config
 from hyperfitting.errors import HyperfitError
 
 EXISTING_HELP = "If the run folder exists: --resume reuses its finished stages, --overwrite deletes it first."
@@ -87,19 +87,17 @@ def train(arguments, resume, overwrite):
     """Hyperfit a model and save it (full fine-tune) or its PEFT adapter (LoRA)."""
     from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
-    from hyperfitting.pipeline.stages import data_stage, training_stage
+    from hyperfitting.pipeline.runner import Shared, run_graph
     from hyperfitting.rundir import prepare_run_dir
     from hyperfitting.tracking import trackers_for
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
     graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
-    tokenizer = tokenizer_for(config.model)
-    data = data_stage(graph, tokenizer)
     trackers = trackers_for(config, run_dir, "train")
     try:
         with _at_precision(config):
-            training_stage(graph, "train", data, tokenizer, trackers)
+            run_graph(graph, Shared(graph, trackers, tokenizer=tokenizer_for(config.model)))
     finally:
         trackers.close()
 
@@ -109,39 +107,33 @@ def train(arguments, resume, overwrite):
 @run_options
 def evaluate(arguments, resume, overwrite, baselines):
     """Generate on the held-out prompts with model.name (+ model.adapter) and compute every metric."""
-    from dataclasses import replace
-
-    from hyperfitting.metrics.overlap import SuffixAutomaton
-    from hyperfitting.models.loading import load_model
     from hyperfitting.pipeline.graph import StageGraph, baselines_spec, data_spec, evaluation_spec
-    from hyperfitting.pipeline.stages import comparison_table, data_stage, evaluation_stage
+    from hyperfitting.pipeline.runner import run_graph
+    from hyperfitting.report.generation import comparison_table
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
-    graph = StageGraph(run_dir, [data_spec(config), evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)")])
-    model, tokenizer = load_model(config.model)
-    base_model = load_model(replace(config.model, adapter=None))[0] if config.model.adapter else model
-    data = data_stage(graph, tokenizer)
-    precision = _at_precision(config)
-    with precision:
-        metrics = evaluation_stage(graph, "evaluation", data, model, tokenizer, base_model, SuffixAutomaton(data.train_blocks.tolist()))
-    print(comparison_table({corpus: values for corpus, values in metrics.items()}))
-    print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
+    specs = [data_spec(config), evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)",
+                                                   scorer="plain")]
     if baselines and config.baselines.methods:
-        from hyperfitting.pipeline.baselines import baselines_stage
+        specs.append(baselines_spec(config, ("data",)))
+    graph = StageGraph(run_dir, specs)
+    with _at_precision(config):
+        outputs = run_graph(graph)
+    print(comparison_table({corpus: values for corpus, values in outputs["evaluation"].items()}))
+    print(f"\nGenerations and metrics.json in {run_dir / 'evaluation'}")
+    if "baselines" in outputs:
         from hyperfitting.report.baselines import baselines_table
 
-        graph = StageGraph(run_dir, [*graph.specs.values(), baselines_spec(config, ("data",))])
-        with precision:
-            results = baselines_stage(graph, data, model, tokenizer, SuffixAutomaton(data.train_blocks.tolist()))
+        results = outputs["baselines"]
         for corpus in dict.fromkeys(c for row in results.values() for c in row["corpora"]):
             print(f"\n{corpus}: the same model under each decoding method\n\n" + baselines_table(corpus, results, {}, None, None))
         print(f"Each method's generations and scores in {run_dir / 'baselines'}")
 
 
 @cli.command(epilog=_keys_help())
-@click.argument("analysis", type=click.Choice(ANALYSES))
+@click.argument("analysis")
 @run_options
 def analyze(analysis, arguments, resume, overwrite):
     """Run one mechanism analysis on model.name and analysis.hyperfitted (an adapter, model or run folder).
@@ -152,23 +144,25 @@ def analyze(analysis, arguments, resume, overwrite):
     ranks         overrides, deep-tail tokens, context dependence, rank transplant
     geometry      layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion
     block-swap    the final block swapped between the models: does it carry the effect?
+
+    Or an analysis of one's own, registered by a module named in study.plugins.
     """
+    from hyperfitting.layout import analysis_stage_name
     from hyperfitting.models.loading import tokenizer_for
-    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
     from hyperfitting.pipeline.graph import StageGraph, analysis_spec, data_spec
-    from hyperfitting.pipeline.stages import data_stage
+    from hyperfitting.pipeline.runner import Shared, run_graph
+    from hyperfitting.registry import get_analysis
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
+    get_analysis(analysis)  # unknown: say which exist before touching the run folder
     if not config.analysis.hyperfitted:
         raise HyperfitError("Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick).")
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
-    tokenizer = tokenizer_for(config.model)
     graph = StageGraph(run_dir, [data_spec(config), analysis_spec(analysis, config, "", train_stage=None)])
-    data = data_stage(graph, tokenizer)
     with _at_precision(config):
-        analysis_stage(graph, analysis, AnalysisContext(config, data))
-    print(f"Results, table and plots in {run_dir / ('analysis-' + analysis)}")
+        run_graph(graph, Shared(graph, tokenizer=tokenizer_for(config.model)))
+    print(f"Results, table and plots in {run_dir / analysis_stage_name(analysis)}")
 
 
 @cli.command()
@@ -309,23 +303,19 @@ def retention(run_dir, tasks):
     """Capability retention of a finished run: the LM Evaluation Harness on the base and the hyperfitted model."""
     from dataclasses import replace
 
-    from hyperfitting.models.loading import load_hyperfitted, load_model
+    from hyperfitting.layout import STAGE_DONE
     from hyperfitting.pipeline.graph import StageGraph, data_spec, retention_spec, training_spec
-    from hyperfitting.pipeline.retention import retention_stage
+    from hyperfitting.pipeline.runner import run_graph
     from hyperfitting.report.retention import retention_markdown
-    from hyperfitting.pipeline.stages import data_stage
 
     run_dir = Path(run_dir)
-    if not (run_dir / "train" / "stage-done.json").exists():
+    if not (run_dir / "train" / STAGE_DONE).exists():
         raise HyperfitError(f"'{run_dir}' has no finished training stage: run hyperfit train (or study) first.")
     config = load_config(str(run_dir / "config.yaml"), [])
     if tasks is not None:
         config = replace(config, study=replace(config.study, retention_tasks=[t for t in tasks.split(",") if t]))
     graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config), retention_spec(config)])
-    base_model, tokenizer = load_model(config.model)
-    data = data_stage(graph, tokenizer)
-    tuned_model, _ = load_hyperfitted(config.model, run_dir / "train")
-    print("\n".join(retention_markdown(retention_stage(graph, data, base_model, tuned_model, tokenizer))))
+    print("\n".join(retention_markdown(run_graph(graph)["retention"])))
     _rebuild_report(run_dir)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from hyperfitting.errors import ConfigError
+from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, import_plugin, lowest_heldout_names
 
 
 # ----------------------------------------------------------------------------------
@@ -319,17 +320,15 @@ class TrackingArgs:
         check_choices("tracking.report_to", self.report_to, TRACKERS, "a tracker here", ", or [] for none")
 
 
-# The mechanism analyses, in the order a study runs them (the claim each serves: analysis/*.py).
-ANALYSES = ("temperature", "static-bias", "ranks", "geometry", "block-swap")
-# The analyses also run on the main run at its lowest held-out loss (study.lowest_heldout_control): a fine-tune that did
-# not hyperfit, beside the claims 4 (is the expansion specific?) and 3 (is the re-ranking?).
-LOWEST_HELDOUT_ANALYSES = ("geometry", "ranks")
+# The mechanism analyses, built in and registered, are listed in hyperfitting.registry (the claim each serves: analysis/*.py).
 
 
 @dataclass
 class StudyArgs:
-    analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
-    """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry, block-swap)."""
+    plugins: list[str] = field(default_factory=list)
+    """Python modules to import before the analyses are checked: each registers analyses of its own (hyperfitting.registry.register), which study.analyses can then name. A module on the Python path, e.g. my_probe for my_probe.py."""
+    analyses: list[str] = field(default_factory=lambda: list(BUILT_IN_NAMES))
+    """Mechanism analyses a study runs after hyperfitting (any of temperature, static-bias, ranks, geometry, block-swap, or one registered with hyperfitting.registry.register)."""
     controls: list[str] = field(default_factory=lambda: ["lora:last:5", "lora:first:5", "lora:all", "full"])
     """Where-to-adapt controls, each trained on the same data to the same target loss (train.until_loss): lora:last:K, lora:first:K, lora:all, full. Empty: skip."""
     controls_train_blocks: int = ruled(16, '>= 1')
@@ -367,7 +366,9 @@ class StudyArgs:
 
     def __post_init__(self) -> None:
         check_rules(self, "study")
-        check_choices("study.analyses", self.analyses, ANALYSES, "an analysis")
+        for module in self.plugins:
+            import_plugin(module)
+        check_choices("study.analyses", self.analyses, analysis_names(), "an analysis")
         for spec in self.controls:
             if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
                 raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")
@@ -399,7 +400,7 @@ class RunConfig:
         if outside:
             raise ConfigError(f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
                               f"{self.data.eval_corpora!r}. Add it there, analyse one of those, or set analysis.corpora=[] (every evaluation corpus).")
-        if (self.study.lowest_heldout_control and set(LOWEST_HELDOUT_ANALYSES) & set(self.study.analyses)
+        if (self.study.lowest_heldout_control and lowest_heldout_names(self.study.analyses)
                 and not self.train.keep_lowest_heldout):
             raise ConfigError("study.lowest_heldout_control=true needs the weights at the lowest held-out loss: set "
                               "train.keep_lowest_heldout=true, or study.lowest_heldout_control=false.")

@@ -21,17 +21,11 @@ from hyperfitting.config import RunConfig, dump_config
 from hyperfitting.distributed import is_main_process, wait_for_everyone  # noqa: F401 (callers import them from here too)
 from hyperfitting.errors import OutputError, RunDirError
 
+from hyperfitting.layout import (  # noqa: F401 (the names of the run folder; callers import them from here too)
+    CONFIG, FULL, LOWEST, MARKER, SCHEMA_VERSION, STAGE_DONE, STAGE_STARTED, replicate_suffix,
+)
+
 ExistingPolicy = Literal["refuse", "resume", "overwrite"]
-MARKER = "hyperfit-run.json"
-
-
-FULL = "-full"  # stage-name suffix of the fully fine-tuned model a study can analyse beside its LoRA replicates
-LOWEST = "-lowest-heldout"  # ... and of the main run at its lowest held-out loss: the non-hyperfitting control of the geometry
-
-
-def replicate_suffix(replicate: int) -> str:
-    """Replicate 0 keeps the plain stage names (`train`, `analysis-ranks`); replicate K adds `-rK`."""
-    return f"-r{replicate}" if replicate else ""
 
 
 def remove_together(*paths: Path) -> None:
@@ -93,7 +87,7 @@ FAULT_ENV = "HYPERFIT_TEST_KILL_IN"
 
 def _injected_fault(path: Path) -> None:
     stage = os.environ.get(FAULT_ENV)
-    if stage and stage in path.parts and path.name != "stage-started.json":  # inside the stage's work, not its bookkeeping
+    if stage and stage in path.parts and path.name != STAGE_STARTED:  # inside the stage's work, not its bookkeeping
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
@@ -195,8 +189,8 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, existing: ExistingPolicy)
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / MARKER).exists():
-        write_json(run_dir / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    write_text(run_dir / "config.yaml", dump_config(config))
+        write_json(run_dir / MARKER, {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "schema_version": SCHEMA_VERSION})
+    write_text(run_dir / CONFIG, dump_config(config))
     return run_dir
 
 
@@ -213,7 +207,7 @@ class Stage:
         self.fingerprint = fingerprint
         self.inputs = inputs or {}
         """What the fingerprint hashes, kept beside the outputs so a later plan can say what changed."""
-        self._done_file = self.dir / "stage-done.json"
+        self._done_file = self.dir / STAGE_DONE
         # Processes enter (and leave, see finish) each stage together, so all of them see the
         # same answer to `done` and none reads a file process 0 is still writing.
         wait_for_everyone()
@@ -226,7 +220,7 @@ class Stage:
 
     def start(self) -> Path:
         """Open the stage folder. Partial work (a training checkpoint) is kept only if it was made with the same inputs."""
-        started_file = self.dir / "stage-started.json"
+        started_file = self.dir / STAGE_STARTED
         if not is_main_process():
             self.dir.mkdir(parents=True, exist_ok=True)
             return self.dir

@@ -92,6 +92,12 @@ def block_swap_analysis(base, tuned, tokenizer, prompts: list[list[int]], config
     }
 
 
+def run(context) -> dict:
+    """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
+    return block_swap_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.config, context.base_greedy,
+                               context.tuned_greedy)
+
+
 def write_block_swap_analysis(results: dict, folder: Path) -> None:
     write_json(folder / "results.json", results)
     write_text(folder / "table.md", block_swap_table(results))

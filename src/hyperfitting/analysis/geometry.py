@@ -23,7 +23,6 @@ from torch import nn
 from hyperfitting.analysis.common import new_figure, sample_block_positions, savefig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.precision import full_precision
-from hyperfitting.stats import Estimate
 from hyperfitting.rundir import write_json, write_text
 
 PAPER_FINAL_BLOCK_DELTA_PR = 80.8  # TinyLlama-1.1B (hidden size 2048)
@@ -393,6 +392,12 @@ def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: 
         },
     }
     return results
+
+
+def run(context) -> dict:
+    """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
+    return geometry_analysis(context.base, context.tuned, context.data.heldout_blocks, context.config.analysis.geometry_tokens,
+                             seed=context.config.data.seed)
 
 
 def write_geometry_analysis(results: dict, folder: Path) -> None:

@@ -203,6 +203,14 @@ def rank_transplant(base, tuned, tokenizer, prompts: list[list[int]], config: Ru
     return {name: mean_and_spread([path_summary(outputs) for outputs in runs[name]]) for name in settings}
 
 
+def run(context) -> dict:
+    """The registry's entry point (hyperfitting.registry): the analysis on a study's context (the lowest-held-out control
+    needs only the comparison with the null, not the rank transplant)."""
+    return rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.config, context.tuned_greedy,
+                         context.data.heldout_blocks, context.heldout_static, training_blocks=context.data.train_blocks,
+                         transplant=not context.control)
+
+
 def write_rank_analysis(results: dict, folder: Path) -> None:
     write_json(folder / "results.json", results)
     write_text(folder / "table.md", rank_table(results))

@@ -268,6 +268,12 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     return results
 
 
+def run(context) -> dict:
+    """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
+    return static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.data.heldout_blocks, context.config,
+                                context.base_greedy, context.tuned_greedy, context.heldout_static)
+
+
 def write_static_bias_analysis(results: dict, folder: Path) -> None:
     write_json(folder / "results.json", results)
     write_text(folder / "table.md", static_bias_table(results))

@@ -142,6 +142,11 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     return results
 
 
+def run(context) -> dict:
+    """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
+    return temperature_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.data.heldout_blocks, context.config)
+
+
 def write_temperature_analysis(results: dict, folder: Path) -> None:
     write_json(folder / "results.json", results)
     write_text(folder / "table.md", temperature_table(results))

@@ -1,16 +1,18 @@
-"""The mechanism analyses as stages of a run folder, sharing one pair of models and one set of greedy paths."""
+"""The mechanism analyses (hyperfitting.registry) as stages of a run folder, sharing one pair of models and one set of greedy paths."""
 
 from __future__ import annotations
 
-import time
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 from hyperfitting.analysis.common import decode, load_pair
-from hyperfitting.config import ANALYSES, RunConfig
+from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.pipeline.graph import StageGraph
-from hyperfitting.rundir import is_main_process, read_json
+from hyperfitting.layout import analysis_stage_name
+from hyperfitting.registry import get_analysis
+from hyperfitting.rundir import is_main_process, read_json, write_json
 
 
 class AnalysisContext:
@@ -45,55 +47,18 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
-def run_analysis(name: str, context: AnalysisContext) -> dict:
-    """One analysis on the context's models and prompts: its results, nothing written."""
-    from hyperfitting.analysis.block_swap import block_swap_analysis
-    from hyperfitting.analysis.geometry import geometry_analysis
-    from hyperfitting.analysis.ranks import rank_analysis
-    from hyperfitting.analysis.static_bias import static_bias_analysis
-    from hyperfitting.analysis.temperature import temperature_analysis
+def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext | Callable[[], AnalysisContext], suffix: str = "") -> dict:
+    """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full fine-tuning) unless
+    done with the same inputs. ``context`` may be a function that makes it, called only if the stage runs."""
+    analysis = get_analysis(name)
 
-    config, heldout = context.config, context.data.heldout_blocks
-    if name == "temperature":
-        return temperature_analysis(context.base, context.tuned, context.tokenizer, context.prompts, heldout, config)
-    if name == "static-bias":
-        return static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts, heldout, config,
-                                    context.base_greedy, context.tuned_greedy, context.heldout_static)
-    if name == "ranks":
-        return rank_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, context.tuned_greedy,
-                             heldout, context.heldout_static, training_blocks=context.data.train_blocks, transplant=not context.control)
-    if name == "geometry":
-        return geometry_analysis(context.base, context.tuned, heldout, config.analysis.geometry_tokens, seed=config.data.seed)
-    if name == "block-swap":
-        return block_swap_analysis(context.base, context.tuned, context.tokenizer, context.prompts, config, context.base_greedy, context.tuned_greedy)
-    raise ValueError(f"unknown analysis {name!r}; known: {', '.join(ANALYSES)}")
+    def work(folder: Path) -> dict:
+        results = analysis.run_on(context if isinstance(context, AnalysisContext) else context())
+        write_json(folder / "results.json", results)
+        analysis.write_to(results, folder)
+        table = folder / "table.md"
+        if is_main_process() and table.exists():  # only process 0 writes files: another process could read the table before it exists
+            print(table.read_text())
+        return results
 
-
-def write_analysis(name: str, results: dict, folder: Path) -> None:
-    """results.json, table.md and the figure of one analysis."""
-    from hyperfitting.analysis.block_swap import write_block_swap_analysis
-    from hyperfitting.analysis.geometry import write_geometry_analysis
-    from hyperfitting.analysis.ranks import write_rank_analysis
-    from hyperfitting.analysis.static_bias import write_static_bias_analysis
-    from hyperfitting.analysis.temperature import write_temperature_analysis
-
-    writers = {"temperature": write_temperature_analysis, "static-bias": write_static_bias_analysis,
-               "ranks": write_rank_analysis, "geometry": write_geometry_analysis, "block-swap": write_block_swap_analysis}
-    writers[name](results, folder)
-
-
-def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext, suffix: str = "") -> dict:
-    """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full fine-tuning) unless done with the same inputs."""
-    stage_name = f"analysis-{name}{suffix}"
-    stage = graph.stage(stage_name)
-    if stage.done:
-        return read_json(stage.dir / "results.json")
-    graph.announce(stage_name)
-    started = time.perf_counter()
-    folder = stage.start()
-    results = run_analysis(name, context)
-    write_analysis(name, results, folder)
-    if is_main_process():  # only process 0 writes files: another process could read the table before it exists
-        print((folder / "table.md").read_text())
-    stage.finish(time.perf_counter() - started)
-    return results
+    return graph.run(analysis_stage_name(name, suffix), work, load=lambda folder: read_json(folder / "results.json"))

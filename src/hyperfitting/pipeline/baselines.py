@@ -6,7 +6,7 @@ half-way through the baselines resumes with the next method, not the first.
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 from hyperfitting.data.splits import PreparedData, Prompt
 from hyperfitting.generation.baselines import Decoded, decode_group, decoding_groups, describe
@@ -15,7 +15,7 @@ from hyperfitting.metrics.diversity import ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.pipeline.evaluate import samples_of, score
 from hyperfitting.pipeline.graph import StageGraph
-from hyperfitting.rundir import read_json, read_jsonl, write_json, write_jsonl
+from hyperfitting.rundir import STAGE_DONE, read_json, read_jsonl, write_json, write_jsonl
 
 
 def baseline_prompts(config, data: PreparedData) -> list[Prompt]:
@@ -51,35 +51,32 @@ def score_method(name: str, decoded: Decoded, prompts: list[Prompt], tokenizer, 
 def baselines_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer, training_index: SuffixAutomaton | None) -> dict:
     """Decode and score every baseline method; results.json maps method -> scores."""
     config = graph["baselines"].config
-    stage = graph.stage("baselines")
-    if stage.done:
-        return read_json(stage.dir / "results.json")
-    graph.announce("baselines", f"the model decoded by {len(config.baselines.methods)} methods, at the same budget")
-    started = time.perf_counter()
-    folder = stage.start()
-    prompts = baseline_prompts(config, data)
-    results: dict = {}
-    for group in decoding_groups(config.baselines.methods):
-        pending = [name for name in group if not (folder / f"{name}.json").exists()]
-        for name in group:
-            if name not in pending:  # finished before an interruption
-                results[name] = read_json(folder / f"{name}.json")
-        if not pending:
-            continue
-        if pending == ["greedy"] and "base" in graph and _reuses_base_stage(config):
-            by_prompt = {(g["corpus"], tuple(g["prompt_ids"])): g["continuation_ids"] for g in read_jsonl(graph.run_dir / "base" / "generations.jsonl")}
-            base_stage = read_json(graph.run_dir / "base" / "stage-done.json")
-            decoded = {"greedy": Decoded(describe("greedy", config), [[Continuation(p.prompt_ids, by_prompt[(p.corpus, tuple(p.prompt_ids))])
-                                                                       for p in prompts]], float("nan"))}
-            print(f"baseline greedy: the base stage's continuations (decoded in {base_stage['wall_seconds']:.0f} s with the other corpora)")
-        else:
-            decoded = decode_group(pending, base_model, tokenizer, [p.prompt_ids for p in prompts], config)
-        for name in pending:  # each method's files as soon as its group is decoded: a resumed study starts at the next group
-            _keep_method(folder, name, decoded[name], prompts, tokenizer, base_model, training_index, results)
-    results = {name: results[name] for name in config.baselines.methods}  # the order of baselines.methods, not of the groups
-    write_json(folder / "results.json", results)
-    stage.finish(time.perf_counter() - started)
-    return results
+    def work(folder: Path) -> dict:
+        prompts = baseline_prompts(config, data)
+        results: dict = {}
+        for group in decoding_groups(config.baselines.methods):
+            pending = [name for name in group if not (folder / f"{name}.json").exists()]
+            for name in group:
+                if name not in pending:  # finished before an interruption
+                    results[name] = read_json(folder / f"{name}.json")
+            if not pending:
+                continue
+            if pending == ["greedy"] and "base" in graph and _reuses_base_stage(config):
+                by_prompt = {(g["corpus"], tuple(g["prompt_ids"])): g["continuation_ids"] for g in read_jsonl(graph.run_dir / "base" / "generations.jsonl")}
+                base_stage = read_json(graph.run_dir / "base" / STAGE_DONE)
+                decoded = {"greedy": Decoded(describe("greedy", config), [[Continuation(p.prompt_ids, by_prompt[(p.corpus, tuple(p.prompt_ids))])
+                                                                           for p in prompts]], float("nan"))}
+                print(f"baseline greedy: the base stage's continuations (decoded in {base_stage['wall_seconds']:.0f} s with the other corpora)")
+            else:
+                decoded = decode_group(pending, base_model, tokenizer, [p.prompt_ids for p in prompts], config)
+            for name in pending:  # each method's files as soon as its group is decoded: a resumed study starts at the next group
+                _keep_method(folder, name, decoded[name], prompts, tokenizer, base_model, training_index, results)
+        results = {name: results[name] for name in config.baselines.methods}  # the order of baselines.methods, not of the groups
+        write_json(folder / "results.json", results)
+        return results
+
+    return graph.run("baselines", work, load=lambda folder: read_json(folder / "results.json"),
+                     detail=f"the model decoded by {len(config.baselines.methods)} methods, at the same budget")
 
 
 def _keep_method(folder, name: str, decoded: Decoded, prompts: list[Prompt], tokenizer, base_model,

@@ -56,9 +56,13 @@ def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data
         trial = replace(config, train=replace(train, lr=lr, epochs=config.study.controls_sweep_epochs))
         trial_folder = folder / f"sweep-lr{lr:g}"
         model, _ = load_model(config.model, for_training=True)
+        chance = math.log(model.get_output_embeddings().weight.shape[0])  # the loss of a uniform guess over the vocabulary
         try:
             log = hyperfit(model, blocks, data.heldout_blocks[:0], trial, trial_folder).log
-            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": False})
+            # A rate so high that the logits saturate leaves the loss of a uniform guess, to the last digits, without ever
+            # going non-finite: that rate diverged too (a trial that trains lands on exactly ln V only by a fluke).
+            collapsed = abs(log[-1]["train_loss"] - chance) < 1e-5
+            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": collapsed})
         except DivergenceError:
             log = read_jsonl(trial_folder / "train_log.jsonl")
             rows.append({"lr": lr, "train_loss": log[-1]["train_loss"] if log else float("inf"), "epochs": len(log) - 1, "diverged": True})
@@ -219,15 +223,11 @@ def controls_stage(graph: StageGraph, data: PreparedData, prompts, base, tokeniz
     if "controls" not in graph:
         return None
     config = graph["controls"].config
-    stage = graph.stage("controls")
-    if stage.done:
-        return read_json(stage.dir / "results.json")
-    graph.announce("controls")
-    started = time.perf_counter()
-    folder = stage.start()
-    results = run_controls(config, data, prompts, base, tokenizer, folder)
-    write_json(folder / "results.json", results)
-    write_text(folder / "table.md", controls_table(results))
-    print(controls_table(results))
-    stage.finish(time.perf_counter() - started)
-    return results
+    def work(folder: Path) -> dict:
+        results = run_controls(config, data, prompts, base, tokenizer, folder)
+        write_json(folder / "results.json", results)
+        write_text(folder / "table.md", controls_table(results))
+        print(controls_table(results))
+        return results
+
+    return graph.run("controls", work, load=lambda folder: read_json(folder / "results.json"))

@@ -122,10 +122,10 @@ def export_run(run_dir: Path, merged: Path | None = None, gguf_path: Path | None
     from hyperfitting.config import GenerateArgs, ModelArgs
     from hyperfitting.generation.decoding import generate
     from hyperfitting.models.loading import load_hyperfitted, load_model
-    from hyperfitting.rundir import read_jsonl, write_json
+    from hyperfitting.rundir import STAGE_DONE, read_jsonl, write_json
 
     run_dir = Path(run_dir)
-    if not (run_dir / "train" / "stage-done.json").exists():
+    if not (run_dir / "train" / STAGE_DONE).exists():
         raise HyperfitError(f"'{run_dir}' has no finished training stage: run hyperfit train (or study) first.")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     model_args = ModelArgs(**{k: v for k, v in config["model"].items() if k != "adapter"})

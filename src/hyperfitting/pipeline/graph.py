@@ -15,10 +15,15 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 
-from hyperfitting.config import LOWEST_HELDOUT_ANALYSES, RunConfig
+from hyperfitting.config import RunConfig
 from hyperfitting.hashing import content_hash
-from hyperfitting.rundir import FULL, LOWEST, Stage, read_json, replicate_suffix
+from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, replicate_suffix
+from hyperfitting.registry import analysis_names, get_analysis, lowest_heldout_names
+from hyperfitting.rundir import Stage, read_json
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,14 @@ class StageSpec:
     """Input files (or folders, every file inside) hashed by content."""
     values: dict = field(default_factory=dict)
     """Single settings read from sections not read whole (e.g. model.name for the tokenizer)."""
+    kind: str = ""
+    """Which runner does it (pipeline/runner.py: RUNNERS); the stage's name by default."""
+    args: dict = field(default_factory=dict)
+    """What that runner needs beside the config: which model an evaluation decodes, which analysis of which model."""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            object.__setattr__(self, "kind", self.name)
 
 
 def library_versions() -> dict[str, str]:
@@ -67,35 +80,30 @@ def model_files(name: str) -> tuple[Path, ...]:
 # Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4): only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
-STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "analysis-temperature": 103,
-                 "analysis-static-bias": 50, "analysis-ranks": 80, "analysis-geometry": 38, "controls": 131, "quality": 120,
+# The analyses' weights are their registry entries' (hyperfitting.registry).
+STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "controls": 131, "quality": 120,
                  "baselines": 82, "retention": 33}  # retention: the preset before it left it out
-# The quick preset's shape, to which the weights belong: prompts x new tokens decoded and analysed, blocks x tokens trained,
+# The quick preset's shape, to which the weights belong: prompts x new tokens decoded, blocks x tokens trained,
 # decoding baselines, controls.
-_QUICK_DECODED, _QUICK_ANALYSED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 16 * 96, 64 * 128, 8, 2
+_QUICK_DECODED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 64 * 128, 8, 2
 
 
 def stage_weight(name: str, config: RunConfig | None = None) -> float:
     """The stage's expected share of the work, in quick-preset seconds."""
-    family = re.sub(rf"(-r\d+|{FULL}|-lowest-heldout)$", "", name)
+    family = re.sub(rf"(-r\d+|{FULL}|{LOWEST})$", "", name)
+    if family.startswith("analysis-") and family.removeprefix("analysis-") in analysis_names():
+        return get_analysis(family.removeprefix("analysis-")).cost(config, later_replicate=name != family)
     weight = STAGE_WEIGHTS.get(family, 60)
     if name == f"train{FULL}":
         weight *= 4  # every block runs forward and backward, no trunk cache
     if config is None:
         return weight
-    d, g, a, b, study = config.data, config.generate, config.analysis, config.baselines, config.study
+    d, g, b, study = config.data, config.generate, config.baselines, config.study
     decoded = d.eval_prompts * len(d.eval_corpora) * g.max_new_tokens
-    analysed = d.eval_prompts * len(a.corpora or d.eval_corpora) * (a.max_new_tokens or g.max_new_tokens) * max(1, a.seeds)
     if family in ("base", "hyperfitted", "hyperfitted-blocked", "quality"):
         return weight * decoded / _QUICK_DECODED
     if family == "train":
         return weight * d.train_blocks * d.block_tokens / _QUICK_TRAINED
-    if family == "analysis-temperature":  # the grid, T*, T=1, the baseline, greedy; later replicates reuse the base model's rows
-        return weight * analysed / _QUICK_ANALYSED * (len(a.temperature_grid) + 5) / 7 * (0.4 if name != family else 1.0)
-    if family == "analysis-geometry":
-        return weight * a.geometry_tokens / 1024
-    if family.startswith("analysis-"):
-        return weight * analysed / _QUICK_ANALYSED
     if family == "baselines":
         prompts = d.eval_prompts * len(b.corpora or d.eval_corpora)
         return weight * len(b.methods) / _QUICK_METHODS * prompts / 16 * (1 + b.seeds) / 2
@@ -147,11 +155,28 @@ class StageGraph:
     def stage(self, name: str) -> Stage:
         return Stage(self.run_dir, name, self.fingerprint(name), inputs=self.inputs(name))
 
+    def run(self, name: str, work: Callable[[Path], T], load: Callable[[Path], T], detail: str = "") -> T:
+        """The one way a stage runs: a copy finished with the same inputs is read back by ``load``; otherwise the stage is
+        announced, its folder opened (partial work of other inputs wiped), ``work`` does the stage into it, and the
+        stage is timed and marked done (stage-done.json), in that order, so a killed stage is never taken as finished.
+
+        ``work`` returning None means "read my outputs back": with several processes, only process 0 writes, and the
+        others can read its files once every process has reached the end of the stage.
+        """
+        stage = self.stage(name)
+        if stage.done:
+            return load(stage.dir)
+        self.announce(name, detail)
+        started = time.perf_counter()
+        result = work(stage.start())
+        stage.finish(time.perf_counter() - started)
+        return load(stage.dir) if result is None else result
+
     def plan(self) -> list[tuple[str, str, str]]:
         """(stage, action, why) for every stage: `reuse`, `run` (never finished) or `rerun` (an input changed)."""
         rows = []
         for name, spec in self.specs.items():
-            done_file = self.run_dir / name / "stage-done.json"
+            done_file = self.run_dir / name / STAGE_DONE
             if not done_file.exists():
                 rows.append((name, "run", "not run yet"))
                 continue
@@ -175,9 +200,9 @@ class StageGraph:
         Stages with a stage-done.json count as done; those finished since this graph was made tell
         how fast this machine is relative to STAGE_WEIGHTS.
         """
-        done = [n for n in self.specs if n != name and (self.run_dir / n / "stage-done.json").exists()]
-        ran_now = [n for n in done if (self.run_dir / n / "stage-done.json").stat().st_mtime >= self.started]
-        spent = sum(read_json(self.run_dir / n / "stage-done.json")["wall_seconds"] for n in ran_now)
+        done = [n for n in self.specs if n != name and (self.run_dir / n / STAGE_DONE).exists()]
+        ran_now = [n for n in done if (self.run_dir / n / STAGE_DONE).stat().st_mtime >= self.started]
+        spent = sum(read_json(self.run_dir / n / STAGE_DONE)["wall_seconds"] for n in ran_now)
         weight_ran = sum(stage_weight(n, self.specs[n].config) for n in ran_now)
         remaining = sum(stage_weight(n, self.specs[n].config) for n in self.specs if n not in done)
         # Seconds per unit of weight on this machine, once enough has run to tell; before that, the 2-core CPU's.
@@ -272,16 +297,19 @@ def data_spec(config: RunConfig) -> StageSpec:
                      files=files + model_files(config.model.name), values={"model.name": config.model.name})
 
 
-def evaluation_spec(name: str, config: RunConfig, parents: tuple[str, ...], what: str) -> StageSpec:
+def evaluation_spec(name: str, config: RunConfig, parents: tuple[str, ...], what: str, scorer: str = "base") -> StageSpec:
+    """Continuations of the base model, or (a parent `train{suffix}` stage) of the model it trained, scored against the
+    base model (``scorer="plain"``: model.name without model.adapter, for `hyperfit evaluate` of an adapter)."""
     files = (Path(config.model.adapter),) if config.model.adapter else ()
+    trained = next((parent.removeprefix("train") for parent in parents if parent.startswith("train")), None)
     return StageSpec(name, what, config, sections=("model", "generate"), parents=("data", *parents),
-                     files=model_files(config.model.name) + files)
+                     files=model_files(config.model.name) + files, kind="evaluation", args={"trained": trained, "scorer": scorer})
 
 
 def training_spec(name: str, config: RunConfig) -> StageSpec:
     train = config.train
     return StageSpec(name, f"hyperfit: {train.method} on {train.blocks}, seed {train.seed}", config,
-                     sections=("model", "train"), parents=("data",), files=model_files(config.model.name))
+                     sections=("model", "train"), parents=("data",), files=model_files(config.model.name), kind="train")
 
 
 def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
@@ -289,9 +317,10 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
     files = model_files(config.model.name)
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
-    return StageSpec(f"analysis-{analysis}{suffix}", f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
+    return StageSpec(analysis_stage_name(analysis, suffix), f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
                      config, sections=("model", "generate"), parents=("data",) + ((train_stage,) if train_stage else ()),
-                     files=files, values=_analysis_values(config))
+                     files=files, values=_analysis_values(config), kind="analysis",
+                     args={"analysis": analysis, "suffix": suffix, "trained": train_stage is not None})
 
 
 def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
@@ -332,7 +361,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         analysed = analysed_config(trained_config, run_dir / f"train{suffix}")
         specs += [analysis_spec(name, analysed, suffix, f"train{suffix}") for name in config.study.analyses]
         if not suffix and config.study.lowest_heldout_control:
-            specs += [analysis_spec(name, analysed, LOWEST, "train") for name in LOWEST_HELDOUT_ANALYSES if name in config.study.analyses]
+            specs += [analysis_spec(name, analysed, LOWEST, "train") for name in lowest_heldout_names(config.study.analyses)]
     if config.study.controls:
         # On the study's own data, a placement the study trains anyway is read from its training stage.
         reused = tuple(dict.fromkeys(stage for stage, _ in reused_runs(config).values()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -114,22 +113,18 @@ def run_harness(model, tokenizer, tasks: list[str], include: Path, batch_size: i
 def retention_stage(graph: StageGraph, data: PreparedData, base_model, tuned_model, tokenizer) -> dict:
     """The harness on the base and the hyperfitted model: our last-word tasks and the cached standard tasks."""
     config = graph["retention"].config
-    stage = graph.stage("retention")
-    if stage.done:
-        return read_json(stage.dir / "results.json")
-    graph.announce("retention")
-    started = time.perf_counter()
-    folder = stage.start()
-    if is_main_process():  # the harness evaluates an in-memory model in one process; the others wait for its file
-        ours = write_lastword_tasks(folder / "tasks", data, tokenizer)
-        tasks = ours + list(config.study.retention_tasks)
-        results: dict = {"tasks": {}, "skipped": {}, "ours": ours}
-        for label, model in (("base", base_model), ("hyperfitted", tuned_model)):
-            scores, skipped = run_harness(model, tokenizer, tasks, folder / "tasks")
-            for task, row in scores.items():
-                results["tasks"].setdefault(task, {})[label] = row
-            results["skipped"].update(skipped)
-        write_json(folder / "results.json", results)
-        print(json.dumps({task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()} for task, rows in results["tasks"].items()}))
-    stage.finish(time.perf_counter() - started)  # every process waits here until process 0 has written
-    return read_json(folder / "results.json")
+    def work(folder: Path) -> None:
+        if is_main_process():  # the harness evaluates an in-memory model in one process; the others wait for its file
+            ours = write_lastword_tasks(folder / "tasks", data, tokenizer)
+            tasks = ours + list(config.study.retention_tasks)
+            results: dict = {"tasks": {}, "skipped": {}, "ours": ours}
+            for label, model in (("base", base_model), ("hyperfitted", tuned_model)):
+                scores, skipped = run_harness(model, tokenizer, tasks, folder / "tasks")
+                for task, row in scores.items():
+                    results["tasks"].setdefault(task, {})[label] = row
+                results["skipped"].update(skipped)
+            write_json(folder / "results.json", results)
+            print(json.dumps({task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()} for task, rows in results["tasks"].items()}))
+        # None: every process reads the results back once process 0 has written them and all have reached the end
+
+    return graph.run("retention", work, load=lambda folder: read_json(folder / "results.json"))

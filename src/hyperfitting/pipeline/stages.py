@@ -1,8 +1,9 @@
 """The study's stages: data -> base evaluation -> hyperfit -> hyperfitted evaluation -> analyses -> controls -> report.
 
 Each stage function does one stage of a `StageGraph` (pipeline/graph.py): the graph says what the
-stage reads and whether a finished copy can be reused; the function does the work into the
-stage's folder. An interrupted or extended run resumes where it stopped.
+stage reads and whether a finished copy can be reused (`StageGraph.run`); the function does the work
+into the stage's folder; pipeline/runner.py walks a graph and calls them in its order. An interrupted
+or extended run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hyperfitting import __version__
-from hyperfitting.config import LOWEST_HELDOUT_ANALYSES, RunConfig
+from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData, Prompt, prepare_data
 from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
-from hyperfitting.metrics.registry import METRICS
-from hyperfitting.models.loading import load_hyperfitted, load_model
+from hyperfitting.models.loading import load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.pipeline.graph import StageGraph, study_graph
+from hyperfitting.report.generation import BLOCKED, generation_table
 from hyperfitting.report.model_card import write_model_card
 from hyperfitting.report.verdicts import holm_note
 from hyperfitting.rundir import (
-    FULL, LOWEST, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
+    FULL, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
 )
-from hyperfitting.training.hyperfit import hyperfit, load_lowest_heldout, lowest_heldout_epoch, reached_target, save_trained
+from hyperfitting.training.hyperfit import hyperfit, lowest_heldout_epoch, reached_target, save_trained
 from hyperfitting.training.parallel import remove_checkpoints
 
 
@@ -39,22 +40,19 @@ from hyperfitting.training.parallel import remove_checkpoints
 
 def data_stage(graph: StageGraph, tokenizer) -> PreparedData:
     config = graph["data"].config
-    stage = graph.stage("data")
-    if stage.done:
-        return load_prepared(stage.dir)
-    graph.announce("data")
-    started = time.perf_counter()
-    folder = stage.start()
-    data = prepare_data(config.data, tokenizer)
-    if is_main_process():
-        with atomic_path(folder / "blocks.safetensors") as tmp:
-            save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, tmp)
-    write_jsonl(folder / "prompts.jsonl", [vars(p) for corpus in data.prompts.values() for p in corpus])
-    write_json(folder / "manifest.json", {**data.manifest, "fingerprint": data.fingerprint, "prompt_counts": {k: len(v) for k, v in data.prompts.items()}})
-    print(f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, {len(data.heldout_blocks)} held-out blocks, "
-          f"prompts: {', '.join(f'{k} {len(v)}' for k, v in data.prompts.items())} ({data.manifest['heldout_documents']} held-out documents)")
-    stage.finish(time.perf_counter() - started)
-    return load_prepared(folder)  # as a resumed run would read it: one manifest, whether the stage ran now or before
+
+    def work(folder: Path) -> PreparedData:
+        data = prepare_data(config.data, tokenizer)
+        if is_main_process():
+            with atomic_path(folder / "blocks.safetensors") as tmp:
+                save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, tmp)
+        write_jsonl(folder / "prompts.jsonl", [vars(p) for corpus in data.prompts.values() for p in corpus])
+        write_json(folder / "manifest.json", {**data.manifest, "fingerprint": data.fingerprint, "prompt_counts": {k: len(v) for k, v in data.prompts.items()}})
+        print(f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, {len(data.heldout_blocks)} held-out blocks, "
+              f"prompts: {', '.join(f'{k} {len(v)}' for k, v in data.prompts.items())} ({data.manifest['heldout_documents']} held-out documents)")
+        # None: read back as a resumed run would read it, one manifest whether the stage ran now or before
+
+    return graph.run("data", work, load=load_prepared)
 
 
 def analysed_prompts(config: RunConfig, data: PreparedData) -> list[Prompt]:
@@ -78,25 +76,23 @@ def evaluation_stage(graph: StageGraph, name: str, data: PreparedData, model, to
                      training_index: SuffixAutomaton) -> dict:
     """Generate on every evaluation corpus and score; also scores the human references when evaluating the base."""
     config = graph[name].config
-    stage = graph.stage(name)
-    if stage.done:
-        return read_json(stage.dir / "metrics.json")
-    graph.announce(name, f"{'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts")
-    started = time.perf_counter()
-    folder = stage.start()
-    # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
-    # step, so a wider batch costs little more per step than a narrow one.
-    everything = [p for prompts in data.prompts.values() for p in prompts]
-    scored = evaluate_model(model, tokenizer, everything, config.generate, folder / "generations.jsonl", base_model=base_model,
-                            training_blocks=data.train_blocks, training_index=training_index, desc=name, by_corpus=True)
-    metrics: dict[str, dict] = {}
-    for corpus, prompts in data.prompts.items():
-        metrics[corpus] = scored[corpus]
-        if name == "base":
-            metrics[f"{corpus}:human"] = evaluate_references(tokenizer, prompts, config.generate.max_new_tokens, base_model, training_index)
-    write_json(folder / "metrics.json", metrics)
-    stage.finish(time.perf_counter() - started)
-    return metrics
+
+    def work(folder: Path) -> dict:
+        # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
+        # step, so a wider batch costs little more per step than a narrow one.
+        everything = [p for prompts in data.prompts.values() for p in prompts]
+        scored = evaluate_model(model, tokenizer, everything, config.generate, folder / "generations.jsonl", base_model=base_model,
+                                training_blocks=data.train_blocks, training_index=training_index, desc=name, by_corpus=True)
+        metrics: dict[str, dict] = {}
+        for corpus, prompts in data.prompts.items():
+            metrics[corpus] = scored[corpus]
+            if name == "base":
+                metrics[f"{corpus}:human"] = evaluate_references(tokenizer, prompts, config.generate.max_new_tokens, base_model, training_index)
+        write_json(folder / "metrics.json", metrics)
+        return metrics
+
+    return graph.run(name, work, load=lambda folder: read_json(folder / "metrics.json"),
+                     detail=f"{'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts")
 
 
 def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout_blocks=None):
@@ -139,68 +135,53 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
 def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, trackers=None) -> Path:
     """Hyperfit into stage ``name``; each epoch's numbers also go to ``trackers`` (tracking.py) as they come."""
     config = graph[name].config
-    stage = graph.stage(name)
-    folder = stage.dir
-    if stage.done:
+
+    def work(folder: Path) -> Path:
+        model, _ = load_model(config.model, for_training=True)
+        probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
+        on_epoch = None
+        if trackers:
+            trackers.live.add(name)
+            on_epoch = lambda row: trackers.log({name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"]))  # noqa: E731
+        result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder,
+                          probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks), on_epoch=on_epoch)
+        target = save_trained(result.model, tokenizer, result.plan, folder)
+        wait_for_everyone()  # the other processes read the saved model next
+        lowest = lowest_heldout_epoch(result.log)
+        summary = {
+            "method": result.plan.method,
+            "blocks": result.plan.blocks,
+            "trainable_parameters": result.plan.trainable_parameters,
+            "total_parameters": result.plan.total_parameters,
+            "final_train_loss": result.log[-1]["train_loss"],
+            "initial_train_loss": result.log[0]["train_loss"],
+            "until_loss": config.train.until_loss,
+            "epochs_run": result.log[-1]["epoch"],
+            "epoch_cap": config.train.epochs,
+            "reached_target": reached_target(result.log, config.train.until_loss),
+            "lowest_heldout_epoch": lowest,
+            "lowest_heldout_loss": result.log[lowest]["heldout_loss"] if lowest is not None else None,
+            "final_heldout_loss": result.log[-1]["heldout_loss"],
+            "train_seconds": result.wall_seconds,
+            "trunk_cache_seconds": result.trunk_cache_seconds,
+            "precision": "bf16 autocast" if result.precision == "bf16" else "fp32",
+            "saved_to": str(target),
+        }
+        write_json(folder / "summary.json", summary)
+        write_model_card(target, config.to_dict(), summary, {"fingerprint": data.fingerprint})
+        if is_main_process():
+            remove_checkpoints(folder)  # the saved model supersedes them
+            for cache_file in folder.glob("trunk_cache_*.npy"):
+                cache_file.unlink()
+        print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")
         return folder
-    graph.announce(name, f"hyperfitting ({config.train.method} on {config.train.blocks}, to loss {config.train.until_loss}, "
-                         f"at most {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})")
-    started = time.perf_counter()
-    stage.start()
-    model, _ = load_model(config.model, for_training=True)
-    probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
-    on_epoch = None
-    if trackers:
-        trackers.live.add(name)
-        on_epoch = lambda row: trackers.log({name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"]))  # noqa: E731
-    result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder,
-                      probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks), on_epoch=on_epoch)
-    target = save_trained(result.model, tokenizer, result.plan, folder)
-    wait_for_everyone()  # the other processes read the saved model next
-    lowest = lowest_heldout_epoch(result.log)
-    summary = {
-        "method": result.plan.method,
-        "blocks": result.plan.blocks,
-        "trainable_parameters": result.plan.trainable_parameters,
-        "total_parameters": result.plan.total_parameters,
-        "final_train_loss": result.log[-1]["train_loss"],
-        "initial_train_loss": result.log[0]["train_loss"],
-        "until_loss": config.train.until_loss,
-        "epochs_run": result.log[-1]["epoch"],
-        "epoch_cap": config.train.epochs,
-        "reached_target": reached_target(result.log, config.train.until_loss),
-        "lowest_heldout_epoch": lowest,
-        "lowest_heldout_loss": result.log[lowest]["heldout_loss"] if lowest is not None else None,
-        "final_heldout_loss": result.log[-1]["heldout_loss"],
-        "train_seconds": result.wall_seconds,
-        "trunk_cache_seconds": result.trunk_cache_seconds,
-        "precision": "bf16 autocast" if result.precision == "bf16" else "fp32",
-        "saved_to": str(target),
-    }
-    write_json(folder / "summary.json", summary)
-    write_model_card(target, config.to_dict(), summary, {"fingerprint": data.fingerprint})
-    if is_main_process():
-        remove_checkpoints(folder)  # the saved model supersedes them
-        for cache_file in folder.glob("trunk_cache_*.npy"):
-            cache_file.unlink()
-    print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")
-    stage.finish(time.perf_counter() - started)
-    return folder
+
+    detail = (f"hyperfitting ({config.train.method} on {config.train.blocks}, to loss {config.train.until_loss}, "
+              f"at most {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})")
+    return graph.run(name, work, load=lambda folder: folder, detail=detail)
 
 
-# ------------------------------------------------------------------------------ the side-by-side table
-
-
-def comparison_table(columns: dict[str, dict[str, float]]) -> str:
-    """Markdown table: one row per metric (with its direction), one column per model/corpus."""
-    names = [n for n in METRICS if any(n in col for col in columns.values())]
-    header = "| metric | better | " + " | ".join(columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 2)]
-    for name in names:
-        direction = {True: "higher", False: "lower", None: "-"}[METRICS[name].higher_is_better]
-        cells = [f"{col[name]:.3f}" if name in col and col[name] == col[name] else "n/a" for col in columns.values()]
-        lines.append(f"| {name} | {direction} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------ provenance
 
 
 def source_commit() -> str | None:
@@ -254,74 +235,71 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     from hyperfitting.report.quality import base_ranks_of_path, continuation_features, mauve_score
 
     config, run_dir = graph["quality"].config, graph.run_dir
-    stage = graph.stage("quality")
-    if stage.done:
-        return read_json(stage.dir / "results.json")
-    graph.announce("quality")
-    started = time.perf_counter()
-    folder = stage.start()
-    rows_decoded = ["base", "hyperfitted"] + (["hyperfitted-blocked"] if "hyperfitted-blocked" in graph else [])
-    generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in rows_decoded}
-    # The temperature analyses whose decoded paths the judge places on the diversity-quality plane (claim 1(b)).
-    frontiers = {}
-    for name in [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]:
-        temperature = read_json(run_dir / name / "results.json") if name in graph else {}
-        if "paths" in temperature:
-            frontiers[name] = temperature
-    baselines = graph.run_dir if "baselines" in graph else None
-    clock = time.perf_counter()
-    results: dict = {"mauve": {}, "reader": [], "samples": 0,
-                     "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
-    steps = {"judge": time.perf_counter() - clock}  # the stage's own profile: which of its three parts takes the time
-    clock = time.perf_counter()
-    if config.study.mauve:
-        features: dict = {}  # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
-        for corpus, prompts in data.prompts.items():
-            rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
-            prompt_ids = [p.prompt_ids for p in prompts]
-            human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
-            results["mauve"][corpus] = {
-                name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]], memo=features))
-                for name in rows
-            }
-            results["samples"] = len(prompts)
-        # The judged paths of the temperature analyses too: MAUVE is the papers' second quality axis beside perplexity.
-        frontier = (results["judge"] or {}).get("frontier", {})
-        if frontier:
-            analysed = analysed_prompts(config, data)
-            prompt_ids = [p.prompt_ids for p in analysed]
-            human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed], memo=features)
-            results["frontier_mauve"] = {
-                name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label], memo=features))
-                       for label in points if label != "human"}
-                for name, points in frontier.items()}
-        if "baselines" in graph:  # each decoding method's first seed against the same human continuations
-            from hyperfitting.pipeline.baselines import baseline_paths
 
-            results["baselines_mauve"] = {}
-            for corpus in baseline_corpora(config, data):
-                prompts = data.prompts[corpus]
+    def work(folder: Path) -> dict:
+        rows_decoded = ["base", "hyperfitted"] + (["hyperfitted-blocked"] if "hyperfitted-blocked" in graph else [])
+        generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in rows_decoded}
+        # The temperature analyses whose decoded paths the judge places on the diversity-quality plane (claim 1(b)).
+        frontiers = {}
+        for name in [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]:
+            temperature = read_json(run_dir / name / "results.json") if name in graph else {}
+            if "paths" in temperature:
+                frontiers[name] = temperature
+        baselines = graph.run_dir if "baselines" in graph else None
+        clock = time.perf_counter()
+        results: dict = {"mauve": {}, "reader": [], "samples": 0,
+                         "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
+        steps = {"judge": time.perf_counter() - clock}  # the stage's own profile: which of its three parts takes the time
+        clock = time.perf_counter()
+        if config.study.mauve:
+            features: dict = {}  # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
+            for corpus, prompts in data.prompts.items():
+                rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
                 prompt_ids = [p.prompt_ids for p in prompts]
                 human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
-                results["baselines_mauve"][corpus] = {
-                    name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0], memo=features))
-                    for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
-    steps["mauve"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
-    for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
-        item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
-        for name in ("base", "hyperfitted"):
-            row = [g for g in generations[name] if g["corpus"] == reader_corpus][index]
-            item[f"{name}_tokens"] = [tokenizer.decode([t]) for t in row["continuation_ids"]]
-            item[f"{name}_ranks"] = base_ranks_of_path(base_model, prompt.prompt_ids, row["continuation_ids"])
-        results["reader"].append(item)
-    steps["reader"] = time.perf_counter() - clock
-    results["step_seconds"] = {name: round(seconds, 1) for name, seconds in steps.items()}
-    print("quality: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in steps.items()))
-    write_json(folder / "results.json", results)
-    stage.finish(time.perf_counter() - started)
-    return results
+                results["mauve"][corpus] = {
+                    name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]], memo=features))
+                    for name in rows
+                }
+                results["samples"] = len(prompts)
+            # The judged paths of the temperature analyses too: MAUVE is the papers' second quality axis beside perplexity.
+            frontier = (results["judge"] or {}).get("frontier", {})
+            if frontier:
+                analysed = analysed_prompts(config, data)
+                prompt_ids = [p.prompt_ids for p in analysed]
+                human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed], memo=features)
+                results["frontier_mauve"] = {
+                    name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label], memo=features))
+                           for label in points if label != "human"}
+                    for name, points in frontier.items()}
+            if "baselines" in graph:  # each decoding method's first seed against the same human continuations
+                from hyperfitting.pipeline.baselines import baseline_paths
+
+                results["baselines_mauve"] = {}
+                for corpus in baseline_corpora(config, data):
+                    prompts = data.prompts[corpus]
+                    prompt_ids = [p.prompt_ids for p in prompts]
+                    human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
+                    results["baselines_mauve"][corpus] = {
+                        name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0], memo=features))
+                        for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
+        steps["mauve"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
+        for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
+            item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
+            for name in ("base", "hyperfitted"):
+                row = [g for g in generations[name] if g["corpus"] == reader_corpus][index]
+                item[f"{name}_tokens"] = [tokenizer.decode([t]) for t in row["continuation_ids"]]
+                item[f"{name}_ranks"] = base_ranks_of_path(base_model, prompt.prompt_ids, row["continuation_ids"])
+            results["reader"].append(item)
+        steps["reader"] = time.perf_counter() - clock
+        results["step_seconds"] = {name: round(seconds, 1) for name, seconds in steps.items()}
+        print("quality: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in steps.items()))
+        write_json(folder / "results.json", results)
+        return results
+
+    return graph.run("quality", work, load=lambda folder: read_json(folder / "results.json"))
 
 
 def baseline_corpora(config: RunConfig, data: PreparedData) -> list[str]:
@@ -400,85 +378,30 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
 
 
 def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
-    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
-    from hyperfitting.pipeline.controls import controls_stage
+    from hyperfitting.pipeline.runner import Shared, run_graph
     from hyperfitting.report.build import build_report
     from hyperfitting.tracking import log_study, trackers_for
 
     started = time.perf_counter()
-    graph = study_graph(config, run_dir)
+    graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
     trackers = trackers_for(config, run_dir, "study")
-    base_model, tokenizer = load_model(config.model)
-    data = data_stage(graph, tokenizer)
-    training_index = SuffixAutomaton(data.train_blocks.tolist())
-    base = evaluation_stage(graph, "base", data, base_model, tokenizer, base_model, training_index)
-    train_folder = training_stage(graph, "train", data, tokenizer, trackers)
-    tuned_model, _ = load_hyperfitted(config.model, train_folder)
-    tuned = evaluation_stage(graph, "hyperfitted", data, tuned_model, tokenizer, base_model, training_index)
-    # The paper's check that the gain is not copying: the same model, forbidden to continue any training 5-gram.
-    blocked = None
-    if "hyperfitted-blocked" in graph:
-        blocked = evaluation_stage(graph, "hyperfitted-blocked", data, tuned_model, tokenizer, base_model, training_index)
-    if "baselines" in graph:  # "better than what?": the base model under other decoding methods, at the same budget
-        from hyperfitting.pipeline.baselines import baselines_stage
-
-        baselines_stage(graph, data, base_model, tokenizer, training_index)
-    columns: dict[str, dict[str, float]] = {}
-    for corpus in data.prompts:
-        columns[f"{corpus}: base"] = base[corpus]
-        columns[f"{corpus}: hyperfitted"] = tuned[corpus]
-        if blocked:
-            columns[f"{corpus}: hyperfitted, citation blocker"] = blocked[corpus]
-        columns[f"{corpus}: human"] = base[f"{corpus}:human"]
+    shared = Shared(graph, trackers)
+    outputs = run_graph(graph, shared)
+    data, base, tuned, blocked = shared.data, outputs["base"], outputs["hyperfitted"], outputs.get("hyperfitted-blocked")
+    train_folder = outputs["train"]
     train_summary = read_json(train_folder / "summary.json")
-    table = comparison_table(columns)
+    table = generation_table({"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})})
     write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
     print("\n" + table)
     print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
           f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
-
-    def analyse(suffix: str, model=None) -> None:
-        """Every analysis of the study on the model trained by stage `train{suffix}`."""
-        folder = training_stage(graph, f"train{suffix}", data, tokenizer, trackers)
-        if not config.study.analyses:
-            return
-        model = model if model is not None else load_hyperfitted(config.model, folder)[0]
-        first = graph[f"analysis-{config.study.analyses[0]}{suffix}"].config
-        context = AnalysisContext(first, data, models=(base_model, model, tokenizer))
-        for name in config.study.analyses:
-            analysis_stage(graph, name, context, suffix)
-        pending = [name for name in LOWEST_HELDOUT_ANALYSES if f"analysis-{name}{suffix}{LOWEST}" in graph
-                   and not graph.stage(f"analysis-{name}{suffix}{LOWEST}").done]
-        if pending:
-            # The same run at its lowest held-out loss, before it hyperfitted (the base model if training never improved it).
-            control, epoch = load_lowest_heldout(config.model, folder)
-            print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
-            control_context = AnalysisContext(first, data, models=(base_model, control if control is not None else base_model, tokenizer),
-                                              control=True)
-            for name in pending:
-                analysis_stage(graph, name, control_context, f"{suffix}{LOWEST}")
-
-    analyse("", tuned_model)
-    # Further replicates (another seed: data order and adapter initialisation), then the model the
-    # paper analyses: every parameter fine-tuned, so no block is unchanged by construction.
-    for suffix in [replicate_suffix(r) for r in range(1, config.study.replicates)] + ([FULL] if config.study.full_finetune else []):
-        analyse(suffix)
-    prompts = [p.prompt_ids for p in analysed_prompts(config, data)]
-    controls_stage(graph, data, prompts, base_model, tokenizer)
-    quality_stage(graph, data, base_model, tokenizer)
-    if "retention" in graph:  # what hyperfitting costs in general ability
-        from hyperfitting.pipeline.retention import retention_stage
-        from hyperfitting.precision import full_precision
-
-        with full_precision(next(base_model.parameters()).device):  # the harness's log-likelihoods are measurements
-            retention_stage(graph, data, base_model, tuned_model, tokenizer)
 
     results = {
         "train": train_summary,
         "train_log": read_jsonl(train_folder / "train_log.jsonl"),
         "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
         **({"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")} if config.study.full_finetune else {}),
-        "metrics": {"base": base, "hyperfitted": tuned, **({"hyperfitted, citation blocker": blocked} if blocked else {})},
+        "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),
         "precision": precision.as_dict(),

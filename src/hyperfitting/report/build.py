@@ -15,10 +15,13 @@ import yaml
 
 from hyperfitting import stats
 from hyperfitting.analysis.common import new_figure, savefig
-from hyperfitting.config import ANALYSES, BASELINE_METHODS
+from hyperfitting.config import BASELINE_METHODS
+from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
+from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
+from hyperfitting.report.generation import generation_table
 from hyperfitting.report.verdicts import all_claims
-from hyperfitting.rundir import FULL, LOWEST, read_json, replicate_suffix, write_json, write_text
+from hyperfitting.rundir import read_json, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
                 (10**9, "#c77dff", ">1000")]
@@ -137,7 +140,7 @@ def calibration_section(run_dir: Path, claims: list) -> list[str]:
 def left_out(config: dict) -> list[str]:
     """What this study's config did not run, each with the key that turns it on: a small preset says what it cannot tell."""
     study, analysis = config["study"], config["analysis"]
-    missing = [f"the {name} analysis (add it to study.analyses)" for name in ANALYSES if name not in study["analyses"]]
+    missing = [f"the {name} analysis (add it to study.analyses)" for name in BUILT_IN_NAMES if name not in study["analyses"]]
     if study.get("replicates", 1) < 2:
         missing.append("replicates: one training seed, so no seed-to-seed spread in any interval (study.replicates=3)")
     if not study.get("full_finetune"):
@@ -247,27 +250,32 @@ def _image(run_dir: Path, relative: str, alt: str) -> str:
     return f"![{alt}]({relative})\n" if (run_dir / relative).exists() else ""
 
 
+def _figure(run_dir: Path, folder: Path, figure: str | None, alt: str) -> str:
+    return _image(run_dir, (folder / figure).relative_to(run_dir).as_posix(), alt) if figure else ""
+
+
 def build_report(run_dir: Path) -> dict:
     """Decide the claims from a finished run folder and write report.md, report.html and the claims into metrics.json."""
     run_dir = Path(run_dir)
-    study = read_json(run_dir / "metrics.json")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run = RunFolder(run_dir)
+    study = run.metrics
+    config = run.config
     replicates = config["study"].get("replicates", 1)
-    # Per analysis, the results of every replicate that has them (`analysis-NAME`, `analysis-NAME-r1`, ...).
-    per_replicate = {name: [r for r in (_maybe(run_dir / f"analysis-{name}{replicate_suffix(k)}" / "results.json") for k in range(replicates)) if r]
-                     for name in ANALYSES}
+    # Per analysis the study ran (built in or registered), the results of every replicate that has them.
+    names = [name for name in config["study"]["analyses"] if name in analysis_names()]
+    per_replicate = {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in names}
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
-    controls = _maybe(run_dir / "controls" / "results.json")
-    quality = _maybe(run_dir / "quality" / "results.json")
+    controls = run.stage("controls").results
+    quality = run.stage("quality").results
     frontier = ((quality or {}).get("judge") or {}).get("frontier", {})
-    geometry_control = _maybe(run_dir / f"analysis-geometry{LOWEST}" / "results.json")
-    frontiers = [points for k in range(replicates) if (points := frontier.get(f"analysis-temperature{replicate_suffix(k)}"))]
+    geometry_control = run.analysis("geometry", suffix=LOWEST).results
+    frontiers = [points for k in range(replicates) if (points := frontier.get(analysis_stage_name("temperature", replicate_suffix(k))))]
     claims = all_claims(per_replicate, controls, study.get("replicates") or [study["train"]], frontiers,
-                        geometry_control, _maybe(run_dir / f"analysis-ranks{LOWEST}" / "results.json"))
+                        geometry_control, run.analysis("ranks", suffix=LOWEST).results)
     figures = run_dir / "report-figures"
     figures.mkdir(exist_ok=True)
     plot_training_curve(study["train_log"], figures / "training_curve.png")
-    done = {p.parent.name: read_json(p) for p in sorted(run_dir.glob("*/stage-done.json"), key=lambda p: p.stat().st_mtime)}  # as run
+    done = run.finished_stages()
     timings = {name: record["wall_seconds"] for name, record in done.items()}
     peaks = {name: record.get("process_peak_memory_mib") for name, record in done.items()}
 
@@ -276,8 +284,9 @@ def build_report(run_dir: Path) -> dict:
     md += calibration_section(run_dir, claims)
     md += left_out_section(config)
     # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
-    full_analyses = {name: [r] for name in per_replicate if (r := _maybe(run_dir / f"analysis-{name}{FULL}" / "results.json"))}
-    full_claims = ([c for c in all_claims(full_analyses, None, [study["full_finetune"]], [frontier[f"analysis-temperature{FULL}"]] if f"analysis-temperature{FULL}" in frontier else None)
+    full_analyses = {name: [r] for name in per_replicate if (r := run.analysis(name, suffix=FULL).results)}
+    full_frontier = frontier.get(analysis_stage_name("temperature", FULL))
+    full_claims = ([c for c in all_claims(full_analyses, None, [study["full_finetune"]], [full_frontier] if full_frontier else None)
                     if c.number != 5]
                    if study.get("full_finetune") else [])
     if full_claims:
@@ -300,7 +309,8 @@ def build_report(run_dir: Path) -> dict:
                f"{dynamics['last']:+.1f}; " + (f"its Pearson correlation with the greedy TTR is {dynamics['pearson_ttr']:+.2f} (over "
                f"{dynamics['epochs']} epochs of one run: a description, not a test)." if dynamics["pearson_ttr"] is not None
                else "no correlation with the greedy TTR is defined: one of the two did not vary."), ""]
-    md += ["## Base and hyperfitted generation beside the human text", "", (run_dir / "results.md").read_text().split("\n\n", 3)[-1], ""]
+    generation = generation_table(study["metrics"])
+    md += ["## Base and hyperfitted generation beside the human text", "", generation, ""]
     if quality:
         md += ["### Quality", "", f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
                "samples per side, so coarse):", "", "| corpus | base | hyperfitted |", "|---|---|---|"]
@@ -317,31 +327,29 @@ def build_report(run_dir: Path) -> dict:
                 md.append(f"| {corpus} | " + " | ".join(f"{rows[n]['perplexity']:.1f} [{rows[n]['low']:.1f}, {rows[n]['high']:.1f}]"
                                                      for n in names) + " |")
             md.append("")
-    baselines = _maybe(run_dir / "baselines" / "results.json")
+    baselines = run.stage("baselines").results
     if baselines:
         md += baselines_section(run_dir, baselines, study["metrics"], quality, figures)
     md += preference_sections(run_dir)
-    retention = _maybe(run_dir / "retention" / "results.json")
+    retention = run.stage("retention").results
     if retention:
         from hyperfitting.report.retention import retention_markdown
 
         md += retention_markdown(retention)
-    sections = [("temperature", "Claim 1: temperature control", "frontier.png"), ("static-bias", "Claim 2: static-bias ablation", "static_bias.png"),
-                ("ranks", "Claim 3: rank reordering", "ranks.png"), ("geometry", "Claim 4: layer-wise geometry", "geometry.png"),
-                ("block-swap", "Claim 4, causal test: the final block swapped", "block_swap.png")]
-    for name, title, image in sections:
-        if analyses[name]:
-            md += [f"## {title}", "", (run_dir / f"analysis-{name}" / "table.md").read_text(), _image(run_dir, f"analysis-{name}/{image}", title), ""]
+    for name in names:  # each analysis's section: its table and figure, the fully fine-tuned model's beside them
+        entry, outputs = get_analysis(name), run.analysis(name)
+        if analyses[name] and outputs.table is not None:
+            md += [f"## {entry.title}", "", outputs.table, _figure(run_dir, outputs.dir, entry.figure, entry.title), ""]
         if name == "temperature" and frontier:
             md += _frontier_section(frontier, quality["judge"]["model"], figures, quality.get("frontier_mauve", {}))
         if name == "geometry" and geometry_control and analyses["geometry"]:
             md += _geometry_control_section(analyses["geometry"], geometry_control, study["train"])
-        full_table = run_dir / f"analysis-{name}{FULL}" / "table.md"
-        if full_table.exists():  # the fully fine-tuned model's, beside the Late-Stage LoRA model's
-            md += [f"### {title}: the fully fine-tuned model", "", full_table.read_text(),
-                   _image(run_dir, f"analysis-{name}{FULL}/{image}", f"{title}, full fine-tuning"), ""]
+        full = run.analysis(name, suffix=FULL)
+        if full.table is not None:
+            md += [f"### {entry.title}: the fully fine-tuned model", "", full.table,
+                   _figure(run_dir, full.dir, entry.figure, f"{entry.title}, full fine-tuning"), ""]
     if controls:
-        md += ["## Claim 5: where to adapt", "", (run_dir / "controls" / "table.md").read_text(), ""]
+        md += ["## Claim 5: where to adapt", "", run.stage("controls").table or "", ""]
     md += ["## Reproduce", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", "",
            "| stage | wall time (s) | process peak memory so far (MiB) |", "|---|---|---|"]
     md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} |" for k, v in timings.items()]
@@ -370,7 +378,7 @@ def build_report(run_dir: Path) -> dict:
     if saved is not None:
         from hyperfitting.report.model_card import write_model_card
 
-        write_model_card(saved, config, study["train"], study["data"], (run_dir / "results.md").read_text().split("\n\n", 3)[-1],
+        write_model_card(saved, config, study["train"], study["data"], generation,
                          [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))])
     study["claims"] = [c.__dict__ for c in claims]
     study["stage_profile"] = {name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name]} for name, seconds in timings.items()}

@@ -1,0 +1,175 @@
+"""One executor for every graph: the study, each CLI verb and `--dry-run` read the same stage specs.
+
+A spec names its kind (`data`, `evaluation`, `train`, `analysis`, ...) and the few arguments of that kind
+(which model an evaluation decodes, which analysis of which trained model); `run_graph` walks the graph in
+its order and hands each spec to the runner of its kind. What the stages share (the tokenizer, the base
+model, the prepared data, the index of the training text, each trained model, the analyses' decoded
+paths) lives in `Shared` and is made on first use: a finished analysis, read back, decodes nothing.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+from hyperfitting.data.splits import PreparedData
+from hyperfitting.layout import LOWEST
+from hyperfitting.pipeline.graph import StageGraph, StageSpec
+
+
+class Shared:
+    """What the stages of one graph share, each made when a stage first needs it."""
+
+    def __init__(self, graph: StageGraph, trackers=None, tokenizer=None):
+        self.graph = graph
+        self.config = graph[graph.names[0]].config  # the data stage's: the study's own config
+        self.trackers = trackers
+        self._tokenizer = tokenizer  # given where a verb needs no model weights (the base model's otherwise)
+        self._data: PreparedData | None = None
+        self._trained: dict[str, Any] = {}
+        self._context: tuple[str, Any] | None = None
+
+    @cached_property
+    def _model_and_tokenizer(self):
+        from hyperfitting.models.loading import load_model
+
+        return load_model(self.config.model)
+
+    @property
+    def base_model(self):
+        """model.name (with model.adapter, if any): the model every row is compared with."""
+        return self._model_and_tokenizer[0]
+
+    @cached_property
+    def plain_model(self):
+        """model.name without model.adapter: what `hyperfit evaluate` scores an adapter's continuations against."""
+        if not self.config.model.adapter:
+            return self.base_model
+        from dataclasses import replace
+
+        from hyperfitting.models.loading import load_model
+
+        return load_model(replace(self.config.model, adapter=None))[0]
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer if self._tokenizer is not None else self._model_and_tokenizer[1]
+
+    @property
+    def data(self) -> PreparedData:
+        if self._data is None:
+            raise RuntimeError("The data stage runs first in every graph: no stage can read the data before it.")
+        return self._data
+
+    @cached_property
+    def training_index(self):
+        from hyperfitting.metrics.overlap import SuffixAutomaton
+
+        return SuffixAutomaton(self.data.train_blocks.tolist())
+
+    def trained(self, suffix: str):
+        """The model stage `train{suffix}` saved. The main run's stays loaded (retention reads it last); a replicate's
+        or the full fine-tune's only until the next one is needed."""
+        if suffix not in self._trained:
+            from hyperfitting.models.loading import load_hyperfitted
+
+            if suffix:
+                self._trained = {k: v for k, v in self._trained.items() if not k}
+            self._trained[suffix] = load_hyperfitted(self.config.model, self.graph.run_dir / f"train{suffix}")[0]
+        return self._trained[suffix]
+
+    def context(self, suffix: str, config):
+        """The analyses' context of one trained model (``suffix``; with LOWEST, the run at its lowest held-out loss):
+        its greedy paths are decoded once for all its analyses, then dropped when the next model's analyses begin."""
+        if self._context is None or self._context[0] != suffix:
+            from hyperfitting.pipeline.analyses import AnalysisContext
+
+            self._context = None  # release the previous model's paths (and control model) before loading the next
+            if suffix.endswith(LOWEST):
+                from hyperfitting.training.hyperfit import load_lowest_heldout
+
+                control, epoch = load_lowest_heldout(self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}")
+                print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
+                model, is_control = (control if control is not None else self.base_model), True
+            else:
+                model, is_control = self.trained(suffix), False
+            self._context = (suffix, AnalysisContext(config, self.data, models=(self.base_model, model, self.tokenizer), control=is_control))
+        return self._context[1]
+
+
+# ------------------------------------------------------------------------------ one runner per kind of stage
+
+
+def _data(spec: StageSpec, shared: Shared) -> PreparedData:
+    from hyperfitting.pipeline.stages import data_stage
+
+    shared._data = data_stage(shared.graph, shared.tokenizer)
+    return shared._data
+
+
+def _evaluation(spec: StageSpec, shared: Shared) -> dict:
+    from hyperfitting.pipeline.stages import evaluation_stage
+
+    trained = spec.args.get("trained")  # the suffix of the training stage whose model it decodes; None: the base model
+    model = shared.base_model if trained is None else shared.trained(trained)
+    scorer = shared.plain_model if spec.args.get("scorer") == "plain" else shared.base_model
+    return evaluation_stage(shared.graph, spec.name, shared.data, model, shared.tokenizer, scorer, shared.training_index)
+
+
+def _train(spec: StageSpec, shared: Shared) -> Path:
+    from hyperfitting.pipeline.stages import training_stage
+
+    return training_stage(shared.graph, spec.name, shared.data, shared.tokenizer, shared.trackers)
+
+
+def _analysis(spec: StageSpec, shared: Shared) -> dict:
+    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
+
+    suffix = spec.args["suffix"]
+    if spec.args.get("trained", True):
+        context = lambda: shared.context(suffix, spec.config)  # noqa: E731 (made only if the stage runs)
+    else:  # `hyperfit analyze`: the model at analysis.hyperfitted, not one this graph trained
+        context = lambda: AnalysisContext(spec.config, shared.data)  # noqa: E731
+    return analysis_stage(shared.graph, spec.args["analysis"], context, suffix)
+
+
+def _baselines(spec: StageSpec, shared: Shared) -> dict:
+    from hyperfitting.pipeline.baselines import baselines_stage
+
+    return baselines_stage(shared.graph, shared.data, shared.base_model, shared.tokenizer, shared.training_index)
+
+
+def _controls(spec: StageSpec, shared: Shared) -> dict | None:
+    from hyperfitting.pipeline.controls import controls_stage
+    from hyperfitting.pipeline.stages import analysed_prompts
+
+    prompts = [p.prompt_ids for p in analysed_prompts(shared.config, shared.data)]
+    return controls_stage(shared.graph, shared.data, prompts, shared.base_model, shared.tokenizer)
+
+
+def _quality(spec: StageSpec, shared: Shared) -> dict:
+    from hyperfitting.pipeline.stages import quality_stage
+
+    return quality_stage(shared.graph, shared.data, shared.base_model, shared.tokenizer)
+
+
+def _retention(spec: StageSpec, shared: Shared) -> dict:
+    from hyperfitting.pipeline.retention import retention_stage
+    from hyperfitting.precision import full_precision
+
+    base = shared.base_model
+    with full_precision(next(base.parameters()).device):  # the harness's log-likelihoods are measurements
+        return retention_stage(shared.graph, shared.data, base, shared.trained(""), shared.tokenizer)
+
+
+RUNNERS: dict[str, Callable[[StageSpec, Shared], Any]] = {
+    "data": _data, "evaluation": _evaluation, "train": _train, "analysis": _analysis, "baselines": _baselines,
+    "controls": _controls, "quality": _quality, "retention": _retention,
+}
+
+
+def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]:
+    """Every stage of ``graph`` in its order (finished ones read back): stage name -> what its runner returned."""
+    shared = shared or Shared(graph)
+    return {name: RUNNERS[graph[name].kind](graph[name], shared) for name in graph.names}
