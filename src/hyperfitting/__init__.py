@@ -54,6 +54,9 @@ _EXPORTS = {
     "geometry_analysis": "hyperfitting.analysis.geometry",
     "block_swap_analysis": "hyperfitting.analysis.block_swap",
     "swapped_block": "hyperfitting.analysis.block_swap",
+    # analyses of one's own (study.plugins)
+    "Analysis": "hyperfitting.registry",
+    "register": "hyperfitting.registry",
     # statistics and verdicts
     "Estimate": "hyperfitting.stats",
     "RULES": "hyperfitting.report.verdicts",
@@ -62,6 +65,7 @@ _EXPORTS = {
     "run_study": "hyperfitting.pipeline.stages",
     "study_graph": "hyperfitting.pipeline.graph",
     "build_report": "hyperfitting.report.build",
+    "RunFolder": "hyperfitting.layout",
 }
 
 __all__ = ["__version__", *_EXPORTS]

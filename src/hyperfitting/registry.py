@@ -51,6 +51,8 @@ class Context(Protocol):
 
 @dataclass(frozen=True)
 class Analysis:
+    """One analysis a study can run: what it is called, how it runs, how it is shown and what it costs."""
+
     name: str
     """Also the stage folder (`analysis-NAME`, `analysis-NAME-r1`, ...) and the key in metrics.json's `analyses`."""
     title: str

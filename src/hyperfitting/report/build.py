@@ -262,8 +262,8 @@ def build_report(run_dir: Path) -> dict:
     config = run.config
     replicates = config["study"].get("replicates", 1)
     # Per analysis the study ran (built in or registered), the results of every replicate that has them.
-    names = [name for name in config["study"]["analyses"] if name in analysis_names()]
-    per_replicate = {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in names}
+    studied = [name for name in config["study"]["analyses"] if name in analysis_names()]
+    per_replicate = {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied}
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
     controls = run.stage("controls").results
     quality = run.stage("quality").results
@@ -336,7 +336,7 @@ def build_report(run_dir: Path) -> dict:
         from hyperfitting.report.retention import retention_markdown
 
         md += retention_markdown(retention)
-    for name in names:  # each analysis's section: its table and figure, the fully fine-tuned model's beside them
+    for name in studied:  # each analysis's section: its table and figure, the fully fine-tuned model's beside them
         entry, outputs = get_analysis(name), run.analysis(name)
         if analyses[name] and outputs.table is not None:
             md += [f"## {entry.title}", "", outputs.table, _figure(run_dir, outputs.dir, entry.figure, entry.title), ""]
