@@ -12,7 +12,7 @@ from hyperfitting import stats
 from hyperfitting.analysis.common import step_summary
 from hyperfitting.analysis.ranks import copied_steps, null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_over_vocabulary, fit_static_temperature, static_choice
-from hyperfitting.calibration import (
+from hyperfitting.report.calibration import (
     BROKEN_RULES, BROKEN_WITH_REPLICATES, LOOPING_PROMPTS, RULE_WORLDS, STRESSED_RULES, Design, Spreads, calibrate, calibrate_rule,
     calibration_table,
 )
@@ -156,7 +156,7 @@ def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
 
 
 def test_claim_4_with_equal_rivals_is_not_biased_against_the_final_layer():
-    from hyperfitting.calibration import world_geometry
+    from hyperfitting.report.calibration import world_geometry
 
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(9)
     leads = [world_geometry(design, Spreads(), 3.0, rng)[0].verdict for _ in range(15)]
@@ -434,7 +434,7 @@ def test_holm_over_one_rule_is_the_rule_itself_in_either_direction():
 
 
 def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
-    from hyperfitting.calibration import world_geometry
+    from hyperfitting.report.calibration import world_geometry
 
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(31)
     tied = [world_geometry(design, Spreads(), 1.3, rng)[0].verdict for _ in range(20)]

@@ -62,7 +62,7 @@ _EXPORTS = {
     "RULES": "hyperfitting.report.verdicts",
     "decide": "hyperfitting.report.verdicts",
     # the study
-    "run_study": "hyperfitting.pipeline.stages",
+    "run_study": "hyperfitting.pipeline.runner",
     "study_graph": "hyperfitting.pipeline.graph",
     "build_report": "hyperfitting.report.build",
     "RunFolder": "hyperfitting.layout",

@@ -69,7 +69,7 @@ def cli() -> None:
 def study(arguments, resume, overwrite, dry_run):
     """Hyperfit the base model, then evaluate base and hyperfitted models side by side."""
     from hyperfitting.pipeline.graph import study_graph
-    from hyperfitting.pipeline.stages import run_study
+    from hyperfitting.pipeline.runner import run_study
     from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
@@ -236,7 +236,7 @@ def calibrate(arguments, json_path, worlds, seed):
     """
     import json
 
-    from hyperfitting.calibration import Design, Spreads, calibrate as run_calibration, calibration_table
+    from hyperfitting.report.calibration import Design, Spreads, calibrate as run_calibration, calibration_table
 
     config = _config(arguments)
     run_dir = Path(config.run_dir)

@@ -24,7 +24,7 @@ Interval methods, chosen for coverage at the sizes a study has (16-300 prompts):
 
 An estimate without a real interval (a single unit, every unit identical, an undefined
 resampling, fewer than 3 clusters) is marked ``decisive = False``: it is shown, never decided on.
-``calibration.py`` measures how often each rule built on these is wrong.
+``report/calibration.py`` measures how often each rule built on these is wrong.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float], confide
     Satterthwaite's approximation (units - 1 for the first part, R - 1 for the second), so three seeds that disagree
     give nearly a t(2) interval over seeds. Conservative by design: s^2 also holds the unit-by-seed interaction, which
     the interval over units already counts (taking it out, with s^2 known to 2 degrees of freedom at R = 3, made the
-    intervals under-cover: 83-91% in ``calibration.py``'s worlds; kept in, they cover 95-99%).
+    intervals under-cover: 83-91% in ``report/calibration.py``'s worlds; kept in, they cover 95-99%).
     """
     values = np.asarray(per_replicate, dtype=float)
     r = len(values)

@@ -9,13 +9,25 @@ paths) lives in `Shared` and is made on first use: a finished analysis, read bac
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
-from hyperfitting.layout import LOWEST
-from hyperfitting.pipeline.graph import StageGraph, StageSpec
+from hyperfitting.layout import FULL, LOWEST, replicate_suffix
+from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
+from hyperfitting.pipeline.baselines import baselines_stage
+from hyperfitting.pipeline.controls import controls_stage
+from hyperfitting.pipeline.graph import StageGraph, StageSpec, study_graph
+from hyperfitting.pipeline.retention import retention_stage
+from hyperfitting.pipeline.stages import (
+    analysed_prompts, data_stage, environment_record, evaluation_stage, quality_stage, training_stage,
+)
+from hyperfitting.report.generation import BLOCKED, generation_table
+from hyperfitting.report.verdicts import holm_note
+from hyperfitting.rundir import is_main_process, read_json, read_jsonl, write_json, write_text
 
 
 class Shared:
@@ -83,8 +95,6 @@ class Shared:
         """The analyses' context of one trained model (``suffix``; with LOWEST, the run at its lowest held-out loss):
         its greedy paths are decoded once for all its analyses, then dropped when the next model's analyses begin."""
         if self._context is None or self._context[0] != suffix:
-            from hyperfitting.pipeline.analyses import AnalysisContext
-
             self._context = None  # release the previous model's paths (and control model) before loading the next
             if suffix.endswith(LOWEST):
                 from hyperfitting.training.hyperfit import load_lowest_heldout
@@ -102,15 +112,11 @@ class Shared:
 
 
 def _data(spec: StageSpec, shared: Shared) -> PreparedData:
-    from hyperfitting.pipeline.stages import data_stage
-
     shared._data = data_stage(shared.graph, shared.tokenizer)
     return shared._data
 
 
 def _evaluation(spec: StageSpec, shared: Shared) -> dict:
-    from hyperfitting.pipeline.stages import evaluation_stage
-
     trained = spec.args.get("trained")  # the suffix of the training stage whose model it decodes; None: the base model
     model = shared.base_model if trained is None else shared.trained(trained)
     scorer = shared.plain_model if spec.args.get("scorer") == "plain" else shared.base_model
@@ -118,14 +124,10 @@ def _evaluation(spec: StageSpec, shared: Shared) -> dict:
 
 
 def _train(spec: StageSpec, shared: Shared) -> Path:
-    from hyperfitting.pipeline.stages import training_stage
-
     return training_stage(shared.graph, spec.name, shared.data, shared.tokenizer, shared.trackers)
 
 
 def _analysis(spec: StageSpec, shared: Shared) -> dict:
-    from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
-
     suffix = spec.args["suffix"]
     if spec.args.get("trained", True):
         context = lambda: shared.context(suffix, spec.config)  # noqa: E731 (made only if the stage runs)
@@ -135,27 +137,19 @@ def _analysis(spec: StageSpec, shared: Shared) -> dict:
 
 
 def _baselines(spec: StageSpec, shared: Shared) -> dict:
-    from hyperfitting.pipeline.baselines import baselines_stage
-
     return baselines_stage(shared.graph, shared.data, shared.base_model, shared.tokenizer, shared.training_index)
 
 
 def _controls(spec: StageSpec, shared: Shared) -> dict | None:
-    from hyperfitting.pipeline.controls import controls_stage
-    from hyperfitting.pipeline.stages import analysed_prompts
-
     prompts = [p.prompt_ids for p in analysed_prompts(shared.config, shared.data)]
     return controls_stage(shared.graph, shared.data, prompts, shared.base_model, shared.tokenizer)
 
 
 def _quality(spec: StageSpec, shared: Shared) -> dict:
-    from hyperfitting.pipeline.stages import quality_stage
-
     return quality_stage(shared.graph, shared.data, shared.base_model, shared.tokenizer)
 
 
 def _retention(spec: StageSpec, shared: Shared) -> dict:
-    from hyperfitting.pipeline.retention import retention_stage
     from hyperfitting.precision import full_precision
 
     base = shared.base_model
@@ -173,3 +167,73 @@ def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]
     """Every stage of ``graph`` in its order (finished ones read back): stage name -> what its runner returned."""
     shared = shared or Shared(graph)
     return {name: RUNNERS[graph[name].kind](graph[name], shared) for name in graph.names}
+
+
+# ------------------------------------------------------------------------------ the study
+
+
+def run_study(config: RunConfig, run_dir: Path) -> dict:
+    """The whole investigation: evaluate the base model, hyperfit, evaluate, analyse, control, report.
+
+    Training and decoding run at model.precision (precision.py); what the analyses measure, in float32.
+    """
+    from hyperfitting.precision import precision_for
+
+    precision, context = precision_for(config)
+    with context:
+        return _run_study(config, Path(run_dir), precision)
+
+
+def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
+    from hyperfitting.report.build import build_report
+    from hyperfitting.tracking import log_study, trackers_for
+
+    started = time.perf_counter()
+    graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
+    trackers = trackers_for(config, run_dir, "study")
+    shared = Shared(graph, trackers)
+    outputs = run_graph(graph, shared)
+    data, base, tuned, blocked = shared.data, outputs["base"], outputs["hyperfitted"], outputs.get("hyperfitted-blocked")
+    train_folder = outputs["train"]
+    train_summary = read_json(train_folder / "summary.json")
+    table = generation_table({"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})})
+    write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
+    print("\n" + table)
+    print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
+          f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
+
+    results = {
+        "train": train_summary,
+        "train_log": read_jsonl(train_folder / "train_log.jsonl"),
+        "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
+        **({"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")} if config.study.full_finetune else {}),
+        "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
+        "data": {**data.manifest, "fingerprint": data.fingerprint},
+        "environment": environment_record(),
+        "precision": precision.as_dict(),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_json(run_dir / "metrics.json", results)
+    if not is_main_process():
+        trackers.close()
+        return results  # the report is process 0's to write
+    study = build_report(run_dir)
+    log_study(trackers, study, run_dir)
+    trackers.close()
+    print("\n== claims", flush=True)
+    for claim in study["claims"]:
+        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}{holm_note(claim)}: {claim['reason']}")
+    print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
+          f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
+    return study
+
+
+def _results_markdown(config: RunConfig, train_summary: dict, table: str) -> str:
+    return (
+        f"# Hyperfitting run: {config.model.name} on {config.data.corpus}\n\n"
+        f"Training: {train_summary['method']} on blocks {train_summary['blocks'][0]}-{train_summary['blocks'][-1]}, "
+        f"{train_summary['trainable_parameters']:,} trainable parameters, loss {train_summary['initial_train_loss']:.3f} -> "
+        f"{train_summary['final_train_loss']:.3f} in {train_summary['train_seconds']:.0f} s.\n\n"
+        f"Decoding: {'sampling' if config.generate.do_sample else 'greedy'}, {config.generate.max_new_tokens} new tokens "
+        f"after {config.data.prompt_tokens}-token prompts.\n\n{table}\n"
+    )

@@ -24,12 +24,10 @@ from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
 from hyperfitting.models.loading import load_model
 from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
-from hyperfitting.pipeline.graph import StageGraph, study_graph
-from hyperfitting.report.generation import BLOCKED, generation_table
+from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.report.model_card import write_model_card
-from hyperfitting.report.verdicts import holm_note
 from hyperfitting.rundir import (
-    FULL, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl, write_text,
+    FULL, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl,
 )
 from hyperfitting.training.hyperfit import hyperfit, lowest_heldout_epoch, reached_target, save_trained
 from hyperfitting.training.parallel import remove_checkpoints
@@ -363,71 +361,3 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
 def _nanmean(values) -> float:
     finite = [v for v in values if v == v]
     return sum(finite) / len(finite) if finite else float("nan")
-
-
-def run_study(config: RunConfig, run_dir: Path) -> dict:
-    """The whole investigation: evaluate the base model, hyperfit, evaluate, analyse, control, report.
-
-    Training and decoding run at model.precision (precision.py); what the analyses measure, in float32.
-    """
-    from hyperfitting.precision import precision_for
-
-    precision, context = precision_for(config)
-    with context:
-        return _run_study(config, Path(run_dir), precision)
-
-
-def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
-    from hyperfitting.pipeline.runner import Shared, run_graph
-    from hyperfitting.report.build import build_report
-    from hyperfitting.tracking import log_study, trackers_for
-
-    started = time.perf_counter()
-    graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
-    trackers = trackers_for(config, run_dir, "study")
-    shared = Shared(graph, trackers)
-    outputs = run_graph(graph, shared)
-    data, base, tuned, blocked = shared.data, outputs["base"], outputs["hyperfitted"], outputs.get("hyperfitted-blocked")
-    train_folder = outputs["train"]
-    train_summary = read_json(train_folder / "summary.json")
-    table = generation_table({"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})})
-    write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
-    print("\n" + table)
-    print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
-          f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
-
-    results = {
-        "train": train_summary,
-        "train_log": read_jsonl(train_folder / "train_log.jsonl"),
-        "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
-        **({"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")} if config.study.full_finetune else {}),
-        "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
-        "data": {**data.manifest, "fingerprint": data.fingerprint},
-        "environment": environment_record(),
-        "precision": precision.as_dict(),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    write_json(run_dir / "metrics.json", results)
-    if not is_main_process():
-        trackers.close()
-        return results  # the report is process 0's to write
-    study = build_report(run_dir)
-    log_study(trackers, study, run_dir)
-    trackers.close()
-    print("\n== claims", flush=True)
-    for claim in study["claims"]:
-        print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}{holm_note(claim)}: {claim['reason']}")
-    print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
-          f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
-    return study
-
-
-def _results_markdown(config: RunConfig, train_summary: dict, table: str) -> str:
-    return (
-        f"# Hyperfitting run: {config.model.name} on {config.data.corpus}\n\n"
-        f"Training: {train_summary['method']} on blocks {train_summary['blocks'][0]}-{train_summary['blocks'][-1]}, "
-        f"{train_summary['trainable_parameters']:,} trainable parameters, loss {train_summary['initial_train_loss']:.3f} -> "
-        f"{train_summary['final_train_loss']:.3f} in {train_summary['train_seconds']:.0f} s.\n\n"
-        f"Decoding: {'sampling' if config.generate.do_sample else 'greedy'}, {config.generate.max_new_tokens} new tokens "
-        f"after {config.data.prompt_tokens}-token prompts.\n\n{table}\n"
-    )

@@ -112,7 +112,7 @@ CALIBRATION_WORLDS = 100  # per rule and truth: a 5% rate is then known to about
 def calibration_section(run_dir: Path, claims: list) -> list[str]:
     """How often each rule is wrong at this study's sizes and spreads, measured on simulated studies (calibration.py),
     written to calibration.json; a rule that misses its goals is named beside its verdict."""
-    from hyperfitting.calibration import Design, Spreads, calibrate, calibration_table, coverage_text
+    from hyperfitting.report.calibration import Design, Spreads, calibrate, calibration_table, coverage_text
     from hyperfitting.config import load_config
 
     config = load_config(run_dir / "config.yaml")

@@ -81,7 +81,7 @@ def run_section(run_dir: Path) -> list[str]:
         lines += ["The same claims on the fully fine-tuned model:", "", *claims_table(study["claims_full_finetune"]), ""]
     calibration = run_dir / "calibration.json"
     if calibration.exists():
-        from hyperfitting.calibration import calibration_table
+        from hyperfitting.report.calibration import calibration_table
 
         lines += ["How often these rules are wrong at this study's sizes:", "", calibration_table(read_json(calibration)).strip(), ""]
     return lines

@@ -13,7 +13,7 @@ same for every claim (``decide``):
 
 A rule with direction "apart" is two-sided: it holds when the interval lies wholly outside
 [-margin, +margin], does not hold when it lies wholly inside (equivalence), and is
-inconclusive otherwise. How often each rule is wrong is measured in ``calibration.py``; Holm's
+inconclusive otherwise. How often each rule is wrong is measured in ``report/calibration.py``; Holm's
 correction over the rules of a study is reported beside the uncorrected verdicts.
 
 The claim functions only read the results the analyses wrote, so a report can be rebuilt.
