@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hyperfitting.analysis.common import entropy_matched_temperature, mean_entropy, top1_agreement
+from hyperfitting.analysis.entropy import entropy_matched_temperature, mean_entropy
+from hyperfitting.analysis.teacher_forcing import top1_agreement
 from hyperfitting.analysis.ranks import rank_statistics
 from hyperfitting.analysis.static_bias import ranks_of, static_delta, token_statistics
 from hyperfitting.generation.decoding import decode_batch
@@ -136,7 +137,7 @@ def test_promoted_selection_keeps_tokens_that_enter_the_hyperfitted_top_k(base_l
 
 
 def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all():
-    from hyperfitting.analysis.common import sample_positions, stacked_logits, teacher_forced_logits
+    from hyperfitting.analysis.teacher_forcing import sample_positions, stacked_logits, teacher_forced_logits
 
     model = make_tiny_model("llama")
     sequences = [list(range(5, 5 + n)) for n in (12, 7, 20)]
@@ -150,7 +151,8 @@ def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all()
 def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
     # The scan keeps a few numbers per step and whole rows only at the drawn steps; each must equal what the
     # concatenated (steps x vocabulary) logits of the same paths give, continuations of uneven length included.
-    from hyperfitting.analysis.common import Continuation, path_scan, teacher_forced_logits
+    from hyperfitting.analysis.common import Continuation
+    from hyperfitting.analysis.teacher_forcing import path_scan, teacher_forced_logits
 
     model = make_tiny_model("llama")
     prompts = [list(range(5, 11)), list(range(20, 23)), list(range(40, 49))]
@@ -172,7 +174,7 @@ def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_teacher_forced_logits_equal_one_forward_per_sequence(architecture):
     # Rows of different lengths and prompt lengths in one batch: the head skips the prompts' positions where the model allows.
-    from hyperfitting.analysis.common import teacher_forced_logits
+    from hyperfitting.analysis.teacher_forcing import teacher_forced_logits
 
     model = make_tiny_model(architecture)
     sequences = [list(range(5, 25)), list(range(30, 42)), list(range(50, 77))]

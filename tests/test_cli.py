@@ -1,10 +1,11 @@
-"""The `hyperfit` command end to end, on a tiny model that uses the real tokenizer (seconds, not minutes)."""
+"""The `hyperfit` command end to end, on a tiny model with a tiny tokenizer (seconds, not minutes)."""
 
-import pytest
 import json
 import re
 import sys
+from pathlib import Path
 
+import pytest
 
 from hyperfitting.cli import main
 
@@ -30,6 +31,52 @@ def _study_args(model, corpus, run_dir):
             "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
             "study.controls_lr_sweep=[1.0,4.0]", "study.controls_sweep_epochs=1",
             "study.reader_prompts=2", f"study.judge={model}", "model.precision=fp32"]
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_study.json"
+
+
+def key_numbers(metrics: dict) -> dict:
+    """What the seeded tiny study must reproduce exactly: its data, its training curves, every row's diversity, every verdict."""
+    one = lambda row: next(iter(row.values()))  # noqa: E731 (the single evaluation corpus, whatever its path)
+    return {
+        "data_fingerprint": metrics["data"]["fingerprint"],
+        "train_loss": [r["train_loss"] for r in metrics["train_log"]],
+        "heldout_loss": [r["heldout_loss"] for r in metrics["train_log"]],
+        "replicate_final_loss": [r["final_train_loss"] for r in metrics["replicates"]],
+        "full_final_loss": metrics["full_finetune"]["final_train_loss"],
+        "rows": {row: {k: v for k, v in one(values).items() if isinstance(v, float)} for row, values in metrics["metrics"].items()},
+        "claims": {str(c["number"]): [c["verdict"], *((c["estimate"][k] for k in ("value", "low", "high")) if c["estimate"] else [])]
+                   for c in metrics["claims"]},
+    }
+
+
+def check_golden(metrics: dict) -> None:
+    """Compare with tests/golden/tiny_study.json (HYPERFIT_UPDATE_GOLDEN=1 rewrites it: only for an intended change of numbers)."""
+    import math
+    import os
+
+    now = key_numbers(metrics)
+    if os.environ.get("HYPERFIT_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(now, indent=1) + "\n")
+    pinned = json.loads(GOLDEN.read_text())
+
+    def same(a, b, where):
+        if isinstance(a, dict):
+            assert set(a) == set(b), where
+            for key in a:
+                same(a[key], b[key], f"{where}.{key}")
+        elif isinstance(a, list):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}[{i}]")
+        elif isinstance(a, float):
+            assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b)), (where, a, b)
+        else:
+            assert a == b, (where, a, b)
+
+    same(json.loads(json.dumps(now)), pinned, "golden")
 
 
 @pytest.mark.e2e
@@ -136,6 +183,7 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     log = [json.loads(line) for line in (run_dir / "train" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2] and "ttr" in log[0]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    check_golden(metrics)
 
     code, _, err = run_cli(monkeypatch, capsys, "study", *args)
     assert code == 2

@@ -2,7 +2,7 @@
 
 import torch
 
-from hyperfitting.analysis.common import teacher_forced_logits
+from hyperfitting.analysis.teacher_forcing import teacher_forced_logits
 from hyperfitting.config import GenerateArgs, load_config
 from hyperfitting.generation.decoding import generate
 from hyperfitting.pipeline.graph import study_graph

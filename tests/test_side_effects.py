@@ -6,7 +6,8 @@ import random
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import decode, new_figure, savefig
+from hyperfitting.analysis.common import decode
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import ModelArgs, load_config
 from hyperfitting.training.hyperfit import hyperfit
 from tests.conftest import make_tiny_model

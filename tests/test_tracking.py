@@ -54,7 +54,7 @@ def test_training_numbers_reach_tensorboard_mlflow_and_trackio(tiny_model_folder
 
 
 def test_a_study_logs_its_metrics_verdicts_and_figures(tmp_path):
-    from hyperfitting.analysis.common import new_figure, savefig
+    from hyperfitting.figures import new_figure, savefig
     from hyperfitting.tracking import Trackers, log_study
 
     figure, axis = new_figure()

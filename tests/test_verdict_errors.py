@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hyperfitting import stats
-from hyperfitting.analysis.common import step_summary
+from hyperfitting.analysis.teacher_forcing import step_summary
 from hyperfitting.analysis.ranks import copied_steps, null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_over_vocabulary, fit_static_temperature, static_choice
 from hyperfitting.report.calibration import (

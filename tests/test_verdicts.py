@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hyperfitting import stats
-from hyperfitting.analysis.common import step_summary
+from hyperfitting.analysis.teacher_forcing import step_summary
 from hyperfitting.analysis.ranks import null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_static_temperature, flip_rate, static_choice
 from hyperfitting.report.verdicts import (

@@ -21,7 +21,9 @@ from typing import Iterator
 import numpy as np
 
 from hyperfitting import stats
-from hyperfitting.analysis.common import analysis_tokens, decode, new_figure, overrides_per_prompt, per_prompt_ttr, savefig
+from hyperfitting.analysis.common import analysis_tokens, decode, per_prompt_ttr
+from hyperfitting.analysis.teacher_forcing import overrides_per_prompt
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import RunConfig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.rundir import write_json, write_text

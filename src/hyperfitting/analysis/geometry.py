@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperfitting.analysis.common import new_figure, sample_block_positions, savefig
+from hyperfitting.analysis.teacher_forcing import sample_block_positions
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.precision import full_precision
 from hyperfitting.rundir import write_json, write_text

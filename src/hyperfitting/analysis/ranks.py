@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import StepChoice, decode, decode_many, ranks_of_chosen, mean_and_spread, path_scan, path_summary, new_figure, savefig
+from hyperfitting.analysis.common import decode, decode_many, mean_and_spread, path_summary
+from hyperfitting.analysis.teacher_forcing import StepChoice, path_scan, ranks_of_chosen
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import CitationBlocker, RankTransplant

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import StepChoice, decode, decode_many, path_scan, path_summary, per_prompt_ttr, new_figure, savefig, stacked_logits
+from hyperfitting.analysis.common import decode, decode_many, path_summary, per_prompt_ttr
+from hyperfitting.analysis.teacher_forcing import StepChoice, path_scan, stacked_logits
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity

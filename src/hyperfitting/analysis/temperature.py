@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import (
-    analysis_tokens, decode, decode_many, entropy_matched_temperature, mean_and_spread, mean_entropy, path_summary, per_prompt_ttr, new_figure, savefig,
-    stacked_logits, top1_agreement,
-)
+from hyperfitting.analysis.common import analysis_tokens, decode, decode_many, mean_and_spread, path_summary, per_prompt_ttr
+from hyperfitting.analysis.entropy import entropy_matched_temperature, mean_entropy
+from hyperfitting.analysis.teacher_forcing import stacked_logits, top1_agreement
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting import stats
 from hyperfitting.config import RunConfig
 from hyperfitting.rundir import write_json, write_text

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import decode, per_prompt_ttr, sample_block_positions
+from hyperfitting.analysis.common import decode, per_prompt_ttr
+from hyperfitting.analysis.teacher_forcing import sample_block_positions
 from hyperfitting.analysis.geometry import geometry_table_rows, hidden_states_at
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData

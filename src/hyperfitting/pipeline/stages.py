@@ -96,7 +96,7 @@ def evaluation_stage(graph: StageGraph, name: str, data: PreparedData, model, to
 def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout_blocks=None):
     """Greedy diversity on a fixed prompt subset, and optionally the final block's Delta PR: the
     hyperfitting curve and the expansion's dynamics, measured during training."""
-    from hyperfitting.analysis.common import sample_block_positions
+    from hyperfitting.analysis.teacher_forcing import sample_block_positions
     from hyperfitting.analysis.geometry import participation_ratio
     from hyperfitting.generation.decoding import generate
 

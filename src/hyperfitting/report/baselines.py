@@ -68,7 +68,7 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
 def plot_methods(plane: dict[str, dict[str, list[float]]], judge: str, corpus: str, path: Path) -> None:
     """Every decoding method of the base model and the study's rows as points with 95% intervals over prompts, on the
     plane of judge perplexity (log scale) and TTR."""
-    from hyperfitting.analysis.common import new_figure, savefig
+    from hyperfitting.figures import new_figure, savefig
 
     figure, axis = new_figure(figsize=(7.5, 5))
     colours = {"hyperfitted": "tab:red", "hyperfitted-blocked": "tab:orange", "human": "black"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from hyperfitting import stats
-from hyperfitting.analysis.common import new_figure, savefig
+from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import BASELINE_METHODS
 from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
 from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, get_analysis

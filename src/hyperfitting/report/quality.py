@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from hyperfitting.analysis.common import teacher_forced_logits
+from hyperfitting.analysis.teacher_forcing import teacher_forced_logits
 from hyperfitting.analysis.static_bias import ranks_of
 from hyperfitting.precision import full_precision
 
@@ -119,7 +119,7 @@ def plot_diversity_quality(points: dict[str, dict[str, list[float]]], judge: str
     import math
 
     from hyperfitting import stats
-    from hyperfitting.analysis.common import new_figure, savefig
+    from hyperfitting.figures import new_figure, savefig
 
     def centre(label):
         values = points[label]

@@ -136,13 +136,13 @@ def hyperfit(
     train_blocks: torch.Tensor,
     heldout_blocks: torch.Tensor,
     config: RunConfig,
-    stage_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
     probe: Callable[..., dict] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``stage_dir`` if a checkpoint is there.
+    """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``checkpoint_dir`` if a checkpoint is there.
 
-    ``stage_dir=None``: no folder of the caller's is written; checkpoints and the trunk cache live in a temporary
+    ``checkpoint_dir=None``: no folder of the caller's is written; checkpoints and the trunk cache live in a temporary
     folder removed when training ends, so there is nothing to resume from (one process only: under several, every
     process must see the same folder).
 
@@ -152,18 +152,18 @@ def hyperfit(
     ``on_epoch(row)`` receives each epoch's log row as it is written (process 0; experiment tracking).
     Training is seeded with ``train.seed``; the caller's random state is the same afterwards.
     """
-    if stage_dir is None:
+    if checkpoint_dir is None:
         import tempfile
 
         from hyperfitting.distributed import process_state
 
         if process_state().num_processes > 1:
-            raise ConfigError("hyperfit(..., stage_dir=None) runs in one process: under several, pass a folder every process "
+            raise ConfigError("hyperfit(..., checkpoint_dir=None) runs in one process: under several, pass a folder every process "
                               "sees (the run folder's train/).")
         with tempfile.TemporaryDirectory(prefix="hyperfit-") as scratch:
             return hyperfit(model, train_blocks, heldout_blocks, config, scratch, probe, on_epoch)
     with seeded(config.train.seed):
-        return _hyperfit(model, train_blocks, heldout_blocks, config, Path(stage_dir), probe, on_epoch)
+        return _hyperfit(model, train_blocks, heldout_blocks, config, Path(checkpoint_dir), probe, on_epoch)
 
 
 @dataclass
@@ -185,13 +185,13 @@ class _Run:
     train_cache: TrunkCache | None
     heldout_cache: TrunkCache | None
     cache_seconds: float
-    stage_dir: Path
+    checkpoint_dir: Path
 
 
-def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path, probe, on_epoch=None) -> TrainResult:
+def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_dir: Path, probe, on_epoch=None) -> TrainResult:
     """The recipe, top to bottom: set up, resume, then epochs (one epoch, measure, checkpoint) until the target."""
     args = config.train
-    run = _set_up(model, train_blocks, heldout_blocks, config, stage_dir)
+    run = _set_up(model, train_blocks, heldout_blocks, config, checkpoint_dir)
     say = run.accelerator.print
     is_main = run.accelerator.is_main_process
 
@@ -212,7 +212,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         return row
 
     # Resume: the latest checkpoint holds the trainable weights, the optimizer state and the log so far.
-    progress = run.strategy.load_checkpoint(run.bare_model, run.bare_optimizer, stage_dir)
+    progress = run.strategy.load_checkpoint(run.bare_model, run.bare_optimizer, checkpoint_dir)
     log: list[dict] = progress["log"] if progress else []
     if progress:
         say(f"Resuming from the checkpoint after epoch {progress['epoch']}.")
@@ -241,7 +241,7 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
         if diverged:
             raise DivergenceError(
                 f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
-                f"and start again (the checkpoint after epoch {epoch} is in {stage_dir})."
+                f"and start again (the checkpoint after epoch {epoch} is in {checkpoint_dir})."
             )
         if reached_target(log, args.until_loss):
             say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
@@ -250,11 +250,11 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir:
             f"{args.until_loss:g}: raise train.epochs or train.lr.")
     run.accelerator.wait_for_everyone()
     if is_main:
-        write_jsonl(stage_dir / "train_log.jsonl", log)
+        write_jsonl(checkpoint_dir / "train_log.jsonl", log)
     return TrainResult(run.bare_model, run.plan, log, time.perf_counter() - started, run.cache_seconds, run.precision)
 
 
-def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: Path) -> _Run:
+def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_dir: Path) -> _Run:
     """Processes and strategy, the trainable plan, the pre-flight check, the trunk caches, the optimizer."""
     from accelerate.utils import DistributedType
 
@@ -288,7 +288,7 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: P
     need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
                               len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size // accelerator.num_processes,
                               args.trunk_cache_max_memory_gb, shards=strategy.shards)
-    preflight.check_fits(need, accelerator.device, stage_dir, weights_loaded=strategy.shards == 1)
+    preflight.check_fits(need, accelerator.device, checkpoint_dir, weights_loaded=strategy.shards == 1)
 
     cache_started = time.perf_counter()
     train_cache = heldout_cache = None
@@ -296,7 +296,7 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: P
         k = plan.first_trainable_block
         build = lambda ids, name: TrunkCache.build(  # noqa: E731
             model, k, ids, args.batch_size, args.trunk_cache_max_memory_gb,
-            stage_dir / f"trunk_cache_{name}.rank{accelerator.process_index}.npy", desc=f"trunk cache ({name})"
+            checkpoint_dir / f"trunk_cache_{name}.rank{accelerator.process_index}.npy", desc=f"trunk cache ({name})"
         )
         train_cache = build(train_blocks, "train")
         heldout_cache = build(heldout_blocks, "heldout") if len(heldout_blocks) else None
@@ -307,7 +307,7 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, stage_dir: P
     make_optimizer = lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=args.lr, weight_decay=args.weight_decay)  # noqa: E731
     model, optimizer, bare_model, bare_optimizer = strategy.prepare(model, make_optimizer)
     return _Run(args, accelerator, strategy, precision, plan, model, optimizer, bare_model, bare_optimizer,
-                BlockLoss(model, train_cache), BlockLoss(model, heldout_cache), train_cache, heldout_cache, cache_seconds, stage_dir)
+                BlockLoss(model, train_cache), BlockLoss(model, heldout_cache), train_cache, heldout_cache, cache_seconds, checkpoint_dir)
 
 
 def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float, float]:
@@ -333,7 +333,7 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
             if non_finite:
                 raise DivergenceError(
                     f"The training loss became {loss.item()} in epoch {epoch}. The last good checkpoint "
-                    f"(after epoch {epoch - 1}) is kept in {run.stage_dir}; lower train.lr and resume with --resume."
+                    f"(after epoch {epoch - 1}) is kept in {run.checkpoint_dir}; lower train.lr and resume with --resume."
                 )
             accelerator.backward(loss)
             run.optimizer.step()
@@ -351,13 +351,13 @@ def _checkpoint(run: _Run, log: list[dict]) -> None:
     """After each epoch: the checkpoint (in the strategy's format), the lowest-held-out weights when this epoch set
     the lowest held-out loss, and the log. Every process calls it (a sharded save is a collective)."""
     epoch, row = log[-1]["epoch"], log[-1]
-    run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.stage_dir)
+    run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir)
     if run.args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:  # the same decision on every process
         trainable = run.strategy.trainable_state(run.bare_model)
         if run.accelerator.is_main_process:
-            save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, run.stage_dir / LOWEST_HELDOUT)
+            save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, run.checkpoint_dir / LOWEST_HELDOUT)
     if run.accelerator.is_main_process:
-        write_jsonl(run.stage_dir / "train_log.jsonl", log)
+        write_jsonl(run.checkpoint_dir / "train_log.jsonl", log)
 
 
 def lowest_heldout_epoch(log: list[dict]) -> int | None:
