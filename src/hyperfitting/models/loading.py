@@ -262,7 +262,20 @@ def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bo
             # transformers model for every analysis (benchmarks/merged_adapter.py: 1.03x faster decoding on a 2-core CPU).
             model = model.merge_and_unload()
     model.eval()  # no dropout: hyperfitting memorises, and the trunk cache must be exact
+    if not for_training:  # training places its model itself (one process, DDP or FSDP shards)
+        model = place_on_device(model)
     return model, tokenizer
+
+
+def place_on_device(model):
+    """The one placement of every model a command loads for inference: this process's device (its own GPU under
+    torchrun, the CPU where there is none), so the base, hyperfitted, control and judge models of a study all live
+    together and every analysis reduces its logits where they are computed. On a CPU it changes nothing."""
+    from hyperfitting.distributed import has_accelerator, process_state
+
+    if not has_accelerator():
+        return model
+    return model.to(process_state().device)
 
 
 SIDECAR = "hyperfit.json"  # beside a saved adapter or model: the base model it was trained on (report/model_card.py)
