@@ -608,7 +608,8 @@ def claim_late_stage(results: dict | None) -> Claim:
     evidence = (f"TTR base {stats.mean(base)}, last {stats.mean(last)}, all {stats.mean(every)}; last minus all "
                 f"{stats.paired_difference(last, every)}; trainable parameters {m['lora:last']['trainable_parameters']:,} vs "
                 f"{m['lora:all']['trainable_parameters']:,}" + (f"; the controls trained on {blocks} blocks" + (", the study's own training data" if results.get("on_study_data") else
-                                                                  ", fewer than claims 1-4 are tested on") if blocks else ""))
+                                                                  ", the first of the study's training blocks, not all of "
+                                                                  "them as in claims 1-4 (study.controls_on_study_data=false)") if blocks else ""))
     if m.get("lora:first", {}).get("per_prompt_ttr"):
         evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])} (evidence beside the verdict)"
     return make_claim(5, stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN), checks, evidence)
