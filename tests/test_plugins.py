@@ -102,3 +102,16 @@ def test_a_plugin_runs_in_the_study_and_reaches_the_report_and_metrics(toy_modul
     code, out, err = run_cli(monkeypatch, capsys, "study", "--resume", *args)
     assert code == 0, err
     assert "analysis-toy-probe:" not in out
+
+
+def test_names_that_would_share_a_replicates_folder_are_refused_and_a_plugins_source_is_an_input(toy_module, tmp_path):
+    from hyperfitting.pipeline.graph import study_graph
+
+    for name in ("probe-r1", "probe-full", "probe-lowest-heldout"):
+        with pytest.raises(ConfigError, match="ends like a replicate's"):
+            register(Analysis(name, "clash", run=lambda context: {}))
+    with pytest.raises(ConfigError, match="names an analysis twice"):
+        load_config(None, ["study.analyses=[ranks,ranks]"])
+    config = load_config(None, [f"study.plugins=[{toy_module}]", "study.analyses=[toy-probe]", f"run_dir={tmp_path / 'run'}"])
+    inputs = study_graph(config, tmp_path / "run").inputs("analysis-toy-probe")
+    assert any(key.startswith("file ") and key.endswith("toy_probe.py") for key in inputs)  # editing the plug-in reruns its stage

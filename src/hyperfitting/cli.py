@@ -314,7 +314,9 @@ def retention(run_dir, tasks):
     config = load_config(str(run_dir / "config.yaml"), [])
     if tasks is not None:
         config = replace(config, study=replace(config.study, retention_tasks=[t for t in tasks.split(",") if t]))
-    graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config), retention_spec(config)])
+    # The training stage is read, never redone: retraining would leave the study's analyses describing another model.
+    trained = replace(training_spec("train", config), kind="finished")
+    graph = StageGraph(run_dir, [data_spec(config), trained, retention_spec(config)])
     print("\n".join(retention_markdown(run_graph(graph)["retention"])))
     _rebuild_report(run_dir)
 

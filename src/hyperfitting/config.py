@@ -371,6 +371,8 @@ class StudyArgs:
         for module in self.plugins:
             import_plugin(module)
         check_choices("study.analyses", self.analyses, analysis_names(), "an analysis")
+        if len(set(self.analyses)) != len(self.analyses):
+            raise ConfigError(f"study.analyses = {self.analyses!r} names an analysis twice: name each once.")
         for spec in self.controls:
             if spec != "full" and not (spec == "lora:all" or re.fullmatch(r"lora:(last|first):\d+", spec)):
                 raise ConfigError(f"study.controls = {self.controls!r}: cannot read {spec!r}. Use lora:last:K, lora:first:K, lora:all or full.")

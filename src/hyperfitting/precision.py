@@ -127,9 +127,16 @@ def compute_precision(choice: PrecisionChoice | str, device: torch.device | None
     return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
+@contextlib.contextmanager
 def full_precision(device: torch.device):
-    """Float32 inside, even within :func:`compute_precision`: for everything the analyses measure."""
-    return torch.autocast(device.type, enabled=False)
+    """Float32 inside, even within :func:`compute_precision` or with model.tf32 on: for everything the analyses measure."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def precision_for(config, say=print):

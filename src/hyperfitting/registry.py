@@ -23,6 +23,7 @@ strings, resolved on first use, so that reading this table (config validation do
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -80,6 +81,15 @@ class Analysis:
     def write_to(self, results: dict, folder: Path) -> None:
         if self.write is not None:
             _resolve(self.write)(results, folder)
+
+    def source_files(self) -> tuple[Path, ...]:
+        """The files of a registered analysis's functions, hashed into its stages' fingerprints: editing a plug-in
+        reruns its stages on --resume (the built-in analyses are covered by the package's version)."""
+        import inspect
+        from pathlib import Path
+
+        files = {Path(inspect.getsourcefile(f)) for f in (self.run, self.write, self.scale) if callable(f) and inspect.getsourcefile(f)}
+        return tuple(sorted(files))
 
     def cost(self, config: RunConfig | None, later_replicate: bool = False) -> float:
         if config is None:
@@ -145,6 +155,9 @@ def register(analysis: Analysis, replace: bool = False) -> Analysis:
         raise ConfigError(f"An analysis named {analysis.name!r} is already registered; choose another name or pass replace=True.")
     if not analysis.name or not all(c.isalnum() or c == "-" for c in analysis.name):
         raise ConfigError(f"Analysis name {analysis.name!r}: use letters, digits and '-' (it names a folder).")
+    if re.search(r"-(r\d+|full|lowest-heldout)$", analysis.name):
+        raise ConfigError(f"Analysis name {analysis.name!r} ends like a replicate's, the full fine-tune's or the control's stage "
+                          "(-rK, -full, -lowest-heldout), whose folders it would share: choose another name.")
     _ANALYSES[analysis.name] = analysis
     return analysis
 

@@ -260,7 +260,10 @@ def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bo
         if not for_training:
             # For inference the adapter is folded into the weights: one matrix per layer instead of three, a plain
             # transformers model for every analysis (benchmarks/merged_adapter.py: 1.03x faster decoding on a 2-core CPU).
-            model = model.merge_and_unload()
+            from hyperfitting.precision import full_precision
+
+            with full_precision(torch.device("cpu")):  # the merge in float32, whatever a command's autocast says
+                model = model.merge_and_unload()
     model.eval()  # no dropout: hyperfitting memorises, and the trunk cache must be exact
     if not for_training:  # training places its model itself (one process, DDP or FSDP shards)
         model = place_on_device(model)

@@ -55,7 +55,8 @@ def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext | Call
     def work(folder: Path) -> dict:
         results = analysis.run_on(context if isinstance(context, AnalysisContext) else context())
         write_json(folder / "results.json", results)
-        analysis.write_to(results, folder)
+        if is_main_process():  # a plug-in's writer need not know about processes: only process 0 writes files
+            analysis.write_to(results, folder)
         table = folder / "table.md"
         if is_main_process() and table.exists():  # only process 0 writes files: another process could read the table before it exists
             print(table.read_text())

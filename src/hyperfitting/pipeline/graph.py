@@ -120,6 +120,9 @@ class StageGraph:
     def __init__(self, run_dir: Path, specs: list[StageSpec]):
         self.run_dir = Path(run_dir)
         self.specs = {spec.name: spec for spec in specs}
+        if len(self.specs) != len(specs):
+            twice = sorted({spec.name for spec in specs if sum(s.name == spec.name for s in specs) > 1})
+            raise ValueError(f"Two stages named {', '.join(twice)}: each stage needs a folder of its own.")
         self._inputs: dict[str, dict[str, str]] = {}
         self.started = time.time()
 
@@ -314,7 +317,7 @@ def training_spec(name: str, config: RunConfig) -> StageSpec:
 
 def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
     """An analysis of the model trained by ``train_stage``, or (``None``) of the model at analysis.hyperfitted."""
-    files = model_files(config.model.name)
+    files = model_files(config.model.name) + get_analysis(analysis).source_files()
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
     return StageSpec(analysis_stage_name(analysis, suffix), f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),

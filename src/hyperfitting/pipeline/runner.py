@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from hyperfitting.config import RunConfig
 from hyperfitting.data.splits import PreparedData
+from hyperfitting.errors import RunDirError
 from hyperfitting.layout import FULL, LOWEST, replicate_suffix
 from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
 from hyperfitting.pipeline.baselines import baselines_stage
@@ -91,6 +92,20 @@ class Shared:
             self._trained[suffix] = load_hyperfitted(self.config.model, self.graph.run_dir / f"train{suffix}")[0]
         return self._trained[suffix]
 
+    def release_analysed(self) -> None:
+        """Let go of the analyses' context and of every trained model but the main run's (retention reads it last)."""
+        if self._context is None and set(self._trained) <= {""}:
+            return
+        import gc
+
+        import torch
+
+        self._context = None
+        self._trained = {k: v for k, v in self._trained.items() if not k}
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def context(self, suffix: str, config):
         """The analyses' context of one trained model (``suffix``; with LOWEST, the run at its lowest held-out loss):
         its greedy paths are decoded once for all its analyses, then dropped when the next model's analyses begin."""
@@ -121,6 +136,16 @@ def _evaluation(spec: StageSpec, shared: Shared) -> dict:
     model = shared.base_model if trained is None else shared.trained(trained)
     scorer = shared.plain_model if spec.args.get("scorer") == "plain" else shared.base_model
     return evaluation_stage(shared.graph, spec.name, shared.data, model, shared.tokenizer, scorer, shared.training_index)
+
+
+def _finished(spec: StageSpec, shared: Shared) -> Path:
+    """A stage a verb reads but must not redo (the training of a run whose retention is measured afterwards)."""
+    stage = shared.graph.stage(spec.name)
+    if not stage.done:
+        raise RunDirError(f"Stage '{spec.name}' of {shared.graph.run_dir} was finished with other inputs than this command's "
+                          f"(a library or the config changed since). Bring the run up to date first: hyperfit study "
+                          f"{shared.graph.run_dir / 'config.yaml'} run_dir={shared.graph.run_dir} --resume.")
+    return stage.dir
 
 
 def _train(spec: StageSpec, shared: Shared) -> Path:
@@ -158,7 +183,7 @@ def _retention(spec: StageSpec, shared: Shared) -> dict:
 
 
 RUNNERS: dict[str, Callable[[StageSpec, Shared], Any]] = {
-    "data": _data, "evaluation": _evaluation, "train": _train, "analysis": _analysis, "baselines": _baselines,
+    "data": _data, "evaluation": _evaluation, "train": _train, "finished": _finished, "analysis": _analysis, "baselines": _baselines,
     "controls": _controls, "quality": _quality, "retention": _retention,
 }
 
@@ -166,7 +191,13 @@ RUNNERS: dict[str, Callable[[StageSpec, Shared], Any]] = {
 def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]:
     """Every stage of ``graph`` in its order (finished ones read back): stage name -> what its runner returned."""
     shared = shared or Shared(graph)
-    return {name: RUNNERS[graph[name].kind](graph[name], shared) for name in graph.names}
+    outputs: dict[str, Any] = {}
+    for name in graph.names:
+        spec = graph[name]
+        if spec.kind != "analysis":
+            shared.release_analysed()  # a model's analyses are over: its paths must not sit beside the next training, the controls or the judge
+        outputs[name] = RUNNERS[spec.kind](spec, shared)
+    return outputs
 
 
 # ------------------------------------------------------------------------------ the study

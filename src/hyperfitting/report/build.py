@@ -15,7 +15,7 @@ import yaml
 
 from hyperfitting import stats
 from hyperfitting.figures import new_figure, savefig
-from hyperfitting.config import BASELINE_METHODS
+from hyperfitting.config import BASELINE_METHODS, load_config
 from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
 from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
@@ -260,9 +260,10 @@ def build_report(run_dir: Path) -> dict:
     run = RunFolder(run_dir)
     study = run.metrics
     config = run.config
+    load_config(run_dir / "config.yaml")  # checked as a run would check it: study.plugins are imported, their analyses known
     replicates = config["study"].get("replicates", 1)
     # Per analysis the study ran (built in or registered), the results of every replicate that has them.
-    studied = [name for name in config["study"]["analyses"] if name in analysis_names()]
+    studied = [name for name in dict.fromkeys(config["study"]["analyses"]) if name in analysis_names()]
     per_replicate = {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied}
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
     controls = run.stage("controls").results

@@ -317,6 +317,20 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_d
 PROGRESS_EVERY = 16  # training steps between two updates of the progress bar's loss (each one waits for the device)
 
 
+def _stop_if_diverged(run: _Run, bad: torch.Tensor, losses: list[torch.Tensor], epoch: int) -> None:
+    """Raise if any process has seen a non-finite loss (every process raises, or none: one alone would leave the
+    others waiting). Checked every PROGRESS_EVERY steps, so a few steps may have run on the bad weights: nothing of
+    this epoch is saved, and the run resumes from the checkpoint of the epoch before. The model in memory is spoilt."""
+    if run.accelerator.num_processes > 1:
+        bad = run.accelerator.reduce(bad.float(), reduction="sum") > 0
+    if bool(bad):
+        first = next((v for v in torch.stack(losses).float().tolist() if not math.isfinite(v)), "non-finite on another process")
+        raise DivergenceError(
+            f"The training loss became {first} in epoch {epoch}. The last good checkpoint (after epoch {epoch - 1}) is "
+            f"kept in {run.checkpoint_dir}; lower train.lr and resume with --resume."
+        )
+
+
 def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float, float]:
     """One pass over the training blocks in this epoch's order: (mean training loss over the processes, seconds)."""
     from hyperfitting.precision import training_autocast
@@ -329,6 +343,7 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
     batches = [run.strategy.batch_share(order[i : i + args.batch_size]) for i in range(0, len(order), args.batch_size)]
     started = time.perf_counter()
     losses = []  # each step's loss, left on the device: reading one waits for the device, so they are read together
+    bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)  # any non-finite loss so far, also on the device
     bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
     for step, index in enumerate(bar, 1):
         with accelerator.accumulate(run.model):
@@ -338,21 +353,12 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
             run.optimizer.step()
             run.optimizer.zero_grad()
         losses.append(loss.detach())
-        if step % PROGRESS_EVERY == 0 or step == len(batches):  # the bar's numbers: the only read inside the epoch
+        bad |= ~torch.isfinite(losses[-1])
+        if step % PROGRESS_EVERY == 0 or step == len(batches):  # the only reads inside the epoch: every process has as many steps
+            _stop_if_diverged(run, bad, losses, epoch)
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", tok_s=f"{step * len(index) * train_blocks.shape[1] / elapsed:.0f}")
     values = torch.stack(losses).float().tolist() if losses else []
-    # A non-finite loss is caught at the end of its epoch, not at its step: nothing of this epoch is saved, so the run
-    # still resumes from the checkpoint of the epoch before, as if it had stopped at once.
-    bad = next((v for v in values if not math.isfinite(v)), None)
-    non_finite = bad is not None
-    if accelerator.num_processes > 1:  # every process raises, or none: one alone would leave the others waiting
-        non_finite = bool(accelerator.reduce(torch.tensor(float(non_finite), device=accelerator.device), reduction="sum") > 0)
-    if non_finite:
-        raise DivergenceError(
-            f"The training loss became {bad if bad is not None else 'non-finite on another process'} in epoch {epoch}. The last "
-            f"good checkpoint (after epoch {epoch - 1}) is kept in {run.checkpoint_dir}; lower train.lr and resume with --resume."
-        )
     losses = values
     seconds = time.perf_counter() - started
     set_adapter_dropout(run.bare_model, False)  # held-out loss and probes measure the model deterministically
