@@ -101,7 +101,6 @@ def run(context) -> dict:
 
 
 def write_block_swap_analysis(results: dict, folder: Path) -> None:
-    write_json(folder / "results.json", results)
     write_text(folder / "table.md", block_swap_table(results))
     plot_block_swap(results, folder / "block_swap.png")
 

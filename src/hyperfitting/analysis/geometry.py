@@ -402,7 +402,6 @@ def run(context) -> dict:
 
 
 def write_geometry_analysis(results: dict, folder: Path) -> None:
-    write_json(folder / "results.json", results)
     write_text(folder / "table.md", geometry_table(results))
     plot_geometry(results, folder / "geometry.png")
 

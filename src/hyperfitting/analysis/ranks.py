@@ -214,7 +214,6 @@ def run(context) -> dict:
 
 
 def write_rank_analysis(results: dict, folder: Path) -> None:
-    write_json(folder / "results.json", results)
     write_text(folder / "table.md", rank_table(results))
     plot_ranks(results, folder / "ranks.png")
 

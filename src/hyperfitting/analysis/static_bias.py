@@ -277,7 +277,6 @@ def run(context) -> dict:
 
 
 def write_static_bias_analysis(results: dict, folder: Path) -> None:
-    write_json(folder / "results.json", results)
     write_text(folder / "table.md", static_bias_table(results))
     plot_static_bias(results, folder / "static_bias.png")
 

@@ -148,7 +148,6 @@ def run(context) -> dict:
 
 
 def write_temperature_analysis(results: dict, folder: Path) -> None:
-    write_json(folder / "results.json", results)
     write_text(folder / "table.md", temperature_table(results))
     plot_frontier(results, folder / "frontier.png")
 
