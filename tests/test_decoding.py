@@ -131,3 +131,88 @@ def test_a_draw_follows_the_row_probabilities_and_never_picks_an_impossible_toke
     assert draw(torch.eye(4), [torch.Generator().manual_seed(0) for _ in range(4)]).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="Cannot sample"):
         draw(torch.zeros(1, 4))
+
+
+def test_the_fixed_buffer_decoder_gives_the_growing_caches_greedy_tokens(tiny_model):
+    # The reference (a cache that grows a column per step) and the fixed buffers (static cache, a prepared 4D mask,
+    # fixed positions) must agree token for token: padded and unpadded batches, several variants, a stateful processor.
+    from hyperfitting.generation.decoding import Variant, decode_variants
+    from hyperfitting.generation.processors import RankTransplant, StaticLogitBias
+
+    if tiny_model.config.model_type == "gemma2":
+        tiny_model.config.sliding_window = 64  # the fixed buffers take no sliding window shorter than the continuation
+    bias = torch.zeros(tiny_model.config.vocab_size)
+    bias[[7, 11, 30]] = 3.0
+    companion = make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    for prompts in ([[5, 9, 14, 3, 22, 7], [40, 41], [8, 8, 8, 60]], [[5, 6, 7, 8], [9, 10, 11, 12]]):
+        def variants():
+            return [Variant(), Variant([StaticLogitBias(bias, 1.0)]), Variant([RankTransplant(companion)])]
+
+        growing = decode_variants(tiny_model, prompts, variants(), 14, 0)
+        fixed = decode_variants(tiny_model, prompts, variants(), 14, 0, decoder="fixed")
+        for grown_rows, fixed_rows in zip(growing, fixed):
+            assert [r.token_ids for r in grown_rows] == [r.token_ids for r in fixed_rows]
+            for a, b in zip(grown_rows, fixed_rows):
+                assert a.entropy == pytest.approx(b.entropy, abs=1e-4)
+
+
+def test_the_fixed_buffer_decoder_refuses_a_sliding_window_it_would_not_apply():
+    from hyperfitting.generation.decoding import Variant, decode_variants, decoder_for
+    from hyperfitting.errors import ConfigError
+
+    model = make_tiny_model("gemma2")  # sliding window 8
+    with pytest.raises(ValueError, match="sliding window"):
+        decode_variants(model, [[3, 4, 5]], [Variant()], 10, 0, decoder="fixed")
+    with pytest.raises(ConfigError, match="generate.decoder"):
+        decoder_for("fixed", model, 13)
+    assert decoder_for("auto", model, 13) == "dynamic"
+    assert decoder_for("auto", make_tiny_model("llama"), 13) == "dynamic"  # on a CPU
+
+
+def test_the_counter_draw_is_splitmix64_of_seed_and_step_and_independent_of_the_batch():
+    from hyperfitting.generation.decoding import counter_uniform
+
+    def splitmix64(seed: int, step: int) -> float:  # the reference, in Python's unbounded integers
+        mask = (1 << 64) - 1
+        z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        return (z >> 11) / 2 ** 53
+
+    seeds = [0, 1, 7, 1_000_003 * 4 + 2, 2 ** 40 + 5]
+    for step in (0, 1, 95):
+        values = counter_uniform(torch.tensor(seeds), step).tolist()
+        assert values == [splitmix64(s, step) for s in seeds]
+        assert counter_uniform(torch.tensor(seeds[2:3]), step).tolist() == values[2:3]
+    spread = counter_uniform(torch.arange(20_000), 3)
+    assert 0 <= float(spread.min()) and float(spread.max()) < 1 and abs(float(spread.mean()) - 0.5) < 0.01
+
+
+def test_the_fixed_decoder_samples_each_row_from_its_own_seed():
+    from hyperfitting.generation.decoding import Variant, decode_variants
+
+    model = make_tiny_model("llama")
+    prompts = [[3, 4, 5], [6, 7, 8]]
+    both = decode_variants(model, prompts, [Variant(do_sample=True, seeds=[11, 12])], 12, 0, decoder="fixed")[0]
+    alone = decode_variants(model, prompts[1:], [Variant(do_sample=True, seeds=[12])], 12, 0, decoder="fixed")[0]
+    again = decode_variants(model, prompts, [Variant(do_sample=True, seeds=[11, 12])], 12, 0, decoder="fixed")[0]
+    assert both[1].token_ids == alone[0].token_ids
+    assert [r.token_ids for r in both] == [r.token_ids for r in again]
+    greedy = decode_variants(model, prompts, [Variant()], 12, 0, decoder="fixed")[0]
+    assert [r.token_ids for r in both] != [r.token_ids for r in greedy]
+
+
+def test_the_device_citation_blocker_bans_exactly_the_training_continuations():
+    g = torch.Generator().manual_seed(0)
+    training = torch.randint(0, 12, (30, 40), generator=g)  # a small vocabulary: many prefixes recur, with several next tokens
+    blocker = CitationBlocker(training, n=3)
+    ids = torch.randint(0, 12, (500, 7), generator=g)
+    scores = torch.randn(500, 12, generator=g)
+    expected = scores.clone()
+    for row, tokens in enumerate(ids.tolist()):
+        banned = blocker.next_tokens.get(tuple(tokens[-2:]))
+        if banned:
+            expected[row, sorted(banned)] = float("-inf")
+    assert torch.equal(blocker(ids, scores.clone()), expected)
+    assert int(torch.isinf(expected).sum()) > 500  # the table did ban, often

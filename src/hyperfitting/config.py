@@ -220,6 +220,8 @@ class GenerateArgs:
     """Contrastive search (Su and Collier): choose among this many top tokens by confidence minus the degeneration penalty (0: off; the papers use 4-10)."""
     contrastive_alpha: float = ruled(0.6, '[0, 1]')
     """Weight of contrastive search's degeneration penalty (0 is greedy decoding)."""
+    decoder: Literal["auto", "dynamic", "fixed"] = "auto"
+    """How a decode keeps its state: `dynamic` grows the KV cache and the token buffer a column per step; `fixed` allocates a static KV cache and fixed buffers for the whole continuation, so that a step is one CUDA graph replay on a GPU (rows are drawn from a counter-based generator there: same prompt and seed, same stream of numbers, but not the dynamic decoder's); `auto`: fixed on a GPU, dynamic on a CPU. Greedy tokens agree (tested on a CPU)."""
 
     def __post_init__(self) -> None:
         check_rules(self, "generate")
@@ -380,7 +382,7 @@ class StudyArgs:
 
 # Keys added after run folders existed, each with the value that does what the toolkit did before the key: at that
 # value a key is left out of the fingerprints, so an upgrade does not redo the finished stages of existing runs.
-LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1, ("model", "tf32"): False}
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1, ("model", "tf32"): False, ("generate", "decoder"): "auto"}
 
 
 @dataclass

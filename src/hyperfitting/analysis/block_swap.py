@@ -26,7 +26,7 @@ from hyperfitting.analysis.teacher_forcing import overrides_per_prompt
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import RunConfig
 from hyperfitting.models.blocks import find_block_stack
-from hyperfitting.rundir import write_json, write_text
+from hyperfitting.rundir import write_text
 
 BASE, FORWARD, REVERSE, TUNED = "base", "base + hyperfitted final block", "hyperfitted + base final block", "hyperfitted"
 MEASURES = {"ttr": "diversity (TTR)", "override_rate": "rank reordering (override rate)"}

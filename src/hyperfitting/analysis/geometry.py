@@ -24,7 +24,7 @@ from hyperfitting.analysis.teacher_forcing import sample_block_positions
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.precision import full_precision
-from hyperfitting.rundir import write_json, write_text
+from hyperfitting.rundir import write_text
 
 PAPER_FINAL_BLOCK_DELTA_PR = 80.8  # TinyLlama-1.1B (hidden size 2048)
 PAPER_HIDDEN_SIZE = 2048

@@ -20,7 +20,7 @@ from hyperfitting.figures import new_figure, savefig
 from hyperfitting.analysis.static_bias import heldout_static_models, ranks_of, static_choice
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import CitationBlocker, RankTransplant
-from hyperfitting.rundir import write_json, write_text
+from hyperfitting.rundir import write_text
 
 RANK_BINS = [(1, 1, "1"), (2, 10, "2-10"), (11, 100, "11-100"), (101, 1000, "101-1000"), (1001, 10**9, ">1000")]
 PAPER = {"override_rate": 0.391, "share_of_overrides_from_rank_over_10": 0.129}
@@ -35,6 +35,7 @@ def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chose
     """
     from scipy.stats import kendalltau
 
+    chosen = chosen.to(base_logits.device)
     chosen_base_rank = ranks_of_chosen(base_logits, chosen)
     overrides = chosen_base_rank > 1
     n_overrides = int(overrides.sum())
@@ -43,9 +44,13 @@ def rank_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chose
     taus = []
     base_top = base_logits.topk(top_k, dim=-1).indices
     tuned_top = tuned_logits.topk(top_k, dim=-1).indices
+    # Both models' logits at both top-k lists are gathered where the logits are and cross to the host once, (P, 2k) each.
+    columns = torch.cat([base_top, tuned_top], dim=1)
+    columns_host = columns.cpu().numpy()
+    base_at, tuned_at = (logits.gather(1, columns).cpu().numpy() for logits in (base_logits, tuned_logits))
     for step in range(len(chosen)):
-        union = torch.unique(torch.cat([base_top[step], tuned_top[step]]))
-        tau = kendalltau(base_logits[step, union].numpy(), tuned_logits[step, union].numpy()).statistic
+        _, first = np.unique(columns_host[step], return_index=True)  # the union of the two lists, in token order
+        tau = kendalltau(base_at[step, first], tuned_at[step, first]).statistic
         taus.append(0.0 if np.isnan(tau) else float(tau))
 
     # Context dependence, on the tokens the hyperfitted model promoted into its top-k somewhere: all of them are among

@@ -21,7 +21,7 @@ from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import RunConfig
 from hyperfitting.generation.processors import StaticLogitBias
 from hyperfitting.metrics.diversity import diversity
-from hyperfitting.rundir import write_json, write_text
+from hyperfitting.rundir import write_text
 
 PAPER_TTR_AT_ALPHA_05 = 0.215
 
@@ -30,7 +30,7 @@ def ranks_of(logits: torch.Tensor) -> torch.Tensor:
     """Rank of every token in every row, 1 = most likely: (P, V) int32."""
     order = logits.argsort(dim=-1, descending=True)
     ranks = torch.empty_like(order, dtype=torch.int32)
-    ranks.scatter_(1, order, torch.arange(1, logits.shape[1] + 1, dtype=torch.int32).expand_as(order).contiguous())
+    ranks.scatter_(1, order, torch.arange(1, logits.shape[1] + 1, dtype=torch.int32, device=logits.device).expand_as(order).contiguous())
     return ranks
 
 
@@ -38,11 +38,11 @@ def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chun
                      top_k: int = 10) -> dict[str, torch.Tensor]:
     """Per token, over the contexts (rows): mean rank gain, mean offset (of ``offset_of``: logits or logprobs),
     mean log-probability gain, and whether the hyperfitted model ranks it in its top ``top_k`` anywhere."""
-    vocabulary = base_logits.shape[1]
-    rank_gain = torch.zeros(vocabulary, dtype=torch.float64)
-    offset = torch.zeros(vocabulary, dtype=torch.float64)
-    logprob_gain = torch.zeros(vocabulary, dtype=torch.float64)
-    promoted = torch.zeros(vocabulary, dtype=torch.bool)
+    vocabulary, device = base_logits.shape[1], base_logits.device
+    rank_gain = torch.zeros(vocabulary, dtype=torch.float64, device=device)
+    offset = torch.zeros(vocabulary, dtype=torch.float64, device=device)
+    logprob_gain = torch.zeros(vocabulary, dtype=torch.float64, device=device)
+    promoted = torch.zeros(vocabulary, dtype=torch.bool, device=device)
     for start in range(0, len(base_logits), chunk):
         base, tuned = base_logits[start:start + chunk], tuned_logits[start:start + chunk]
         tuned_ranks = ranks_of(tuned)
@@ -64,7 +64,7 @@ def static_delta(stats: dict[str, torch.Tensor], top_k: int, select: str = "rank
     gains among tokens the hyperfitted model ranks in its top k somewhere: tokens that matter to its choices.
     """
     if select == "promoted":
-        score = torch.where(stats["promoted"], stats["logprob_gain"], torch.tensor(float("-inf")))
+        score = torch.where(stats["promoted"], stats["logprob_gain"], float("-inf"))
         top = score.topk(min(top_k, int(stats["promoted"].sum()))).indices
     else:
         top = stats["rank_gain"].topk(top_k).indices
@@ -99,9 +99,9 @@ def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, c
     of what is left.
     """
     rows, vocabulary = base_logits.shape
-
-    y_rows, y_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
-    z_rows, z_cols = torch.empty(rows, dtype=torch.float64), torch.zeros(vocabulary, dtype=torch.float64)
+    on = {"dtype": torch.float64, "device": base_logits.device}
+    y_rows, y_cols = torch.empty(rows, **on), torch.zeros(vocabulary, **on)
+    z_rows, z_cols = torch.empty(rows, **on), torch.zeros(vocabulary, **on)
     for start in range(0, rows, chunk):
         y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1).double()
         z = base_logits[start:start + chunk].double()
@@ -135,11 +135,12 @@ def fit_over_top_of_ranking(base_logits: torch.Tensor, tuned_logits: torch.Tenso
 
     rows, vocabulary = base_logits.shape
     if not rows:
-        return {"scale": 0.0, "bias": torch.zeros(vocabulary)}
+        return {"scale": 0.0, "bias": torch.zeros(vocabulary, device=base_logits.device)}
+    # The top-k columns are gathered where the logits are; only they (rows x k numbers) go to the host's sparse solver.
     top = tuned_logits.topk(min(top_k, vocabulary), dim=-1).indices
-    y = torch.log_softmax(tuned_logits.double(), -1).gather(1, top).reshape(-1).numpy()
-    z = base_logits.double().gather(1, top).reshape(-1).numpy()
-    tokens, column = np.unique(top.reshape(-1).numpy(), return_inverse=True)
+    y = torch.log_softmax(tuned_logits.double(), -1).gather(1, top).reshape(-1).cpu().numpy()
+    z = base_logits.double().gather(1, top).reshape(-1).cpu().numpy()
+    tokens, column = np.unique(top.reshape(-1).cpu().numpy(), return_inverse=True)
     context = np.repeat(np.arange(rows), top.shape[1])
     n, ones = len(y), np.ones(len(y))
     design = sparse.hstack([sparse.csr_matrix(z[:, None]),
@@ -149,17 +150,17 @@ def fit_over_top_of_ranking(base_logits: torch.Tensor, tuned_logits: torch.Tenso
     fitted = solution[1:1 + len(tokens)]
     bias = np.full(vocabulary, fitted.min())
     bias[tokens] = fitted
-    return {"scale": float(solution[0]), "bias": torch.from_numpy(bias).float()}
+    return {"scale": float(solution[0]), "bias": torch.from_numpy(bias).float().to(base_logits.device)}
 
 
 def static_choice(base_logits: torch.Tensor, fitted: dict) -> torch.Tensor:
     """The fitted static+temperature model's greedy choice at each row of base logits."""
-    return (fitted["scale"] * base_logits + fitted["bias"]).argmax(-1)
+    return (fitted["scale"] * base_logits + fitted["bias"].to(base_logits.device)).argmax(-1)
 
 
 def biased_choice(delta: torch.Tensor, alpha: float) -> StepChoice:
     """The greedy pick of the base model with alpha * delta added to its logits, as a decision rule."""
-    return lambda logits: (logits + alpha * delta).argmax(-1)
+    return lambda logits: (logits + alpha * delta.to(logits.device)).argmax(-1)
 
 
 def flip_rate(base_logits: torch.Tensor, delta: torch.Tensor, alpha: float) -> float:

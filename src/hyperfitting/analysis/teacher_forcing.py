@@ -23,14 +23,17 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
 
     ``keep`` (sequence -> row indices) keeps only those rows, and ``reduce(i, logits)`` replaces
     them with what the caller needs from them (argmaxes, ranks), before anything is gathered: a
-    caller never holds, or sends, more than its statistic reads. Under several processes each
-    scores a contiguous share of the sequences and the shares are gathered, so every process gets
-    every sequence's (kept, reduced) result.
+    caller never holds, or sends, more than its statistic reads. The logits, the kept rows and the
+    reductions stay on the model's device (a GPU reduces its own rows; nothing of the vocabulary
+    crosses to the host unless the caller moves it). Under several processes each scores a
+    contiguous share of the sequences and the shares are gathered, on the host, so every process
+    gets every sequence's (kept, reduced) result.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
 
     def kept(i: int, logits: torch.Tensor) -> Any:
-        logits = logits if keep is None else logits[torch.from_numpy(keep.get(i, np.empty(0, dtype=np.int64)))]
+        if keep is not None:
+            logits = logits[torch.from_numpy(keep.get(i, np.empty(0, dtype=np.int64))).to(logits.device)]
         return logits if reduce is None else reduce(i, logits)
 
     if process_state().num_processes == 1:  # stream: callers that keep only an argmax never hold every logit
@@ -38,7 +41,7 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
             yield i, kept(i, logits)
         return
     share = my_share(len(sequences))
-    mine = [(share.start + i, kept(share.start + i, logits)) for i, logits in
+    mine = [(share.start + i, to_host(kept(share.start + i, logits))) for i, logits in
             _teacher_forced_logits_here(model, sequences[share.start:share.stop], starts[share.start:share.stop], batch_size)]
     yield from gather_in_order(mine)
 
@@ -65,7 +68,18 @@ def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> It
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits.float()
         for r, row in enumerate(rows):
             start = starts[first + r]
-            yield first + r, logits[r, start - 1 - offset:len(row) - 1 - offset].cpu()
+            yield first + r, logits[r, start - 1 - offset:len(row) - 1 - offset]
+
+
+def to_host(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts, lists and tuples too) copied to the host."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value
 
 
 def sample_positions(total: int, cap: int, seed: int = 0) -> np.ndarray:
@@ -90,7 +104,8 @@ def stacked_logits(model, sequences, starts, cap: int) -> torch.Tensor:
     """Teacher-forced logits at ``cap`` positions sampled from all of them, in position order: (P, V).
 
     The positions are drawn first (from the sequences' lengths alone) and only their logits are
-    kept, so memory grows with ``cap``, not with the text scored.
+    kept, so memory grows with ``cap``, not with the text scored. They stay on the model's device,
+    where the statistics that read them (entropies, rankings, the static fits) run.
     """
     lengths = [len(sequence) - start for sequence, start in zip(sequences, starts)]
     bounds = np.cumsum([0, *lengths])
@@ -127,9 +142,9 @@ def path_scan(model, prompts, continuations: Sequence[Continuation], choices: di
               keep_steps: np.ndarray | None = None, chosen_rank: bool = True) -> dict[str, torch.Tensor]:
     """One teacher-forced pass of ``model`` along the continuations, keeping only what the statistics read.
 
-    The step summaries (:func:`step_summary`) of every continuation, concatenated in step order,
-    and the full logit rows at ``keep_steps`` (sorted flat step indices, drawn before the pass)
-    only. Memory grows with the steps kept, not with (steps x vocabulary): on a 262k-token
+    The step summaries (:func:`step_summary`) of every continuation, concatenated in step order
+    and brought to the host, and the full logit rows at ``keep_steps`` (sorted flat step indices,
+    drawn before the pass; ``kept``, left on the model's device) only. Memory grows with the steps kept, not with (steps x vocabulary): on a 262k-token
     vocabulary the whole path of 16 prompts x 96 tokens would be 1.6 GB per model.
     """
     sequences = [list(p) + list(c.token_ids) for p, c in zip(prompts, continuations)]
@@ -137,26 +152,30 @@ def path_scan(model, prompts, continuations: Sequence[Continuation], choices: di
     keep_steps = None if keep_steps is None else np.asarray(keep_steps, dtype=np.int64)
 
     def reduce(i: int, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long) if chosen_rank else None
+        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long, device=logits.device) if chosen_rank else None
         rows = None
         if keep_steps is not None:
             mine = keep_steps[(keep_steps >= bounds[i]) & (keep_steps < bounds[i + 1])] - bounds[i]
-            rows = torch.from_numpy(mine)
+            rows = torch.from_numpy(mine).to(logits.device)
         return step_summary(logits, chosen, choices, rows)
 
     parts = [summary for _, summary in teacher_forced_logits(model, sequences, [len(p) for p in prompts], reduce=reduce)]
     if not parts:
         return {}
-    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    return {key: value if key == "kept" else value.cpu() for key, value in joined.items()}
 
 
 def overrides_per_prompt(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
     """Per continuation, (steps whose token is not the base model's top-1, steps), teacher-forcing the base model along it."""
     sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
     overrides, steps = [0] * len(sequences), [len(c) for c in continuations]
-    for i, logits in teacher_forced_logits(base, sequences, [len(p) for p in prompts]):
-        chosen = torch.tensor(list(continuations[i]), dtype=torch.long)
-        overrides[i] = int((logits.argmax(-1) != chosen).sum())
+
+    def count(i: int, logits: torch.Tensor) -> torch.Tensor:  # on the device: one number per continuation crosses
+        return (logits.argmax(-1) != torch.tensor(list(continuations[i]), dtype=torch.long, device=logits.device)).sum()
+
+    for i, overridden in teacher_forced_logits(base, sequences, [len(p) for p in prompts], reduce=count):
+        overrides[i] = int(overridden)
     return overrides, steps
 
 

@@ -19,7 +19,7 @@ from hyperfitting.analysis.teacher_forcing import stacked_logits, top1_agreement
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting import stats
 from hyperfitting.config import RunConfig
-from hyperfitting.rundir import write_json, write_text
+from hyperfitting.rundir import write_text
 
 # Li et al., ICML 2026, their table for TinyLlama-1.1B: TTR, bigram rep, trigram rep, top-1 agreement, entropy.
 PAPER = {

@@ -1,7 +1,9 @@
-"""What every decoding path shares: a continuation with its per-step statistics, and a left-padded batch of prompts."""
+"""What every decoding path shares: a continuation with its per-step statistics, a left-padded batch of prompts, and a look at
+what the model's forward takes."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -30,3 +32,9 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> 
         input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         attention_mask[row, width - len(prompt):] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+def accepts(model, name: str) -> bool:
+    """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
+    forward = getattr(model, "get_base_model", lambda: model)().forward
+    return name in inspect.signature(forward).parameters

@@ -10,7 +10,6 @@ distribution, the entropy, the top-1 probability and the chosen token's probabil
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 
 from hyperfitting.config import GenerateArgs
 from hyperfitting.errors import ConfigError
-from hyperfitting.generation.batches import Continuation, left_padded  # noqa: F401 (part of this module's interface)
+from hyperfitting.generation.batches import Continuation, accepts, left_padded  # noqa: F401 (part of this module's interface)
 from hyperfitting.generation.contrastive import contrastive_batch
 from hyperfitting.generation.processors import CitationBlocker
 
@@ -41,23 +40,20 @@ def sampling_processors(args: GenerateArgs) -> list[LogitsProcessor]:
     return processors
 
 
-def accepts(model, name: str) -> bool:
-    """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
-    forward = getattr(model, "get_base_model", lambda: model)().forward
-    return name in inspect.signature(forward).parameters
-
-
 @dataclass
 class Variant:
     """One way of decoding a batch of prompts: greedy or sampled, after its own logits processors.
 
     ``generators`` (one per prompt) make row r's samples depend on its own seed only, not on
-    which rows share its batch or its process.
+    which rows share its batch or its process. ``seeds`` (one per prompt) do the same without a
+    generator per row: the fixed-buffer decoder draws row r's number at step t from (seed r, t)
+    alone (:func:`counter_uniform`), one batched draw per step instead of a draw per row.
     """
 
     processors: Sequence[LogitsProcessor] = ()
     do_sample: bool = False
     generators: Sequence[torch.Generator] | None = None
+    seeds: Sequence[int] | None = None
 
 
 @torch.no_grad()
@@ -90,6 +86,7 @@ def decode_variants(
     pad_token_id: int,
     eos_token_id: int | None = None,
     on_step: Callable[[], None] | None = None,
+    decoder: str = "dynamic",
 ) -> list[list[Continuation]]:
     """Decode the prompts under every variant at once: one list of continuations per variant.
 
@@ -97,69 +94,51 @@ def decode_variants(
     forward pass as wide as all of them (on a CPU a 16-row step reads every weight for 16 tokens,
     a 64-row step for 64), and one prefill of the prompts whose KV cache is then copied to
     every variant's rows. Rows are prompt-major: row r is prompt r // V under variant r % V.
+
+    ``decoder``: ``dynamic`` grows the cache a column per step; ``fixed`` decodes in fixed buffers
+    (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU). The per-step statistics stay on
+    the device in one preallocated buffer, and the host looks at the rows (has every row reached
+    EOS?) once every ``SYNC_EVERY`` steps, not at every step.
     """
-    device = next(model.parameters()).device
+    from hyperfitting.generation.fixed import FixedState, GrowingState
+
     n_variants = len(variants)
-    width = max(len(p) for p in prompts)
-    input_ids, attention_mask = left_padded(prompts, pad_token_id, device)
-    # Left padding: positions count real tokens only, so a padded row sees the same positions as alone.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    padded = any(len(p) != width for p in prompts)
-    keep_last = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
-
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    # The prompts' prefill, once; then every row of the batch of prompts x variants.
-    logits = model(input_ids=input_ids, attention_mask=attention_mask if padded else None,
-                   position_ids=position_ids if padded else None, cache=cache, use_cache=True, **keep_last).logits[:, -1, :].float()
-    if n_variants > 1:
-        cache.batch_repeat_interleave(n_variants)
-        logits, input_ids, attention_mask, position_ids = (t.repeat_interleave(n_variants, dim=0)
-                                                           for t in (logits, input_ids, attention_mask, position_ids))
+    state = (FixedState if decoder == "fixed" else GrowingState)(model, prompts, n_variants, max_new_tokens, pad_token_id)
+    logits = state.first_logits
     rows_of = [slice(v, None, n_variants) for v in range(n_variants)]
-    batch = len(input_ids)
-    sequences = input_ids
+    batch = len(logits)
+    device = logits.device
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps: list[torch.Tensor] = []  # (6, B) per step: token, entropy, top-1 prob, chosen prob, decoded entropy, finished before
-    step_positions = position_ids
+    # (step, 6, B): token, entropy, top-1 prob, chosen prob, decoded entropy, finished before
+    steps = torch.zeros((max_new_tokens, 6, batch), device=device)
     for variant, rows in zip(variants, rows_of):
         for processor in variant.processors:
             if hasattr(processor, "begin"):
-                processor.begin(input_ids[rows], attention_mask[rows])
+                processor.begin(state.prompt_ids[rows], state.prompt_mask[rows])
+    taken = 0
     for step in range(max_new_tokens):
         if step > 0:
-            logits = model(
-                input_ids=sequences[:, -1:],
-                # Without padding the model's own causal masking is exact, and faster than an explicit mask.
-                attention_mask=attention_mask if padded else None,
-                position_ids=step_positions if padded else None,
-                cache=cache,
-                use_cache=True,
-                **keep_last,
-            ).logits[:, -1, :].float()  # (B, V)
+            logits = state.advance(next_tokens)  # (B, V)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         entropy = -(probs * log_probs).sum(-1)
         next_tokens = torch.empty(batch, dtype=torch.long, device=device)
         decoded_entropy = torch.empty(batch, device=device)
+        sequences = state.sequences
         for variant, rows in zip(variants, rows_of):
-            next_tokens[rows], decoded_entropy[rows] = _choose(variant, sequences[rows], logits[rows], probs[rows], entropy[rows])
-        # Per-step statistics stay tensors until the batch ends: one conversion, not one per row and step.
-        steps.append(torch.stack([next_tokens.float(), entropy, probs.max(dim=-1).values,
-                                  probs.gather(1, next_tokens[:, None]).squeeze(1), decoded_entropy, finished.float()]))
+            next_tokens[rows], decoded_entropy[rows] = _choose(variant, sequences[rows], logits[rows], probs[rows], entropy[rows], step)
+        steps[step] = torch.stack([next_tokens.float(), entropy, probs.max(dim=-1).values,
+                                   probs.gather(1, next_tokens[:, None]).squeeze(1), decoded_entropy, finished.float()])
+        taken = step + 1
         if eos_token_id is not None:
             finished |= next_tokens == eos_token_id
-            if bool(finished.all()):
+            if (step + 1) % SYNC_EVERY == 0 and bool(finished.all()):  # steps past a row's EOS are dropped below
                 break
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
-        sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=attention_mask.dtype, device=device)], dim=1)
-        step_positions = step_positions[:, -1:] + 1
         if on_step is not None:
             on_step()
     outputs = [[Continuation(list(p), []) for p in prompts] for _ in variants]
-    for row, (tokens, entropy, top1, chosen, decoded, was_finished) in enumerate(torch.stack(steps).permute(2, 1, 0).tolist()):
+    for row, (tokens, entropy, top1, chosen, decoded, was_finished) in enumerate(steps[:taken].permute(2, 1, 0).tolist()):
         live = [i for i, done in enumerate(was_finished) if not done]  # steps after this row's EOS are padding
         out = outputs[row % n_variants][row // n_variants]
         out.token_ids = [int(tokens[i]) for i in live]
@@ -170,7 +149,11 @@ def decode_variants(
     return outputs
 
 
-def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor, entropy: torch.Tensor):
+SYNC_EVERY = 16
+"""Decoding steps between two looks of the host at the rows (have they all reached EOS?)."""
+
+
+def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor, entropy: torch.Tensor, step: int = 0):
     """(next token, entropy of the distribution decoded from) for one variant's rows."""
     scores = logits
     for processor in variant.processors:
@@ -183,28 +166,81 @@ def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, pro
         decoded_probs, decoded_entropy = probs, entropy
     if not variant.do_sample:
         return scores.argmax(dim=-1), decoded_entropy
+    if variant.seeds is not None:
+        uniform = counter_uniform(torch.as_tensor(variant.seeds, dtype=torch.long, device=probs.device), step)
+        # The check of the rows (a host sync) runs every SYNC_EVERY steps: a NaN or a fully masked row persists.
+        return draw(decoded_probs, uniform=uniform[:, None], check=step % SYNC_EVERY == 0), decoded_entropy
     return draw(decoded_probs, variant.generators), decoded_entropy
 
 
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+def _signed(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's is arithmetic: it would copy the sign bit in)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One number in [0, 1) per seed (int64, (B,)), a function of (seed, step) alone: SplitMix64 of the pair.
+
+    Counter-based, so a row's draw at a step needs no generator state, depends on no other row, and a whole batch's
+    draws are a few elementwise operations on the device (int64 products wrap modulo 2^64, as SplitMix64 wants).
+    """
+    z = seeds * torch.tensor(_GOLDEN, device=seeds.device) + _signed((step + 1) * 0x9E3779B97F4A7C15)
+    z = (z ^ _shift_right(z, 30)) * torch.tensor(_MIX1, device=seeds.device)
+    z = (z ^ _shift_right(z, 27)) * torch.tensor(_MIX2, device=seeds.device)
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 11).double() * 2.0 ** -53
+
+
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = None, uniform: torch.Tensor | None = None,
+         check: bool = True) -> torch.Tensor:
     """One token per row of ``probs`` (B, V; unnormalised), drawn by inverting the row's cumulative sum at one uniform
     number taken from the row's own generator, so a row's draw does not depend on the rows beside it.
 
     One batched search instead of ``torch.multinomial`` per row, which spends a vocabulary of random exponentials
     on each row: a fifth of a sampled decode's time at 128 rows. The sums are float64, so that the last tokens of a
     49k-262k vocabulary keep their share; a token of probability 0 is never drawn (its cumulative sum equals the one
-    before it, which is found first).
+    before it, which is found first). ``uniform`` (B, 1) in [0, 1): the numbers to invert at, given instead of drawn.
     """
     cdf = probs.double().cumsum(dim=-1)
     total = cdf[:, -1:]
-    if not bool(torch.isfinite(total).all() and (total > 0).all()):
+    if check and not bool(torch.isfinite(total).all() and (total > 0).all()):
         raise ValueError("Cannot sample: a row of probabilities is all zero or not finite (a processor masked every token, or the logits hold NaN).")
-    if generators is None:
+    if uniform is not None:
+        uniform = uniform.to(torch.float64)
+    elif generators is None:
         uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device)
     else:
         uniform = torch.cat([torch.rand(1, 1, dtype=torch.float64, generator=g, device=g.device) for g in generators])
     point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))  # below the total, whatever the rounding
-    return torch.searchsorted(cdf, point, right=True).squeeze(1).to(probs.device)
+    return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1).to(probs.device)
+
+
+def decoder_for(setting: str, model, length: int) -> str:
+    """The decoder (``dynamic`` or ``fixed``) that ``generate.decoder`` names for this model and continuation length.
+
+    ``auto``: fixed buffers on a GPU, where they let a step be replayed as a CUDA graph, and the growing cache on a
+    CPU, where there is nothing to replay (and a study's numbers stay those it has always had); either way the
+    growing cache where the model's attention rules the fixed buffers out.
+    """
+    from hyperfitting.generation.fixed import fixed_state_supported
+
+    if setting == "dynamic":
+        return "dynamic"
+    why_not = fixed_state_supported(model, length)
+    if setting == "fixed" and why_not:
+        raise ConfigError(f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic.")
+    if setting == "auto" and (why_not or next(model.parameters()).device.type != "cuda"):
+        return "dynamic"
+    return "fixed"
 
 
 def generate(
@@ -258,8 +294,9 @@ def generate_variants(
     from hyperfitting.distributed import gather_in_order, my_share, process_state
 
     first = settings[0][0]
-    if any((a.max_new_tokens, a.batch_size, a.stop_at_eos) != (first.max_new_tokens, first.batch_size, first.stop_at_eos) for a, _ in settings):
-        raise ValueError("settings decoded together must share max_new_tokens, batch_size and stop_at_eos")
+    if any((a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder) != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
+           for a, _ in settings):
+        raise ValueError("settings decoded together must share max_new_tokens, batch_size, stop_at_eos and decoder")
     if any(a.citation_blocker and not any(isinstance(p, CitationBlocker) for p in processors) for a, processors in settings):
         raise ConfigError("generate.citation_blocker=true needs the training text it blocks: pass training_blocks= to generate "
                           "(or a CitationBlocker among the processors), or set generate.citation_blocker=false.")
@@ -278,12 +315,17 @@ def generate_variants(
         batch = range(start, min(start + first.batch_size, mine.stop))
         rows = [prompts[i] for i in batch]
         if stacked:
-            variants = [Variant(list(settings[k][1]) + sampling_processors(settings[k][0]), settings[k][0].do_sample,
-                                [torch.Generator(device=device).manual_seed(settings[k][0].seed * 1_000_003 + i) for i in batch]
-                                if settings[k][0].do_sample else None)
-                        for k in stacked]
+            decoder = decoder_for(first.decoder, model, max(map(len, rows)) + first.max_new_tokens)
+            variants = []
+            for k in stacked:
+                args = settings[k][0]
+                seeds = [args.seed * 1_000_003 + i for i in batch] if args.do_sample else None
+                # Row i samples from its own stream: a generator seeded from (seed, i), or the counter draw of (seed, i, step).
+                generators = [torch.Generator(device=device).manual_seed(s) for s in seeds] if seeds and decoder == "dynamic" else None
+                variants.append(Variant(list(settings[k][1]) + sampling_processors(args), args.do_sample, generators,
+                                        torch.tensor(seeds, device=device) if seeds and decoder == "fixed" else None))
             for k, outputs in zip(stacked, decode_variants(model, rows, variants, first.max_new_tokens, tokenizer.pad_token_id, eos,
-                                                           on_step=bar.update)):
+                                                           on_step=bar.update, decoder=decoder)):
                 results[k] += outputs
         for k in contrastive:  # it looks one token ahead for each candidate: not a processor
             args = settings[k][0]

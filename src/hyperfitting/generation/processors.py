@@ -12,6 +12,11 @@ class CitationBlocker:
 
     Hyperfitted models memorise their training set; blocking every training n-gram (n=5 in
     the paper) shows whether their diversity survives without copying.
+
+    At a decoding step the lookup runs where the scores are, with no host sync: the training
+    n-grams form a table sorted by a hash of their first n-1 tokens, each row's last n-1 tokens
+    are hashed and found by binary search, and the candidates are checked token by token (so a
+    hash collision can never block a token).
     """
 
     def __init__(self, training_blocks: torch.Tensor | list[list[int]], n: int = 5):
@@ -21,21 +26,49 @@ class CitationBlocker:
         for ids in rows:
             for i in range(len(ids) - n + 1):
                 self.next_tokens[tuple(ids[i : i + n - 1])].add(ids[i + n - 1])
+        self._tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def completes(self, ids: list[int], start: int) -> list[bool]:
         """For each position from ``start`` on, whether its token completes an n-gram of the training data."""
         k = self.n - 1
         return [i >= k and ids[i] in self.next_tokens.get(tuple(ids[i - k:i]), ()) for i in range(start, len(ids))]
 
+    @staticmethod
+    def _hash(prefixes: torch.Tensor) -> torch.Tensor:
+        """A polynomial hash of each row of (M, n-1) token ids (int64, wrapping)."""
+        key = torch.zeros(len(prefixes), dtype=torch.long, device=prefixes.device)
+        for column in prefixes.unbind(1):
+            key = key * 1_000_003 + column
+        return key
+
+    def _table(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(keys sorted, their prefixes, the token each n-gram continues with, the longest run of one key), on ``device``."""
+        if device not in self._tables:
+            pairs = [(*prefix, token) for prefix, tokens in self.next_tokens.items() for token in sorted(tokens)]
+            grams = torch.tensor(pairs, dtype=torch.long).reshape(-1, self.n)
+            keys = self._hash(grams[:, :-1])
+            order = keys.argsort(stable=True)
+            keys, grams = keys[order], grams[order]
+            span = int(torch.unique_consecutive(keys, return_counts=True)[1].max()) if len(keys) else 0
+            self._tables[device] = (keys.to(device), grams[:, :-1].to(device), grams[:, -1].to(device), span)
+        return self._tables[device]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[1] < self.n - 1:
             return scores
-        prefixes = input_ids[:, -(self.n - 1):].tolist()
-        for row, prefix in enumerate(prefixes):
-            banned = self.next_tokens.get(tuple(prefix))
-            if banned:
-                scores[row, list(banned)] = float("-inf")
-        return scores
+        keys, prefixes, tokens, span = self._table(scores.device)
+        if not span:
+            return scores
+        prefix = input_ids[:, -(self.n - 1):].to(scores.device)
+        key = self._hash(prefix)
+        first = torch.searchsorted(keys, key)  # (B,): where each row's key would start
+        candidates = (first[:, None] + torch.arange(span, device=scores.device)).clamp(max=len(keys) - 1)  # (B, span)
+        found = (keys[candidates] == key[:, None]) & (prefixes[candidates] == prefix[:, None, :]).all(-1)
+        vocabulary = scores.shape[-1]
+        # Found tokens are marked in a (B, V + 1) mask; the rest point at the extra column, which is dropped.
+        banned = torch.zeros((len(scores), vocabulary + 1), dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(found, tokens[candidates], vocabulary), True)
+        return scores.masked_fill_(banned[:, :vocabulary], float("-inf"))
 
 
 class StaticLogitBias:
@@ -50,7 +83,9 @@ class StaticLogitBias:
         self.alpha = alpha
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores + self.alpha * self.delta.to(scores.device)
+        if self.delta.device != scores.device:  # moved once, not copied at every step
+            self.delta = self.delta.to(scores.device)
+        return scores + self.alpha * self.delta
 
 
 class CompanionModel:

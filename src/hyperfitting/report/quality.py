@@ -62,7 +62,7 @@ def base_ranks_of_path(base, prompt: Sequence[int], continuation: Sequence[int])
         return []
     (_, logits), = teacher_forced_logits(base, [list(prompt) + list(continuation)], [len(prompt)])
     ranks = ranks_of(logits)
-    return ranks.gather(1, torch.tensor(continuation)[:, None]).squeeze(1).tolist()
+    return ranks.gather(1, torch.tensor(continuation, device=ranks.device)[:, None]).squeeze(1).tolist()
 
 
 def judge_name(choice: str | None, studied: str) -> str | None:
@@ -88,10 +88,14 @@ def judge_log_perplexities(judge, judge_tokenizer, prompts: Sequence[str], conti
     scored = [i for i, target in enumerate(targets) if target]
     values = [float("nan")] * len(prompts)
     sequences = [contexts[i] + targets[i] for i in scored]
-    scores = teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored])
-    for k, logits in tqdm(scores, total=len(sequences), desc=desc, unit="text", leave=False, disable=not process_state().is_main_process):
-        target = torch.tensor(targets[scored[k]])
-        values[scored[k]] = float(-torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).mean())
+
+    def mean_surprise(k: int, logits: torch.Tensor) -> torch.Tensor:  # on the judge's device: one number per text crosses
+        target = torch.tensor(targets[scored[k]], device=logits.device)
+        return -torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).mean()
+
+    scores = teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored], reduce=mean_surprise)
+    for k, surprise in tqdm(scores, total=len(sequences), desc=desc, unit="text", leave=False, disable=not process_state().is_main_process):
+        values[scored[k]] = float(surprise)
     return values
 
 
