@@ -216,3 +216,25 @@ def test_the_device_citation_blocker_bans_exactly_the_training_continuations():
             expected[row, sorted(banned)] = float("-inf")
     assert torch.equal(blocker(ids, scores.clone()), expected)
     assert int(torch.isinf(expected).sum()) > 500  # the table did ban, often
+
+
+def test_a_decode_too_wide_for_the_free_memory_is_narrowed_and_gives_the_same_tokens(monkeypatch):
+    from hyperfitting.generation import memory
+
+    model = make_tiny_model("llama")
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert memory.kv_bytes_per_token(model) == 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11], [12], [13, 14]]
+    length = 4 + 8
+    per_prompt = memory.decode_bytes(model, 1, length)
+    wide = generate(model, Tok(), prompts, GenerateArgs(max_new_tokens=8, batch_size=5), show_progress=False)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: per_prompt * 2 / 0.8)  # room for two prompts a batch
+    assert memory.prompts_that_fit(model, 5, 1, length) == 2
+    with pytest.warns(UserWarning, match="decoding 2 prompts at a time"):
+        narrow = generate(model, Tok(), prompts, GenerateArgs(max_new_tokens=8, batch_size=5), show_progress=False)
+    assert [o.token_ids for o in narrow] == [o.token_ids for o in wide]
+    memory.take_largest()
+    memory.note(5)
+    memory.note(3)
+    assert memory.take_largest() == 5 and memory.take_largest() == 0

@@ -50,8 +50,11 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
 def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
     from hyperfitting.generation.decoding import accepts
 
+    from hyperfitting.generation import memory
+
     device = next(model.parameters()).device
     can_skip = accepts(model, "logits_to_keep")
+    memory.note(memory.teacher_forcing_bytes(model, min(batch_size, len(sequences)), max(map(len, sequences), default=0)))
     for first in range(0, len(sequences), batch_size):
         rows = sequences[first:first + batch_size]
         width = max(map(len, rows))

@@ -10,6 +10,7 @@ distribution, the entropy, the top-1 probability and the chosen token's probabil
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -292,6 +293,7 @@ def generate_variants(
     search and runs apart.
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
+    from hyperfitting.generation import memory
 
     first = settings[0][0]
     if any((a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder) != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
@@ -306,13 +308,20 @@ def generate_variants(
     stacked = [k for k, (a, _) in enumerate(settings) if not a.contrastive_top_k]
     contrastive = [k for k, (a, _) in enumerate(settings) if a.contrastive_top_k]
     results: list[list[Continuation]] = [[] for _ in settings]
-    starts = range(mine.start, mine.stop, first.batch_size)
+    length = max(map(len, prompts), default=0) + first.max_new_tokens
+    # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
+    per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
+    if per_batch < first.batch_size:
+        warnings.warn(f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
+                      f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.", stacklevel=2)
+    memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1), length))
+    starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.
     bar = tqdm(total=len(starts) * first.max_new_tokens * passes, desc=desc, unit="step",
                disable=not (show_progress and process_state().is_main_process), leave=False)
     for batch_index, start in enumerate(starts):
-        batch = range(start, min(start + first.batch_size, mine.stop))
+        batch = range(start, min(start + per_batch, mine.stop))
         rows = [prompts[i] for i in batch]
         if stacked:
             decoder = decoder_for(first.decoder, model, max(map(len, rows)) + first.max_new_tokens)

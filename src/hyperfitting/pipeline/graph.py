@@ -171,8 +171,9 @@ class StageGraph:
             return load(stage.dir)
         self.announce(name, detail)
         started = time.perf_counter()
+        reset_device_peak()
         result = work(stage.start())
-        stage.finish(time.perf_counter() - started)
+        stage.finish(time.perf_counter() - started, **device_peak())
         return load(stage.dir) if result is None else result
 
     def plan(self) -> list[tuple[str, str, str]]:
@@ -385,3 +386,29 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     if config.study.retention:
         specs.append(retention_spec(config))
     return StageGraph(run_dir, specs)
+
+
+def reset_device_peak() -> None:
+    """Start counting a stage's peak of GPU memory from now (nothing on a machine without CUDA in use)."""
+    import torch
+
+    from hyperfitting.generation import memory
+
+    memory.take_largest()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def device_peak() -> dict:
+    """Since :func:`reset_device_peak`: the largest estimate of a decode's or a teacher-forced pass's memory beyond the
+    weights (``estimated_memory_mib``, where the stage made one) and, on a GPU, the measured peak (``device_peak_memory_mib``)."""
+    import torch
+
+    from hyperfitting.generation import memory
+
+    peaks = {}
+    if estimate := memory.take_largest():
+        peaks["estimated_memory_mib"] = round(estimate / 2 ** 20)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["device_peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
+    return peaks

@@ -279,6 +279,8 @@ def build_report(run_dir: Path) -> dict:
     done = run.finished_stages()
     timings = {name: record["wall_seconds"] for name, record in done.items()}
     peaks = {name: record.get("process_peak_memory_mib") for name, record in done.items()}
+    measured = ("estimated_memory_mib", "device_peak_memory_mib")
+    device_peaks = {name: {key: record[key] for key in measured if key in record} for name, record in done.items()}
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
     md += claims_section(claims, study["train"])
@@ -352,10 +354,12 @@ def build_report(run_dir: Path) -> dict:
     if controls:
         md += ["## Claim 5: where to adapt", "", run.stage("controls").table or "", ""]
     md += ["## Reproduce", "", "```yaml", yaml.safe_dump(config, sort_keys=False).strip(), "```", "",
-           "| stage | wall time (s) | process peak memory so far (MiB) |", "|---|---|---|"]
-    md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} |" for k, v in timings.items()]
+           "| stage | wall time (s) | process peak memory so far (MiB) | estimated decode / teacher-forcing memory beyond the weights (MiB) "
+           "| device peak memory (MiB) |", "|---|---|---|---|---|"]
+    md += [f"| {k} | {v:.0f} | {peaks[k] if peaks[k] is not None else '-'} | {device_peaks[k].get('estimated_memory_mib', '-')} "
+           f"| {device_peaks[k].get('device_peak_memory_mib', '-')} |" for k, v in timings.items()]
     steps = (quality or {}).get("step_seconds", {})
-    md += [f"| &nbsp;&nbsp;quality: {step} | {seconds:.0f} | |" for step, seconds in steps.items()]  # the quality stage's parts
+    md += [f"| &nbsp;&nbsp;quality: {step} | {seconds:.0f} | | | |" for step, seconds in steps.items()]  # the quality stage's parts
     env = study["environment"]
     precision = study.get("precision")
     if precision:
@@ -382,7 +386,9 @@ def build_report(run_dir: Path) -> dict:
         write_model_card(saved, config, study["train"], study["data"], generation,
                          [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))])
     study["claims"] = [c.__dict__ for c in claims]
-    study["stage_profile"] = {name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name]} for name, seconds in timings.items()}
+    study["stage_profile"] = {name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name],
+                                     **device_peaks.get(name, {})}
+                              for name, seconds in timings.items()}
     if steps and "quality" in study["stage_profile"]:
         study["stage_profile"]["quality"]["step_seconds"] = steps
     study["claims_full_finetune"] = [c.__dict__ for c in full_claims]

@@ -1,0 +1,80 @@
+"""How much device memory a decode or a teacher-forced pass needs beyond the weights, and how wide a batch fits.
+
+The estimate counts what grows with the batch: the KV cache (2 x layers x KV heads x head size per token and
+row) and the vocabulary-wide rows each step computes (the logits and the half-dozen tensors of the same shape
+that the statistics, the processors and a draw make from them). Each stage keeps the largest estimate it made,
+so the stage profile shows it beside the peak the device measured (``estimated_memory_mib``,
+``device_peak_memory_mib`` in metrics.json).
+"""
+
+from __future__ import annotations
+
+import torch
+
+VOCABULARY_ROWS_PER_STEP = 8
+"""Full-vocabulary float32 tensors alive at once per row in a decoding step (logits, log-probabilities,
+probabilities, processed scores, their softmax, a draw's float64 cumulative sum counts twice)."""
+
+_largest_estimate = 0
+
+
+def _text_config(model):
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache per token of one row, over every layer."""
+    config = _text_config(model)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    element = next(model.parameters()).element_size()
+    return 2 * layers * kv_heads * head_dim * element
+
+
+def decode_bytes(model, rows: int, length: int) -> int:
+    """Beyond the weights: a decode of ``rows`` rows to ``length`` tokens (prompt and continuation)."""
+    vocabulary = _text_config(model).vocab_size
+    return rows * (length * kv_bytes_per_token(model) + VOCABULARY_ROWS_PER_STEP * vocabulary * 4)
+
+
+def teacher_forcing_bytes(model, rows: int, length: int) -> int:
+    """Beyond the weights: one teacher-forced batch of ``rows`` sequences of ``length`` tokens (the logits, in float32
+    and as the model computed them, and a reduction's copy)."""
+    vocabulary = _text_config(model).vocab_size
+    hidden = getattr(_text_config(model), "hidden_size", None) or getattr(_text_config(model), "n_embd", 0)
+    return rows * length * (3 * vocabulary * 4 + 16 * hidden * 4)
+
+
+def note(estimate: int) -> None:
+    """Remember ``estimate`` (bytes) if it is the stage's largest so far."""
+    global _largest_estimate
+    _largest_estimate = max(_largest_estimate, int(estimate))
+
+
+def take_largest() -> int:
+    """The largest estimate noted since the last call (bytes), and start again from zero."""
+    global _largest_estimate
+    largest, _largest_estimate = _largest_estimate, 0
+    return largest
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory of a GPU (None elsewhere: a CPU's batches are not narrowed)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def prompts_that_fit(model, prompts: int, variants: int, length: int, headroom: float = 0.8) -> int:
+    """How many prompts (each decoded under ``variants`` settings) one batch can hold on the model's device: ``prompts``
+    when they fit, fewer when the GPU's free memory would not hold them (at least one)."""
+    device = next(model.parameters()).device
+    free = free_bytes(device)
+    per_prompt = decode_bytes(model, variants, length)
+    if free is None or prompts * per_prompt <= headroom * free:
+        return prompts
+    return max(1, int(headroom * free // per_prompt))
