@@ -34,17 +34,44 @@ PR_VARIANTS = {"raw": "raw", "standardised": "standardised", "trimmed": "massive
 
 
 # ------------------------------------------------------------------------------ estimators
+# The float64 linear algebra (Gram matrices, spectra, the jackknife's covariances) runs on the analysed model's
+# device (set by geometry_analysis; the CPU elsewhere); the float32 descriptive statistics stay on the host.
+
+_LINEAR_ALGEBRA_DEVICE = torch.device("cpu")
+
+
+@contextmanager
+def linear_algebra_on(device: torch.device):
+    """Run this module's float64 linear algebra on ``device`` inside the block."""
+    global _LINEAR_ALGEBRA_DEVICE
+    previous, _LINEAR_ALGEBRA_DEVICE = _LINEAR_ALGEBRA_DEVICE, torch.device(device)
+    try:
+        yield
+    finally:
+        _LINEAR_ALGEBRA_DEVICE = previous
+
+
+def _float64(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).to(_LINEAR_ALGEBRA_DEVICE, torch.float64)
+
+
+def _small_gram(x: np.ndarray) -> torch.Tensor:
+    """X X^T or X^T X, whichever is smaller, in float64: the two share their non-zero eigenvalues."""
+    t = _float64(x)
+    return t @ t.T if t.shape[0] < t.shape[1] else t.T @ t
 
 
 def participation_ratio(states: np.ndarray, standardise: bool = False) -> float:
-    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: 1 for a line, d for isotropic d dims."""
+    """(sum lambda)^2 / sum lambda^2 of the covariance eigenvalues: 1 for a line, d for isotropic d dims.
+
+    Computed as trace(G)^2 / ||G||_F^2 of the Gram matrix G (the same two sums of its eigenvalues), so no
+    eigendecomposition is needed: a jackknife's many ratios cost a matrix product each.
+    """
     x = states - states.mean(0)
     if standardise:
         x = x / (x.std(0) + 1e-8)
-    # The Gram trick: the non-zero eigenvalues of X^T X and X X^T agree; use the smaller matrix.
-    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
-    eigenvalues = np.clip(np.linalg.eigvalsh(gram.astype(np.float64)), 0, None)
-    return float(eigenvalues.sum() ** 2 / max((eigenvalues ** 2).sum(), 1e-30))
+    gram = _small_gram(x)
+    return float(torch.trace(gram) ** 2 / torch.clamp((gram * gram).sum(), min=1e-30))
 
 
 def massive_dimensions(states: np.ndarray, factor: float = MASSIVE_FACTOR) -> np.ndarray:
@@ -59,12 +86,15 @@ def trimmed_participation_ratio(states: np.ndarray, massive: np.ndarray) -> floa
     return participation_ratio(np.delete(states, massive, axis=1))
 
 
-def pca_dimension(states: np.ndarray, variance: float) -> int:
-    """Smallest number of principal components explaining ``variance`` of the total."""
+def pca_dimension(states: np.ndarray, variance: float | tuple[float, ...]) -> int | tuple[int, ...]:
+    """Smallest number of principal components explaining ``variance`` of the total (a tuple of shares: one number
+    each, from one spectrum). The spectrum is the Gram matrix's eigenvalues (the squared singular values)."""
     x = states - states.mean(0)
-    singular = np.linalg.svd(x.astype(np.float64), compute_uv=False)
-    explained = np.cumsum(singular ** 2) / max((singular ** 2).sum(), 1e-30)
-    return int(np.searchsorted(explained, variance - 1e-12) + 1)
+    spectrum = torch.linalg.eigvalsh(_small_gram(x)).flip(0).clamp(min=0).cpu().numpy()
+    explained = np.cumsum(spectrum) / max(spectrum.sum(), 1e-30)
+    shares = variance if isinstance(variance, tuple) else (variance,)
+    dimensions = tuple(int(np.searchsorted(explained, share - 1e-12) + 1) for share in shares)
+    return dimensions if isinstance(variance, tuple) else dimensions[0]
 
 
 def two_nn_dimension(states: np.ndarray) -> float:
@@ -79,10 +109,9 @@ def two_nn_dimension(states: np.ndarray) -> float:
 
 def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
     """Linear centred kernel alignment of two representations of the same points (Kornblith et al., 2019)."""
-    a = (a - a.mean(0)).astype(np.float64)
-    b = (b - b.mean(0)).astype(np.float64)
-    cross = np.linalg.norm(a.T @ b, "fro") ** 2
-    return float(cross / (np.linalg.norm(a.T @ a, "fro") * np.linalg.norm(b.T @ b, "fro")))
+    a, b = _float64(a - a.mean(0)), _float64(b - b.mean(0))
+    cross = torch.linalg.matrix_norm(a.T @ b) ** 2
+    return float(cross / (torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)))
 
 
 # ------------------------------------------------------------------------------ capture
@@ -219,10 +248,8 @@ def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -
         "pr_hyperfitted": participation_ratio(b),
         "pr_std_base": participation_ratio(a, standardise=True),
         "pr_std_hyperfitted": participation_ratio(b, standardise=True),
-        "pca90_base": pca_dimension(a, 0.90),
-        "pca90_hyperfitted": pca_dimension(b, 0.90),
-        "pca95_base": pca_dimension(a, 0.95),
-        "pca95_hyperfitted": pca_dimension(b, 0.95),
+        **dict(zip(("pca90_base", "pca95_base"), pca_dimension(a, (0.90, 0.95)))),
+        **dict(zip(("pca90_hyperfitted", "pca95_hyperfitted"), pca_dimension(b, (0.90, 0.95)))),
         "cosine": float(cosine.mean()),
         "l2": float(np.linalg.norm(a - b, axis=1).mean()),
         "norm_base": float(np.linalg.norm(a, axis=1).mean()),
@@ -262,19 +289,19 @@ def rms_normalised(states: np.ndarray) -> np.ndarray:
     return x / np.sqrt((x ** 2).mean(1, keepdims=True) + 1e-12)
 
 
-def _pr_of_covariance(covariance: np.ndarray) -> float:
+def _pr_of_covariance(covariance: torch.Tensor) -> float:
     """(sum lambda)^2 / sum lambda^2 = trace(C)^2 / ||C||_F^2: the participation ratio without an eigendecomposition."""
-    return float(np.trace(covariance) ** 2 / max(float((covariance ** 2).sum()), 1e-300))
+    return float(torch.trace(covariance) ** 2 / torch.clamp((covariance ** 2).sum(), min=1e-300))
 
 
-def _variant_prs(covariance: np.ndarray, massive: np.ndarray) -> dict[str, float]:
+def _variant_prs(covariance: torch.Tensor, massive: np.ndarray) -> dict[str, float]:
     """The participation ratio of one covariance in each variant: as is, standardised (a correlation matrix), trimmed."""
-    sd = np.sqrt(np.clip(np.diag(covariance), 0, None))
-    live = sd > 0
-    correlation = covariance[np.ix_(live, live)] / np.outer(sd[live], sd[live])
-    keep = np.setdiff1d(np.arange(len(covariance)), massive)
+    sd = torch.sqrt(torch.clamp(torch.diagonal(covariance), min=0))
+    live = torch.nonzero(sd > 0).squeeze(1)
+    correlation = covariance[live][:, live] / torch.outer(sd[live], sd[live])
+    keep = torch.from_numpy(np.setdiff1d(np.arange(len(covariance)), massive)).to(covariance.device)
     return {"normalised": _pr_of_covariance(covariance), "standardised": _pr_of_covariance(correlation),
-            "trimmed": _pr_of_covariance(covariance[np.ix_(keep, keep)])}
+            "trimmed": _pr_of_covariance(covariance[keep][:, keep])}
 
 
 FOOTING_VARIANTS = {"normalised": "RMS-normalised", "standardised": "RMS-normalised, then standardised per dimension",
@@ -283,16 +310,17 @@ FOOTING_VARIANTS = {"normalised": "RMS-normalised", "standardised": "RMS-normali
 
 def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndarray, massive: np.ndarray) -> tuple[dict, dict]:
     """Each variant's PR of all rows, and with each cluster left out in turn (from one Gram matrix and per-cluster downdates)."""
+    states = _float64(states)
     total_sum, total_gram, n = states.sum(0), states.T @ states, len(states)
 
     def covariance(s, g, m):
         centre = s / m
-        return g / m - np.outer(centre, centre)
+        return g / m - torch.outer(centre, centre)
 
     full = _variant_prs(covariance(total_sum, total_gram, n), massive)
     left_out = {variant: [] for variant in full}
     for label in labels:
-        rows = states[clusters == label]
+        rows = states[torch.from_numpy(clusters == label).to(states.device)]
         prs = _variant_prs(covariance(total_sum - rows.sum(0), total_gram - rows.T @ rows, n - len(rows)), massive)
         for variant, value in prs.items():
             left_out[variant].append(value)
@@ -351,6 +379,11 @@ def read_out_estimates(base, tuned, blocks: torch.Tensor, sample: np.ndarray, la
 
 def geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, seed: int = 0) -> dict:
     """Claim 4: layer by layer, how the hyperfitted model's representations differ from the base model's."""
+    with linear_algebra_on(next(base.parameters()).device):
+        return _geometry_analysis(base, tuned, heldout_blocks, sample_tokens, seed)
+
+
+def _geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens: int, seed: int) -> dict:
     sample = sample_block_positions(heldout_blocks, sample_tokens, seed)
     rows = layer_geometry_in_shares(base, tuned, heldout_blocks, sample)
     block_rows = [r for r in rows if r["layer"].startswith("block")]
