@@ -238,3 +238,17 @@ def test_a_decode_too_wide_for_the_free_memory_is_narrowed_and_gives_the_same_to
     memory.note(5)
     memory.note(3)
     assert memory.take_largest() == 5 and memory.take_largest() == 0
+
+
+def test_the_device_no_repeat_ngram_bans_what_transformers_bans():
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from hyperfitting.generation.processors import NoRepeatNGram
+
+    g = torch.Generator().manual_seed(1)
+    for n in (1, 2, 3, 4):
+        for length in (1, 2, 3, 4, 9):
+            ids = torch.randint(0, 6, (40, length), generator=g)  # 6 tokens: n-grams recur often
+            scores = torch.randn(40, 6, generator=g)
+            expected = NoRepeatNGramLogitsProcessor(n)(ids, scores.clone())
+            assert torch.equal(NoRepeatNGram(n)(ids, scores.clone()), expected), (n, length)

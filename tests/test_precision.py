@@ -98,3 +98,23 @@ def test_tf32_is_set_inside_the_commands_context_recorded_and_given_back():
         assert choice.as_dict()["tf32"] is wanted and ("TF32" in choice.label) is wanted
     # Off (the default) leaves the label, and so every stage's fingerprint, as it was before the key existed.
     assert precision_for(load_config(None, []), say=lambda line: None)[0].label == "fp32"
+
+
+def test_bf16_decoding_uses_one_bf16_copy_of_the_weights_per_version():
+    import torch
+
+    from hyperfitting.precision import bf16_copy, decoding_model
+    from tests.conftest import make_tiny_model
+
+    model = make_tiny_model("gpt2")  # tied input and output embeddings
+    twin = bf16_copy(model)
+    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16} and {p.dtype for p in model.parameters()} == {torch.float32}
+    assert twin.transformer.wte.weight is twin.lm_head.weight  # tied weights stay tied
+    assert bf16_copy(model) is twin  # made once for these weights
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # trained in place: the next decode needs a new copy
+    fresh = bf16_copy(model)
+    assert fresh is not twin and torch.equal(fresh.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+    # On a CPU (and outside a bf16 autocast anywhere) decoding runs the model itself: nothing changes there.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decoding_model(model) is model

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -173,3 +174,42 @@ def training_precision(config) -> str:
     if setting != "model":
         return setting
     return "bf16" if resolve_precision(config.model.precision).training == "bf16" else "no"
+
+
+_BF16_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, torch.nn.Module]]" = weakref.WeakKeyDictionary()
+
+
+def decoding_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model a decode should run: inside a bf16 autocast on a GPU, a bf16 copy of a float32 model's parameters, so
+    that a step reads half the bytes and autocast re-casts no weight at any step; elsewhere the model itself.
+
+    The copy is made once per version of the weights (a model trained in place between two decodes gets a new one,
+    and the old copy is let go first) and lives as long as the model. A model whose parameters are sharded (FSDP)
+    or not all float32 decodes as it is.
+    """
+    parameter = next(model.parameters(), None)
+    if (parameter is None or parameter.device.type != "cuda" or not torch.is_autocast_enabled(parameter.device.type)
+            or torch.get_autocast_dtype(parameter.device.type) != torch.bfloat16):
+        return model
+    if any(p.dtype != torch.float32 or type(p.data) is not torch.Tensor for p in model.parameters()):
+        return model
+    return bf16_copy(model)
+
+
+def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every parameter in bf16 (buffers as they are: rotary frequencies stay float32, as in a model
+    loaded in bf16), remembered for this version of its weights."""
+    import copy
+
+    key = hash(tuple((id(p), p._version) for p in model.parameters()))
+    remembered = _BF16_COPIES.get(model)
+    if remembered is not None and remembered[0] == key:
+        return remembered[1]
+    _BF16_COPIES.pop(model, None)  # the old copy goes before the new one is made
+    # deepcopy takes each parameter from the memo: its bf16 twin is made directly, never a second float32 copy (tied
+    # weights are one parameter, so they stay tied).
+    with torch.no_grad():
+        memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()}
+        twin = copy.deepcopy(model, memo).eval()
+    _BF16_COPIES[model] = (key, twin)
+    return twin

@@ -23,6 +23,7 @@ import torch
 
 from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig
 from hyperfitting.generation.decoding import Continuation, generate, left_padded
+from hyperfitting.generation.processors import NoRepeatNGram
 
 SAMPLED = ("top-p", "min-p", "typical", "eta", "epsilon")
 GREEDY_WITH_PROCESSOR = ("repetition-penalty", "no-repeat-ngram")
@@ -56,7 +57,7 @@ def describe(name: str, config: RunConfig) -> Method:
 
 def _processors(name: str, baselines: BaselinesArgs) -> list:
     from transformers import (
-        EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+        EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
         TypicalLogitsWarper,
     )
 
@@ -66,7 +67,7 @@ def _processors(name: str, baselines: BaselinesArgs) -> list:
         "eta": lambda: [EtaLogitsWarper(baselines.eta)],
         "epsilon": lambda: [EpsilonLogitsWarper(baselines.epsilon)],
         "repetition-penalty": lambda: [RepetitionPenaltyLogitsProcessor(baselines.repetition_penalty)],
-        "no-repeat-ngram": lambda: [NoRepeatNGramLogitsProcessor(baselines.no_repeat_ngram)],
+        "no-repeat-ngram": lambda: [NoRepeatNGram(baselines.no_repeat_ngram)],  # transformers' ban, matched on the device
     }.get(name, lambda: [])()
 
 

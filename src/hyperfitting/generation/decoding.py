@@ -294,7 +294,9 @@ def generate_variants(
     """
     from hyperfitting.distributed import gather_in_order, my_share, process_state
     from hyperfitting.generation import memory
+    from hyperfitting.precision import decoding_model
 
+    model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
     first = settings[0][0]
     if any((a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder) != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
            for a, _ in settings):

@@ -71,6 +71,35 @@ class CitationBlocker:
         return scores.masked_fill_(banned[:, :vocabulary], float("-inf"))
 
 
+class NoRepeatNGram:
+    """Forbid any token that would repeat an n-gram already in the row (prompt included): transformers'
+    ``NoRepeatNGramLogitsProcessor``, as a window match on the device instead of a Python loop over each row's
+    n-grams with a host copy at every step.
+
+    Each step compares every window of n-1 tokens of a row with its last n-1 tokens; the token that followed each
+    matching window is banned.
+    """
+
+    def __init__(self, n: int):
+        if n < 1:
+            raise ValueError(f"no-repeat n-gram size must be at least 1, got {n}")
+        self.n = n
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        length, vocabulary = input_ids.shape[1], scores.shape[-1]
+        if length < self.n:  # no whole n-gram in the row yet: nothing to repeat
+            return scores
+        ids = input_ids.to(scores.device)
+        if self.n == 1:  # every token seen so far
+            windows, found = ids[:, :, None], torch.ones_like(ids, dtype=torch.bool)
+        else:
+            windows = ids.unfold(1, self.n, 1)  # (B, length - n + 1, n): every n-gram of the row
+            found = (windows[:, :, :-1] == ids[:, None, length - self.n + 1:]).all(-1)
+        banned = torch.zeros((len(scores), vocabulary + 1), dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(found, windows[:, :, -1], vocabulary), True)
+        return scores.masked_fill_(banned[:, :vocabulary], float("-inf"))
+
+
 class StaticLogitBias:
     """Add a fixed vector to the logits at every step: ``z + alpha * delta``.
 

@@ -208,9 +208,14 @@ def tokenizer_for(args: ModelArgs):
     return load_tokenizer(source, local_only=not args.allow_download, trust_remote_code=args.trust_remote_code)
 
 
-def load_model(args: ModelArgs, for_training: bool = False):
+def load_model(args: ModelArgs, for_training: bool = False, sharded_training: bool = False):
     """Return (model, tokenizer) in eval mode. A PEFT adapter, if named, is attached: merged into the weights for
-    inference, kept apart (trainable) ``for_training``."""
+    inference, kept apart (trainable) ``for_training``.
+
+    ``sharded_training`` (FSDP over several processes): only process 0 reads the weights; every other process builds
+    the model on the meta device (no memory), and the training set-up broadcasts process 0's weights into each
+    process's shards (training/parallel.py), so a node holds one host copy of the model, not one per process.
+    """
     if args.adapter:  # before the base model loads: an adapter on the wrong base is refused at once
         recorded = recorded_base_model(adapter_folder(args.adapter))
         if recorded is not None and not _same_model(recorded, args.name):
@@ -218,7 +223,24 @@ def load_model(args: ModelArgs, for_training: bool = False):
                              f"Run with model.name={recorded}.")
     source, local_only = resolve_model_source(args.name, args.allow_download)
     with _offline(not args.allow_download):
+        if sharded_training and for_training and not args.adapter:
+            from hyperfitting.distributed import process_state
+
+            state = process_state()
+            if state.num_processes > 1 and not state.is_main_process:
+                return _model_on_meta(args, source), load_tokenizer(source, local_only=not args.allow_download,
+                                                                    trust_remote_code=args.trust_remote_code)
         return _load_model(args, source, local_only, for_training)
+
+
+def _model_on_meta(args: ModelArgs, source: str):
+    """The model's architecture with no weights (meta tensors): what process 0's broadcast fills in, shard by shard."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source, local_files_only=not args.allow_download, trust_remote_code=args.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
+    return model.eval()
 
 
 @contextmanager

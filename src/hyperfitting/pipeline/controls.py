@@ -56,7 +56,7 @@ def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data
         lr = train.lr * multiple
         trial = replace(config, train=replace(train, lr=lr, epochs=config.study.controls_sweep_epochs))
         trial_folder = folder / f"sweep-lr{lr:g}"
-        model, _ = load_model(config.model, for_training=True)
+        model, _ = load_model(config.model, for_training=True, sharded_training=train.parallelism == "fsdp")
         chance = math.log(model.get_output_embeddings().weight.shape[0])  # the loss of a uniform guess over the vocabulary
         try:
             log = hyperfit(model, blocks, data.heldout_blocks[:0], trial, trial_folder).log
@@ -79,7 +79,7 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
     candidates = [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
     for attempt, lr in enumerate(candidates):
         train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
-        model, _ = load_model(config.model, for_training=True)
+        model, _ = load_model(config.model, for_training=True, sharded_training=train_config.train.parallelism == "fsdp")
         try:
             # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
             trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)

@@ -135,7 +135,7 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
     config = graph[name].config
 
     def work(folder: Path) -> Path:
-        model, _ = load_model(config.model, for_training=True)
+        model, _ = load_model(config.model, for_training=True, sharded_training=config.train.parallelism == "fsdp")
         probe_prompts = data.prompts.get(config.data.corpus) or next(iter(data.prompts.values()), [])
         on_epoch = None
         if trackers:

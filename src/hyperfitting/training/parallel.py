@@ -62,6 +62,8 @@ class Replicated:
 
     def prepare(self, model: nn.Module, make_optimizer):
         """(model as the loop calls it, optimizer as the loop steps it, bare model, bare optimizer)."""
+        if any(p.is_meta for p in model.parameters()):
+            raise ValueError("This model has no weights (it was built on the meta device for FSDP); load it without sharded_training.")
         optimizer = make_optimizer(model)
         model, optimizer = self.accelerator.prepare(model, optimizer)
         return model, optimizer, self.accelerator.unwrap_model(model), getattr(optimizer, "optimizer", optimizer)
@@ -115,7 +117,14 @@ class Sharded(Replicated):
         return "The trunk cache is off under train.parallelism=fsdp: every block runs in every step."
 
     def prepare(self, model: nn.Module, make_optimizer):
+        # Process 0 holds the weights; the others may hold only the architecture (models/loading.py: sharded_training).
+        on_meta = any(p.is_meta for p in model.parameters())
+        weights = {} if on_meta else model.state_dict()  # references to process 0's tensors, not a copy
+        any_on_meta = torch.tensor(int(on_meta), device=self.accelerator.device)
+        torch.distributed.all_reduce(any_on_meta, op=torch.distributed.ReduceOp.MAX)
         shard_model(model, self.mixed_precision)  # before the optimizer: it must hold the shards
+        if int(any_on_meta):
+            broadcast_weights(model, weights, on_meta, self.accelerator.device)
         optimizer = make_optimizer(model)
         optimizer = self.accelerator.prepare(optimizer)  # FSDP reduces the gradients itself; accelerate only handles accumulation
         return model, optimizer, model, getattr(optimizer, "optimizer", optimizer)
@@ -143,6 +152,18 @@ def shard_model(model: nn.Module, mixed_precision: str = "no") -> None:
     for block in find_block_stack(model).blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+
+
+def broadcast_weights(model: nn.Module, weights: dict, on_meta: bool, device: torch.device) -> None:
+    """Fill every process's shards with process 0's ``weights`` (its full state dict; the others pass {}), and copy
+    process 0's buffers (rotary frequencies, which are in no state dict) to the others."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if on_meta:
+        model.to_empty(device=device)  # storage for the shards and buffers, filled next
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def is_sharded(model: nn.Module) -> bool:
