@@ -293,3 +293,32 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(t
         strategy.load_checkpoint(other, other_optimizer, tmp_path)  # named from the checkpoint's index, before any read
     remove_checkpoints(tmp_path)
     assert strategy.load_checkpoint(other, other_optimizer, tmp_path) is None
+
+
+def test_a_checkpoint_is_skipped_while_the_last_one_cost_more_than_its_share_of_training():
+    from types import SimpleNamespace
+
+    from hyperfitting.training.hyperfit import _checkpoint_due
+
+    def run(share, cost, trained):
+        return SimpleNamespace(args=SimpleNamespace(checkpoint_max_share=share), checkpoint_cost=cost, trained_since_checkpoint=trained,
+                               strategy=SimpleNamespace(processes=1))
+
+    assert _checkpoint_due(run(0.1, 0.0, 5.0), final=False)  # nothing written yet: the first epoch writes one
+    assert not _checkpoint_due(run(0.1, 13.0, 60.0), final=False)  # a 13 s write after 60 s of training: more than 10%
+    assert _checkpoint_due(run(0.1, 13.0, 130.0), final=False)  # after 130 s it is 10%: due
+    assert _checkpoint_due(run(0.1, 13.0, 1.0), final=True)  # the final epoch always writes one
+    assert _checkpoint_due(run(None, 13.0, 1.0), final=False)  # null: after every epoch
+
+
+def test_a_run_records_which_epochs_wrote_a_checkpoint(tmp_path):
+    train = torch.randint(2, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    config = load_config(overrides=["train.method=full", "train.blocks=all", "train.epochs=3", "train.until_loss=null", "train.batch_size=2",
+                                    "train.checkpoint_max_share=null"])
+    result = hyperfit(make_tiny_model("llama"), train, train[:1], config, tmp_path)
+    assert [row.get("checkpointed") for row in result.log] == [None, True, True, True]
+    # A write that costs more than its share of training is skipped until the final epoch, which always writes one.
+    frugal = load_config(overrides=["train.method=full", "train.blocks=all", "train.epochs=3", "train.until_loss=null", "train.batch_size=2",
+                                    "train.checkpoint_max_share=1e-9"])
+    result = hyperfit(make_tiny_model("llama"), train, train[:1], frugal, tmp_path / "frugal")
+    assert [row.get("checkpointed") for row in result.log] == [None, True, False, True]

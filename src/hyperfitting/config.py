@@ -155,6 +155,8 @@ class TrainArgs:
     """Stop with an error when an epoch's training loss exceeds this multiple of the initial loss (a diverging run is no evidence)."""
     diverge_patience: int = ruled(3, '>= 1')
     """Stop with an error when the training loss stays above its initial value this many epochs in a row."""
+    checkpoint_max_share: float | None = ruled(0.1, '(0, 1]', 'Or null to write a checkpoint after every epoch.')
+    """At most this share of the training time goes to writing checkpoints: after an epoch the checkpoint is skipped while the last one took longer to write than this share of the training time since it (the first and the final epoch always write one; null: every epoch). A full fine-tune of a 1B model writes ~13 GB per checkpoint. Which epochs wrote one is in train_log.jsonl (`checkpointed`); a resumed run starts from the last one written and reaches the same result."""
     keep_lowest_heldout: bool = True
     """Also keep the trainable weights of the epoch with the lowest held-out loss (lowest_heldout.pt in the run folder): the same run stopped before it hyperfitted, which the study's geometry analysis uses as a non-hyperfitting control."""
     batch_size: int = ruled(8, '>= 1')
@@ -382,7 +384,8 @@ class StudyArgs:
 
 # Keys added after run folders existed, each with the value that does what the toolkit did before the key: at that
 # value a key is left out of the fingerprints, so an upgrade does not redo the finished stages of existing runs.
-LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1, ("model", "tf32"): False, ("generate", "decoder"): "auto"}
+LATER_KEYS: dict[tuple[str, str], Any] = {("train", "heldout_every"): 1, ("model", "tf32"): False, ("generate", "decoder"): "auto",
+                                             ("train", "checkpoint_max_share"): 0.1}
 
 
 @dataclass

@@ -12,13 +12,15 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Python, NumPy and torch (CPU and every GPU) seeded with ``seed`` inside; the caller's states restored after.
+    """Python, NumPy and torch (the CPU and this process's GPU) seeded with ``seed`` inside; the caller's states restored after.
 
     A researcher who seeds a notebook and then calls `hyperfit` gets the same random numbers
     afterwards as without the call.
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # Only this process's own GPU: forking every visible GPU's generator would open a context on each of them from
+    # every process (8 processes x 8 GPUs under torchrun).
+    devices = [_own_gpu()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -28,3 +30,10 @@ def seeded(seed: int) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+
+def _own_gpu() -> int:
+    from hyperfitting.distributed import process_state
+
+    device = process_state().device
+    return device.index if device.type == "cuda" and device.index is not None else torch.cuda.current_device()

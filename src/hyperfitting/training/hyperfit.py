@@ -186,6 +186,10 @@ class _Run:
     heldout_cache: TrunkCache | None
     cache_seconds: float
     checkpoint_dir: Path
+    checkpoint_cost: float = 0.0
+    """Seconds the last checkpoint took to write."""
+    trained_since_checkpoint: float = 0.0
+    """Seconds of training epochs since it."""
 
 
 def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_dir: Path, probe, on_epoch=None) -> TrainResult:
@@ -235,7 +239,8 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint
         diverged = divergence(log, args.diverge_factor, args.diverge_patience)  # from reduced values: the same on every process
         if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
             row.update(probe(run.bare_model, lockstep=run.strategy.lockstep))  # the last epoch is always probed
-        _checkpoint(run, log)
+        final = bool(diverged) or reached_target(log, args.until_loss) or epoch == args.epochs
+        _checkpoint(run, log, final)
         if on_epoch is not None and is_main:
             on_epoch(row)
         if diverged:
@@ -366,17 +371,35 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
     return mean_loss, seconds
 
 
-def _checkpoint(run: _Run, log: list[dict]) -> None:
-    """After each epoch: the checkpoint (in the strategy's format), the lowest-held-out weights when this epoch set
-    the lowest held-out loss, and the log. Every process calls it (a sharded save is a collective)."""
+def _checkpoint(run: _Run, log: list[dict], final: bool) -> None:
+    """After each epoch: the checkpoint (in the strategy's format) when it is due (:func:`_checkpoint_due`), the
+    lowest-held-out weights when this epoch set the lowest held-out loss, and the log. Every process calls it (a
+    sharded save is a collective)."""
     epoch, row = log[-1]["epoch"], log[-1]
-    run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir)
+    run.trained_since_checkpoint += row["epoch_seconds"]
+    row["checkpointed"] = _checkpoint_due(run, final)
+    if row["checkpointed"]:
+        started = time.perf_counter()
+        run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir)
+        run.checkpoint_cost, run.trained_since_checkpoint = time.perf_counter() - started, 0.0
     if run.args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:  # the same decision on every process
         trainable = run.strategy.trainable_state(run.bare_model)
         if run.accelerator.is_main_process:
             save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, run.checkpoint_dir / LOWEST_HELDOUT)
     if run.accelerator.is_main_process:
         write_jsonl(run.checkpoint_dir / "train_log.jsonl", log)
+
+
+def _checkpoint_due(run: _Run, final: bool) -> bool:
+    """The first and the final epoch write a checkpoint; another one does when the last write took at most
+    train.checkpoint_max_share of the training time since it. Process 0 decides for all (a sharded save is a collective)."""
+    share = run.args.checkpoint_max_share
+    due = final or share is None or run.checkpoint_cost == 0.0 or run.checkpoint_cost <= share * run.trained_since_checkpoint
+    if run.strategy.processes > 1:
+        flag = torch.tensor(int(due), device=run.accelerator.device)
+        torch.distributed.broadcast(flag, src=0)
+        due = bool(flag)
+    return due
 
 
 def lowest_heldout_epoch(log: list[dict]) -> int | None:
