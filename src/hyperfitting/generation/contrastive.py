@@ -50,8 +50,8 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
     context_mask = attention_mask.bool()
     rows = torch.arange(batch, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    outputs = [Continuation(list(p), []) for p in prompts]
-    for _ in range(max_new_tokens):
+    steps = []  # per step (5, B) on the device: token, entropy, top-1 prob, chosen prob, finished before; read once at the end
+    for step_index in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         entropy = -(probs * log_probs).sum(-1)
@@ -67,16 +67,11 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
         chosen = rows * top_k + best
         cache.batch_select_indices(chosen)
         tokens = top_ids[rows, best]
-        for row in range(batch):
-            if not finished[row]:
-                outputs[row].token_ids.append(int(tokens[row]))
-                outputs[row].entropy.append(float(entropy[row]))
-                outputs[row].top1_prob.append(float(top_probs[row, 0]))
-                outputs[row].chosen_prob.append(float(top_probs[row, best[row]]))
-                outputs[row].decoded_entropy.append(0.0)  # deterministic: the choice has no distribution
+        steps.append(torch.stack([tokens.double(), entropy.double(), top_probs[:, 0].double(), top_probs[rows, best].double(),
+                                  finished.double()]))
         if eos_token_id is not None:
             finished |= tokens == eos_token_id
-            if bool(finished.all()):
+            if (step_index + 1) % 16 == 0 and bool(finished.all()):  # the host looks every 16 steps; later steps are dropped
                 break
         logits = step.logits[chosen, -1, :].float()
         context = torch.cat([context, candidate_states[rows, best][:, None, :]], dim=1)
@@ -84,4 +79,13 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
         attention_mask, positions = step_mask, torch.cat([positions, positions[:, -1:] + 1], dim=1)
         if on_step is not None:
             on_step()
+    outputs = [Continuation(list(p), []) for p in prompts]
+    for row, (tokens, entropy, top1, chosen, was_finished) in enumerate(torch.stack(steps).permute(2, 1, 0).tolist() if steps else []):
+        live = [i for i, done in enumerate(was_finished) if not done]  # steps after this row's EOS are dropped
+        out = outputs[row]
+        out.token_ids = [int(tokens[i]) for i in live]
+        out.entropy = [entropy[i] for i in live]
+        out.top1_prob = [top1[i] for i in live]
+        out.chosen_prob = [chosen[i] for i in live]
+        out.decoded_entropy = [0.0] * len(live)  # deterministic: the choice has no distribution
     return outputs
