@@ -138,13 +138,15 @@ class FixedState:
         length = bucket(width + max_new_tokens, 64, 64, 0) if self.graphs else width + max_new_tokens
         config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         mask_dtype = None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
-        key = (rows, length, hash(tuple(id(p) for p in model.parameters())))
-        spaces = _WORKSPACES.setdefault(model, {})
-        if not self.graphs or key not in spaces:
-            if self.graphs:
-                spaces.clear()  # one workspace at a time per model: the cache of a wide bucket is large
-            spaces[key] = _Workspace(model, rows, length, device, mask_dtype)
-        self.space = space = spaces[key]
+        if self.graphs:  # a captured graph is worth keeping: the workspace lives as long as the model, one at a time
+            key = (rows, length, hash(tuple(id(p) for p in model.parameters())))
+            spaces = _WORKSPACES.setdefault(model, {})
+            if key not in spaces:
+                spaces.clear()  # the cache of a wide bucket is large: the previous one goes first
+                spaces[key] = _Workspace(model, rows, length, device, mask_dtype)
+            self.space = space = spaces[key]
+        else:  # nothing to replay: this batch's buffers go with it
+            self.space = space = _Workspace(model, rows, length, device, mask_dtype)
         space.cache.reset()
         space.tokens.zero_()
         space.tokens[:self.rows, :width] = input_ids
