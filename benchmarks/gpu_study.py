@@ -6,8 +6,9 @@ a second, small random model of the same vocabulary is the judge. Then, in one p
 
 1. ``study``: the whole study on that model with a small config (full fine-tuning for 2 epochs, all
    five analyses, one control, three baselines, the judge), every stage through the real CLI path.
-   Every forward pass of every causal LM is counted, by stage and by device type (on a GPU the host's
-   count must be zero); each stage's measured peak of device memory sits beside its estimate.
+   Every forward call of every causal LM is counted, by stage and by device type (on a GPU the host's
+   count must be zero; a replayed CUDA graph of a decoding step is not a call, so the device's count is a
+   lower bound); each stage's measured peak of device memory sits beside its estimate.
 2. ``decoding``: greedy decoding at widths 64 and 300 in float32 (as the GPU presets decode), the fixed-buffer
    decoder (CUDA graphs on a GPU) against the growing cache, first pass apart: tokens/s, ms per step, share
    of the weight-read bound.
@@ -151,7 +152,7 @@ def run_study_phase(model: Path, judge: Path, run_dir: Path, tiny: bool, counter
     planned = list(graph.study_graph(config, run_dir).specs)
     metrics = read_json(run_dir / "metrics.json")
     forwards = counter.by_stage()
-    host = sum(devices.get("cpu", 0) for devices in forwards.values())
+    host = sum(devices.get("cpu", 0) for devices in forwards.values()) if device.type != "cpu" else 0
     return {"seconds": seconds, "stages": planned, "unfinished_stages": [s for s in planned if not (run_dir / s / STAGE_DONE).exists()],
             "forwards_by_stage": forwards, "host_forwards": host, "device_forwards": sum(sum(d.values()) for d in forwards.values()) - host,
             "stage_profile": metrics["stage_profile"], "precision": metrics.get("precision"), "train_log": metrics["train_log"],
@@ -260,12 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="folder for the model, its judge and the study's run (default: a temporary one)")
     args = parser.parse_args(argv)
 
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    # The device every model of the study goes to (models/loading.py: place_on_device): a GPU wherever there is one,
+    # --tiny included (it only shrinks the shapes), so the forwards, the timings and the tensors all meet there.
+    from hyperfitting.distributed import process_state
+
+    device = process_state().device
     if device.type == "cpu" and not args.tiny:
         parser.error("no GPU here: run with --tiny for the CPU version")
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu-study-"))
     started = time.perf_counter()
-    results: dict = {"machine": describe_device(device), "torch": torch.__version__, "tiny": args.tiny}
+    results: dict = {"machine": describe_device(device), "device_type": device.type, "torch": torch.__version__, "tiny": args.tiny}
 
     def save(phase: str):
         print(f"[{time.perf_counter() - started:6.0f} s] {phase} done", flush=True)

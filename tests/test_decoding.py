@@ -167,24 +167,38 @@ def test_the_fixed_buffer_decoder_refuses_a_sliding_window_it_would_not_apply():
         decoder_for("fixed", model, 13)
     assert decoder_for("auto", model, 13) == "dynamic"
     assert decoder_for("auto", make_tiny_model("llama"), 13) == "dynamic"  # on a CPU
+    from hyperfitting.generation.fixed import fixed_state_supported
+
+    hybrid = make_tiny_model("llama")
+    hybrid.config.layer_types = ["full_attention", "linear_attention"]  # a layer with no plain key-value cache
+    assert "linear_attention" in fixed_state_supported(hybrid, 13)
+    chunked = make_tiny_model("llama")
+    chunked.config.attention_chunk_size = 8
+    assert "chunked" in fixed_state_supported(chunked, 13)
 
 
 def test_the_counter_draw_is_splitmix64_of_seed_and_step_and_independent_of_the_batch():
     from hyperfitting.generation.decoding import counter_uniform
 
-    def splitmix64(seed: int, step: int) -> float:  # the reference, in Python's unbounded integers
-        mask = (1 << 64) - 1
-        z = (seed * 0x9E3779B97F4A7C15 + (step + 1) * 0x9E3779B97F4A7C15) & mask
+    mask = (1 << 64) - 1
+
+    def mix(z: int) -> int:  # SplitMix64, in Python's unbounded integers: the reference
+        z = (z + 0x9E3779B97F4A7C15) & mask
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        z ^= z >> 31
-        return (z >> 11) / 2 ** 53
+        return z ^ (z >> 31)
+
+    def splitmix64(seed: int, step: int) -> float:
+        return (mix((mix(seed & mask) + step * 0x9E3779B97F4A7C15) & mask) >> 11) / 2 ** 53
 
     seeds = [0, 1, 7, 1_000_003 * 4 + 2, 2 ** 40 + 5]
     for step in (0, 1, 95):
         values = counter_uniform(torch.tensor(seeds), step).tolist()
         assert values == [splitmix64(s, step) for s in seeds]
         assert counter_uniform(torch.tensor(seeds[2:3]), step).tolist() == values[2:3]
+    # Consecutive seeds (a batch's prompts) are not the same stream shifted by a step.
+    next_seeds_first_step = counter_uniform(torch.arange(1, 101), 0)
+    assert not torch.isin(counter_uniform(torch.arange(0, 100), 1), next_seeds_first_step).any()
     spread = counter_uniform(torch.arange(20_000), 3)
     assert 0 <= float(spread.min()) and float(spread.max()) < 1 and abs(float(spread.mean()) - 0.5) < 0.01
 

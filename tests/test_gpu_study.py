@@ -20,11 +20,11 @@ def test_the_tiny_gpu_study_runs_every_stage_and_measures_every_phase(tmp_path):
 
     study = results["study"]
     assert study["unfinished_stages"] == [] and {"train", "quality", "controls", "analysis-block-swap", "analysis-geometry"} <= set(study["stages"])
-    # Every stage that reads a model ran its forwards where the model was: here the CPU, the one device there is.
-    forwards = study["forwards_by_stage"]
-    assert all(set(devices) == {"cpu"} and devices["cpu"] > 0 for devices in forwards.values())
+    # Every stage that reads a model ran its forwards on the device (the CPU on a machine without a GPU), none elsewhere.
+    forwards, device = study["forwards_by_stage"], results["device_type"]
+    assert all(set(devices) == {device} and devices[device] > 0 for devices in forwards.values())
     assert {"base", "train", "analysis-ranks", "analysis-temperature", "controls", "quality"} <= set(forwards)
-    assert study["host_forwards"] == sum(d["cpu"] for d in forwards.values()) and study["device_forwards"] == 0
+    assert study["host_forwards"] == 0 and study["device_forwards"] == sum(d[device] for d in forwards.values())
     # The estimate of a decode's memory is recorded beside each decoding stage's profile.
     assert all(study["stage_profile"][stage]["estimated_memory_mib"] >= 0 for stage in ("base", "analysis-ranks", "quality"))
 

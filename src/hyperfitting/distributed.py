@@ -63,3 +63,13 @@ def gather_in_order(mine: list) -> list:
     from accelerate.utils import gather_object
 
     return gather_object(list(mine))  # all_gather_object, then one level flattened: the concatenation
+
+
+def min_over_processes(value: int) -> int:
+    """The smallest of every process's ``value`` (the value itself in one process): a choice all processes must share."""
+    state = process_state()
+    if state.num_processes == 1:
+        return value
+    tensor = torch.tensor(int(value), device=state.device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+    return int(tensor)

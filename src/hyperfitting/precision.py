@@ -186,6 +186,10 @@ def decoding_model(model: torch.nn.Module) -> torch.nn.Module:
     The copy is made once per version of the weights (a model trained in place between two decodes gets a new one,
     and the old copy is let go first) and lives as long as the model. A model whose parameters are sharded (FSDP)
     or not all float32 decodes as it is.
+
+    Not autocast bit for bit: autocast keeps the embeddings and the norms' products in float32, the copy runs them in
+    bf16. On a tiny random Llama the largest logit difference from autocast was 0.0098 (autocast from float32: 0.0073),
+    and 97.8% of greedy tokens agreed; bf16 decoding changes paths at near-ties either way.
     """
     parameter = next(model.parameters(), None)
     if (parameter is None or parameter.device.type != "cuda" or not torch.is_autocast_enabled(parameter.device.type)

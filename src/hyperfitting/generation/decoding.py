@@ -188,16 +188,23 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
-    """One number in [0, 1) per seed (int64, (B,)), a function of (seed, step) alone: SplitMix64 of the pair.
+def _splitmix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's step and output mix, on int64 (products wrap modulo 2^64, as the algorithm wants)."""
+    z = z + torch.tensor(_GOLDEN, device=z.device)
+    z = (z ^ _shift_right(z, 30)) * torch.tensor(_MIX1, device=z.device)
+    z = (z ^ _shift_right(z, 27)) * torch.tensor(_MIX2, device=z.device)
+    return z ^ _shift_right(z, 31)
 
+
+def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One number in [0, 1) per seed (int64, (B,)), a function of (seed, step) alone.
+
+    The seed is mixed first and the step added to the mixed value, then mixed again: adding seed and step before any
+    mixing would give seed s at step t+1 the number of seed s+1 at step t (the prompts' seeds are consecutive).
     Counter-based, so a row's draw at a step needs no generator state, depends on no other row, and a whole batch's
-    draws are a few elementwise operations on the device (int64 products wrap modulo 2^64, as SplitMix64 wants).
+    draws are a few elementwise operations on the device.
     """
-    z = seeds * torch.tensor(_GOLDEN, device=seeds.device) + _signed((step + 1) * 0x9E3779B97F4A7C15)
-    z = (z ^ _shift_right(z, 30)) * torch.tensor(_MIX1, device=seeds.device)
-    z = (z ^ _shift_right(z, 27)) * torch.tensor(_MIX2, device=seeds.device)
-    z = z ^ _shift_right(z, 31)
+    z = _splitmix64(_splitmix64(seeds) + _signed(step * 0x9E3779B97F4A7C15))
     return _shift_right(z, 11).double() * 2.0 ** -53
 
 
@@ -234,9 +241,13 @@ def decoder_for(setting: str, model, length: int) -> str:
     """
     from hyperfitting.generation.fixed import fixed_state_supported
 
+    from torch.distributed.tensor import DTensor
+
     if setting == "dynamic":
         return "dynamic"
-    why_not = fixed_state_supported(model, length)
+    # An FSDP-sharded model gathers its weights in hooks at every forward: a replayed graph would skip them.
+    sharded = any(isinstance(p, DTensor) for p in model.parameters())
+    why_not = "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length)
     if setting == "fixed" and why_not:
         raise ConfigError(f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic.")
     if setting == "auto" and (why_not or next(model.parameters()).device.type != "cuda"):
@@ -292,8 +303,9 @@ def generate_variants(
     objects (a processor with ``begin`` keeps state for its rows). Contrastive search is its own
     search and runs apart.
     """
-    from hyperfitting.distributed import gather_in_order, my_share, process_state
+    from hyperfitting.distributed import gather_in_order, min_over_processes, my_share, process_state
     from hyperfitting.generation import memory
+    from hyperfitting.generation.fixed import release_workspaces
     from hyperfitting.precision import decoding_model
 
     model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
@@ -313,6 +325,10 @@ def generate_variants(
     length = max(map(len, prompts), default=0) + first.max_new_tokens
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
     per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
+    if not shard and process_state().num_processes > 1:  # lockstep (an FSDP model): every process takes the same batches
+        per_batch = min_over_processes(per_batch)
+    # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
+    decoder = decoder_for(first.decoder, model, length)
     if per_batch < first.batch_size:
         warnings.warn(f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
                       f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.", stacklevel=2)
@@ -326,7 +342,6 @@ def generate_variants(
         batch = range(start, min(start + per_batch, mine.stop))
         rows = [prompts[i] for i in batch]
         if stacked:
-            decoder = decoder_for(first.decoder, model, max(map(len, rows)) + first.max_new_tokens)
             variants = []
             for k in stacked:
                 args = settings[k][0]
@@ -344,4 +359,5 @@ def generate_variants(
                                             top_k=args.contrastive_top_k, alpha=args.contrastive_alpha, eos_token_id=eos, on_step=bar.update)
         bar.update((batch_index + 1) * first.max_new_tokens * passes - bar.n)  # catch up after a batch that stopped early at EOS
     bar.close()
+    release_workspaces(model)  # the static caches go before the stages after this decode need the memory
     return [gather_in_order(r) for r in results] if shard else results

@@ -72,17 +72,32 @@ class GrowingState:
         ).logits[:, -1, :].float()
 
 
+SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
+
+
 def fixed_state_supported(model, length: int) -> str | None:
-    """Why the fixed state cannot decode this model to ``length`` tokens (None: it can)."""
+    """Why the fixed state cannot decode this model to ``length`` tokens (None: it can). On a GPU the buffers are
+    ``bucketed_length(length)`` long, and that is the length checked."""
     config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     if implementation.startswith("flash") or implementation == "flex_attention":
         return f"its attention ({implementation}) takes no prepared 4D mask"
-    window = getattr(config, "sliding_window", None)
+    if getattr(config, "attention_chunk_size", None):
+        return "its chunked attention would need a mask of its own"
     kinds = set(getattr(config, "layer_types", None) or ())
-    if window and length > window and (kinds & {"sliding_attention", "chunked_attention"} or not kinds):
-        return f"{length} tokens exceed its sliding window ({window}), which a prepared mask would not apply"
+    if kinds - SUPPORTED_LAYERS:
+        return f"its layers of kind {', '.join(sorted(kinds - SUPPORTED_LAYERS))} keep no plain key-value cache"
+    if next(model.parameters()).device.type == "cuda":
+        length = bucketed_length(length)
+    window = getattr(config, "sliding_window", None)
+    if window and length > window and ("sliding_attention" in kinds or not kinds):
+        return f"{length} positions exceed its sliding window ({window}), which a prepared mask would not apply"
     return None
+
+
+def bucketed_length(length: int) -> int:
+    """The cache length a GPU decode of ``length`` tokens allocates (a multiple of 64: nearby lengths share a graph)."""
+    return bucket(length, 64, 64, 0)
 
 
 def bucket(n: int, fine: int, coarse: int, switch: int) -> int:
@@ -111,9 +126,14 @@ class _Workspace:
         self.graph_failed = False
 
 
-# Workspaces (and their graphs) per model and (rows, length) bucket, for as long as the model lives. A graph reads the
-# weights at their addresses: a model with a module swapped in (analysis.block_swap) gets workspaces of its own.
+# Workspaces (and their graphs) per model, one (rows, length) bucket at a time, until the decode that made them ends
+# (generate_variants releases them): a static cache is large, and the stages after a decode need the memory.
 _WORKSPACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def release_workspaces(model) -> None:
+    """Let go of ``model``'s fixed buffers and graphs."""
+    _WORKSPACES.pop(model, None)
 
 
 class FixedState:
@@ -135,11 +155,15 @@ class FixedState:
         # On a GPU rows and length are rounded up so that batches of nearby sizes replay one graph; the extra rows
         # decode a copy of the first row and are never read.
         rows = bucket(self.rows, 8, 32, 64) if self.graphs else self.rows
-        length = bucket(width + max_new_tokens, 64, 64, 0) if self.graphs else width + max_new_tokens
+        length = bucketed_length(width + max_new_tokens) if self.graphs else width + max_new_tokens
         config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
         mask_dtype = None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
-        if self.graphs:  # a captured graph is worth keeping: the workspace lives as long as the model, one at a time
-            key = (rows, length, hash(tuple(id(p) for p in model.parameters())))
+        if self.graphs:  # a captured graph is worth keeping: until release_workspaces(model), one at a time
+            # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what
+            # decides the kernels (dtypes, autocast, the attention implementation).
+            tensors = [*model.parameters(), *model.buffers()]
+            key = (rows, length, hash(tuple((t.data_ptr(), t.dtype) for t in tensors)), torch.is_autocast_enabled("cuda"),
+                   torch.get_autocast_dtype("cuda"), getattr(config, "_attn_implementation", None))
             spaces = _WORKSPACES.setdefault(model, {})
             if key not in spaces:
                 spaces.clear()  # the cache of a wide bucket is large: the previous one goes first
@@ -215,6 +239,7 @@ class FixedState:
                 layer.cumulative_length.copy_(counter)
 
         try:
+            torch.cuda.set_device(space.tokens.device)  # the graph and its stream on the model's GPU, not the current one
             expected = self._eager().float().clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

@@ -66,7 +66,8 @@ def free_bytes(device: torch.device) -> int | None:
     """Free memory of a GPU (None elsewhere: a CPU's batches are not narrowed)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.mem_get_info(device)[0]
+    # What the device has free, and what PyTorch's caching allocator holds but no tensor uses (it hands that out first).
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 def prompts_that_fit(model, prompts: int, variants: int, length: int, headroom: float = 0.8) -> int:
