@@ -180,8 +180,9 @@ def decoding_phase(model, tokenizer, widths: tuple[int, ...], new_tokens: int, p
 
             first = device_seconds(device, once)
             steady = device_seconds(device, once)
-            # Weight-read bound: a step reads every weight once (at batch 300 the KV cache adds to it).
-            bound = new_tokens * weight_bytes / (copy_tb_per_s * 1e12 / 2) if copy_tb_per_s else None
+            # Weight-read bound: a step reads every weight once (at batch 300 the KV cache adds to it), at the memory's
+            # measured rate (a copy's reads and writes together: gpu_check.py halved it, which doubled its shares).
+            bound = new_tokens * weight_bytes / (copy_tb_per_s * 1e12) if copy_tb_per_s else None
             row[decoder] = {"tokens_per_s": width * new_tokens / steady, "ms_per_step": 1e3 * steady / new_tokens,
                             "first_pass_s": first, "steady_pass_s": steady,
                             "share_of_weight_read_bound": bound / steady if bound else None}
