@@ -54,3 +54,11 @@ def forward_flops_per_token(model, blocks: range | None = None, with_head: bool 
         head = model.get_output_embeddings()
         flops += 2 * head.in_features * head.out_features
     return flops
+
+
+def quick_data(tokenizer):
+    """The quick preset's data (its blocks and its prompts), as the study prepares it: the benchmarks' workload."""
+    from hyperfitting.config import load_config
+    from hyperfitting.data.splits import prepare_data
+
+    return prepare_data(load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").data, tokenizer)

@@ -14,12 +14,10 @@ differently).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
-from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, timed  # noqa: E402
+from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, timed  # noqa: E402
 
-from hyperfitting.config import GenerateArgs, load_config  # noqa: E402
-from hyperfitting.data.splits import prepare_data  # noqa: E402
+from hyperfitting.config import GenerateArgs  # noqa: E402
 from hyperfitting.generation.decoding import generate, generate_variants  # noqa: E402
 
 NEW_TOKENS = 96
@@ -27,7 +25,7 @@ NEW_TOKENS = 96
 
 def main():
     model, tokenizer = load_embedded()
-    data = prepare_data(load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").data, tokenizer)
+    data = quick_data(tokenizer)
     prompts = [p.prompt_ids for p in data.prompts["fiction"]]
     plain = GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts))
     settings = [replace(plain, do_sample=True, temperature=1.0), replace(plain, do_sample=True, temperature=0.4),

@@ -12,12 +12,10 @@ study's `generate.decoder=auto` keeps the growing cache here); the point is the 
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from common import load_embedded, machine, timed  # noqa: E402
+from common import load_embedded, machine, quick_data, timed  # noqa: E402
 
-from hyperfitting.config import GenerateArgs, load_config  # noqa: E402
-from hyperfitting.data.splits import prepare_data  # noqa: E402
+from hyperfitting.config import GenerateArgs  # noqa: E402
 from hyperfitting.generation.decoding import generate  # noqa: E402
 
 NEW_TOKENS = 96
@@ -25,7 +23,7 @@ NEW_TOKENS = 96
 
 def main():
     model, tokenizer = load_embedded()
-    data = prepare_data(load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").data, tokenizer)
+    data = quick_data(tokenizer)
     prompts = [p.prompt_ids for p in data.prompts["fiction"]]
     print(f"{machine()}; SmolLM2-135M, {len(prompts)} prompts of 32 tokens, {NEW_TOKENS} new greedy tokens")
     for label, rows, blocker in (("16 rows", prompts, False), ("64 rows, citation blocker", prompts * 4, True)):

@@ -9,14 +9,12 @@ prompt at a time, and `model.generate` on the whole left-padded batch.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, timed  # noqa: E402
+from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, timed  # noqa: E402
 
-from hyperfitting.config import GenerateArgs, load_config  # noqa: E402
-from hyperfitting.data.splits import prepare_data  # noqa: E402
+from hyperfitting.config import GenerateArgs  # noqa: E402
 from hyperfitting.generation.decoding import generate  # noqa: E402
 
 NEW_TOKENS = 128
@@ -36,7 +34,7 @@ def hf_generate(model, tokenizer, prompts):
 
 def main():
     model, tokenizer = load_embedded()
-    data = prepare_data(load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").data, tokenizer)
+    data = quick_data(tokenizer)
     prompts = [p.prompt_ids for corpus in data.prompts.values() for p in corpus]
     tokens = len(prompts) * NEW_TOKENS
     peak = matmul_peak_gflops()

@@ -12,15 +12,13 @@ samples from the same distributions, through different random numbers: the texts
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, timed  # noqa: E402
+from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, timed  # noqa: E402
 
 import hyperfitting.generation.decoding as decoding  # noqa: E402
-from hyperfitting.config import GenerateArgs, load_config  # noqa: E402
-from hyperfitting.data.splits import prepare_data  # noqa: E402
+from hyperfitting.config import GenerateArgs  # noqa: E402
 
 NEW_TOKENS = 48
 SEEDS = 4
@@ -35,7 +33,7 @@ def multinomial_per_row(probs, generators=None):
 
 def main():
     model, tokenizer = load_embedded()
-    data = prepare_data(load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml").data, tokenizer)
+    data = quick_data(tokenizer)
     prompts = [p.prompt_ids for corpus in data.prompts.values() for p in corpus] * SEEDS
     sampled = GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts), do_sample=True, temperature=1.0)
     tokens = len(prompts) * NEW_TOKENS

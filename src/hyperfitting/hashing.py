@@ -1,4 +1,5 @@
-"""Content hashes of files and folders: what stage fingerprints and the model cache's checks compare."""
+"""Content hashes of files and folders (what stage fingerprints and the model cache's checks compare), and the version
+of a model's weights in memory."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def content_hash(path: Path) -> str:
         return "missing"
     stat = path.stat()
     return _hash_file(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def weights_version(model) -> int:
+    """Changes when the model's weights do: every in-place write bumps a tensor's version counter, and a module swapped
+    in brings parameters of other identities. What is remembered per model (decodes, a bf16 copy) is keyed on it."""
+    return hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))

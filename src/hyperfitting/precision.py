@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from hyperfitting.hashing import weights_version
+
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_SPEEDUP_NEEDED = 1.5
 """auto picks bf16 when its matrix products run at least this many times faster than float32's."""
@@ -205,7 +207,7 @@ def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
     loaded in bf16), remembered for this version of its weights."""
     import copy
 
-    key = hash(tuple((id(p), p._version) for p in model.parameters()))
+    key = weights_version(model)
     remembered = _BF16_COPIES.get(model)
     if remembered is not None and remembered[0] == key:
         return remembered[1]

@@ -11,6 +11,7 @@ import numpy as np
 from hyperfitting.config import RunConfig
 from hyperfitting.errors import ConfigError
 from hyperfitting.generation.decoding import Continuation, LogitsProcessor
+from hyperfitting.hashing import weights_version
 from hyperfitting.metrics.diversity import seq_rep_n, ttr
 
 
@@ -51,10 +52,7 @@ def _decode_args(config: RunConfig, temperature: float | None, seed: int, top_k:
 
 
 def _decode_key(model, prompts, args) -> tuple:
-    # Every in-place write to a tensor bumps its version counter: the weights' versions tell an updated model apart,
-    # and their identities a model with a module swapped in (analysis.block_swap).
-    weights_version = hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
-    return (id(model), weights_version, hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
+    return (id(model), weights_version(model), hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
             round(args.temperature, 6) if args.do_sample else None, args.seed if args.do_sample else None, args.batch_size,
             (args.top_k, args.top_p) if args.do_sample else None)
 

@@ -10,6 +10,10 @@ from typing import Sequence
 import torch
 
 
+SYNC_EVERY = 16
+"""Decoding steps between two looks of the host at the rows (have they all reached EOS?): a look waits for the device."""
+
+
 @dataclass
 class Continuation:
     prompt_ids: list[int]
@@ -38,3 +42,9 @@ def accepts(model, name: str) -> bool:
     """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
     forward = getattr(model, "get_base_model", lambda: model)().forward
     return name in inspect.signature(forward).parameters
+
+
+def text_config(model):
+    """The config of the model's text decoder (a multimodal model's language half; the model's own config otherwise)."""
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from hyperfitting.generation.batches import Continuation, left_padded
+from hyperfitting.generation.batches import SYNC_EVERY, Continuation, left_padded
 
 
 def contrastive_scores(probabilities: torch.Tensor, candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
@@ -71,7 +71,7 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
                                   finished.double()]))
         if eos_token_id is not None:
             finished |= tokens == eos_token_id
-            if (step_index + 1) % 16 == 0 and bool(finished.all()):  # the host looks every 16 steps; later steps are dropped
+            if (step_index + 1) % SYNC_EVERY == 0 and bool(finished.all()):  # later steps are dropped below
                 break
         logits = step.logits[chosen, -1, :].float()
         context = torch.cat([context, candidate_states[rows, best][:, None, :]], dim=1)

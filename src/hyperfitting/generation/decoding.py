@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from hyperfitting.config import GenerateArgs
 from hyperfitting.errors import ConfigError
-from hyperfitting.generation.batches import Continuation, accepts, left_padded  # noqa: F401 (part of this module's interface)
+from hyperfitting.generation.batches import SYNC_EVERY, Continuation, accepts, left_padded  # noqa: F401 (part of this module's interface)
 from hyperfitting.generation.contrastive import contrastive_batch
 from hyperfitting.generation.processors import CitationBlocker
 
@@ -148,10 +148,6 @@ def decode_variants(
         out.chosen_prob = [chosen[i] for i in live]
         out.decoded_entropy = [decoded[i] for i in live]
     return outputs
-
-
-SYNC_EVERY = 16
-"""Decoding steps between two looks of the host at the rows (have they all reached EOS?)."""
 
 
 def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor, entropy: torch.Tensor, step: int = 0):

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from hyperfitting.generation.batches import accepts, left_padded
+from hyperfitting.generation.batches import accepts, left_padded, text_config
 
 
 def _keep_last(model) -> dict:
@@ -78,7 +78,7 @@ SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
 def fixed_state_supported(model, length: int) -> str | None:
     """Why the fixed state cannot decode this model to ``length`` tokens (None: it can). On a GPU the buffers are
     ``bucketed_length(length)`` long, and that is the length checked."""
-    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     if implementation.startswith("flash") or implementation == "flex_attention":
         return f"its attention ({implementation}) takes no prepared 4D mask"
@@ -156,7 +156,7 @@ class FixedState:
         # decode a copy of the first row and are never read.
         rows = bucket(self.rows, 8, 32, 64) if self.graphs else self.rows
         length = bucketed_length(width + max_new_tokens) if self.graphs else width + max_new_tokens
-        config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+        config = text_config(model)
         mask_dtype = None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
         if self.graphs:  # a captured graph is worth keeping: until release_workspaces(model), one at a time
             # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from hyperfitting.generation.batches import text_config
+
 VOCABULARY_ROWS_PER_STEP = 8
 """Full-vocabulary float32 tensors alive at once per row in a decoding step (logits, log-probabilities,
 probabilities, processed scores, their softmax, a draw's float64 cumulative sum counts twice)."""
@@ -18,14 +20,9 @@ probabilities, processed scores, their softmax, a draw's float64 cumulative sum 
 _largest_estimate = 0
 
 
-def _text_config(model):
-    config = model.config
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-
-
 def kv_bytes_per_token(model) -> int:
     """Bytes of KV cache per token of one row, over every layer."""
-    config = _text_config(model)
+    config = text_config(model)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -37,15 +34,15 @@ def kv_bytes_per_token(model) -> int:
 
 def decode_bytes(model, rows: int, length: int) -> int:
     """Beyond the weights: a decode of ``rows`` rows to ``length`` tokens (prompt and continuation)."""
-    vocabulary = _text_config(model).vocab_size
+    vocabulary = text_config(model).vocab_size
     return rows * (length * kv_bytes_per_token(model) + VOCABULARY_ROWS_PER_STEP * vocabulary * 4)
 
 
 def teacher_forcing_bytes(model, rows: int, length: int) -> int:
     """Beyond the weights: one teacher-forced batch of ``rows`` sequences of ``length`` tokens (the logits, in float32
     and as the model computed them, and a reduction's copy)."""
-    vocabulary = _text_config(model).vocab_size
-    hidden = getattr(_text_config(model), "hidden_size", None) or getattr(_text_config(model), "n_embd", 0)
+    config = text_config(model)
+    vocabulary, hidden = config.vocab_size, getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     return rows * length * (3 * vocabulary * 4 + 16 * hidden * 4)
 
 
