@@ -51,6 +51,27 @@ def key_numbers(metrics: dict) -> dict:
     }
 
 
+# How far each pinned number may move on another machine of this kind. Measured by running the tiny study at
+# OMP_NUM_THREADS=1 and 2, each with ATEN_CPU_CAPABILITY=default and avx2 (another vector path: the reduction orders of
+# another CPU), against the number pinned on a third machine: losses, entropies and probabilities moved by at most
+# 2.5e-7 relative; claim 4's Delta PR (a difference of two participation ratios, each a ratio of sums over
+# thousands of products) by 3.3e-6 here and 5.7e-6 on another machine. Each tolerance is about forty times the
+# largest spread seen; what comes from token counts (TTR, distinct-n, repetition, overlap spans, claims 1, 3 and 1c)
+# and every verdict must match exactly: a changed greedy token changes them by far more than these tolerances.
+FROM_LOGITS = 1e-5  # relative: training and held-out losses, entropies, probabilities, perplexities, claim 1(b)
+FROM_GEOMETRY = 2e-4  # relative: claim 4
+
+
+def golden_tolerance(where: str) -> float:
+    """The relative tolerance of one pinned number, by the computation it comes from (0: exact)."""
+    if where.startswith("golden.claims.4"):
+        return FROM_GEOMETRY
+    if where.startswith("golden.claims.1b") or "loss" in where or any(
+            where.endswith(name) for name in ("mean_entropy", "mean_top1_prob", "base_perplexity")):
+        return FROM_LOGITS
+    return 0.0
+
+
 def check_golden(metrics: dict) -> None:
     """Compare with tests/golden/tiny_study.json (HYPERFIT_UPDATE_GOLDEN=1 rewrites it: only for an intended change of numbers)."""
     import math
@@ -72,11 +93,21 @@ def check_golden(metrics: dict) -> None:
             for i, (x, y) in enumerate(zip(a, b)):
                 same(x, y, f"{where}[{i}]")
         elif isinstance(a, float):
-            assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b)), (where, a, b)
+            tolerance = golden_tolerance(where)
+            assert math.isclose(a, b, rel_tol=max(tolerance, 1e-12), abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)), \
+                (where, a, b, f"relative tolerance {tolerance:g}")
         else:
             assert a == b, (where, a, b)
 
     same(json.loads(json.dumps(now)), pinned, "golden")
+
+
+def test_golden_tolerances_follow_the_computation():
+    """Token-derived numbers and verdicts exact; numbers from logits and geometry at their measured spread's tolerance."""
+    assert golden_tolerance("golden.rows.base.ttr") == 0.0 and golden_tolerance("golden.claims.3[1]") == 0.0
+    assert golden_tolerance("golden.claims.4[1]") == FROM_GEOMETRY
+    assert golden_tolerance("golden.train_loss[0]") == golden_tolerance("golden.rows.base.mean_entropy") == FROM_LOGITS
+    assert golden_tolerance("golden.claims.1b[2]") == FROM_LOGITS and golden_tolerance("golden.data_fingerprint") == 0.0
 
 
 @pytest.mark.e2e
