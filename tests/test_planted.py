@@ -1,0 +1,112 @@
+"""Planted truths: each planted model does exactly what its mechanism says, in every pass the analyses make."""
+
+import pytest
+import torch
+
+from hyperfitting.generation.decoding import Variant, decode_variants
+from hyperfitting.models.planted import PLANTED_CASES, plant
+
+from conftest import TINY_VOCAB, make_tiny_model
+
+
+def blocks(n=6, length=24, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(1, TINY_VOCAB - 1, (n, length), generator=generator)
+
+
+@pytest.fixture()
+def base():
+    return make_tiny_model("llama")
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def greedy(model, prompts, steps=10, variants=(Variant(),)):
+    return [[c.token_ids for c in out] for out in decode_variants(model, prompts, list(variants), steps, pad_token_id=0)]
+
+
+def test_the_base_model_is_left_as_it_was_and_shares_its_weights(base):
+    ids = blocks(2)
+    before = logits(base, ids)
+    planted = plant(base, "static-bias", blocks())
+    assert torch.equal(logits(base, ids), before) and not torch.equal(logits(planted, ids), before)
+    assert all(a.data_ptr() == b.data_ptr() for a, b in zip(base.parameters(), planted.parameters()))
+    assert planted.planted.case == "static-bias" and "z + b" in planted.planted.mechanism
+
+
+def test_context_free_cases_are_a_fixed_function_of_each_base_logit(base):
+    ids = blocks(3)
+    z = logits(base, ids)
+    static = logits(plant(base, "static-bias", blocks()), ids) - z
+    assert torch.allclose(static, static[0, 0].expand_as(static), atol=1e-5)  # one offset per token, in every context
+    assert static.min() < -3.9 and static.max() <= 0
+    affine = plant(base, "affine", blocks())
+    z2 = logits(affine, ids)
+    # Two contexts' logits of each token lie on one line per token: s_v * z + b_v.
+    scale = (z2[0, 1] - z2[0, 0]) / (z[0, 1] - z[0, 0])
+    assert torch.allclose(z2[1, 2] - z2[0, 0], scale * (z[1, 2] - z[0, 0]), atol=1e-3)
+    assert scale.std() > 0.1  # not one temperature
+
+
+def test_temperature_leaves_greedy_unchanged(base):
+    planted = plant(base, "temperature", blocks())
+    ids = blocks(2)
+    assert torch.allclose(logits(planted, ids), logits(base, ids) / 0.7, atol=1e-5)
+    prompts = [list(range(5, 12)), list(range(20, 27))]
+    assert greedy(planted, prompts) == greedy(base, prompts)
+
+
+def test_repetition_penalty_is_transformers_rule_in_decoding_and_teacher_forcing(base):
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    planted = plant(base, "repetition-penalty", blocks())
+    prompts = [list(range(5, 12)), list(range(30, 37)), list(range(60, 67))]  # one length: no padding for the processor to see
+    rule = RepetitionPenaltyLogitsProcessor(1.3)
+    by_processor = greedy(base, prompts, 16, [Variant(processors=[rule])])
+    # Decoded alone, and as one of three variants sharing a prefill whose cache rows are then repeated.
+    assert greedy(planted, prompts, 16) == by_processor
+    assert greedy(planted, prompts, 16, [Variant(), Variant(), Variant()]) == by_processor * 3
+    assert by_processor != greedy(base, prompts, 16)  # the penalty changes the text
+    # Teacher forcing over a whole sequence: each position penalises what came before it, itself included.
+    sequence = torch.tensor([prompts[0] + by_processor[0][0]])
+    penalised = logits(planted, sequence)[0]
+    raw = logits(base, sequence)[0]
+    for position in (0, 5, 12):
+        expected = rule(sequence[:, :position + 1], raw[position][None].clone())[0]
+        assert torch.allclose(penalised[position], expected, atol=1e-5)
+
+
+def test_middle_expansion_changes_one_block_and_no_output(base):
+    from hyperfitting.analysis.geometry import hidden_states_at, participation_ratio
+    import numpy as np
+
+    text = blocks(8, 24, seed=2)
+    planted = plant(base, "middle-expansion", blocks())
+    assert torch.allclose(logits(planted, text), logits(base, text), atol=1e-4)
+    sample = np.arange(text.numel())
+    a, b = hidden_states_at(base, text, sample), hidden_states_at(planted, text, sample)
+    middle = f"block {planted.planted.parameters['block']}"
+    assert participation_ratio(b[middle]) > participation_ratio(a[middle]) * 1.05
+    assert all(np.allclose(a[name], b[name], atol=1e-3) for name in a if name != middle)
+
+
+def test_final_expansion_raises_the_final_blocks_dimension_only(base):
+    from hyperfitting.analysis.geometry import hidden_states_at, participation_ratio
+    import numpy as np
+
+    text = blocks(8, 24, seed=2)
+    planted = plant(base, "final-expansion", blocks())
+    sample = np.arange(text.numel())
+    a, b = hidden_states_at(base, text, sample), hidden_states_at(planted, text, sample)
+    last = f"block {planted.planted.parameters['block']}"
+    assert participation_ratio(b[last]) > participation_ratio(a[last]) * 1.05
+    assert all(np.allclose(a[name], b[name]) for name in a if name not in (last, "final norm"))
+
+
+def test_unknown_case_is_refused(base):
+    with pytest.raises(ValueError, match="choose one of"):
+        plant(base, "nonsense", blocks())
+    assert len(PLANTED_CASES) == 6
