@@ -123,10 +123,22 @@ def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     # The reported case: the offset leaves base greedy output unchanged, so 0% of the gain is "recovered".
     unchanged = claim_static_bias([static_results(list(base), 0.0, base, tuned)], [TRAINED])
     assert unchanged.verdict == INCONCLUSIVE and "a static model changes base choices" in unchanged.reason
-    biting = claim_static_bias([static_results(shifted(base, 0.01, 92), 0.3, base, tuned)], [TRAINED])
+    biting = claim_static_bias([static_results(shifted(base, 0.01, 92), 0.3, base, tuned)], [TRAINED], [0.4])
     assert biting.verdict == HOLDS
-    reproduces = claim_static_bias([static_results(shifted(base, 0.29, 93), 0.3, base, tuned)], [TRAINED])
+    reproduces = claim_static_bias([static_results(shifted(base, 0.29, 93), 0.3, base, tuned)], [TRAINED], [0.4])
     assert reproduces.verdict == FAILS
+    # Without the hyperfitted override rate (the ranks analysis not run on these replicates) degeneracy cannot be judged
+    # by the flips: the claim is not decided, and says why.
+    unjudged = claim_static_bias([static_results(shifted(base, 0.01, 92), 0.3, base, tuned)], [TRAINED])
+    assert unjudged.verdict == INCONCLUSIVE and "cannot judge" in unjudged.reason
+
+
+def test_claim_2_a_static_model_that_wrecks_its_own_text_is_degenerate_whatever_its_flips():
+    # The review's case: a static model whose text collapses (TTR 0.03) "holds" claim 2 at -1.58 if it is the only one.
+    base = prompts(0.30, 0.1, 48, 9)
+    tuned = shifted(base, 0.3, 91)
+    wrecked = claim_static_bias([static_results([0.03] * 48, 0.3, base, tuned)], [TRAINED], [0.4])  # flips within 2x overrides
+    assert wrecked.verdict == INCONCLUSIVE and "non-degenerate" in wrecked.reason and "own greedy text has TTR 0.030" in wrecked.reason
 
 
 def constructed_path(static: bool, steps: int = 640, vocabulary: int = 2000, seed: int = 0):

@@ -165,6 +165,35 @@ def analyze(analysis, arguments, resume, overwrite):
     print(f"Results, table and plots in {run_dir / analysis_stage_name(analysis)}")
 
 
+@cli.command(epilog=_keys_help())
+@run_options
+@click.option("--case", "cases", multiple=True, help="A planted case to run (repeatable; default: every case).")
+def validate(arguments, resume, overwrite, cases):
+    """Check the verdict rules on planted truths: the study's analyses and verdicts on models whose mechanism is known.
+
+    \b
+    static-bias         z + b, a fixed offset per token          claims 2 and 3 must not hold
+    affine              s * z + b per token                        claims 2 and 3 must not hold
+    temperature         z / T                                      claims 1, 1c, 2, 3 must not hold; T* must recover T
+    repetition-penalty  transformers' repetition penalty           claim 3 must not fail
+    final-expansion     the final block's states whitened          claim 4 must not fail
+    middle-expansion    the middle block's, undone after it        claim 4 must not hold
+
+    Writes RUN_DIR-validate/validation.md, .html and .json (RUN_DIR: the config's run_dir).
+    """
+    from hyperfitting.pipeline.validate import run_validation, validation_config
+    from hyperfitting.rundir import prepare_run_dir
+
+    config = validation_config(_config(arguments))
+    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    with _at_precision(config):
+        summary = run_validation(config, run_dir, list(cases) or None)
+    print((run_dir / "validation.md").read_text())
+    print(f"Written: {run_dir / 'validation.html'}")
+    if summary["contradictions"]:
+        raise HyperfitError(f"{summary['contradictions']} verdict(s) contradict their planted truth: see {run_dir / 'validation.md'}.")
+
+
 @cli.command()
 @click.argument("arguments", nargs=-1)
 @click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")

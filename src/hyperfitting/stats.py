@@ -63,6 +63,7 @@ class Estimate:
     replicates: int = 1
     decisive: bool = True
     df: float = math.inf  # degrees of freedom of the quantile the interval was built with (inf: normal)
+    seed_se: float = 0.0  # a declared between-seed standard error inside the interval: no number of units shrinks it
 
     @property
     def unit_sd(self) -> float:
@@ -73,7 +74,7 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Estimate":
-        keys = ("value", "low", "high", "units", "method", "replicates", "decisive", "df")
+        keys = ("value", "low", "high", "units", "method", "replicates", "decisive", "df", "seed_se")
         estimate = cls(**{k: d[k] for k in keys if k in d})
         if "decisive" not in d:  # written before the flag: a zero-width interval was never a real one
             estimate = cls(**{**asdict(estimate), "decisive": _real_interval(estimate.low, estimate.high)})
@@ -248,6 +249,30 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float], confide
     return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs))
 
 
+def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int = 1, confidence: float = CONFIDENCE) -> Estimate:
+    """Widen an interval over units by a *declared* between-seed standard deviation: the spread of this effect between
+    training runs of the same recipe, measured in another study, for a study with too few replicates to measure it.
+
+    The variance seed_sd^2 / R is added to each side's squared standard error, as :func:`between_replicates` adds a
+    measured one, but as a known value (no degrees of freedom of its own: the units' df carry over by Satterthwaite).
+    """
+    if seed_sd <= 0 or not within.decisive:
+        return within
+    between = seed_sd ** 2 / max(replicates, 1)
+    df_units = max(within.units - 1, 1)
+    q_units = t_quantile(df_units, confidence)
+    ends, dfs = [], []
+    for half in (within.value - within.low, within.high - within.value):
+        se_units = half / q_units
+        total = se_units ** 2 + between
+        df = total ** 2 / (se_units ** 4 / df_units) if se_units > 0 else math.inf
+        ends.append(t_quantile(df, confidence) * math.sqrt(total) if math.isfinite(df) else Z * math.sqrt(total))
+        dfs.append(df)
+    method = f"{within.method} + declared seed SD {seed_sd:.3g}"
+    return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, within.replicates, True,
+                    min(dfs), math.sqrt(between))
+
+
 def mean(values: Sequence[float]) -> Estimate:
     """Mean of one value per unit (say, TTR per prompt)."""
     return pooled([(values,)], MEAN)
@@ -366,11 +391,20 @@ def holm(p_values: Sequence[float], alpha: float = (1 - CONFIDENCE) / 2) -> list
 def units_needed(estimate: Estimate, margin: float) -> int | None:
     """Roughly how many units would put the interval clear of ``margin``, at the observed effect and spread.
 
-    The usual normal approximation with 80% power: n = ((z_0.975 + z_0.8) * sd / |effect - margin|)^2.
-    None when the estimate sits on the margin (no sample size decides it) or has no spread.
+    The normal approximation with 80% power, n = ((z_0.975 + z_0.8) * sd / |effect - margin|)^2, with sd the spread of
+    one unit read off the half of the interval that faces the margin, on the interval's own t scale (a t interval at
+    16 units is 1.1x wider than z: reading it as z would inflate n). A declared between-seed term no number of units
+    shrinks is taken out of that half first and kept: n solves (z + z_power) * sqrt(sd^2 / n + seed_se^2) = distance,
+    and there is no such n when the seed term alone spans the distance. None then, when the estimate sits on the margin,
+    and when the interval holds a measured between-replicate term (more replicates, not units, may decide it).
     """
     distance = abs(estimate.value - margin)
-    sd = estimate.unit_sd
-    if distance < 1e-12 or sd <= 0 or not estimate.decisive or estimate.replicates > 1:
-        return None  # with replicates the seed-to-seed spread sets part of the width: more prompts alone may not decide it
-    return max(estimate.units, math.ceil(((Z + Z_POWER) * sd / distance) ** 2))
+    if distance < 1e-12 or not estimate.decisive or estimate.replicates > 1:
+        return None
+    facing = estimate.value - estimate.low if estimate.value > margin else estimate.high - estimate.value
+    se = facing / t_quantile(estimate.df)
+    unit_variance = max(se ** 2 - estimate.seed_se ** 2, 0.0) * estimate.units
+    room = (distance / (Z + Z_POWER)) ** 2 - estimate.seed_se ** 2
+    if unit_variance <= 0 or room <= 0:
+        return None
+    return max(estimate.units, math.ceil(unit_variance / room))

@@ -408,7 +408,9 @@ def _geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens:
         "footing": common,
         "delta_pr_intervals": intervals,
         # Blocks below the first trained one are bit-identical: any change must then appear late, by construction.
-        "localisation_forced": f"blocks 0-{untouched - 1} were not trained, so every change must appear after them" if untouched else None,
+        # A planted change (models/planted.py) sits where it was put on purpose: its location is what is being tested.
+        "localisation_forced": (f"blocks 0-{untouched - 1} were not trained, so every change must appear after them"
+                                if untouched and not getattr(tuned, "planted", None) else None),
         "verdict": {
             "state": "the final layer after the final norm (transformers' hidden_states[-1])" if final is not final_block else "the last block's output",
             "final_delta_pr": final["delta_pr"],

@@ -88,7 +88,59 @@ def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor
     agreement = {name: float((static_choice(base_logits, fit) == chosen).float().mean()) if len(chosen) else 0.0
                  for name, fit in candidates.items()}
     best = max(agreement, key=agreement.get)  # ties: the first, the full-vocabulary fit
-    return {**candidates[best], "fitted_on": best, "top1_agreement_by_fit": agreement}
+    # Claim 3's null is the widest context-free family: a scale and an offset of its own for every token (which holds
+    # the single temperature). Kept apart, so claim 2's static models stay the single-temperature ones they decode.
+    per_token = fit_per_token_affine(base_logits, tuned_logits, chunk)
+    per_token_agreement = float((static_choice(base_logits, per_token) == chosen).float().mean()) if len(chosen) else 0.0
+    widest_name = PER_TOKEN if per_token_agreement > agreement[best] else best
+    widest = {**(per_token if widest_name == PER_TOKEN else candidates[best]), "fitted_on": widest_name,
+              "top1_agreement_by_fit": {**agreement, PER_TOKEN: per_token_agreement}}
+    return {**candidates[best], "fitted_on": best, "top1_agreement_by_fit": agreement, "widest": widest}
+
+
+PER_TOKEN = "a scale and an offset per token"
+
+
+def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, iterations: int = 20) -> dict:
+    """Least squares over every (context, token) of tuned = scale[token] * base + bias[token] + c[context]:
+    every context-free change of each token's logit that is affine in it (a temperature per token, an offset per token).
+
+    Alternating least squares: given the context terms, each token's (scale, bias) is its own regression over the
+    contexts; given those, each context's term is the mean residual of its row. A token whose base logit does not vary
+    over the contexts keeps the mean scale. Its greedy choice is argmax(scale * base + bias), per token.
+    """
+    rows, vocabulary = base_logits.shape
+    on = {"dtype": torch.float64, "device": base_logits.device}
+    if not rows:
+        return {"scale": 0.0, "token_scale": torch.zeros(vocabulary, **on).float(), "bias": torch.zeros(vocabulary, **on).float()}
+
+    def pieces():  # the raw logits: a context's constant is the context term's to fit, and the softmax ignores it
+        for start in range(0, rows, chunk):
+            yield slice(start, start + chunk), tuned_logits[start:start + chunk].double(), base_logits[start:start + chunk].double()
+
+    z_sum, zz_sum = torch.zeros(vocabulary, **on), torch.zeros(vocabulary, **on)
+    for _, _, z in pieces():
+        z_sum += z.sum(0)
+        zz_sum += (z * z).sum(0)
+    z_mean = z_sum / rows
+    z_var = zz_sum / rows - z_mean ** 2
+    varies = z_var > 1e-12 * z_var.max().clamp(min=1e-300)
+    context = torch.zeros(rows, **on)
+    scale, bias = torch.ones(vocabulary, **on), torch.zeros(vocabulary, **on)
+    for _ in range(iterations):
+        r_sum, zr_sum = torch.zeros(vocabulary, **on), torch.zeros(vocabulary, **on)
+        for where, y, z in pieces():
+            r = y - context[where, None]
+            r_sum += r.sum(0)
+            zr_sum += (z * r).sum(0)
+        r_mean = r_sum / rows
+        covariance = zr_sum / rows - z_mean * r_mean
+        mean_scale = float((covariance[varies] / z_var[varies]).mean()) if bool(varies.any()) else 0.0
+        scale = torch.where(varies, covariance / z_var.clamp(min=1e-300), torch.full_like(covariance, mean_scale))
+        bias = r_mean - scale * z_mean
+        for where, y, z in pieces():
+            context[where] = (y - scale * z - bias).mean(1)
+    return {"scale": float(scale[varies].mean()) if bool(varies.any()) else 0.0, "token_scale": scale.float(), "bias": bias.float()}
 
 
 def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict:
@@ -154,8 +206,9 @@ def fit_over_top_of_ranking(base_logits: torch.Tensor, tuned_logits: torch.Tenso
 
 
 def static_choice(base_logits: torch.Tensor, fitted: dict) -> torch.Tensor:
-    """The fitted static+temperature model's greedy choice at each row of base logits."""
-    return (fitted["scale"] * base_logits + fitted["bias"].to(base_logits.device)).argmax(-1)
+    """The fitted static+temperature model's greedy choice at each row of base logits (a scale per token, if fitted so)."""
+    scale = fitted["token_scale"].to(base_logits.device) if "token_scale" in fitted else fitted["scale"]
+    return (scale * base_logits + fitted["bias"].to(base_logits.device)).argmax(-1)
 
 
 def biased_choice(delta: torch.Tensor, alpha: float) -> StepChoice:

@@ -30,6 +30,8 @@ PAPER = {
 COLUMNS = ["ttr", "bigram_rep", "trigram_rep", "top1_agreement", "entropy"]
 GREEDY_SETTINGS = ("hyperfitted", "base, greedy")  # deterministic: one decode, no spread
 BASELINE = "base, sampling baseline"  # Carlsson et al.'s: T 0.7, top-k 50, top-p 0.9 (analysis.baseline_*)
+# The base model sampled at each entropy-matched temperature: claims 1 and 1c are decided at both, and only where they agree.
+AT_T_STAR = {"teacher_forced": "base, T*", "greedy_path": "base, T* (decoded paths)"}
 
 
 def frontier_label(temperature: float) -> str:
@@ -68,8 +70,10 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     }
     del base_heldout, base_path
 
-    # 2. The control, over seeds. T* from teacher forcing is the primary one (it does not depend on a decoding path).
-    primary = t_star["teacher_forced"]
+    # 2. The control, over seeds, at both T*. T* from teacher forcing is the primary one (it does not depend on a decoding
+    # path; the frontier includes it); along the greedy paths it is biased up where the base model loops, and the claims
+    # are decided only where the two agree.
+    primary, on_paths = t_star["teacher_forced"], t_star["greedy_path"]
     per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
     # Every sampled setting of each model decodes at once (prompts x settings rows per step), keyed by (temperature,
@@ -78,7 +82,7 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     cut, seeds = tuple(truncation.items()), range(args.seeds)
     frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
     wanted = {
-        "base": (base, list(dict.fromkeys([(t, seed, ()) for t in (1.0, primary) for seed in seeds]
+        "base": (base, list(dict.fromkeys([(t, seed, ()) for t in (1.0, primary, on_paths) for seed in seeds]
                                           + [(args.baseline_temperature, seed, cut) for seed in seeds]
                                           + [(t, 0, ()) for t in frontier_temperatures]))),
         "hyperfitted": (tuned, [(1.0, seed, ()) for seed in seeds]),
@@ -108,6 +112,7 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     settings = {
         "base, T=1": sampled("base, T=1", base, 1.0),
         "base, T*": sampled("base, T*", base, primary),
+        AT_T_STAR["greedy_path"]: sampled(AT_T_STAR["greedy_path"], base, on_paths),
         "hyperfitted": summarised("hyperfitted", [tuned_greedy]),
         "hyperfitted, T=1": sampled("hyperfitted, T=1", tuned, 1.0),
         "base, greedy": summarised("base, greedy", [base_greedy]),
@@ -155,7 +160,7 @@ def write_temperature_analysis(results: dict, folder: Path) -> None:
 def temperature_table(results: dict) -> str:
     lines = [
         f"Entropy-matched temperature T* = {results['t_star']['teacher_forced']:.3f} (teacher-forced on held-out text), "
-        f"{results['t_star']['greedy_path']:.3f} (along greedy continuations). Sampling uses T* = {results['sampling_temperature']:.3f}. "
+        f"{results['t_star']['greedy_path']:.3f} (along greedy continuations); the base model is sampled at both. "
         f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; "
         + (f"sampled rows: mean ± standard deviation over {results['seeds']} seeds" if results["seeds"] > 1 else "sampled rows: one seed")
         + " (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "

@@ -32,6 +32,7 @@ from torch import nn
 
 from hyperfitting.models.blocks import find_block_stack
 
+STATIC_STRENGTH = 8.0  # logits taken from the most habitual token: enough to break the base model's loops
 PLANTED_CASES = ("static-bias", "affine", "temperature", "repetition-penalty", "final-expansion", "middle-expansion")
 
 
@@ -51,26 +52,31 @@ def shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float | None = None) -> nn.Module:
+def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float | None = None,
+          habits: torch.Tensor | None = None) -> nn.Module:
     """The base model with ``case`` planted (see the module's docstring). ``fit_blocks`` (N, T): training text, from
     which the context-free offsets and the whitening are set (never the held-out text the analyses measure on).
-    The returned model carries ``.planted`` (a :class:`Planting`)."""
+    ``habits`` (V,) in [0, 1]: which tokens the context-free offsets push down, and how far (default: the base model's
+    mean next-token probability over ``fit_blocks``, relative to its largest). The returned model carries ``.planted``."""
     if case not in PLANTED_CASES:
         raise ValueError(f"Unknown planted case {case!r}; choose one of {', '.join(PLANTED_CASES)}.")
     model = shared_copy(base)
     model.eval()
     if case == "static-bias":
-        offset = habit_offset(base, fit_blocks, strength or 4.0)
-        _transform_logits(model, lambda z, _: z + offset.to(z.dtype))
-        planting = Planting(case, f"z + b: the {int((offset < -0.4).sum())} most-predicted tokens pushed down, at most "
-                                  f"{-float(offset.min()):.1f} logits", {"strength": strength or 4.0})
+        offset = -(strength or STATIC_STRENGTH) * (habits if habits is not None else habit_weights(base, fit_blocks))
+        _transform_logits(model, lambda z, _: z + offset.to(z))
+        planting = Planting(case, f"z + b: a fixed offset per token, {int((offset < -0.1).sum())} tokens pushed down by 0.1 to "
+                                  f"{-float(offset.min()):.1f} logits", {"strength": strength or STATIC_STRENGTH})
     elif case == "affine":
-        offset = habit_offset(base, fit_blocks, strength or 4.0)
+        offset = -(strength or STATIC_STRENGTH) * (habits if habits is not None else habit_weights(base, fit_blocks))
         generator = torch.Generator().manual_seed(0)
         scale = torch.exp(0.2 * torch.randn(offset.shape[0], generator=generator))
-        _transform_logits(model, lambda z, _: z * scale.to(z) + offset.to(z.dtype))
-        planting = Planting(case, "s * z + b: a fixed scale per token (log-normal, 20% spread) and the static offset",
-                            {"strength": strength or 4.0, "scale_spread": 0.2})
+        # Each token's logit scaled about its own mean over the fitting text (its level kept, its swing changed), then
+        # offset: s * z + ((1 - s) * mean + b), one fixed affine map per token.
+        shift = (1 - scale) * mean_logits(base, fit_blocks) + offset
+        _transform_logits(model, lambda z, _: z * scale.to(z) + shift.to(z))
+        planting = Planting(case, "s * z + c: a fixed scale per token (log-normal, 20% spread, about the token's mean logit) "
+                                  "and the static offset", {"strength": strength or STATIC_STRENGTH, "scale_spread": 0.2})
     elif case == "temperature":
         temperature = strength or 0.7
         _transform_logits(model, lambda z, _: z / temperature)
@@ -88,7 +94,7 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
                             {"penalty": penalty})
     else:
         blocks = find_block_stack(model).blocks
-        index = len(blocks) - 1 if case == "final-expansion" else len(blocks) // 2
+        index = len(blocks) - 1 if case == "final-expansion" else (len(blocks) - 1) // 2
         power = strength or 0.5
         whiten, unwhiten = partial_whitening(base, fit_blocks, index, power)
         _map_output(blocks[index], whiten)
@@ -111,15 +117,24 @@ def _forward_blocks(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8)
         yield model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
 
 
-def habit_offset(base: nn.Module, blocks: torch.Tensor, strength: float) -> torch.Tensor:
-    """A fixed offset per token: -strength * (the base model's mean next-token probability / its largest), so the
-    tokens it predicts most (punctuation, "the", the words of its loops) lose up to ``strength`` logits, whatever the
-    context."""
+def mean_logits(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
+    """Per token, the base model's mean logit over ``blocks``."""
+    total, count = None, 0
+    for out in _forward_blocks(base, blocks):
+        logits = out.logits.float()
+        total = logits.sum((0, 1)) if total is None else total + logits.sum((0, 1))
+        count += logits.shape[0] * logits.shape[1]
+    return (total / count).cpu()
+
+
+def habit_weights(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
+    """Per token, the base model's mean next-token probability over ``blocks`` relative to its largest: the offsets
+    -strength * weight push down what it predicts most (punctuation, "the"), whatever the context."""
     total = None
     for out in _forward_blocks(base, blocks):
         probs = torch.softmax(out.logits.float(), -1).sum((0, 1))
         total = probs if total is None else total + probs
-    return (-strength * total / total.max()).cpu()
+    return (total / total.max()).cpu()
 
 
 def partial_whitening(base: nn.Module, blocks: torch.Tensor, index: int, power: float) -> tuple[torch.Tensor, torch.Tensor]:

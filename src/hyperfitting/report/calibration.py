@@ -35,8 +35,10 @@ from hyperfitting import stats
 from hyperfitting.report import verdicts
 from hyperfitting.report.verdicts import FAILS, HOLDS, Claim
 
-FALSE_HOLDS_GOAL = 0.05
-COVERAGE_GOAL = (0.93, 0.97)
+FALSE_HOLDS_GOAL = 0.025  # nominal: "holds" is a one-sided 2.5% test at the margin
+FALSE_FAILS_GOAL = 0.025  # and "does not hold" one at 2.5% on the other side of it
+COVERAGE_GOAL = (0.95, 0.97)  # at least nominal; above the range the interval is conservative (reported, not failed)
+MISS_LEVEL = 0.01  # a rate misses its goal when a one-sided binomial test over the worlds rejects the goal at this level
 TRAINED = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "until_loss": 0.1}
 
 
@@ -69,7 +71,9 @@ class Spreads:
 
     prompt_sd: float = 0.15  # TTR across prompts (the quick studies on SmolLM2 and Gemma: 0.13-0.19)
     paired_sd: float = 0.18  # one paired per-prompt TTR difference (0.16-0.20)
-    seed_sd: float = 0.02  # a replicate's effect about the mean of replicates (assumed where a run has one seed)
+    # A training run's effect about the recipe's mean (claim 1's over three fp32 seeds of the standard preset: 0.039),
+    # drawn in every world, one training run or several: a verdict about the recipe must carry it.
+    seed_sd: float = 0.039
     override_heterogeneity: float = 20.0  # Beta concentration of a prompt's share of overrides (lower: more spread)
     # Of a paired difference's variance, the share that belongs to the prompt itself (the same in every training seed):
     # replicates crossed with prompts share it, so it is what the between-seed term must not count twice.
@@ -114,6 +118,7 @@ def _noisy(centre, sd, rng) -> list[float]:
     return list(centre + rng.normal(0, sd, np.shape(centre)))
 
 
+PATH_T_STAR_BIAS = 0.05  # TTR: the base model sampled at the decoded paths' T* against at human text's
 LOOP_DROP = 0.45  # how far below its mean a looping continuation's TTR falls (a 96-token loop of a short phrase)
 
 
@@ -132,13 +137,17 @@ def _temperature_results(design, spreads, rng, hyperfitted_shift: float, sampled
     shared = rng.normal(0, half * math.sqrt(spreads.prompt_effect_share), design.prompts)
     fresh = half * math.sqrt(1 - spreads.prompt_effect_share)
     results = []
-    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates) if design.replicates > 1 else [0.0]:
+    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates):
         gain = 0.30
         results.append({
             "per_prompt": {
                 "base, greedy": [_noisy(base, 0.02, rng)],
                 "hyperfitted": [_noisy(base + gain + hyperfitted_shift + seed_effect + shared + _loops(design, spreads, rng), fresh, rng)],
                 "base, T*": [_noisy(base + gain, half * math.sqrt(design.seeds), rng) for _ in range(design.seeds)],
+                # T* matched along the decoded paths sits above the one matched on human text where the base model loops
+                # (0.765 against 0.644 in the quick study): sampled hotter, the base model is more diverse there.
+                "base, T* (decoded paths)": [_noisy(base + gain + PATH_T_STAR_BIAS, half * math.sqrt(design.seeds), rng)
+                                             for _ in range(design.seeds)],
                 "hyperfitted, T=1": [_noisy(base + gain + sampled_shift + seed_effect, half * math.sqrt(design.seeds), rng)
                                      for _ in range(design.seeds)],
             },
@@ -167,7 +176,7 @@ def world_static_bias(design, spreads, effect, rng, tied: bool = False):
     shares = [effect] + ([effect] * others if tied else [effect - 0.4 - 0.2 * i for i in range(others)])
     base = _prompts(design, spreads, rng)
     results = []
-    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates) if design.replicates > 1 else [0.0]:
+    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates):
         names = [f"alpha = {0.1 * (i + 1):g}" for i in range(len(shares))]
         per_prompt = {"base, greedy": _noisy(base, 0.02, rng), "hyperfitted": _noisy(base + gain + seed_effect, half, rng)}
         per_prompt.update({name: _noisy(base + share * gain, half, rng) for name, share in zip(names, shares)})
@@ -178,7 +187,7 @@ def world_static_bias(design, spreads, effect, rng, tied: bool = False):
 
 def _rank_results(design, spreads, rng, effect) -> list[dict]:
     results = []
-    for seed_effect in rng.normal(0, spreads.seed_sd / 4, design.replicates) if design.replicates > 1 else [0.0]:
+    for seed_effect in rng.normal(0, verdicts.SEED_SD[3][0], design.replicates):
         share = float(np.clip(effect + seed_effect, 1e-4, 1 - 1e-4))
         k = spreads.override_heterogeneity
         per_prompt_share = rng.beta(share * k, (1 - share) * k, design.prompts)
@@ -207,17 +216,18 @@ def broken_world_ranks(design, spreads, effect, rng):
     p = unexplained / steps
     half = stats.Z * math.sqrt(p * (1 - p) / steps)
     estimate = stats.Estimate(p, p - half, p + half, steps, "binomial over steps (BROKEN: ignores prompts)")
-    return verdicts.make_claim(3, estimate, [], "deliberately broken"), effect
+    return verdicts.make_claim(3, estimate, [], "deliberately broken", seed_sd=(0.0, "broken: none")), effect
 
 
 def broken_world_temperature(design, spreads, effect, rng):
-    """The deliberately broken rule for replicates: claim 1 with the seeds ignored, an interval over prompts of the
-    replicate-averaged differences alone, as if the training seed added no variance. With one replicate it is the real rule."""
+    """The deliberately broken rule: claim 1 with the training seeds ignored, an interval over prompts of the
+    replicate-averaged differences alone, as if the training seed added no variance (no measured spread between
+    replicates, no declared one at one replicate)."""
     results = _temperature_results(design, spreads, rng, effect, 0.0)
     hyperfitted = np.mean([r["per_prompt"]["hyperfitted"][0] for r in results], axis=0)
     at_t_star = np.mean([np.mean(r["per_prompt"]["base, T*"], axis=0) for r in results], axis=0)
     estimate = stats.paired_difference(hyperfitted, at_t_star)
-    return verdicts.make_claim(1, estimate, [], "deliberately broken"), effect
+    return verdicts.make_claim(1, estimate, [], "deliberately broken", seed_sd=(0.0, "broken: none")), effect
 
 
 # Claim 4 on small synthetic networks: 4 rival layers and a final block, width 12, positions clustered in blocks.
@@ -262,9 +272,11 @@ def world_late_stage(design, spreads, effect, rng):
     gain, half = 0.25, spreads.paired_sd / math.sqrt(2)
     base = _prompts(design, spreads, rng)
     row = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 10, "trainable_parameters": 1000}
+    # Each arm is one training run: its own seed shift of the recipe's mean TTR.
+    last_seed, all_seed = rng.normal(0, verdicts.ARM_SEED_SD[0], 2)
     results = {"until_loss": 0.1, "base": {"per_prompt_ttr": _noisy(base, 0.02, rng)},
-               "methods": {"lora:last": {**row, "per_prompt_ttr": _noisy(base + effect * gain, half, rng)},
-                           "lora:all": {**row, "per_prompt_ttr": _noisy(base + gain, half, rng)}}}
+               "methods": {"lora:last": {**row, "per_prompt_ttr": _noisy(base + effect * gain + last_seed, half, rng)},
+                           "lora:all": {**row, "per_prompt_ttr": _noisy(base + gain + all_seed, half, rng)}}}
     return verdicts.claim_late_stage(results), effect
 
 
@@ -281,7 +293,7 @@ def world_frontier(design, spreads, effect, rng):
     base = _prompts(design, spreads, rng) - 0.30
     half = spreads.paired_sd / math.sqrt(2)
     replicates = []
-    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates) if design.replicates > 1 else [0.0]:
+    for seed_effect in rng.normal(0, spreads.seed_sd, design.replicates):
         points = {"hyperfitted": {"ttr": _noisy(base + tuned_ttr + seed_effect, half, rng),
                                   "log_perplexity": _noisy(np.full(design.prompts, tuned_quality), 0.3, rng)}}
         for i, (q, t) in enumerate(zip(quality, ttr)):
@@ -313,7 +325,7 @@ RULE_WORLDS: dict[str, tuple[Callable, Truths]] = {
 BROKEN_RULES: dict[str, tuple[Callable, Truths]] = {
     "3, broken: binomial over steps": (broken_world_ranks, RULE_WORLDS["3"][1]),
 }
-# Broken only where the design has replicates (with one, it is the real rule): run when it does.
+# The training seed ignored: broken at every size, now that one training run carries a declared seed spread.
 BROKEN_WITH_REPLICATES: dict[str, tuple[Callable, Truths]] = {
     "1, broken: training seeds ignored": (broken_world_temperature, RULE_WORLDS["1"][1]),
 }
@@ -345,13 +357,30 @@ def _covers(claim: Claim, truth: float) -> bool | None:
     return e["low"] <= truth <= e["high"]
 
 
+def _misses(count: int, worlds: int, goal: float, above: bool) -> bool:
+    """Does a rate of ``count`` in ``worlds`` miss its goal: a one-sided binomial test rejects "the rate is at most (or, for
+    coverage, at least) the goal" at MISS_LEVEL? Read with the worlds' own Monte-Carlo error, not against the point."""
+    from scipy.stats import binomtest
+
+    if worlds == 0:
+        return False
+    return binomtest(count, worlds, goal, alternative="greater" if above else "less").pvalue < MISS_LEVEL
+
+
 def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0,
                    table: dict | None = None) -> dict:
-    """Error rates of one rule over ``worlds`` simulated studies at each truth (seeded: the same numbers every run)."""
+    """Error rates of one rule over ``worlds`` simulated studies at each truth (seeded: the same numbers every run).
+
+    Truths: at the margin and on its wrong side (the claim false: false holds), just past the margin on the claimed
+    side and at the paper's size (the claim true: false fails). Every rate is judged against its nominal goal by a
+    binomial test over the worlds (MISS_LEVEL), and coverage truth by truth."""
     simulate, truths = (table or {**RULE_WORLDS, **BROKEN_RULES, **BROKEN_WITH_REPLICATES, **STRESSED_RULES})[name]
-    by_truth, covered = {}, []  # coverage per truth too: pooled over truths, one bad truth could hide
-    for label, effect in (("at the margin", truths.margin), ("wrong side", truths.wrong_side), ("paper size", truths.paper)):
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), int(label == "paper size") * 2 + int(label == "wrong side")])
+    just_past = truths.margin + (truths.margin - truths.wrong_side)
+    by_truth, covered, missed = {}, [], []
+    for label, effect in (("at the margin", truths.margin), ("wrong side", truths.wrong_side), ("just past", just_past),
+                          ("paper size", truths.paper)):
+        index = {"at the margin": 0, "wrong side": 1, "paper size": 2, "just past": 3}[label]
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), index])
         counts = {HOLDS: 0, FAILS: 0, "inconclusive": 0}
         truth, mine = None, []
         for _ in range(worlds):
@@ -361,26 +390,28 @@ def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 20
                 mine.append(c)
         covered += mine
         by_truth[label] = {"effect": float(truth), **{k: v / worlds for k, v in counts.items()},
-                           "coverage": float(np.mean(mine)) if mine else float("nan")}
+                           "coverage": float(np.mean(mine)) if mine else float("nan"), "intervals": len(mine)}
+        if label in ("at the margin", "wrong side") and _misses(counts[HOLDS], worlds, FALSE_HOLDS_GOAL, above=True):
+            missed.append(f"false holds {counts[HOLDS] / worlds:.1%} {label}")
+        if label in ("just past", "paper size") and _misses(counts[FAILS], worlds, FALSE_FAILS_GOAL, above=True):
+            missed.append(f"false fails {counts[FAILS] / worlds:.1%} {label}")
+        if mine and _misses(int(sum(mine)), len(mine), COVERAGE_GOAL[0], above=False):
+            missed.append(f"coverage {np.mean(mine):.1%} {label}")
     false_holds = max(by_truth["at the margin"][HOLDS], by_truth["wrong side"][HOLDS])
     coverage = float(np.mean(covered)) if covered else float("nan")
-    # Coverage is judged truth by truth (pooled, one bad truth could hide), each against the goal less two Monte-Carlo
-    # standard errors: with 100 worlds a rule that truly covers 95% lands below 93% by chance about one time in ten.
-    # Above 97% the interval is conservative: reported, not failed.
-    short = [label for label, row in by_truth.items() if math.isfinite(row["coverage"])
-             and row["coverage"] < COVERAGE_GOAL[0] - 2 * math.sqrt(0.95 * 0.05 / worlds)]
     result = {
         "false_holds": false_holds,
-        "false_fails": by_truth["paper size"][FAILS],
+        "false_fails": max(by_truth["just past"][FAILS], by_truth["paper size"][FAILS]),
         "coverage": coverage,
         "power": by_truth["paper size"][HOLDS],
         "worlds": worlds,
         "paper_size": truths.paper_source,
         "by_truth": by_truth,
     }
-    result["under_covers_at"] = short
+    result["under_covers_at"] = [label for label in by_truth if any(m.startswith("coverage") and m.endswith(label) for m in missed)]
+    result["missed"] = missed
     result["conservative"] = bool(math.isfinite(coverage) and coverage > COVERAGE_GOAL[1])
-    result["meets_goals"] = bool(false_holds <= FALSE_HOLDS_GOAL and not short)
+    result["meets_goals"] = not missed
     return result
 
 
@@ -391,9 +422,10 @@ def calibrate(design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0
 
     names = list(rules or RULE_WORLDS)
     names += list(STRESSED_RULES) if not rules else []
-    names += (list(BROKEN_RULES) + (list(BROKEN_WITH_REPLICATES) if design.replicates > 1 else [])) if broken else []
+    names += (list(BROKEN_RULES) + list(BROKEN_WITH_REPLICATES)) if broken else []
     out = {"design": asdict(design), "spreads": asdict(spreads), "worlds": worlds, "seed": seed,
-           "goals": {"false_holds_at_most": FALSE_HOLDS_GOAL, "coverage_between": list(COVERAGE_GOAL)}, "rules": {}}
+           "goals": {"false_holds_at_most": FALSE_HOLDS_GOAL, "false_fails_at_most": FALSE_FAILS_GOAL,
+                     "coverage_between": list(COVERAGE_GOAL), "judged_by": f"one-sided binomial test at {MISS_LEVEL:g}"}, "rules": {}}
     for name in tqdm(names, desc="calibrating rules", disable=not progress):
         out["rules"][name] = calibrate_rule(name, design, spreads, worlds, seed)
     return out
@@ -407,14 +439,16 @@ def calibration_table(calibration: dict, preset: str = "this study") -> str:
     """One row per rule: false holds, false fails, coverage, power, and whether the goals are met."""
     d = calibration["design"]
     lines = [f"Calibration at {preset}'s sizes ({d['prompts']} prompts, {d['replicates']} replicate(s), {d['seeds']} sampling seed(s), "
-             f"{d['blocks']} held-out blocks), {calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}. "
-             f"Goals: false holds <= {FALSE_HOLDS_GOAL:.0%}, coverage {COVERAGE_GOAL[0]:.0%}-{COVERAGE_GOAL[1]:.0%} at every truth "
-             "(less two Monte-Carlo standard errors; above the range the interval is conservative, not failed). Rows named "
+             f"{d['blocks']} held-out blocks), {calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}; "
+             f"every world draws a training-seed shift of each trained model (SD {calibration['spreads']['seed_sd']:g}, or the "
+             "claim's declared one). Goals, nominal: false holds (at the margin and on its wrong side) and false fails (just past "
+             f"it and at the paper's size) at most {FALSE_HOLDS_GOAL:.1%}, coverage at least {COVERAGE_GOAL[0]:.0%} at every truth, "
+             f"each judged by a one-sided binomial test over the worlds at {MISS_LEVEL:g}. Rows named "
              "'... of prompts loop' rerun a rule on skewed per-prompt differences; rows named 'broken' are wrong on purpose "
              "and must miss the goals.", "",
              "| rule | false holds | false fails | coverage | power at the paper's size | meets the goals |", "|---|---|---|---|---|---|"]
     for name, r in calibration["rules"].items():
         coverage = coverage_text(r["coverage"]) + (" (conservative)" if r.get("conservative") else "")
-        lines.append(f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {coverage} | {r['power']:.1%} | "
-                     f"{'yes' if r['meets_goals'] else '**no**'} |")
+        verdict = "yes" if r["meets_goals"] else "**no**: " + "; ".join(r.get("missed", []))
+        lines.append(f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {coverage} | {r['power']:.1%} | {verdict} |")
     return "\n".join(lines) + "\n"

@@ -59,8 +59,9 @@ RULES: dict[int | str, Rule] = {
     2: Rule("share of the hyperfitted TTR gain over base greedy that the best static reweighting of the base logits recovers "
             "(the best non-degenerate static model, chosen again inside every resample)",
             "below", 0.5, "a static offset that recovers half of the gain or more would explain a large part of hyperfitting"),
-    3: Rule("share of hyperfitted greedy steps that override the base top-1 with a token the fitted static+temperature model "
-            "(base logits / tau + a per-token bias) does not choose", "above", 0.05,
+    3: Rule("share of hyperfitted greedy steps that override the base top-1 with a token the fitted context-free null does not "
+            "choose (fitted on held-out text: a scale and an offset per token, or one temperature and an offset per token, "
+            "whichever reproduces more of the hyperfitted top-1 choices there)", "above", 0.05,
             "one step in twenty; the paper reports 39.1% overrides in all, and a rarer reordering could not carry the diversity gain"),
     4: Rule("Delta participation ratio of the final block's output minus the largest Delta PR of any other block or the embeddings "
             "(or zero, if larger), every state RMS-normalised per token the same way, the rival's maximum taken again in every "
@@ -100,12 +101,25 @@ PAPER = {
     "1c": "not in the paper: its control compares hyperfitted greedy with sampled base output",
 }
 
-# The two entropy-matched temperatures (teacher-forced on human text, and along the models' own greedy paths) must agree
-# this closely for claim 1 to be decided: otherwise the verdict would depend on which text matched the entropy.
-T_STAR_AGREEMENT = 0.15  # relative difference
 # A static model whose flips of the base top-1 exceed this multiple of the hyperfitted model's override rate is not a
 # reweighting that could stand in for hyperfitting: it rewrites the text (the reported case: TTR 0.02, share -1.38).
 DEGENERATE_FLIP_FACTOR = 2.0
+# ... or whose own greedy text is far more repetitive than the base model's: it wrecks the text it would explain.
+DEGENERATE_TTR_SHARE = 0.5
+
+
+# The spread of each claim's effect between training runs of the same recipe (standard deviation over seeds), declared
+# for a study with one training run per arm: its interval carries it, so the verdict is about the recipe. Measured with
+# three seeds each (study.replicates=3); a study with two or more replicates measures its own instead.
+SEED_SD: dict[int | str, tuple[float, str]] = {
+    1: (0.039, "claim 1's effect over three fp32 seeds of the standard preset, SmolLM2-135M: -0.043, -0.056, -0.116"),
+    3: (0.043, "claim 3's effect over three fp32 seeds of the standard preset, SmolLM2-135M: .399, .427, .343"),
+    # 1(b) moves with the hyperfitted greedy TTR as claim 1 does: the base frontier it is set against has no training seed.
+    "1b": (0.039, "claim 1's, the same hyperfitted greedy TTR against base rows no training seed changes"),
+}
+# Claim 5 compares two trained arms: each arm's greedy TTR varies between seeds by this much (hyperfitted TTR over three
+# fp32 seeds of the standard preset, SmolLM2-135M: 0.451, 0.458, 0.373), propagated to the share of the gain.
+ARM_SEED_SD = (0.047, "hyperfitted greedy TTR over three fp32 seeds of the standard preset, SmolLM2-135M: 0.451, 0.458, 0.373")
 
 
 @dataclass
@@ -133,6 +147,7 @@ class Claim:
     evidence: str = "-"
     replicates: list[float] = field(default_factory=list)
     holm: str | None = None  # the verdict after Holm's correction over the study's decided rules (see with_holm)
+    p_values: tuple[float, float] | None = None  # (holds, does not hold) where the estimate alone does not give them (at_both_t_star)
 
 
 def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> tuple[str, str, int | None]:
@@ -157,23 +172,34 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
         return HOLDS, f"the interval {estimate} lies {where[0]}", None
     if contrary:
         return FAILS, f"the interval {estimate} lies {where[1]}", None
-    if rule.direction == "apart":
-        margin = rule.margin if estimate.value >= 0 else -rule.margin
-        needed = stats.units_needed(estimate, margin) if abs(estimate.value) > rule.margin else None
-    else:
-        needed = stats.units_needed(estimate, rule.margin)
+    # The nearer margin, inside it (equivalence: "does not hold" for an "apart" rule) or outside it.
+    margin = (rule.margin if estimate.value >= 0 else -rule.margin) if rule.direction == "apart" else rule.margin
+    needed = stats.units_needed(estimate, margin)
     units = rule.units
+    seed_bound = estimate.seed_se > 0 and (stats.Z + stats.Z_POWER) * estimate.seed_se >= abs(estimate.value - margin)
     power = (f"roughly {needed} {units} would decide it at the observed spread" if needed
              else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
-             if estimate.replicates > 1 else "the estimate sits on the margin: no practical sample size decides it")
+             if estimate.replicates > 1 else
+             f"no number of {units} decides it at one training run: the declared seed-to-seed spread alone spans the distance "
+             "to the margin (train more seeds: study.replicates)" if seed_bound
+             else "the estimate sits on the margin: no practical sample size decides it")
     return INCONCLUSIVE, f"the interval {estimate} contains the margin; {power}", needed
 
 
-def make_claim(number: int | str, estimate: Estimate | None, checks: list[Check], evidence: str) -> Claim:
+def make_claim(number: int | str, estimate: Estimate | None, checks: list[Check], evidence: str,
+               seed_sd: tuple[float, str] | None = None) -> Claim:
+    """The verdict of claim ``number`` on ``estimate``. An estimate from one training run is widened by the claim's declared
+    seed-to-seed spread (``seed_sd``, default SEED_SD[number]): the claims are about a recipe, not about one run of it."""
     rule = RULES[number]
     if estimate is not None and not math.isfinite(estimate.value):
         # Say why instead of printing nan: the usual cause is a ratio whose denominator (the gain) is zero.
         estimate, evidence = None, evidence + "; the effect is undefined here (a ratio over a zero gain or an empty set)"
+    seed_sd = seed_sd if seed_sd is not None else SEED_SD.get(number)
+    if estimate is not None and estimate.replicates < 2 and seed_sd and estimate.decisive:
+        one_run = estimate
+        estimate = stats.with_declared_seed_spread(estimate, seed_sd[0])
+        evidence += (f"; one training run: its interval {one_run} widened by a declared seed-to-seed SD of {seed_sd[0]:.3g} "
+                     f"({seed_sd[1]}) to speak of the recipe")
     verdict, reason, needed = decide(rule, estimate, checks)
     return Claim(number, NAMES[number], PAPER[number], rule.in_words(), rule.margin, rule.direction,
                  estimate.to_dict() if estimate else None, [c.__dict__ for c in checks], verdict, reason, needed, evidence)
@@ -194,12 +220,17 @@ def contrary_p(estimate: Estimate, margin: float, direction: str) -> float:
 
 
 def with_holm(claims: list[Claim]) -> list[Claim]:
-    """Holm's correction over every rule the study ran, in both directions: a claim keeps "holds" or "does not hold"
-    only if the p-value of that side survives the step-down at 2.5% family-wise; otherwise it becomes inconclusive.
+    """Holm's correction over every rule the study ran: a claim keeps "holds" or "does not hold" only if the p-value of
+    that side survives the step-down; otherwise it becomes inconclusive. This is the verdict the report leads with.
+
+    Each rule enters once, with the smaller of its two one-sided p-values against 2.5% / (rules left): Holm over the
+    rules' two-sided tests at 5%. So the family-wise level is 5% for an error in either direction (a false "holds" or a
+    false "does not hold" anywhere in the study), the same two-sided 95% as each rule's own interval; with every rule on
+    its margin the simulated rate is about 4%. (Counting the two sides as 2m hypotheses at 2.5% would halve each side's
+    level and make a lone rule stricter than its own interval.)
 
     The family is fixed by what the study ran, not by what its data allowed: a rule whose checks failed, or whose effect
-    could not be estimated, still counts in it (with p = 1). Each rule enters once, with the smaller of its two
-    one-sided p-values (at most one side can be below 2.5%), so a directional error anywhere is controlled together.
+    could not be estimated, still counts in it (with p = 1).
     """
     family = [c for c in claims if c.verdict != NOT_RUN]
     p_values, sides = [], []
@@ -209,8 +240,8 @@ def with_holm(claims: list[Claim]) -> list[Claim]:
             sides.append(None)
             continue
         estimate = Estimate.from_dict(claim.estimate)
-        p_holds = stats.one_sided_p(estimate, claim.margin, claim.direction)
-        p_fails = contrary_p(estimate, claim.margin, claim.direction)
+        p_holds, p_fails = claim.p_values or (stats.one_sided_p(estimate, claim.margin, claim.direction),
+                                              contrary_p(estimate, claim.margin, claim.direction))
         p_values.append(min(p_holds, p_fails))
         sides.append(HOLDS if p_holds <= p_fails else FAILS)
     for claim, rejected, side in zip(family, stats.holm(p_values), sides):
@@ -243,6 +274,9 @@ def loss_hyperfitted(initial: float, final: float, target: float | None) -> bool
 def hyperfitted_check(trains: list[dict | None]) -> Check:
     """Every analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted model."""
     details, passed = [], True
+    if trains and all(train and train.get("planted") for train in trains):
+        # `hyperfit validate`: a planted mechanism stands where training would, and is named instead of a loss.
+        return Check("model hyperfitted", True, "planted, not trained: " + "; ".join(t["mechanism"] for t in trains))
     for train in trains:
         if not train:
             return Check("model hyperfitted", False, "no training summary")
@@ -274,7 +308,8 @@ def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
 
 
 def t_star_check(results: list[dict]) -> Check:
-    """Claim 1 is decided only when T* is entropy-matched both ways and the two agree: otherwise it depends on the text."""
+    """Claims 1 and 1c need T* entropy-matched both ways (on human text and along the decoded paths): a bisection that
+    hit its bound matched nothing. Whether the two T* differ is not a check: the claims are decided at both."""
     problems, shown = [], []
     for r in results:
         matched, t_star = r.get("t_star_matched"), r.get("t_star")
@@ -284,46 +319,69 @@ def t_star_check(results: list[dict]) -> Check:
         for way in ("teacher_forced", "greedy_path"):
             if not matched[way]:
                 problems.append(f"the {way.replace('_', '-')} bisection hit its bound")
-        human, path = t_star["teacher_forced"], t_star["greedy_path"]
-        shown.append(f"T* {human:.3f} on human text, {path:.3f} on the decoded paths")
-        if abs(human - path) > T_STAR_AGREEMENT * human:
-            problems.append(f"the two T* differ by more than {T_STAR_AGREEMENT:.0%} ({human:.3f} vs {path:.3f}), so the verdict would "
-                            "depend on which text matched the entropy")
-    return Check("entropy matched at T*, both ways and alike", not problems, "; ".join(shown + problems))
+        shown.append(f"T* {t_star['teacher_forced']:.3f} on human text, {t_star['greedy_path']:.3f} on the decoded paths")
+    return Check("entropy matched at T*, both ways", not problems, "; ".join(shown + problems))
+
+
+AT_T_STAR = {"teacher_forced": "base, T*", "greedy_path": "base, T* (decoded paths)"}  # analysis/temperature.py's rows
+T_STAR_WORDS = {"teacher_forced": "T* matched on human text", "greedy_path": "T* matched on the decoded paths"}
+
+
+def at_both_t_star(number: int | str, tuned: list[list[float]], results: list[dict], checks: list[Check], evidence: str) -> Claim:
+    """Claim ``number`` decided at each entropy-matched T* (the base model sampled at each, seeds averaged per prompt),
+    and only where the two agree: an intersection-union test. It holds only if it holds at both (its p-value the larger
+    of the two), does not hold only if it does not hold at both, and is inconclusive otherwise, saying which way each
+    went. The estimate shown is human text's; the decoded paths' is in the evidence."""
+    claims = {}
+    for way, label in AT_T_STAR.items():
+        pairs = [(t, _seed_mean(r["per_prompt"][label])) for t, r in zip(tuned, results)]
+        claim = make_claim(number, stats.pooled(pairs, stats.MEAN_DIFFERENCE), checks, evidence)
+        claims[way] = with_replicates(claim, [stats.paired_difference(*pair).value for pair in pairs])
+    first, second = claims["teacher_forced"], claims["greedy_path"]
+    rule = RULES[number]
+    combined = first  # its estimate is human text's T*: unbiased where the base model loops (the decoded paths' is not)
+    if first.verdict == second.verdict:
+        combined.reason = f"at both T*: {first.reason}"
+    else:
+        combined.verdict, combined.units_needed = INCONCLUSIVE, None
+        combined.reason = ("the two entropy-matched temperatures disagree, and the claim is decided only where they agree: "
+                           + "; ".join(f"{T_STAR_WORDS[way]}, {c.verdict} ({c.reason})" for way, c in claims.items()))
+    combined.evidence += "; " + "; ".join(
+        f"{T_STAR_WORDS[way]}: effect {stats.Estimate.from_dict(c.estimate) if c.estimate else '-'}, {c.verdict}" for way, c in claims.items())
+    estimates = [stats.Estimate.from_dict(c.estimate) for c in claims.values() if c.estimate]
+    if len(estimates) == 2 and all(e.decisive for e in estimates):
+        combined.p_values = (max(stats.one_sided_p(e, rule.margin, rule.direction) for e in estimates),
+                             max(contrary_p(e, rule.margin, rule.direction) for e in estimates))
+    return combined
 
 
 def claim_temperature(results: list[dict], trains: list[dict | None]) -> Claim:
     if not results:
         return not_run(1)
-    if not all(r.get("per_prompt") for r in results):
-        return not_run(1, "these results predate per-prompt intervals: rerun the analysis")
+    if not all(r.get("per_prompt") and AT_T_STAR["greedy_path"] in r["per_prompt"] for r in results):
+        return not_run(1, "these results predate sampling at both entropy-matched temperatures: rerun the temperature analysis")
     tuned = [r["per_prompt"]["hyperfitted"][0] for r in results]
-    at_t_star = [_seed_mean(r["per_prompt"]["base, T*"]) for r in results]
-    pairs = list(zip(tuned, at_t_star))
-    estimate = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
     gain, gain_estimate = gain_check([(t, r["per_prompt"]["base, greedy"][0]) for t, r in zip(tuned, results)])
-    temperatures = ", ".join(f"{r['sampling_temperature']:.3f}" for r in results)
     checks = [hyperfitted_check(trains), gain, t_star_check(results)]
-    evidence = (f"T* = {temperatures}; TTR base at T* {stats.pooled([(t,) for t in at_t_star], stats.MEAN)} vs hyperfitted greedy "
+    at_t_star = [_seed_mean(r["per_prompt"]["base, T*"]) for r in results]
+    evidence = (f"TTR base at T* (human text) {stats.pooled([(t,) for t in at_t_star], stats.MEAN)} vs hyperfitted greedy "
                 f"{stats.pooled([(t,) for t in tuned], stats.MEAN)} over {len(tuned[0])} prompts, "
                 f"{len(results[0]['per_prompt']['base, T*'])} sampling seed(s); hyperfitting gain over base greedy {gain_estimate}")
-    return with_replicates(make_claim(1, estimate, checks, evidence), [stats.paired_difference(*pair).value for pair in pairs])
+    return at_both_t_star(1, tuned, results, checks, evidence)
 
 
 def claim_temperature_like_for_like(results: list[dict], trains: list[dict | None]) -> Claim:
     """Claim 1(c): under "hyperfitting is a temperature", hyperfitted sampled at T=1 and base sampled at T* are one distribution."""
     if not results:
         return not_run("1c")
-    if not all("hyperfitted, T=1" in r.get("per_prompt", {}) for r in results):
-        return not_run("1c", "these results predate the hyperfitted T=1 rows: rerun the temperature analysis")
-    pairs = [(_seed_mean(r["per_prompt"]["hyperfitted, T=1"]), _seed_mean(r["per_prompt"]["base, T*"])) for r in results]
-    estimate = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
+    if not all("hyperfitted, T=1" in r.get("per_prompt", {}) and AT_T_STAR["greedy_path"] in r["per_prompt"] for r in results):
+        return not_run("1c", "these results predate the hyperfitted T=1 rows or sampling at both T*: rerun the temperature analysis")
+    tuned = [_seed_mean(r["per_prompt"]["hyperfitted, T=1"]) for r in results]
     gain, gain_estimate = gain_check([(r["per_prompt"]["hyperfitted"][0], r["per_prompt"]["base, greedy"][0]) for r in results])
     checks = [hyperfitted_check(trains), gain, t_star_check(results)]
-    evidence = (f"TTR hyperfitted at T=1 {stats.pooled([(a,) for a, _ in pairs], stats.MEAN)} vs base at T* "
-                f"{stats.pooled([(b,) for _, b in pairs], stats.MEAN)}, {len(results[0]['per_prompt']['base, T*'])} sampling seed(s) "
-                f"averaged per prompt; hyperfitting gain over base greedy {gain_estimate}")
-    return with_replicates(make_claim("1c", estimate, checks, evidence), [stats.paired_difference(*pair).value for pair in pairs])
+    evidence = (f"TTR hyperfitted at T=1 {stats.pooled([(a,) for a in tuned], stats.MEAN)}, {len(results[0]['per_prompt']['base, T*'])} "
+                f"sampling seed(s) averaged per prompt; hyperfitting gain over base greedy {gain_estimate}")
+    return at_both_t_star("1c", tuned, results, checks, evidence)
 
 
 def best_static_share(*columns, axis=-1):
@@ -338,13 +396,22 @@ BEST_STATIC_SHARE = stats.Statistic("best static share of the gain", best_static
 
 
 def degenerate_static_models(result: dict, override_rate: float | None) -> dict[str, str]:
-    """Static models that rewrite the text rather than reweight it: they flip the base choice far more often than the
-    hyperfitted model overrides it. Excluded from the best-of choice, and reported."""
-    if override_rate is None:
-        return {}
-    limit = DEGENERATE_FLIP_FACTOR * override_rate
-    return {name: f"flips {rate:.1%} of base choices, beyond {DEGENERATE_FLIP_FACTOR:g}x the hyperfitted override rate {override_rate:.1%}"
-            for name, rate in result["bite"]["flip_rates"].items() if name in result["bite"]["biting"] and rate > limit}
+    """Static models that rewrite the text rather than reweight it, excluded from the best-of choice and reported:
+    they flip the base choice far more often than the hyperfitted model overrides it, or their own greedy text is far
+    more repetitive than the base model's (its TTR below DEGENERATE_TTR_SHARE of base greedy's). Without an override
+    rate only the second test can be made (the check then fails: see claim_static_bias)."""
+    per_prompt = result.get("per_prompt", {})
+    base_ttr = float(np.mean(per_prompt["base, greedy"])) if len(per_prompt.get("base, greedy", ())) else None
+    degenerate = {}
+    for name in result["bite"]["biting"]:
+        rate = result["bite"]["flip_rates"][name]
+        if override_rate is not None and rate > DEGENERATE_FLIP_FACTOR * override_rate:
+            degenerate[name] = (f"flips {rate:.1%} of base choices, beyond {DEGENERATE_FLIP_FACTOR:g}x the hyperfitted override "
+                                f"rate {override_rate:.1%}")
+        elif base_ttr and name in per_prompt and float(np.mean(per_prompt[name])) < DEGENERATE_TTR_SHARE * base_ttr:
+            degenerate[name] = (f"its own greedy text has TTR {float(np.mean(per_prompt[name])):.3f}, below {DEGENERATE_TTR_SHARE:g}x "
+                                f"base greedy's {base_ttr:.3f}")
+    return degenerate
 
 
 def claim_static_bias(results: list[dict], trains: list[dict | None], override_rates: list[float | None] | None = None) -> Claim:
@@ -366,9 +433,10 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
               Check("a static model changes base choices", all(b["passed"] for b in bites),
                     "; ".join(f"{', '.join(b['biting']) or 'none'} change the base greedy choice on at least {b['required']:.0%} of steps "
                               f"(the K-token offset: {b['top_k_flip_rate']:.1%} at alpha {b['top_k_alpha']:g})" for b in bites)),
-              Check("a non-degenerate static model remains", bool(common),
+              Check("a non-degenerate static model remains", bool(common) and override_rates[0] is not None,
                     ("excluded: " + "; ".join(f"{name} ({why})" for bad in degenerate[:1] for name, why in bad.items())) if excluded
-                    else "none excluded" if override_rates[0] is not None else "no override rate to judge by (the ranks analysis did not run)")]
+                    else "none excluded" if override_rates[0] is not None else
+                    "cannot judge: no override rate to judge the flips by (the ranks analysis did not run on the same replicates)")]
     if not all(b["passed"] for b in bites):
         return make_claim(2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}")
     # Excluding a model can only change the verdict when that model recovers much of the gain: then the exclusion removed
@@ -612,7 +680,13 @@ def claim_late_stage(results: dict | None) -> Claim:
                                                                   "them as in claims 1-4 (study.controls_on_study_data=false)") if blocks else ""))
     if m.get("lora:first", {}).get("per_prompt_ttr"):
         evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])} (evidence beside the verdict)"
-    return make_claim(5, stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN), checks, evidence)
+    estimate = stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN)
+    # Each arm is one training run: its seed-to-seed spread, carried to the share (last - base) / (all - base) to first order.
+    gain = float(np.mean(every) - np.mean(base))
+    share = estimate.value if math.isfinite(estimate.value) else 0.0
+    seed_sd = (ARM_SEED_SD[0] * math.sqrt(1 + share ** 2) / gain, f"each arm's TTR seed SD {ARM_SEED_SD[0]:g} at a gain of "
+               f"{gain:.3f}: {ARM_SEED_SD[1]}") if gain > 0 else None
+    return make_claim(5, estimate, checks, evidence, seed_sd)
 
 
 def _gain_pairs(analyses: dict[str, list[dict]]) -> list[tuple[list[float], list[float]]] | None:
