@@ -142,3 +142,13 @@ def corpus(tmp_path):
     return folder
 
 
+
+
+@pytest.fixture()
+def no_seed_term(monkeypatch):
+    """A rule's own logic (its checks, Holm, its statistic) tested apart from the declared seed-to-seed spread that widens
+    every one-run interval (report/verdicts.py: SEED_SD); the spread itself has tests of its own."""
+    from hyperfitting.report import verdicts
+
+    monkeypatch.setattr(verdicts, "SEED_SD", {})
+    monkeypatch.setattr(verdicts, "ARM_SEED_SD", (0.0, "off in this test"))

@@ -93,11 +93,13 @@ def test_ratio_of_sums_resamples_prompts_whole():
 
 
 def temperature_results(tuned, at_t_star, base_greedy):
-    return {"per_prompt": {"hyperfitted": [tuned], "base, T*": [at_t_star, at_t_star], "base, greedy": [base_greedy]},
+    return {"per_prompt": {"hyperfitted": [tuned], "base, T*": [at_t_star, at_t_star], "base, greedy": [base_greedy],
+                           "base, T* (decoded paths)": [at_t_star, at_t_star]},
             "sampling_temperature": 0.6, "t_star": {"teacher_forced": 0.6, "greedy_path": 0.62},
             "t_star_matched": {"teacher_forced": True, "greedy_path": True}}
 
 
+@pytest.mark.usefixtures("no_seed_term")
 def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
     base = prompts(0.30, 0.1, 48, 8)
     sampled = shifted(base, 0.1, 81)
@@ -197,6 +199,7 @@ def test_flip_rate_sees_an_offset_that_only_pushes_tokens_down():
     assert flip_rate(base, up, 0.5) > 0.5
 
 
+@pytest.mark.usefixtures("no_seed_term")
 def test_claim_5_controls_that_never_hyperfitted_decide_nothing():
     last, every, base = prompts(0.45, 0.1, 32, 10), prompts(0.30, 0.1, 32, 11), prompts(0.15, 0.02, 32, 12)
 
@@ -267,6 +270,7 @@ def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
     assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(0.075)  # order of the points does not matter
 
 
+@pytest.mark.usefixtures("no_seed_term")
 @pytest.mark.parametrize("tuned, expected", [((0.70, 2.0), HOLDS), ((0.45, 2.0), FAILS), ((0.47, 2.0), None)])
 def test_claim_1b_above_on_or_near_the_frontier(tuned, expected):
     from hyperfitting.report.verdicts import claim_frontier
@@ -289,6 +293,7 @@ def test_claim_1b_outside_the_frontier_or_without_a_judge_decides_nothing():
     assert untrained.verdict == INCONCLUSIVE and "model hyperfitted" in untrained.reason
 
 
+@pytest.mark.usefixtures("no_seed_term")
 def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_decide():
     from hyperfitting.report.verdicts import claim_frontier
 
