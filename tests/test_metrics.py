@@ -81,3 +81,12 @@ def test_every_metric_declares_a_direction_and_computes():
     assert values["mean_top1_prob"] == pytest.approx(0.75)
     assert values["ttr"] == pytest.approx((3 / 4 + 1) / 2)
     assert all(not math.isnan(v) for k, v in values.items())
+
+
+def test_ttr_over_the_last_tokens_reads_only_their_tail():
+    from hyperfitting.metrics.diversity import ttr_last
+
+    # 200 distinct tokens, then a 96-token loop of two: the whole is diverse, its last 96 tokens are not.
+    sequence = list(range(200)) + [1, 2] * 48
+    assert ttr_last([sequence], 96) == 2 / 96
+    assert ttr_last([[5, 6, 5]], 96) == 2 / 3  # shorter than 96: the whole continuation

@@ -3,6 +3,8 @@
 Definitions (each pinned by a hand-computed test):
 
 - ``ttr``: distinct tokens / tokens, per continuation, averaged over continuations.
+- ``ttr_last``: ``ttr`` over the last n tokens of each continuation (Carlsson et al.'s repository measures the
+  last 96 tokens of continuations generated to 256; on shorter continuations it is ``ttr``).
 - ``word_ttr``: the same over lower-cased words.
 - ``distinct_n``: distinct n-grams / n-grams, pooled over all continuations (Li et al., 2016).
 - ``seq_rep_n``: 1 - distinct n-grams / n-grams, per continuation, averaged (Welleck et al., 2020).
@@ -33,6 +35,11 @@ def _mean(values: list[float]) -> float:
 def ttr(sequences: Sequence[Tokens]) -> float:
     """Type-token ratio: distinct tokens over tokens, per sequence, averaged over sequences."""
     return _mean([len(set(s)) / len(s) for s in sequences if len(s)])
+
+
+def ttr_last(sequences: Sequence[Tokens], n: int) -> float:
+    """Type-token ratio of the last ``n`` tokens of each sequence, averaged over sequences."""
+    return ttr([list(s)[-n:] for s in sequences])
 
 
 _WORD = re.compile(r"\w+(?:'\w+)?")

@@ -41,6 +41,8 @@ def register(metric: Metric) -> None:
 
 
 register(Metric("ttr", True, "type-token ratio of generated tokens, per continuation", lambda s: div.ttr(s.token_ids)))
+register(Metric("ttr_last_96", True, "type-token ratio of the last 96 generated tokens (the papers' repository), per continuation",
+                lambda s: div.ttr_last(s.token_ids, 96)))
 register(Metric("word_ttr", True, "type-token ratio of lower-cased words, per continuation", lambda s: div.word_ttr(s.texts)))
 for _n in (1, 2, 3, 4):
     register(Metric(f"distinct_{_n}", True, f"distinct {_n}-grams / {_n}-grams, pooled", lambda s, n=_n: div.distinct_n(s.token_ids, n)))

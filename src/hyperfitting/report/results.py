@@ -31,9 +31,10 @@ def _effect(claim: dict) -> str:
 
 
 def claims_table(claims: list[dict]) -> list[str]:
-    lines = ["| claim | effect [95% interval] | verdict (after Holm) | uncorrected | why |", "|---|---|---|---|---|"]
+    lines = ["| claim | effect [95% interval] | verdict (after Holm) | uncorrected | the paper | why |", "|---|---|---|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c['number']}. {c['name']} | {_effect(c)} | **{c.get('holm') or c['verdict']}** | {c['verdict']} | {c['reason']} |")
+        lines.append(f"| {c['number']}. {c['name']} | {_effect(c)} | **{c.get('holm') or c['verdict']}** | {c['verdict']} | "
+                     f"{c.get('paper', '-')} | {c['reason']} |")
     return lines
 
 
