@@ -162,3 +162,13 @@ def test_claim_3s_null_spans_a_scale_and_offset_per_token():
     overrides = reordered.argmax(-1) != base.argmax(-1)
     explained = (static_choice(base, fitted) == reordered.argmax(-1)) & overrides
     assert overrides.float().mean() > 0.1 and float(explained.sum() / overrides.sum()) < 0.2
+
+
+def test_loop_habits_count_repeats_in_the_base_models_own_greedy_text(base):
+    from hyperfitting.models.planted import loop_habits
+
+    habits = loop_habits(base, blocks(4, 24), 8, 16)
+    assert habits.shape == (TINY_VOCAB,) and float(habits.max()) == 1.0 and float(habits.min()) == 0.0
+    planted = plant(base, "static-bias", blocks(), habits=habits)
+    offset = logits(planted, blocks(1))[0, 0] - logits(base, blocks(1))[0, 0]
+    assert torch.allclose(offset, -16.0 * habits, atol=1e-4)  # pushed down in proportion to the repeats

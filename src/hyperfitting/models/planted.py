@@ -57,7 +57,8 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
     """The base model with ``case`` planted (see the module's docstring). ``fit_blocks`` (N, T): training text, from
     which the context-free offsets and the whitening are set (never the held-out text the analyses measure on).
     ``habits`` (V,) in [0, 1]: which tokens the context-free offsets push down, and how far (default: the base model's
-    mean next-token probability over ``fit_blocks``, relative to its largest). The returned model carries ``.planted``."""
+    mean next-token probability over ``fit_blocks``, relative to its largest; `hyperfit validate` passes
+    :func:`loop_habits`). The returned model carries ``.planted``."""
     if case not in PLANTED_CASES:
         raise ValueError(f"Unknown planted case {case!r}; choose one of {', '.join(PLANTED_CASES)}.")
     model = shared_copy(base)
@@ -125,6 +126,21 @@ def mean_logits(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
         total = logits.sum((0, 1)) if total is None else total + logits.sum((0, 1))
         count += logits.shape[0] * logits.shape[1]
     return (total / count).cpu()
+
+
+@torch.no_grad()
+def loop_habits(base: nn.Module, blocks: torch.Tensor, opening: int, new_tokens: int) -> torch.Tensor:
+    """Per token, how often the base model's greedy continuations of the blocks' openings (their first ``opening``
+    tokens: training text, never the held-out prompts) repeat it, relative to the most repeated: the static offsets
+    push down what its loops are made of, so greedy text becomes more diverse without any dependence on context."""
+    device = next(base.parameters()).device
+    openings = blocks[:, :opening].to(device)
+    out = base.generate(input_ids=openings, attention_mask=torch.ones_like(openings), max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)[:, opening:].cpu()
+    counts = torch.zeros(base.get_output_embeddings().weight.shape[0])
+    for row in out:
+        counts += (torch.bincount(row, minlength=len(counts)) - 1).clamp(min=0).float()  # occurrences after the first
+    return counts / counts.max().clamp(min=1)
 
 
 def habit_weights(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ from hyperfitting.pipeline.analyses import AnalysisContext
 from hyperfitting.pipeline.graph import StageGraph, StageSpec, _analysis_values, data_spec, model_files
 from hyperfitting.pipeline.stages import data_stage
 from hyperfitting.registry import get_analysis
-from hyperfitting.report.verdicts import FAILS, HOLDS, INCONCLUSIVE, NAMES, all_claims
+from hyperfitting.report.validation import validation_markdown
+from hyperfitting.report.verdicts import FAILS, HOLDS, NAMES, all_claims
 from hyperfitting.rundir import read_json, write_json, write_text
 
 # case -> (the analyses it needs, {claim: (forbidden verdicts, why)}): only what the mechanism settles by construction.
@@ -62,7 +63,7 @@ def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> Stag
     specs = [data_spec(config)]
     for case in cases:
         analyses = TRUTHS[case][0]
-        files = model_files(config.model.name) + (Path(planted.__file__), Path(__file__)) + tuple(
+        files = model_files(config.model.name) + (Path(planted.__file__),) + tuple(
             path for name in analyses for path in get_analysis(name).source_files())
         specs.append(StageSpec(f"validate-{case}", f"the planted {case}: {', '.join(analyses)}", config, sections=("model", "generate"),
                                parents=("data",), files=files, values={**_analysis_values(config), "case": case}, kind="validate"))
@@ -72,7 +73,8 @@ def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> Stag
 def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = None) -> dict:
     """Every planted case through the real analyses and verdicts; writes validation.json, validation.md and .html."""
     from hyperfitting.models.loading import load_model
-    from hyperfitting.models.planted import plant
+    from hyperfitting.analysis.common import analysis_tokens
+    from hyperfitting.models.planted import loop_habits, plant
 
     cases = cases or list(TRUTHS)
     unknown = [c for c in cases if c not in TRUTHS]
@@ -92,7 +94,7 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
         def work(folder: Path, case=case, analyses=analyses) -> dict:
             nonlocal habits
             if case in ("static-bias", "affine") and habits is None:
-                habits = loop_habits(base, tokenizer, fit_blocks, config)
+                habits = loop_habits(base, fit_blocks, config.data.prompt_tokens, analysis_tokens(config))
             planted = plant(base, case, fit_blocks, habits=habits if case in ("static-bias", "affine") else None)
             # control=True: the rank analysis compares with its null and leaves out the rank transplant (not a verdict)
             context = AnalysisContext(config, data, models=(base, planted, tokenizer), control=True)
@@ -106,7 +108,11 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
 
         results = graph.run(f"validate-{case}", work, load=lambda folder: read_json(folder / "results.json"))
         rows.extend(judge_case(case, results, truths))
-    summary = {"cases": cases, "rows": rows, "contradictions": sum(not r["agrees"] for r in rows),
+    from hyperfitting.pipeline.stages import environment_record
+
+    seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in cases}
+    summary = {"environment": environment_record(), "seconds": seconds, "cases": cases, "rows": rows,
+               "contradictions": sum(not r["agrees"] for r in rows),
                "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows), "config": config.run_dir,
                "prompts": sum(len(v) for v in data.prompts.values())}
     write_json(run_dir / "validation.json", summary)
@@ -116,22 +122,6 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
 
     write_text(run_dir / "validation.html", render_html(text, run_dir, []))
     return summary
-
-
-def loop_habits(base, tokenizer, blocks, config: RunConfig):
-    """Per token, how often the base model's greedy continuations of training-text openings repeat it (relative to the
-    most repeated): the context-free offsets push down the tokens its loops are made of, so that greedy text becomes
-    more diverse without any dependence on context (the held-out prompts are never looked at)."""
-    import torch
-
-    from hyperfitting.analysis.common import decode
-
-    openings = [block[:config.data.prompt_tokens].tolist() for block in blocks]
-    counts = torch.zeros(base.get_output_embeddings().weight.shape[0])
-    for continuation in decode(base, tokenizer, openings, config, desc="base greedy on training openings"):
-        ids = torch.tensor(continuation.token_ids, dtype=torch.long)
-        counts += (torch.bincount(ids, minlength=len(counts)) - 1).clamp(min=0).float()  # repeats: occurrences after the first
-    return counts / counts.max().clamp(min=1)
 
 
 def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
@@ -157,28 +147,6 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
                      "reason": "", "forbidden": ["further than 2% from the planted temperature"], "truth": f"planted T = {planted_t:g}",
                      "agrees": all(close.values())})
     return rows
-
-
-def validation_markdown(summary: dict) -> str:
-    lines = ["# Planted truths through the real pipeline", "",
-             f"Every case is the base model with one mechanism known by construction, analysed and judged by the study's own "
-             f"code ({summary['prompts']} prompts). A verdict its truth forbids is a failure of the rules. "
-             f"{summary['contradictions']} contradiction(s); {summary['decided']} of {len(summary['rows'])} checks decided "
-             f"(holds or does not hold), the rest inconclusive.", "",
-             "| case | claim | verdict (after Holm) | effect [95% interval] | forbidden | agrees | why |", "|---|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        estimate = r["estimate"]
-        effect = f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]" if estimate else "-"
-        verdict = r["verdict"] + (f" ({r['holm']})" if r["holm"] and r["holm"] != r["verdict"] else "")
-        lines.append(f"| {r['case']} | {r['claim']} | {verdict} | {effect} | {' / '.join(r['forbidden'])} | "
-                     f"{'yes' if r['agrees'] else '**NO**'} | {r['truth']} |")
-    lines += ["", "## The planted mechanisms", ""]
-    for case in summary["cases"]:
-        mechanism = next(r["mechanism"] for r in summary["rows"] if r["case"] == case)
-        lines.append(f"- **{case}**: {mechanism}")
-    lines += ["", "## Why each inconclusive verdict is inconclusive", ""]
-    lines += [f"- {r['case']}, claim {r['claim']}: {r['reason']}" for r in summary["rows"] if r["verdict"] == INCONCLUSIVE]
-    return "\n".join(lines) + "\n"
 
 
 def validation_config(config: RunConfig) -> RunConfig:

@@ -88,13 +88,22 @@ def run_section(run_dir: Path) -> list[str]:
     return lines
 
 
+def validation_section(run_dir: Path) -> list[str]:
+    """A `hyperfit validate` folder: the verdicts on planted truths, as its own validation.md gives them."""
+    from hyperfitting.report.validation import validation_markdown
+
+    summary = read_json(run_dir / "validation.json")
+    return validation_markdown(summary, f"## Planted truths: `{run_dir.name}`").splitlines() + [""]
+
+
 def results_document(run_dirs: list[Path], command: str) -> str:
-    missing = [str(d) for d in run_dirs if not (Path(d) / "metrics.json").exists()]
+    missing = [str(d) for d in run_dirs if not (Path(d) / "metrics.json").exists() and not (Path(d) / "validation.json").exists()]
     if missing:
-        raise FileNotFoundError(f"no metrics.json in {', '.join(missing)}: finish the study first (hyperfit study CONFIG --resume)")
+        raise FileNotFoundError(f"no metrics.json or validation.json in {', '.join(missing)}: finish the study first "
+                                "(hyperfit study CONFIG --resume, or hyperfit validate CONFIG --resume)")
     lines = ["# Results", "",
              f"Written by `{command}` from the run folders below; each section names the command, date and commit that produced "
              "it. Regenerate it rather than editing it: a number here that no run folder backs is stale.", ""]
     for run_dir in run_dirs:
-        lines += run_section(Path(run_dir))
+        lines += validation_section(Path(run_dir)) if (Path(run_dir) / "validation.json").exists() else run_section(Path(run_dir))
     return "\n".join(lines).rstrip() + "\n"
