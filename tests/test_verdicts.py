@@ -303,3 +303,12 @@ def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_dec
                      "log_perplexity": values["log_perplexity"]} if label == "hyperfitted" else values for label, values in few.items()}
     claim = claim_frontier(noisy, [TRAINED])
     assert claim.verdict == INCONCLUSIVE and "would decide it" in claim.reason and claim.units_needed > 6, claim.reason
+
+
+def test_claim_2_a_static_model_that_reproduces_the_hyperfitted_text_exactly_does_not_hold():
+    # The planted static offset: the fitted static model is the planted one, its text the "hyperfitted" text, its share
+    # exactly 1 on every resample. No spread is then certainty, not a missing interval.
+    base = prompts(0.30, 0.1, 48, 9)
+    tuned = shifted(base, 0.3, 91)
+    claim = claim_static_bias([static_results(list(tuned), 0.3, base, tuned)], [TRAINED], [0.4])
+    assert claim.verdict == FAILS and claim.estimate["value"] == 1.0 and "reproduces the hyperfitted TTR" in claim.estimate["method"]

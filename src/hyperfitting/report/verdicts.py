@@ -457,6 +457,13 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
         common = [name for name in results[0]["bite"]["biting"] if all(name in r["bite"]["biting"] for r in results)]
     groups = [tuple(r["per_prompt"][name] for name in common) + (r["per_prompt"]["base, greedy"], r["per_prompt"]["hyperfitted"]) for r in results]
     estimate = stats.pooled(groups, BEST_STATIC_SHARE)
+    # A static model whose greedy text has the hyperfitted model's TTR on every prompt of every replicate recovers the whole
+    # gain on every resample: a share of exactly 1 with no spread is then a certainty, not a missing interval.
+    exact = [name for name in common if all(np.array_equal(np.asarray(r["per_prompt"][name], float), np.asarray(r["per_prompt"]["hyperfitted"], float))
+                                            for r in results)]
+    if exact and not estimate.decisive and estimate.units >= 3 and gain.passed:
+        estimate = stats.Estimate(1.0, 1.0, 1.0, estimate.units, f"{exact[0]} reproduces the hyperfitted TTR on every prompt",
+                                  estimate.replicates, True)
     first = results[0]["per_prompt"]
     shares = {name: stats.pooled([(first[name], first["base, greedy"], first["hyperfitted"], first["base, greedy"])], stats.SHARE_OF_GAIN).value
               for name in common}
@@ -476,7 +483,7 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
         level = 1 - (1 - stats.CONFIDENCE) / len(common)
         singles = {name: stats.pooled([tuple(r["per_prompt"][k] for k in (name, "base, greedy", "hyperfitted", "base, greedy")) for r in results],
                                       stats.SHARE_OF_GAIN, level) for name in common}
-        if not any(e.decisive and e.low > RULES[2].margin for e in singles.values()):
+        if not exact and not any(e.decisive and e.low > RULES[2].margin for e in singles.values()):
             claim.verdict = INCONCLUSIVE
             claim.reason = (f"the best-of-{len(common)} interval {estimate} lies above the margin, but no single static model's "
                             f"{level:.1%} interval does (the maximum of several is biased upwards)")
