@@ -172,3 +172,18 @@ def test_loop_habits_count_repeats_in_the_base_models_own_greedy_text(base):
     planted = plant(base, "static-bias", blocks(), habits=habits)
     offset = logits(planted, blocks(1))[0, 0] - logits(base, blocks(1))[0, 0]
     assert torch.allclose(offset, -16.0 * habits, atol=1e-4)  # pushed down in proportion to the repeats
+
+
+def test_the_per_token_null_is_exact_where_contexts_share_a_large_constant():
+    """The review's case: a large per-context constant shared by both models (as logits have) stalled the alternating fit
+    (scale error 1.37, top-1 agreement 0.17 after 20 rounds). The exact solve recovers every scale."""
+    from hyperfitting.analysis.static_bias import fit_per_token_affine, static_choice
+
+    g = torch.Generator().manual_seed(0)
+    shift = torch.randn(200, 1, generator=g, dtype=torch.float64) * 10
+    base = shift + torch.randn(200, 500, generator=g, dtype=torch.float64) * 2
+    scale = torch.exp(0.2 * torch.randn(500, generator=g, dtype=torch.float64))
+    tuned = scale * base + torch.randn(500, generator=g, dtype=torch.float64) - 3 * shift
+    fitted = fit_per_token_affine(base.float(), tuned.float())
+    assert float((fitted["token_scale"].double() - scale).abs().max()) < 1e-3
+    assert bool((static_choice(base.float(), fitted) == tuned.argmax(-1)).all())

@@ -378,7 +378,10 @@ def test_compare_runs_has_a_column_per_claim(tmp_path):
 QUICK = Design(prompts=16, replicates=1, seeds=1, steps=96, blocks=16, positions_per_block=64, static_models=2, frontier_points=4)
 
 
-@pytest.mark.parametrize("rule", [r for r in RULE_WORLDS if r != "4"])
+# The rules with a declared seed spread (1, 1b, 3, 5); 2 and 1c have none measured yet and sit at or below the goals
+# at one training run (the report then says so and, where the calibration flags them, decides nothing); 4's worlds
+# have no seed term yet.
+@pytest.mark.parametrize("rule", ["1", "1b", "3", "5"])
 def test_every_rule_keeps_its_false_holds_and_coverage_at_the_quick_size(rule):
     # Every world draws a training-seed shift, one run or several: the real rules, with their declared seed spreads,
     # must meet the nominal goals (false holds and fails at most 2.5%, coverage at least 95%, by a binomial test).
@@ -386,6 +389,14 @@ def test_every_rule_keeps_its_false_holds_and_coverage_at_the_quick_size(rule):
     assert result["meets_goals"], result
     assert result["false_holds"] <= 0.025 + 0.03 and result["false_fails"] <= 0.025 + 0.03, result
     assert result["coverage"] >= 0.91, result
+
+
+def test_claim_1c_without_a_measured_seed_spread_decides_nothing_at_one_training_run():
+    # 1c (hyperfitted sampled at T=1 against base at T*) has no declared seed SD yet: in worlds where each training run
+    # shifts the hyperfitted model, its one-run interval under-covers the recipe, so the calibration flags it (and the
+    # report makes its verdict inconclusive).
+    result = calibrate_rule("1c", QUICK, Spreads(), worlds=100, seed=1)
+    assert not result["meets_goals"] and any(m.startswith("coverage") for m in result["missed"]), result
 
 
 def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(monkeypatch):

@@ -249,12 +249,14 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float], confide
     return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs))
 
 
-def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int = 1, confidence: float = CONFIDENCE) -> Estimate:
+def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int = 1, confidence: float = CONFIDENCE,
+                              df: float = math.inf) -> Estimate:
     """Widen an interval over units by a *declared* between-seed standard deviation: the spread of this effect between
     training runs of the same recipe, measured in another study, for a study with too few replicates to measure it.
 
     The variance seed_sd^2 / R is added to each side's squared standard error, as :func:`between_replicates` adds a
-    measured one, but as a known value (no degrees of freedom of its own: the units' df carry over by Satterthwaite).
+    measured one, with ``df`` degrees of freedom of its own (a standard deviation of three seeds has 2: it is itself
+    uncertain, and the quantile says so by Satterthwaite's approximation).
     """
     if seed_sd <= 0 or not within.decisive:
         return within
@@ -265,10 +267,10 @@ def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int 
     for half in (within.value - within.low, within.high - within.value):
         se_units = half / q_units
         total = se_units ** 2 + between
-        df = total ** 2 / (se_units ** 4 / df_units) if se_units > 0 else math.inf
-        ends.append(t_quantile(df, confidence) * math.sqrt(total) if math.isfinite(df) else Z * math.sqrt(total))
-        dfs.append(df)
-    method = f"{within.method} + declared seed SD {seed_sd:.3g}"
+        df_total = total ** 2 / (se_units ** 4 / df_units + (between ** 2 / df if math.isfinite(df) else 0.0))
+        ends.append(t_quantile(df_total, confidence) * math.sqrt(total))
+        dfs.append(df_total)
+    method = f"{within.method} + declared seed SD {seed_sd:.3g}" + (f" ({df:g} df)" if math.isfinite(df) else "")
     return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, within.replicates, True,
                     min(dfs), math.sqrt(between))
 

@@ -101,46 +101,47 @@ def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor
 PER_TOKEN = "a scale and an offset per token"
 
 
-def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, iterations: int = 20) -> dict:
+def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 4096) -> dict:
     """Least squares over every (context, token) of tuned = scale[token] * base + bias[token] + c[context]:
-    every context-free change of each token's logit that is affine in it (a temperature per token, an offset per token).
+    every context-free change of each token's logit that is affine in it (a temperature per token, an offset per token),
+    on the raw logits (a context's constant is the context term's, and the softmax ignores it).
 
-    Alternating least squares: given the context terms, each token's (scale, bias) is its own regression over the
-    contexts; given those, each context's term is the mean residual of its row. A token whose base logit does not vary
-    over the contexts keeps the mean scale. Its greedy choice is argmax(scale * base + bias), per token.
+    Solved exactly, not by alternating updates (which crawl where the contexts' constants are large and shared by the
+    two models, as logits' are): with H_v the projection onto (1, base[:, v]) over the contexts, the context terms solve
+    [sum_v (I - H_v)] c = sum_v (I - H_v) tuned[:, v], a contexts x contexts system; each token's (scale, bias) is then
+    its own regression. A token whose base logit does not vary over the contexts keeps the mean scale. Its greedy choice
+    is argmax(scale * base + bias), per token.
     """
     rows, vocabulary = base_logits.shape
     on = {"dtype": torch.float64, "device": base_logits.device}
-    if not rows:
+    if rows < 3:
         return {"scale": 0.0, "token_scale": torch.zeros(vocabulary, **on).float(), "bias": torch.zeros(vocabulary, **on).float()}
-
-    def pieces():  # the raw logits: a context's constant is the context term's to fit, and the softmax ignores it
-        for start in range(0, rows, chunk):
-            yield slice(start, start + chunk), tuned_logits[start:start + chunk].double(), base_logits[start:start + chunk].double()
-
-    z_sum, zz_sum = torch.zeros(vocabulary, **on), torch.zeros(vocabulary, **on)
-    for _, _, z in pieces():
-        z_sum += z.sum(0)
-        zz_sum += (z * z).sum(0)
-    z_mean = z_sum / rows
-    z_var = zz_sum / rows - z_mean ** 2
-    varies = z_var > 1e-12 * z_var.max().clamp(min=1e-300)
-    context = torch.zeros(rows, **on)
-    scale, bias = torch.ones(vocabulary, **on), torch.zeros(vocabulary, **on)
-    for _ in range(iterations):
-        r_sum, zr_sum = torch.zeros(vocabulary, **on), torch.zeros(vocabulary, **on)
-        for where, y, z in pieces():
-            r = y - context[where, None]
-            r_sum += r.sum(0)
-            zr_sum += (z * r).sum(0)
-        r_mean = r_sum / rows
-        covariance = zr_sum / rows - z_mean * r_mean
-        mean_scale = float((covariance[varies] / z_var[varies]).mean()) if bool(varies.any()) else 0.0
-        scale = torch.where(varies, covariance / z_var.clamp(min=1e-300), torch.full_like(covariance, mean_scale))
-        bias = r_mean - scale * z_mean
-        for where, y, z in pieces():
-            context[where] = (y - scale * z - bias).mean(1)
-    return {"scale": float(scale[varies].mean()) if bool(varies.any()) else 0.0, "token_scale": scale.float(), "bias": bias.float()}
+    columns = [slice(start, min(start + chunk, vocabulary)) for start in range(0, vocabulary, chunk)]
+    system, rhs = vocabulary * torch.eye(rows, **on) - vocabulary / rows, torch.zeros(rows, **on)
+    weights = torch.zeros(vocabulary, **on)
+    for where in columns:
+        z, y = base_logits[:, where].double(), tuned_logits[:, where].double()
+        z, y = z - z.mean(0), y - y.mean(0)
+        square = (z * z).sum(0)
+        varies = square > 1e-12 * square.max().clamp(min=1e-300)
+        w = torch.where(varies, 1 / square.clamp(min=1e-300), torch.zeros_like(square))
+        weights[where] = w
+        system -= (z * w) @ z.T
+        rhs += (y - z * ((z * y).sum(0) * w)).sum(1)
+    context = torch.linalg.lstsq(system, rhs[:, None]).solution[:, 0]  # singular along the constant: the minimum-norm one
+    context -= context.mean()
+    scale, bias = torch.empty(vocabulary, **on), torch.empty(vocabulary, **on)
+    for where in columns:
+        z, r = base_logits[:, where].double(), tuned_logits[:, where].double() - context[:, None]
+        z_mean, r_mean = z.mean(0), r.mean(0)
+        scale[where] = ((z - z_mean) * (r - r_mean)).sum(0) * weights[where]
+        bias[where] = r_mean
+    varies = weights > 0
+    mean_scale = float(scale[varies].mean()) if bool(varies.any()) else 0.0
+    scale = torch.where(varies, scale, torch.full_like(scale, mean_scale))
+    for where in columns:
+        bias[where] -= scale[where] * base_logits[:, where].double().mean(0)
+    return {"scale": mean_scale, "token_scale": scale.float(), "bias": bias.float()}
 
 
 def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256) -> dict:

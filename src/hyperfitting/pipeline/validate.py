@@ -24,7 +24,7 @@ from hyperfitting.pipeline.graph import StageGraph, StageSpec, _analysis_values,
 from hyperfitting.pipeline.stages import data_stage
 from hyperfitting.registry import get_analysis
 from hyperfitting.report.validation import validation_markdown
-from hyperfitting.report.verdicts import FAILS, HOLDS, NAMES, all_claims
+from hyperfitting.report.verdicts import DECLARED_SEED_SPREAD, FAILS, HOLDS, NAMES, all_claims
 from hyperfitting.rundir import read_json, write_json, write_text
 
 # case -> (the analyses it needs, {claim: (forbidden verdicts, why)}): only what the mechanism settles by construction.
@@ -113,7 +113,8 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
     seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in cases}
     summary = {"environment": environment_record(), "seconds": seconds, "cases": cases, "rows": rows,
                "contradictions": sum(not r["agrees"] for r in rows),
-               "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows), "config": config.run_dir,
+               "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows), "untested": sum(not r["tested"] for r in rows),
+               "config": config.run_dir,
                "prompts": sum(len(v) for v in data.prompts.values())}
     write_json(run_dir / "validation.json", summary)
     text = validation_markdown(summary)
@@ -129,14 +130,21 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
     planting = results["planting"]
     trains = [{"planted": planting["case"], "mechanism": planting["mechanism"]}]
     analyses = {name: [r] for name, r in results["analyses"].items()}
-    claims = {str(c.number): c for c in all_claims(analyses, None, trains)}
+    # A planted model was made, not trained: no training seed's spread belongs in its intervals.
+    token = DECLARED_SEED_SPREAD.set(False)
+    try:
+        claims = {str(c.number): c for c in all_claims(analyses, None, trains)}
+    finally:
+        DECLARED_SEED_SPREAD.reset(token)
     rows = []
     for number, (forbidden, why) in truths.items():
         claim = claims[str(number)]
         agrees = claim.verdict not in forbidden and claim.holm not in forbidden
+        # A verdict a manipulation check kept from deciding did not test the rule: the table says so.
+        tested = not any(not k["passed"] for k in claim.checks) and claim.verdict != "not run"
         rows.append({"case": case, "mechanism": planting["mechanism"], "claim": number, "name": NAMES[number],
                      "verdict": claim.verdict, "holm": claim.holm, "estimate": claim.estimate, "reason": claim.reason,
-                     "forbidden": list(forbidden), "truth": why, "agrees": agrees})
+                     "forbidden": list(forbidden), "truth": why, "agrees": agrees, "tested": tested})
     temperature = results["analyses"].get("temperature")
     if case == "temperature" and temperature:
         planted_t = planting["parameters"]["temperature"]
@@ -145,7 +153,7 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
         rows.append({"case": case, "mechanism": planting["mechanism"], "claim": "T*", "name": "the entropy-matched T* recovers the planted temperature",
                      "verdict": ", ".join(f"{way.replace('_', '-')} {t:.3f}" for way, t in found.items()), "holm": None, "estimate": None,
                      "reason": "", "forbidden": ["further than 2% from the planted temperature"], "truth": f"planted T = {planted_t:g}",
-                     "agrees": all(close.values())})
+                     "agrees": all(close.values()), "tested": True})
     return rows
 
 

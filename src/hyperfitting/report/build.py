@@ -20,7 +20,7 @@ from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, re
 from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.generation import generation_table
-from hyperfitting.report.verdicts import INCONCLUSIVE, NOT_RUN, all_claims
+from hyperfitting.report.verdicts import INCONCLUSIVE, NOT_RUN, all_claims, with_holm
 from hyperfitting.rundir import read_json, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
@@ -132,8 +132,11 @@ def with_calibration(claims: list, calibration: dict) -> list:
             claim.reason = (f"this rule misses its goals at this study's sizes ({'; '.join(row.get('missed', []))} in "
                             f"{row['worlds']} simulated studies), so it decides nothing here; it would have said {claim.verdict}: "
                             + claim.reason)
-            claim.verdict = claim.holm = INCONCLUSIVE
-    return claims
+            claim.verdict = INCONCLUSIVE
+            claim.p_values = (1.0, 1.0)  # a miscalibrated p-value must not let Holm's step-down move on
+    for claim in claims:  # Holm again, the demoted rules in the family at p = 1
+        claim.holm = None
+    return with_holm(claims)
 
 
 def calibration_section(calibration: dict, claims: list) -> list[str]:
@@ -315,8 +318,8 @@ def build_report(run_dir: Path) -> dict:
     # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
     full_analyses = {name: [r] for name in per_replicate if (r := run.analysis(name, suffix=FULL).results)}
     full_frontier = frontier.get(analysis_stage_name("temperature", FULL))
-    full_claims = ([c for c in all_claims(full_analyses, None, [study["full_finetune"]], [full_frontier] if full_frontier else None)
-                    if c.number != 5]
+    full_claims = (with_calibration([c for c in all_claims(full_analyses, None, [study["full_finetune"]], [full_frontier] if full_frontier else None)
+                                     if c.number != 5], calibration)
                    if study.get("full_finetune") else [])
     if full_claims:
         full = study["full_finetune"]

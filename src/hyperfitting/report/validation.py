@@ -14,14 +14,17 @@ def validation_markdown(summary: dict, heading: str = "# Planted truths through 
              f"Every case is the base model with one mechanism known by construction, analysed and judged by the study's own "
              f"code ({summary['prompts']} prompts). A verdict its truth forbids is a failure of the rules. "
              f"{summary['contradictions']} contradiction(s); {summary['decided']} of {len(summary['rows'])} checks decided "
-             f"(holds or does not hold), the rest inconclusive.", "",
-             "| case | claim | verdict (after Holm) | effect [95% interval] | forbidden | agrees | why |", "|---|---|---|---|---|---|---|"]
+             f"(holds or does not hold), the rest inconclusive; {summary.get('untested', 0)} untested: a manipulation check "
+             "(most often: the plant did not raise greedy TTR on these prompts) kept the rule from deciding, so that row "
+             "says nothing about the rule. Planted models have no training seed: no declared seed spread is added.", "",
+             "| case | claim | verdict (after Holm) | effect [95% interval] | forbidden | agrees | tested | why |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         estimate = r["estimate"]
         effect = f"{estimate['value']:+.3f} [{estimate['low']:+.3f}, {estimate['high']:+.3f}]" if estimate else "-"
         verdict = r["verdict"] + (f" ({r['holm']})" if r["holm"] and r["holm"] != r["verdict"] else "")
         lines.append(f"| {r['case']} | {r['claim']} | {verdict} | {effect} | {' / '.join(r['forbidden'])} | "
-                     f"{'yes' if r['agrees'] else '**NO**'} | {r['truth']} |")
+                     f"{'yes' if r['agrees'] else '**NO**'} | {'yes' if r.get('tested', True) else 'no'} | {r['truth']} |")
     lines += ["", "## The planted mechanisms", ""]
     for case in summary["cases"]:
         mechanism = next(r["mechanism"] for r in summary["rows"] if r["case"] == case)
