@@ -58,12 +58,14 @@ TRUTHS: dict[str, tuple[tuple[str, ...], dict]] = {
 def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> StageGraph:
     """The data stage, then one stage per planted case (its analyses' results), each fingerprinted by the analysis
     settings, the model and the source of the planted mechanisms and of the analyses it runs."""
+    import hyperfitting.analysis as analysis_code
     import hyperfitting.models.planted as planted
 
     specs = [data_spec(config)]
     for case in cases:
         analyses = TRUTHS[case][0]
-        files = model_files(config.model.name) + (Path(planted.__file__),) + tuple(
+        # The code that makes the plant and measures it: a change to either reruns the case.
+        files = model_files(config.model.name) + (Path(planted.__file__), Path(analysis_code.__file__).parent) + tuple(
             path for name in analyses for path in get_analysis(name).source_files())
         specs.append(StageSpec(f"validate-{case}", f"the planted {case}: {', '.join(analyses)}", config, sections=("model", "generate"),
                                parents=("data",), files=files, values={**_analysis_values(config), "case": case}, kind="validate"))
