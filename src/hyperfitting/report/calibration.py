@@ -1,16 +1,21 @@
 """How often is each verdict wrong? Every rule, run on simulated studies whose truth is known.
 
-For each rule we build worlds at three truths: the effect exactly at the margin (the claim is
-false, just), on the wrong side of it (false), and at the paper's size (true). Each world is a
-constructed set of results with this study's sizes (prompts, replicates, sampling seeds, steps,
-held-out blocks, static models, frontier points) and spreads (the run's own where it has them,
-the quick studies' measured spreads otherwise), passed through the real claim function: the same estimator, interval
-and decision a study uses. Over many worlds we count
+For each rule we build worlds at four truths: the effect exactly at the margin and on the wrong side of it (the
+claim false), just past the margin on the claimed side and at the paper's size (the claim true). Each world is a
+constructed set of results with this study's sizes (prompts, replicates, sampling seeds, steps, held-out blocks,
+static models, frontier points) and spreads (the run's own where it has them, the quick studies' measured spreads
+otherwise), with a training-seed shift of every trained model drawn in every world (one training run or several),
+passed through the real claim function: the same estimator, interval and decision a study uses. Over many worlds
+we count
 
-- ``false_holds``: P(holds | claim false), the larger of the two false truths (goal: <= 5%);
-- ``false_fails``: P(does not hold | claim true), at the paper's size;
-- ``coverage``: how often the 95% interval contains the true effect (goal: 93-97%);
+- ``false_holds``: P(holds | claim false), the larger of the two false truths (goal: at most 2.5%);
+- ``false_fails``: P(does not hold | claim true), the larger of just past the margin and the paper's size (at most 2.5%);
+- ``coverage``: how often the 95% interval contains the true effect (goal: at least 95% at every truth);
 - ``power``: P(holds | the paper's effect size).
+
+Each goal is judged by a one-sided binomial test over the worlds (MISS_LEVEL): a rule misses a goal when the worlds
+show it does, not when a point estimate strays by chance. A rule that misses at a study's sizes decides nothing in
+that study (report/build.py: with_calibration).
 
 A calibration that could not fail would be no check, so ``BROKEN_RULES`` holds a deliberately
 wrong estimator (claim 3 with a binomial interval over steps, ignoring that steps are nested in
