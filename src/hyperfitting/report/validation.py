@@ -25,10 +25,11 @@ def validation_markdown(summary: dict, heading: str = "# Planted truths through 
         verdict = r["verdict"] + (f" ({r['holm']})" if r["holm"] and r["holm"] != r["verdict"] else "")
         lines.append(f"| {r['case']} | {r['claim']} | {verdict} | {effect} | {' / '.join(r['forbidden'])} | "
                      f"{'yes' if r['agrees'] else '**NO**'} | {'yes' if r.get('tested', True) else 'no'} | {r['truth']} |")
-    lines += ["", "## The planted mechanisms", ""]
+    sub = "#" * (len(heading) - len(heading.lstrip("#")) + 1)  # one level below the heading, alone or inside RESULTS.md
+    lines += ["", f"{sub} The planted mechanisms", ""]
     for case in summary["cases"]:
         mechanism = next(r["mechanism"] for r in summary["rows"] if r["case"] == case)
         lines.append(f"- **{case}**: {mechanism}")
-    lines += ["", "## Why each inconclusive verdict is inconclusive", ""]
+    lines += ["", f"{sub} Why each inconclusive verdict is inconclusive", ""]
     lines += [f"- {r['case']}, claim {r['claim']}: {r['reason']}" for r in summary["rows"] if r["verdict"] == INCONCLUSIVE]
     return "\n".join(lines) + "\n"
