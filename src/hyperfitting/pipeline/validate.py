@@ -74,9 +74,11 @@ def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> Stag
 
 def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = None) -> dict:
     """Every planted case through the real analyses and verdicts; writes validation.json, validation.md and .html."""
-    from hyperfitting.models.loading import load_model
     from hyperfitting.analysis.common import analysis_tokens
+    from hyperfitting.models.loading import load_model
     from hyperfitting.models.planted import loop_habits, plant
+    from hyperfitting.pipeline.stages import environment_record
+    from hyperfitting.report.build import render_html
 
     cases = cases or list(TRUTHS)
     unknown = [c for c in cases if c not in TRUTHS]
@@ -110,8 +112,6 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
 
         results = graph.run(f"validate-{case}", work, load=lambda folder: read_json(folder / "results.json"))
         rows.extend(judge_case(case, results, truths))
-    from hyperfitting.pipeline.stages import environment_record
-
     seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in cases}
     summary = {"environment": environment_record(), "seconds": seconds, "cases": cases, "rows": rows,
                "contradictions": sum(not r["agrees"] for r in rows),
@@ -121,8 +121,6 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
     write_json(run_dir / "validation.json", summary)
     text = validation_markdown(summary)
     write_text(run_dir / "validation.md", text)
-    from hyperfitting.report.build import render_html
-
     write_text(run_dir / "validation.html", render_html(text, run_dir, []))
     return summary
 
