@@ -160,7 +160,7 @@ def partial_whitening(base: nn.Module, blocks: torch.Tensor, index: int, power: 
     states = []
     block = find_block_stack(base).blocks[index]
     handle = block.register_forward_hook(lambda module, args, output: states.append(
-        (output[0] if isinstance(output, tuple) else output).detach().float().reshape(-1, (output[0] if isinstance(output, tuple) else output).shape[-1])))
+        _hidden(output).detach().float().flatten(0, -2)))
     try:
         for _ in _forward_blocks(base, blocks):
             pass
