@@ -147,10 +147,11 @@ def corpus(tmp_path):
 
 
 @pytest.fixture()
-def no_seed_term(monkeypatch):
+def no_seed_term():
     """A rule's own logic (its checks, Holm, its statistic) tested apart from the declared seed-to-seed spread that widens
-    every one-run interval (report/verdicts.py: SEED_SD); the spread itself has tests of its own."""
-    from hyperfitting.report import verdicts
+    every one-run interval (claims/core.py: make_claim); the spread itself has tests of its own."""
+    from hyperfitting.claims.core import DECLARED_SEED_SPREAD
 
-    monkeypatch.setattr(verdicts, "SEED_SD", {})
-    monkeypatch.setattr(verdicts, "ARM_SEED_SD", (0.0, "off in this test"))
+    token = DECLARED_SEED_SPREAD.set(False)
+    yield
+    DECLARED_SEED_SPREAD.reset(token)

@@ -110,6 +110,39 @@ def test_golden_tolerances_follow_the_computation():
     assert golden_tolerance("golden.claims.1b[2]") == FROM_LOGITS and golden_tolerance("golden.data_fingerprint") == 0.0
 
 
+def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, copy):
+    """A new claim is one registration: a toy claim over the ranks analysis's steps appears in the report, metrics.json,
+    the calibration (its own simulator run at the study's sizes) and `hyperfit compare`, with nothing else edited."""
+    import shutil
+
+    from hyperfitting import stats
+    from hyperfitting.claims import ClaimSpec, Rule, Truths, make_claim, register_claim, unregister_claim
+    from hyperfitting.report import build
+
+    def toy(values):
+        return make_claim("toy", stats.mean(values), [], f"mean of {len(values)} values")
+
+    def world(design, spreads, effect, rng):
+        return toy(rng.normal(effect, 1.0, design.prompts)), effect
+
+    shutil.copytree(run_dir, copy)
+    register_claim(ClaimSpec("toy", "A toy claim", "not in any paper", Rule("mean steps per prompt", "above", 1.0, "one step"),
+                             lambda evidence: toy(evidence.results("ranks")[0]["per_prompt"]["steps"]), world,
+                             Truths(1.0, 0.0, 3.0, "assumed")))
+    monkeypatch.setattr(build, "CALIBRATION_WORLDS", 5)  # the toy's rows, not the built-in rules' rates, are the point here
+    try:
+        code, _, err = run_cli(monkeypatch, capsys, "report", str(copy))
+        assert code == 0, err
+        code, out, err = run_cli(monkeypatch, capsys, "compare", str(copy))
+    finally:
+        unregister_claim("toy")
+    assert code == 0 and "claim toy" in out.splitlines()[0]
+    claims = {str(c["number"]): c for c in json.loads((copy / "metrics.json").read_text())["claims"]}
+    assert claims["toy"]["name"] == "A toy claim" and claims["toy"]["holm"] and claims["toy"]["estimate"]["units"] == 3
+    assert "toy" in json.loads((copy / "calibration.json").read_text())["rules"]
+    assert "A toy claim" in (copy / "report.md").read_text()
+
+
 @pytest.mark.e2e
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
@@ -232,6 +265,7 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     code, out, err = run_cli(monkeypatch, capsys, "compare", str(run_dir), str(run_dir))
     assert code == 0 and out.count(f"| {run_dir} |") == 2  # one row per run, then each run's decoding-methods table
     assert out.count(f"{run_dir}: decoding methods on") == 2
+    check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, tmp_path / "with-a-toy-claim")
 
     # RESULTS.md is written from run folders: the command, date and commit of each, its tables, nothing typed by hand.
     results = tmp_path / "RESULTS.md"

@@ -12,13 +12,15 @@ from hyperfitting import stats
 from hyperfitting.analysis.teacher_forcing import step_summary
 from hyperfitting.analysis.ranks import copied_steps, null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_over_vocabulary, fit_static_temperature, static_choice
+from hyperfitting.claims import FAILS, HOLDS, INCONCLUSIVE, Check, decide, get_claim, make_claim, with_holm
+from hyperfitting.claims.frontier import frontier_gap
+from hyperfitting.claims.late_stage import claim_late_stage
+from hyperfitting.claims.ranks import claim_ranks
+from hyperfitting.claims.static_bias import claim_static_bias
+from hyperfitting.claims.temperature import claim_temperature, claim_temperature_like_for_like
 from hyperfitting.report.calibration import (
-    BROKEN_RULES, BROKEN_WITH_REPLICATES, LOOPING_PROMPTS, RULE_WORLDS, STRESSED_RULES, Design, Spreads, calibrate, calibrate_rule,
-    calibration_table,
-)
-from hyperfitting.report.verdicts import (
-    Check, FAILS, HOLDS, INCONCLUSIVE, RULES, claim_geometry, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature,
-    claim_temperature_like_for_like, decide, frontier_gap, with_holm, make_claim,
+    BROKEN_RULES, BROKEN_WITH_REPLICATES, LOOPING_PROMPTS, STRESSED_RULES, Design, Spreads, calibrate, calibrate_rule, calibration_table,
+    rule_worlds,
 )
 
 TRAINED = {"initial_train_loss": 4.0, "final_train_loss": 0.06, "until_loss": 0.1}
@@ -57,18 +59,18 @@ def test_three_seeds_that_disagree_give_about_a_t_interval_over_seeds():
     pooled = stats.pooled(replicates, stats.MEAN_DIFFERENCE)
     # The review's t interval over the three seeds is [+0.026, +0.174]; a percentile over 3 seeds cannot reach beyond them.
     assert pooled.low == pytest.approx(0.026, abs=0.004) and pooled.high == pytest.approx(0.174, abs=0.004)
-    assert decide(RULES[1], pooled)[0] == INCONCLUSIVE
+    assert decide(get_claim(1).rule, pooled)[0] == INCONCLUSIVE
     # The opposite case: seeds that agree, on a large effect, still hold.
     agree = [(base + 0.30 + normal(0, 0.01, 300, 9 + i), base) for i in range(3)]
-    assert decide(RULES[1], stats.pooled(agree, stats.MEAN_DIFFERENCE))[0] == HOLDS
+    assert decide(get_claim(1).rule, stats.pooled(agree, stats.MEAN_DIFFERENCE))[0] == HOLDS
 
 
 def test_pooling_geometry_replicates_keeps_each_replicates_block_noise():
     estimates = [stats.Estimate(v, v - 15, v + 15, 16, "jackknife") for v in (9.0, 9.2, 9.4)]
     pooled = stats.mean_of_estimates(estimates)
-    assert pooled.low < 0 < pooled.high and decide(RULES[4], pooled)[0] == INCONCLUSIVE
+    assert pooled.low < 0 < pooled.high and decide(get_claim(4).rule, pooled)[0] == INCONCLUSIVE
     narrow = [stats.Estimate(v, v - 1, v + 1, 16, "jackknife") for v in (9.0, 9.2, 9.4)]
-    assert decide(RULES[4], stats.mean_of_estimates(narrow))[0] == HOLDS
+    assert decide(get_claim(4).rule, stats.mean_of_estimates(narrow))[0] == HOLDS
 
 
 # ------------------------------------------------------------------------------ 2. zero-width intervals
@@ -76,21 +78,21 @@ def test_pooling_geometry_replicates_keeps_each_replicates_block_noise():
 
 def test_a_single_prompt_or_no_spread_never_decides():
     single = stats.paired_difference([0.9], [0.3])
-    assert not single.decisive and decide(RULES[1], single)[0] == INCONCLUSIVE
+    assert not single.decisive and decide(get_claim(1).rule, single)[0] == INCONCLUSIVE
     no_spread = stats.paired_difference([0.9] * 8, [0.3] * 8)
-    assert not no_spread.decisive and decide(RULES[1], no_spread)[0] == INCONCLUSIVE
+    assert not no_spread.decisive and decide(get_claim(1).rule, no_spread)[0] == INCONCLUSIVE
     two_blocks = stats.jackknife_over_clusters(np.array([0, 0, 1, 1]), lambda rows: 5.0)
-    assert decide(RULES[4], two_blocks)[0] == INCONCLUSIVE
+    assert decide(get_claim(4).rule, two_blocks)[0] == INCONCLUSIVE
     # Opposite: the same large gap with spread on 8 prompts decides.
     spread = stats.paired_difference(0.9 + normal(0, 0.02, 8, 4), [0.3] * 8)
-    assert decide(RULES[1], spread)[0] == HOLDS
+    assert decide(get_claim(1).rule, spread)[0] == HOLDS
 
 
 def test_a_constant_difference_computed_in_floats_never_decides():
     # x + 0.3 - x is not exactly 0.3 in floats: a spread of ~1e-17 is rounding, not evidence.
     x = normal(0.35, 0.09, 16, 30)
     rounded = stats.paired_difference(x + 0.3, x)
-    assert not rounded.decisive and decide(RULES[1], rounded)[0] == INCONCLUSIVE
+    assert not rounded.decisive and decide(get_claim(1).rule, rounded)[0] == INCONCLUSIVE
     loo = stats.jackknife_interval(5.0, 5.0 + np.array([1e-15, -1e-15, 0.0, 2e-15]))
     assert not loo.decisive
     assert stats.paired_difference(x + 0.3 + normal(0, 1e-4, 16, 31), x).decisive  # a small real spread still counts
@@ -160,7 +162,7 @@ def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
 
 
 def test_claim_4_with_equal_rivals_is_not_biased_against_the_final_layer():
-    from hyperfitting.report.calibration import world_geometry
+    from hyperfitting.claims.geometry import world_geometry
 
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(9)
     leads = [world_geometry(design, Spreads(), 3.0, rng)[0].verdict for _ in range(15)]
@@ -402,10 +404,12 @@ def test_claim_1c_without_a_measured_seed_spread_decides_nothing_at_one_training
 def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(monkeypatch):
     # Claim 1 at one training run without its declared seed spread covers the recipe's effect too rarely: the calibration
     # says so, and the report then makes its verdict inconclusive (report/build.py: with_calibration).
-    from hyperfitting.report import verdicts
+    from dataclasses import replace
+
+    from hyperfitting.claims import core
     from hyperfitting.report.build import with_calibration
 
-    monkeypatch.setattr(verdicts, "SEED_SD", {})
+    monkeypatch.setitem(core._CLAIMS, "1", replace(get_claim(1), seed_sd=None))
     result = calibrate_rule("1", QUICK, Spreads(seed_sd=0.08), worlds=100, seed=1)
     assert not result["meets_goals"] and any(m.startswith("coverage") for m in result["missed"]), result
     base = normal(0.3, 0.1, 48, 24)
@@ -415,11 +419,20 @@ def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(mon
     assert claim.verdict == claim.holm == INCONCLUSIVE and "misses its goals" in claim.reason and "would have said holds" in claim.reason
 
 
-def test_claim_4_calibration_is_measured_and_its_shortfall_reported():
-    result = calibrate_rule("4", Design(blocks=16, positions_per_block=32), Spreads(), worlds=40, seed=1)
-    assert result["false_holds"] <= 0.05 and result["power"] >= 0.9
-    assert 0.8 <= result["coverage"] <= 1.0  # measured 90.5% at 200 worlds: below the goal, and the report says so
-    assert result["meets_goals"] == (not result["missed"])
+def test_claim_4_covers_at_the_models_depth_and_says_when_one_run_cannot_speak_for_the_recipe(monkeypatch):
+    from hyperfitting.claims import geometry
+
+    # 30 rival layers, as SmolLM2-135M has: the smallest of the differences to each rival, its interval's lower end the
+    # smallest of theirs and its upper end at Bonferroni's level, covers where a jackknife of the maximum did not (77%).
+    monkeypatch.setattr(geometry, "SEED_FLATNESS_SD", 0.0)
+    one_run = calibrate_rule("4", Design(blocks=16, positions_per_block=32, rivals=30), Spreads(), worlds=40, seed=1)
+    assert one_run["meets_goals"] and one_run["coverage"] >= 0.93 and one_run["power"] >= 0.5, one_run  # 65% at 32 positions a block
+    # Each training run's final block lands elsewhere; claim 4 has no measured seed spread to carry, so at one run its
+    # interval speaks of that run and under-covers the recipe: the calibration says so and the report decides nothing.
+    monkeypatch.setattr(geometry, "SEED_FLATNESS_SD", 0.2)
+    recipe = calibrate_rule("4", Design(blocks=16, positions_per_block=32, rivals=30), Spreads(), worlds=40, seed=1)
+    assert not recipe["meets_goals"] and any(m.startswith("coverage") for m in recipe["missed"]), recipe
+    result = recipe
     # Coverage is judged truth by truth, by a one-sided binomial test of "at least 95%" at 1%.
     from scipy.stats import binomtest
 
@@ -468,7 +481,7 @@ def test_hyperfit_calibrate_writes_every_rules_error_rates(tmp_path):
     result = CliRunner().invoke(cli, ["calibrate", "configs/quick.yaml", f"run_dir={tmp_path / 'none'}", "--json", str(out), "--worlds", "10"])
     assert result.exit_code == 0, result.output
     rules = json.loads(out.read_text())["rules"]
-    assert set(RULE_WORLDS) <= set(rules)
+    assert set(rule_worlds()) <= set(rules)
     assert all({"false_holds", "false_fails", "coverage", "power"} <= set(r) for r in rules.values())
     assert "| rule | false holds |" in result.output
 
@@ -482,7 +495,7 @@ def test_holm_over_one_rule_is_the_rule_itself_in_either_direction():
 
 
 def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
-    from hyperfitting.report.calibration import world_geometry
+    from hyperfitting.claims.geometry import world_geometry
 
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(31)
     tied = [world_geometry(design, Spreads(), 1.3, rng)[0].verdict for _ in range(20)]
@@ -534,3 +547,20 @@ def test_prompts_needed_reads_the_interval_on_its_own_scale_and_side():
     # A seed term that alone spans the distance: no number of prompts.
     seeded = stats.Estimate(0.03, -0.07, 0.13, 16, "t", df=15, seed_se=0.04)
     assert stats.units_needed(seeded, 0.05) is None
+
+
+def test_a_claim_without_a_simulator_decides_nothing():
+    # The calibration runs every registered claim's simulator; one registered without a simulator has unknown error
+    # rates, so the report keeps it from deciding instead of showing it uncalibrated as if it were checked.
+    from hyperfitting.claims import ClaimSpec, Rule, register_claim, unregister_claim
+    from hyperfitting.report.build import with_calibration
+
+    register_claim(ClaimSpec("uncalibrated", "No simulator", "-", Rule("an effect", "above", 0.0, "any"), lambda evidence: None))
+    try:
+        assert "uncalibrated" not in rule_worlds()
+        claim = make_claim("uncalibrated", stats.Estimate(1.0, 0.5, 1.5, 16, "t"), [], "")
+        assert claim.verdict == HOLDS
+        (claim,) = with_calibration([claim], {"rules": {}})
+    finally:
+        unregister_claim("uncalibrated")
+    assert claim.verdict == claim.holm == INCONCLUSIVE and "no simulator" in claim.reason

@@ -8,9 +8,11 @@ from hyperfitting import stats
 from hyperfitting.analysis.teacher_forcing import step_summary
 from hyperfitting.analysis.ranks import null_choices, null_comparison
 from hyperfitting.analysis.static_bias import fit_static_temperature, flip_rate, static_choice
-from hyperfitting.report.verdicts import (
-    FAILS, HOLDS, INCONCLUSIVE, RULES, Check, claim_late_stage, claim_ranks, claim_static_bias, claim_temperature, decide,
-)
+from hyperfitting.claims import FAILS, HOLDS, INCONCLUSIVE, Check, decide, get_claim
+from hyperfitting.claims.late_stage import claim_late_stage
+from hyperfitting.claims.ranks import claim_ranks
+from hyperfitting.claims.static_bias import claim_static_bias
+from hyperfitting.claims.temperature import claim_temperature
 
 TRAINED = {"initial_train_loss": 4.0, "final_train_loss": 0.06, "until_loss": 0.1}
 
@@ -28,7 +30,7 @@ def shifted(values: list[float], shift: float, seed: int, sd: float = 0.01) -> l
 
 
 def test_a_clear_effect_holds_its_opposite_does_not_and_noise_is_inconclusive():
-    rule = RULES[1]  # above +0.05
+    rule = get_claim(1).rule  # above +0.05
     base = prompts(0.40, 0.15, 64, 0)
     # Differences with a real spread: a constant shift computed in floats has none and never decides.
     clear = stats.paired_difference([b + 0.25 + e for b, e in zip(base, prompts(0, 0.05, 64, 3))], base)
@@ -46,7 +48,7 @@ def test_the_sample_size_estimate_shrinks_as_the_variance_shrinks():
     noise = (noise - noise.mean()) / noise.std()  # the same mean gap (+0.10) at every spread
 
     def needed(spread):
-        return decide(RULES[1], stats.paired_difference([b + 0.10 + spread * e for b, e in zip(base, noise)], base))
+        return decide(get_claim(1).rule, stats.paired_difference([b + 0.10 + spread * e for b, e in zip(base, noise)], base))
 
     (v_wide, _, n_wide), (v_mid, _, n_mid) = needed(0.30), needed(0.15)
     assert v_wide == v_mid == INCONCLUSIVE
@@ -56,7 +58,7 @@ def test_the_sample_size_estimate_shrinks_as_the_variance_shrinks():
 
 def test_too_few_prompts_is_inconclusive_even_for_a_large_mean_gap():
     estimate = stats.paired_difference([0.9, 0.2], [0.3, 0.4])  # +0.2 on two prompts
-    verdict, _, needed = decide(RULES[1], estimate)
+    verdict, _, needed = decide(get_claim(1).rule, estimate)
     assert verdict == INCONCLUSIVE and needed > 2
 
 
@@ -66,7 +68,7 @@ def test_a_failed_manipulation_check_is_never_a_decision():
     opposite = stats.paired_difference(shifted(base, -0.3, 52), base)
     failed = [Check("model hyperfitted", False, "loss 6.0 -> 9.8")]
     for estimate in (clear, opposite):
-        verdict, reason, _ = decide(RULES[1], estimate, failed)
+        verdict, reason, _ = decide(get_claim(1).rule, estimate, failed)
         assert verdict == INCONCLUSIVE and "model hyperfitted" in reason
 
 
@@ -263,7 +265,7 @@ def frontier_points(tuned_ttr: float, tuned_quality: float, n: int = 64, seed: i
 
 
 def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
-    from hyperfitting.report.verdicts import frontier_gap
+    from hyperfitting.claims.frontier import frontier_gap
 
     frontier = ([0.3], [1.0], [0.6], [3.0])  # (TTR, log-perplexity) of two base points
     assert frontier_gap([0.5], [2.0], *frontier) == pytest.approx(0.05)  # the frontier is 0.45 half-way
@@ -273,7 +275,7 @@ def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
 @pytest.mark.usefixtures("no_seed_term")
 @pytest.mark.parametrize("tuned, expected", [((0.70, 2.0), HOLDS), ((0.45, 2.0), FAILS), ((0.47, 2.0), None)])
 def test_claim_1b_above_on_or_near_the_frontier(tuned, expected):
-    from hyperfitting.report.verdicts import claim_frontier
+    from hyperfitting.claims.frontier import claim_frontier
 
     claim = claim_frontier(frontier_points(*tuned), [TRAINED])
     if expected is None:  # 0.02 above the frontier against a margin of 0.05: not decided at 64 prompts either way
@@ -284,7 +286,8 @@ def test_claim_1b_above_on_or_near_the_frontier(tuned, expected):
 
 
 def test_claim_1b_outside_the_frontier_or_without_a_judge_decides_nothing():
-    from hyperfitting.report.verdicts import NOT_RUN, claim_frontier
+    from hyperfitting.claims import NOT_RUN
+    from hyperfitting.claims.frontier import claim_frontier
 
     beyond = claim_frontier(frontier_points(0.9, 5.0), [TRAINED])  # less predictable than the hottest base sampling
     assert beyond.verdict == INCONCLUSIVE and "within the frontier" in beyond.reason
@@ -295,7 +298,7 @@ def test_claim_1b_outside_the_frontier_or_without_a_judge_decides_nothing():
 
 @pytest.mark.usefixtures("no_seed_term")
 def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_decide():
-    from hyperfitting.report.verdicts import claim_frontier
+    from hyperfitting.claims.frontier import claim_frontier
 
     points = frontier_points(0.60, 2.0, n=64, seed=11)  # +0.15 above the frontier, but ...
     few = {label: {m: v[:6] for m, v in values.items()} for label, values in points.items()}  # ... on 6 prompts

@@ -59,8 +59,10 @@ _EXPORTS = {
     "register": "hyperfitting.registry",
     # statistics and verdicts
     "Estimate": "hyperfitting.stats",
-    "RULES": "hyperfitting.report.verdicts",
-    "decide": "hyperfitting.report.verdicts",
+    "ClaimSpec": "hyperfitting.claims",
+    "register_claim": "hyperfitting.claims",
+    "claim_specs": "hyperfitting.claims",
+    "decide": "hyperfitting.claims",
     # the study
     "run_study": "hyperfitting.pipeline.runner",
     "study_graph": "hyperfitting.pipeline.graph",

@@ -242,7 +242,7 @@ def generate(arguments, prompts, prompts_file, output):
 def report(run_dir):
     """Rebuild report.md, report.html and the claims in metrics.json from a finished study folder."""
     from hyperfitting.report.build import build_report
-    from hyperfitting.report.verdicts import holm_note
+    from hyperfitting.claims.core import holm_note
 
     if not (Path(run_dir) / "metrics.json").exists():
         raise HyperfitError(f"'{run_dir}' has no metrics.json: finish the study first (hyperfit study ... --resume).")
@@ -269,7 +269,8 @@ def calibrate(arguments, json_path, worlds, seed):
 
     config = _config(arguments)
     run_dir = Path(config.run_dir)
-    result = run_calibration(Design.of(config), Spreads.observed(run_dir if run_dir.exists() else None), worlds, seed, progress=True)
+    observed = run_dir if run_dir.exists() else None
+    result = run_calibration(Design.of(config, observed), Spreads.observed(observed), worlds, seed, progress=True)
     Path(json_path).write_text(json.dumps(result, indent=1))
     print(calibration_table(result))
     print(f"Written: {json_path}")

@@ -63,7 +63,7 @@ class Analysis:
     write: Callable[[dict, Path], None] | str | None = None
     """Writes table.md and figures into the stage folder (results.json is written by the stage either way)."""
     claims: tuple[str, ...] = ()
-    """The claims whose verdicts read its results (report/verdicts.py), for the plan and the report."""
+    """The claims whose verdicts read its results (hyperfitting/claims/), for the plan and the report."""
     figure: str | None = None
     """A figure inside the stage folder, shown under its table in the report."""
     weight: float = 60.0

@@ -27,7 +27,7 @@ from hyperfitting.pipeline.stages import (
     analysed_prompts, data_stage, environment_record, evaluation_stage, quality_stage, training_stage,
 )
 from hyperfitting.report.generation import BLOCKED, generation_table
-from hyperfitting.report.verdicts import holm_note
+from hyperfitting.claims.core import holm_note
 from hyperfitting.rundir import is_main_process, read_json, read_jsonl, write_json, write_text
 
 

@@ -2,7 +2,7 @@
 
 Each planted model (models/planted.py) stands where the hyperfitted model would: the real data stage
 prepares the study's prompts and held-out text, the real analyses run on (base, planted), and the real
-claim functions (report/verdicts.py, with Holm's correction) decide. Every case forbids the verdicts its
+claim functions (hyperfitting/claims/, with Holm's correction) decide. Every case forbids the verdicts its
 mechanism contradicts; a verdict that its truth forbids is a failure of the rules, reported as such.
 
 The manipulation check "model hyperfitted" asks whether training reached the target loss; a planted
@@ -24,7 +24,8 @@ from hyperfitting.pipeline.graph import StageGraph, StageSpec, _analysis_values,
 from hyperfitting.pipeline.stages import data_stage
 from hyperfitting.registry import get_analysis
 from hyperfitting.report.validation import validation_markdown
-from hyperfitting.report.verdicts import DECLARED_SEED_SPREAD, FAILS, HOLDS, NAMES, all_claims
+from hyperfitting.claims import FAILS, HOLDS, Evidence, decide_claims, get_claim
+from hyperfitting.claims.core import DECLARED_SEED_SPREAD
 from hyperfitting.rundir import read_json, write_json, write_text
 
 # case -> (the analyses it needs, {claim: (forbidden verdicts, why)}): only what the mechanism settles by construction.
@@ -133,7 +134,7 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
     # A planted model was made, not trained: no training seed's spread belongs in its intervals.
     token = DECLARED_SEED_SPREAD.set(False)
     try:
-        claims = {str(c.number): c for c in all_claims(analyses, None, trains)}
+        claims = {str(c.number): c for c in decide_claims(Evidence(analyses, trains))}
     finally:
         DECLARED_SEED_SPREAD.reset(token)
     rows = []
@@ -142,7 +143,7 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
         agrees = claim.verdict not in forbidden and claim.holm not in forbidden
         # A verdict a manipulation check kept from deciding did not test the rule: the table says so.
         tested = not any(not k["passed"] for k in claim.checks) and claim.verdict != "not run"
-        rows.append({"case": case, "mechanism": planting["mechanism"], "claim": number, "name": NAMES[number],
+        rows.append({"case": case, "mechanism": planting["mechanism"], "claim": number, "name": get_claim(number).name,
                      "verdict": claim.verdict, "holm": claim.holm, "estimate": claim.estimate, "reason": claim.reason,
                      "forbidden": list(forbidden), "truth": why, "agrees": agrees, "tested": tested})
     temperature = results["analyses"].get("temperature")

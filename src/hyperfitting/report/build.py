@@ -16,11 +16,11 @@ import yaml
 from hyperfitting import stats
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import BASELINE_METHODS, load_config
-from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
-from hyperfitting.registry import BUILT_IN_NAMES, analysis_names, get_analysis
+from hyperfitting.layout import FULL, RunFolder
+from hyperfitting.registry import BUILT_IN_NAMES, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.generation import generation_table
-from hyperfitting.report.verdicts import INCONCLUSIVE, NOT_RUN, all_claims, with_holm
+from hyperfitting.claims import INCONCLUSIVE, NOT_RUN, Evidence, claim_specs, decide_claims, with_holm
 from hyperfitting.rundir import read_json, write_json, write_text
 
 RANK_COLOURS = [(1, None, "rank 1"), (10, "#fff3b0", "2-10"), (100, "#ffc46b", "11-100"), (1000, "#ff7b6b", "101-1000"),
@@ -88,7 +88,7 @@ def claims_section(claims: list, train: dict, heading: str = "## Claims") -> lis
         holm = VERDICT_MARK[c.holm or c.verdict]
         md.append(f"| {c.number} | {c.name} | {effect} | {margin} | {checks} | **{holm}** | {VERDICT_MARK[c.verdict]} | {c.reason} | {c.paper} |")
     md += ["", "Evidence behind each effect:", ""] + [f"- **{c.number}.** {c.evidence}." for c in claims]
-    md += ["", "Rules (the same decision for every claim; the margins and their reasons are in `report/verdicts.py`):", ""]
+    md += ["", "Rules (the same decision for every claim; each claim, its margin and its reason are one file in `hyperfitting/claims/`):", ""]
     md += [f"- **{c.number}.** {c.rule}" for c in claims]
     replicates = max(len(c.replicates) for c in claims) or 1
     md += ["", "Intervals: t intervals for means over evaluation prompts, small-sample-expanded BCa bootstrap intervals for ratios "
@@ -118,17 +118,23 @@ def study_calibration(run_dir: Path) -> dict:
     from hyperfitting.config import load_config
 
     config = load_config(run_dir / "config.yaml")
-    result = calibrate(Design.of(config), Spreads.observed(run_dir), CALIBRATION_WORLDS)
+    result = calibrate(Design.of(config, run_dir), Spreads.observed(run_dir), CALIBRATION_WORLDS)
     write_json(run_dir / "calibration.json", result)
     return result
 
 
 def with_calibration(claims: list, calibration: dict) -> list:
-    """A rule that misses its nominal goals at this study's sizes decides nothing here: its verdict (and Holm's) becomes
-    inconclusive, saying which goal it missed."""
+    """A rule that misses its nominal goals at this study's sizes, or was never calibrated, decides nothing here: its
+    verdict (and Holm's) becomes inconclusive, saying which goal it missed."""
     for claim in claims:
         row = calibration["rules"].get(str(claim.number))
-        if row and not row["meets_goals"] and claim.verdict not in (INCONCLUSIVE, NOT_RUN):
+        if row is None and claim.verdict not in (INCONCLUSIVE, NOT_RUN):
+            # A claim registered without a simulator (ClaimSpec.simulate) has unknown error rates: it decides nothing.
+            claim.reason = (f"this rule has no simulator to calibrate it (ClaimSpec.simulate), so its error rates are unknown and "
+                            f"it decides nothing; it would have said {claim.verdict}: " + claim.reason)
+            claim.verdict = INCONCLUSIVE
+            claim.p_values = (1.0, 1.0)
+        elif row and not row["meets_goals"] and claim.verdict not in (INCONCLUSIVE, NOT_RUN):
             claim.reason = (f"this rule misses its goals at this study's sizes ({'; '.join(row.get('missed', []))} in "
                             f"{row['worlds']} simulated studies), so it decides nothing here; it would have said {claim.verdict}: "
                             + claim.reason)
@@ -288,18 +294,15 @@ def build_report(run_dir: Path) -> dict:
     study = run.metrics
     config = run.config
     load_config(run_dir / "config.yaml")  # checked as a run would check it: study.plugins are imported, their analyses known
-    replicates = config["study"].get("replicates", 1)
-    # Per analysis the study ran (built in or registered), the results of every replicate that has them.
-    studied = [name for name in dict.fromkeys(config["study"]["analyses"]) if name in analysis_names()]
-    per_replicate = {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied}
+    evidence = Evidence.of_run(run_dir)
+    per_replicate = evidence.analyses  # per analysis the study ran (built in or registered), every replicate's results
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
-    controls = run.stage("controls").results
+    controls = evidence.controls
+    studied = list(per_replicate)
     quality = run.stage("quality").results
-    frontier = ((quality or {}).get("judge") or {}).get("frontier", {})
-    geometry_control = run.analysis("geometry", suffix=LOWEST).results
-    frontiers = [points for k in range(replicates) if (points := frontier.get(analysis_stage_name("temperature", replicate_suffix(k))))]
-    claims = all_claims(per_replicate, controls, study.get("replicates") or [study["train"]], frontiers,
-                        geometry_control, run.analysis("ranks", suffix=LOWEST).results)
+    frontier = ((quality or {}).get("judge") or {}).get("frontier", {})  # every trained model's judged points, by stage
+    geometry_control = evidence.lowest_heldout.get("geometry")
+    claims = decide_claims(evidence)
     figures = run_dir / "report-figures"
     figures.mkdir(exist_ok=True)
     plot_training_curve(study["train_log"], figures / "training_curve.png")
@@ -316,10 +319,7 @@ def build_report(run_dir: Path) -> dict:
     md += calibration_section(calibration, claims)
     md += left_out_section(config)
     # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
-    full_analyses = {name: [r] for name in per_replicate if (r := run.analysis(name, suffix=FULL).results)}
-    full_frontier = frontier.get(analysis_stage_name("temperature", FULL))
-    full_claims = (with_calibration([c for c in all_claims(full_analyses, None, [study["full_finetune"]], [full_frontier] if full_frontier else None)
-                                     if c.number != 5], calibration)
+    full_claims = (with_calibration(decide_claims(Evidence.of_run(run_dir, full_finetune=True), full_finetune=True), calibration)
                    if study.get("full_finetune") else [])
     if full_claims:
         full = study["full_finetune"]
@@ -497,11 +497,12 @@ def render_reader(reader: list[dict]) -> str:
 
 def compare_runs(run_dirs: list[Path]) -> str:
     """One table over several finished runs: model, corpus, method, loss, diversity gains and claim verdicts."""
-    numbers = ["1", "1b", "1c", "2", "3", "4", "5"]
+    studies = [read_json(Path(run_dir) / "metrics.json") for run_dir in run_dirs]
+    # Every registered claim, and any a run decided that is not registered here (a plug-in's): 1, 1b, 1c, 2, ...
+    numbers = sorted({spec.key for spec in claim_specs()} | {str(c["number"]) for study in studies for c in study.get("claims", [])})
     lines = ["| run | model | corpus | method | final loss | TTR base -> hyperfitted | " + " | ".join(f"claim {i}" for i in numbers) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(numbers)]
-    for run_dir in run_dirs:
-        study = read_json(Path(run_dir) / "metrics.json")
+    for run_dir, study in zip(run_dirs, studies):
         config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
         corpus = config["data"]["corpus"]
         base, tuned = study["metrics"]["base"].get(corpus, {}), study["metrics"]["hyperfitted"].get(corpus, {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hyperfitting.report.verdicts import INCONCLUSIVE
+from hyperfitting.claims import INCONCLUSIVE
 
 
 def validation_markdown(summary: dict, heading: str = "# Planted truths through the real pipeline") -> str:
