@@ -187,3 +187,31 @@ def test_the_per_token_null_is_exact_where_contexts_share_a_large_constant():
     fitted = fit_per_token_affine(base.float(), tuned.float())
     assert float((fitted["token_scale"].double() - scale).abs().max()) < 1e-3
     assert bool((static_choice(base.float(), fitted) == tuned.argmax(-1)).all())
+
+
+def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
+    # Two replicates of one recipe: as claim 5's two arms each reaches the other's whole gain, so "does not hold" is wrong.
+    import numpy as np
+
+    from hyperfitting.claims import FAILS
+    from hyperfitting.pipeline.validate import judge_a_a, study_folder
+    from hyperfitting.rundir import write_json
+
+    study = tmp_path / "study"
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.3, 0.1, 48)
+    for k, suffix in enumerate(("", "-r1", "-r2")):
+        tuned = base + 0.25 + rng.normal(0, 0.08, 48)
+        write_json(study / f"analysis-temperature{suffix}" / "results.json",
+                   {"per_prompt": {"base, greedy": [base.tolist()], "hyperfitted": [tuned.tolist()]}})
+        write_json(study / f"train{suffix}" / "summary.json",
+                   {"method": "lora", "blocks": [25, 29], "initial_train_loss": 3.0, "final_train_loss": 0.05, "epochs_run": 8,
+                    "trainable_parameters": 1000, "until_loss": 0.1})
+    assert study_folder(tmp_path / "study-validate") == study
+    rows = judge_a_a(study)
+    assert [r["reason"].split(":")[0] for r in rows] == ["replicate 0 against replicate 1", "replicate 1 against replicate 2",
+                                                          "replicate 2 against replicate 0"]
+    assert all(r["verdict"] != FAILS and r["agrees"] and r["tested"] for r in rows), rows
+    assert all(r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows)  # the truth, a share of 1, inside every interval
+    (missing,) = judge_a_a(tmp_path / "nothing")
+    assert missing["verdict"] == "not run" and not missing["tested"] and "study.replicates" in missing["reason"]

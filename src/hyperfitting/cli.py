@@ -178,6 +178,8 @@ def validate(arguments, resume, overwrite, cases):
     repetition-penalty  transformers' repetition penalty           claim 3 must not fail
     final-expansion     the final block's states whitened          claim 4 must not fail
     middle-expansion    the middle block's, undone after it        claim 4 must not hold
+    a-a                 the study's replicates as claim 5's arms   claim 5 must not fail (needs the study run first,
+                        (one recipe, two seeds)                    with study.replicates >= 2)
 
     Writes RUN_DIR-validate/validation.md, .html and .json (RUN_DIR: the config's run_dir).
     """

@@ -9,7 +9,7 @@ import numpy as np
 
 from hyperfitting import stats
 from hyperfitting.claims.core import (
-    Check, Claim, ClaimSpec, Rule, decide, hyperfitted_check, make_claim, not_run, register_claim, with_replicates,
+    Check, Claim, ClaimSpec, Rule, decide, get_claim, hyperfitted_check, make_claim, not_run, register_claim, with_replicates,
 )
 from hyperfitting.claims.worlds import TRAINED, Truths, seed_shifts
 from hyperfitting.stats import Estimate
@@ -72,9 +72,9 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
 # Claim 4 on small synthetic networks: the embeddings and blocks as rivals (as many as the study's model has), width 12,
 # positions clustered in blocks.
 _WIDTH = 12
-# How much one training run's final-block flatness moves about the recipe's (an assumption: no study has measured claim
-# 4's spread between seeds yet; the worlds carry one, so a rule that ignores it is seen to under-cover).
-SEED_FLATNESS_SD = 0.05
+# How much one training run's final-block Delta PR moves about the recipe's, in the worlds: the declared seed SD where
+# there is one (the claim's seed_sd), this otherwise.
+WORLD_SEED_SD = 0.5
 
 
 def _layer_states(rng, n_blocks: int, per_block: int, flatness: float) -> np.ndarray:
@@ -97,6 +97,16 @@ def _geometry_effect(rng, n_blocks, per_block, final_flatness, rivals: int):
     return footing(base, tuned, clusters)
 
 
+def _with_seed_shift(footing: dict, shift: float) -> dict:
+    """One training run's footing: its final block's Delta PR moved by ``shift`` against every rival (and zero)."""
+    for variant, pairs in footing["pairs"].items():
+        for pair in pairs.values():
+            pair["value"] += shift
+            pair["leave_one_out"] = [value + shift for value in pair["leave_one_out"]]
+        footing["effects"][variant] = footing_effect(pairs).to_dict()
+    return footing
+
+
 @lru_cache(maxsize=None)
 def _geometry_truth(final_flatness: float) -> float:
     """The population value of claim 4's statistic in this world (at the recipe's mean flatness), from one very large
@@ -107,10 +117,11 @@ def _geometry_truth(final_flatness: float) -> float:
 
 def world_geometry(design, spreads, effect, rng):
     """``effect`` here is the final block's flatness: 1.3 matches every rival (the claim false, just), lower is the wrong side.
-    Each training run's final block lands a seed's shift away from it."""
+    Each training run's final-block Delta PR lands a seed's shift away from the recipe's."""
     results = []
-    for shift in seed_shifts(spreads, SEED_FLATNESS_SD, design.replicates, rng):
-        f = _geometry_effect(rng, design.blocks, min(design.positions_per_block, 64), effect + shift, design.rivals)
+    declared = get_claim(4).seed_sd
+    for shift in seed_shifts(spreads, declared[0] if declared else WORLD_SEED_SD, design.replicates, rng):
+        f = _with_seed_shift(_geometry_effect(rng, design.blocks, min(design.positions_per_block, 64), effect, design.rivals), shift)
         results.append({"footing": f, "tokens": design.blocks * min(design.positions_per_block, 64), "localisation_forced": None,
                         "verdict": {"final_delta_pr": f["final_delta_pr"]["normalised"]}})
     return claim_geometry(results, [TRAINED] * len(results)), _geometry_truth(effect)

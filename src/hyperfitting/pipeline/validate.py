@@ -56,6 +56,50 @@ TRUTHS: dict[str, tuple[tuple[str, ...], dict]] = {
 }
 
 
+# Not a plant: one training recipe, trained with two seeds (the study's replicates), set against itself as claim 5's two
+# arms. Their share of each other's gain is 1 by construction, above the margin 0.8: "does not hold" would be wrong.
+A_A = "a-a"
+A_A_TRUTH = {5: ((FAILS,), "both arms are one recipe trained with two seeds (the study's replicates): each reaches the other's "
+                           "whole gain by construction")}
+CASES = (*TRUTHS, A_A)
+
+
+def judge_a_a(study_dir: Path) -> list[dict]:
+    """Claim 5 on the study's own replicates, each ordered pair of neighbours (0 against 1, 1 against 2, ...) as
+    (last blocks, all blocks): the real claim function, with each arm's declared seed spread, on an A/A comparison."""
+    from hyperfitting.claims.late_stage import claim_late_stage
+    from hyperfitting.layout import RunFolder
+
+    run = RunFolder(study_dir)
+    arms = []
+    for k in range(64):
+        temperature, train = run.analysis("temperature", k).results, run.train(k).json("summary.json")
+        if not (temperature and train):
+            break
+        per_prompt = temperature["per_prompt"]
+        arms.append({"replicate": k, "base": per_prompt["base, greedy"][0], "tuned": per_prompt["hyperfitted"][0], "train": train})
+    mechanism = (f"the study's recipe ({arms[0]['train']['method']} on blocks {arms[0]['train']['blocks'][0]}-"
+                 f"{arms[0]['train']['blocks'][-1]}) trained with {len(arms)} seeds (its replicates), each as claim 5's last-blocks "
+                 "arm against the next as its all-blocks arm" if arms else
+                 f"needs the study folder {study_dir} with two or more replicates (study.replicates): run the study first")
+    if len(arms) < 2:
+        return [{"case": A_A, "mechanism": mechanism, "claim": 5, "name": get_claim(5).name, "verdict": "not run", "holm": None,
+                 "estimate": None, "reason": mechanism, "forbidden": [FAILS], "truth": A_A_TRUTH[5][1], "agrees": True, "tested": False}]
+    rows = []
+    for first, second in zip(arms, arms[1:] + arms[:1] if len(arms) > 2 else arms[1:]):
+        def arm(a):
+            t = a["train"]
+            return {"initial_train_loss": t["initial_train_loss"], "final_train_loss": t["final_train_loss"], "epochs": t["epochs_run"],
+                    "trainable_parameters": t["trainable_parameters"], "per_prompt_ttr": a["tuned"]}
+        claim = claim_late_stage({"until_loss": first["train"].get("until_loss"), "base": {"per_prompt_ttr": first["base"]},
+                                  "methods": {"lora:last": arm(first), "lora:all": arm(second)}})
+        tested = not any(not k["passed"] for k in claim.checks)
+        rows.append({"case": A_A, "mechanism": mechanism, "claim": 5, "name": claim.name, "verdict": claim.verdict, "holm": claim.verdict,
+                     "estimate": claim.estimate, "reason": f"replicate {first['replicate']} against replicate {second['replicate']}: "
+                     + claim.reason, "forbidden": [FAILS], "truth": A_A_TRUTH[5][1], "agrees": claim.verdict != FAILS, "tested": tested})
+    return rows
+
+
 def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> StageGraph:
     """The data stage, then one stage per planted case (its analyses' results), each fingerprinted by the analysis
     settings, the model and the source of the planted mechanisms and of the analyses it runs."""
@@ -81,19 +125,20 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
     from hyperfitting.pipeline.stages import environment_record
     from hyperfitting.report.build import render_html
 
-    cases = cases or list(TRUTHS)
-    unknown = [c for c in cases if c not in TRUTHS]
+    cases = cases or list(CASES)
+    unknown = [c for c in cases if c not in CASES]
     if unknown:
         from hyperfitting.errors import ConfigError
 
-        raise ConfigError(f"Unknown planted case(s) {unknown}; choose from {', '.join(TRUTHS)}.")
-    graph = validation_graph(config, run_dir, cases)
+        raise ConfigError(f"Unknown planted case(s) {unknown}; choose from {', '.join(CASES)}.")
+    planted_cases = [c for c in cases if c in TRUTHS]
+    graph = validation_graph(config, run_dir, planted_cases)
     base, tokenizer = load_model(config.model)
     data = data_stage(graph, tokenizer)
     fit_blocks = data.train_blocks[:16]  # the plants are set on training text, never on the held-out text measured
     habits = None
     rows = []
-    for case in cases:
+    for case in planted_cases:
         analyses, truths = TRUTHS[case]
 
         def work(folder: Path, case=case, analyses=analyses) -> dict:
@@ -113,7 +158,9 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
 
         results = graph.run(f"validate-{case}", work, load=lambda folder: read_json(folder / "results.json"))
         rows.extend(judge_case(case, results, truths))
-    seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in cases}
+    if A_A in cases:
+        rows.extend(judge_a_a(study_folder(run_dir)))
+    seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in planted_cases}
     summary = {"environment": environment_record(), "seconds": seconds, "cases": cases, "rows": rows,
                "contradictions": sum(not r["agrees"] for r in rows),
                "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows), "untested": sum(not r["tested"] for r in rows),
@@ -158,6 +205,14 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
     return rows
 
 
+VALIDATE_SUFFIX = "-validate"
+
+
 def validation_config(config: RunConfig) -> RunConfig:
     """The validation's own folder beside the study's: `RUN_DIR-validate`."""
-    return replace(config, run_dir=str(config.run_dir).rstrip("/") + "-validate")
+    return replace(config, run_dir=str(config.run_dir).rstrip("/") + VALIDATE_SUFFIX)
+
+
+def study_folder(validation_dir: Path) -> Path:
+    """The study folder a validation folder stands beside (its replicates are the A/A case's arms)."""
+    return validation_dir.with_name(validation_dir.name.removesuffix(VALIDATE_SUFFIX))
