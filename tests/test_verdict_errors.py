@@ -241,6 +241,34 @@ def test_claim_3_needs_the_diversity_gain_it_explains():
     assert rose.verdict == HOLDS
 
 
+def test_claim_3_holds_only_if_reverting_the_unexplained_overrides_costs_the_gain():
+    # The causal check: frequent unexplained overrides that, reverted to the null's choice, leave greedy TTR where it was
+    # do not carry the diversity gain; reverted paths back at base TTR do.
+    results = ranks_results(list(np.random.default_rng(13).integers(15, 30, 16)))
+    base = normal(0.3, 0.1, 16, 14)
+    tuned = base + 0.2 + normal(0, 0.02, 16, 16)
+    carried = claim_ranks([{**results, "reverted": {"per_prompt_ttr": list(base + normal(0, 0.02, 16, 17)), "share_of_steps_reverted": 0.2}}],
+                          [TRAINED], [(tuned, base)])
+    assert carried.verdict == HOLDS and "causal check" in carried.evidence
+    idle = claim_ranks([{**results, "reverted": {"per_prompt_ttr": list(tuned + normal(0, 0.02, 16, 18)), "share_of_steps_reverted": 0.2}}],
+                       [TRAINED], [(tuned, base)])
+    assert idle.verdict == INCONCLUSIVE and "do not carry the gain" in idle.reason
+
+
+def test_reverting_changes_only_the_unexplained_overrides():
+    from hyperfitting.generation.processors import RevertUnexplained
+
+    base_logits = torch.tensor([[0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0]])  # base top-1: token 1
+    revert = RevertUnexplained(None, lambda logits: torch.full((len(logits),), 2))  # the null always picks token 2
+    revert.logits = lambda input_ids: base_logits
+    scores = torch.tensor([[0.0, 0.0, 0.0, 9.0],   # own pick 3: neither base top-1 nor null -> reverted to 2
+                           [0.0, 9.0, 0.0, 0.0],   # own pick 1 = base top-1: kept
+                           [0.0, 0.0, 9.0, 0.0]])  # own pick 2 = the null's: kept
+    out = revert(torch.zeros(3, 1, dtype=torch.long), scores.clone())
+    assert out.argmax(-1).tolist() == [2, 1, 2] and torch.equal(out[1:], scores[1:])
+    assert (revert.reverted, revert.steps) == (1, 3)
+
+
 def tail_compressed(seed, contexts=1024, vocabulary=2000):
     """The review's static model: base / 0.4 + a fixed bias, its ranking below the top 50 of each context compressed."""
     g = torch.Generator().manual_seed(seed)

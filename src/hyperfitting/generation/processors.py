@@ -166,3 +166,24 @@ class RankTransplant(CompanionModel):
         transplanted = torch.empty_like(scores)
         transplanted.scatter_(1, order, profile)
         return transplanted
+
+
+class RevertUnexplained(CompanionModel):
+    """Decode the hyperfitted model greedily, but wherever its choice overrides the companion (base) model's top-1 with
+    a token that ``null_choice`` (a fitted context-free model of the base logits) would not choose, take the null's
+    choice instead: the text the hyperfitted model writes without its unexplained overrides (claim 3's causal check).
+    ``reverted`` and ``steps`` count the steps changed and seen."""
+
+    def __init__(self, model, null_choice):
+        super().__init__(model)
+        self.null_choice = null_choice
+        self.reverted = self.steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        base = self.logits(input_ids).to(scores.device)
+        own, top1, null = scores.argmax(-1), base.argmax(-1), self.null_choice(base).to(scores.device)
+        revert = (own != top1) & (own != null)
+        self.reverted += int(revert.sum())
+        self.steps += len(own)
+        forced = torch.full_like(scores, float("-inf")).scatter_(1, null[:, None], 0.0)
+        return torch.where(revert[:, None], forced, scores)
