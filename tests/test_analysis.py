@@ -95,6 +95,21 @@ def test_rank_transplant_with_itself_changes_nothing_and_tracks_left_padding():
         assert a.entropy == pytest.approx(b.decoded_entropy, abs=1e-4)  # own profile on own ranking: same distribution
 
 
+def test_reverting_against_the_model_itself_changes_nothing_and_against_another_reverts_its_overrides():
+    from hyperfitting.generation.processors import RevertUnexplained
+
+    model, other = make_tiny_model("llama"), make_tiny_model("llama", seed=1)
+    prompts = [[5, 9, 14, 3], [40, 41]]
+    plain = decode_batch(model, prompts, 6, pad_token_id=0)
+    itself = RevertUnexplained(model, lambda logits: logits.argmax(-1))  # no override of its own top-1: nothing to revert
+    assert [o.token_ids for o in decode_batch(model, prompts, 6, pad_token_id=0, processors=[itself])] == [o.token_ids for o in plain]
+    assert itself.reverted == 0 and itself.steps == 12
+    # Against another model whose null is its own top-1, every override is unexplained: the path becomes that model's.
+    reverted = RevertUnexplained(other, lambda logits: logits.argmax(-1))
+    forced = decode_batch(model, prompts, 6, pad_token_id=0, processors=[reverted])
+    assert [o.token_ids for o in forced] == [o.token_ids for o in decode_batch(other, prompts, 6, pad_token_id=0)]
+
+
 def test_rank_transplant_swaps_profile_not_ranking():
     scores = torch.tensor([[1.0, 3.0, 2.0]])
 

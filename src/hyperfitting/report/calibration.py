@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from typing import Callable
 
@@ -123,6 +124,20 @@ def _misses(count: int, worlds: int, goal: float, above: bool) -> bool:
     return binomtest(count, worlds, goal, alternative="greater" if above else "less").pvalue < MISS_LEVEL
 
 
+@contextmanager
+def _one_torch_thread():
+    """Claim 4's worlds run thousands of 12-wide matrix products: threads only spin on them (ten times slower with two
+    threads beside another job on two cores, measured), so the calibration runs on one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0,
                    table: dict | None = None) -> dict:
     """Error rates of one rule over ``worlds`` simulated studies at each truth (seeded: the same numbers every run).
@@ -130,6 +145,11 @@ def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 20
     Truths: at the margin and on its wrong side (the claim false: false holds), just past the margin on the claimed
     side and at the paper's size (the claim true: false fails). Every rate is judged against its nominal goal by a
     binomial test over the worlds (MISS_LEVEL), and coverage truth by truth."""
+    with _one_torch_thread():
+        return _calibrate_rule(name, design, spreads, worlds, seed, table)
+
+
+def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, seed: int, table: dict | None) -> dict:
     simulate, truths = (table or {**rule_worlds(), **BROKEN_RULES, **BROKEN_WITH_REPLICATES, **STRESSED_RULES})[name]
     just_past = truths.margin + (truths.margin - truths.wrong_side)
     by_truth, covered, missed = {}, [], []
