@@ -271,8 +271,11 @@ def calibrate(arguments, json_path, worlds, seed):
 
     config = _config(arguments)
     run_dir = Path(config.run_dir)
+    from hyperfitting.pipeline.stages import environment_record
+
     observed = run_dir if run_dir.exists() else None
     result = run_calibration(Design.of(config, observed), Spreads.observed(observed), worlds, seed, progress=True)
+    result["environment"] = environment_record()  # the command, date and commit that produced these rates
     Path(json_path).write_text(json.dumps(result, indent=1))
     print(calibration_table(result))
     print(f"Written: {json_path}")

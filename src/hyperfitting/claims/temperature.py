@@ -111,7 +111,8 @@ def world_temperature(design, spreads, effect, rng):
 
 
 def world_like_for_like(design, spreads, effect, rng):
-    results = temperature_results(design, spreads, rng, 0.0, effect)
+    declared = get_claim("1c").seed_sd  # the T=1 rows' own seed spread, where one was measured
+    results = temperature_results(design, spreads, rng, 0.0, effect, declared[0] if declared else None)
     return claim_temperature_like_for_like(results, [TRAINED] * len(results)), effect
 
 

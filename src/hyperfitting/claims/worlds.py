@@ -128,14 +128,20 @@ def loops(design: Design, spreads: Spreads, rng) -> np.ndarray:
     return -LOOP_DROP * (rng.random(design.prompts) < spreads.loop_share) + LOOP_DROP * spreads.loop_share
 
 
-def temperature_results(design, spreads, rng, hyperfitted_shift: float, sampled_shift: float) -> list[dict]:
-    """Per replicate, the temperature analysis's per-prompt TTR: base greedy, base at T* per seed, hyperfitted greedy and at T=1."""
+def temperature_results(design, spreads, rng, hyperfitted_shift: float, sampled_shift: float,
+                        sampled_seed_sd: float | None = None) -> list[dict]:
+    """Per replicate, the temperature analysis's per-prompt TTR: base greedy, base at T* per seed, hyperfitted greedy and at T=1.
+
+    Each replicate's training seed shifts its hyperfitted greedy TTR (spreads.seed_sd) and its sampled TTR at T=1: by
+    the same amount, or with ``sampled_seed_sd`` by a draw of its own (claim 1c's declared spread)."""
     base, half = prompts(design, spreads, rng), spreads.paired_sd / math.sqrt(2)
     # The hyperfitted model's own per-prompt deviation, shared by every replicate, beside each replicate's fresh noise.
     shared = rng.normal(0, half * math.sqrt(spreads.prompt_effect_share), design.prompts)
     fresh = half * math.sqrt(1 - spreads.prompt_effect_share)
     results = []
-    for seed_effect in seed_shifts(spreads, spreads.seed_sd, design.replicates, rng):
+    greedy_shifts = seed_shifts(spreads, spreads.seed_sd, design.replicates, rng)
+    sampled_shifts = greedy_shifts if sampled_seed_sd is None else seed_shifts(spreads, sampled_seed_sd, design.replicates, rng)
+    for seed_effect, sampled_seed_effect in zip(greedy_shifts, sampled_shifts):
         gain = 0.30
         results.append({
             "per_prompt": {
@@ -146,7 +152,7 @@ def temperature_results(design, spreads, rng, hyperfitted_shift: float, sampled_
                 # (0.765 against 0.644 in the quick study): sampled hotter, the base model is more diverse there.
                 "base, T* (decoded paths)": [noisy(base + gain + PATH_T_STAR_BIAS, half * math.sqrt(design.seeds), rng)
                                              for _ in range(design.seeds)],
-                "hyperfitted, T=1": [noisy(base + gain + sampled_shift + seed_effect, half * math.sqrt(design.seeds), rng)
+                "hyperfitted, T=1": [noisy(base + gain + sampled_shift + sampled_seed_effect, half * math.sqrt(design.seeds), rng)
                                      for _ in range(design.seeds)],
             },
             "sampling_temperature": 0.6, "t_star": {"teacher_forced": 0.6, "greedy_path": 0.62},

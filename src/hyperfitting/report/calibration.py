@@ -215,9 +215,11 @@ def calibration_table(calibration: dict, preset: str = "this study") -> str:
     """One row per rule: false holds, false fails, coverage, power, and whether the goals are met."""
     d = calibration["design"]
     lines = [f"Calibration at {preset}'s sizes ({d['prompts']} prompts, {d['replicates']} replicate(s), {d['seeds']} sampling seed(s), "
-             f"{d['blocks']} held-out blocks), {calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}; "
+             f"{d['blocks']} held-out blocks, {d.get('static_models', '?')} static models, {d.get('rivals', '?')} rival layers), "
+             f"{calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}; "
              f"every world draws a training-seed shift of each trained model (SD {calibration['spreads']['seed_sd']:g}, or the "
-             "claim's declared one). Goals, nominal: false holds (at the margin and on its wrong side) and false fails (just past "
+             f"claim's declared one, each world's true SD drawn from what {calibration['spreads'].get('seed_sd_df', 2):g} degrees of "
+             "freedom allow). Goals, nominal: false holds (at the margin and on its wrong side) and false fails (just past "
              f"it and at the paper's size) at most {FALSE_HOLDS_GOAL:.1%}, coverage at least {COVERAGE_GOAL[0]:.0%} at every truth, "
              f"each judged by a one-sided binomial test over the worlds at {MISS_LEVEL:g}. Rows named "
              "'... of prompts loop' rerun a rule on skewed per-prompt differences; rows named 'broken' are wrong on purpose "
