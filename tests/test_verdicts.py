@@ -173,8 +173,10 @@ def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected)
     chosen = tuned.argmax(-1)
     prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
     comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16, torch.zeros(640, dtype=torch.bool))
-    results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1}
     base_ttr = prompts(0.3, 0.1, 16, 3)
+    # The causal check passes (reverted paths at base TTR): the verdict turns on the null comparison alone.
+    results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1,
+               "reverted": {"per_prompt_ttr": list(base_ttr), "share_of_steps_reverted": 0.2}}
     claim = claim_ranks([results], [TRAINED], [(shifted(base_ttr, 0.2, 31), base_ttr)])
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...
     assert claim.verdict == expected  # ...but only the context-dependent one beyond what the static null explains

@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
+from scipy.optimize import brentq
 
 CONFIDENCE = 0.95
 RESAMPLES = 4999
@@ -65,6 +66,7 @@ class Estimate:
     decisive: bool = True
     df: float = math.inf  # degrees of freedom of the quantile the interval was built with (inf: normal)
     seed_se: float = 0.0  # a declared between-seed standard error inside the interval: no number of units shrinks it
+    seed_df: float = math.inf  # the degrees of freedom that declared SD was measured with
 
     @property
     def unit_sd(self) -> float:
@@ -75,7 +77,7 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Estimate":
-        keys = ("value", "low", "high", "units", "method", "replicates", "decisive", "df", "seed_se")
+        keys = ("value", "low", "high", "units", "method", "replicates", "decisive", "df", "seed_se", "seed_df")
         estimate = cls(**{k: d[k] for k in keys if k in d})
         if "decisive" not in d:  # written before the flag: a zero-width interval was never a real one
             estimate = cls(**{**asdict(estimate), "decisive": _real_interval(estimate.low, estimate.high)})
@@ -277,7 +279,39 @@ def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int 
         ends.append(math.sqrt(half ** 2 + seed_half ** 2))
     method = f"{within.method} + declared seed SD {seed_sd:.3g}" + (f" ({df:g} df)" if math.isfinite(df) else "")
     return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, within.replicates, True,
-                    min(dfs), math.sqrt(between))
+                    min(dfs), math.sqrt(between), df)
+
+
+def seed_half(estimate: Estimate) -> float:
+    """The part of an interval's half-width that a declared seed spread holds (t(seed df) x its SE): no number of units
+    shrinks it, so an effect nearer the margin than this is never decided at one training run."""
+    if estimate.seed_se <= 0:
+        return 0.0
+    return t_quantile(estimate.seed_df) * estimate.seed_se
+
+
+def _p_beyond(estimate: Estimate, half: float, distance: float) -> float:
+    """One-sided p-value of an effect ``distance`` clear of a bound, on the side of the interval whose half-width is
+    ``half``: the level at which that side of the interval would just reach the bound. With a declared seed term that is
+    the root-sum-of-squares rule of with_declared_seed_spread solved for its level (two t scales, the units' and the
+    seed SD's own); otherwise the t (or normal) tail the interval was built with."""
+    if half <= 0:
+        return 1.0
+    if estimate.seed_se > 0 and math.isfinite(estimate.seed_df):
+        df_units = max(estimate.units - 1, 1)
+        se_units = math.sqrt(max(half ** 2 - seed_half(estimate) ** 2, 0.0)) / t_quantile(df_units)
+
+        def width(alpha: float) -> float:
+            return math.hypot(scipy_stats.t.isf(alpha, df_units) * se_units, scipy_stats.t.isf(alpha, estimate.seed_df) * estimate.seed_se)
+
+        reach = abs(distance)
+        if reach == 0:
+            return 0.5
+        p = 1e-15 if width(1e-15) <= reach else float(brentq(lambda alpha: width(alpha) - reach, 1e-15, 0.5))
+        return p if distance > 0 else 1 - p
+    se = half / t_quantile(estimate.df)
+    z = distance / se
+    return float(scipy_stats.t.sf(z, estimate.df)) if math.isfinite(estimate.df) else float(scipy_stats.norm.sf(z))
 
 
 def mean(values: Sequence[float]) -> Estimate:
@@ -394,16 +428,14 @@ def one_sided_p(estimate: Estimate, margin: float, direction: str) -> float:
     test the interval rule makes (not doubled: only one side can be clear of the margin at once)."""
     if not estimate.decisive or not math.isfinite(estimate.value):
         return 1.0
-    q = t_quantile(estimate.df)
-    below, above = (estimate.value - estimate.low) / q, (estimate.high - estimate.value) / q  # standard errors by side
-    tail = (lambda z: float(scipy_stats.t.sf(z, estimate.df))) if math.isfinite(estimate.df) else (lambda z: float(scipy_stats.norm.sf(z)))
+    below, above = estimate.value - estimate.low, estimate.high - estimate.value  # the half-widths by side
     if direction == "apart":
         if estimate.value >= 0:
-            return min(1.0, tail((estimate.value - margin) / below) + tail((estimate.value + margin) / below))
-        return min(1.0, tail((-margin - estimate.value) / above) + tail((margin - estimate.value) / above))
+            return min(1.0, _p_beyond(estimate, below, estimate.value - margin) + _p_beyond(estimate, below, estimate.value + margin))
+        return min(1.0, _p_beyond(estimate, above, -margin - estimate.value) + _p_beyond(estimate, above, margin - estimate.value))
     if direction == "above":
-        return tail((estimate.value - margin) / below) if below > 0 else 1.0
-    return tail((margin - estimate.value) / above) if above > 0 else 1.0
+        return _p_beyond(estimate, below, estimate.value - margin)
+    return _p_beyond(estimate, above, margin - estimate.value)
 
 
 def holm(p_values: Sequence[float], alpha: float = (1 - CONFIDENCE) / 2) -> list[bool]:
@@ -423,20 +455,36 @@ def holm(p_values: Sequence[float], alpha: float = (1 - CONFIDENCE) / 2) -> list
 def units_needed(estimate: Estimate, margin: float) -> int | None:
     """Roughly how many units would put the interval clear of ``margin``, at the observed effect and spread.
 
-    The normal approximation with 80% power, n = ((z_0.975 + z_0.8) * sd / |effect - margin|)^2, with sd the spread of
-    one unit read off the half of the interval that faces the margin, on the interval's own t scale (a t interval at
-    16 units is 1.1x wider than z: reading it as z would inflate n). A declared between-seed term no number of units
-    shrinks is taken out of that half first and kept: n solves (z + z_power) * sqrt(sd^2 / n + seed_se^2) = distance,
-    and there is no such n when the seed term alone spans the distance. None then, when the estimate sits on the margin,
-    and when the interval holds a measured between-replicate term (more replicates, not units, may decide it).
+    With 80% power: n solves half(n) + z_0.8 * sd / sqrt(n) = |effect - margin|, where half(n) is the facing half of the
+    interval at n units, built as the interval is: z * sd / sqrt(n), combined by root sum of squares with a declared seed
+    term's own half (t(seed df) x its SE), which no number of units shrinks. sd, the spread of one unit, is read off the
+    facing half after the seed term is taken out, on the interval's own t scale (a t interval at 16 units is 1.1x wider
+    than z: reading it as z would inflate n). None when the seed term alone spans the distance, when the estimate sits
+    on the margin, and when the interval holds a measured between-replicate term (more replicates, not units, may decide it).
     """
     distance = abs(estimate.value - margin)
     if distance < 1e-12 or not estimate.decisive or estimate.replicates > 1:
         return None
     facing = estimate.value - estimate.low if estimate.value > margin else estimate.high - estimate.value
-    se = facing / t_quantile(estimate.df)
-    unit_variance = max(se ** 2 - estimate.seed_se ** 2, 0.0) * estimate.units
-    room = (distance / (Z + Z_POWER)) ** 2 - estimate.seed_se ** 2
-    if unit_variance <= 0 or room <= 0:
+    fixed = seed_half(estimate)
+    if fixed >= distance:
+        return None  # the seed term alone spans the distance: no number of units decides it
+    if estimate.seed_se > 0 and math.isfinite(estimate.seed_df):
+        unit_sd = math.sqrt(max(facing ** 2 - fixed ** 2, 0.0)) / t_quantile(max(estimate.units - 1, 1)) * math.sqrt(estimate.units)
+    else:
+        unit_sd = math.sqrt(max((facing / t_quantile(estimate.df)) ** 2 - estimate.seed_se ** 2, 0.0) * estimate.units)
+    if unit_sd <= 0:
         return None
-    return max(estimate.units, math.ceil(unit_variance / room))
+
+    def short(n: float) -> float:  # how far the interval at n units, with 80% power, still falls short of the margin
+        return math.hypot(Z * unit_sd / math.sqrt(n), fixed) + Z_POWER * unit_sd / math.sqrt(n) - distance
+
+    if short(1e9) > 0:
+        return None
+    low, high = float(estimate.units), 1e9
+    if short(low) <= 0:
+        return estimate.units
+    for _ in range(100):  # bisection on log n
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if short(middle) <= 0 else (middle, high)
+    return math.ceil(high)

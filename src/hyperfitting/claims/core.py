@@ -185,7 +185,7 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     margin = (rule.margin if estimate.value >= 0 else -rule.margin) if rule.direction == "apart" else rule.margin
     needed = stats.units_needed(estimate, margin)
     units = rule.units
-    seed_bound = estimate.seed_se > 0 and (stats.Z + stats.Z_POWER) * estimate.seed_se >= abs(estimate.value - margin)
+    seed_bound = estimate.seed_se > 0 and stats.seed_half(estimate) >= abs(estimate.value - margin)
     power = (f"roughly {needed} {units} would decide it at the observed spread" if needed
              else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
              if estimate.replicates > 1 else

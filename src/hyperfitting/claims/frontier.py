@@ -15,7 +15,7 @@ from hyperfitting.claims.core import (
     Check, Claim, ClaimSpec, Rule, gain_check, hyperfitted_check, make_claim, not_run, register_claim,
     with_replicates,
 )
-from hyperfitting.claims.worlds import TRAINED, noisy, prompts, seed_shifts, Truths
+from hyperfitting.claims.worlds import TRAINED, Truths, noisy, prompts, seed_shifts
 
 RULE = Rule("hyperfitted greedy TTR minus the TTR of the base model's temperature frontier at the same judge perplexity "
                "(the frontier's upper envelope: the best TTR any mixture of sampled temperatures reaches at that perplexity), "

@@ -11,7 +11,7 @@ from hyperfitting import stats
 from hyperfitting.claims.core import (
     Check, Claim, ClaimSpec, Rule, gain_check, loss_hyperfitted, make_claim, not_run, register_claim,
 )
-from hyperfitting.claims.worlds import noisy, prompts, seed_shifts, Truths
+from hyperfitting.claims.worlds import Truths, noisy, prompts, seed_shifts
 
 RULE = Rule("share of LoRA-on-all-blocks' TTR gain over base greedy that LoRA on the last blocks reaches, both trained to the "
             "target loss, paired over prompts", "above", 0.8,

@@ -6,15 +6,16 @@ null chooses, counted over the steps that do not recite training text.
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
 from hyperfitting import stats
 from hyperfitting.claims.core import (
-    HOLDS, INCONCLUSIVE, Check, Claim, ClaimSpec, Rule, gain_check, hyperfitted_check, make_claim, not_run, register_claim,
+    HOLDS, INCONCLUSIVE, Check, Claim, ClaimSpec, Rule, contrary_p, gain_check, hyperfitted_check, make_claim, not_run, register_claim,
     with_replicates,
 )
-from hyperfitting.claims.worlds import TRAINED, seed_shifts, temperature_results, Truths
+from hyperfitting.claims.worlds import TRAINED, Truths, noisy, temperature_results, world_seed_sd
 
 RULE = Rule("share of hyperfitted greedy steps that override the base top-1 with a token the fitted context-free null does not "
             "choose (fitted on held-out text: a scale and an offset per token, or one temperature and an offset per token, "
@@ -62,24 +63,52 @@ def claim_ranks(results: list[dict], trains: list[dict | None], gain_pairs: list
         evidence += (f"; the non-hyperfitting control (the same run at epoch {trains[0]['lowest_heldout_epoch']}, its lowest held-out loss) "
                      f"has effect {c}")
     claim = make_claim(3, estimate, checks, evidence)
+    return with_replicates(causal_check(claim, results, gain_pairs), [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
+
+
+CARRIES = 0.5  # the reverted paths must keep less than half of the gain: the unexplained overrides carry most of it
+
+
+def causal_check(claim: Claim, results: list[dict], gain_pairs) -> Claim:
+    """"Holds" stands only if the unexplained overrides carry the gain: the hyperfitted model decoded with them reverted to
+    the null's choice keeps clearly less than CARRIES of its TTR gain over base greedy. Holm then reads the larger of the
+    two p-values ("frequent" and "they carry it": an intersection-union test). Without the reverted paths, no "holds"."""
     reverted = [r.get("reverted") for r in results]
-    if gain_pairs and all(reverted) and len(gain_pairs) == len(reverted):
-        # The causal check: with the unexplained overrides reverted to the null's choice, how much of the gain is left?
-        kept = stats.pooled([(rv["per_prompt_ttr"], base, tuned, base) for rv, (tuned, base) in zip(reverted, gain_pairs)],
-                            stats.SHARE_OF_GAIN)
-        claim.evidence += (f"; causal check: the hyperfitted model decoded with its unexplained overrides reverted to the null's "
-                           f"choice ({reverted[0]['share_of_steps_reverted']:.1%} of its steps) keeps {kept} of the gain")
-        if claim.verdict == HOLDS and not (kept.decisive and kept.high < 1):
+    if not (gain_pairs and all(reverted) and len(gain_pairs) == len(reverted)):
+        if claim.verdict == HOLDS:
             claim.verdict, claim.p_values = INCONCLUSIVE, (1.0, 1.0)
-            claim.reason = (f"the unexplained overrides are frequent ({claim.reason}), but reverting them to the null's choice does "
-                            f"not clearly cost diversity (the reverted paths keep {kept} of the gain): they do not carry the gain")
-    return with_replicates(claim, [stats.pooled([g], stats.RATIO_OF_SUMS).value for g in groups])
+            claim.reason = (f"the overrides are frequent ({claim.reason}), but these results have no reverted paths to show they carry "
+                            "the gain: rerun the ranks analysis")
+        return claim
+    kept = stats.pooled([(rv["per_prompt_ttr"], base, tuned, base) for rv, (tuned, base) in zip(reverted, gain_pairs)], stats.SHARE_OF_GAIN)
+    claim.evidence += (f"; causal check: the hyperfitted model decoded with its unexplained overrides reverted to the null's "
+                       f"choice ({reverted[0]['share_of_steps_reverted']:.1%} of its steps) keeps {kept} of the gain "
+                       f"(it must keep clearly less than {CARRIES:g})")
+    if claim.estimate is None:
+        return claim
+    estimate = stats.Estimate.from_dict(claim.estimate)
+    p_carries = stats.one_sided_p(kept, CARRIES, "below") if kept.decisive else float(kept.value >= CARRIES)
+    claim.p_values = (max(stats.one_sided_p(estimate, RULE.margin, RULE.direction), p_carries),
+                      contrary_p(estimate, RULE.margin, RULE.direction))
+    # Reverted paths whose TTR equals base greedy's on every prompt keep exactly none of the gain: certain, not undecided.
+    exact = not kept.decisive and kept.units >= 3 and kept.low == kept.high and math.isfinite(kept.value)
+    if claim.verdict == HOLDS and not ((kept.decisive or exact) and kept.high < CARRIES):
+        claim.verdict, claim.p_values = INCONCLUSIVE, (1.0, claim.p_values[1])
+        claim.reason = (f"the unexplained overrides are frequent ({claim.reason}), but reverting them to the null's choice does "
+                        f"not clearly cost most of the diversity (the reverted paths keep {kept} of the gain): they do not carry it")
+    return claim
+
+
+# The share at which claim 3's seed SD was measured (.399, .427, .343): a share cannot go below 0, so a training seed moves
+# it in proportion (a seed SD of 0.043 at 0.39, about 11%), not by 0.043 at a share of 0.05.
+SEED_SD_AT = 0.39
 
 
 def rank_results(design, spreads, rng, effect) -> list[dict]:
     results = []
-    for seed_effect in seed_shifts(spreads, SEED_SD[0], design.replicates, rng):
-        share = float(np.clip(effect + seed_effect, 1e-4, 1 - 1e-4))
+    relative = world_seed_sd(spreads, SEED_SD[0] / SEED_SD_AT, rng)
+    for seed_effect in rng.normal(-relative ** 2 / 2, relative, design.replicates):  # log-normal, mean 1: the recipe's share stays `effect`
+        share = float(np.clip(effect * math.exp(seed_effect), 1e-4, 1 - 1e-4))
         k = spreads.override_heterogeneity
         per_prompt_share = rng.beta(share * k, (1 - share) * k, design.prompts)
         steps = np.full(design.prompts, design.steps)
@@ -93,9 +122,17 @@ def rank_results(design, spreads, rng, effect) -> list[dict]:
     return results
 
 
+# In the worlds the unexplained overrides carry the gain: reverted, the paths keep this share of it (per prompt, noisy).
+WORLD_KEPT = 0.1
+
+
 def world_ranks(design, spreads, effect, rng):
     results = rank_results(design, spreads, rng, effect)
     gains = [(r["per_prompt"]["hyperfitted"][0], r["per_prompt"]["base, greedy"][0]) for r in temperature_results(design, spreads, rng, 0.0, 0.0)]
+    half = spreads.paired_sd / math.sqrt(2)
+    for result, (tuned, base) in zip(results, gains):
+        gain = np.mean(tuned) - np.mean(base)
+        result["reverted"] = {"per_prompt_ttr": noisy(np.asarray(base) + WORLD_KEPT * gain, half, rng), "share_of_steps_reverted": 0.2}
     return claim_ranks(results, [TRAINED] * len(results), gains), effect
 
 

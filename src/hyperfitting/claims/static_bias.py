@@ -16,7 +16,7 @@ from hyperfitting.claims.core import (
     FAILS, INCONCLUSIVE, Check, Claim, ClaimSpec, Rule, gain_check, get_claim, hyperfitted_check, make_claim, not_run,
     register_claim, with_replicates,
 )
-from hyperfitting.claims.worlds import TRAINED, noisy, prompts, seed_shifts, Truths
+from hyperfitting.claims.worlds import TRAINED, Truths, noisy, prompts, seed_shifts
 
 RULE = Rule("share of the hyperfitted TTR gain over base greedy that the best static reweighting of the base logits recovers "
             "(the best non-degenerate static model, chosen again inside every resample)",
@@ -129,6 +129,10 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
         level = 1 - (1 - stats.CONFIDENCE) / len(common)
         singles = {name: stats.pooled([tuple(r["per_prompt"][k] for k in (name, "base, greedy", "hyperfitted", "base, greedy")) for r in results],
                                       stats.SHARE_OF_GAIN, level) for name in common}
+        # Holm reads the test this rule makes: some single model clear of the margin, Bonferroni over the models (each
+        # p-value read off its wider interval as if it were a 95% one: larger than the exact one, so conservative).
+        claim.p_values = (1.0, 0.0 if exact else min(1.0, len(singles) * min(stats.one_sided_p(e, RULE.margin, "above")
+                                                                               for e in singles.values())))
         if not exact and not any(e.decisive and e.low > RULE.margin for e in singles.values()):
             claim.verdict = INCONCLUSIVE
             claim.reason = (f"the best-of-{len(common)} interval {estimate} lies above the margin, but no single static model's "

@@ -115,9 +115,13 @@ def seed_shifts(spreads: Spreads, sd: float, n: int, rng) -> np.ndarray:
     """``n`` training runs' shifts of an effect about its recipe's mean. ``sd`` was measured with spreads.seed_sd_df degrees
     of freedom, so this world's true SD is drawn about it, sd * sqrt(df / chi2(df)): as often larger than measured as three
     seeds allow. (0 degrees of freedom: taken as exact.)"""
+    return rng.normal(0, world_seed_sd(spreads, sd, rng), n)
+
+
+def world_seed_sd(spreads: Spreads, sd: float, rng) -> float:
+    """This world's true seed SD, drawn about the declared ``sd`` as its spreads.seed_sd_df degrees of freedom allow."""
     df = spreads.seed_sd_df
-    true_sd = sd * math.sqrt(df / rng.chisquare(df)) if df > 0 else sd
-    return rng.normal(0, true_sd, n)
+    return sd * math.sqrt(df / rng.chisquare(df)) if df > 0 else sd
 
 
 def loops(design: Design, spreads: Spreads, rng) -> np.ndarray:
