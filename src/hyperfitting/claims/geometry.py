@@ -76,7 +76,12 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
     by_variant = {v: decide(RULE, e)[0] for v, e in pooled_by_variant.items()}
     forced = next((r["localisation_forced"] for r in results if r.get("localisation_forced")), None)
     agree = len(set(by_variant.values())) == 1
+    # A training seed moves a layer's geometry, and no study has measured by how much in a model's own units: one run's
+    # geometry speaks of that run only, so claim 4 is decided about the recipe only from replicates that measure it.
+    spread = len(results) >= 2 or bool(declared and declared[0] > 0) or not DECLARED_SEED_SPREAD.get()  # a plant has no seed
     checks = [hyperfitted_check(trains), Check("localisation not forced", not forced, forced or "every block was trainable"),
+              Check("seed-to-seed spread measured", spread, f"{len(results)} training runs" + ("" if spread else
+                    ": one run's geometry says nothing of the recipe's; train more (study.replicates >= 2)")),
               Check("the participation-ratio variants agree", agree, "; ".join(f"{v}: {pooled_by_variant[v]} ({by_variant[v]})" for v in variants))]
     f = results[0]["footing"]
     evidence = (f"every layer's state RMS-normalised per token (no learned gain); final block Delta PR {f['final_delta_pr'][primary]:+.1f}, "
