@@ -320,26 +320,32 @@ def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndar
     per-cluster sums and Gram matrices. The clusters (held-out blocks) alternate between the two halves; with one
     cluster there is no second half, and each half is the whole."""
     states = _float64(states)
-    parts = []
+    sums, grams, counts = [], [], []
     for label in labels:
         rows = states[torch.from_numpy(clusters == label).to(states.device)]
-        parts.append((rows.sum(0), rows.T @ rows, len(rows)))
-    halves = [[i for i in range(len(parts)) if i % 2 == h] for h in (0, 1)] if len(parts) > 1 else [[0], [0]]
+        sums.append(rows.sum(0))
+        grams.append(rows.T @ rows)
+        counts.append(float(len(rows)))
+    # Per half (alternate clusters), its totals; then per cluster left out, its half without it (a half it would empty
+    # keeps the cluster: with fewer than four clusters the jackknife is not used, see claims/geometry.py).
+    half = [i % 2 if len(labels) > 1 else 0 for i in range(len(labels))]
+    totals = [[sum(part[i] for i in range(len(labels)) if len(labels) == 1 or half[i] == h) for part in (sums, grams, counts)] for h in (0, 1)]
 
-    def covariance(members):
-        s, g, m = sum(parts[i][0] for i in members), sum(parts[i][1] for i in members), sum(parts[i][2] for i in members)
+    def covariance(s, g, m):
         return g / m - torch.outer(s / m, s / m)
 
-    sets = [(halves[0], halves[1])] + [tuple([i2 for i2 in half if i2 != i] or half for half in halves) for i in range(len(parts))]
-    firsts, seconds, pooled = [], [], []
-    for first, second in sets:
-        firsts.append(covariance(first))
-        seconds.append(covariance(second))
-        pooled.append(covariance(sorted(set(first) | set(second))))
+    sets = [(totals[0], totals[1])]
+    for i in range(len(labels)):
+        reduced = [t - part[i] for t, part in zip(totals[half[i]], (sums, grams, counts))]
+        kept = reduced if reduced[2] > 0 else totals[half[i]]
+        sets.append((kept, totals[1]) if half[i] == 0 else (totals[0], kept))
     # All rows, then each cluster left out, in batches of about 128 MB (a 2048-wide model's covariance is 32 MB).
     size = max(1, 2 ** 24 // (3 * states.shape[1] ** 2))
-    chunks = [_split_half_prs(torch.stack(firsts[i:i + size]), torch.stack(seconds[i:i + size]), torch.stack(pooled[i:i + size]), massive)
-              for i in range(0, len(sets), size)]
+    chunks = []
+    for start in range(0, len(sets), size):
+        batch = sets[start:start + size]
+        chunks.append(_split_half_prs(torch.stack([covariance(*a) for a, _ in batch]), torch.stack([covariance(*b) for _, b in batch]),
+                                      torch.stack([covariance(*(x + y for x, y in zip(a, b))) for a, b in batch]), massive))
     prs = {variant: np.concatenate([chunk[variant] for chunk in chunks]) for variant in chunks[0]}
     return {variant: float(values[0]) for variant, values in prs.items()}, {variant: values[1:] for variant, values in prs.items()}
 
