@@ -81,13 +81,14 @@ def causal_check(claim: Claim, results: list[dict], gain_pairs) -> Claim:
                             "the gain: rerun the ranks analysis")
         return claim
     kept = stats.pooled([(rv["per_prompt_ttr"], base, tuned, base) for rv, (tuned, base) in zip(reverted, gain_pairs)], stats.SHARE_OF_GAIN)
+    shown = kept if math.isfinite(kept.value) else "an undefined share (no gain to share)"
     claim.evidence += (f"; causal check: the hyperfitted model decoded with its unexplained overrides reverted to the null's "
-                       f"choice ({reverted[0]['share_of_steps_reverted']:.1%} of its steps) keeps {kept} of the gain "
+                       f"choice ({reverted[0]['share_of_steps_reverted']:.1%} of its steps) keeps {shown} of the gain "
                        f"(it must keep clearly less than {CARRIES:g})")
     if claim.estimate is None:
         return claim
     estimate = stats.Estimate.from_dict(claim.estimate)
-    p_carries = stats.one_sided_p(kept, CARRIES, "below") if kept.decisive else float(kept.value >= CARRIES)
+    p_carries = stats.one_sided_p(kept, CARRIES, "below") if kept.decisive else float(not kept.value < CARRIES)  # nan: 1
     claim.p_values = (max(stats.one_sided_p(estimate, RULE.margin, RULE.direction), p_carries),
                       contrary_p(estimate, RULE.margin, RULE.direction))
     # Reverted paths whose TTR equals base greedy's on every prompt keep exactly none of the gain: certain, not undecided.
@@ -95,7 +96,7 @@ def causal_check(claim: Claim, results: list[dict], gain_pairs) -> Claim:
     if claim.verdict == HOLDS and not ((kept.decisive or exact) and kept.high < CARRIES):
         claim.verdict, claim.p_values = INCONCLUSIVE, (1.0, claim.p_values[1])
         claim.reason = (f"the unexplained overrides are frequent ({claim.reason}), but reverting them to the null's choice does "
-                        f"not clearly cost most of the diversity (the reverted paths keep {kept} of the gain): they do not carry it")
+                        f"not clearly cost most of the diversity (the reverted paths keep {shown} of the gain): they do not carry it")
     return claim
 
 
