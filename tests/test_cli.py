@@ -30,7 +30,7 @@ def _study_args(model, corpus, run_dir):
             "analysis.static_bias_top_k=20", "analysis.max_positions=64", "analysis.geometry_tokens=32",
             "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
             "study.controls_lr_sweep=[1.0,4.0]", "study.controls_sweep_epochs=1",
-            "study.reader_prompts=2", f"study.judge={model}", "model.precision=fp32"]
+            "study.reader_prompts=2", f"study.judge={model}", "model.precision=fp32", "study.calibration_worlds=40"]
 
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_study.json"
