@@ -320,32 +320,35 @@ def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndar
     per-cluster sums and Gram matrices. The clusters (held-out blocks) alternate between the two halves; with one
     cluster there is no second half, and each half is the whole."""
     states = _float64(states)
-    sums, grams, counts = [], [], []
-    for label in labels:
-        rows = states[torch.from_numpy(clusters == label).to(states.device)]
-        sums.append(rows.sum(0))
-        grams.append(rows.T @ rows)
-        counts.append(float(len(rows)))
-    # Per half (alternate clusters), its totals; then per cluster left out, its half without it (a half it would empty
-    # keeps the cluster: with fewer than four clusters the jackknife is not used, see claims/geometry.py).
-    half = [i % 2 if len(labels) > 1 else 0 for i in range(len(labels))]
-    totals = [[sum(part[i] for i in range(len(labels)) if len(labels) == 1 or half[i] == h) for part in (sums, grams, counts)] for h in (0, 1)]
+    index = torch.from_numpy(np.searchsorted(labels, clusters)).to(states.device)
+    clusters_n, width = len(labels), states.shape[1]
+    zeros = dict(dtype=states.dtype, device=states.device)
+    sums = torch.zeros(clusters_n, width, **zeros).index_add_(0, index, states)
+    counts = torch.bincount(index, minlength=clusters_n).to(states.dtype)
+    if width <= 64:  # narrow states (the calibration's worlds): every cluster's Gram matrix in one pass
+        grams = torch.zeros(clusters_n, width, width, **zeros).index_add_(0, index, states[:, :, None] * states[:, None, :])
+    else:
+        grams = torch.stack([states[index == i].T @ states[index == i] for i in range(clusters_n)])
+    # Two halves of alternate clusters (one cluster: each half is the whole). Row 0: all clusters; row 1 + i: cluster i
+    # left out of its half (a half it would empty keeps it: with fewer than four clusters the jackknife is not used).
+    half = torch.arange(clusters_n, device=states.device) % 2 if clusters_n > 1 else torch.zeros(1, dtype=torch.long, device=states.device)
+    members = torch.stack([(half == h) | (clusters_n == 1) for h in (0, 1)]).to(states.dtype)  # (2, clusters)
+    left_out = torch.cat([torch.zeros(1, clusters_n, **zeros), torch.eye(clusters_n, **zeros)])  # (1 + clusters, clusters)
+    weights = members[None] * (1 - left_out[:, None, :])  # (sets, 2, clusters)
+    emptied = weights.sum(-1) == 0
+    weights = torch.where(emptied[..., None], members[None].expand_as(weights), weights)
 
-    def covariance(s, g, m):
-        return g / m - torch.outer(s / m, s / m)
+    def covariances(w):  # w: (sets, clusters) -> (sets, d, d)
+        m = w @ counts
+        centre = (w @ sums) / m[:, None]
+        return torch.einsum("sc,cde->sde", w, grams) / m[:, None, None] - centre[:, :, None] * centre[:, None, :]
 
-    sets = [(totals[0], totals[1])]
-    for i in range(len(labels)):
-        reduced = [t - part[i] for t, part in zip(totals[half[i]], (sums, grams, counts))]
-        kept = reduced if reduced[2] > 0 else totals[half[i]]
-        sets.append((kept, totals[1]) if half[i] == 0 else (totals[0], kept))
-    # All rows, then each cluster left out, in batches of about 128 MB (a 2048-wide model's covariance is 32 MB).
-    size = max(1, 2 ** 24 // (3 * states.shape[1] ** 2))
+    # In batches of about 128 MB (a 2048-wide model's covariance is 32 MB).
+    size = max(1, 2 ** 24 // (3 * width ** 2))
     chunks = []
-    for start in range(0, len(sets), size):
-        batch = sets[start:start + size]
-        chunks.append(_split_half_prs(torch.stack([covariance(*a) for a, _ in batch]), torch.stack([covariance(*b) for _, b in batch]),
-                                      torch.stack([covariance(*(x + y for x, y in zip(a, b))) for a, b in batch]), massive))
+    for start in range(0, len(weights), size):
+        w = weights[start:start + size]
+        chunks.append(_split_half_prs(covariances(w[:, 0]), covariances(w[:, 1]), covariances(w[:, 0] + w[:, 1]), massive))
     prs = {variant: np.concatenate([chunk[variant] for chunk in chunks]) for variant in chunks[0]}
     return {variant: float(values[0]) for variant, values in prs.items()}, {variant: values[1:] for variant, values in prs.items()}
 
