@@ -274,8 +274,9 @@ def calibrate(arguments, json_path, worlds, seed):
     from hyperfitting.pipeline.stages import environment_record
 
     observed = run_dir if run_dir.exists() else None
+    environment = environment_record()  # the command, date and commit that produce these rates: taken as they start
     result = run_calibration(Design.of(config, observed), Spreads.observed(observed), worlds, seed, progress=True)
-    result["environment"] = environment_record()  # the command, date and commit that produced these rates
+    result["environment"] = environment
     Path(json_path).write_text(json.dumps(result, indent=1))
     print(calibration_table(result))
     print(f"Written: {json_path}")
