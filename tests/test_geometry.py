@@ -95,3 +95,21 @@ def test_weight_change_is_zero_for_the_same_model_and_local_to_the_changed_block
         tuned.model.layers[2].mlp.down_proj.weight.mul_(2.0)
     changes = weight_change_per_block(base, tuned)
     assert changes[:2] == [0.0, 0.0] and changes[2] > 0
+
+
+def test_the_verdicts_participation_ratio_is_split_half_and_not_shrunk_by_the_sample():
+    # 256 dimensions, 150 of them carrying the variance, over 1,024 positions in 16 blocks: the plain sample PR comes out
+    # near PR / (1 + PR / n), 13% low here, and shrinks a larger PR more (the review's case reversed which of two layers
+    # expanded most); the split-half estimate tr(S_A) tr(S_B) / tr(S_A S_B) over alternate blocks does not.
+    from hyperfitting.analysis.geometry import _leave_one_out_prs, participation_ratio
+
+    spectrum = np.r_[np.ones(150), np.full(106, 1e-3)]
+    truth = spectrum.sum() ** 2 / (spectrum ** 2).sum()
+    rng = np.random.default_rng(0)
+    states = rng.standard_normal((1024, 256)) * np.sqrt(spectrum)
+    clusters = np.repeat(np.arange(16), 64)
+    plain = participation_ratio(states)
+    split, left_out = _leave_one_out_prs(states, clusters, np.arange(16), np.array([], dtype=int))
+    assert plain < 0.9 * truth
+    assert abs(split["normalised"] - truth) < 0.05 * truth, (split["normalised"], truth)
+    assert len(left_out["normalised"]) == 16 and np.all(np.abs(left_out["normalised"] - truth) < 0.1 * truth)
