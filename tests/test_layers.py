@@ -9,7 +9,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     {"cli"},
     {"pipeline"},
-    {"report", "analysis", "training", "generation", "data", "preference"},
+    {"report", "analysis", "claims", "training", "generation", "data", "preference"},
     {"models"},
     {"config", "stats", "metrics", "registry", "layout", "rundir", "errors", "hashing", "seeding", "distributed", "precision",
      "tracking", "figures"},

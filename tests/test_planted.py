@@ -122,7 +122,10 @@ def test_validate_runs_every_planted_case_through_the_real_verdicts(monkeypatch,
     code, out, err = run_cli(monkeypatch, capsys, "validate", *_study_args(tiny_model_folder, corpus, run_dir))
     folder = tmp_path / "run-validate"
     summary = json.loads((folder / "validation.json").read_text())
-    assert summary["cases"] == list(PLANTED_CASES)
+    assert summary["cases"] == [*PLANTED_CASES, "a-a"]
+    # No study beside the validation: the A/A case says what it needs and is marked untested, not passed.
+    (a_a,) = [r for r in summary["rows"] if r["case"] == "a-a"]
+    assert a_a["verdict"] == "not run" and not a_a["tested"] and "study.replicates" in a_a["reason"]
     # Every truth of every case has a row, judged by the real claim functions (with Holm beside each).
     assert {(r["case"], str(r["claim"])) for r in summary["rows"]} >= {("static-bias", "2"), ("affine", "3"), ("temperature", "1c"),
                                                                        ("repetition-penalty", "3"), ("middle-expansion", "4"), ("temperature", "T*")}

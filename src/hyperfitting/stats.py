@@ -392,6 +392,21 @@ def jackknife_interval(value: float, leave_one_out: np.ndarray) -> Estimate:
     return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks", df=n - 1)
 
 
+def leave_one_out_estimates(values: dict[str, dict], replicates: Sequence[dict[str, dict]] | None = None,
+                            fewest: int = 4) -> list[Estimate]:
+    """Per key of ``values`` (``{"value": v, "leave_one_out": [...]}``: a statistic and its delete-one-cluster values), its
+    jackknife estimate, pooled with the same key of ``replicates`` (more training runs on the same clusters) by
+    :func:`mean_of_estimates`. Fewer than ``fewest`` clusters: no interval (claim 4's split-half statistic needs two
+    clusters in each half left after one is deleted)."""
+    estimates = []
+    for key, value in values.items():
+        runs = [value] + [r[key] for r in replicates or []]
+        per_run = [jackknife_interval(r["value"], np.asarray(r["leave_one_out"])) if len(r["leave_one_out"]) >= fewest
+                   else no_interval(r["value"], len(r["leave_one_out"]), f"fewer than {fewest} blocks: no interval") for r in runs]
+        estimates.append(mean_of_estimates(per_run, [r["leave_one_out"] for r in runs] if len(runs) > 1 else None))
+    return estimates
+
+
 def simultaneous_minimum(estimates: Sequence[Estimate], confidence: float = CONFIDENCE) -> Estimate:
     """The smallest of K effects (say, the final layer's Delta PR minus each rival's), with an interval that covers it at
     any K: the lower end is the smallest of the K lower ends at the usual level, the upper end the smallest of the K

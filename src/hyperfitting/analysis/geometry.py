@@ -363,7 +363,7 @@ def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.nda
     Choosing the runner-up once on all blocks and holding it fixed biases the effect (with 29 equal rivals the verdict
     could never hold); a jackknife of the maximum itself under-covers (77% at a tie with 30 rivals).
     """
-    from hyperfitting.claims.geometry import footing_effect  # the claim's statistic, shown with the analysis
+    from hyperfitting import stats
 
     layers = [name for name in a if name == "embeddings" or name.startswith("block ")]
     final, rivals = layers[-1], layers[:-1]
@@ -382,7 +382,7 @@ def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.nda
         pairs[v] = {layer: {"value": full_delta[final][v] - full_delta[layer][v],
                             "leave_one_out": (loo_delta[final][v] - loo_delta[layer][v]).tolist()} for layer in rivals}
         pairs[v]["zero"] = {"value": full_delta[final][v], "leave_one_out": np.asarray(loo_delta[final][v]).tolist()}
-        effects[v] = footing_effect(pairs[v]).to_dict()
+        effects[v] = stats.simultaneous_minimum(stats.leave_one_out_estimates(pairs[v])).to_dict()
         rival[v], rival_delta[v], final_delta[v] = best, full_delta[best][v], full_delta[final][v]
     return {"final": final, "effects": effects, "pairs": pairs, "rival": rival, "rival_delta_pr": rival_delta,
             "final_delta_pr": final_delta, "delta_pr": {layer: full_delta[layer] for layer in layers}}

@@ -23,12 +23,6 @@ RULE = Rule("Delta participation ratio of the final block's output minus the lar
             "above", 0.0, "any positive amount: the claim is about where the largest increase is, not its size", units="held-out blocks")
 
 
-def footing_effect(pairs: dict[str, dict], replicates: list[dict[str, dict]] | None = None):
-    """Claim 4's effect from the final layer's differences to each rival (``pairs``: value and leave-one-block-out values;
-    ``replicates``: the same for more training runs on the same blocks, pooled difference by difference)."""
-    return stats.simultaneous_minimum(footing_differences(pairs, replicates))
-
-
 def footing_p_values(differences: list) -> tuple[float, float]:
     """Holm's p-values of claim 4 as the tests its interval makes: "holds" is an intersection-union test (every
     difference above 0: the largest of their p-values), "does not hold" a union over the K differences (some difference
@@ -37,17 +31,6 @@ def footing_p_values(differences: list) -> tuple[float, float]:
     k = len(differences)
     return (max(stats.one_sided_p(d, 0.0, "above") for d in differences),
             min(1.0, k * min(stats.one_sided_p(d, 0.0, "below") for d in differences)))
-
-
-def footing_differences(pairs: dict[str, dict], replicates: list[dict[str, dict]] | None = None) -> list:
-    """Each difference (final layer minus one rival, or minus zero) as an estimate, pooled over replicates."""
-    estimates = []
-    for layer, pair in pairs.items():
-        runs = [pair] + [r[layer] for r in replicates or []]
-        per_run = [stats.jackknife_interval(r["value"], np.asarray(r["leave_one_out"])) if len(r["leave_one_out"]) >= 4
-                   else stats.no_interval(r["value"], len(r["leave_one_out"]), "fewer than 4 blocks (two a half): no interval") for r in runs]
-        estimates.append(stats.mean_of_estimates(per_run, [r["leave_one_out"] for r in runs] if len(runs) > 1 else None))
-    return estimates
 
 
 def claim_geometry(results: list[dict], trains: list[dict | None], control: dict | None = None) -> Claim:
@@ -62,8 +45,8 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
         return not_run(4, "these results predate the final layer's differences to each rival (an interval that covers at the "
                           "model's depth): rerun the geometry analysis")
     variants = list(results[0]["footing"]["effects"])
-    # Replicates pool each difference over the same held-out blocks, then the smallest difference is taken (footing_effect).
-    differences = {v: footing_differences(results[0]["footing"]["pairs"][v], [r["footing"]["pairs"][v] for r in results[1:]])
+    # Replicates pool each difference over the same held-out blocks, then the smallest difference is taken.
+    differences = {v: stats.leave_one_out_estimates(results[0]["footing"]["pairs"][v], [r["footing"]["pairs"][v] for r in results[1:]])
                    for v in variants}
     # One training run: a seed moves the final block's Delta PR, so every difference at once, each widened by the declared
     # seed SD before the smallest is taken (make_claim is then told not to widen again).
@@ -136,7 +119,7 @@ def _with_seed_shift(footing: dict, shift: float) -> dict:
         for pair in pairs.values():
             pair["value"] += shift
             pair["leave_one_out"] = [value + shift for value in pair["leave_one_out"]]
-        footing["effects"][variant] = footing_effect(pairs).to_dict()
+        footing["effects"][variant] = stats.simultaneous_minimum(stats.leave_one_out_estimates(pairs)).to_dict()
     return footing
 
 

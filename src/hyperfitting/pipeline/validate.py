@@ -83,7 +83,7 @@ def judge_a_a(study_dir: Path) -> list[dict]:
                  "arm against the next as its all-blocks arm" if arms else
                  f"needs the study folder {study_dir} with two or more replicates (study.replicates): run the study first")
     if len(arms) < 2:
-        return [{"case": A_A, "mechanism": mechanism, "claim": 5, "name": get_claim(5).name, "verdict": "not run", "holm": None,
+        return [{"case": A_A, "mechanism": mechanism, "claim": 5, "name": get_claim(5).name, "verdict": "not run", "holm": "not run",
                  "estimate": None, "reason": mechanism, "forbidden": [FAILS], "truth": A_A_TRUTH[5][1], "agrees": True, "tested": False}]
     rows = []
     for first, second in zip(arms, arms[1:] + arms[:1] if len(arms) > 2 else arms[1:]):
