@@ -121,6 +121,7 @@ def static_results(static_ttr, flip, base, tuned):
                      "passed": flip >= 0.1, "top_k_alpha": 0.5, "top_k_flip_rate": flip, "extended": []}}
 
 
+@pytest.mark.usefixtures("no_seed_term")
 def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     base = prompts(0.30, 0.1, 48, 9)
     tuned = shifted(base, 0.3, 91)
@@ -310,6 +311,7 @@ def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_dec
     assert claim.verdict == INCONCLUSIVE and "would decide it" in claim.reason and claim.units_needed > 6, claim.reason
 
 
+@pytest.mark.usefixtures("no_seed_term")
 def test_claim_2_a_static_model_that_reproduces_the_hyperfitted_text_exactly_does_not_hold():
     # The planted static offset: the fitted static model is the planted one, its text the "hyperfitted" text, its share
     # exactly 1 on every resample. No spread is then certainty, not a missing interval.
