@@ -155,3 +155,10 @@ def no_seed_term():
     token = DECLARED_SEED_SPREAD.set(False)
     yield
     DECLARED_SEED_SPREAD.reset(token)
+
+
+@pytest.fixture(autouse=True)
+def quick_report_calibration(monkeypatch):
+    """A study's report calibrates every rule (study.calibration_worlds, 400 worlds per truth): the suite's tiny studies
+    check that it runs and is shown, not its rates (tests of the calibration call calibrate_rule themselves)."""
+    monkeypatch.setattr("hyperfitting.report.build.CALIBRATION_WORLDS", 20)
