@@ -9,7 +9,7 @@ import numpy as np
 
 from hyperfitting import stats
 from hyperfitting.claims.core import (
-    DECLARED_SEED_SPREAD, SEED_SD_DF, Check, Claim, ClaimSpec, Rule, decide, get_claim, hyperfitted_check, make_claim, not_run,
+    DECLARED_SEED_SPREAD, Check, Claim, ClaimSpec, Rule, decide, hyperfitted_check, make_claim, not_run,
     register_claim, with_replicates,
 )
 from hyperfitting.claims.worlds import TRAINED, Truths, seed_shifts
@@ -48,11 +48,6 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
     # Replicates pool each difference over the same held-out blocks, then the smallest difference is taken.
     differences = {v: stats.leave_one_out_estimates(results[0]["footing"]["pairs"][v], [r["footing"]["pairs"][v] for r in results[1:]])
                    for v in variants}
-    # One training run: a seed moves the final block's Delta PR, so every difference at once, each widened by the declared
-    # seed SD before the smallest is taken (make_claim is then told not to widen again).
-    declared = get_claim(4).seed_sd if len(results) < 2 and DECLARED_SEED_SPREAD.get() else None
-    if declared and declared[0] > 0:
-        differences = {v: [stats.with_declared_seed_spread(d, declared[0], df=SEED_SD_DF) for d in ds] for v, ds in differences.items()}
     pooled_by_variant = {v: stats.simultaneous_minimum(d) for v, d in differences.items()}
     primary = variants[0]
     estimate = pooled_by_variant[primary]
@@ -61,7 +56,7 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
     agree = len(set(by_variant.values())) == 1
     # A training seed moves a layer's geometry, and no study has measured by how much in a model's own units: one run's
     # geometry speaks of that run only, so claim 4 is decided about the recipe only from replicates that measure it.
-    spread = len(results) >= 2 or bool(declared and declared[0] > 0) or not DECLARED_SEED_SPREAD.get()  # a plant has no seed
+    spread = len(results) >= 2 or not DECLARED_SEED_SPREAD.get()  # a plant has no training seed
     checks = [hyperfitted_check(trains), Check("localisation not forced", not forced, forced or "every block was trainable"),
               Check("seed-to-seed spread measured", spread, f"{len(results)} training runs" + ("" if spread else
                     ": one run's geometry says nothing of the recipe's; train more (study.replicates >= 2)")),
@@ -76,10 +71,7 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
         evidence += (f"; the non-hyperfitting control (the same run at epoch {trains[0]['lowest_heldout_epoch']}, its lowest held-out loss) "
                      f"has effect {c}")
     per_replicate = [Estimate.from_dict(r["footing"]["effects"][primary]).value for r in results]
-    if declared and declared[0] > 0:
-        evidence += (f"; one training run: each difference's interval widened by a declared seed-to-seed SD of {declared[0]:.3g} "
-                     f"({declared[1]}; {SEED_SD_DF} degrees of freedom) to speak of the recipe")
-    claim = make_claim(4, estimate, checks, evidence, seed_sd=(0.0, "carried by each difference"))
+    claim = make_claim(4, estimate, checks, evidence)
     if claim.estimate and all(d.decisive for d in differences[primary]):
         claim.p_values = footing_p_values(differences[primary])
     return with_replicates(claim, per_replicate)
@@ -88,8 +80,8 @@ def claim_geometry(results: list[dict], trains: list[dict | None], control: dict
 # Claim 4 on small synthetic networks: the embeddings and blocks as rivals (as many as the study's model has), width 12,
 # positions clustered in blocks.
 _WIDTH = 12
-# How much one training run's final-block Delta PR moves about the recipe's, in the worlds: the declared seed SD where
-# there is one (the claim's seed_sd), this otherwise.
+# How much one training run's final-block Delta PR moves about the recipe's, in the worlds (an assumption in the worlds'
+# own units: claim 4 declares no seed SD and is decided only where replicates measure it).
 WORLD_SEED_SD = 0.5
 
 
@@ -135,8 +127,7 @@ def world_geometry(design, spreads, effect, rng):
     """``effect`` here is the final block's flatness: 1.3 matches every rival (the claim false, just), lower is the wrong side.
     Each training run's final-block Delta PR lands a seed's shift away from the recipe's."""
     results = []
-    declared = get_claim(4).seed_sd
-    for shift in seed_shifts(spreads, declared[0] if declared else WORLD_SEED_SD, design.replicates, rng):
+    for shift in seed_shifts(spreads, WORLD_SEED_SD, design.replicates, rng):
         f = _with_seed_shift(_geometry_effect(rng, design.blocks, min(design.positions_per_block, 64), effect, design.rivals), shift)
         results.append({"footing": f, "tokens": design.blocks * min(design.positions_per_block, 64), "localisation_forced": None,
                         "verdict": {"final_delta_pr": f["final_delta_pr"]["normalised"]}})
