@@ -145,12 +145,13 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
     assert plan["data"] == "reuse" and {plan[n] for n in plan if n != "data"} == {"rerun"}
     assert "config model changed" in out
 
-    # A shorter continuation: decoding stages run again, data and training do not (tested by running it).
+    # A shorter continuation: decoding stages run again; data, training and the geometry analysis (it decodes nothing)
+    # do not (tested by running it).
     code, _, err = run_cli(monkeypatch, capsys, "study", *args, "generate.max_new_tokens=10", "--resume")
     assert code == 0, err
     after = {name: done(name) for name in before}
-    assert after["data"] == before["data"] and after["train"] == before["train"]
-    assert all(after[n]["fingerprint"] != before[n]["fingerprint"] for n in ("base", "hyperfitted", "analysis-geometry", "quality"))
+    assert after["data"] == before["data"] and after["train"] == before["train"] and after["analysis-geometry"] == before["analysis-geometry"]
+    assert all(after[n]["fingerprint"] != before[n]["fingerprint"] for n in ("base", "hyperfitted", "quality"))
 
 
 def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):

@@ -337,7 +337,7 @@ def export(run_dir, merged, gguf_path, gguf_dtype):
 @click.option("--tasks", default=None, help="Comma-separated standard harness tasks (default: study.retention_tasks); ours always run.")
 def retention(run_dir, tasks):
     """Capability retention of a finished run: the LM Evaluation Harness on the base and the hyperfitted model."""
-    from dataclasses import replace
+    from hyperfitting.config import replace
 
     from hyperfitting.layout import STAGE_DONE
     from hyperfitting.pipeline.graph import StageGraph, data_spec, retention_spec, training_spec

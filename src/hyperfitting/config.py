@@ -11,11 +11,13 @@ import dataclasses
 import hashlib
 import json
 import re
+import sys
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Iterator, Literal, TypeVar, Union
 
 import yaml
 
@@ -72,8 +74,121 @@ def check_choices(key: str, values: list[str], known: tuple[str, ...], what: str
         raise ConfigError(f"{key} = {values!r}: {unknown[0]!r} is not {what}. Choose from {', '.join(known)}{otherwise}.")
 
 
+# ----------------------------------------------------------------------------------
+# Which keys a piece of code reads: while `reading()` is open, every read of a section's field is recorded as
+# "section.key". The study records each stage's reads, and a test holds them against what the stage's fingerprint
+# covers (pipeline/graph.py), so a stage cannot read a key that changing would not make it run again.
+
+_OPEN_READS: list[set[str]] = []
+S = TypeVar("S")
+
+
+def _unrecorded(check: Any) -> Any:
+    """Validation reads every key it checks whenever a config is made or copied: not a stage's own reads."""
+
+    def checked(self: Any) -> None:
+        with not_reading():
+            check(self)
+
+    return checked
+
+
+# Copying a section (dataclasses.replace) reads every key it carries over: the copy's keys are recorded when they are read.
+_COPYING = frozenset(getattr(dataclasses, name).__code__ for name in ("replace", "_replace") if hasattr(dataclasses, name))
+
+
+class Section:
+    """A config section whose field reads are recorded while a `reading()` block is open."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__post_init__" in cls.__dict__:
+            cls.__post_init__ = _unrecorded(cls.__dict__["__post_init__"])
+
+    def __getattribute__(self, name: str) -> Any:
+        if (_OPEN_READS and name in object.__getattribute__(self, "__dataclass_fields__")
+                and name not in object.__getattribute__(self, "__dict__").get("_set_by_code", ())
+                and sys._getframe(1).f_code not in _COPYING):
+            key = f"{type(self).SECTION}.{name}"
+            for reads in _OPEN_READS:
+                reads.add(key)
+        return object.__getattribute__(self, name)
+
+
+def replace(instance: S, **changes: Any) -> S:
+    """dataclasses.replace that remembers which values the code set: reading those later is not reading the config
+    (the temperature analysis sets each row's temperature; generate.temperature is not what it decodes with)."""
+    with not_reading():
+        copy = dataclasses.replace(instance, **changes)
+    if isinstance(copy, Section):
+        before = object.__getattribute__(instance, "__dict__").get("_set_by_code", frozenset())
+        object.__setattr__(copy, "_set_by_code", before | frozenset(changes))
+    return copy
+
+
+def unrecorded(section: S) -> S:
+    """A section the code makes for itself (fixed settings, not the run's config): its reads are not the config's."""
+    object.__setattr__(section, "_set_by_code", frozenset(f.name for f in dataclasses.fields(section)))
+    return section
+
+
+@contextmanager
+def reading() -> Iterator[set[str]]:
+    """Record the config keys read inside the block (nested blocks record into every open one)."""
+    reads: set[str] = set()
+    _OPEN_READS.append(reads)
+    try:
+        yield reads
+    finally:  # by identity: two sets of the same keys are equal
+        _OPEN_READS[:] = [open_reads for open_reads in _OPEN_READS if open_reads is not reads]
+
+
+def replay(reads: set[str]) -> None:
+    """Record ``reads`` in every open block: the code that uses a shared object reads what making it read."""
+    for open_reads in _OPEN_READS:
+        open_reads.update(reads)
+
+
+class shared:
+    """A cached property shared by the stages of a run (the base model, an analysed model's greedy paths): made by the
+    first stage that needs it, and every stage that uses it is recorded as reading the keys that making it read."""
+
+    def __init__(self, function: Any):
+        self.function, self.name = function, function.__name__
+        self.__doc__ = function.__doc__
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        made = instance.__dict__.setdefault("_shared", {})
+        if self.name not in made:
+            with reading() as reads:
+                made[self.name] = (self.function(instance), reads)
+        value, reads = made[self.name]
+        replay(reads)
+        return value
+
+    @staticmethod
+    def is_made(instance: Any, name: str) -> bool:
+        return name in instance.__dict__.get("_shared", {})
+
+
+@contextmanager
+def not_reading() -> Iterator[None]:
+    """Reads that are not the code's own (hashing a whole section for a fingerprint) are not recorded."""
+    opened = list(_OPEN_READS)
+    _OPEN_READS.clear()
+    try:
+        yield
+    finally:
+        _OPEN_READS.extend(opened)
+
+
 @dataclass
-class ModelArgs:
+class ModelArgs(Section):
+    SECTION: ClassVar[str] = "model"
     name: str = "smollm2-135m"
     """Base model: an embedded name (see `hyperfit list`), a local Hugging Face folder, a .gguf file, or a hub id already in the local cache."""
     adapter: str | None = None
@@ -93,7 +208,8 @@ class ModelArgs:
 
 
 @dataclass
-class DataArgs:
+class DataArgs(Section):
+    SECTION: ClassVar[str] = "data"
     corpus: str = "fiction"
     """Training corpus: an embedded name (fiction, wikipedia), a .txt file or folder, a .jsonl/.csv/.parquet file, a folder saved by datasets' save_to_disk (FOLDER#SPLIT), or a dataset by name: [hf:]NAME[:CONFIG][@REVISION][#SPLIT], e.g. Salesforce/wikitext:wikitext-103-raw-v1#train (needs hyperfitting[datasets]; hf: forces load_dataset, e.g. on a local folder of data files)."""
     eval_corpora: list[str] = field(default_factory=lambda: ["fiction", "wikipedia"])
@@ -134,7 +250,8 @@ DEFAULT_LR = {"lora": 3e-3, "full": 1e-4}
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(Section):
+    SECTION: ClassVar[str] = "train"
     method: Literal["full", "lora"] = "lora"
     """`full` trains every parameter; `lora` adds PEFT LoRA adapters to the chosen blocks."""
     blocks: str | None = None
@@ -197,7 +314,8 @@ class TrainArgs:
 
 
 @dataclass
-class GenerateArgs:
+class GenerateArgs(Section):
+    SECTION: ClassVar[str] = "generate"
     max_new_tokens: int = ruled(128, '>= 1')
     """New tokens per continuation (the paper: 96, 128 or 256)."""
     do_sample: bool = False
@@ -233,7 +351,8 @@ class GenerateArgs:
 
 
 @dataclass
-class AnalysisArgs:
+class AnalysisArgs(Section):
+    SECTION: ClassVar[str] = "analysis"
     hyperfitted: str | None = None
     """The hyperfitted model to analyse: a PEFT adapter folder, a full model folder, or a hyperfit run folder. A study fills this in."""
     corpora: list[str] = field(default_factory=list)
@@ -277,7 +396,8 @@ BASELINE_METHODS = ("greedy", "top-p", "min-p", "typical", "eta", "epsilon", "re
 
 
 @dataclass
-class BaselinesArgs:
+class BaselinesArgs(Section):
+    SECTION: ClassVar[str] = "baselines"
     """The base model decoded by other methods, at the generation table's budget (same prompts, generate.max_new_tokens)."""
 
     methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
@@ -316,7 +436,8 @@ TRACKERS = ("trackio", "tensorboard", "mlflow")
 
 
 @dataclass
-class TrackingArgs:
+class TrackingArgs(Section):
+    SECTION: ClassVar[str] = "tracking"
     report_to: list[str] = field(default_factory=list)
     """Experiment trackers that also receive the run's numbers (local stores, nothing uploaded): any of trackio, tensorboard, mlflow. Empty: JSON files only."""
     project: str = "hyperfitting"
@@ -330,7 +451,8 @@ class TrackingArgs:
 
 
 @dataclass
-class StudyArgs:
+class StudyArgs(Section):
+    SECTION: ClassVar[str] = "study"
     plugins: list[str] = field(default_factory=list)
     """Python modules to import before the analyses are checked: each registers analyses of its own (hyperfitting.registry.register), which study.analyses can then name. A module on the Python path, e.g. my_probe for my_probe.py."""
     analyses: list[str] = field(default_factory=lambda: list(BUILT_IN_NAMES))
@@ -405,6 +527,7 @@ class RunConfig:
     baselines: BaselinesArgs = field(default_factory=BaselinesArgs)
     tracking: TrackingArgs = field(default_factory=TrackingArgs)
 
+    @_unrecorded
     def __post_init__(self) -> None:
         # Rules that join sections; each section's own rules sit beside its fields.
         outside = [c for c in self.analysis.corpora if c not in self.data.eval_corpora]
@@ -424,23 +547,50 @@ class RunConfig:
                               "Use at least 1, or drop geometry from study.analyses.")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        with not_reading():  # every value: for writing or hashing, not a stage's own read
+            return dataclasses.asdict(self)
 
     def corpora_of(self, section: str) -> list[str]:
         """The evaluation corpora the analyses or the baselines read: their own list, or every evaluation corpus."""
         return list(getattr(self, section).corpora or self.data.eval_corpora)
 
-    def fingerprint(self, *sections: str) -> str:
-        """Hash of the named sections (all if none): a stage reruns when this changes."""
+    def hashed(self) -> dict[str, Any]:
+        """Every value as the fingerprints see it: what means the same is written the same."""
         data = self.to_dict()
         data["model"].pop("precision")  # "auto" is not a value: the study graph adds the precision it resolves to
         for section in ("analysis", "baselines"):  # [] means every evaluation corpus: the same stage as naming them all
             data[section]["corpora"] = self.corpora_of(section)
+        data["analysis"]["max_new_tokens"] = self.analysis.max_new_tokens or self.generate.max_new_tokens  # None: generate's
         for (section, key), unchanged in LATER_KEYS.items():
             if data[section].get(key) == unchanged:
                 data[section].pop(key)
+        return data
+
+    def decoding_keys(self, fixed: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The generate keys a decode with this config's generate section reads (the code sets those in ``fixed``): the
+        sampling keys only when it samples, the blocker's n only with the blocker, contrastive search's weight only in it."""
+        g = self.generate
+        keys = ["max_new_tokens", "do_sample", "batch_size", "stop_at_eos", "decoder", "contrastive_top_k", "citation_blocker"]
+        keys += ["temperature", "top_k", "top_p", "seed"] if g.do_sample else []
+        keys += ["citation_blocker_n"] if g.citation_blocker else []
+        keys += ["contrastive_alpha"] if g.contrastive_top_k else []
+        return tuple(f"generate.{key}" for key in keys if key not in fixed)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Hash of the named sections (all if none): a stage reruns when this changes."""
+        data = self.hashed()
         picked = {name: data[name] for name in sections} if sections else data
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def hashed_values(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """``{"section.key": value}`` of the named keys as the fingerprints see them."""
+        data = self.hashed()
+        out = {}
+        for key in keys:
+            section, _, name = key.partition(".")
+            if name in data[section]:
+                out[key] = data[section][name]
+        return out
 
 
 # ----------------------------------------------------------------------------------
@@ -573,20 +723,33 @@ def _fix_yaml_floats(tree: Any) -> Any:
     return tree
 
 
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a tree, over the file its `base:` names (a path relative to it): a preset holds only what
+    differs from its base, and why."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Presets live in configs/ (e.g. configs/quick.yaml).")
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"Config file '{path}' is its own base ({chain}): remove one `base:`.")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections (model, data, train, generate).")
+    tree = _fix_yaml_floats(loaded)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"Config file '{path}': base = {base!r} must name one config file (e.g. base: quick.yaml).")
+    return _deep_merge(read_config_file(path.parent / base, (*_seen, path.resolve())), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- dotted overrides, validated as a whole."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file '{path}' does not exist. Presets live in configs/ (e.g. configs/quick.yaml).")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config file '{path}' is not valid YAML: {error}") from error
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"Config file '{path}' must hold a mapping of sections (model, data, train, generate).")
-        tree = _fix_yaml_floats(loaded)
+    """Defaults <- YAML file (over its base, if it names one) <- dotted overrides, validated as a whole."""
+    tree: dict[str, Any] = read_config_file(path) if path is not None else {}
     if overrides:
         tree = _deep_merge(tree, parse_overrides(overrides))
     return build_dataclass(RunConfig, tree)

@@ -74,6 +74,11 @@ class Analysis:
     """Also run on the main run at its lowest held-out loss (study.lowest_heldout_control): the non-hyperfitting control."""
     summary: str = ""
     """One line for `hyperfit analyze --help` and the plan."""
+    reads: Callable[[RunConfig], tuple[str, ...]] | tuple[str, ...] | None = None
+    """The config keys it reads beside the model and the data, or a function of the config that says them: a section
+    by its name (`generate`) or one key (`analysis.seeds`). Its stages' fingerprints hash exactly these, so a change of
+    any other key reuses them (tests/test_fingerprints.py holds the built-in entries to what they read). None: the
+    generate and analysis sections whole."""
 
     def run_on(self, context: Context) -> dict:
         return _resolve(self.run)(context)
@@ -81,6 +86,11 @@ class Analysis:
     def write_to(self, results: dict, folder: Path) -> None:
         if self.write is not None:
             _resolve(self.write)(results, folder)
+
+    def read_keys(self, config: RunConfig) -> tuple[str, ...]:
+        if self.reads is None:
+            return ("generate", "analysis")
+        return self.reads(config) if callable(self.reads) else self.reads
 
     def source_files(self) -> tuple[Path, ...]:
         """The files of a registered analysis's functions, hashed into its stages' fingerprints: editing a plug-in
@@ -123,25 +133,45 @@ def _geometry_scale(config: RunConfig, later_replicate: bool = False) -> float:
     return config.analysis.geometry_tokens / 1024
 
 
+def analysis_paths(config: RunConfig) -> tuple[str, ...]:
+    """The keys of the analyses' decodes (analysis/common.py: decode sets length, sampling and blocker itself): what
+    the analyses of one model share (pipeline/analyses.py: AnalysisContext), made by whichever runs first."""
+    fixed = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "citation_blocker", "citation_blocker_n")
+    return config.decoding_keys(fixed=fixed) + ("analysis.corpora", "analysis.max_new_tokens")
+
+
+def _reading(*keys: str) -> Callable[[RunConfig], tuple[str, ...]]:
+    """A built-in analysis reads its greedy paths' keys and these."""
+    return lambda config: analysis_paths(config) + keys
+
+
+_STATIC = ("analysis.static_bias_offset", "analysis.max_positions")  # the static models fitted on held-out text, shared too
+
 # Built in, in the order a study runs them. Weights: seconds each took alone in the quick preset on a 2-core CPU
 # (fp32, commit be240e1; BENCHMARKS.md section 4).
 BUILT_IN = (
     Analysis("temperature", "Claim 1: temperature control", "hyperfitting.analysis.temperature:run",
              "hyperfitting.analysis.temperature:write_temperature_analysis", claims=("1", "1b", "1c"), figure="frontier.png",
              weight=103, scale=_temperature_scale,
+             reads=_reading("analysis.seeds", "analysis.temperature_grid", "analysis.baseline_temperature", "analysis.baseline_top_k",
+                            "analysis.baseline_top_p", "analysis.max_positions"),
              summary="is it just temperature? entropy-matched sampling control and frontier"),
     Analysis("static-bias", "Claim 2: static-bias ablation", "hyperfitting.analysis.static_bias:run",
              "hyperfitting.analysis.static_bias:write_static_bias_analysis", claims=("2",), figure="static_bias.png", weight=50,
+             reads=_reading(*_STATIC, "analysis.static_bias_top_k", "analysis.static_bias_alphas", "analysis.static_bias_select",
+                            "analysis.static_bias_bite", "analysis.rank_top_k"),
              summary="is it a fixed reweighting of the vocabulary? z + alpha * delta"),
     Analysis("ranks", "Claim 3: rank reordering", "hyperfitting.analysis.ranks:run", "hyperfitting.analysis.ranks:write_rank_analysis",
              claims=("3",), figure="ranks.png", weight=80, lowest_heldout=True,
+             reads=_reading(*_STATIC, "analysis.seeds", "analysis.rank_top_k", "generate.citation_blocker_n"),
              summary="overrides, deep-tail tokens, context dependence, rank transplant"),
     Analysis("geometry", "Claim 4: layer-wise geometry", "hyperfitting.analysis.geometry:run",
              "hyperfitting.analysis.geometry:write_geometry_analysis", claims=("4",), figure="geometry.png", weight=38,
-             scale=_geometry_scale, lowest_heldout=True,
+             scale=_geometry_scale, lowest_heldout=True, reads=lambda config: ("analysis.geometry_tokens",),
              summary="layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion"),
     Analysis("block-swap", "Claim 4, causal test: the final block swapped", "hyperfitting.analysis.block_swap:run",
              "hyperfitting.analysis.block_swap:write_block_swap_analysis", claims=("4",), figure="block_swap.png", weight=60,
+             reads=_reading(),
              summary="the final block swapped between the models: does it carry the effect?"),
 )
 BUILT_IN_NAMES = tuple(a.name for a in BUILT_IN)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import weakref
-from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, replace
 from hyperfitting.errors import ConfigError
 from hyperfitting.generation.decoding import Continuation, LogitsProcessor
 from hyperfitting.hashing import weights_version

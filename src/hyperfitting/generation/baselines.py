@@ -16,12 +16,12 @@ methods with a processor in another, one forward pass per step for all of them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig
+from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig, replace
 from hyperfitting.generation.decoding import Continuation, generate, left_padded
 from hyperfitting.generation.processors import NoRepeatNGram
 

@@ -341,7 +341,7 @@ def attach_adapter(model, path: str | Path, trainable: bool = False):
 
 def load_hyperfitted(args: ModelArgs, target: str | Path):
     """A hyperfitted model from ``target``: a full model folder, or an adapter applied to ``args.name``."""
-    from dataclasses import replace
+    from hyperfitting.config import replace
 
     full = finetuned_model_folder(target)
     if full is not None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 from hyperfitting.analysis.common import decode, load_pair
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, shared
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.layout import analysis_stage_name
@@ -31,18 +30,18 @@ class AnalysisContext:
             raise ConfigError(f"analysis.corpora names {missing}, which are not among data.eval_corpora {list(data.prompts)}.")
         self.prompts = [p.prompt_ids for c in corpora for p in data.prompts[c]]
 
-    @cached_property
+    @shared
     def base_greedy(self):
         return decode(self.base, self.tokenizer, self.prompts, self.config, desc="base greedy")
 
-    @cached_property
+    @shared
     def heldout_static(self):
         """Per-token statistics and the fitted static+temperature model, from one teacher-forced pass over held-out text."""
         from hyperfitting.analysis.static_bias import heldout_static_models
 
         return heldout_static_models(self.base, self.tuned, self.data.heldout_blocks, self.config)
 
-    @cached_property
+    @shared
     def tuned_greedy(self):
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from hyperfitting.analysis.common import decode, per_prompt_ttr
 from hyperfitting.analysis.teacher_forcing import sample_block_positions
 from hyperfitting.analysis.geometry import geometry_table_rows, hidden_states_at
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, replace
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
@@ -26,8 +25,9 @@ from hyperfitting.training.parallel import is_sharded, remove_checkpoints
 def control_train_args(config: RunConfig, spec: str):
     """Every control trains to the study's target loss (train.until_loss), with controls_epochs as the cap.
 
-    On the study's own data (study.controls_on_study_data) a LoRA placement starts from the main run's learning rate,
-    so the placements differ in where they adapt and nothing else."""
+    On the study's own data (study.controls_on_study_data) a LoRA placement starts from the main LoRA run's learning
+    rate, so the placements differ in where they adapt and nothing else; a LoRA control never takes a full fine-tune's
+    rate (about a thousand times too low for LoRA): beside a fully fine-tuned main run it starts from controls_lr_lora."""
     # The verdict reads a control's final held-out loss only; measured every epoch, a forward pass over as many blocks
     # as it trains on added about a third to each epoch (forward alone against forward and backward).
     common = dict(epochs=config.study.controls_epochs, until_loss=config.train.until_loss, diversity_every=0, heldout_every=0)
@@ -35,7 +35,7 @@ def control_train_args(config: RunConfig, spec: str):
         return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full, **common)
     _, blocks = spec.split(":", 1)
     # LoRA controls fit one device: plain data parallelism keeps the trunk cache (FSDP turns it off).
-    lr = config.train.lr if config.study.controls_on_study_data else config.study.controls_lr_lora
+    lr = config.train.lr if config.study.controls_on_study_data and config.train.method == "lora" else config.study.controls_lr_lora
     return replace(config.train, method="lora", blocks=blocks, lr=lr, parallelism="ddp", **common)
 
 

@@ -9,18 +9,19 @@ exactly the stages below it. The inputs are stored beside each finished stage, w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, not_reading
 from hyperfitting.hashing import content_hash
 from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, replicate_suffix
-from hyperfitting.registry import analysis_names, get_analysis, lowest_heldout_names
+from hyperfitting.registry import analysis_names, analysis_paths, get_analysis, lowest_heldout_names
 from hyperfitting.rundir import Stage, read_json
 
 T = TypeVar("T")
@@ -124,6 +125,11 @@ class StageGraph:
             twice = sorted({spec.name for spec in specs if sum(s.name == spec.name for s in specs) > 1})
             raise ValueError(f"Two stages named {', '.join(twice)}: each stage needs a folder of its own.")
         self._inputs: dict[str, dict[str, str]] = {}
+        self.reads: dict[str, set[str]] = {}
+        """The config keys each stage read as it ran (pipeline/runner.py: run_graph); tests/test_fingerprints.py holds
+        each stage's fingerprint to them."""
+        self.process_reads: set[str] = set()
+        """Keys read once for the whole process before any stage (the precision every stage runs at)."""
         self.started = time.time()
 
     def __contains__(self, name: str) -> bool:
@@ -139,18 +145,22 @@ class StageGraph:
     def inputs(self, name: str) -> dict[str, str]:
         """Everything the stage's outputs depend on, one entry per input, as stored beside its outputs."""
         if name not in self._inputs:
-            spec = self.specs[name]
-            inputs = {f"config {section}": spec.config.fingerprint(section) for section in spec.sections}
-            inputs.update({f"setting {key}": json.dumps(value, sort_keys=True) for key, value in spec.values.items()})
-            inputs.update({f"file {path}": content_hash(path) for path in spec.files})
-            inputs.update({f"version {library}": version for library, version in library_versions().items()})
-            inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
-            if name != "data":  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
-                from hyperfitting.precision import resolve_precision
-
-                inputs["precision"] = resolve_precision(spec.config.model.precision).label
-            self._inputs[name] = inputs
+            with not_reading():  # hashing sections reads every key: not the stage's own reads
+                self._inputs[name] = self._make_inputs(name)
         return self._inputs[name]
+
+    def _make_inputs(self, name: str) -> dict[str, str]:
+        spec = self.specs[name]
+        inputs = {f"config {section}": spec.config.fingerprint(section) for section in spec.sections}
+        inputs.update({f"setting {key}": json.dumps(value, sort_keys=True) for key, value in spec.values.items()})
+        inputs.update({f"file {path}": content_hash(path) for path in spec.files})
+        inputs.update({f"version {library}": version for library, version in library_versions().items()})
+        inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
+        if name != "data":  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
+            from hyperfitting.precision import resolve_precision
+
+            inputs["precision"] = resolve_precision(spec.config.model.precision).label
+        return inputs
 
     def fingerprint(self, name: str) -> str:
         return hashlib.sha256(json.dumps(self.inputs(name), sort_keys=True).encode()).hexdigest()[:16]
@@ -169,7 +179,8 @@ class StageGraph:
         stage = self.stage(name)
         if stage.done:
             return load(stage.dir)
-        self.announce(name, detail)
+        with not_reading():  # the estimate of the time left reads every stage's config
+            self.announce(name, detail)
         started = time.perf_counter()
         reset_device_peak()
         result = work(stage.start())
@@ -241,6 +252,11 @@ def _describe_change(key: str, before: str | None, now: str | None) -> str:
 # ---------------------------------------------------------------------------------- the study's graph
 
 
+# A stage's config is its own (dataclasses.replace, not config.replace): the seed of a replicate, the rate of the full
+# fine-tune are values its stage reads from its config, recorded as such.
+replace = dataclasses.replace
+
+
 def replicate_config(config: RunConfig, replicate: int) -> RunConfig:
     """Replicate K: the same data, another seed (data order and adapter initialisation)."""
     return replace(config, train=replace(config.train, seed=config.train.seed + replicate))
@@ -278,18 +294,60 @@ def analysed_config(config: RunConfig, train_folder: Path) -> RunConfig:
 
 # The study keys each late stage reads; the others (replicates, which analyses run, full_finetune) reach it through
 # its parent stages or not at all, so that adding replicates to a finished study does not redo its controls or quality.
-CONTROLS_READS = ("controls", "controls_train_blocks", "controls_on_study_data", "controls_epochs", "controls_lr_lora", "controls_lr_full",
-                  "controls_lr_sweep", "controls_sweep_epochs")
-QUALITY_READS = ("judge", "mauve", "reader_prompts")
+CONTROLS_READS = tuple(f"study.{key}" for key in ("controls", "controls_train_blocks", "controls_on_study_data", "controls_epochs",
+                                                   "controls_lr_lora", "controls_lr_full", "controls_lr_sweep", "controls_sweep_epochs")) \
+    + ("analysis.geometry_tokens",)
 
 
-def _study_values(config: RunConfig, keys: tuple[str, ...]) -> dict:
-    return {key: getattr(config.study, key) for key in keys}
+def controls_reads(config: RunConfig) -> tuple[str, ...]:
+    """CONTROLS_READS without the keys the study's other settings make unused (pipeline/controls.py: control_train_args)."""
+    study = config.study
+    unused = set()
+    if study.controls_on_study_data:
+        unused.add("study.controls_train_blocks")  # every training block
+        if config.train.method == "lora":
+            unused.add("study.controls_lr_lora")  # the LoRA placements start from the main LoRA run's rate
+    if not study.controls_lr_sweep:
+        unused.add("study.controls_sweep_epochs")
+    if "full" not in study.controls or "full" in reused_runs(config):
+        unused.add("study.controls_lr_full")
+    return tuple(key for key in CONTROLS_READS if key not in unused)
 
 
-def _analysis_values(config: RunConfig) -> dict:
+def control_training_keys(config: RunConfig) -> tuple[str, ...]:
+    """The train keys the controls' training reads: pipeline/controls.py: control_train_args sets placement, rate, epochs
+    and the per-epoch measurements itself (none: no probe reads the probe's keys), and keeps the rest of train.*."""
+    set_by_controls = {"method", "blocks", "epochs", "diversity_every", "heldout_every", "diversity_prompts", "diversity_tokens",
+                       "probe_geometry"}
+    if not (config.study.controls_on_study_data and config.train.method == "lora"):
+        set_by_controls.add("lr")  # the LoRA placements start from the main LoRA run's rate only on the study's data
+    return tuple(f"train.{key}" for key in config.hashed()["train"] if key not in set_by_controls)
+
+
+QUALITY_READS = ("study.judge", "study.mauve", "study.reader_prompts", "generate.max_new_tokens",
+                 "analysis.corpora", "analysis.max_new_tokens")
+
+
+def _values(config: RunConfig, keys: tuple[str, ...]) -> dict:
+    """The named keys ("section.key") as the fingerprints see them (config.py: RunConfig.hashed)."""
+    return config.hashed_values(keys)
+
+
+def _split_reads(reads: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(sections read whole, single keys) of a read list such as ("generate", "analysis.seeds")."""
+    return tuple(r for r in reads if "." not in r), tuple(r for r in reads if "." in r)
+
+
+def _analysis_keys(config: RunConfig, without: tuple[str, ...] = ("hyperfitted",)) -> tuple[str, ...]:
     # The analysed model enters through the parent training stage, not through its path.
-    return {"analysis": {**config.to_dict()["analysis"], "hyperfitted": None, "corpora": config.corpora_of("analysis")}}
+    return tuple(f"analysis.{key}" for key in config.hashed()["analysis"] if key not in without)
+
+
+def training_keys(config: RunConfig) -> tuple[str, ...]:
+    """The train keys a training run reads: LoRA's only when it trains LoRA; the probe's sample size when it probes."""
+    lora_only = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
+    keys = tuple(f"train.{key}" for key in config.hashed()["train"] if config.train.method == "lora" or key not in lora_only)
+    return keys + (("analysis.geometry_tokens",) if config.train.probe_geometry else ())
 
 
 def data_spec(config: RunConfig) -> StageSpec:
@@ -306,34 +364,41 @@ def evaluation_spec(name: str, config: RunConfig, parents: tuple[str, ...], what
     base model (``scorer="plain"``: model.name without model.adapter, for `hyperfit evaluate` of an adapter)."""
     files = (Path(config.model.adapter),) if config.model.adapter else ()
     trained = next((parent.removeprefix("train") for parent in parents if parent.startswith("train")), None)
-    return StageSpec(name, what, config, sections=("model", "generate"), parents=("data", *parents),
+    return StageSpec(name, what, config, sections=("model",), parents=("data", *parents), values=_values(config, config.decoding_keys()),
                      files=model_files(config.model.name) + files, kind="evaluation", args={"trained": trained, "scorer": scorer})
 
 
 def training_spec(name: str, config: RunConfig) -> StageSpec:
     train = config.train
     return StageSpec(name, f"hyperfit: {train.method} on {train.blocks}, seed {train.seed}", config,
-                     sections=("model", "train"), parents=("data",), files=model_files(config.model.name), kind="train")
+                     sections=("model",), parents=("data",), files=model_files(config.model.name), kind="train",
+                     values=_values(config, training_keys(config)))
 
 
 def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
     """An analysis of the model trained by ``train_stage``, or (``None``) of the model at analysis.hyperfitted."""
-    files = model_files(config.model.name) + get_analysis(analysis).source_files()
+    entry = get_analysis(analysis)
+    files = model_files(config.model.name) + entry.source_files()
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
+    sections, keys = _split_reads(entry.read_keys(config))
+    if "analysis" in sections:  # a plug-in that does not say what it reads: the section whole, but the analysed model's path
+        sections, keys = tuple(s for s in sections if s != "analysis"), keys + _analysis_keys(config)
     return StageSpec(analysis_stage_name(analysis, suffix), f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
-                     config, sections=("model", "generate"), parents=("data",) + ((train_stage,) if train_stage else ()),
-                     files=files, values=_analysis_values(config), kind="analysis",
+                     config, sections=("model", *sections), parents=("data",) + ((train_stage,) if train_stage else ()),
+                     files=files, values=_values(config, keys), kind="analysis",
                      args={"analysis": analysis, "suffix": suffix, "trained": train_stage is not None})
 
 
 def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
     """The model decoded by every method of baselines.methods (its greedy row read from a parent `base` stage, if any)."""
-    a = config.analysis  # the top-p row is the analyses' sampling baseline
     files = (Path(config.model.adapter),) if config.model.adapter else ()
+    # Every method starts from generate's length, batch and decoder (generation/baselines.py: decoding_args) and sets the rest.
+    keys = ("generate.max_new_tokens", "generate.seed", "generate.batch_size", "generate.stop_at_eos", "generate.decoder",
+            "analysis.baseline_temperature", "analysis.baseline_top_k", "analysis.baseline_top_p")
     return StageSpec("baselines", "the model decoded by other methods, at the same budget", config,
-                     sections=("model", "generate", "baselines"), parents=parents, files=model_files(config.model.name) + files,
-                     values={"analysis.baseline": [a.baseline_temperature, a.baseline_top_k, a.baseline_top_p]})
+                     sections=("model", "baselines"), parents=parents, files=model_files(config.model.name) + files,
+                     values=_values(config, keys))
 
 
 def retention_spec(config: RunConfig) -> StageSpec:
@@ -370,8 +435,8 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         # On the study's own data, a placement the study trains anyway is read from its training stage.
         reused = tuple(dict.fromkeys(stage for stage, _ in reused_runs(config).values()))
         specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
-                               sections=("model", "train", "generate"), parents=("data", *reused), files=model_files(config.model.name),
-                               values={**_analysis_values(config), "study": _study_values(config, CONTROLS_READS)}))
+                               sections=("model",), parents=("data", *reused), files=model_files(config.model.name),
+                               values=_values(config, control_training_keys(config) + controls_reads(config) + analysis_paths(config))))
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
@@ -380,8 +445,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     temperatures = [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]
     judged = tuple(s.name for s in specs if s.name in temperatures) if judge else ()
     specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
-                           sections=("model", "generate", "analysis"), parents=("data", *decoded, *judged),
-                           values={"study": _study_values(config, QUALITY_READS)},
+                           sections=("model",), parents=("data", *decoded, *judged), values=_values(config, QUALITY_READS),
                            files=model_files(config.model.name) + (model_files(judge) if judge else ())))
     if config.study.retention:
         specs.append(retention_spec(config))

@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, reading, replay, shared
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import RunDirError
 from hyperfitting.layout import FULL, LOWEST, replicate_suffix
@@ -43,7 +43,7 @@ class Shared:
         self._trained: dict[str, Any] = {}
         self._context: tuple[str, Any] | None = None
 
-    @cached_property
+    @shared
     def _model_and_tokenizer(self):
         from hyperfitting.models.loading import load_model
 
@@ -54,12 +54,12 @@ class Shared:
         """model.name (with model.adapter, if any): the model every row is compared with."""
         return self._model_and_tokenizer[0]
 
-    @cached_property
+    @shared
     def plain_model(self):
         """model.name without model.adapter: what `hyperfit evaluate` scores an adapter's continuations against."""
         if not self.config.model.adapter:
             return self.base_model
-        from dataclasses import replace
+        from hyperfitting.config import replace
 
         from hyperfitting.models.loading import load_model
 
@@ -67,7 +67,15 @@ class Shared:
 
     @property
     def tokenizer(self):
-        return self._tokenizer if self._tokenizer is not None else self._model_and_tokenizer[1]
+        """The base model's tokenizer, loaded alone when no stage has needed the weights yet (the data stage reads
+        model.name only, so its fingerprint holds no other model key)."""
+        if self._tokenizer is None:
+            if shared.is_made(self, "_model_and_tokenizer"):
+                return self._model_and_tokenizer[1]
+            from hyperfitting.models.loading import tokenizer_for
+
+            self._tokenizer = tokenizer_for(self.config.model)
+        return self._tokenizer
 
     @property
     def data(self) -> PreparedData:
@@ -111,16 +119,21 @@ class Shared:
         its greedy paths are decoded once for all its analyses, then dropped when the next model's analyses begin."""
         if self._context is None or self._context[0] != suffix:
             self._context = None  # release the previous model's paths (and control model) before loading the next
-            if suffix.endswith(LOWEST):
-                from hyperfitting.training.hyperfit import load_lowest_heldout
-
-                control, epoch = load_lowest_heldout(self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}")
-                print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
-                model, is_control = (control if control is not None else self.base_model), True
-            else:
-                model, is_control = self.trained(suffix), False
-            self._context = (suffix, AnalysisContext(config, self.data, models=(self.base_model, model, self.tokenizer), control=is_control))
+            with reading() as reads:  # what making the context reads, every analysis of this model reads
+                self._context = (suffix, self._make_context(suffix, config), reads)
+        replay(self._context[2])
         return self._context[1]
+
+    def _make_context(self, suffix: str, config):
+        if suffix.endswith(LOWEST):
+            from hyperfitting.training.hyperfit import load_lowest_heldout
+
+            control, epoch = load_lowest_heldout(self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}")
+            print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
+            model, is_control = (control if control is not None else self.base_model), True
+        else:
+            model, is_control = self.trained(suffix), False
+        return AnalysisContext(config, self.data, models=(self.base_model, model, self.tokenizer), control=is_control)
 
 
 # ------------------------------------------------------------------------------ one runner per kind of stage
@@ -196,7 +209,9 @@ def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]
         spec = graph[name]
         if spec.kind != "analysis":
             shared.release_analysed()  # a model's analyses are over: its paths must not sit beside the next training, the controls or the judge
-        outputs[name] = RUNNERS[spec.kind](spec, shared)
+        with reading() as reads:  # which config keys the stage reads: its fingerprint must cover each (tests/test_fingerprints.py)
+            outputs[name] = RUNNERS[spec.kind](spec, shared)
+        graph.reads[name] = reads
     return outputs
 
 
@@ -210,17 +225,19 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
     """
     from hyperfitting.precision import precision_for
 
-    precision, context = precision_for(config)
+    with reading() as process_reads:  # model.precision and model.tf32 set up the whole process: every stage reads them
+        precision, context = precision_for(config)
     with context:
-        return _run_study(config, Path(run_dir), precision)
+        return _run_study(config, Path(run_dir), precision, process_reads)
 
 
-def _run_study(config: RunConfig, run_dir: Path, precision) -> dict:
+def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[str]) -> dict:
     from hyperfitting.report.build import build_report
     from hyperfitting.tracking import log_study, trackers_for
 
     started = time.perf_counter()
     graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
+    graph.process_reads = process_reads
     trackers = trackers_for(config, run_dir, "study")
     shared = Shared(graph, trackers)
     outputs = run_graph(graph, shared)

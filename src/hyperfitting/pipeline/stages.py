@@ -11,14 +11,13 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from hyperfitting import __version__
-from hyperfitting.config import RunConfig
+from hyperfitting.config import GenerateArgs, RunConfig, unrecorded
 from hyperfitting.data.splits import PreparedData, Prompt, prepare_data
 from hyperfitting.metrics.diversity import distinct_n, seq_rep_n, ttr
 from hyperfitting.metrics.overlap import SuffixAutomaton
@@ -27,7 +26,7 @@ from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.report.model_card import write_model_card
 from hyperfitting.rundir import (
-    FULL, atomic_path, is_main_process, read_json, read_jsonl, replicate_suffix, wait_for_everyone, write_json, write_jsonl,
+    atomic_path, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl,
 )
 from hyperfitting.training.hyperfit import hyperfit, lowest_heldout_epoch, reached_target, save_trained
 from hyperfitting.training.parallel import remove_checkpoints
@@ -101,7 +100,9 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
     from hyperfitting.generation.decoding import generate
 
     subset = [p.prompt_ids for p in prompts[: config.train.diversity_prompts]]
-    args = replace(config.generate, do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1)
+    # Plain greedy decoding whatever generate.* says: the curve is the training's own (train.diversity_*), and a
+    # change of the evaluation's decoding must not make a finished training run again.
+    args = unrecorded(GenerateArgs(do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1))
     geometry = config.train.probe_geometry and heldout_blocks is not None and len(heldout_blocks) > 0
     sample = sample_block_positions(heldout_blocks, config.analysis.geometry_tokens, config.data.seed) if geometry else None
 
@@ -237,10 +238,11 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
     def work(folder: Path) -> dict:
         rows_decoded = ["base", "hyperfitted"] + (["hyperfitted-blocked"] if "hyperfitted-blocked" in graph else [])
         generations = {name: read_jsonl(run_dir / name / "generations.jsonl") for name in rows_decoded}
-        # The temperature analyses whose decoded paths the judge places on the diversity-quality plane (claim 1(b)).
+        # The temperature analyses whose decoded paths the judge places on the diversity-quality plane (claim 1(b)):
+        # the stages it waits for (pipeline/graph.py: study_graph).
         frontiers = {}
-        for name in [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]:
-            temperature = read_json(run_dir / name / "results.json") if name in graph else {}
+        for name in (parent for parent in graph["quality"].parents if parent.startswith("analysis-temperature")):
+            temperature = read_json(run_dir / name / "results.json")
             if "paths" in temperature:
                 frontiers[name] = temperature
         baselines = graph.run_dir if "baselines" in graph else None

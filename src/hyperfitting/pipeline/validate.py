@@ -15,12 +15,11 @@ entropy match) runs as in a study.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from hyperfitting.config import RunConfig
+from hyperfitting.config import RunConfig, replace
 from hyperfitting.pipeline.analyses import AnalysisContext
-from hyperfitting.pipeline.graph import StageGraph, StageSpec, _analysis_values, data_spec, model_files
+from hyperfitting.pipeline.graph import StageGraph, StageSpec, _analysis_keys, _values, data_spec, model_files
 from hyperfitting.pipeline.stages import data_stage
 from hyperfitting.registry import get_analysis
 from hyperfitting.report.validation import validation_markdown
@@ -113,7 +112,7 @@ def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> Stag
         files = model_files(config.model.name) + (Path(planted.__file__), Path(analysis_code.__file__).parent) + tuple(
             path for name in analyses for path in get_analysis(name).source_files())
         specs.append(StageSpec(f"validate-{case}", f"the planted {case}: {', '.join(analyses)}", config, sections=("model", "generate"),
-                               parents=("data",), files=files, values={**_analysis_values(config), "case": case}, kind="validate"))
+                               parents=("data",), files=files, values={**_values(config, _analysis_keys(config)), "case": case}, kind="validate"))
     return StageGraph(run_dir, specs)
 
 
