@@ -135,6 +135,9 @@ def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
     everything = load_config(overrides=["study.replicates=3", "study.full_finetune=true", "study.judge=auto",
                                         "study.controls_on_study_data=true"]).to_dict()
     assert left_out(everything) == []
+    # An older run folder's config without a key had the default then: the harness ran (retention is on by default).
+    del everything["study"]["retention"], everything["study"]["mauve"]
+    assert left_out(everything) == []
     # The standard preset runs everything the protocol asks for: no verdict rests on a part it skipped.
     assert left_out(load_config("configs/standard.yaml").to_dict()) == []
 

@@ -138,6 +138,19 @@ def test_claim_2_an_ablation_that_changes_nothing_is_not_evidence():
     assert unjudged.verdict == INCONCLUSIVE and "cannot judge" in unjudged.reason
 
 
+def test_claim_2_replicates_whose_static_models_differ_are_not_decided():
+    """Each replicate's offset bites under another name (found by the shrunk standard preset): there is no one static
+    model to resample across replicates, so the claim says so instead of failing."""
+    base = prompts(0.30, 0.1, 48, 9)
+    tuned = shifted(base, 0.3, 91)
+    first = static_results(shifted(base, 0.01, 92), 0.3, base, tuned)
+    second = static_results(shifted(base, 0.01, 94), 0.3, base, tuned)
+    second["per_prompt"]["alpha = 2"] = second["per_prompt"].pop("alpha = 0.5")
+    second["bite"] = {**second["bite"], "biting": ["alpha = 2"], "flip_rates": {"alpha = 2": 0.3}}
+    claim = claim_static_bias([first, second], [TRAINED, TRAINED], [0.4, 0.4])
+    assert claim.verdict == INCONCLUSIVE and "in every replicate" in claim.evidence
+
+
 def test_claim_2_a_static_model_that_wrecks_its_own_text_is_degenerate_whatever_its_flips():
     # The review's case: a static model whose text collapses (TTR 0.03) "holds" claim 2 at -1.58 if it is the only one.
     base = prompts(0.30, 0.1, 48, 9)

@@ -101,6 +101,9 @@ def claim_static_bias(results: list[dict], trains: list[dict | None], override_r
                             or f"every excluded model recovers clearly less than {RULE.margin:g} of the gain"))
     if not common:  # only degenerate ones: their estimate is shown, and the failed check keeps it from deciding
         common = [name for name in results[0]["bite"]["biting"] if all(name in r["bite"]["biting"] for r in results)]
+    if not common:  # each replicate bit with other static models: no one model to resample across them
+        return make_claim(2, None, checks, "no static model changes the base model's choices in every replicate; hyperfitting "
+                                           f"gain {gain_estimate}")
     groups = [tuple(r["per_prompt"][name] for name in common) + (r["per_prompt"]["base, greedy"], r["per_prompt"]["hyperfitted"]) for r in results]
     estimate = stats.pooled(groups, BEST_STATIC_SHARE)
     # A static model whose greedy text has the hyperfitted model's TTR on every prompt of every replicate recovers the whole
