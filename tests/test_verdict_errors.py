@@ -116,7 +116,7 @@ def test_holm_demotes_a_borderline_hold_among_several_rules_and_keeps_a_clear_on
     base = normal(0.3, 0.1, 16, 6)
     clear = make_claim(1, stats.paired_difference(base + 0.4 + normal(0, 0.05, 16, 7), base), [], "")
     border = [make_claim(number, stats.Estimate(0.11, 0.051, 0.169, 16, "t"), [], "") for number in ("1b", "1c")]
-    claims = with_holm([clear, *border])
+    with_holm([clear, *border])
     assert clear.verdict == clear.holm == HOLDS
     assert all(c.verdict == HOLDS and c.holm == INCONCLUSIVE for c in border if c.direction == "above")
 

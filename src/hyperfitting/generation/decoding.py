@@ -119,7 +119,7 @@ def decode_variants(
     taken = 0
     for step in range(max_new_tokens):
         if step > 0:
-            logits = state.advance(next_tokens)  # (B, V)
+            logits = state.advance(next_tokens)  # (B, V)  # noqa: F821 (the previous step's choice)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
         entropy = -(probs * log_probs).sum(-1)

@@ -35,8 +35,10 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
     ``study_metrics`` is metrics.json's ``metrics`` (row -> corpus -> metrics); ``plane`` the judge's per-prompt points.
     """
     plane, mauve = plane or {}, mauve or {}
+    # MAUVE's column only where it was computed (study.mauve): a column of blanks says nothing.
+    mauve_head, mauve_of = ("MAUVE | ", lambda name: f"{mauve[name]:.3f} | " if name in mauve else "- | ") if mauve else ("", lambda name: "")
     lines = ["| method | settings | seeds | TTR [95% CI] | distinct-3 | seq-rep-3 (lower: less repetition) | judge perplexity [95% CI] | "
-             "MAUVE | copies >10 training tokens | tokens/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{mauve_head}copies >10 training tokens | tokens/s |", "|---|---|---|---|---|---|---|---|---|" + ("---|" if mauve else "")]
     for name, row in baselines.items():
         measured = row["corpora"].get(corpus)
         if measured is None:
@@ -46,7 +48,7 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
         speed = row.get("tokens_per_second")
         lines.append(f"| {name} | {row['settings']} | {row['seeds']} | {_interval(measured['per_prompt_ttr'])} | {_cell(metrics, 'distinct_3')} | "
                      f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | "
-                     f"{mauve.get(name, float('nan')):.3f} | {_cell(metrics, 'train_overlap_share_over_10')} | "
+                     f"{mauve_of(name)}{_cell(metrics, 'train_overlap_share_over_10')} | "
                      f"{f'{speed:.0f}' if speed is not None and speed == speed else 'base stage'}{' *' if row.get('decoded_with') else ''} |")
     for key, label in STUDY_ROWS.items():
         metrics = study_metrics.get("base", {}).get(f"{corpus}:human") if key == "human" else \
@@ -56,7 +58,7 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
         judged = plane.get(key, {})
         ttr_cell = _interval(judged["ttr"]) if judged.get("ttr") else _cell(metrics, "ttr")
         lines.append(f"| **{label}** | {'the study' if key != 'human' else 'reference'} | 1 | {ttr_cell} | {_cell(metrics, 'distinct_3')} | "
-                     f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | - | "
+                     f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | {mauve_of(key)}"
                      f"{_cell(metrics, 'train_overlap_share_over_10')} | - |")
     groups = list(dict.fromkeys(tuple(row["decoded_with"]) for row in baselines.values() if row.get("decoded_with")))
     if groups:

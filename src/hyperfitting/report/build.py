@@ -19,6 +19,7 @@ from hyperfitting.config import BASELINE_METHODS, load_config
 from hyperfitting.layout import FULL, RunFolder
 from hyperfitting.registry import BUILT_IN_NAMES, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
+from hyperfitting.report.forest import plot_claims
 from hyperfitting.report.generation import generation_table
 from hyperfitting.claims import INCONCLUSIVE, NOT_RUN, Evidence, claim_specs, decide_claims, with_holm
 from hyperfitting.rundir import read_json, write_json, write_text
@@ -74,6 +75,11 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
+def text(words: str) -> str:
+    """Generated words as Markdown shows them: `T*` is not emphasis, a `|` does not end a table cell."""
+    return str(words).replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
+
+
 def claims_section(claims: list, train: dict, heading: str = "## Claims") -> list[str]:
     """The verdicts as a reviewer reads them: effect, 95% interval, margin, checks, verdict and why."""
     md = [heading, "",
@@ -86,8 +92,9 @@ def claims_section(claims: list, train: dict, heading: str = "## Claims") -> lis
         checks = "; ".join(f"{'passed' if k['passed'] else 'FAILED'}: {k['name']}" for k in c.checks) or "-"
         margin = f"outside ±{c.margin:g}" if c.direction == "apart" else f"{'>' if c.direction == 'above' else '<'} {c.margin:+g}"
         holm = VERDICT_MARK[c.holm or c.verdict]
-        md.append(f"| {c.number} | {c.name} | {effect} | {margin} | {checks} | **{holm}** | {VERDICT_MARK[c.verdict]} | {c.reason} | {c.paper} |")
-    md += ["", "Evidence behind each effect:", ""] + [f"- **{c.number}.** {c.evidence}." for c in claims]
+        md.append(f"| {c.number} | {text(c.name)} | {effect} | {margin} | {text(checks)} | **{holm}** | {VERDICT_MARK[c.verdict]} | "
+                  f"{text(c.reason)} | {text(c.paper)} |")
+    md += ["", "Evidence behind each effect:", ""] + [f"- **{c.number}.** {text(c.evidence)}." for c in claims]
     md += ["", "Rules (the same decision for every claim; each claim, its margin and its reason are one file in `hyperfitting/claims/`):", ""]
     md += [f"- **{c.number}.** {c.rule}" for c in claims]
     replicates = max(len(c.replicates) for c in claims) or 1
@@ -174,7 +181,12 @@ def calibration_section(calibration: dict, claims: list) -> list[str]:
 
 
 def left_out(config: dict) -> list[str]:
-    """What this study's config did not run, each with the key that turns it on: a small preset says what it cannot tell."""
+    """What this study's config did not run, each with the key that turns it on: a small preset says what it cannot tell.
+    A key missing from an older run folder's config.yaml has the toolkit's default, as when it ran."""
+    from hyperfitting.config import RunConfig
+
+    defaults = RunConfig().to_dict()
+    config = {section: ({**defaults[section], **values} if isinstance(values, dict) else values) for section, values in config.items()}
     study, analysis = config["study"], config["analysis"]
     missing = [f"the {name} analysis (add it to study.analyses)" for name in BUILT_IN_NAMES if name not in study["analyses"]]
     if study.get("replicates", 1) < 2:
@@ -203,9 +215,9 @@ def left_out(config: dict) -> list[str]:
         missing.append(f"3 or more seeds per sampled decoding baseline: {config['baselines']['seeds']} here (baselines.seeds=3)")
     if len(config["data"].get("eval_corpora", [])) < 2:
         missing.append("generation on a second corpus, beside the training domain's (data.eval_corpora)")
-    if not study.get("mauve", True):
+    if not study["mauve"]:
         missing.append("MAUVE against the human continuations (study.mauve=true; it wants hundreds of continuations per row)")
-    if not study.get("retention", False):
+    if not study["retention"]:
         missing.append("capability retention through the LM Evaluation Harness (study.retention=true)")
     if "temperature" in study["analyses"] and len(analysis["temperature_grid"]) < 5:
         missing.append(f"a fine temperature frontier: {len(analysis['temperature_grid'])} temperatures besides T* and greedy "
@@ -318,6 +330,9 @@ def build_report(run_dir: Path) -> dict:
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
     calibration = study_calibration(run_dir)
     claims = with_calibration(claims, calibration)
+    plot_claims(claims, figures / "claims.png")
+    md += [_image(run_dir, "report-figures/claims.png", "every claim: effect and 95% interval against its margin, coloured by its "
+                  "verdict after Holm"), ""]
     md += claims_section(claims, study["train"])
     md += calibration_section(calibration, claims)
     md += left_out_section(config)
@@ -326,7 +341,9 @@ def build_report(run_dir: Path) -> dict:
                    if study.get("full_finetune") else [])
     if full_claims:
         full = study["full_finetune"]
+        plot_claims(full_claims, figures / "claims-full.png", "Claims 1-4 on the fully fine-tuned model")
         md += claims_section(full_claims, full, "## Claims 1-4 on the fully fine-tuned model")
+        md += [_image(run_dir, "report-figures/claims-full.png", "claims 1-4 on the fully fine-tuned model"), ""]
         md += [f"Full fine-tuning of every parameter ({full['trainable_parameters']:,}), loss {full['initial_train_loss']:.3f} -> "
                f"{full['final_train_loss']:.3f} in {full['epochs_run']} epochs; the same data, prompts and rules as above.", ""]
 
@@ -347,10 +364,13 @@ def build_report(run_dir: Path) -> dict:
     generation = generation_table(study["metrics"])
     md += ["## Base and hyperfitted generation beside the human text", "", generation, ""]
     if quality:
-        md += ["### Quality", "", f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
-               "samples per side, so coarse):", "", "| corpus | base | hyperfitted |", "|---|---|---|"]
-        for corpus, row in quality["mauve"].items():
-            md.append(f"| {corpus} | {row['base']:.3f} | {row['hyperfitted']:.3f} |")
+        md += ["### Quality", ""]
+        if quality["mauve"]:
+            md += [f"MAUVE against the human continuations (features: the base model's final state; {quality['samples']} "
+                   "samples per side, so coarse):", "", "| corpus | base | hyperfitted |", "|---|---|---|"]
+            md += [f"| {corpus} | {row['base']:.3f} | {row['hyperfitted']:.3f} |" for corpus, row in quality["mauve"].items()]
+        else:
+            md += ["MAUVE: not run (study.mauve=true computes it; it wants hundreds of continuations per row)."]
         md.append("")
         judge = quality.get("judge")
         if judge:

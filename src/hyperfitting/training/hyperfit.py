@@ -424,7 +424,7 @@ def load_lowest_heldout(args, folder: Path):
     (None, 0) when the held-out loss never fell below its value before training: then nothing was saved, and the
     control is the base model itself.
     """
-    from dataclasses import replace
+    from hyperfitting.config import replace
 
     from hyperfitting.models.loading import adapter_folder, finetuned_model_folder, load_hyperfitted, load_model
 
@@ -449,7 +449,9 @@ def reached_target(log: list[dict], until_loss: float | None) -> bool:
 
 
 def _format_row(row: dict) -> str:
-    parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f}", f"held-out loss {row['heldout_loss']:.4f}"]
+    parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f}"]
+    if row.get("heldout_loss") is not None and row["heldout_loss"] == row["heldout_loss"]:  # epochs that skip it say nothing of it
+        parts.append(f"held-out loss {row['heldout_loss']:.4f}")
     if row.get("tokens_per_second"):
         parts.append(f"{row['tokens_per_second']:.0f} tok/s")
     for key in ("ttr", "distinct_3"):

@@ -1,0 +1,49 @@
+"""The report a researcher reads at a glance: the claims' forest plot, generated text that Markdown leaves alone, no
+column or cell for what was not run, progress lines without nan."""
+
+import re
+from dataclasses import replace
+
+from hyperfitting.claims import FAILS, HOLDS
+from hyperfitting.claims.core import not_run
+from hyperfitting.report.baselines import baselines_table
+from hyperfitting.report.build import claims_section, render_html
+from hyperfitting.report.forest import plot_claims
+from hyperfitting.training.hyperfit import _format_row
+
+
+def _claims():
+    decided = replace(not_run(1), estimate={"value": 0.12, "low": 0.05, "high": 0.19, "decisive": True}, verdict=HOLDS, holm=HOLDS,
+                      checks=[{"name": "model hyperfitted", "passed": True, "detail": ""}],
+                      reason="entropy matched at T*, both ways and alike (T* 0.644 and T* 0.765) | a pipe")
+    failed = replace(not_run(4), estimate={"value": -2.9, "low": -4.8, "high": -0.7, "decisive": True}, verdict=FAILS, holm=FAILS,
+                     reason="the final layer is not the largest")
+    return [decided, failed, not_run(5), not_run("1b")]
+
+
+def test_generated_text_is_not_read_as_markdown(tmp_path):
+    md = "\n".join(claims_section(_claims(), {}))
+    body = render_html(md, tmp_path, [])
+    assert "<em>" not in body  # T* ... T* was emphasis
+    assert "T* 0.644 and T* 0.765" in body and "| a pipe" in body  # the pipe stays inside its cell
+    rows = [line for line in md.splitlines() if line.startswith("| 1 |")]
+    assert len(re.split(r"(?<!\\)\|", rows[0])) == 11  # 9 cells, none split by the escaped pipe
+
+
+def test_the_forest_plot_has_a_row_per_claim_including_those_not_run(tmp_path):
+    plot_claims(_claims(), tmp_path / "claims.png")
+    assert (tmp_path / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_mauve_column_when_mauve_did_not_run():
+    baselines = {"greedy": {"settings": "argmax", "seeds": 1, "tokens_per_second": 10.0,
+                            "corpora": {"c": {"per_prompt_ttr": [0.3, 0.4, 0.5], "metrics": {"distinct_3": 0.5, "seq_rep_3": 0.1}}}}}
+    without = baselines_table("c", baselines, {}, None, None)
+    assert "MAUVE" not in without and "nan" not in without
+    with_mauve = baselines_table("c", baselines, {}, None, {"greedy": 0.71})
+    assert "MAUVE" in with_mauve and "0.710" in with_mauve
+
+
+def test_progress_lines_leave_out_a_held_out_loss_not_measured():
+    assert "held-out" not in _format_row({"epoch": 3, "train_loss": 0.5, "heldout_loss": float("nan")})
+    assert "held-out loss 0.7000" in _format_row({"epoch": 4, "train_loss": 0.5, "heldout_loss": 0.7})
