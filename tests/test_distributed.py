@@ -9,6 +9,15 @@ from safetensors.torch import load_file
 
 from tests.test_reliability import _environment, _train_command
 
+
+def free_port() -> int:
+    """A port no process listens on now (the OS picks it), so two suites on one machine do not collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 pytestmark = pytest.mark.e2e  # several processes each
 
 
@@ -25,7 +34,7 @@ def test_torchrun_two_processes_match_one(tiny_model_folder, corpus, tmp_path):
     extra = ["train.epochs=3", "train.batch_size=4"]
     single, double = tmp_path / "one", tmp_path / "two"
     _run(_train_command(tiny_model_folder, corpus, single, *extra))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     command = _train_command(tiny_model_folder, corpus, double, *extra)
     _run(torchrun + command[1:])  # drop the interpreter: torchrun starts its own
 
@@ -40,7 +49,7 @@ def test_torchrun_two_processes_match_one(tiny_model_folder, corpus, tmp_path):
 
     # The other standard launcher. On CPUs it needs --multi_gpu to start several processes; they then use gloo.
     launched = tmp_path / "accelerate"
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29537"]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]
     _run(accelerate + _train_command(tiny_model_folder, corpus, launched, *extra)[1:])
     rows = [json.loads(line) for line in (launched / "train" / "train_log.jsonl").read_text().splitlines()]
     assert rows[-1]["processes"] == 2 and [r["train_loss"] for r in rows] == pytest.approx(losses[0], abs=1e-4)
@@ -65,7 +74,7 @@ def test_fsdp_full_fine_tuning_on_two_processes_matches_one(tiny_model_folder, c
              "train.lr=1e-3", "train.diversity_every=1", "train.diversity_tokens=6"]
     single, double = tmp_path / "one", tmp_path / "two"
     _run(_train_command(tiny_model_folder, corpus, single, *extra))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     _run(torchrun + _train_command(tiny_model_folder, corpus, double, *extra)[1:])
 
     a = load_file(single / "train" / "model" / "model.safetensors")
@@ -92,7 +101,7 @@ def test_whole_study_on_two_processes_matches_one(tiny_model_folder, corpus, tmp
                              # sharding is the same for every method and every rate, and the three studies stay short.
                              "study.controls_lr_sweep=[]", "baselines.methods=[greedy,top-p,repetition-penalty]"]
     _run(study(tmp_path / "one"))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     _run(torchrun + study(tmp_path / "two")[1:])
 
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
@@ -141,7 +150,7 @@ def test_a_sharded_run_killed_on_two_processes_resumes_on_one(tiny_model_folder,
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(_train_command(tiny_model_folder, corpus, straight, *extra))
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29536"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     process = subprocess.Popen(torchrun + _train_command(tiny_model_folder, corpus, killed, *extra)[1:], env=_environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "train" / "train_log.jsonl"

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from hyperfitting.config import RunConfig, dump_config
-from hyperfitting.distributed import is_main_process, wait_for_everyone  # noqa: F401 (callers import them from here too)
+from hyperfitting.distributed import is_main_process, wait_for_everyone
 from hyperfitting.errors import OutputError, RunDirError
 
-from hyperfitting.layout import (  # noqa: F401 (the names of the run folder; callers import them from here too)
-    CONFIG, FULL, LOWEST, MARKER, SCHEMA_VERSION, STAGE_DONE, STAGE_STARTED, replicate_suffix,
-)
+from hyperfitting.layout import CONFIG, MARKER, SCHEMA_VERSION, STAGE_DONE, STAGE_STARTED
 
 ExistingPolicy = Literal["refuse", "resume", "overwrite"]
 
