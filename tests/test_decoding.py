@@ -196,6 +196,9 @@ def test_the_counter_draw_is_splitmix64_of_seed_and_step_and_independent_of_the_
         values = counter_uniform(torch.tensor(seeds), step).tolist()
         assert values == [splitmix64(s, step) for s in seeds]
         assert counter_uniform(torch.tensor(seeds[2:3]), step).tolist() == values[2:3]
+    # Every bit as the reference over 20,005 seeds, negative ones included (the constants are Python ints on int64).
+    many = list(range(-10_000, 10_005))
+    assert counter_uniform(torch.tensor(many), 4).tolist() == [splitmix64(s, 4) for s in many]
     # Consecutive seeds (a batch's prompts) are not the same stream shifted by a step.
     next_seeds_first_step = counter_uniform(torch.arange(1, 101), 0)
     assert not torch.isin(counter_uniform(torch.arange(0, 100), 1), next_seeds_first_step).any()

@@ -185,10 +185,12 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def _splitmix64(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's step and output mix, on int64 (products wrap modulo 2^64, as the algorithm wants)."""
-    z = z + torch.tensor(_GOLDEN, device=z.device)
-    z = (z ^ _shift_right(z, 30)) * torch.tensor(_MIX1, device=z.device)
-    z = (z ^ _shift_right(z, 27)) * torch.tensor(_MIX2, device=z.device)
+    """SplitMix64's step and output mix, on int64 (products wrap modulo 2^64, as the algorithm wants). The constants
+    are Python ints, not tensors: a tensor made from a number is a copy from the host, and a blocking one on a GPU,
+    six of them per sampled step."""
+    z = z + _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
     return z ^ _shift_right(z, 31)
 
 
