@@ -397,8 +397,9 @@ BASELINE_METHODS = ("greedy", "top-p", "min-p", "typical", "eta", "epsilon", "re
 
 @dataclass
 class BaselinesArgs(Section):
-    SECTION: ClassVar[str] = "baselines"
     """The base model decoded by other methods, at the generation table's budget (same prompts, generate.max_new_tokens)."""
+
+    SECTION: ClassVar[str] = "baselines"
 
     methods: list[str] = field(default_factory=lambda: list(BASELINE_METHODS))
     """Decoding methods decoded from the base model, each a row of the baselines table (empty: none). The top-p row is

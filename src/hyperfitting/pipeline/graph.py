@@ -1,9 +1,10 @@
 """The study as a graph of stages: what each one reads, what it waits for, and so when it must run again.
 
-Every stage declares the config sections it reads, the files it reads (hashed by content) and
-the stages it depends on. Its fingerprint is a hash of all of that plus the versions of the
-libraries that compute it and its parents' fingerprints, so a change anywhere upstream reruns
-exactly the stages below it. The inputs are stored beside each finished stage, which lets
+Every stage declares the config keys it reads (a section whole, or single keys: the sampling keys only when it
+samples), the files it reads (hashed by content) and the stages it depends on. Its fingerprint is a hash of all of
+that plus the versions of the libraries that compute it and its parents' fingerprints, so a change anywhere upstream
+reruns exactly the stages below it. The declarations are held to the reads the code makes as it runs
+(config.py: reading; tests/test_fingerprints.py). The inputs are stored beside each finished stage, which lets
 `hyperfit study --dry-run` say, stage by stage, what would run and why.
 """
 
