@@ -42,7 +42,8 @@ test: install browser lint
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"

@@ -49,7 +49,14 @@ def forward_flops_per_token(model, blocks: range | None = None, with_head: bool 
             if isinstance(module, torch.nn.Linear):
                 flops += 2 * module.in_features * module.out_features
         config = model.config
-        flops += 2 * 2 * context / 2 * config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        flops += (
+            2
+            * 2
+            * context
+            / 2
+            * config.num_attention_heads
+            * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        )
     if with_head:
         head = model.get_output_embeddings()
         flops += 2 * head.in_features * head.out_features

@@ -15,8 +15,22 @@ import sys
 from pathlib import Path
 
 # Keys whose values are about the run (time, memory, machine, provenance, paths), not its results.
-VOLATILE = {"wall_seconds", "train_seconds", "trunk_cache_seconds", "seconds", "environment", "stage_profile", "stage_seconds",
-            "stage_peak_memory_mib", "step_seconds", "epoch_seconds", "saved_to", "tokens_per_second", "tok_s", "process_peak_memory_mib"}
+VOLATILE = {
+    "wall_seconds",
+    "train_seconds",
+    "trunk_cache_seconds",
+    "seconds",
+    "environment",
+    "stage_profile",
+    "stage_seconds",
+    "stage_peak_memory_mib",
+    "step_seconds",
+    "epoch_seconds",
+    "saved_to",
+    "tokens_per_second",
+    "tok_s",
+    "process_peak_memory_mib",
+}
 
 
 def leaves(value, path=""):

@@ -28,20 +28,34 @@ def main():
     data = quick_data(tokenizer)
     prompts = [p.prompt_ids for p in data.prompts["fiction"]]
     plain = GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts))
-    settings = [replace(plain, do_sample=True, temperature=1.0), replace(plain, do_sample=True, temperature=0.4),
-                replace(plain, do_sample=True, temperature=0.7, top_k=50, top_p=0.9), plain]
+    settings = [
+        replace(plain, do_sample=True, temperature=1.0),
+        replace(plain, do_sample=True, temperature=0.4),
+        replace(plain, do_sample=True, temperature=0.7, top_k=50, top_p=0.9),
+        plain,
+    ]
     tokens = len(prompts) * NEW_TOKENS * len(settings)
     peak = matmul_peak_gflops()
     flops_per_token = forward_flops_per_token(model, context=32 + NEW_TOKENS // 2)
 
-    apart, apart_seconds = timed(lambda: [generate(model, tokenizer, prompts, s, show_progress=False) for s in settings])
-    together, together_seconds = timed(generate_variants, model, tokenizer, prompts, [(s, []) for s in settings], show_progress=False)
+    apart, apart_seconds = timed(
+        lambda: [generate(model, tokenizer, prompts, s, show_progress=False) for s in settings]
+    )
+    together, together_seconds = timed(
+        generate_variants, model, tokenizer, prompts, [(s, []) for s in settings], show_progress=False
+    )
     same = sum(a.token_ids == b.token_ids for one, other in zip(apart, together) for a, b in zip(one, other))
-    print(f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} prompts x {len(settings)} settings x {NEW_TOKENS} new tokens")
+    print(
+        f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} prompts x {len(settings)} settings "
+        f"x {NEW_TOKENS} new tokens"
+    )
     for name, seconds in (("one batch per setting", apart_seconds), ("settings in one batch", together_seconds)):
         rate = tokens / seconds
         print(f"{name:24s} {rate:7.1f} tok/s   {rate * flops_per_token / 1e9 / peak:6.1%} of the compute bound")
-    print(f"together / apart: {apart_seconds / together_seconds:.2f}x; identical continuations {same}/{len(prompts) * len(settings)}")
+    print(
+        f"together / apart: {apart_seconds / together_seconds:.2f}x; identical continuations "
+        f"{same}/{len(prompts) * len(settings)}"
+    )
 
 
 if __name__ == "__main__":

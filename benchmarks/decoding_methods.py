@@ -32,9 +32,14 @@ def main():
     data = prepare_data(config.data, tokenizer)
     prompts = [p.prompt_ids for p in data.prompts["fiction"]]
     decode_method("greedy", model, tokenizer, prompts[:2], config, show_progress=False)  # warm up
-    timings = {name: decode_method(name, model, tokenizer, prompts, config, show_progress=False) for name in BASELINE_METHODS}
+    timings = {
+        name: decode_method(name, model, tokenizer, prompts, config, show_progress=False) for name in BASELINE_METHODS
+    }
     greedy = timings["greedy"].tokens_per_second
-    print(f"{machine()}; {len(prompts)} prompts x {config.generate.max_new_tokens} new tokens; sampled methods x {config.baselines.seeds} seeds")
+    print(
+        f"{machine()}; {len(prompts)} prompts x {config.generate.max_new_tokens} new tokens; sampled methods x "
+        f"{config.baselines.seeds} seeds"
+    )
     print(f"{'method':<20} {'settings':<62} {'tokens/s':>9} {'vs greedy':>10}")
     for name, decoded in timings.items():
         speed = decoded.tokens_per_second
@@ -44,16 +49,24 @@ def main():
         alone_seconds, together_seconds = [], []
         for _ in range(2):
             started = time.perf_counter()
-            alone = {name: decode_method(name, model, tokenizer, prompts, config, show_progress=False) for name in group}
+            alone = {
+                name: decode_method(name, model, tokenizer, prompts, config, show_progress=False) for name in group
+            }
             alone_seconds.append(time.perf_counter() - started)
             started = time.perf_counter()
             together = decode_group(group, model, tokenizer, prompts, config, show_progress=False)
             together_seconds.append(time.perf_counter() - started)
-        rows = [(a.token_ids, b.token_ids) for name in group for sa, sb in zip(alone[name].continuations, together[name].continuations)
-                for a, b in zip(sa, sb)]
+        rows = [
+            (a.token_ids, b.token_ids)
+            for name in group
+            for sa, sb in zip(alone[name].continuations, together[name].continuations)
+            for a, b in zip(sa, sb)
+        ]
         differ = sum(a != b for a, b in rows) / len(rows)
-        print(f"{', '.join(group)}: one by one {min(alone_seconds):.1f} s, together {min(together_seconds):.1f} s: "
-              f"{min(alone_seconds) / min(together_seconds):.2f}x; continuations that differ {differ:.1%}")
+        print(
+            f"{', '.join(group)}: one by one {min(alone_seconds):.1f} s, together {min(together_seconds):.1f} s: "
+            f"{min(alone_seconds) / min(together_seconds):.2f}x; continuations that differ {differ:.1%}"
+        )
 
 
 if __name__ == "__main__":

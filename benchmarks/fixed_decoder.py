@@ -29,20 +29,35 @@ def main():
     for label, rows, blocker in (("16 rows", prompts, False), ("64 rows, citation blocker", prompts * 4, True)):
         outputs, seconds = {}, {}
         for decoder in ("dynamic", "fixed"):
-            args = GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(rows), decoder=decoder, citation_blocker=blocker)
+            args = GenerateArgs(
+                max_new_tokens=NEW_TOKENS, batch_size=len(rows), decoder=decoder, citation_blocker=blocker
+            )
             run = lambda: generate(model, tokenizer, rows, args, show_progress=False, training_blocks=data.train_blocks)  # noqa: E731
             first, first_seconds = timed(run)
             outputs[decoder], seconds[decoder] = timed(run)
-            assert [o.token_ids for o in first] == [o.token_ids for o in outputs[decoder]]  # a decoder agrees with itself
-            print(f"  {label}, {decoder:7s}: first pass {first_seconds:5.1f} s, then {seconds[decoder]:5.1f} s "
-                  f"({len(rows) * NEW_TOKENS / seconds[decoder]:,.0f} tokens/s)")
+            assert [o.token_ids for o in first] == [
+                o.token_ids for o in outputs[decoder]
+            ]  # a decoder agrees with itself
+            print(
+                f"  {label}, {decoder:7s}: first pass {first_seconds:5.1f} s, then {seconds[decoder]:5.1f} s "
+                f"({len(rows) * NEW_TOKENS / seconds[decoder]:,.0f} tokens/s)"
+            )
         same = sum(a.token_ids == b.token_ids for a, b in zip(outputs["dynamic"], outputs["fixed"]))
-        parted = [next(i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
-                  for a, b in zip(outputs["dynamic"], outputs["fixed"]) if a.token_ids != b.token_ids]
-        entropy = max(abs(x - y) for a, b in zip(outputs["dynamic"], outputs["fixed"]) for x, y in zip(a.entropy, b.entropy))
-        print(f"  {label}: fixed / growing speed x{seconds['dynamic'] / seconds['fixed']:.2f}; identical greedy continuations "
-              f"{same}/{len(rows)}" + (f" (the others part at steps {parted})" if parted else "")
-              + f"; largest entropy difference {entropy:.1e} nats")
+        parted = [
+            next(i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y)
+            for a, b in zip(outputs["dynamic"], outputs["fixed"])
+            if a.token_ids != b.token_ids
+        ]
+        entropy = max(
+            abs(x - y) for a, b in zip(outputs["dynamic"], outputs["fixed"]) for x, y in zip(a.entropy, b.entropy)
+        )
+        print(
+            f"  {label}: fixed / growing speed x{seconds['dynamic'] / seconds['fixed']:.2f}; identical greedy "
+            "continuations "
+            f"{same}/{len(rows)}"
+            + (f" (the others part at steps {parted})" if parted else "")
+            + f"; largest entropy difference {entropy:.1e} nats"
+        )
 
 
 if __name__ == "__main__":

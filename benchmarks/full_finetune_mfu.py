@@ -47,12 +47,17 @@ def main():
         results[name] = (losses, seconds)
         rate = step_flops / seconds / 1e9
         against = f"; {rate / peak16:5.1%} of the bf16 peak" if bf16 else " (goal 60%)"
-        print(f"{name:14s} step {seconds:5.2f} s  {rate:5.1f} GFLOP/s  MFU {rate / peak32:5.1%} of the fp32 peak{against}  "
-              f"losses {' '.join(f'{l:.3f}' for l in losses)}")
+        print(
+            f"{name:14s} step {seconds:5.2f} s  {rate:5.1f} GFLOP/s  MFU {rate / peak32:5.1%} of the fp32 "
+            f"peak{against}  "
+            f"losses {' '.join(f'{l:.3f}' for l in losses)}"
+        )
     (l32, s32), (l16, s16) = results["fp32"], results["bf16 autocast"]
     drift = max(abs(a - b) for a, b in zip(l32, l16))
-    print(f"bf16 / fp32 speed: {s32 / s16:.2f}x; largest loss difference over {STEPS} steps {drift:.3f} nats "
-          f"({'within' if drift < 0.05 else 'outside'} the 0.05 tolerance)")
+    print(
+        f"bf16 / fp32 speed: {s32 / s16:.2f}x; largest loss difference over {STEPS} steps {drift:.3f} nats "
+        f"({'within' if drift < 0.05 else 'outside'} the 0.05 tolerance)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,16 @@ def hf_generate(model, tokenizer, prompts):
     ids = torch.full((len(prompts), width), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(prompt)
-        mask[row, width - len(prompt):] = 1
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return out[:, width:]
 
 
@@ -40,11 +46,23 @@ def main():
     peak = matmul_peak_gflops()
     flops_per_token = forward_flops_per_token(model, context=32 + NEW_TOKENS // 2)
 
-    ours, ours_seconds = timed(generate, model, tokenizer, prompts, GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)),
-                               show_progress=False)
+    ours, ours_seconds = timed(
+        generate,
+        model,
+        tokenizer,
+        prompts,
+        GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)),
+        show_progress=False,
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # what model.precision=bf16 does to decoding
-        in_bf16, bf16_seconds = timed(generate, model, tokenizer, prompts, GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)),
-                                      show_progress=False)
+        in_bf16, bf16_seconds = timed(
+            generate,
+            model,
+            tokenizer,
+            prompts,
+            GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)),
+            show_progress=False,
+        )
     batched, batched_seconds = timed(hf_generate, model, tokenizer, prompts)
     subset = prompts[:8]  # one at a time is slow: time 8 prompts and scale
     _, single_seconds = timed(lambda: [hf_generate(model, tokenizer, [p]) for p in subset])
@@ -52,22 +70,40 @@ def main():
 
     # The widest batch: every prompt under 8 sampling seeds at once, 256 rows per step (what stacked settings give).
     wide_rows = [p for _ in range(8) for p in prompts]
-    _, wide_seconds = timed(generate, model, tokenizer, wide_rows, GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(wide_rows),
-                                                                                 do_sample=True), show_progress=False)
-    agree = sum(o.token_ids == b.tolist()[:len(o.token_ids)] for o, b in zip(ours, batched))
-    rates = {"hyperfitting batched decode": tokens / ours_seconds, "the same under bf16 autocast": tokens / bf16_seconds,
-             f"ours, {len(wide_rows)} rows per step (sampled)": len(wide_rows) * NEW_TOKENS / wide_seconds,
-             "model.generate, whole batch": tokens / batched_seconds,
-             "model.generate, one prompt at a time": single_rate}
-    print(f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} prompts x {NEW_TOKENS} new tokens")
+    _, wide_seconds = timed(
+        generate,
+        model,
+        tokenizer,
+        wide_rows,
+        GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(wide_rows), do_sample=True),
+        show_progress=False,
+    )
+    agree = sum(o.token_ids == b.tolist()[: len(o.token_ids)] for o, b in zip(ours, batched))
+    rates = {
+        "hyperfitting batched decode": tokens / ours_seconds,
+        "the same under bf16 autocast": tokens / bf16_seconds,
+        f"ours, {len(wide_rows)} rows per step (sampled)": len(wide_rows) * NEW_TOKENS / wide_seconds,
+        "model.generate, whole batch": tokens / batched_seconds,
+        "model.generate, one prompt at a time": single_rate,
+    }
+    print(
+        f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} prompts x {NEW_TOKENS} new tokens"
+    )
     for name, rate in rates.items():
         print(f"{name:38s} {rate:7.1f} tok/s   {rate * flops_per_token / 1e9 / peak:6.1%} of the compute bound")
-    print(f"ours / one at a time: {rates['hyperfitting batched decode'] / single_rate:.1f}x (goal 5x); "
-          f"ours / batched generate: {rates['hyperfitting batched decode'] / rates['model.generate, whole batch']:.2f}x (goal >= 1)")
+    print(
+        f"ours / one at a time: {rates['hyperfitting batched decode'] / single_rate:.1f}x (goal 5x); "
+        f"ours / batched generate: {rates['hyperfitting batched decode'] / rates['model.generate, whole batch']:.2f}x "
+        "(goal >= 1)"
+    )
     print(f"identical greedy tokens on {agree}/{len(prompts)} prompts")
     same = sum(o.token_ids == b.token_ids for o, b in zip(ours, in_bf16))
-    print(f"bf16 autocast / fp32 decoding: {rates['the same under bf16 autocast'] / rates['hyperfitting batched decode']:.2f}x; "
-          f"identical greedy tokens on {same}/{len(prompts)} prompts (the share of the compute bound above is against the fp32 peak)")
+    print(
+        "bf16 autocast / fp32 decoding: "
+        f"{rates['the same under bf16 autocast'] / rates['hyperfitting batched decode']:.2f}x; "
+        f"identical greedy tokens on {same}/{len(prompts)} prompts (the share of the compute bound above is against "
+        "the fp32 peak)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,12 +43,36 @@ from hyperfitting.training.trunk_cache import TrunkCache  # noqa: E402
 
 # Llama-architecture shapes (from each model's config.json); "tiny" keeps the same structure at toy size.
 SHAPES = {
-    "tinyllama-1.1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                           num_key_value_heads=4, vocab_size=32000, rope_theta=10000.0, max_position_embeddings=2048),
-    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, rope_theta=10000.0, max_position_embeddings=512),
+    "tinyllama-1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        rope_theta=10000.0,
+        max_position_embeddings=2048,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+    ),
 }
 # Dense bf16 tensor-core peak from NVIDIA's data sheets (SXM parts); the measured peak is the fairer roofline.
 SPEC_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -60,7 +84,7 @@ class Sizes:
     def __init__(self, tiny: bool):
         self.batch, self.seq = (2, 32) if tiny else (8, 256)
         self.train_steps = 2 if tiny else 8
-        self.lora_sequences = 8 if tiny else 128     # one timed epoch of this many sequences
+        self.lora_sequences = 8 if tiny else 128  # one timed epoch of this many sequences
         self.decode_batches = (1, 4) if tiny else (1, 32, 300)
         self.generate_batch = 4 if tiny else 32
         self.prompt_tokens, self.new_tokens = (8, 8) if tiny else (32, 256)
@@ -104,8 +128,10 @@ def roofline(device: torch.device, sizes: Sizes, dtype: torch.dtype) -> dict:
     target.copy_(source)
     copy_seconds = device_seconds(device, lambda: target.copy_(source), repeats=10)
     a = b = source = target = None  # free the device memory now (a closure holds them: `del` would not)
-    return {"matmul_tflops": 2 * n**3 / seconds / 1e12,
-            "copy_tb_per_s": 2 * sizes.copy_bytes / copy_seconds / 1e12}  # bytes read + written
+    return {
+        "matmul_tflops": 2 * n**3 / seconds / 1e12,
+        "copy_tb_per_s": 2 * sizes.copy_bytes / copy_seconds / 1e12,
+    }  # bytes read + written
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):
@@ -154,14 +180,21 @@ def full_finetune(shape: str, device, sizes: Sizes, peak_tflops: float) -> dict:
     parameters = sum(p.numel() for p in model.parameters())
     model = optimizer = None  # free the device memory now (a closure holds them: `del` would not)
     weights = "bf16 weights, gradients and Adam state" if master == torch.bfloat16 else "fp32 master weights"
-    return {"weights": weights + (", bf16 autocast" if device.type == "cuda" else ""),
-            "parameters": parameters, "step_s": seconds, "tokens_per_s": tokens / seconds,
-            "achieved_tflops": flops / seconds / 1e12, "mfu_vs_measured": flops / seconds / 1e12 / peak_tflops}
+    return {
+        "weights": weights + (", bf16 autocast" if device.type == "cuda" else ""),
+        "parameters": parameters,
+        "step_s": seconds,
+        "tokens_per_s": tokens / seconds,
+        "achieved_tflops": flops / seconds / 1e12,
+        "mfu_vs_measured": flops / seconds / 1e12 / peak_tflops,
+    }
 
 
 def late_stage_lora(shape: str, device, sizes: Sizes) -> dict:
     """Late-Stage LoRA epochs through PEFT's full forward and through the trunk cache (bf16 frozen base)."""
-    config = load_config(overrides=["train.method=lora", "train.blocks=last:5", "train.lora_rank=32", "train.lora_alpha=64"])
+    config = load_config(
+        overrides=["train.method=lora", "train.blocks=last:5", "train.lora_rank=32", "train.lora_alpha=64"]
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ids = random_ids(sizes.lora_sequences, sizes.seq, SHAPES[shape]["vocab_size"], "cpu", seed=1)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -193,11 +226,18 @@ def late_stage_lora(shape: str, device, sizes: Sizes) -> dict:
 
         epoch()  # warm-up epoch
         seconds = device_seconds(device, epoch)
-        result[path] = {"epoch_s": seconds, "tokens_per_s": ids.numel() / seconds, "one_off_cache_s": cache_seconds,
-                        "first_step_loss": first_loss[0], "peak_gib": peak_gib(device)}
+        result[path] = {
+            "epoch_s": seconds,
+            "tokens_per_s": ids.numel() / seconds,
+            "one_off_cache_s": cache_seconds,
+            "first_step_loss": first_loss[0],
+            "peak_gib": peak_gib(device),
+        }
         model = optimizer = cache = loss_fn = None  # free the device memory now (a closure holds them: `del` would not)
     result["speedup_per_epoch"] = result["peft_full_forward"]["epoch_s"] / result["trunk_cache"]["epoch_s"]
-    result["first_loss_difference"] = abs(result["peft_full_forward"]["first_step_loss"] - result["trunk_cache"]["first_step_loss"])
+    result["first_loss_difference"] = abs(
+        result["peft_full_forward"]["first_step_loss"] - result["trunk_cache"]["first_step_loss"]
+    )
     result["trainable_blocks"] = plan.blocks
     return result
 
@@ -215,13 +255,21 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
         # The first pass at a width pays one-off costs per new shape (on a GPU, an attention plan per
         # cache length); it is timed on its own, and the steady rate comes from a second, identical pass.
         outputs = []
-        first_s = device_seconds(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
-        seconds = device_seconds(device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0)))
+        first_s = device_seconds(
+            device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0))
+        )
+        seconds = device_seconds(
+            device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0))
+        )
         # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches).
         bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12 / 2)
-        result[f"batch_{width}"] = {"tokens_per_s": width * sizes.new_tokens / seconds, "seconds": seconds,
-                                    "first_pass_s": first_s,
-                                    "share_of_weight_read_bound": bound_s / seconds, "peak_gib": peak_gib(device)}
+        result[f"batch_{width}"] = {
+            "tokens_per_s": width * sizes.new_tokens / seconds,
+            "seconds": seconds,
+            "first_pass_s": first_s,
+            "share_of_weight_read_bound": bound_s / seconds,
+            "peak_gib": peak_gib(device),
+        }
         if width == sizes.generate_batch:
             ours = [c.token_ids for c in outputs[-1]]
             ids = torch.tensor(prompts, device=device)
@@ -229,18 +277,27 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
 
             def run_generate():
                 with torch.no_grad():
-                    generated.append(model.generate(
-                        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=sizes.new_tokens,
-                        min_new_tokens=sizes.new_tokens, do_sample=False, pad_token_id=0))
+                    generated.append(
+                        model.generate(
+                            input_ids=ids,
+                            attention_mask=torch.ones_like(ids),
+                            max_new_tokens=sizes.new_tokens,
+                            min_new_tokens=sizes.new_tokens,
+                            do_sample=False,
+                            pad_token_id=0,
+                        )
+                    )
 
             run_generate()  # same warm start as ours
             gen_seconds = device_seconds(device, run_generate)
-            theirs = generated[-1][:, sizes.prompt_tokens:].tolist()
+            theirs = generated[-1][:, sizes.prompt_tokens :].tolist()
             result[f"generate_batch_{width}"] = {
                 "tokens_per_s": width * sizes.new_tokens / gen_seconds,
                 "ours_over_generate": gen_seconds / seconds,
                 # Random weights make near-ties common, so bf16 paths part early; fp32 on the CPU agrees (tests).
-                "identical_continuations": sum(a == b for a, b in zip(ours, theirs)), "of": width}
+                "identical_continuations": sum(a == b for a, b in zip(ours, theirs)),
+                "of": width,
+            }
     model = None  # free the device memory now (a closure holds them: `del` would not)
     return result
 
@@ -256,8 +313,14 @@ def profile_decoding(shape: str, device, sizes: Sizes) -> None:
     runs = {
         "ours": lambda: decode_batch(model, prompts, 32, pad_token_id=0),
         "ours, padded path": lambda: decode_batch(model, ragged, 32, pad_token_id=0),
-        "generate": lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                           min_new_tokens=32, do_sample=False, pad_token_id=0),
+        "generate": lambda: model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=32,
+            min_new_tokens=32,
+            do_sample=False,
+            pad_token_id=0,
+        ),
     }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for name, run in runs.items():
@@ -279,16 +342,21 @@ def paper_study_estimate(shape_results: dict, sizes: Sizes) -> str:
     # prompts (5 temperatures, 3 static-bias strengths, 2 rank transplants).
     decode_tokens = (2 * 3 + 10) * 300 * 256
     decode_s = decode_tokens / decode_rate
-    return (f"paper's TinyLlama study on this GPU: about {(train_s + decode_s) / 60:.0f} min "
-            f"(full fine-tuning {train_s / 60:.1f} min at {shape_results['full_finetune']['tokens_per_s']:,.0f} tokens/s, "
-            f"decoding {decode_s / 60:.1f} min at {decode_rate:,.0f} tokens/s, batch {widest})")
+    return (
+        f"paper's TinyLlama study on this GPU: about {(train_s + decode_s) / 60:.0f} min "
+        f"(full fine-tuning {train_s / 60:.1f} min at {shape_results['full_finetune']['tokens_per_s']:,.0f} tokens/s, "
+        f"decoding {decode_s / 60:.1f} min at {decode_rate:,.0f} tokens/s, batch {widest})"
+    )
 
 
 def describe_device(device: torch.device) -> dict:
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
-        return {"device": properties.name, "memory_gib": properties.total_memory / 2**30,
-                "multiprocessors": properties.multi_processor_count}
+        return {
+            "device": properties.name,
+            "memory_gib": properties.total_memory / 2**30,
+            "multiprocessors": properties.multi_processor_count,
+        }
     return {"device": f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"}
 
 
@@ -297,9 +365,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (what the test suite runs)")
     parser.add_argument("--shapes", default=None, help="comma-separated, of: " + ", ".join(SHAPES))
     parser.add_argument("--json", type=Path, default=None, help="write every measurement here, phase by phase")
-    parser.add_argument("--profile-decoding", action="store_true", help="only profile a decoding step of the first shape, ours against `generate`")
-    parser.add_argument("--phases", default="full_finetune,late_stage_lora,decoding", help="comma-separated phases to run")
-    parser.add_argument("--budget-s", type=float, default=480.0, help="skip the phases still to come once this much time has passed")
+    parser.add_argument(
+        "--profile-decoding",
+        action="store_true",
+        help="only profile a decoding step of the first shape, ours against `generate`",
+    )
+    parser.add_argument(
+        "--phases", default="full_finetune,late_stage_lora,decoding", help="comma-separated phases to run"
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=480.0, help="skip the phases still to come once this much time has passed"
+    )
     args = parser.parse_args(argv)
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
@@ -309,9 +385,14 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = Sizes(args.tiny)
     torch.manual_seed(0)
     started = time.perf_counter()
-    results: dict = {"machine": describe_device(device), "torch": torch.__version__,
-                     "batch": [sizes.batch, sizes.seq], "shapes": {}}
+    results: dict = {
+        "machine": describe_device(device),
+        "torch": torch.__version__,
+        "batch": [sizes.batch, sizes.seq],
+        "shapes": {},
+    }
     import transformers
+
     results["transformers"] = transformers.__version__
 
     def save():
@@ -324,14 +405,19 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     results["roofline"] = roofline(device, sizes, compute)
-    print(f"{results['machine']['device']}: matmul {results['roofline']['matmul_tflops']:.0f} TFLOP/s ({compute}), "
-          f"copy {results['roofline']['copy_tb_per_s']:.2f} TB/s", flush=True)
+    print(
+        f"{results['machine']['device']}: matmul {results['roofline']['matmul_tflops']:.0f} TFLOP/s ({compute}), "
+        f"copy {results['roofline']['copy_tb_per_s']:.2f} TB/s",
+        flush=True,
+    )
     spec = next((v for k, v in SPEC_BF16_TFLOPS.items() if k in results["machine"]["device"]), None)
     save()
 
-    phases = (("full_finetune", lambda shape: full_finetune(shape, device, sizes, results["roofline"]["matmul_tflops"])),
-              ("late_stage_lora", lambda shape: late_stage_lora(shape, device, sizes)),
-              ("decoding", lambda shape: decoding(shape, device, sizes, results["roofline"]["copy_tb_per_s"])))
+    phases = (
+        ("full_finetune", lambda shape: full_finetune(shape, device, sizes, results["roofline"]["matmul_tflops"])),
+        ("late_stage_lora", lambda shape: late_stage_lora(shape, device, sizes)),
+        ("decoding", lambda shape: decoding(shape, device, sizes, results["roofline"]["copy_tb_per_s"])),
+    )
     wanted = args.phases.split(",")
     for shape in shapes:
         shape_results = results["shapes"].setdefault(shape, {})
@@ -353,10 +439,17 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.empty_cache()
             if spec and "achieved_tflops" in shape_results[name]:
                 shape_results[name]["mfu_vs_spec"] = shape_results[name]["achieved_tflops"] / spec
-            print(f"[{time.perf_counter() - started:6.0f} s] {shape} {name}: {json.dumps(shape_results[name])}", flush=True)
+            print(
+                f"[{time.perf_counter() - started:6.0f} s] {shape} {name}: {json.dumps(shape_results[name])}",
+                flush=True,
+            )
             save()
     tinyllama = results["shapes"].get("tinyllama-1.1b", {})
-    if "tokens_per_s" in tinyllama.get("full_finetune", {}) and "decoding" in tinyllama and "batch_300" in tinyllama["decoding"]:
+    if (
+        "tokens_per_s" in tinyllama.get("full_finetune", {})
+        and "decoding" in tinyllama
+        and "batch_300" in tinyllama["decoding"]
+    ):
         results["paper_study_estimate"] = paper_study_estimate(tinyllama, sizes)
         print(results["paper_study_estimate"])
     results["wall_s"] = time.perf_counter() - started

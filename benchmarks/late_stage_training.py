@@ -29,7 +29,7 @@ def one_epoch(loss_fn, ids, cache, optimizer, epoch):
     order = epoch_order(len(ids), 0, epoch)
     started = time.perf_counter()
     for i in range(0, len(order), BATCH):
-        index = order[i:i + BATCH]
+        index = order[i : i + BATCH]
         loss = loss_fn(ids[index], cache[index] if cache is not None else None)
         loss.backward()
         optimizer.step()
@@ -57,7 +57,10 @@ def main():
         one_epoch(loss_fn, ids, cache, optimizer, 1)  # warm-up epoch
         seconds, loss = one_epoch(loss_fn, ids, cache, optimizer, 2)
         results[name] = (seconds, cache_seconds, loss)
-        print(f"{name:32s} epoch {seconds:6.1f} s  ({BLOCKS * LENGTH / seconds:6.0f} tok/s)  one-off cache {cache_seconds:5.1f} s")
+        print(
+            f"{name:32s} epoch {seconds:6.1f} s  ({BLOCKS * LENGTH / seconds:6.0f} tok/s)  one-off cache "
+            f"{cache_seconds:5.1f} s"
+        )
 
     baseline, ours = results["baseline: PEFT, full forward"][0], results["hyperfitting: trunk cache"][0]
     n = len(range(30))
@@ -67,9 +70,14 @@ def main():
     ceiling = (full_forward + top_forward) / (top_forward + top_forward)
     print(f"\nmachine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s")
     print(f"speed-up per epoch after the first: {baseline / ours:.2f}x (goal 4x)")
-    print(f"FLOP ceiling of skipping blocks 0-24: {ceiling:.2f}x (the LM head, 576 x 49152, is {2 * 576 * 49152 / top_forward:.0%} "
-          f"of the top's forward FLOPs); the cache reaches {baseline / ours / ceiling:.0%} of that ceiling")
-    print(f"cache pays for itself after {results['hyperfitting: trunk cache'][1] / max(baseline - ours, 1e-9):.2f} epochs")
+    print(
+        f"FLOP ceiling of skipping blocks 0-24: {ceiling:.2f}x (the LM head, 576 x 49152, is "
+        f"{2 * 576 * 49152 / top_forward:.0%} "
+        f"of the top's forward FLOPs); the cache reaches {baseline / ours / ceiling:.0%} of that ceiling"
+    )
+    print(
+        f"cache pays for itself after {results['hyperfitting: trunk cache'][1] / max(baseline - ours, 1e-9):.2f} epochs"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark 4: wall time and peak memory of each stage of a finished study (default: runs/quick).
 
-    .venv/bin/hyperfit study configs/quick.yaml      # or make run
-    .venv/bin/python benchmarks/main_job.py runs/quick
+.venv/bin/hyperfit study configs/quick.yaml      # or make run
+.venv/bin/python benchmarks/main_job.py runs/quick
 """
 
 from __future__ import annotations

@@ -53,17 +53,34 @@ def main():
     # Two rounds, interleaved, the best of each kept: this machine's speed drifts by 10-20% within a minute.
     greedy_seconds = draw_seconds = multinomial_seconds = float("inf")
     for _ in range(ROUNDS):
-        greedy_seconds = min(greedy_seconds, timed(decoding.generate, model, tokenizer, prompts,
-                                                   GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)), show_progress=False)[1])
+        greedy_seconds = min(
+            greedy_seconds,
+            timed(
+                decoding.generate,
+                model,
+                tokenizer,
+                prompts,
+                GenerateArgs(max_new_tokens=NEW_TOKENS, batch_size=len(prompts)),
+                show_progress=False,
+            )[1],
+        )
         draw_seconds = min(draw_seconds, sampled_with(batched_draw))
         multinomial_seconds = min(multinomial_seconds, sampled_with(multinomial_per_row))
-    print(f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} rows x {NEW_TOKENS} new tokens, temperature 1")
-    for name, seconds in (("greedy (the ceiling)", greedy_seconds), ("sampled, batched draw", draw_seconds),
-                          ("sampled, multinomial per row", multinomial_seconds)):
+    print(
+        f"machine: {machine()}, fp32 matmul peak {peak:.0f} GFLOP/s; {len(prompts)} rows x {NEW_TOKENS} new tokens, "
+        "temperature 1"
+    )
+    for name, seconds in (
+        ("greedy (the ceiling)", greedy_seconds),
+        ("sampled, batched draw", draw_seconds),
+        ("sampled, multinomial per row", multinomial_seconds),
+    ):
         rate = tokens / seconds
         print(f"{name:30s} {rate:7.1f} tok/s   {rate * flops_per_token / 1e9 / peak:6.1%} of the compute bound")
-    print(f"batched draw / multinomial per row: {multinomial_seconds / draw_seconds:.2f}x; "
-          f"sampled / greedy: {greedy_seconds / draw_seconds:.2f} of the greedy rate")
+    print(
+        f"batched draw / multinomial per row: {multinomial_seconds / draw_seconds:.2f}x; "
+        f"sampled / greedy: {greedy_seconds / draw_seconds:.2f} of the greedy rate"
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,18 @@ def tiny_config(architecture: str):
     """A 3-block, d=32 model of the named family, built from its config (no download)."""
     from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=TINY_VOCAB - 1,
-                  initializer_range=0.2)  # large enough that a frozen tied head still lets blocks move the logits
+    common = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=TINY_VOCAB - 1,
+        initializer_range=0.2,
+    )  # large enough that a frozen tied head still lets blocks move the logits
     if architecture == "llama":
         return LlamaConfig(**common)
     if architecture == "qwen2":
@@ -31,7 +40,15 @@ def tiny_config(architecture: str):
         # Gemma-style: alternating sliding-window/global attention, embedding scaling, soft-capping.
         return Gemma2Config(**common, head_dim=8, sliding_window=8, query_pre_attn_scalar=8)
     if architecture == "gpt2":
-        return GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=256, pad_token_id=0, eos_token_id=TINY_VOCAB - 1)
+        return GPT2Config(
+            vocab_size=TINY_VOCAB,
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_positions=256,
+            pad_token_id=0,
+            eos_token_id=TINY_VOCAB - 1,
+        )
     raise ValueError(architecture)
 
 
@@ -90,7 +107,8 @@ TINY_FOLDER_VOCAB = 512
 
 
 def train_tiny_tokenizer(folder, vocabulary: int = TINY_FOLDER_VOCAB):
-    """A byte-level BPE tokenizer of ``vocabulary`` entries trained on a few sentences, saved as a Hugging Face tokenizer.
+    """A byte-level BPE tokenizer of ``vocabulary`` entries trained on a few sentences, saved as a Hugging Face
+    tokenizer.
 
     Byte-level, so any text encodes (the embedded corpora too); trained here in well under a second, so no tiny test
     needs the embedded model's tokenizer (dequantising its GGUF takes half a minute).
@@ -101,13 +119,22 @@ def train_tiny_tokenizer(folder, vocabulary: int = TINY_FOLDER_VOCAB):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocabulary, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    sentences = [WORDS, WORDS.upper(), "The river ran past the house. A lamp was lit in the window; the bell rang at evening.",
-                 "She walked down the lane, over the hill, to the church by the stone wall, and the field was light."] * 4
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocabulary,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    sentences = [
+        WORDS,
+        WORDS.upper(),
+        "The river ran past the house. A lamp was lit in the window; the bell rang at evening.",
+        "She walked down the lane, over the hill, to the church by the stone wall, and the field was light.",
+    ] * 4
     tokenizer.train_from_iterator(sentences, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                            pad_token="<|endoftext|>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    ).save_pretrained(folder)
     return folder
 
 
@@ -122,8 +149,18 @@ def tiny_model_folder(tmp_path_factory, tiny_tokenizer_folder):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(vocab_size=TINY_FOLDER_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=TINY_FOLDER_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     for path in tiny_tokenizer_folder.iterdir():
@@ -144,12 +181,10 @@ def corpus(tmp_path):
     return folder
 
 
-
-
 @pytest.fixture()
 def no_seed_term():
-    """A rule's own logic (its checks, Holm, its statistic) tested apart from the declared seed-to-seed spread that widens
-    every one-run interval (claims/core.py: make_claim); the spread itself has tests of its own."""
+    """A rule's own logic (its checks, Holm, its statistic) tested apart from the declared seed-to-seed spread that
+    widens every one-run interval (claims/core.py: make_claim); the spread itself has tests of its own."""
     from hyperfitting.claims.core import DECLARED_SEED_SPREAD
 
     token = DECLARED_SEED_SPREAD.set(False)

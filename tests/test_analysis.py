@@ -60,7 +60,9 @@ def test_a_context_dependent_reranking_is_not_static(base_logits):
 
 def test_rank_statistics_do_not_depend_on_the_chunk_they_rank_at_a_time(base_logits):
     tuned = base_logits + torch.randn(base_logits.shape, generator=torch.Generator().manual_seed(4)) * 2
-    whole, chunked = (rank_statistics(base_logits, tuned, tuned.argmax(-1), chunk=chunk) for chunk in (len(base_logits), 7))
+    whole, chunked = (
+        rank_statistics(base_logits, tuned, tuned.argmax(-1), chunk=chunk) for chunk in (len(base_logits), 7)
+    )
     assert chunked["promoted_tokens"] == whole["promoted_tokens"] > 0
     dependence = chunked.pop("context_dependence"), whole.pop("context_dependence")
     assert chunked == whole
@@ -101,8 +103,12 @@ def test_reverting_against_the_model_itself_changes_nothing_and_against_another_
     model, other = make_tiny_model("llama"), make_tiny_model("llama", seed=1)
     prompts = [[5, 9, 14, 3], [40, 41]]
     plain = decode_batch(model, prompts, 6, pad_token_id=0)
-    itself = RevertUnexplained(model, lambda logits: logits.argmax(-1))  # no override of its own top-1: nothing to revert
-    assert [o.token_ids for o in decode_batch(model, prompts, 6, pad_token_id=0, processors=[itself])] == [o.token_ids for o in plain]
+    itself = RevertUnexplained(
+        model, lambda logits: logits.argmax(-1)
+    )  # no override of its own top-1: nothing to revert
+    assert [o.token_ids for o in decode_batch(model, prompts, 6, pad_token_id=0, processors=[itself])] == [
+        o.token_ids for o in plain
+    ]
     assert itself.reverted == 0 and itself.steps == 12
     # Against another model whose null is its own top-1, every override is unexplained: the path becomes that model's.
     reverted = RevertUnexplained(other, lambda logits: logits.argmax(-1))
@@ -119,7 +125,9 @@ def test_rank_transplant_swaps_profile_not_ranking():
 
     out = Fixed(None)(None, scores.clone())
     assert out.argmax().item() == 1  # the decoding model's ranking is kept
-    assert torch.softmax(out, -1).max().item() == pytest.approx(torch.softmax(torch.tensor([0.0, 0.0, 10.0]), -1).max().item())
+    assert torch.softmax(out, -1).max().item() == pytest.approx(
+        torch.softmax(torch.tensor([0.0, 0.0, 10.0]), -1).max().item()
+    )
 
 
 def test_top1_agreement_is_measured_by_a_forward_pass_of_the_base_model():
@@ -131,7 +139,9 @@ def test_top1_agreement_is_measured_by_a_forward_pass_of_the_base_model():
     other = [(t + 1) % 97 for t in greedy]  # never the top-1
     assert top1_agreement(model, [[3, 4, 5]], [other]) == 0.0
     half = greedy[:4] + other[4:]
-    assert top1_agreement(model, [[3, 4, 5]], [half]) == pytest.approx(sum(a == b for a, b in zip(half[:4], greedy[:4])) / 8)
+    assert top1_agreement(model, [[3, 4, 5]], [half]) == pytest.approx(
+        sum(a == b for a, b in zip(half[:4], greedy[:4])) / 8
+    )
 
 
 def test_the_logit_offset_of_a_constant_bias_is_the_bias(base_logits):
@@ -160,7 +170,9 @@ def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all()
     everything = torch.cat([logits for _, logits in teacher_forced_logits(model, sequences, starts)])
     expected = everything[torch.from_numpy(sample_positions(len(everything), 10))]
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 10), expected)
-    torch.testing.assert_close(stacked_logits(model, sequences, starts, 1000), everything)  # a cap above the total keeps all
+    torch.testing.assert_close(
+        stacked_logits(model, sequences, starts, 1000), everything
+    )  # a cap above the total keeps all
 
 
 def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
@@ -171,14 +183,20 @@ def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
 
     model = make_tiny_model("llama")
     prompts = [list(range(5, 11)), list(range(20, 23)), list(range(40, 49))]
-    paths = [Continuation(p, [int(t) for t in torch.randint(0, TINY_VOCAB, (n,), generator=torch.Generator().manual_seed(n))])
-             for p, n in zip(prompts, (7, 1, 12))]
+    paths = [
+        Continuation(
+            p, [int(t) for t in torch.randint(0, TINY_VOCAB, (n,), generator=torch.Generator().manual_seed(n))]
+        )
+        for p, n in zip(prompts, (7, 1, 12))
+    ]
     sequences = [p + c.token_ids for p, c in zip(prompts, paths)]
     everything = torch.cat([logits for _, logits in teacher_forced_logits(model, sequences, [len(p) for p in prompts])])
     chosen = torch.tensor([t for c in paths for t in c.token_ids])
     offset = torch.randn(TINY_VOCAB, generator=torch.Generator().manual_seed(3))
     keep = np.array([0, 7, 8, 19])  # the first step of each path, and the last step of the last
-    scan = path_scan(model, prompts, paths, {"top1": lambda z: z.argmax(-1), "shifted": lambda z: (z + offset).argmax(-1)}, keep)
+    scan = path_scan(
+        model, prompts, paths, {"top1": lambda z: z.argmax(-1), "shifted": lambda z: (z + offset).argmax(-1)}, keep
+    )
     assert torch.equal(scan["top1"], everything.argmax(-1))
     assert torch.equal(scan["shifted"], (everything + offset).argmax(-1))
     assert torch.equal(scan["chosen_rank"], ranks_of(everything).gather(1, chosen[:, None]).squeeze(1).long())
@@ -188,14 +206,15 @@ def test_a_path_scan_reads_what_the_whole_path_logits_would_give():
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_teacher_forced_logits_equal_one_forward_per_sequence(architecture):
-    # Rows of different lengths and prompt lengths in one batch: the head skips the prompts' positions where the model allows.
+    # Rows of different lengths and prompt lengths in one batch: the head skips the prompts' positions where the model
+    # allows.
     from hyperfitting.analysis.teacher_forcing import teacher_forced_logits
 
     model = make_tiny_model(architecture)
     sequences = [list(range(5, 25)), list(range(30, 42)), list(range(50, 77))]
     starts = [6, 3, 11]
     for i, logits in teacher_forced_logits(model, sequences, starts, batch_size=3):
-        direct = model(input_ids=torch.tensor([sequences[i]])).logits[0, starts[i] - 1:len(sequences[i]) - 1]
+        direct = model(input_ids=torch.tensor([sequences[i]])).logits[0, starts[i] - 1 : len(sequences[i]) - 1]
         assert logits.shape == (len(sequences[i]) - starts[i], TINY_VOCAB)
         torch.testing.assert_close(logits, direct, rtol=1e-4, atol=1e-4)
 
@@ -211,5 +230,5 @@ def test_mauve_features_are_the_mean_final_state_over_each_continuation(architec
     features = continuation_features(model, prompts, paths, batch_size=2, memo=memo)
     for row, (prompt, path) in enumerate(zip(prompts, paths)):
         states = model(input_ids=torch.tensor([prompt + path]), output_hidden_states=True).hidden_states[-1][0]
-        np.testing.assert_allclose(features[row], states[len(prompt):].mean(0).detach().numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(features[row], states[len(prompt) :].mean(0).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert continuation_features(None, prompts, paths, memo=memo) is features  # a set seen before is not recomputed

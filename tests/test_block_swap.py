@@ -5,7 +5,15 @@ import copy
 import pytest
 import torch
 
-from hyperfitting.analysis.block_swap import BASE, FORWARD, REVERSE, TUNED, block_swap_analysis, block_swap_table, swapped_block
+from hyperfitting.analysis.block_swap import (
+    BASE,
+    FORWARD,
+    REVERSE,
+    TUNED,
+    block_swap_analysis,
+    block_swap_table,
+    swapped_block,
+)
 from hyperfitting.analysis.common import decode
 from hyperfitting.config import load_config
 from hyperfitting.models.blocks import find_block_stack

@@ -22,22 +22,49 @@ def run_cli(monkeypatch, capsys, *args):
 
 
 def _study_args(model, corpus, run_dir):
-    return [f"model.name={model}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=4",
-            "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=3", "data.prompt_tokens=8",
-            "data.reference_tokens=12", "train.epochs=2", "train.batch_size=2", "train.lr=1e-2", "train.blocks=last:1",
-            "train.diversity_prompts=2", "train.diversity_tokens=8", "generate.max_new_tokens=12", f"run_dir={run_dir}",
-            "analysis.seeds=1", "analysis.max_new_tokens=6", "analysis.temperature_grid=[1.0]", "analysis.static_bias_alphas=[0.5]",
-            "analysis.static_bias_top_k=20", "analysis.max_positions=64", "analysis.geometry_tokens=32",
-            "study.controls=[lora:last:1,lora:first:1,lora:all,full]", "study.controls_train_blocks=2", "study.controls_epochs=1",
-            "study.controls_lr_sweep=[1.0,4.0]", "study.controls_sweep_epochs=1",
-            "study.reader_prompts=2", f"study.judge={model}", "model.precision=fp32", "study.calibration_worlds=40"]
+    return [
+        f"model.name={model}",
+        f"data.corpus={corpus}",
+        f"data.eval_corpora=[{corpus}]",
+        "data.train_blocks=4",
+        "data.block_tokens=32",
+        "data.heldout_blocks=2",
+        "data.eval_prompts=3",
+        "data.prompt_tokens=8",
+        "data.reference_tokens=12",
+        "train.epochs=2",
+        "train.batch_size=2",
+        "train.lr=1e-2",
+        "train.blocks=last:1",
+        "train.diversity_prompts=2",
+        "train.diversity_tokens=8",
+        "generate.max_new_tokens=12",
+        f"run_dir={run_dir}",
+        "analysis.seeds=1",
+        "analysis.max_new_tokens=6",
+        "analysis.temperature_grid=[1.0]",
+        "analysis.static_bias_alphas=[0.5]",
+        "analysis.static_bias_top_k=20",
+        "analysis.max_positions=64",
+        "analysis.geometry_tokens=32",
+        "study.controls=[lora:last:1,lora:first:1,lora:all,full]",
+        "study.controls_train_blocks=2",
+        "study.controls_epochs=1",
+        "study.controls_lr_sweep=[1.0,4.0]",
+        "study.controls_sweep_epochs=1",
+        "study.reader_prompts=2",
+        f"study.judge={model}",
+        "model.precision=fp32",
+        "study.calibration_worlds=40",
+    ]
 
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_study.json"
 
 
 def key_numbers(metrics: dict) -> dict:
-    """What the seeded tiny study must reproduce exactly: its data, its training curves, every row's diversity, every verdict."""
+    """What the seeded tiny study must reproduce exactly: its data, its training curves, every row's diversity, every
+    verdict."""
     one = lambda row: next(iter(row.values()))  # noqa: E731 (the single evaluation corpus, whatever its path)
     return {
         "data_fingerprint": metrics["data"]["fingerprint"],
@@ -45,9 +72,17 @@ def key_numbers(metrics: dict) -> dict:
         "heldout_loss": [r["heldout_loss"] for r in metrics["train_log"]],
         "replicate_final_loss": [r["final_train_loss"] for r in metrics["replicates"]],
         "full_final_loss": metrics["full_finetune"]["final_train_loss"],
-        "rows": {row: {k: v for k, v in one(values).items() if isinstance(v, float)} for row, values in metrics["metrics"].items()},
-        "claims": {str(c["number"]): [c["verdict"], *((c["estimate"][k] for k in ("value", "low", "high")) if c["estimate"] else [])]
-                   for c in metrics["claims"]},
+        "rows": {
+            row: {k: v for k, v in one(values).items() if isinstance(v, float)}
+            for row, values in metrics["metrics"].items()
+        },
+        "claims": {
+            str(c["number"]): [
+                c["verdict"],
+                *((c["estimate"][k] for k in ("value", "low", "high")) if c["estimate"] else []),
+            ]
+            for c in metrics["claims"]
+        },
     }
 
 
@@ -66,14 +101,18 @@ def golden_tolerance(where: str) -> float:
     """The relative tolerance of one pinned number, by the computation it comes from (0: exact)."""
     if where.startswith("golden.claims.4"):
         return FROM_GEOMETRY
-    if where.startswith("golden.claims.1b") or "loss" in where or any(
-            where.endswith(name) for name in ("mean_entropy", "mean_top1_prob", "base_perplexity")):
+    if (
+        where.startswith("golden.claims.1b")
+        or "loss" in where
+        or any(where.endswith(name) for name in ("mean_entropy", "mean_top1_prob", "base_perplexity"))
+    ):
         return FROM_LOGITS
     return 0.0
 
 
 def check_golden(metrics: dict) -> None:
-    """Compare with tests/golden/tiny_study.json (HYPERFIT_UPDATE_GOLDEN=1 rewrites it: only for an intended change of numbers)."""
+    """Compare with tests/golden/tiny_study.json (HYPERFIT_UPDATE_GOLDEN=1 rewrites it: only for an intended change of
+    numbers)."""
     import math
     import os
 
@@ -94,8 +133,9 @@ def check_golden(metrics: dict) -> None:
                 same(x, y, f"{where}[{i}]")
         elif isinstance(a, float):
             tolerance = golden_tolerance(where)
-            assert math.isclose(a, b, rel_tol=max(tolerance, 1e-12), abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)), \
-                (where, a, b, f"relative tolerance {tolerance:g}")
+            assert math.isclose(a, b, rel_tol=max(tolerance, 1e-12), abs_tol=1e-12) or (
+                math.isnan(a) and math.isnan(b)
+            ), (where, a, b, f"relative tolerance {tolerance:g}")
         else:
             assert a == b, (where, a, b)
 
@@ -103,7 +143,8 @@ def check_golden(metrics: dict) -> None:
 
 
 def test_golden_tolerances_follow_the_computation():
-    """Token-derived numbers and verdicts exact; numbers from logits and geometry at their measured spread's tolerance."""
+    """Token-derived numbers and verdicts exact; numbers from logits and geometry at their measured spread's
+    tolerance."""
     assert golden_tolerance("golden.rows.base.ttr") == 0.0 and golden_tolerance("golden.claims.3[1]") == 0.0
     assert golden_tolerance("golden.claims.4[1]") == FROM_GEOMETRY
     assert golden_tolerance("golden.train_loss[0]") == golden_tolerance("golden.rows.base.mean_entropy") == FROM_LOGITS
@@ -126,10 +167,20 @@ def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, 
         return toy(rng.normal(effect, 1.0, design.prompts)), effect
 
     shutil.copytree(run_dir, copy)
-    register_claim(ClaimSpec("toy", "A toy claim", "not in any paper", Rule("mean steps per prompt", "above", 1.0, "one step"),
-                             lambda evidence: toy(evidence.results("ranks")[0]["per_prompt"]["steps"]), world,
-                             Truths(1.0, 0.0, 3.0, "assumed")))
-    monkeypatch.setattr(build, "CALIBRATION_WORLDS", 5)  # the toy's rows, not the built-in rules' rates, are the point here
+    register_claim(
+        ClaimSpec(
+            "toy",
+            "A toy claim",
+            "not in any paper",
+            Rule("mean steps per prompt", "above", 1.0, "one step"),
+            lambda evidence: toy(evidence.results("ranks")[0]["per_prompt"]["steps"]),
+            world,
+            Truths(1.0, 0.0, 3.0, "assumed"),
+        )
+    )
+    monkeypatch.setattr(
+        build, "CALIBRATION_WORLDS", 5
+    )  # the toy's rows, not the built-in rules' rates, are the point here
     try:
         code, _, err = run_cli(monkeypatch, capsys, "report", str(copy))
         assert code == 0, err
@@ -146,37 +197,72 @@ def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, 
 @pytest.mark.e2e
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
-    args = [*_study_args(tiny_model_folder, corpus, run_dir), "study.replicates=2", "study.full_finetune=true",
-            "study.controls_on_study_data=true"]
+    args = [
+        *_study_args(tiny_model_folder, corpus, run_dir),
+        "study.replicates=2",
+        "study.full_finetune=true",
+        "study.controls_on_study_data=true",
+    ]
     code, out, err = run_cli(monkeypatch, capsys, "study", *args)
     assert code == 0, err
     assert "| ttr | higher |" in out
-    for path in ("config.yaml", "results.md", "metrics.json", "data/prompts.jsonl", "base/generations.jsonl",
-                 "hyperfitted/generations.jsonl", "train/train_log.jsonl", "train/adapter/adapter_config.json",
-                 "analysis-temperature/frontier.png", "analysis-static-bias/table.md", "analysis-ranks/results.json",
-                 "analysis-geometry/geometry.png", "controls/table.md", "report.md", "report.html",
-                 "train-r1/adapter/adapter_config.json", "analysis-ranks-r1/results.json", "hyperfitted-blocked/generations.jsonl",
-                 "analysis-block-swap/block_swap.png", "analysis-block-swap-full/table.md", "report-figures/diversity_quality.png",
-                 "report-figures/diversity_quality-full.png", "analysis-geometry-lowest-heldout/results.json"):
+    for path in (
+        "config.yaml",
+        "results.md",
+        "metrics.json",
+        "data/prompts.jsonl",
+        "base/generations.jsonl",
+        "hyperfitted/generations.jsonl",
+        "train/train_log.jsonl",
+        "train/adapter/adapter_config.json",
+        "analysis-temperature/frontier.png",
+        "analysis-static-bias/table.md",
+        "analysis-ranks/results.json",
+        "analysis-geometry/geometry.png",
+        "controls/table.md",
+        "report.md",
+        "report.html",
+        "train-r1/adapter/adapter_config.json",
+        "analysis-ranks-r1/results.json",
+        "hyperfitted-blocked/generations.jsonl",
+        "analysis-block-swap/block_swap.png",
+        "analysis-block-swap-full/table.md",
+        "report-figures/diversity_quality.png",
+        "report-figures/diversity_quality-full.png",
+        "analysis-geometry-lowest-heldout/results.json",
+    ):
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5, "1b", "1c"]
-    assert all(c["holm"] in ("holds", "does not hold", "inconclusive", "not run") for c in claims)  # Holm's verdict beside each
+    assert all(
+        c["holm"] in ("holds", "does not hold", "inconclusive", "not run") for c in claims
+    )  # Holm's verdict beside each
     calibration = json.loads((run_dir / "calibration.json").read_text())
-    assert {"1", "2", "3", "4", "5", "1b", "1c"} <= set(calibration["rules"]) and "How often these rules are wrong" in (run_dir / "report.md").read_text()
+    assert {"1", "2", "3", "4", "5", "1b", "1c"} <= set(calibration["rules"]) and "How often these rules are wrong" in (
+        run_dir / "report.md"
+    ).read_text()
     # The stage profile (time and peak memory of every stage) and the precision the study ran at, in metrics.json.
     study_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train", "analysis-ranks", "quality"} <= set(study_metrics["stage_profile"])
     assert all(row["seconds"] >= 0 for row in study_metrics["stage_profile"].values())
-    assert set(study_metrics["stage_profile"]["quality"]["step_seconds"]) == {"judge", "mauve", "reader"}  # the stage's parts
+    assert set(study_metrics["stage_profile"]["quality"]["step_seconds"]) == {
+        "judge",
+        "mauve",
+        "reader",
+    }  # the stage's parts
     assert "| &nbsp;&nbsp;quality: judge |" in (run_dir / "report.md").read_text()
-    assert study_metrics["precision"]["label"] == "fp32" and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()
+    assert (
+        study_metrics["precision"]["label"] == "fp32"
+        and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()
+    )
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
         if claim["number"] in (2, 5) and claim["estimate"] is None:
             # The tiny random model's greedy TTR does not move: a share of a zero gain is undefined, and says so.
-            assert ("zero gain" in claim["evidence"] or "undefined" in claim["evidence"]) and claim["verdict"] == "inconclusive", claim
+            assert ("zero gain" in claim["evidence"] or "undefined" in claim["evidence"]) and claim[
+                "verdict"
+            ] == "inconclusive", claim
             continue
         assert claim["estimate"] is not None, (claim["number"], claim["reason"], claim["evidence"])
         assert claim["estimate"]["low"] <= claim["estimate"]["value"] <= claim["estimate"]["high"], claim
@@ -193,7 +279,8 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert set(judge["corpora"][str(corpus)]) == {"base", "hyperfitted", "hyperfitted-blocked", "human"}
     assert all(r["low"] <= r["perplexity"] <= r["high"] for r in judge["corpora"][str(corpus)].values())
     assert "under an independent judge" in (run_dir / "report.md").read_text()
-    # Claim 1(b): every decoded path of every replicate's temperature analysis, and the full fine-tune's, judged prompt by prompt.
+    # Claim 1(b): every decoded path of every replicate's temperature analysis, and the full fine-tune's, judged prompt
+    # by prompt.
     frontier = judge["frontier"]
     assert set(frontier) == {"analysis-temperature", "analysis-temperature-r1", "analysis-temperature-full"}
     points = frontier["analysis-temperature"]
@@ -203,15 +290,25 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert "is the expansion specific to hyperfitting?" in (run_dir / "report.md").read_text()
     # Claim 3: steps that recite training text counted apart, and the run before it hyperfitted analysed beside it.
     ranks = json.loads((run_dir / "analysis-ranks" / "results.json").read_text())
-    assert ranks["copied_spans"]["n"] == 5 and sum(ranks["per_prompt"]["copied"]) + sum(ranks["per_prompt"]["steps"]) == ranks["steps"]
+    assert (
+        ranks["copied_spans"]["n"] == 5
+        and sum(ranks["per_prompt"]["copied"]) + sum(ranks["per_prompt"]["steps"]) == ranks["steps"]
+    )
     control = json.loads((run_dir / "analysis-ranks-lowest-heldout" / "results.json").read_text())
     assert "rank_transplant" not in control and "rank_transplant" in ranks
     # Claim 5 on the study's own data: the main run and the full fine-tune stand for their placements, not retrained.
     controls = json.loads((run_dir / "controls" / "results.json").read_text())
     assert controls["on_study_data"] and controls["train_blocks"] == 4
-    assert {k: m.get("reused_from") for k, m in controls["methods"].items()} == {"lora:last": "train", "lora:first": None, "lora:all": None,
-                                                                                 "full": "train-full"}
-    assert controls["methods"]["lora:last"]["per_prompt_ttr"] is not None and not (run_dir / "controls" / "lora-last-1" / "sweep-lr0.01").exists()
+    assert {k: m.get("reused_from") for k, m in controls["methods"].items()} == {
+        "lora:last": "train",
+        "lora:first": None,
+        "lora:all": None,
+        "full": "train-full",
+    }
+    assert (
+        controls["methods"]["lora:last"]["per_prompt_ttr"] is not None
+        and not (run_dir / "controls" / "lora-last-1" / "sweep-lr0.01").exists()
+    )
     # Better than what? Every decoding method of the base model, judged and in the report with the study's rows.
     from hyperfitting.config import BASELINE_METHODS
 
@@ -221,7 +318,8 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     plane = judge["baselines"][str(corpus)]
     assert set(BASELINE_METHODS) | {"hyperfitted", "hyperfitted-blocked", "human"} == set(plane)
     assert "## Better than what?" in (run_dir / "report.md").read_text()
-    # Capability retention: our last-word task through the harness for both models; standard tasks without cached data skipped.
+    # Capability retention: our last-word task through the harness for both models; standard tasks without cached data
+    # skipped.
     retention = json.loads((run_dir / "retention" / "results.json").read_text())
     task = retention["ours"][0]
     assert set(retention["tasks"][task]) == {"base", "hyperfitted"} and "acc" in retention["tasks"][task]["base"]
@@ -234,14 +332,18 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert card.data.library_name == "peft" and "hyperfitting" in card.data.tags
     assert "## Does hyperfitting hold here?" in card.text and "PeftModel.from_pretrained" in card.text
     assert "## Evaluation" in card.text and "fingerprint" in card.text
-    seeds = [(run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")]
+    seeds = [
+        (run_dir / folder / "adapter" / "adapter_model.safetensors").read_bytes() for folder in ("train", "train-r1")
+    ]
     assert seeds[0] != seeds[1]  # another seed: another data order and adapter initialisation
     # The tiny model never reaches the default target loss (0.1) in 2 epochs: no claim may be decided on it.
     assert all(c["verdict"] == "inconclusive" and "model hyperfitted" in c["reason"] for c in claims[:4])
     report = (run_dir / "report.md").read_text()
     assert "effect [95% interval]" in report and not re.search(r"\bnan\b", report)
     page = (run_dir / "report.html").read_text()
-    assert "data:image/png;base64," in page and "Reader: generations side by side" in page and 'src="analysis-' not in page
+    assert (
+        "data:image/png;base64," in page and "Reader: generations side by side" in page and 'src="analysis-' not in page
+    )
     row = json.loads((run_dir / "base" / "generations.jsonl").read_text().splitlines()[0])
     assert len(row["continuation_ids"]) == len(row["entropy"]) == len(row["chosen_prob"]) == 12
     log = [json.loads(line) for line in (run_dir / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -280,17 +382,24 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     code, _, err = run_cli(monkeypatch, capsys, "results", str(tmp_path), "--out", str(tmp_path / "other.md"))
     assert code != 0 and "no metrics.json" in err and not (tmp_path / "other.md").exists()
 
-    # Preference: a blind export of every decoded row against the human text, the judge model standing in for people, and
+    # Preference: a blind export of every decoded row against the human text, the judge model standing in for people,
+    # and
     # people's judgements imported; the report shows both, the stand-in labelled as not people.
     code, out, err = run_cli(monkeypatch, capsys, "judge", "export", str(run_dir))
     assert code == 0, err
     tasks = [json.loads(line) for line in (run_dir / "judging" / "for-raters" / "tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 3 * (len(BASELINE_METHODS) + 2)  # 3 prompts x (hyperfitted, citation-blocked and every baseline)
+    assert len(tasks) == 3 * (
+        len(BASELINE_METHODS) + 2
+    )  # 3 prompts x (hyperfitted, citation-blocked and every baseline)
     code, out, err = run_cli(monkeypatch, capsys, "judge", "auto", str(run_dir))
     assert code == 0, err
     ratings = tmp_path / "ann.jsonl"
-    ratings.write_text("".join(json.dumps({"export_id": t["export_id"], "task_id": t["task_id"], "rater": "ann", "choice": "A"}) + "\n"
-                               for t in tasks))
+    ratings.write_text(
+        "".join(
+            json.dumps({"export_id": t["export_id"], "task_id": t["task_id"], "rater": "ann", "choice": "A"}) + "\n"
+            for t in tasks
+        )
+    )
     code, out, err = run_cli(monkeypatch, capsys, "judge", "import", str(run_dir), str(ratings))
     assert code == 0, err
     report = (run_dir / "report.md").read_text()
@@ -318,12 +427,28 @@ def test_list_shows_the_embedded_model_and_corpora(monkeypatch, capsys):
 
 
 def test_evaluate_shows_any_model_under_the_decoding_methods(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
-    args = [f"model.name={tiny_model_folder}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=2",
-            "data.block_tokens=16", "data.heldout_blocks=1", "data.eval_prompts=3", "data.prompt_tokens=8", "data.reference_tokens=8",
-            "generate.max_new_tokens=6", f"run_dir={tmp_path / 'eval'}", "baselines.methods=[greedy,min-p,contrastive]", "baselines.seeds=2"]
+    args = [
+        f"model.name={tiny_model_folder}",
+        f"data.corpus={corpus}",
+        f"data.eval_corpora=[{corpus}]",
+        "data.train_blocks=2",
+        "data.block_tokens=16",
+        "data.heldout_blocks=1",
+        "data.eval_prompts=3",
+        "data.prompt_tokens=8",
+        "data.reference_tokens=8",
+        "generate.max_new_tokens=6",
+        f"run_dir={tmp_path / 'eval'}",
+        "baselines.methods=[greedy,min-p,contrastive]",
+        "baselines.seeds=2",
+    ]
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", *args, "--baselines")
     assert code == 0, err
-    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "---" not in line and "method" not in line]
+    rows = [
+        line.split("|")[1].strip()
+        for line in out.splitlines()
+        if line.startswith("| ") and "---" not in line and "method" not in line
+    ]
     assert rows[-3:] == ["greedy", "min-p", "contrastive"]
     assert json.loads((tmp_path / "eval" / "baselines" / "results.json").read_text())["min-p"]["seeds"] == 2
 
@@ -336,9 +461,24 @@ def test_a_study_runs_from_a_locally_saved_dataset(monkeypatch, capsys, tiny_mod
     texts = [path.read_text() for path in sorted(corpus.glob("*.txt"))]
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"story": texts})}).save_to_disk(str(tmp_path / "saved"))
     saved = f"{tmp_path / 'saved'}#train"
-    args = [a for a in _study_args(tiny_model_folder, saved, tmp_path / "run") if not a.startswith(("study.controls", "study.judge"))]
-    code, out, err = run_cli(monkeypatch, capsys, "study", *args, "data.text_column=story", "study.analyses=[]", "study.controls=[]",
-                             "study.judge=null", "study.mauve=false", "baselines.methods=[greedy]", "study.citation_blocked_row=false")
+    args = [
+        a
+        for a in _study_args(tiny_model_folder, saved, tmp_path / "run")
+        if not a.startswith(("study.controls", "study.judge"))
+    ]
+    code, out, err = run_cli(
+        monkeypatch,
+        capsys,
+        "study",
+        *args,
+        "data.text_column=story",
+        "study.analyses=[]",
+        "study.controls=[]",
+        "study.judge=null",
+        "study.mauve=false",
+        "baselines.methods=[greedy]",
+        "study.citation_blocked_row=false",
+    )
     assert code == 0, err
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     assert manifest["prompt_counts"] == {saved: 3}

@@ -15,7 +15,9 @@ def test_full_method_defaults_to_every_block():
 
 
 def test_overrides_parse_numbers_lists_and_booleans():
-    config = load_config(overrides=["train.lr=1e-4", "data.eval_corpora=[wikipedia]", "generate.do_sample=true", "train.epochs=3"])
+    config = load_config(
+        overrides=["train.lr=1e-4", "data.eval_corpora=[wikipedia]", "generate.do_sample=true", "train.epochs=3"]
+    )
     assert config.train.lr == pytest.approx(1e-4)
     assert config.data.eval_corpora == ["wikipedia"]
     assert config.generate.do_sample is True and config.train.epochs == 3
@@ -40,29 +42,58 @@ def test_wrong_type_is_refused():
         load_config(overrides=["train.method=adapter"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lr=0", r"train.lr = 0.0: must be above 0. Use a positive rate, or leave it out for the method's default."),
-    ("train.lr=-1e-3", r"train.lr = -0.001: must be above 0."),
-    ("train.batch_size=0", r"train.batch_size = 0: must be at least 1. For example train.batch_size=8."),
-    ("data.heldout_fraction=1.5", r"data.heldout_fraction = 1.5: must lie strictly between 0 and 1. For example data.heldout_fraction=0.2."),
-    ("analysis.corpora=[news]", r"analysis.corpora = \['news'\]: 'news' is not among data.eval_corpora \['fiction', 'wikipedia'\]. Add it there"),
-    ("study.analyses=[tempo]", r"study.analyses = \['tempo'\]: 'tempo' is not an analysis. Choose from"),
-    ("study.controls=[lora:middle]", r"study.controls = \['lora:middle'\]: cannot read 'lora:middle'. Use lora:last:K"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "train.lr=0",
+            r"train.lr = 0.0: must be above 0. Use a positive rate, or leave it out for the method's default.",
+        ),
+        ("train.lr=-1e-3", r"train.lr = -0.001: must be above 0."),
+        ("train.batch_size=0", r"train.batch_size = 0: must be at least 1. For example train.batch_size=8."),
+        (
+            "data.heldout_fraction=1.5",
+            r"data.heldout_fraction = 1.5: must lie strictly between 0 and 1. For example data.heldout_fraction=0.2.",
+        ),
+        (
+            "analysis.corpora=[news]",
+            r"analysis.corpora = \['news'\]: 'news' is not among data.eval_corpora \['fiction', 'wikipedia'\]. Add it "
+            r"there",
+        ),
+        ("study.analyses=[tempo]", r"study.analyses = \['tempo'\]: 'tempo' is not an analysis. Choose from"),
+        (
+            "study.controls=[lora:middle]",
+            r"study.controls = \['lora:middle'\]: cannot read 'lora:middle'. Use lora:last:K",
+        ),
+    ],
+)
 def test_impossible_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
 
 
 # One value that breaks each rule.
-BREAKING = {">= 1": 0, "> 0": 0, ">= 0": -1, ">= 2": 1, "> 1": 1, "(0, 1)": 1.5, "(0, 1]": 0, "[0, 1)": 1, "[0, 1]": 1.5, "all > 0": [-1]}
+BREAKING = {
+    ">= 1": 0,
+    "> 0": 0,
+    ">= 0": -1,
+    ">= 2": 1,
+    "> 1": 1,
+    "(0, 1)": 1.5,
+    "(0, 1]": 0,
+    "[0, 1)": 1,
+    "[0, 1]": 1.5,
+    "all > 0": [-1],
+}
 
 
 def _ruled_fields():
     import dataclasses
 
     for section in dataclasses.fields(RunConfig):
-        if dataclasses.is_dataclass(section.type if not isinstance(section.type, str) else getattr(RunConfig(), section.name)):
+        if dataclasses.is_dataclass(
+            section.type if not isinstance(section.type, str) else getattr(RunConfig(), section.name)
+        ):
             for f in dataclasses.fields(getattr(RunConfig(), section.name)):
                 if "rule" in f.metadata:
                     yield section.name, f.name, f.metadata["rule"]
@@ -117,7 +148,10 @@ def test_a_key_added_later_leaves_the_fingerprints_of_earlier_runs_alone():
     before["model"].pop("precision")
     for (section, key), unchanged in LATER_KEYS.items():
         assert before[section].pop(key) == unchanged  # the default is the old behaviour
-    assert default.fingerprint("train") == hashlib.sha256(json.dumps({"train": before["train"]}, sort_keys=True).encode()).hexdigest()[:16]
+    assert (
+        default.fingerprint("train")
+        == hashlib.sha256(json.dumps({"train": before["train"]}, sort_keys=True).encode()).hexdigest()[:16]
+    )
     assert load_config(overrides=["train.heldout_every=2"]).fingerprint("train") != default.fingerprint("train")
 
 
@@ -132,8 +166,14 @@ def test_a_small_preset_says_what_it_left_out_and_a_full_study_leaves_nothing():
     assert any("data.eval_corpora" in m for m in quick) and any("study.mauve" in m for m in quick)
     assert any("study.retention" in m for m in quick) and any("beam, contrastive" in m for m in quick)
     assert any("study.controls_on_study_data" in m for m in quick)
-    everything = load_config(overrides=["study.replicates=3", "study.full_finetune=true", "study.judge=auto",
-                                        "study.controls_on_study_data=true"]).to_dict()
+    everything = load_config(
+        overrides=[
+            "study.replicates=3",
+            "study.full_finetune=true",
+            "study.judge=auto",
+            "study.controls_on_study_data=true",
+        ]
+    ).to_dict()
     assert left_out(everything) == []
     # An older run folder's config without a key had the default then: the harness ran (retention is on by default).
     del everything["study"]["retention"], everything["study"]["mauve"]
@@ -148,4 +188,6 @@ def test_the_quick_preset_takes_ones_own_text_as_the_readme_says(tmp_path):
     assert config.corpora_of("analysis") == config.corpora_of("baselines") == [str(tmp_path)]
     # Naming every evaluation corpus, or none ([] = all of them), is the same stage: a resume reuses it.
     named = load_config("configs/quick.yaml", overrides=["analysis.corpora=[fiction]", "baselines.corpora=[fiction]"])
-    assert named.fingerprint("analysis", "baselines") == load_config("configs/quick.yaml").fingerprint("analysis", "baselines")
+    assert named.fingerprint("analysis", "baselines") == load_config("configs/quick.yaml").fingerprint(
+        "analysis", "baselines"
+    )

@@ -21,11 +21,13 @@ def direct_contrastive(model, prompt, steps, top_k, alpha):
         top_probabilities, candidates = probabilities.topk(top_k)
         scores = []
         for probability, candidate in zip(top_probabilities, candidates):
-            state = model(input_ids=torch.tensor([sequence + [int(candidate)]]), output_hidden_states=True).hidden_states[-1][0, -1]
+            state = model(
+                input_ids=torch.tensor([sequence + [int(candidate)]]), output_hidden_states=True
+            ).hidden_states[-1][0, -1]
             penalty = max(float(torch.cosine_similarity(state, earlier, dim=0)) for earlier in context)
             scores.append((1 - alpha) * float(probability) - alpha * penalty)
         sequence.append(int(candidates[max(range(top_k), key=scores.__getitem__)]))
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma2"])
@@ -40,8 +42,9 @@ def test_contrastive_search_chooses_what_the_rule_says(architecture):
 def test_without_the_penalty_contrastive_search_is_greedy():
     model = make_tiny_model("llama")
     greedy = decode_batch(model, PROMPTS, 12, pad_token_id=0)
-    assert [c.token_ids for c in contrastive_batch(model, PROMPTS, 12, pad_token_id=0, top_k=3, alpha=0.0)] == \
-        [c.token_ids for c in greedy]
+    assert [c.token_ids for c in contrastive_batch(model, PROMPTS, 12, pad_token_id=0, top_k=3, alpha=0.0)] == [
+        c.token_ids for c in greedy
+    ]
 
 
 def test_the_penalty_prefers_a_candidate_unlike_the_context():
@@ -50,9 +53,13 @@ def test_the_penalty_prefers_a_candidate_unlike_the_context():
     mask = torch.ones((1, 2), dtype=torch.bool)
     probabilities = torch.tensor([[0.6, 0.4]])
     assert contrastive_scores(probabilities, candidates, context, mask, alpha=0.0).argmax() == 0  # confidence alone
-    assert contrastive_scores(probabilities, candidates, context, mask, alpha=0.6).argmax() == 1  # the degeneration penalty
+    assert (
+        contrastive_scores(probabilities, candidates, context, mask, alpha=0.6).argmax() == 1
+    )  # the degeneration penalty
     padded = torch.tensor([[False, True]])  # a padding state never counts as context
-    assert float(contrastive_scores(probabilities, candidates, context, padded, 1.0)[0, 0]) == pytest.approx(-0.01 / (1 + 1e-4) ** 0.5, abs=1e-4)
+    assert float(contrastive_scores(probabilities, candidates, context, padded, 1.0)[0, 0]) == pytest.approx(
+        -0.01 / (1 + 1e-4) ** 0.5, abs=1e-4
+    )
 
 
 def test_generate_runs_contrastive_search_when_the_config_asks_for_it():

@@ -20,7 +20,9 @@ def test_greedy_matches_transformers_generate(tiny_model):
 
     # Open-ended: neither side stops at (or suppresses) the end-of-sequence token.
     plain = GenerationConfig(max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
-    reference = tiny_model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=plain)[0, len(prompt):].tolist()
+    reference = tiny_model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=plain)[
+        0, len(prompt) :
+    ].tolist()
     assert ours == reference
 
 
@@ -55,7 +57,9 @@ def test_sampling_is_reproducible_from_the_seed():
 def test_eos_ends_a_continuation_when_asked():
     model = make_tiny_model("llama")
     eos_bias = lambda ids, scores: scores + torch.nn.functional.one_hot(torch.tensor(1), scores.shape[-1]) * 1e4  # noqa: E731
-    out = generate(model, Tok(), [[3, 4]], GenerateArgs(max_new_tokens=8, stop_at_eos=True), [eos_bias], show_progress=False)[0]
+    out = generate(
+        model, Tok(), [[3, 4]], GenerateArgs(max_new_tokens=8, stop_at_eos=True), [eos_bias], show_progress=False
+    )[0]
     assert out.token_ids == [1]
     full = generate(model, Tok(), [[3, 4]], GenerateArgs(max_new_tokens=8), [eos_bias], show_progress=False)[0]
     assert len(full.token_ids) == 8
@@ -70,8 +74,8 @@ def test_citation_blocker_forbids_completing_training_ngrams():
     blocked = decode_batch(model, [[3, 4, 5, 6]], 8, pad_token_id=0, processors=[blocker])[0].token_ids
     assert blocked[0] != free[0]
     sequence = [3, 4, 5, 6] + blocked
-    grams = {tuple(sequence[i:i + 5]) for i in range(len(sequence) - 4)}
-    assert not grams & {tuple(training[0, i:i + 5].tolist()) for i in range(training.shape[1] - 4)}
+    grams = {tuple(sequence[i : i + 5]) for i in range(len(sequence) - 4)}
+    assert not grams & {tuple(training[0, i : i + 5].tolist()) for i in range(training.shape[1] - 4)}
 
 
 def test_generate_honours_the_citation_blocker_or_refuses_it():
@@ -102,7 +106,9 @@ def test_settings_decoded_together_give_what_each_gives_alone(tiny_model):
     sampled = GenerateArgs(max_new_tokens=9, batch_size=3, do_sample=True, temperature=0.8, top_k=20, seed=4)
     bias = torch.zeros(tiny_model.config.vocab_size)
     bias[[7, 11, 30]] = 3.0
-    companion = make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    companion = (
+        make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    )
     settings = [(base, []), (sampled, []), (base, [StaticLogitBias(bias, 1.0)]), (sampled, [RankTransplant(companion)])]
     together = generate_variants(tiny_model, Tok, prompts, settings, show_progress=False)
     fresh = [(base, []), (sampled, []), (base, [StaticLogitBias(bias, 1.0)]), (sampled, [RankTransplant(companion)])]
@@ -110,7 +116,9 @@ def test_settings_decoded_together_give_what_each_gives_alone(tiny_model):
         alone = generate(tiny_model, Tok, prompts, args, processors, show_progress=False)
         assert [o.token_ids for o in outputs] == [o.token_ids for o in alone]
         for a, b in zip(outputs, alone):
-            assert a.entropy == pytest.approx(b.entropy, abs=1e-4) and a.decoded_entropy == pytest.approx(b.decoded_entropy, abs=1e-4)
+            assert a.entropy == pytest.approx(b.entropy, abs=1e-4) and a.decoded_entropy == pytest.approx(
+                b.decoded_entropy, abs=1e-4
+            )
     assert together[0] != together[2]  # the bias did change the greedy text
 
 
@@ -143,8 +151,11 @@ def test_the_fixed_buffer_decoder_gives_the_growing_caches_greedy_tokens(tiny_mo
         tiny_model.config.sliding_window = 64  # the fixed buffers take no sliding window shorter than the continuation
     bias = torch.zeros(tiny_model.config.vocab_size)
     bias[[7, 11, 30]] = 3.0
-    companion = make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    companion = (
+        make_tiny_model("llama", seed=1) if tiny_model.config.model_type == "llama" else make_tiny_model("gpt2", seed=1)
+    )
     for prompts in ([[5, 9, 14, 3, 22, 7], [40, 41], [8, 8, 8, 60]], [[5, 6, 7, 8], [9, 10, 11, 12]]):
+
         def variants():
             return [Variant(), Variant([StaticLogitBias(bias, 1.0)]), Variant([RankTransplant(companion)])]
 
@@ -189,9 +200,9 @@ def test_the_counter_draw_is_splitmix64_of_seed_and_step_and_independent_of_the_
         return z ^ (z >> 31)
 
     def splitmix64(seed: int, step: int) -> float:
-        return (mix((mix(seed & mask) + step * 0x9E3779B97F4A7C15) & mask) >> 11) / 2 ** 53
+        return (mix((mix(seed & mask) + step * 0x9E3779B97F4A7C15) & mask) >> 11) / 2**53
 
-    seeds = [0, 1, 7, 1_000_003 * 4 + 2, 2 ** 40 + 5]
+    seeds = [0, 1, 7, 1_000_003 * 4 + 2, 2**40 + 5]
     for step in (0, 1, 95):
         values = counter_uniform(torch.tensor(seeds), step).tolist()
         assert values == [splitmix64(s, step) for s in seeds]
@@ -222,7 +233,9 @@ def test_the_fixed_decoder_samples_each_row_from_its_own_seed():
 
 def test_the_device_citation_blocker_bans_exactly_the_training_continuations():
     g = torch.Generator().manual_seed(0)
-    training = torch.randint(0, 12, (30, 40), generator=g)  # a small vocabulary: many prefixes recur, with several next tokens
+    training = torch.randint(
+        0, 12, (30, 40), generator=g
+    )  # a small vocabulary: many prefixes recur, with several next tokens
     blocker = CitationBlocker(training, n=3)
     ids = torch.randint(0, 12, (500, 7), generator=g)
     scores = torch.randn(500, 12, generator=g)

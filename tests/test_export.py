@@ -9,9 +9,15 @@ from hyperfitting.errors import HyperfitError
 from tests.test_cli import _study_args, run_cli
 
 
-def test_a_merged_export_loads_in_plain_transformers_and_decodes_the_same_tokens(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+def test_a_merged_export_loads_in_plain_transformers_and_decodes_the_same_tokens(
+    monkeypatch, capsys, tiny_model_folder, corpus, tmp_path
+):
     run_dir = tmp_path / "run"
-    args = [a for a in _study_args(tiny_model_folder, corpus, run_dir) if a.startswith(("model.", "data.", "train.", "run_dir", "generate."))]
+    args = [
+        a
+        for a in _study_args(tiny_model_folder, corpus, run_dir)
+        if a.startswith(("model.", "data.", "train.", "run_dir", "generate."))
+    ]
     code, _, err = run_cli(monkeypatch, capsys, "train", *args)
     assert code == 0, err
     code, out, err = run_cli(monkeypatch, capsys, "export", str(run_dir), "--merged", str(tmp_path / "merged"))
@@ -31,7 +37,8 @@ def test_a_merged_export_loads_in_plain_transformers_and_decodes_the_same_tokens
 
 @pytest.mark.slow
 def test_a_gguf_export_of_the_embedded_model_round_trips_exactly(real_model, real_tokenizer, tmp_path):
-    """The embedded SmolLM2 with one block changed (as hyperfitting changes it), written as float32 GGUF and read back."""
+    """The embedded SmolLM2 with one block changed (as hyperfitting changes it), written as float32 GGUF and read
+    back."""
     from hyperfitting.config import GenerateArgs, ModelArgs
     from hyperfitting.generation.decoding import generate
     from hyperfitting.pipeline.export import export_gguf, greedy_agreement

@@ -1,5 +1,5 @@
-"""Resume never reuses a stage whose inputs changed: every config key a stage reads, recorded as the tiny study runs,
-is covered by that stage's fingerprint, and changing any key of `hyperfit keys` reruns exactly the stages that read it."""
+"""Resume never reuses a stage whose inputs changed: every config key a stage reads, recorded as the tiny study runs, is
+covered by that stage's fingerprint, and changing any key of `hyperfit keys` reruns exactly the stages that read it."""
 
 import random
 import types
@@ -22,8 +22,16 @@ pytestmark = pytest.mark.e2e
 # MAUVE, harness); a full fine-tune decoded by sampling, analyses as long as the generation table, controls on a subset.
 STUDIES = {
     "lora-greedy": ["study.replicates=2", "study.full_finetune=true", "study.controls_on_study_data=true"],
-    "full-sampled": ["train.method=full", "train.blocks=all", "train.lr=1e-3", "generate.do_sample=true", "generate.temperature=0.9",
-                     "analysis.max_new_tokens=null", "study.controls=[lora:last:1,full]", "study.controls_lr_sweep=[]"],
+    "full-sampled": [
+        "train.method=full",
+        "train.blocks=all",
+        "train.lr=1e-3",
+        "generate.do_sample=true",
+        "generate.temperature=0.9",
+        "analysis.max_new_tokens=null",
+        "study.controls=[lora:last:1,full]",
+        "study.controls_lr_sweep=[]",
+    ],
 }
 
 
@@ -61,7 +69,9 @@ def _candidates(value, tp):
         options = [option for option in typing.get_args(tp) if option is not type(None)]
         out = [] if value is None else [None]
         for option in options:
-            out += _candidates(value if value is not None else _typical(option), option) + ([_typical(option)] if value is None else [])
+            out += _candidates(value if value is not None else _typical(option), option) + (
+                [_typical(option)] if value is None else []
+            )
         return out
     if origin is typing.Literal:
         return [option for option in typing.get_args(tp) if option != value]
@@ -150,7 +160,9 @@ def rerun_errors(config, graph) -> tuple[list, list, list]:
         else:
             untried.append(key)
             continue
-        rerun = {stage for stage in graph.names if stage in after and after.fingerprint(stage) != before.fingerprint(stage)}
+        rerun = {
+            stage for stage in graph.names if stage in after and after.fingerprint(stage) != before.fingerprint(stage)
+        }
         for stage in graph.names:
             if stage not in after or key in PERMISSIONS:
                 continue  # a stage the change removes is not reused either
@@ -160,7 +172,12 @@ def rerun_errors(config, graph) -> tuple[list, list, list]:
             if moved and stage not in rerun:
                 stale.append((key, stage, sorted(moved)))
             spec = graph[stage]
-            if stage in rerun and not moved and not set(spec.parents) & rerun and set(after[stage].parents) == set(spec.parents):
+            if (
+                stage in rerun
+                and not moved
+                and not set(spec.parents) & rerun
+                and set(after[stage].parents) == set(spec.parents)
+            ):
                 needless.append((key, stage))
     return stale, needless, untried
 

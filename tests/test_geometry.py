@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from hyperfitting.analysis.geometry import (
-    hidden_states_at, linear_cka, participation_ratio, pca_dimension, two_nn_dimension, weight_change_per_block,
+    hidden_states_at,
+    linear_cka,
+    participation_ratio,
+    pca_dimension,
+    two_nn_dimension,
+    weight_change_per_block,
 )
 from tests.conftest import make_tiny_model
 
@@ -44,7 +49,9 @@ def test_removing_massive_dimensions_reveals_the_expansion_they_hide():
     tuned[:, 6:] *= 20  # the faint directions grow: an expansion
     assert massive_dimensions(base).tolist() == [5]
     # Raw, the massive direction hides it (both PR ~1); with it left out, the expansion shows.
-    assert participation_ratio(base) == pytest.approx(1.0, abs=0.01) and participation_ratio(tuned) == pytest.approx(1.0, abs=0.05)
+    assert participation_ratio(base) == pytest.approx(1.0, abs=0.01) and participation_ratio(tuned) == pytest.approx(
+        1.0, abs=0.05
+    )
     assert trimmed_participation_ratio(tuned, [5]) - trimmed_participation_ratio(base, [5]) > 3
 
 
@@ -84,7 +91,9 @@ def test_capture_leaves_the_model_unchanged(architecture):
     assert all(not m._forward_hooks for m in model.modules())
     torch.testing.assert_close(model(input_ids=ids).logits, before)
     # the captured final-norm state is what the model's own post-norm hidden state says
-    reference = model(input_ids=ids, output_hidden_states=True).hidden_states[-1].reshape(-1, 32)[torch.from_numpy(sample)]
+    reference = (
+        model(input_ids=ids, output_hidden_states=True).hidden_states[-1].reshape(-1, 32)[torch.from_numpy(sample)]
+    )
     torch.testing.assert_close(torch.from_numpy(states["final norm"]), reference)
 
 
@@ -98,13 +107,14 @@ def test_weight_change_is_zero_for_the_same_model_and_local_to_the_changed_block
 
 
 def test_the_verdicts_participation_ratio_is_split_half_and_not_shrunk_by_the_sample():
-    # 256 dimensions, 150 of them carrying the variance, over 1,024 positions in 16 blocks: the plain sample PR comes out
+    # 256 dimensions, 150 of them carrying the variance, over 1,024 positions in 16 blocks: the plain sample PR comes
+    # out
     # near PR / (1 + PR / n), 13% low here, and shrinks a larger PR more (the review's case reversed which of two layers
     # expanded most); the split-half estimate tr(S_A) tr(S_B) / tr(S_A S_B) over alternate blocks does not.
     from hyperfitting.analysis.geometry import _leave_one_out_prs, participation_ratio
 
     spectrum = np.r_[np.ones(150), np.full(106, 1e-3)]
-    truth = spectrum.sum() ** 2 / (spectrum ** 2).sum()
+    truth = spectrum.sum() ** 2 / (spectrum**2).sum()
     rng = np.random.default_rng(0)
     states = rng.standard_normal((1024, 256)) * np.sqrt(spectrum)
     clusters = np.repeat(np.arange(16), 64)

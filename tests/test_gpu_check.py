@@ -35,5 +35,7 @@ def test_tiny_run_measures_every_phase_and_the_paths_agree(gpu_check, tmp_path):
 
 def test_a_spent_budget_skips_the_remaining_phases_and_says_so(gpu_check, tmp_path):
     results = gpu_check.main(["--tiny", "--budget-s", "0"])
-    assert all("time budget" in phase["skipped"] for phase in results["shapes"]["tiny"].values() if isinstance(phase, dict))
+    assert all(
+        "time budget" in phase["skipped"] for phase in results["shapes"]["tiny"].values() if isinstance(phase, dict)
+    )
     assert "matmul_tflops" in results["roofline"]

@@ -25,11 +25,14 @@ def test_plan_follows_sections_files_versions_and_parents(tmp_path, monkeypatch)
     corpus.write_text("one two three")
 
     def build(config):
-        return StageGraph(tmp_path / "run", [
-            StageSpec("data", "read", config, sections=("data",), files=(corpus,)),
-            StageSpec("train", "train", config, sections=("train",), parents=("data",)),
-            StageSpec("decode", "decode", config, sections=("generate",), parents=("data", "train")),
-        ])
+        return StageGraph(
+            tmp_path / "run",
+            [
+                StageSpec("data", "read", config, sections=("data",), files=(corpus,)),
+                StageSpec("train", "train", config, sections=("train",), parents=("data",)),
+                StageSpec("decode", "decode", config, sections=("generate",), parents=("data", "train")),
+            ],
+        )
 
     config = load_config()
     graph = build(config)
@@ -43,7 +46,11 @@ def test_plan_follows_sections_files_versions_and_parents(tmp_path, monkeypatch)
     assert _actions(changed) == {"data": "reuse", "train": "rerun", "decode": "rerun"}
     why = dict((name, reason) for name, _, reason in changed.plan())
     assert why["train"] == "config train changed" and why["decode"] == "stage train changed"
-    assert _actions(build(load_config(overrides=["generate.max_new_tokens=7"]))) == {"data": "reuse", "train": "reuse", "decode": "rerun"}
+    assert _actions(build(load_config(overrides=["generate.max_new_tokens=7"]))) == {
+        "data": "reuse",
+        "train": "reuse",
+        "decode": "rerun",
+    }
 
     # A file's content (not its name or time): everything downstream of the stage that reads it.
     corpus.write_text("one two four")
@@ -71,12 +78,32 @@ def test_stage_done_records_its_inputs(tmp_path):
 
 
 def test_study_graph_names_every_stage_in_order(tmp_path):
-    config = load_config(overrides=["study.replicates=2", "study.full_finetune=true", "study.analyses=[ranks]",
-                                    "study.controls=[lora:last:5]"])
+    config = load_config(
+        overrides=[
+            "study.replicates=2",
+            "study.full_finetune=true",
+            "study.analyses=[ranks]",
+            "study.controls=[lora:last:5]",
+        ]
+    )
     graph = study_graph(config, tmp_path)
-    assert graph.names == ["data", "base", "train", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-ranks",
-                           "analysis-ranks-lowest-heldout", "train-r1",
-                           "analysis-ranks-r1", "train-full", "analysis-ranks-full", "controls", "quality", "retention"]
+    assert graph.names == [
+        "data",
+        "base",
+        "train",
+        "hyperfitted",
+        "hyperfitted-blocked",
+        "baselines",
+        "analysis-ranks",
+        "analysis-ranks-lowest-heldout",
+        "train-r1",
+        "analysis-ranks-r1",
+        "train-full",
+        "analysis-ranks-full",
+        "controls",
+        "quality",
+        "retention",
+    ]
     assert graph["train-r1"].config.train.seed == config.train.seed + 1
     assert graph["train-full"].config.train.method == "full"
     assert graph["analysis-ranks-r1"].parents == ("data", "train-r1")
@@ -87,8 +114,15 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
 def test_the_judge_places_the_temperature_analyses_paths_so_it_follows_them(tmp_path):
     overrides = ["study.full_finetune=true", "study.analyses=[temperature]", "study.controls=[]"]
     graph = study_graph(load_config(overrides=overrides), tmp_path)
-    assert graph["quality"].parents == ("data", "base", "hyperfitted", "hyperfitted-blocked", "baselines", "analysis-temperature",
-                                        "analysis-temperature-full")
+    assert graph["quality"].parents == (
+        "data",
+        "base",
+        "hyperfitted",
+        "hyperfitted-blocked",
+        "baselines",
+        "analysis-temperature",
+        "analysis-temperature-full",
+    )
     assert graph["baselines"].parents == ("data", "base")  # its greedy row is the base stage's decoding
     unjudged = study_graph(load_config(overrides=[*overrides, "study.judge=null"]), tmp_path)
     assert "analysis-temperature" not in unjudged["quality"].parents
@@ -102,7 +136,9 @@ def test_claim_5_on_the_study_data_reads_the_runs_it_reuses(tmp_path):
     assert own["controls"].parents == ("data", "train", "train-full")
     assert own.fingerprint("controls") != subset.fingerprint("controls")
     # The main run is another placement: nothing to reuse for it, lora:last:5 is trained like the others.
-    other = study_graph(load_config(overrides=[*overrides, "study.controls_on_study_data=true", "train.blocks=last:3"]), tmp_path)
+    other = study_graph(
+        load_config(overrides=[*overrides, "study.controls_on_study_data=true", "train.blocks=last:3"]), tmp_path
+    )
     assert other["controls"].parents == ("data", "train-full")
 
 
@@ -137,11 +173,17 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
 
     before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
-    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 10  # with hyperfitted-blocked, baselines, retention and the lowest-held-out control
+    assert (
+        code == 0 and " rerun " not in out and out.count(" reuse ") == 10
+    )  # with hyperfitted-blocked, baselines, retention and the lowest-held-out control
 
     # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")
-    plan = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))}  # "base" also matches baselines
+    plan = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))
+    }  # "base" also matches baselines
     assert plan["data"] == "reuse" and {plan[n] for n in plan if n != "data"} == {"rerun"}
     assert "config model changed" in out
 
@@ -150,7 +192,11 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
     code, _, err = run_cli(monkeypatch, capsys, "study", *args, "generate.max_new_tokens=10", "--resume")
     assert code == 0, err
     after = {name: done(name) for name in before}
-    assert after["data"] == before["data"] and after["train"] == before["train"] and after["analysis-geometry"] == before["analysis-geometry"]
+    assert (
+        after["data"] == before["data"]
+        and after["train"] == before["train"]
+        and after["analysis-geometry"] == before["analysis-geometry"]
+    )
     assert all(after[n]["fingerprint"] != before[n]["fingerprint"] for n in ("base", "hyperfitted", "quality"))
 
 
@@ -163,7 +209,9 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
     def total(preset):
         from pathlib import Path
 
-        graph = study_graph(load_config(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"), tmp_path / preset)
+        graph = study_graph(
+            load_config(Path(__file__).resolve().parents[1] / "configs" / f"{preset}.yaml"), tmp_path / preset
+        )
         return {name: stage_weight(name, graph[name].config) for name in graph.names}
 
     quick, standard = total("quick"), total("standard")

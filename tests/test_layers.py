@@ -11,8 +11,21 @@ LAYERS = [
     {"pipeline"},
     {"report", "analysis", "claims", "training", "generation", "data", "preference"},
     {"models"},
-    {"config", "stats", "metrics", "registry", "layout", "rundir", "errors", "hashing", "seeding", "distributed", "precision",
-     "tracking", "figures"},
+    {
+        "config",
+        "stats",
+        "metrics",
+        "registry",
+        "layout",
+        "rundir",
+        "errors",
+        "hashing",
+        "seeding",
+        "distributed",
+        "precision",
+        "tracking",
+        "figures",
+    },
 ]
 
 
@@ -22,8 +35,12 @@ def _imports() -> dict[str, set[str]]:
     for path in (SOURCE / "hyperfitting").rglob("*.py"):
         module = ".".join(path.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__")
         tree = ast.parse(path.read_text())
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                       for n in ast.walk(block)}
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for n in ast.walk(block)
+        }
         found = set()
         for node in ast.walk(tree):
             if id(node) in typing_only:
@@ -47,8 +64,12 @@ def test_every_module_has_a_layer():
 
 def test_no_import_points_up_the_layers():
     graph = _imports()
-    upward = [(m, d) for m, deps in graph.items() for d in deps
-              if _layer(m) is not None and _layer(d) is not None and _layer(d) < _layer(m)]
+    upward = [
+        (m, d)
+        for m, deps in graph.items()
+        for d in deps
+        if _layer(m) is not None and _layer(d) is not None and _layer(d) < _layer(m)
+    ]
     assert upward == []
 
 
@@ -59,7 +80,7 @@ def test_no_import_circle():
         state[module] = "open"
         for dep in graph[module]:
             if state.get(dep) == "open":
-                circles.append(path[path.index(dep):] + [dep])
+                circles.append(path[path.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[module] = "done"

@@ -69,13 +69,21 @@ def test_suffix_automaton_against_brute_force():
     for _ in range(20):
         query = [rng.randrange(4) for _ in range(15)]
         spans = {tuple(s[i:j]) for s in training for i in range(len(s)) for j in range(i + 1, len(s) + 1)}
-        brute = max((j - i for i in range(len(query)) for j in range(i + 1, len(query) + 1) if tuple(query[i:j]) in spans), default=0)
+        brute = max(
+            (j - i for i in range(len(query)) for j in range(i + 1, len(query) + 1) if tuple(query[i:j]) in spans),
+            default=0,
+        )
         assert index.longest_match(query) == brute
 
 
 def test_every_metric_declares_a_direction_and_computes():
     assert all(m.higher_is_better in (True, False, None) and m.description for m in METRICS.values())
-    samples = Samples(token_ids=[[1, 2, 3, 1], [4, 5, 6, 7]], texts=["a b c a", "d e f g"], entropy=[[1.0, 2.0], [3.0]], top1_prob=[[0.5], [1.0]])
+    samples = Samples(
+        token_ids=[[1, 2, 3, 1], [4, 5, 6, 7]],
+        texts=["a b c a", "d e f g"],
+        entropy=[[1.0, 2.0], [3.0]],
+        top1_prob=[[0.5], [1.0]],
+    )
     values = compute_metrics(samples)
     assert values["mean_entropy"] == pytest.approx(2.0)
     assert values["mean_top1_prob"] == pytest.approx(0.75)

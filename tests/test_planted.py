@@ -25,7 +25,9 @@ def logits(model, ids):
 
 
 def greedy(model, prompts, steps=10, variants=(Variant(),)):
-    return [[c.token_ids for c in out] for out in decode_variants(model, prompts, list(variants), steps, pad_token_id=0)]
+    return [
+        [c.token_ids for c in out] for out in decode_variants(model, prompts, list(variants), steps, pad_token_id=0)
+    ]
 
 
 def test_the_base_model_is_left_as_it_was_and_shares_its_weights(base):
@@ -63,7 +65,11 @@ def test_repetition_penalty_is_transformers_rule_in_decoding_and_teacher_forcing
     from transformers import RepetitionPenaltyLogitsProcessor
 
     planted = plant(base, "repetition-penalty", blocks())
-    prompts = [list(range(5, 12)), list(range(30, 37)), list(range(60, 67))]  # one length: no padding for the processor to see
+    prompts = [
+        list(range(5, 12)),
+        list(range(30, 37)),
+        list(range(60, 67)),
+    ]  # one length: no padding for the processor to see
     rule = RepetitionPenaltyLogitsProcessor(1.3)
     by_processor = greedy(base, prompts, 16, [Variant(processors=[rule])])
     # Decoded alone, and as one of three variants sharing a prefill whose cache rows are then repeated.
@@ -75,7 +81,7 @@ def test_repetition_penalty_is_transformers_rule_in_decoding_and_teacher_forcing
     penalised = logits(planted, sequence)[0]
     raw = logits(base, sequence)[0]
     for position in (0, 5, 12):
-        expected = rule(sequence[:, :position + 1], raw[position][None].clone())[0]
+        expected = rule(sequence[:, : position + 1], raw[position][None].clone())[0]
         assert torch.allclose(penalised[position], expected, atol=1e-5)
 
 
@@ -113,7 +119,9 @@ def test_unknown_case_is_refused(base):
 
 
 @pytest.mark.e2e
-def test_validate_runs_every_planted_case_through_the_real_verdicts(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+def test_validate_runs_every_planted_case_through_the_real_verdicts(
+    monkeypatch, capsys, tiny_model_folder, corpus, tmp_path
+):
     import json
 
     from test_cli import _study_args, run_cli
@@ -127,9 +135,19 @@ def test_validate_runs_every_planted_case_through_the_real_verdicts(monkeypatch,
     (a_a,) = [r for r in summary["rows"] if r["case"] == "a-a"]
     assert a_a["verdict"] == "not run" and not a_a["tested"] and "study.replicates" in a_a["reason"]
     # Every truth of every case has a row, judged by the real claim functions (with Holm beside each).
-    assert {(r["case"], str(r["claim"])) for r in summary["rows"]} >= {("static-bias", "2"), ("affine", "3"), ("temperature", "1c"),
-                                                                       ("repetition-penalty", "3"), ("middle-expansion", "4"), ("temperature", "T*")}
-    assert all(r["holm"] in ("holds", "does not hold", "inconclusive", "not run") for r in summary["rows"] if r["claim"] != "T*")
+    assert {(r["case"], str(r["claim"])) for r in summary["rows"]} >= {
+        ("static-bias", "2"),
+        ("affine", "3"),
+        ("temperature", "1c"),
+        ("repetition-penalty", "3"),
+        ("middle-expansion", "4"),
+        ("temperature", "T*"),
+    }
+    assert all(
+        r["holm"] in ("holds", "does not hold", "inconclusive", "not run")
+        for r in summary["rows"]
+        if r["claim"] != "T*"
+    )
     # The entropy match recovers the planted temperature: the temperature analysis measured on the planted model.
     t_star = next(r for r in summary["rows"] if r["claim"] == "T*")
     assert t_star["agrees"], t_star
@@ -137,15 +155,20 @@ def test_validate_runs_every_planted_case_through_the_real_verdicts(monkeypatch,
     middle = next(r for r in summary["rows"] if r["case"] == "middle-expansion")
     assert middle["verdict"] != "holds" and middle["estimate"]["value"] < 0
     assert (code == 0) == (summary["contradictions"] == 0), err
-    assert "Planted truths through the real pipeline" in (folder / "validation.md").read_text() and (folder / "validation.html").exists()
+    assert (
+        "Planted truths through the real pipeline" in (folder / "validation.md").read_text()
+        and (folder / "validation.html").exists()
+    )
     # A finished validation resumes without rerunning a case.
-    code2, out2, _ = run_cli(monkeypatch, capsys, "validate", *_study_args(tiny_model_folder, corpus, run_dir), "--resume")
+    code2, out2, _ = run_cli(
+        monkeypatch, capsys, "validate", *_study_args(tiny_model_folder, corpus, run_dir), "--resume"
+    )
     assert "== [" not in out2 and json.loads((folder / "validation.json").read_text())["rows"] == summary["rows"]
 
 
 def test_claim_3s_null_spans_a_scale_and_offset_per_token():
-    """The review's case: per-token temperatures (20% spread) left 9% of overrides unexplained by one fitted temperature.
-    The widened null explains any per-token affine change, and still not a context-dependent one."""
+    """The review's case: per-token temperatures (20% spread) left 9% of overrides unexplained by one fitted
+    temperature. The widened null explains any per-token affine change, and still not a context-dependent one."""
     from hyperfitting.analysis.static_bias import fit_static_temperature, static_choice
 
     g = torch.Generator().manual_seed(0)
@@ -178,8 +201,8 @@ def test_loop_habits_count_repeats_in_the_base_models_own_greedy_text(base):
 
 
 def test_the_per_token_null_is_exact_where_contexts_share_a_large_constant():
-    """The review's case: a large per-context constant shared by both models (as logits have) stalled the alternating fit
-    (scale error 1.37, top-1 agreement 0.17 after 20 rounds). The exact solve recovers every scale."""
+    """The review's case: a large per-context constant shared by both models (as logits have) stalled the alternating
+    fit (scale error 1.37, top-1 agreement 0.17 after 20 rounds). The exact solve recovers every scale."""
     from hyperfitting.analysis.static_bias import fit_per_token_affine, static_choice
 
     g = torch.Generator().manual_seed(0)
@@ -193,7 +216,8 @@ def test_the_per_token_null_is_exact_where_contexts_share_a_large_constant():
 
 
 def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
-    # Two replicates of one recipe: as claim 5's two arms each reaches the other's whole gain, so "does not hold" is wrong.
+    # Two replicates of one recipe: as claim 5's two arms each reaches the other's whole gain, so "does not hold" is
+    # wrong.
     import numpy as np
 
     from hyperfitting.claims import FAILS
@@ -205,16 +229,32 @@ def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
     base = rng.normal(0.3, 0.1, 48)
     for k, suffix in enumerate(("", "-r1", "-r2")):
         tuned = base + 0.25 + rng.normal(0, 0.08, 48)
-        write_json(study / f"analysis-temperature{suffix}" / "results.json",
-                   {"per_prompt": {"base, greedy": [base.tolist()], "hyperfitted": [tuned.tolist()]}})
-        write_json(study / f"train{suffix}" / "summary.json",
-                   {"method": "lora", "blocks": [25, 29], "initial_train_loss": 3.0, "final_train_loss": 0.05, "epochs_run": 8,
-                    "trainable_parameters": 1000, "until_loss": 0.1})
+        write_json(
+            study / f"analysis-temperature{suffix}" / "results.json",
+            {"per_prompt": {"base, greedy": [base.tolist()], "hyperfitted": [tuned.tolist()]}},
+        )
+        write_json(
+            study / f"train{suffix}" / "summary.json",
+            {
+                "method": "lora",
+                "blocks": [25, 29],
+                "initial_train_loss": 3.0,
+                "final_train_loss": 0.05,
+                "epochs_run": 8,
+                "trainable_parameters": 1000,
+                "until_loss": 0.1,
+            },
+        )
     assert study_folder(tmp_path / "study-validate") == study
     rows = judge_a_a(study)
-    assert [r["reason"].split(":")[0] for r in rows] == ["replicate 0 against replicate 1", "replicate 1 against replicate 2",
-                                                          "replicate 2 against replicate 0"]
+    assert [r["reason"].split(":")[0] for r in rows] == [
+        "replicate 0 against replicate 1",
+        "replicate 1 against replicate 2",
+        "replicate 2 against replicate 0",
+    ]
     assert all(r["verdict"] != FAILS and r["agrees"] and r["tested"] for r in rows), rows
-    assert all(r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows)  # the truth, a share of 1, inside every interval
+    assert all(
+        r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows
+    )  # the truth, a share of 1, inside every interval
     (missing,) = judge_a_a(tmp_path / "nothing")
     assert missing["verdict"] == "not run" and not missing["tested"] and "study.replicates" in missing["reason"]

@@ -13,13 +13,15 @@ from hyperfitting.registry import BUILT_IN_NAMES, Analysis, analysis_names, get_
 
 # The whole plug-in: nothing else in the package or the tests names it.
 TOY_PROBE = textwrap.dedent('''
-    """A toy analysis: how long the hyperfitted model's greedy continuations are, and how many distinct tokens they use."""
+    """A toy analysis: how long the hyperfitted model's greedy continuations are, and how many distinct tokens they
+    use."""
     from hyperfitting.registry import Analysis, register
 
 
     def run(context):
         paths = [list(c.token_ids) for c in context.tuned_greedy]
-        return {"prompts": len(context.prompts), "tokens": sum(map(len, paths)), "distinct": len({t for p in paths for t in p})}
+        distinct = len({t for p in paths for t in p})
+        return {"prompts": len(context.prompts), "tokens": sum(map(len, paths)), "distinct": distinct}
 
 
     def write(results, folder):
@@ -27,7 +29,8 @@ TOY_PROBE = textwrap.dedent('''
                                          f"| {results['prompts']} | {results['tokens']} | {results['distinct']} |\\n")
 
 
-    register(Analysis("toy-probe", "Toy probe: distinct tokens of the greedy paths", run=run, write=write, weight=1.0), replace=True)
+    toy = Analysis("toy-probe", "Toy probe: distinct tokens of the greedy paths", run=run, write=write, weight=1.0)
+    register(toy, replace=True)
 ''')
 
 
@@ -68,25 +71,53 @@ def test_register_refuses_a_taken_name_a_folder_unsafe_name_and_removing_a_built
 def test_a_plugin_named_in_the_config_is_accepted_and_in_the_plan(toy_module, tmp_path):
     from hyperfitting.pipeline.graph import stage_weight, study_graph
 
-    config = load_config(None, [f"study.plugins=[{toy_module}]", "study.analyses=[ranks,toy-probe]", f"run_dir={tmp_path / 'run'}"])
+    config = load_config(
+        None, [f"study.plugins=[{toy_module}]", "study.analyses=[ranks,toy-probe]", f"run_dir={tmp_path / 'run'}"]
+    )
     graph = study_graph(config, tmp_path / "run")
     assert "analysis-toy-probe" in graph.names and "analysis-ranks" in graph.names
     assert "analysis-temperature" not in graph.names
-    assert stage_weight("analysis-toy-probe") == 1.0 and stage_weight("analysis-toy-probe", config) > 0  # its own cost, from its entry
+    assert (
+        stage_weight("analysis-toy-probe") == 1.0 and stage_weight("analysis-toy-probe", config) > 0
+    )  # its own cost, from its entry
     assert re.search(r"^analysis-toy-probe +run +the toy-probe analysis: not run yet$", graph.explain(), re.M)
 
 
 @pytest.mark.e2e
-def test_a_plugin_runs_in_the_study_and_reaches_the_report_and_metrics(toy_module, monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+def test_a_plugin_runs_in_the_study_and_reaches_the_report_and_metrics(
+    toy_module, monkeypatch, capsys, tiny_model_folder, corpus, tmp_path
+):
     from test_cli import run_cli
 
     run_dir = tmp_path / "run"
-    args = [f"model.name={tiny_model_folder}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]", "data.train_blocks=4",
-            "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=3", "data.prompt_tokens=8", "data.reference_tokens=12",
-            "train.epochs=2", "train.batch_size=2", "train.lr=1e-2", "train.blocks=last:1", "train.diversity_prompts=2",
-            "train.diversity_tokens=8", "generate.max_new_tokens=12", "analysis.max_new_tokens=6", f"run_dir={run_dir}",
-            f"study.plugins=[{toy_module}]", "study.analyses=[toy-probe]", "study.controls=[]", "study.judge=null", "study.mauve=false",
-            "study.retention=false", "baselines.methods=[]", "model.precision=fp32"]
+    args = [
+        f"model.name={tiny_model_folder}",
+        f"data.corpus={corpus}",
+        f"data.eval_corpora=[{corpus}]",
+        "data.train_blocks=4",
+        "data.block_tokens=32",
+        "data.heldout_blocks=2",
+        "data.eval_prompts=3",
+        "data.prompt_tokens=8",
+        "data.reference_tokens=12",
+        "train.epochs=2",
+        "train.batch_size=2",
+        "train.lr=1e-2",
+        "train.blocks=last:1",
+        "train.diversity_prompts=2",
+        "train.diversity_tokens=8",
+        "generate.max_new_tokens=12",
+        "analysis.max_new_tokens=6",
+        f"run_dir={run_dir}",
+        f"study.plugins=[{toy_module}]",
+        "study.analyses=[toy-probe]",
+        "study.controls=[]",
+        "study.judge=null",
+        "study.mauve=false",
+        "study.retention=false",
+        "baselines.methods=[]",
+        "model.precision=fp32",
+    ]
     code, out, err = run_cli(monkeypatch, capsys, "study", "--dry-run", *args)
     assert code == 0, err
     assert "analysis-toy-probe" in out and "the toy-probe analysis" in out
@@ -95,7 +126,10 @@ def test_a_plugin_runs_in_the_study_and_reaches_the_report_and_metrics(toy_modul
     results = json.loads((run_dir / "analysis-toy-probe" / "results.json").read_text())
     assert results["prompts"] == 3 and 0 < results["distinct"] <= results["tokens"] <= 3 * 6
     report = (run_dir / "report.md").read_text()
-    assert "## Toy probe: distinct tokens of the greedy paths" in report and f"| 3 | {results['tokens']} | {results['distinct']} |" in report
+    assert (
+        "## Toy probe: distinct tokens of the greedy paths" in report
+        and f"| 3 | {results['tokens']} | {results['distinct']} |" in report
+    )
     assert json.loads((run_dir / "metrics.json").read_text())["analyses"]["toy-probe"] == results
     assert (run_dir / "analysis-toy-probe" / "stage-done.json").exists()
     # Resumed, the finished plug-in stage is reused, not run again.
@@ -112,6 +146,10 @@ def test_names_that_would_share_a_replicates_folder_are_refused_and_a_plugins_so
             register(Analysis(name, "clash", run=lambda context: {}))
     with pytest.raises(ConfigError, match="names an analysis twice"):
         load_config(None, ["study.analyses=[ranks,ranks]"])
-    config = load_config(None, [f"study.plugins=[{toy_module}]", "study.analyses=[toy-probe]", f"run_dir={tmp_path / 'run'}"])
+    config = load_config(
+        None, [f"study.plugins=[{toy_module}]", "study.analyses=[toy-probe]", f"run_dir={tmp_path / 'run'}"]
+    )
     inputs = study_graph(config, tmp_path / "run").inputs("analysis-toy-probe")
-    assert any(key.startswith("file ") and key.endswith("toy_probe.py") for key in inputs)  # editing the plug-in reruns its stage
+    assert any(
+        key.startswith("file ") and key.endswith("toy_probe.py") for key in inputs
+    )  # editing the plug-in reruns its stage

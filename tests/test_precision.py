@@ -23,7 +23,10 @@ def test_auto_takes_bf16_only_where_it_is_measured_much_faster():
     assert fast.bf16_gflops == 406.0 and "2.90x" in fast.reason and fast.label == "training bf16, decoding fp32"
     gpu = resolve_precision("auto", torch.device("cuda"), measure=_rates(60_000.0, 700_000.0))
     assert (gpu.training, gpu.decoding) == ("bf16", "bf16") and gpu.label == "bf16 autocast"
-    for slow in (_rates(140.0, 150.0), _rates(140.0, 90.0)):  # has bf16 but gains too little; bf16 slower (an older CPU)
+    for slow in (
+        _rates(140.0, 150.0),
+        _rates(140.0, 90.0),
+    ):  # has bf16 but gains too little; bf16 slower (an older CPU)
         choice = resolve_precision("auto", CPU, measure=slow)
         assert (choice.training, choice.decoding, choice.label) == ("fp32", "fp32", "fp32")
 
@@ -48,7 +51,9 @@ def test_decoding_runs_in_bf16_but_teacher_forcing_measures_in_float32():
     with compute_precision("bf16", CPU):
         plain = model(input_ids=ids).logits  # an ordinary forward inside the policy: bf16 products
         measured = [logits for _, logits in teacher_forced_logits(model, ids.tolist(), [4, 4])]
-        decoded = generate(model, Tokenizer(), ids[:, :4].tolist(), GenerateArgs(max_new_tokens=6, batch_size=2), show_progress=False)
+        decoded = generate(
+            model, Tokenizer(), ids[:, :4].tolist(), GenerateArgs(max_new_tokens=6, batch_size=2), show_progress=False
+        )
     assert plain.dtype == torch.bfloat16  # the policy is in force, so the next line can fail
     for a, b in zip(exact, measured):
         assert torch.equal(a, b)
@@ -63,7 +68,9 @@ def test_stages_rerun_when_the_resolved_precision_changes(tmp_path):
         assert fp32.fingerprint(name) != bf16.fingerprint(name)
         assert fp32.inputs(name)["precision"] == "fp32" and bf16.inputs(name)["precision"] == "bf16 autocast"
     # "auto" is not itself an input: where it resolves to fp32 the stages are the fp32 ones.
-    assert load_config(overrides=["model.precision=auto"]).fingerprint("model") == load_config(overrides=["model.precision=fp32"]).fingerprint("model")
+    assert load_config(overrides=["model.precision=auto"]).fingerprint("model") == load_config(
+        overrides=["model.precision=fp32"]
+    ).fingerprint("model")
 
 
 def test_training_inside_the_policy_moves_the_weights(tmp_path):
@@ -74,8 +81,18 @@ def test_training_inside_the_policy_moves_the_weights(tmp_path):
     train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
     heldout = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(3))
     for method, blocks in (("lora", "last:2"), ("full", "all")):
-        config = load_config(overrides=["model.precision=bf16", f"train.method={method}", f"train.blocks={blocks}", "train.epochs=3",
-                                        "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0", "train.until_loss=null"])
+        config = load_config(
+            overrides=[
+                "model.precision=bf16",
+                f"train.method={method}",
+                f"train.blocks={blocks}",
+                "train.epochs=3",
+                "train.batch_size=2",
+                "train.lr=1e-2",
+                "train.diversity_every=0",
+                "train.until_loss=null",
+            ]
+        )
         with compute_precision("bf16", CPU):
             result = hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path / method)
         losses = [row["train_loss"] for row in result.log]
@@ -108,7 +125,9 @@ def test_bf16_decoding_uses_one_bf16_copy_of_the_weights_per_version():
 
     model = make_tiny_model("gpt2")  # tied input and output embeddings
     twin = bf16_copy(model)
-    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16} and {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.dtype for p in twin.parameters()} == {torch.bfloat16} and {p.dtype for p in model.parameters()} == {
+        torch.float32
+    }
     assert twin.transformer.wte.weight is twin.lm_head.weight  # tied weights stay tied
     assert bf16_copy(model) is twin  # made once for these weights
     with torch.no_grad():

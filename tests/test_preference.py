@@ -1,4 +1,5 @@
-"""Human preference, offline: blind export, the rater's page in a real browser, import with its refusals, and scoring."""
+"""Human preference, offline: blind export, the rater's page in a real browser, import with its refusals, and
+scoring."""
 
 import json
 import re
@@ -29,11 +30,17 @@ def test_the_export_is_blind_seeded_and_keeps_the_key_apart(tmp_path):
     dumped = json.dumps(tasks)
     assert not any(re.search(rf"\b{re.escape(m)}\b", dumped) for m in (*METHODS, "human"))
     # Each method appears on both sides, and the order does not group a method's tasks together.
-    sides = {m: {("a" if task["a"] == m else "b") for task in key["tasks"].values() if m in (task["a"], task["b"])} for m in METHODS}
+    sides = {
+        m: {("a" if task["a"] == m else "b") for task in key["tasks"].values() if m in (task["a"], task["b"])}
+        for m in METHODS
+    }
     assert all(s == {"a", "b"} for s in sides.values())
     firsts = [next(m for m in METHODS if m in (task["a"], task["b"])) for task in key["tasks"].values()]
     assert firsts != sorted(firsts, key=METHODS.index)
-    assert make_export(_candidates(), seed=3) == (tasks, {**key, "created": make_export(_candidates(), seed=3)[1]["created"]})
+    assert make_export(_candidates(), seed=3) == (
+        tasks,
+        {**key, "created": make_export(_candidates(), seed=3)[1]["created"]},
+    )
     assert make_export(_candidates(), seed=4)[1]["export_id"] != key["export_id"]
 
     folder = write_export(tmp_path / "run", tasks, key)
@@ -78,13 +85,20 @@ def test_scores_follow_the_judgements():
     tasks, key = make_export(_candidates(prompts=6), seed=1)
     judgements = []
     for task_id, task in key["tasks"].items():
-        # Rater ann: hyperfitted always beats the human text, which beats everything else; bob agrees, except for ties on prompt 0.
+        # Rater ann: hyperfitted always beats the human text, which beats everything else; bob agrees, except for ties
+        # on prompt 0.
         rank = {"hyperfitted": 2, "human": 1}
         winner = max(task["a"], task["b"], key=lambda m: rank.get(m, 0))
         choice = "A" if winner == task["a"] else "B"
         judgements.append({"export_id": key["export_id"], "task_id": task_id, "rater": "ann", "choice": choice})
-        judgements.append({"export_id": key["export_id"], "task_id": task_id, "rater": "bob",
-                           "choice": "equal" if task["prompt_index"] == 0 else choice})
+        judgements.append(
+            {
+                "export_id": key["export_id"],
+                "task_id": task_id,
+                "rater": "bob",
+                "choice": "equal" if task["prompt_index"] == 0 else choice,
+            }
+        )
     scores = score_judgements(judgements, key, "people")
     assert scores["against_human"]["hyperfitted"]["preferred_or_equal"]["value"] == 1.0
     assert scores["against_human"]["greedy"]["wins"] == 0 and scores["against_human"]["greedy"]["ties"] == 1
@@ -97,14 +111,20 @@ def test_scores_follow_the_judgements():
 def test_fleiss_kappa_against_a_hand_computation():
     # Two raters, four items: agree A, agree B, disagree (A/B), agree equal.
     # P_i = 1, 1, 0, 1 -> mean 0.75; category shares A 3/8, B 3/8, equal 2/8 -> chance 0.34375.
-    assert fleiss_kappa([["A", "A"], ["B", "B"], ["A", "B"], ["equal", "equal"]]) == pytest.approx((0.75 - 0.34375) / (1 - 0.34375))
+    assert fleiss_kappa([["A", "A"], ["B", "B"], ["A", "B"], ["equal", "equal"]]) == pytest.approx(
+        (0.75 - 0.34375) / (1 - 0.34375)
+    )
     assert fleiss_kappa([["A"], ["B"]]) is None  # nobody judged an item twice
     assert fleiss_kappa([["A", "A"], ["A", "A"]]) is None  # one category only: chance agreement is 1
 
 
 def test_bradley_terry_orders_by_wins():
-    rows = [{"first": "x", "second": "y", "tie": False}] * 8 + [{"first": "y", "second": "x", "tie": False}] * 2 \
-        + [{"first": "y", "second": "human", "tie": False}] * 5 + [{"first": "human", "second": "y", "tie": True}] * 5
+    rows = (
+        [{"first": "x", "second": "y", "tie": False}] * 8
+        + [{"first": "y", "second": "x", "tie": False}] * 2
+        + [{"first": "y", "second": "human", "tie": False}] * 5
+        + [{"first": "human", "second": "y", "tie": True}] * 5
+    )
     strengths = bradley_terry(rows, resamples=50)
     assert strengths["x"]["strength"] > strengths["y"]["strength"] > strengths["human"]["strength"] == 0.0
 
@@ -135,9 +155,12 @@ def _reload_keeps(page, progress: str, seconds: float = 20.0) -> bool:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs the Debian chromium package (make test installs it as root)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs the Debian chromium package (make test installs it as root)"
+)
 def test_the_page_in_a_real_browser_clicks_reloads_downloads_and_imports(tmp_path):
-    """Headless Chromium: judge some pairs, reload (progress kept), judge the rest, undo one, download, import, score."""
+    """Headless Chromium: judge some pairs, reload (progress kept), judge the rest, undo one, download, import,
+    score."""
     from playwright.sync_api import sync_playwright
 
     tasks, key = make_export(_candidates(prompts=3), seed=2)

@@ -31,8 +31,13 @@ def test_a_preset_holds_only_what_differs_from_its_base(name):
     own = yaml.safe_load((CONFIGS / name).read_text())
     assert "base" in own, f"{name} names no base: write it as the differences from configs/quick.yaml"
     base = read_config_file(CONFIGS / own["base"])
-    same = [f"{section}.{key}" for section, values in own.items() if isinstance(values, dict)
-            for key, value in values.items() if base.get(section, {}).get(key) == value]
+    same = [
+        f"{section}.{key}"
+        for section, values in own.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if base.get(section, {}).get(key) == value
+    ]
     assert not same, f"{name} repeats its base's values: {same}"
 
 
@@ -65,15 +70,41 @@ def _shrunk(name: str, model: Path, corpora: list[Path], run_dir: Path) -> list[
     config = load_config(CONFIGS / name)
     eval_corpora = corpora[: len(config.data.eval_corpora)]
     one_block = lambda spec: re.sub(r"(last|first):\d+", r"\1:1", spec)  # noqa: E731 (the tiny model has 2 blocks)
-    return [f"train.blocks={one_block(config.train.blocks)}", f"study.controls=[{','.join(map(one_block, config.study.controls))}]",
-            f"run_dir={run_dir}", f"model.name={model}", "model.allow_download=false", f"data.corpus={corpora[0]}",
-            f"data.eval_corpora=[{','.join(map(str, eval_corpora))}]", "data.streaming=false", "data.max_documents=null",
-            "data.train_blocks=4", "data.block_tokens=32", "data.heldout_blocks=2", "data.eval_prompts=2", "data.prompt_tokens=8",
-            "data.reference_tokens=12", "train.epochs=1", "train.batch_size=2", "train.diversity_prompts=2", "train.diversity_tokens=8",
-            "generate.max_new_tokens=10", "generate.batch_size=4", f"analysis.corpora=[{corpora[0]}]", "analysis.max_new_tokens=6",
-            "analysis.max_positions=64", "analysis.geometry_tokens=32", "analysis.static_bias_top_k=20",
-            f"baselines.corpora=[{corpora[0]}]", "study.controls_epochs=1", "study.controls_sweep_epochs=1", "study.controls_train_blocks=2",
-            f"study.judge={model}", "study.reader_prompts=1", "study.calibration_worlds=20"]
+    return [
+        f"train.blocks={one_block(config.train.blocks)}",
+        f"study.controls=[{','.join(map(one_block, config.study.controls))}]",
+        f"run_dir={run_dir}",
+        f"model.name={model}",
+        "model.allow_download=false",
+        f"data.corpus={corpora[0]}",
+        f"data.eval_corpora=[{','.join(map(str, eval_corpora))}]",
+        "data.streaming=false",
+        "data.max_documents=null",
+        "data.train_blocks=4",
+        "data.block_tokens=32",
+        "data.heldout_blocks=2",
+        "data.eval_prompts=2",
+        "data.prompt_tokens=8",
+        "data.reference_tokens=12",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.diversity_prompts=2",
+        "train.diversity_tokens=8",
+        "generate.max_new_tokens=10",
+        "generate.batch_size=4",
+        f"analysis.corpora=[{corpora[0]}]",
+        "analysis.max_new_tokens=6",
+        "analysis.max_positions=64",
+        "analysis.geometry_tokens=32",
+        "analysis.static_bias_top_k=20",
+        f"baselines.corpora=[{corpora[0]}]",
+        "study.controls_epochs=1",
+        "study.controls_sweep_epochs=1",
+        "study.controls_train_blocks=2",
+        f"study.judge={model}",
+        "study.reader_prompts=1",
+        "study.calibration_worlds=20",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +125,9 @@ def test_every_preset_runs_end_to_end_shrunk(name, monkeypatch, capsys, tiny_mod
     from tests.test_cli import run_cli
 
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(monkeypatch, capsys, "study", str(CONFIGS / name), *_shrunk(name, tiny_model_folder, two_corpora, run_dir))
+    code, out, err = run_cli(
+        monkeypatch, capsys, "study", str(CONFIGS / name), *_shrunk(name, tiny_model_folder, two_corpora, run_dir)
+    )
     assert code == 0, err[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = load_config(CONFIGS / name)

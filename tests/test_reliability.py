@@ -18,10 +18,29 @@ from tests.test_cli import _study_args
 
 
 def _train_command(model, corpus, run_dir, *extra):
-    return [sys.executable, "-m", "hyperfitting.cli", "train", f"model.name={model}", f"data.corpus={corpus}",
-            f"data.eval_corpora=[{corpus}]", "data.train_blocks=16", "data.block_tokens=32", "data.heldout_blocks=2",
-            "data.eval_prompts=2", "data.prompt_tokens=8", "data.reference_tokens=8", "train.epochs=30", "train.batch_size=2",
-            "train.lr=1e-2", "train.blocks=last:1", "train.diversity_every=0", "model.precision=fp32", f"run_dir={run_dir}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hyperfitting.cli",
+        "train",
+        f"model.name={model}",
+        f"data.corpus={corpus}",
+        f"data.eval_corpora=[{corpus}]",
+        "data.train_blocks=16",
+        "data.block_tokens=32",
+        "data.heldout_blocks=2",
+        "data.eval_prompts=2",
+        "data.prompt_tokens=8",
+        "data.reference_tokens=8",
+        "train.epochs=30",
+        "train.batch_size=2",
+        "train.lr=1e-2",
+        "train.blocks=last:1",
+        "train.diversity_every=0",
+        "model.precision=fp32",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
 
 
 def _environment():
@@ -31,11 +50,17 @@ def _environment():
 @pytest.mark.e2e
 def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder, corpus, tmp_path):
     straight = tmp_path / "straight"
-    subprocess.run(_train_command(tiny_model_folder, corpus, straight), check=True, env=_environment(), capture_output=True)
+    subprocess.run(
+        _train_command(tiny_model_folder, corpus, straight), check=True, env=_environment(), capture_output=True
+    )
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(tiny_model_folder, corpus, killed), env=_environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train_command(tiny_model_folder, corpus, killed),
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = killed / "train" / "checkpoint.pt"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
@@ -49,7 +74,12 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder
     for path in killed.rglob("*.json"):
         json.loads(path.read_text())
 
-    resumed = subprocess.run(_train_command(tiny_model_folder, corpus, killed, "--resume"), env=_environment(), capture_output=True, text=True)
+    resumed = subprocess.run(
+        _train_command(tiny_model_folder, corpus, killed, "--resume"),
+        env=_environment(),
+        capture_output=True,
+        text=True,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from the checkpoint after epoch" in resumed.stdout
     a = load_file(straight / "train" / "adapter" / "adapter_model.safetensors")
@@ -73,7 +103,9 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_folder, tmp_path):
         torch.save(load_file(path), folder / "pytorch_model.bin")
         path.unlink()
     assert list(folder.glob("*.bin")), "expected a pickle checkpoint"
-    with pytest.raises(ModelError, match=r"holds no \.safetensors weights, only pickle files .* model\.allow_pickle=true"):
+    with pytest.raises(
+        ModelError, match=r"holds no \.safetensors weights, only pickle files .* model\.allow_pickle=true"
+    ):
         load_model(ModelArgs(name=str(folder)))
     model, _ = load_model(ModelArgs(name=str(folder), allow_pickle=True))
     assert model is not None
@@ -91,13 +123,22 @@ def test_a_second_command_on_a_run_folder_is_refused_and_a_dead_holders_lock_is_
 
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from hyperfitting.config import load_config; from hyperfitting.rundir import prepare_run_dir; "
-                               f"prepare_run_dir(load_config(overrides=['run_dir={run_dir}'])); print('locked', flush=True); "
-                               f"import time; time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        [
+            sys.executable,
+            "-c",
+            f"from hyperfitting.config import load_config; from hyperfitting.rundir import prepare_run_dir; "
+            f"prepare_run_dir(load_config(overrides=['run_dir={run_dir}'])); print('locked', flush=True); "
+            f"import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunDirError, match=rf"is in use by process {holder.pid} \(started .*\)\. Wait for that command"):
+        with pytest.raises(
+            RunDirError, match=rf"is in use by process {holder.pid} \(started .*\)\. Wait for that command"
+        ):
             prepare_run_dir(load_config(overrides=[f"run_dir={run_dir}"]), "resume")
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -144,15 +185,30 @@ def test_a_truncated_model_cache_is_rebuilt_with_a_notice(real_model_folder, tmp
 
 
 def _study_command(model, corpus, run_dir, *extra):
-    return [sys.executable, "-m", "hyperfitting.cli", "study", *_study_args(model, corpus, run_dir), "study.controls=[lora:last:1]",
-            "study.controls_lr_sweep=[]", "study.reader_prompts=1", "baselines.methods=[greedy,top-p,repetition-penalty]", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "hyperfitting.cli",
+        "study",
+        *_study_args(model, corpus, run_dir),
+        "study.controls=[lora:last:1]",
+        "study.controls_lr_sweep=[]",
+        "study.reader_prompts=1",
+        "baselines.methods=[greedy,top-p,repetition-penalty]",
+        *extra,
+    ]
 
 
 def _comparable(value, path=""):
-    """A results file flattened to {path: value}, without what may differ between two identical runs: times and folders."""
+    """A results file flattened to {path: value}, without what may differ between two identical runs: times and
+    folders."""
     if isinstance(value, dict):
-        return {k: v for key, item in value.items() if not any(word in key for word in ("second", "wall", "saved_to", "environment", "memory"))
-                for k, v in _comparable(item, f"{path}/{key}").items()}
+        return {
+            k: v
+            for key, item in value.items()
+            if not any(word in key for word in ("second", "wall", "saved_to", "environment", "memory"))
+            for k, v in _comparable(item, f"{path}/{key}").items()
+        }
     if isinstance(value, list):
         return {k: v for i, item in enumerate(value) for k, v in _comparable(item, f"{path}/{i}").items()}
     return {path: value}
@@ -168,25 +224,43 @@ def test_a_study_killed_inside_every_stage_resumes_to_the_same_results(tiny_mode
 
     environment = {**_environment(), "OMP_NUM_THREADS": "1"}  # the same threads in every process: the same floats
     straight, faulted = tmp_path / "straight" / "run", tmp_path / "faulted" / "run"
-    done = subprocess.run(_study_command(tiny_model_folder, corpus, straight), env=environment, capture_output=True, text=True)
+    done = subprocess.run(
+        _study_command(tiny_model_folder, corpus, straight), env=environment, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    config = load_config(overrides=[*_study_args(tiny_model_folder, corpus, faulted), "study.controls=[lora:last:1]", "study.controls_lr_sweep=[]"])
+    config = load_config(
+        overrides=[
+            *_study_args(tiny_model_folder, corpus, faulted),
+            "study.controls=[lora:last:1]",
+            "study.controls_lr_sweep=[]",
+        ]
+    )
     stages = [*study_graph(config, faulted).names, "report-figures"]
-    assert {"data", "train", "analysis-block-swap", "analysis-geometry-lowest-heldout", "controls", "quality"} <= set(stages)
+    assert {"data", "train", "analysis-block-swap", "analysis-geometry-lowest-heldout", "controls", "quality"} <= set(
+        stages
+    )
     # The lowest-held-out-loss analyses write as the analyses of the same name do: one of them is killed, for time.
     stages = [s for s in stages if s != "analysis-ranks-lowest-heldout"]
     for stage in stages:
-        killed = subprocess.run(_study_command(tiny_model_folder, corpus, faulted, "--resume"), capture_output=True, text=True,
-                                env={**environment, FAULT_ENV: stage})
+        killed = subprocess.run(
+            _study_command(tiny_model_folder, corpus, faulted, "--resume"),
+            capture_output=True,
+            text=True,
+            env={**environment, FAULT_ENV: stage},
+        )
         assert killed.returncode == -signal.SIGKILL, f"{stage}: {killed.stderr[-3000:]}"
         for path in faulted.rglob("*.json"):  # nothing half-written where a reader would look
             json.loads(path.read_text())
-    resumed = subprocess.run(_study_command(tiny_model_folder, corpus, faulted, "--resume"), env=environment, capture_output=True, text=True)
+    resumed = subprocess.run(
+        _study_command(tiny_model_folder, corpus, faulted, "--resume"), env=environment, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = (_comparable(json.loads((folder / "metrics.json").read_text())) for folder in (straight, faulted))
     assert got.keys() == expected.keys()
-    assert {k: v for k, v in got.items() if v != expected[k] and not (v != v and expected[k] != expected[k])} == {}  # NaN is NaN
+    assert {
+        k: v for k, v in got.items() if v != expected[k] and not (v != v and expected[k] != expected[k])
+    } == {}  # NaN is NaN
 
 
 @pytest.mark.e2e
@@ -196,12 +270,15 @@ def test_a_write_that_hits_a_file_size_limit_names_the_file_and_the_run_resumes(
     run_dir = tmp_path / "run"
     command = _train_command(tiny_model_folder, corpus, run_dir, "train.epochs=2")
 
-    def limit():  # 30 kB: the data stage's files fit, the first checkpoint of the training (weights and Adam state) does not
+    # 30 kB: the data stage's files fit, the first checkpoint of the training (weights and Adam state) does not
+    def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, resource.RLIM_INFINITY))
 
     failed = subprocess.run(command, env=_environment(), capture_output=True, text=True, preexec_fn=limit)
     assert failed.returncode == 2, failed.stderr[-3000:]
-    assert f"error: Could not write {run_dir / 'train' / 'checkpoint.pt'}: File too large" in failed.stderr, failed.stderr[-3000:]
+    assert f"error: Could not write {run_dir / 'train' / 'checkpoint.pt'}: File too large" in failed.stderr, (
+        failed.stderr[-3000:]
+    )
     assert "--resume" in failed.stderr
     assert not list(run_dir.rglob(".*.tmp"))  # the temporary was removed
     resumed = subprocess.run([*command, "--resume"], env=_environment(), capture_output=True, text=True)
@@ -213,6 +290,8 @@ def test_an_adapter_on_the_wrong_base_model_is_refused_before_anything_loads(tmp
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    (adapter / "hyperfit.json").write_text(json.dumps({"base_model": "gemma3-270m"}))  # as a study's model card records it
+    (adapter / "hyperfit.json").write_text(
+        json.dumps({"base_model": "gemma3-270m"})
+    )  # as a study's model card records it
     with pytest.raises(ModelError, match="trained on 'gemma3-270m'.*model.name=gemma3-270m"):
         load_model(ModelArgs(name="smollm2-135m", adapter=str(adapter)))

@@ -13,11 +13,21 @@ from hyperfitting.training.hyperfit import _format_row
 
 
 def _claims():
-    decided = replace(not_run(1), estimate={"value": 0.12, "low": 0.05, "high": 0.19, "decisive": True}, verdict=HOLDS, holm=HOLDS,
-                      checks=[{"name": "model hyperfitted", "passed": True, "detail": ""}],
-                      reason="entropy matched at T*, both ways and alike (T* 0.644 and T* 0.765) | a pipe")
-    failed = replace(not_run(4), estimate={"value": -2.9, "low": -4.8, "high": -0.7, "decisive": True}, verdict=FAILS, holm=FAILS,
-                     reason="the final layer is not the largest")
+    decided = replace(
+        not_run(1),
+        estimate={"value": 0.12, "low": 0.05, "high": 0.19, "decisive": True},
+        verdict=HOLDS,
+        holm=HOLDS,
+        checks=[{"name": "model hyperfitted", "passed": True, "detail": ""}],
+        reason="entropy matched at T*, both ways and alike (T* 0.644 and T* 0.765) | a pipe",
+    )
+    failed = replace(
+        not_run(4),
+        estimate={"value": -2.9, "low": -4.8, "high": -0.7, "decisive": True},
+        verdict=FAILS,
+        holm=FAILS,
+        reason="the final layer is not the largest",
+    )
     return [decided, failed, not_run(5), not_run("1b")]
 
 
@@ -36,8 +46,14 @@ def test_the_forest_plot_has_a_row_per_claim_including_those_not_run(tmp_path):
 
 
 def test_no_mauve_column_when_mauve_did_not_run():
-    baselines = {"greedy": {"settings": "argmax", "seeds": 1, "tokens_per_second": 10.0,
-                            "corpora": {"c": {"per_prompt_ttr": [0.3, 0.4, 0.5], "metrics": {"distinct_3": 0.5, "seq_rep_3": 0.1}}}}}
+    baselines = {
+        "greedy": {
+            "settings": "argmax",
+            "seeds": 1,
+            "tokens_per_second": 10.0,
+            "corpora": {"c": {"per_prompt_ttr": [0.3, 0.4, 0.5], "metrics": {"distinct_3": 0.5, "seq_rep_3": 0.1}}},
+        }
+    }
     without = baselines_table("c", baselines, {}, None, None)
     assert "MAUVE" not in without and "nan" not in without
     with_mauve = baselines_table("c", baselines, {}, None, {"greedy": 0.71})

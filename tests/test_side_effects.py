@@ -57,7 +57,9 @@ def test_training_hands_back_the_callers_random_state(tmp_path):
         return random.random(), float(np.random.rand()), float(torch.rand(1))
 
     model = make_tiny_model("llama")  # (the test's own model building seeds torch: done before the caller seeds)
-    config = load_config(overrides=["train.epochs=1", "train.batch_size=2", "train.diversity_every=0", "train.blocks=last:1"])
+    config = load_config(
+        overrides=["train.epochs=1", "train.batch_size=2", "train.diversity_every=0", "train.blocks=last:1"]
+    )
     blocks = torch.randint(2, 97, (4, 8), generator=torch.Generator().manual_seed(2))
     random.seed(7), np.random.seed(7), torch.manual_seed(7)
     expected = draws()
@@ -67,8 +69,10 @@ def test_training_hands_back_the_callers_random_state(tmp_path):
 
 
 def test_lora_dropout_acts_in_training_steps_and_not_in_measurements(tmp_path):
-    (plain, *_), (dropped, *_) = (_tiny_run(tmp_path / name, "train.method=lora", "train.lora_rank=4", f"train.lora_dropout={p}")
-                                  for name, p in (("plain", 0.0), ("dropped", 0.5)))
+    (plain, *_), (dropped, *_) = (
+        _tiny_run(tmp_path / name, "train.method=lora", "train.lora_rank=4", f"train.lora_dropout={p}")
+        for name, p in (("plain", 0.0), ("dropped", 0.5))
+    )
     # Epoch 0 is measured before any step: no dropout there, so both runs start from the same loss.
     assert plain.log[0]["train_loss"] == dropped.log[0]["train_loss"]
     assert plain.log[1]["train_loss"] != dropped.log[1]["train_loss"]
@@ -82,9 +86,12 @@ def test_the_public_api_imports_lazily_and_every_name_is_documented():
     import subprocess
     import sys
 
-    code = ("import sys, hyperfitting as hf; assert 'torch' not in sys.modules, 'import pulled in torch';"
-            "missing = [n for n in hf.__all__[1:] if callable(getattr(hf, n)) and not (getattr(hf, n).__doc__ or '').strip()];"
-            "assert not missing, missing")
+    code = (
+        "import sys, hyperfitting as hf; assert 'torch' not in sys.modules, 'import pulled in torch';"
+        "missing = [n for n in hf.__all__[1:] if callable(getattr(hf, n)) and not (getattr(hf, n).__doc__ or "
+        "'').strip()];"
+        "assert not missing, missing"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -101,12 +108,29 @@ def test_the_example_runs_on_a_tiny_model(tiny_model_folder, corpus, tmp_path, m
     spec = importlib.util.spec_from_file_location("walkthrough", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    results = example.main([f"model.name={tiny_model_folder}", f"data.corpus={corpus}", f"data.eval_corpora=[{corpus}]",
-                            "data.train_blocks=4", "data.block_tokens=32", "data.heldout_blocks=2", "data.prompt_tokens=8",
-                            "data.reference_tokens=12", "data.eval_prompts=2", "train.epochs=1", "train.batch_size=2",
-                            "train.blocks=last:1", "generate.max_new_tokens=8"])
+    results = example.main(
+        [
+            f"model.name={tiny_model_folder}",
+            f"data.corpus={corpus}",
+            f"data.eval_corpora=[{corpus}]",
+            "data.train_blocks=4",
+            "data.block_tokens=32",
+            "data.heldout_blocks=2",
+            "data.prompt_tokens=8",
+            "data.reference_tokens=12",
+            "data.eval_prompts=2",
+            "train.epochs=1",
+            "train.batch_size=2",
+            "train.blocks=last:1",
+            "generate.max_new_tokens=8",
+        ]
+    )
     assert set(results["generation"]) == {"base", "hyperfitted"} and 0 < results["generation"]["base"]["ttr"] <= 1
-    assert results["geometry"]["effect"]["low"] <= results["geometry"]["effect"]["value"] <= results["geometry"]["effect"]["high"]
+    assert (
+        results["geometry"]["effect"]["low"]
+        <= results["geometry"]["effect"]["value"]
+        <= results["geometry"]["effect"]["high"]
+    )
     assert {p.name for p in tmp_path.iterdir()} <= {"scratch", "corpus"} and not list((tmp_path / "scratch").iterdir())
 
 
@@ -118,7 +142,9 @@ def test_a_dry_run_writes_nothing(monkeypatch, capsys, tmp_path):
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     cache.mkdir()
     monkeypatch.setenv("HYPERFIT_CACHE", str(cache))
-    code, out, err = run_cli(monkeypatch, capsys, "study", "configs/gemma3-270m-quick.yaml", f"run_dir={run_dir}", "--dry-run")
+    code, out, err = run_cli(
+        monkeypatch, capsys, "study", "configs/gemma3-270m-quick.yaml", f"run_dir={run_dir}", "--dry-run"
+    )
     assert code == 0, err
     assert "nothing is run" in out and re.search(r"^train\s+run\s", out, re.M)
     assert list(cache.rglob("*")) == [] and not run_dir.exists()

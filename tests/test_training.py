@@ -49,9 +49,19 @@ def test_trunk_cache_on_disk_equals_in_memory(tmp_path):
 
 
 def _tiny_run(tmp_path, *overrides):
-    config = load_config(overrides=["train.epochs=3", "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0",
-                                    "train.blocks=last:2", *overrides])
-    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))  # few token types: learnable in 3 epochs
+    config = load_config(
+        overrides=[
+            "train.epochs=3",
+            "train.batch_size=2",
+            "train.lr=1e-2",
+            "train.diversity_every=0",
+            "train.blocks=last:2",
+            *overrides,
+        ]
+    )
+    train = torch.randint(
+        2, 8, (6, 16), generator=torch.Generator().manual_seed(2)
+    )  # few token types: learnable in 3 epochs
     heldout = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(3))
     return hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path), config, train, heldout
 
@@ -68,14 +78,29 @@ def test_hyperfit_lowers_the_training_loss_and_logs_every_epoch(tmp_path):
 def test_the_weights_at_the_lowest_held_out_loss_are_those_of_a_run_stopped_there(tmp_path):
     from hyperfitting.training.hyperfit import LOWEST_HELDOUT, lowest_heldout_epoch, restore_trainable
 
-    heldout = torch.randint(2, 8, (2, 16), generator=torch.Generator().manual_seed(4))  # the training distribution: it improves
-    config = load_config(overrides=["train.epochs=4", "train.batch_size=2", "train.lr=1e-2", "train.diversity_every=0", "train.blocks=last:2"])
+    heldout = torch.randint(
+        2, 8, (2, 16), generator=torch.Generator().manual_seed(4)
+    )  # the training distribution: it improves
+    config = load_config(
+        overrides=[
+            "train.epochs=4",
+            "train.batch_size=2",
+            "train.lr=1e-2",
+            "train.diversity_every=0",
+            "train.blocks=last:2",
+        ]
+    )
     train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
     long = hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path / "long")
     epoch = lowest_heldout_epoch(long.log)
     assert epoch > 0 and long.log[epoch]["heldout_loss"] == min(r["heldout_loss"] for r in long.log)
-    stopped = hyperfit(make_tiny_model("llama"), train, heldout, load_config(overrides=[*config_overrides(config), f"train.epochs={epoch}"]),
-                       tmp_path / "stopped")
+    stopped = hyperfit(
+        make_tiny_model("llama"),
+        train,
+        heldout,
+        load_config(overrides=[*config_overrides(config), f"train.epochs={epoch}"]),
+        tmp_path / "stopped",
+    )
     saved = torch.load(tmp_path / "long" / LOWEST_HELDOUT, weights_only=True)
     assert saved["epoch"] == epoch
     model = restore_trainable(long.model, saved["trainable"], tmp_path / "long")
@@ -97,7 +122,12 @@ def test_no_control_is_kept_when_the_held_out_loss_never_improved(tmp_path):
 
 def config_overrides(config) -> list[str]:
     train = config.train
-    return [f"train.batch_size={train.batch_size}", f"train.lr={train.lr}", "train.diversity_every=0", f"train.blocks={train.blocks}"]
+    return [
+        f"train.batch_size={train.batch_size}",
+        f"train.lr={train.lr}",
+        "train.diversity_every=0",
+        f"train.blocks={train.blocks}",
+    ]
 
 
 def test_resuming_from_a_checkpoint_reaches_the_same_weights(tmp_path):
@@ -112,7 +142,9 @@ def test_resuming_from_a_checkpoint_reaches_the_same_weights(tmp_path):
 
 
 def test_a_non_finite_loss_stops_training_with_a_clear_message(tmp_path):
-    with pytest.raises(DivergenceError, match=r"The training loss became (nan|inf) in epoch 1\. The last good checkpoint"):
+    with pytest.raises(
+        DivergenceError, match=r"The training loss became (nan|inf) in epoch 1\. The last good checkpoint"
+    ):
         _tiny_run(tmp_path, "train.lr=1e30", "train.method=full", "train.blocks=all", "train.epochs=2")
 
 
@@ -122,16 +154,24 @@ def test_preflight_refuses_a_run_that_cannot_fit(tmp_path):
     model = make_tiny_model("llama")
     need = preflight.estimate(model, 10**6, 0, 3, False, 4, 2, 16, 2, 2.0)
     preflight.check_fits(need, torch.device("cpu"), tmp_path)  # a tiny run fits
-    huge = preflight.Estimate(weights=10**9, optimizer=10**15, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
-    with pytest.raises(preflight.ResourceError, match=r"this run needs about 931322\.6 GiB more of RAM .* Lower train.batch_size"):
+    huge = preflight.Estimate(
+        weights=10**9, optimizer=10**15, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0
+    )
+    with pytest.raises(
+        preflight.ResourceError, match=r"this run needs about 931322\.6 GiB more of RAM .* Lower train.batch_size"
+    ):
         preflight.check_fits(huge, torch.device("cpu"), tmp_path)
     # Weights are already loaded when the check runs: they are not asked for a second time.
-    loaded = preflight.Estimate(weights=10**15, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0)
+    loaded = preflight.Estimate(
+        weights=10**15, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0
+    )
     preflight.check_fits(loaded, torch.device("cpu"), tmp_path)
     # FSDP over 8 processes: each holds an eighth of the weights and of the optimizer state.
     whole, sharded = (preflight.estimate(model, 10**6, 0, 3, False, 4, 2, 16, 2, 2.0, shards=n) for n in (1, 8))
     assert sharded.optimizer == whole.optimizer // 8 and sharded.weights == whole.weights // 8
-    disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=10**16, activations=0, saved_output=0)
+    disk = preflight.Estimate(
+        weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=10**16, activations=0, saved_output=0
+    )
     with pytest.raises(preflight.ResourceError, match="of disk in"):
         preflight.check_fits(disk, torch.device("cpu"), tmp_path)
 
@@ -156,7 +196,9 @@ def test_the_heldout_loss_is_measured_at_the_start_every_so_often_and_after_the_
     assert measured(every.log) == [0, 1, 2, 3]
     sparse, *_ = _tiny_run(tmp_path / "sparse", "train.until_loss=1e-6", "train.heldout_every=2")
     assert measured(sparse.log) == [0, 2, 3]  # the cap (3) is the last epoch: always measured
-    assert [r["train_loss"] for r in sparse.log] == [r["train_loss"] for r in every.log]  # measuring changes no training
+    assert [r["train_loss"] for r in sparse.log] == [
+        r["train_loss"] for r in every.log
+    ]  # measuring changes no training
     first = every.log[1]["train_loss"]
     ends, *_ = _tiny_run(tmp_path / "ends", f"train.until_loss={first + 1e-6}", "train.heldout_every=0")
     assert measured(ends.log) == [0, 1]  # the target reached after epoch 1: that epoch is the last, measured
@@ -165,7 +207,14 @@ def test_the_heldout_loss_is_measured_at_the_start_every_so_often_and_after_the_
 def test_a_rising_loss_is_a_divergence_not_a_data_point(tmp_path):
     # A finite loss that climbs far above its start (the Gemma-3 controls went 6.0 -> 9.8) stops the run.
     with pytest.raises(DivergenceError, match=r"Training diverged: the loss rose from .* lower train.lr"):
-        _tiny_run(tmp_path, "train.lr=30", "train.method=full", "train.blocks=all", "train.epochs=3", "train.diverge_factor=1.01")
+        _tiny_run(
+            tmp_path,
+            "train.lr=30",
+            "train.method=full",
+            "train.blocks=all",
+            "train.epochs=3",
+            "train.diverge_factor=1.01",
+        )
 
 
 def test_an_uneven_batch_split_or_accumulation_is_refused_up_front():
@@ -174,9 +223,13 @@ def test_an_uneven_batch_split_or_accumulation_is_refused_up_front():
 
     check_batch_split(8, 4, 2, 1)
     check_batch_split(10, 4, 2, 1)  # the last batch of 2 still splits 1 + 1
-    with pytest.raises(ConfigError, match=r"the last batch of 1 does not divide by 2\)\. Use data.train_blocks .* a multiple of 2"):
+    with pytest.raises(
+        ConfigError, match=r"the last batch of 1 does not divide by 2\)\. Use data.train_blocks .* a multiple of 2"
+    ):
         check_batch_split(9, 4, 2, 1)
-    with pytest.raises(ConfigError, match=r"\(the batch does not divide by 2\)\. Use a train.batch_size that is a multiple of 2"):
+    with pytest.raises(
+        ConfigError, match=r"\(the batch does not divide by 2\)\. Use a train.batch_size that is a multiple of 2"
+    ):
         check_batch_split(10, 3, 2, 1)
     check_batch_split(12, 4, 1, 3)
     with pytest.raises(ConfigError, match=r"train.grad_accumulation=2 does not divide the 3 batches of an epoch"):
@@ -195,14 +248,23 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
         _tiny_run(tmp_path)
 
 
-def test_the_controls_learning_rate_sweep_ranks_by_training_loss_and_sets_diverged_rates_last(tiny_model_folder, tmp_path):
+def test_the_controls_learning_rate_sweep_ranks_by_training_loss_and_sets_diverged_rates_last(
+    tiny_model_folder, tmp_path
+):
     from types import SimpleNamespace
 
     from hyperfitting.pipeline.controls import sweep_learning_rate
 
-    config = load_config(overrides=[f"model.name={tiny_model_folder}", "train.batch_size=2", "train.until_loss=null",
-                                    "study.controls_lr_lora=1e-3", "study.controls_lr_sweep=[1.0,30.0,1e6]",
-                                    "study.controls_sweep_epochs=2"])
+    config = load_config(
+        overrides=[
+            f"model.name={tiny_model_folder}",
+            "train.batch_size=2",
+            "train.until_loss=null",
+            "study.controls_lr_lora=1e-3",
+            "study.controls_lr_sweep=[1.0,30.0,1e6]",
+            "study.controls_sweep_epochs=2",
+        ]
+    )
     blocks = torch.randint(5, 40, (4, 16), generator=torch.Generator().manual_seed(0))
     rows = sweep_learning_rate(config, "lora:last:1", blocks, SimpleNamespace(heldout_blocks=blocks), tmp_path)
     assert [row["lr"] for row in rows][:2] == [0.03, 0.001]  # the faster rate reaches the lower training loss
@@ -218,20 +280,44 @@ def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monk
     assert need.checkpoint == 12 * 10**6 and need.disk == need.saved_output + 2 * need.checkpoint
     assert need.checkpoint_memory == need.checkpoint  # a replicated run gathers it whole in process 0
     sharded = preflight.estimate(make_tiny_model("llama"), 10**6, 0, 3, False, 4, 2, 16, 2, 2.0, shards=4)
-    assert sharded.checkpoint == need.checkpoint and sharded.checkpoint_memory == need.checkpoint // 4  # each process writes its shards
-    ram = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0,
-                             checkpoint=10**15, checkpoint_memory=10**15)
+    assert (
+        sharded.checkpoint == need.checkpoint and sharded.checkpoint_memory == need.checkpoint // 4
+    )  # each process writes its shards
+    ram = preflight.Estimate(
+        weights=0,
+        optimizer=0,
+        trunk_cache_memory=0,
+        trunk_cache_disk=0,
+        activations=0,
+        saved_output=0,
+        checkpoint=10**15,
+        checkpoint_memory=10**15,
+    )
     with pytest.raises(preflight.ResourceError, match=r"needs about 931322\.6 GiB more of RAM"):
         preflight.check_fits(ram, torch.device("cpu"), tmp_path)
     # On an accelerator the checkpoint still passes through host RAM.
-    with pytest.raises(preflight.ResourceError, match=r"checkpoint copies the trainable weights and optimizer state into host RAM"):
+    with pytest.raises(
+        preflight.ResourceError, match=r"checkpoint copies the trainable weights and optimizer state into host RAM"
+    ):
         preflight.check_fits(ram, torch.device("meta"), tmp_path)
     from collections import namedtuple
 
-    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(0, 0, 3 * 2**30))
-    disk = preflight.Estimate(weights=0, optimizer=0, trunk_cache_memory=0, trunk_cache_disk=0, activations=0, saved_output=0,
-                              checkpoint=2 * 2**30)
-    with pytest.raises(preflight.ResourceError, match=r"about 4\.0 GiB of disk .* checkpoint while it is replaced 4\.0\) but 3\.0 GiB are free"):
+    monkeypatch.setattr(
+        preflight.shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(0, 0, 3 * 2**30)
+    )
+    disk = preflight.Estimate(
+        weights=0,
+        optimizer=0,
+        trunk_cache_memory=0,
+        trunk_cache_disk=0,
+        activations=0,
+        saved_output=0,
+        checkpoint=2 * 2**30,
+    )
+    with pytest.raises(
+        preflight.ResourceError,
+        match=r"about 4\.0 GiB of disk .* checkpoint while it is replaced 4\.0\) but 3\.0 GiB are free",
+    ):
         preflight.check_fits(disk, torch.device("cpu"), tmp_path)
 
 
@@ -244,7 +330,9 @@ def test_divergence_is_a_rise_past_the_factor_or_a_loss_that_stays_above_its_sta
     assert divergence(log(6.0, 4.0, 2.0, 0.5), 1.5, 3) is None
     assert "rose from 6.000 to 9.800 in epoch 2" in divergence(log(6.0, 7.0, 9.8), 1.5, 3)  # Gemma's quick controls
     assert divergence(log(6.0, 6.5, 6.2), 1.5, 3) is None  # above the start, but not for 3 epochs yet
-    assert "stayed above its starting value 6.000 for 3 epochs in a row (epochs 1-3" in divergence(log(6.0, 6.5, 6.2, 6.1), 1.5, 3)
+    assert "stayed above its starting value 6.000 for 3 epochs in a row (epochs 1-3" in divergence(
+        log(6.0, 6.5, 6.2, 6.1), 1.5, 3
+    )
     assert divergence(log(6.0, 6.5, 5.9, 6.1, 6.2), 1.5, 3) is None  # a dip below the start resets the count
 
 
@@ -266,7 +354,13 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(t
     from types import SimpleNamespace
 
     from hyperfitting.errors import CheckpointError
-    from hyperfitting.training.parallel import CHECKPOINT, SHARDED_CHECKPOINT, Replicated, remove_checkpoints, save_sharded_checkpoint
+    from hyperfitting.training.parallel import (
+        CHECKPOINT,
+        SHARDED_CHECKPOINT,
+        Replicated,
+        remove_checkpoints,
+        save_sharded_checkpoint,
+    )
 
     saved, saved_optimizer = _stepped(0, "layers.1.")
     (tmp_path / CHECKPOINT).write_bytes(b"an older replicated checkpoint")
@@ -280,8 +374,11 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(t
     for (name, a), b in zip(saved.named_parameters(), fresh.parameters()):
         if a.requires_grad:
             assert torch.equal(a, b), name
-    moments = [(saved_optimizer.state[a]["exp_avg_sq"], fresh_optimizer.state[b]["exp_avg_sq"])
-               for a, b in zip(saved.parameters(), fresh.parameters()) if a.requires_grad]
+    moments = [
+        (saved_optimizer.state[a]["exp_avg_sq"], fresh_optimizer.state[b]["exp_avg_sq"])
+        for a, b in zip(saved.parameters(), fresh.parameters())
+        if a.requires_grad
+    ]
     assert all(torch.equal(a, b) for a, b in moments)
 
     # A kill between the save's two renames leaves the previous checkpoint as checkpoint.old: it is still found.
@@ -289,7 +386,9 @@ def test_a_sharded_checkpoint_resumes_in_one_process_and_refuses_another_model(t
     assert strategy.load_checkpoint(*_stepped(1, "layers.1."), tmp_path)["epoch"] == 1
 
     other, other_optimizer = _stepped(1, "layers.0.")  # trains weights the checkpoint does not have
-    with pytest.raises(CheckpointError, match=r"9 trainable weights missing \(model\.layers\.0\..* and 9 unknown \(model\.layers\.1\."):
+    with pytest.raises(
+        CheckpointError, match=r"9 trainable weights missing \(model\.layers\.0\..* and 9 unknown \(model\.layers\.1\."
+    ):
         strategy.load_checkpoint(other, other_optimizer, tmp_path)  # named from the checkpoint's index, before any read
     remove_checkpoints(tmp_path)
     assert strategy.load_checkpoint(other, other_optimizer, tmp_path) is None
@@ -301,8 +400,12 @@ def test_a_checkpoint_is_skipped_while_the_last_one_cost_more_than_its_share_of_
     from hyperfitting.training.hyperfit import _checkpoint_due
 
     def run(share, cost, trained):
-        return SimpleNamespace(args=SimpleNamespace(checkpoint_max_share=share), checkpoint_cost=cost, trained_since_checkpoint=trained,
-                               strategy=SimpleNamespace(processes=1))
+        return SimpleNamespace(
+            args=SimpleNamespace(checkpoint_max_share=share),
+            checkpoint_cost=cost,
+            trained_since_checkpoint=trained,
+            strategy=SimpleNamespace(processes=1),
+        )
 
     assert _checkpoint_due(run(0.1, 0.0, 5.0), final=False)  # nothing written yet: the first epoch writes one
     assert not _checkpoint_due(run(0.1, 13.0, 60.0), final=False)  # a 13 s write after 60 s of training: more than 10%
@@ -313,12 +416,28 @@ def test_a_checkpoint_is_skipped_while_the_last_one_cost_more_than_its_share_of_
 
 def test_a_run_records_which_epochs_wrote_a_checkpoint(tmp_path):
     train = torch.randint(2, 97, (4, 16), generator=torch.Generator().manual_seed(0))
-    config = load_config(overrides=["train.method=full", "train.blocks=all", "train.epochs=3", "train.until_loss=null", "train.batch_size=2",
-                                    "train.checkpoint_max_share=null"])
+    config = load_config(
+        overrides=[
+            "train.method=full",
+            "train.blocks=all",
+            "train.epochs=3",
+            "train.until_loss=null",
+            "train.batch_size=2",
+            "train.checkpoint_max_share=null",
+        ]
+    )
     result = hyperfit(make_tiny_model("llama"), train, train[:1], config, tmp_path)
     assert [row.get("checkpointed") for row in result.log] == [None, True, True, True]
     # A write that costs more than its share of training is skipped until the final epoch, which always writes one.
-    frugal = load_config(overrides=["train.method=full", "train.blocks=all", "train.epochs=3", "train.until_loss=null", "train.batch_size=2",
-                                    "train.checkpoint_max_share=1e-9"])
+    frugal = load_config(
+        overrides=[
+            "train.method=full",
+            "train.blocks=all",
+            "train.epochs=3",
+            "train.until_loss=null",
+            "train.batch_size=2",
+            "train.checkpoint_max_share=1e-9",
+        ]
+    )
     result = hyperfit(make_tiny_model("llama"), train, train[:1], frugal, tmp_path / "frugal")
     assert [row.get("checkpointed") for row in result.log] == [None, True, False, True]

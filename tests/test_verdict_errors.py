@@ -19,7 +19,15 @@ from hyperfitting.claims.ranks import claim_ranks
 from hyperfitting.claims.static_bias import claim_static_bias
 from hyperfitting.claims.temperature import claim_temperature, claim_temperature_like_for_like
 from hyperfitting.report.calibration import (
-    BROKEN_RULES, BROKEN_WITH_REPLICATES, LOOPING_PROMPTS, STRESSED_RULES, Design, Spreads, calibrate, calibrate_rule, calibration_table,
+    BROKEN_RULES,
+    BROKEN_WITH_REPLICATES,
+    LOOPING_PROMPTS,
+    STRESSED_RULES,
+    Design,
+    Spreads,
+    calibrate,
+    calibrate_rule,
+    calibration_table,
     rule_worlds,
 )
 
@@ -31,12 +39,20 @@ def normal(mean, sd, n, seed):
 
 
 def temperature(tuned, at_t_star, base, t_star=(0.6, 0.62), matched=(True, True), tuned_t1=None, at_paths=None):
-    per_prompt = {"hyperfitted": [list(tuned)], "base, T*": [list(at_t_star)], "base, greedy": [list(base)],
-                  "base, T* (decoded paths)": [list(at_t_star if at_paths is None else at_paths)]}
+    per_prompt = {
+        "hyperfitted": [list(tuned)],
+        "base, T*": [list(at_t_star)],
+        "base, greedy": [list(base)],
+        "base, T* (decoded paths)": [list(at_t_star if at_paths is None else at_paths)],
+    }
     if tuned_t1 is not None:
         per_prompt["hyperfitted, T=1"] = [list(tuned_t1)]
-    return {"per_prompt": per_prompt, "sampling_temperature": t_star[0], "t_star": dict(zip(("teacher_forced", "greedy_path"), t_star)),
-            "t_star_matched": dict(zip(("teacher_forced", "greedy_path"), matched))}
+    return {
+        "per_prompt": per_prompt,
+        "sampling_temperature": t_star[0],
+        "t_star": dict(zip(("teacher_forced", "greedy_path"), t_star)),
+        "t_star_matched": dict(zip(("teacher_forced", "greedy_path"), matched)),
+    }
 
 
 # ------------------------------------------------------------------------------ 1. replicates
@@ -57,7 +73,8 @@ def test_three_seeds_that_disagree_give_about_a_t_interval_over_seeds():
     base = normal(0.4, 0.1, 300, 2)
     replicates = [(base + effect + normal(0, 0.01, 300, 3 + i), base) for i, effect in enumerate((0.07, 0.10, 0.13))]
     pooled = stats.pooled(replicates, stats.MEAN_DIFFERENCE)
-    # The review's t interval over the three seeds is [+0.026, +0.174]; a percentile over 3 seeds cannot reach beyond them.
+    # The review's t interval over the three seeds is [+0.026, +0.174]; a percentile over 3 seeds cannot reach beyond
+    # them.
     assert pooled.low == pytest.approx(0.026, abs=0.004) and pooled.high == pytest.approx(0.174, abs=0.004)
     assert decide(get_claim(1).rule, pooled)[0] == INCONCLUSIVE
     # The opposite case: seeds that agree, on a large effect, still hold.
@@ -131,19 +148,23 @@ def test_holm_also_guards_does_not_hold_and_its_family_is_what_the_study_ran():
     failed_check = make_claim(3, stats.Estimate(0.3, 0.2, 0.4, 16, "t", df=15), [Check("gain", False, "no gain")], "")
     with_holm([clear, border_fail, failed_check])
     assert border_fail.holm == INCONCLUSIVE and clear.holm == HOLDS
-    # Alone, the same "does not hold" stands: the rule's own level. With a rule whose check failed beside it, it does not
+    # Alone, the same "does not hold" stands: the rule's own level. With a rule whose check failed beside it, it does
+    # not
     # (the family is the rules run, not those the data let decide).
     alone = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
     assert with_holm([alone])[0].holm == FAILS
     beside = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
-    with_holm([beside, make_claim(3, stats.Estimate(0.3, 0.2, 0.4, 16, "t", df=15), [Check("gain", False, "no gain")], "")])
+    with_holm(
+        [beside, make_claim(3, stats.Estimate(0.3, 0.2, 0.4, 16, "t", df=15), [Check("gain", False, "no gain")], "")]
+    )
     assert beside.holm == INCONCLUSIVE
     # A clear "does not hold" survives.
     clear_fail = make_claim("1b", stats.paired_difference(base - 0.3 + normal(0, 0.05, 16, 8), base), [], "")
     assert with_holm([clear_fail, clear])[0].holm == FAILS
 
 
-# ------------------------------------------------------------------------------ 4. claim 4: one footing, the rival inside
+# ------------------------------------------------------------------------------ 4. claim 4: one footing, the rival
+# inside
 
 
 def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
@@ -155,8 +176,12 @@ def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
     tuned = {n: base[n] + rng.normal(0, 0.05, (640, 12)) for n in names}
     clusters = np.repeat(np.arange(10), 64)
     before = footing(base, tuned, clusters)
-    gain = np.linspace(0.1, 5, 12)  # a trained gain of the final norm: transformers' hidden_states[-1] would change a lot
-    with_norm = footing({**base, "final norm": base["block 2"]}, {**tuned, "final norm": tuned["block 2"] * gain}, clusters)
+    gain = np.linspace(
+        0.1, 5, 12
+    )  # a trained gain of the final norm: transformers' hidden_states[-1] would change a lot
+    with_norm = footing(
+        {**base, "final norm": base["block 2"]}, {**tuned, "final norm": tuned["block 2"] * gain}, clusters
+    )
     assert with_norm["effects"]["normalised"]["value"] == pytest.approx(before["effects"]["normalised"]["value"])
     assert with_norm["final"] == "block 2"
 
@@ -176,7 +201,9 @@ def test_claim_4_with_equal_rivals_is_not_biased_against_the_final_layer():
     # 30 rivals that all expand alike, the final block far more.
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(9)
     leads = [world_geometry(design, Spreads(), 3.0, rng)[0].verdict for _ in range(15)]
-    assert leads.count(HOLDS) >= 13 and FAILS not in leads  # the final block truly leads: it holds, never "does not hold"
+    assert (
+        leads.count(HOLDS) >= 13 and FAILS not in leads
+    )  # the final block truly leads: it holds, never "does not hold"
 
 
 def test_claim_4_at_one_training_run_decides_nothing():
@@ -191,8 +218,17 @@ def test_claim_4_at_one_training_run_decides_nothing():
 
 def static(per_prompt, flip_rates):
     names = [n for n in per_prompt if n.startswith("alpha")]
-    return {"per_prompt": per_prompt, "bite": {"required": 0.1, "flip_rates": flip_rates, "biting": names, "passed": True,
-                                               "top_k_alpha": 0.5, "top_k_flip_rate": 0.3}}
+    return {
+        "per_prompt": per_prompt,
+        "bite": {
+            "required": 0.1,
+            "flip_rates": flip_rates,
+            "biting": names,
+            "passed": True,
+            "top_k_alpha": 0.5,
+            "top_k_flip_rate": 0.3,
+        },
+    }
 
 
 @pytest.mark.usefixtures("no_seed_term")
@@ -205,8 +241,10 @@ def test_a_degenerate_static_model_is_excluded_and_named():
     assert claim.verdict == INCONCLUSIVE and "non-degenerate" in claim.reason
     # Opposite: a sane static model that recovers little beside it still decides.
     sane = base + 0.03 + normal(0, 0.05, 48, 12)
-    two = static({"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": garbage, "alpha = 0.1": sane},
-                 {"alpha = 0.5": 0.95, "alpha = 0.1": 0.3})
+    two = static(
+        {"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": garbage, "alpha = 0.1": sane},
+        {"alpha = 0.5": 0.95, "alpha = 0.1": 0.3},
+    )
     claim = claim_static_bias([two], [TRAINED], [0.4])
     assert claim.verdict == HOLDS and "excluded as degenerate: alpha = 0.5" in claim.evidence
 
@@ -217,7 +255,10 @@ def test_an_excluded_static_model_that_recovers_the_gain_keeps_claim_2_from_hold
     base = normal(0.3, 0.1, 48, 20)
     tuned = base + 0.3 + normal(0, 0.05, 48, 21)
     strong, weak = base + 0.27 + normal(0, 0.05, 48, 22), base + 0.015 + normal(0, 0.05, 48, 23)
-    results = static({"base, greedy": base, "hyperfitted": tuned, "alpha = 1": strong, "alpha = 0.1": weak}, {"alpha = 1": 0.85, "alpha = 0.1": 0.3})
+    results = static(
+        {"base, greedy": base, "hyperfitted": tuned, "alpha = 1": strong, "alpha = 0.1": weak},
+        {"alpha = 1": 0.85, "alpha = 0.1": 0.3},
+    )
     claim = claim_static_bias([results], [TRAINED], [0.4])
     assert claim.verdict == INCONCLUSIVE and "no excluded static model recovers the gain" in claim.reason
     assert claim.estimate["value"] < 0.1  # the estimate itself is still the best usable model's
@@ -237,7 +278,8 @@ def test_the_best_of_six_static_models_is_chosen_inside_each_resample():
     covered = [six_tied_static_models(100 + world, 64, 0.35).estimate["high"] >= 0.35 for world in range(60)]
     # Claim 2 holds when the interval lies below 0.5, so what must not fail is the interval's upper end: chosen once on
     # the same prompts, the review saw the truth covered 82% of the time. Chosen in every resample, the maximum of six
-    # tied models is biased upwards (two-sided coverage ~68% here): conservative for "holds", and said in the closing note.
+    # tied models is biased upwards (two-sided coverage ~68% here): conservative for "holds", and said in the closing
+    # note.
     assert np.mean(covered) >= 0.95
 
 
@@ -246,12 +288,21 @@ def test_the_best_of_six_static_models_is_chosen_inside_each_resample():
 
 def ranks_results(unexplained, reverted_ttr=None):
     """Rank results with these unexplained overrides per prompt; ``reverted_ttr``: the reverted paths' TTR per prompt
-    (claim 3's causal check), by default at base level (the overrides carry the whole gain) for the base of normal(..., 14)."""
+    (claim 3's causal check), by default at base level (the overrides carry the whole gain) for the base of normal(...,
+    14)."""
     reverted = list(normal(0.3, 0.1, 16, 14) if reverted_ttr is None else reverted_ttr)
-    return {"per_prompt": {"unexplained_overrides": unexplained, "overrides": [40] * len(unexplained), "steps": [96] * len(unexplained),
-                           "copied": [0] * len(unexplained)}, "copied_spans": {"share_of_steps": 0.0, "n": 5},
-            "null": {"scale": 1.2, "overrides_reproduced": 0.5, "deep_tail_reproduced": 0.2}, "share_of_overrides_from_rank_over_10": 0.1,
-            "reverted": {"per_prompt_ttr": reverted, "share_of_steps_reverted": 0.2}}
+    return {
+        "per_prompt": {
+            "unexplained_overrides": unexplained,
+            "overrides": [40] * len(unexplained),
+            "steps": [96] * len(unexplained),
+            "copied": [0] * len(unexplained),
+        },
+        "copied_spans": {"share_of_steps": 0.0, "n": 5},
+        "null": {"scale": 1.2, "overrides_reproduced": 0.5, "deep_tail_reproduced": 0.2},
+        "share_of_overrides_from_rank_over_10": 0.1,
+        "reverted": {"per_prompt_ttr": reverted, "share_of_steps_reverted": 0.2},
+    }
 
 
 def test_claim_3_needs_the_diversity_gain_it_explains():
@@ -264,20 +315,48 @@ def test_claim_3_needs_the_diversity_gain_it_explains():
 
 
 def test_claim_3_holds_only_if_reverting_the_unexplained_overrides_costs_the_gain():
-    # The causal check: frequent unexplained overrides that, reverted to the null's choice, leave greedy TTR where it was
+    # The causal check: frequent unexplained overrides that, reverted to the null's choice, leave greedy TTR where it
+    # was
     # do not carry the diversity gain; reverted paths back at base TTR do.
     results = ranks_results(list(np.random.default_rng(13).integers(15, 30, 16)))
     base = normal(0.3, 0.1, 16, 14)
     tuned = base + 0.2 + normal(0, 0.02, 16, 16)
-    carried = claim_ranks([{**results, "reverted": {"per_prompt_ttr": list(base + normal(0, 0.02, 16, 17)), "share_of_steps_reverted": 0.2}}],
-                          [TRAINED], [(tuned, base)])
+    carried = claim_ranks(
+        [
+            {
+                **results,
+                "reverted": {"per_prompt_ttr": list(base + normal(0, 0.02, 16, 17)), "share_of_steps_reverted": 0.2},
+            }
+        ],
+        [TRAINED],
+        [(tuned, base)],
+    )
     assert carried.verdict == HOLDS and "causal check" in carried.evidence
-    idle = claim_ranks([{**results, "reverted": {"per_prompt_ttr": list(tuned + normal(0, 0.02, 16, 18)), "share_of_steps_reverted": 0.2}}],
-                       [TRAINED], [(tuned, base)])
+    idle = claim_ranks(
+        [
+            {
+                **results,
+                "reverted": {"per_prompt_ttr": list(tuned + normal(0, 0.02, 16, 18)), "share_of_steps_reverted": 0.2},
+            }
+        ],
+        [TRAINED],
+        [(tuned, base)],
+    )
     assert idle.verdict == INCONCLUSIVE and "do not carry it" in idle.reason
     # Reverting costs a little (keeps 90% of the gain, clearly below 1): not "most of the gain", so still no "holds".
-    some = claim_ranks([{**results, "reverted": {"per_prompt_ttr": list(base + 0.18 + normal(0, 0.02, 16, 19)), "share_of_steps_reverted": 0.2}}],
-                       [TRAINED], [(tuned, base)])
+    some = claim_ranks(
+        [
+            {
+                **results,
+                "reverted": {
+                    "per_prompt_ttr": list(base + 0.18 + normal(0, 0.02, 16, 19)),
+                    "share_of_steps_reverted": 0.2,
+                },
+            }
+        ],
+        [TRAINED],
+        [(tuned, base)],
+    )
     assert some.verdict == INCONCLUSIVE
     # Results without the reverted paths (written before the check): no "holds" either.
     without = {k: v for k, v in results.items() if k != "reverted"}
@@ -289,12 +368,18 @@ def test_claim_3_holds_only_if_reverting_the_unexplained_overrides_costs_the_gai
 def test_reverting_changes_only_the_unexplained_overrides():
     from hyperfitting.generation.processors import RevertUnexplained
 
-    base_logits = torch.tensor([[0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0]])  # base top-1: token 1
+    base_logits = torch.tensor(
+        [[0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0]]
+    )  # base top-1: token 1
     revert = RevertUnexplained(None, lambda logits: torch.full((len(logits),), 2))  # the null always picks token 2
     revert.logits = lambda input_ids: base_logits
-    scores = torch.tensor([[0.0, 0.0, 0.0, 9.0],   # own pick 3: neither base top-1 nor null -> reverted to 2
-                           [0.0, 9.0, 0.0, 0.0],   # own pick 1 = base top-1: kept
-                           [0.0, 0.0, 9.0, 0.0]])  # own pick 2 = the null's: kept
+    scores = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 9.0],  # own pick 3: neither base top-1 nor null -> reverted to 2
+            [0.0, 9.0, 0.0, 0.0],  # own pick 1 = base top-1: kept
+            [0.0, 0.0, 9.0, 0.0],
+        ]
+    )  # own pick 2 = the null's: kept
     out = revert(torch.zeros(3, 1, dtype=torch.long), scores.clone())
     assert out.argmax(-1).tolist() == [2, 1, 2] and torch.equal(out[1:], scores[1:])
     assert (revert.reverted, revert.steps) == (1, 3)
@@ -319,26 +404,46 @@ def test_the_null_is_fitted_on_the_top_of_the_ranking_so_a_compressed_tail_canno
     chosen = tuned.argmax(-1)
     assert float((static_choice(base, over_vocabulary) == chosen).float().mean()) < 0.5
     prompt_of_step = torch.arange(1024) // 64
-    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16,
-                                 torch.zeros(1024, dtype=torch.bool))
+    comparison = null_comparison(
+        step_summary(base, chosen, null_choices(fitted)),
+        chosen,
+        prompt_of_step,
+        fitted,
+        16,
+        torch.zeros(1024, dtype=torch.bool),
+    )
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 1024
     base_ttr = normal(0.3, 0.1, 16, 3)
-    claim = claim_ranks([{**comparison, "share_of_overrides_from_rank_over_10": 0.1, "reverted": {"per_prompt_ttr": list(base_ttr), "share_of_steps_reverted": 0.2}}],
-                        [TRAINED], [(base_ttr + 0.2, base_ttr)])
+    claim = claim_ranks(
+        [
+            {
+                **comparison,
+                "share_of_overrides_from_rank_over_10": 0.1,
+                "reverted": {"per_prompt_ttr": list(base_ttr), "share_of_steps_reverted": 0.2},
+            }
+        ],
+        [TRAINED],
+        [(base_ttr + 0.2, base_ttr)],
+    )
     assert claim.verdict != HOLDS and claim.estimate["value"] < 0.05
 
 
 def test_steps_that_recite_training_text_are_left_out_of_claim_3():
     training = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     prompts, continuation = [[1, 5, 6]], type("C", (), {"token_ids": [7, 8, 9, 3, 4]})()
-    # The prompt counts as context: 9 completes the training 5-gram 5 6 7 8 9; 7 and 8 only shorter ones; 3 and 4 are new.
+    # The prompt counts as context: 9 completes the training 5-gram 5 6 7 8 9; 7 and 8 only shorter ones; 3 and 4 are
+    # new.
     copied = copied_steps(prompts, [continuation], training, 5)
     assert copied.tolist() == [False, False, True, False, False]
     copied = copied_steps(prompts, [continuation], training, 3)
     assert copied.tolist() == [True, True, True, False, False]
     # Every override is inside a copied span: counted apart, none of them is re-ranking.
     chosen = torch.tensor([7, 8, 9, 3, 4])
-    path = {"top1": torch.tensor([0, 0, 0, 3, 4]), "null": torch.tensor([0, 0, 0, 3, 4]), "chosen_rank": torch.tensor([40, 40, 40, 1, 1])}
+    path = {
+        "top1": torch.tensor([0, 0, 0, 3, 4]),
+        "null": torch.tensor([0, 0, 0, 3, 4]),
+        "chosen_rank": torch.tensor([40, 40, 40, 1, 1]),
+    }
     comparison = null_comparison(path, chosen, torch.zeros(5, dtype=torch.long), {"scale": 1.0}, 1, copied, 3)
     assert comparison["per_prompt"] == {"steps": [2], "overrides": [0], "unexplained_overrides": [0], "copied": [3]}
     assert comparison["copied_spans"] == {"share_of_steps": pytest.approx(0.6), "n": 3}
@@ -361,11 +466,23 @@ def test_claim_3_is_not_decided_without_copied_spans_left_out_and_shows_the_cont
 
 
 def controls(base, last, every, first_diverged=False):
-    row = lambda ttr: {"per_prompt_ttr": list(ttr), "initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 9,
-                       "trainable_parameters": 1000, "diverged": False}
+    row = lambda ttr: {
+        "per_prompt_ttr": list(ttr),
+        "initial_train_loss": 4.0,
+        "final_train_loss": 0.05,
+        "epochs": 9,
+        "trainable_parameters": 1000,
+        "diverged": False,
+    }
     methods = {"lora:last": row(last), "lora:all": row(every)}
     if first_diverged:
-        methods["lora:first"] = {"diverged": True, "initial_train_loss": 4.0, "final_train_loss": 9.0, "epochs": 3, "trainable_parameters": 1}
+        methods["lora:first"] = {
+            "diverged": True,
+            "initial_train_loss": 4.0,
+            "final_train_loss": 9.0,
+            "epochs": 3,
+            "trainable_parameters": 1,
+        }
     return {"until_loss": 0.1, "base": {"per_prompt_ttr": list(base)}, "methods": methods}
 
 
@@ -374,9 +491,13 @@ def test_claim_5_cannot_hold_vacuously_and_an_unrelated_control_cannot_block_it(
     base = normal(0.3, 0.1, 64, 17)
     same = claim_late_stage(controls(base, base + normal(0, 0.01, 64, 18), base + normal(0, 0.01, 64, 19)))
     assert same.verdict == INCONCLUSIVE and "raised greedy TTR over base" in same.reason  # both arms equal to base
-    matched = controls(base, base + 0.3 + normal(0, 0.03, 64, 20), base + 0.3 + normal(0, 0.03, 64, 21), first_diverged=True)
+    matched = controls(
+        base, base + 0.3 + normal(0, 0.03, 64, 20), base + 0.3 + normal(0, 0.03, 64, 21), first_diverged=True
+    )
     assert claim_late_stage(matched).verdict == HOLDS  # a diverged lora:first is evidence beside it, not a gate
-    short = claim_late_stage(controls(base, base + 0.15 + normal(0, 0.03, 64, 22), base + 0.3 + normal(0, 0.03, 64, 23)))
+    short = claim_late_stage(
+        controls(base, base + 0.15 + normal(0, 0.03, 64, 22), base + 0.3 + normal(0, 0.03, 64, 23))
+    )
     assert short.verdict == FAILS  # half of all-blocks' gain: beyond a margin relative to the gain
 
 
@@ -394,12 +515,19 @@ def test_claim_1_is_decided_at_both_entropy_matched_temperatures_and_only_where_
     assert apart.verdict == HOLDS
     # Sampled at the hotter T*, the base model reaches the hyperfitted diversity: the two disagree, nothing is decided.
     hotter = claim_temperature([temperature(tuned, sampled, base, at_paths=tuned + normal(0, 0.03, 48, 27))], [TRAINED])
-    assert hotter.verdict == INCONCLUSIVE and "disagree" in hotter.reason and "decoded paths, does not hold" in hotter.reason
+    assert (
+        hotter.verdict == INCONCLUSIVE
+        and "disagree" in hotter.reason
+        and "decoded paths, does not hold" in hotter.reason
+    )
     assert hotter.p_values[0] > 0.4  # Holm reads the intersection-union test: the larger p-value of "holds"
-    # The quick study's case: at the lower T* the interval lies wholly below the margin, and the hotter T* makes the base
+    # The quick study's case: at the lower T* the interval lies wholly below the margin, and the hotter T* makes the
+    # base
     # more diverse still: "does not hold" at both, where the old 15% gate said inconclusive.
     level = base + 0.1 + normal(0, 0.03, 48, 28)
-    fails = claim_temperature([temperature(level, sampled, base, t_star=(0.644, 0.765), at_paths=sampled + 0.05)], [TRAINED])
+    fails = claim_temperature(
+        [temperature(level, sampled, base, t_star=(0.644, 0.765), at_paths=sampled + 0.05)], [TRAINED]
+    )
     assert fails.verdict == FAILS and with_holm([fails])[0].holm == FAILS
     missing = temperature(tuned, sampled, base)
     del missing["t_star_matched"]
@@ -409,16 +537,23 @@ def test_claim_1_is_decided_at_both_entropy_matched_temperatures_and_only_where_
 def test_the_like_for_like_rule_compares_hyperfitted_and_base_both_sampled():
     base = normal(0.3, 0.1, 64, 27)
     tuned, sampled = base + 0.4 + normal(0, 0.03, 64, 28), base + 0.1 + normal(0, 0.03, 64, 29)
-    one_distribution = claim_temperature_like_for_like([temperature(tuned, sampled, base, tuned_t1=sampled + normal(0, 0.03, 64, 30))], [TRAINED])
+    one_distribution = claim_temperature_like_for_like(
+        [temperature(tuned, sampled, base, tuned_t1=sampled + normal(0, 0.03, 64, 30))], [TRAINED]
+    )
     assert one_distribution.verdict == FAILS  # within +-0.05 of each other: a temperature could explain it
-    different = claim_temperature_like_for_like([temperature(tuned, sampled, base, tuned_t1=sampled + 0.2 + normal(0, 0.03, 64, 31))], [TRAINED])
+    different = claim_temperature_like_for_like(
+        [temperature(tuned, sampled, base, tuned_t1=sampled + 0.2 + normal(0, 0.03, 64, 31))], [TRAINED]
+    )
     assert different.verdict == HOLDS
 
 
 def test_the_frontier_is_its_upper_envelope_so_a_noisy_point_cannot_lower_it():
-    # Base points (log-perplexity, TTR): (1, 0.2), (2, 0.5), (2.5, 0.3: dominated), (3, 0.6). At 2.5 the envelope is 0.55.
-    columns = [c for q, t in ((1, .2), (2, .5), (2.5, .3), (3, .6)) for c in (np.full(4, t), np.full(4, q))]
-    assert frontier_gap(np.full(4, 0.45), np.full(4, 2.5), *columns) == pytest.approx(-0.10)  # a line through every point said +0.15
+    # Base points (log-perplexity, TTR): (1, 0.2), (2, 0.5), (2.5, 0.3: dominated), (3, 0.6). At 2.5 the envelope is
+    # 0.55.
+    columns = [c for q, t in ((1, 0.2), (2, 0.5), (2.5, 0.3), (3, 0.6)) for c in (np.full(4, t), np.full(4, q))]
+    assert frontier_gap(np.full(4, 0.45), np.full(4, 2.5), *columns) == pytest.approx(
+        -0.10
+    )  # a line through every point said +0.15
 
 
 def test_compare_runs_has_a_column_per_claim(tmp_path):
@@ -427,8 +562,14 @@ def test_compare_runs_has_a_column_per_claim(tmp_path):
     from hyperfitting.report.build import compare_runs
     from hyperfitting.rundir import write_json
 
-    write_json(tmp_path / "metrics.json", {"metrics": {"base": {}, "hyperfitted": {}}, "train": {"method": "lora", "final_train_loss": 0.1},
-                                           "claims": [{"number": n, "verdict": HOLDS} for n in (1, 2, 3, 4, 5, "1b", "1c")]})
+    write_json(
+        tmp_path / "metrics.json",
+        {
+            "metrics": {"base": {}, "hyperfitted": {}},
+            "train": {"method": "lora", "final_train_loss": 0.1},
+            "claims": [{"number": n, "verdict": HOLDS} for n in (1, 2, 3, 4, 5, "1b", "1c")],
+        },
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "m"}, "data": {"corpus": "fiction"}}))
     header = compare_runs([tmp_path]).splitlines()[0]
     assert all(f"claim {n}" in header for n in ("1", "1b", "1c", "2", "3", "4", "5"))
@@ -437,7 +578,9 @@ def test_compare_runs_has_a_column_per_claim(tmp_path):
 # ------------------------------------------------------------------------------ calibration
 
 
-QUICK = Design(prompts=16, replicates=1, seeds=1, steps=96, blocks=16, positions_per_block=64, static_models=2, frontier_points=4)
+QUICK = Design(
+    prompts=16, replicates=1, seeds=1, steps=96, blocks=16, positions_per_block=64, static_models=2, frontier_points=4
+)
 
 
 # The rules with a declared seed spread (1, 1b, 3, 5); 2 and 1c have none measured yet and sit at or below the goals
@@ -468,7 +611,8 @@ def test_claim_1c_without_its_measured_seed_spread_decides_nothing_at_one_traini
 
 
 def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(monkeypatch):
-    # Claim 1 at one training run without its declared seed spread covers the recipe's effect too rarely: the calibration
+    # Claim 1 at one training run without its declared seed spread covers the recipe's effect too rarely: the
+    # calibration
     # says so, and the report then makes its verdict inconclusive (report/build.py: with_calibration).
     from dataclasses import replace
 
@@ -482,7 +626,11 @@ def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(mon
     claim = claim_temperature([temperature(base + 0.4 + normal(0, 0.03, 48, 25), base + 0.1, base)], [TRAINED])
     assert claim.verdict == HOLDS
     (claim,) = with_calibration([claim], {"rules": {"1": result}})
-    assert claim.verdict == claim.holm == INCONCLUSIVE and "misses its goals" in claim.reason and "would have said holds" in claim.reason
+    assert (
+        claim.verdict == claim.holm == INCONCLUSIVE
+        and "misses its goals" in claim.reason
+        and "would have said holds" in claim.reason
+    )
 
 
 def test_claim_4_covers_at_the_models_depth_and_with_replicates_carries_the_seed(monkeypatch):
@@ -495,31 +643,45 @@ def test_claim_4_covers_at_the_models_depth_and_with_replicates_carries_the_seed
     monkeypatch.setattr(geometry, "WORLD_SEED_SD", 0.0)
     token = DECLARED_SEED_SPREAD.set(False)
     try:
-        one_run = calibrate_rule("4", Design(blocks=16, positions_per_block=32, rivals=30), Spreads(), worlds=40, seed=1)
+        one_run = calibrate_rule(
+            "4", Design(blocks=16, positions_per_block=32, rivals=30), Spreads(), worlds=40, seed=1
+        )
     finally:
         DECLARED_SEED_SPREAD.reset(token)
-    assert one_run["meets_goals"] and one_run["coverage"] >= 0.93 and one_run["power"] >= 0.5, one_run  # 65% at 32 positions a block
+    assert one_run["meets_goals"] and one_run["coverage"] >= 0.93 and one_run["power"] >= 0.5, (
+        one_run
+    )  # 65% at 32 positions a block
     # Each training run's final block lands elsewhere: with three runs the spread between them is measured and carried.
     monkeypatch.setattr(geometry, "WORLD_SEED_SD", 1.0)
-    result = calibrate_rule("4", Design(blocks=16, positions_per_block=32, rivals=30, replicates=3), Spreads(), worlds=40, seed=1)
+    result = calibrate_rule(
+        "4", Design(blocks=16, positions_per_block=32, rivals=30, replicates=3), Spreads(), worlds=40, seed=1
+    )
     assert result["meets_goals"] and result["false_holds"] <= 0.05, result
     # Coverage is judged truth by truth, by a one-sided binomial test of "at least 95%" at 1%.
     from scipy.stats import binomtest
 
-    assert result["under_covers_at"] == [t for t, row in result["by_truth"].items() if row["intervals"] and binomtest(
-        round(row["coverage"] * row["intervals"]), row["intervals"], 0.95, alternative="less").pvalue < 0.01]
+    assert result["under_covers_at"] == [
+        t
+        for t, row in result["by_truth"].items()
+        if row["intervals"]
+        and binomtest(round(row["coverage"] * row["intervals"]), row["intervals"], 0.95, alternative="less").pvalue
+        < 0.01
+    ]
 
 
 def test_the_calibration_flags_a_deliberately_broken_rule():
     (name,) = BROKEN_RULES
     result = calibrate_rule(name, QUICK, Spreads(), worlds=100, seed=1)
     assert result["false_holds"] > 0.1 and result["coverage"] < 0.8 and not result["meets_goals"]
-    table = calibration_table({"design": QUICK.__dict__, "spreads": Spreads().__dict__, "worlds": 100, "rules": {name: result}})
+    table = calibration_table(
+        {"design": QUICK.__dict__, "spreads": Spreads().__dict__, "worlds": 100, "rules": {name: result}}
+    )
     assert "**no**" in table
 
 
 def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes_the_real_one():
-    # Three replicates crossed with 16 prompts, seeds that matter (sd 0.06): taking the replicate-averaged differences as
+    # Three replicates crossed with 16 prompts, seeds that matter (sd 0.06): taking the replicate-averaged differences
+    # as
     # if the seed added nothing covers ~83% and says "holds" of a false claim ~11% of the time; the real rule does not.
     design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
     (broken,) = BROKEN_WITH_REPLICATES
@@ -528,7 +690,10 @@ def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes
     right = calibrate_rule("1", design, spreads, worlds=200, seed=1)
     assert right["meets_goals"] and right["false_holds"] <= 0.05 and 0.93 <= right["coverage"] <= 0.98
     # With one replicate the real rule carries a declared seed spread and the broken one none: it is run at every size.
-    assert broken in calibrate(QUICK, spreads, worlds=2)["rules"] and broken in calibrate(design, spreads, worlds=2)["rules"]
+    assert (
+        broken in calibrate(QUICK, spreads, worlds=2)["rules"]
+        and broken in calibrate(design, spreads, worlds=2)["rules"]
+    )
 
 
 def test_skewed_prompts_are_a_row_of_their_own_and_move_the_error_rates():
@@ -548,7 +713,9 @@ def test_hyperfit_calibrate_writes_every_rules_error_rates(tmp_path):
     from hyperfitting.cli import cli
 
     out = tmp_path / "calibration.json"
-    result = CliRunner().invoke(cli, ["calibrate", "configs/quick.yaml", f"run_dir={tmp_path / 'none'}", "--json", str(out), "--worlds", "10"])
+    result = CliRunner().invoke(
+        cli, ["calibrate", "configs/quick.yaml", f"run_dir={tmp_path / 'none'}", "--json", str(out), "--worlds", "10"]
+    )
     assert result.exit_code == 0, result.output
     rules = json.loads(out.read_text())["rules"]
     assert set(rule_worlds()) <= set(rules)
@@ -575,7 +742,9 @@ def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
 
 def test_claim_2_with_six_tied_static_models_below_the_margin_does_not_fail_falsely():
     verdicts = [six_tied_static_models(300 + world, 16, 0.45).verdict for world in range(40)]
-    assert verdicts.count(FAILS) <= 1  # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds
+    assert (
+        verdicts.count(FAILS) <= 1
+    )  # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds
 
 
 # ------------------------------------------------------------------------------ verdicts about the recipe
@@ -585,7 +754,8 @@ def test_a_one_run_interval_carries_the_declared_seed_spread_and_says_so():
     base = normal(0.3, 0.1, 200, 40)
     tuned, sampled = base + 0.38 + normal(0, 0.01, 200, 41), base + 0.3 + normal(0, 0.01, 200, 42)
     claim = claim_temperature([temperature(tuned, sampled, base)], [TRAINED])
-    # Over prompts alone +0.080 [+0.078, +0.082] would hold; a training run's effect varies by SD 0.039 around the recipe's.
+    # Over prompts alone +0.080 [+0.078, +0.082] would hold; a training run's effect varies by SD 0.039 around the
+    # recipe's.
     assert claim.verdict == INCONCLUSIVE and claim.estimate["high"] - claim.estimate["low"] > 0.15, claim.estimate
     assert "declared seed-to-seed SD of 0.039" in claim.evidence and "standard preset" in claim.evidence
     assert "no number of prompts decides it at one training run" in claim.reason and claim.units_needed is None
@@ -598,17 +768,30 @@ def test_claim_5_carries_each_arms_seed_spread_to_the_share():
     base = normal(0.3, 0.1, 300, 43)
     last, every = base + 0.25 + normal(0, 0.01, 300, 44), base + 0.25 + normal(0, 0.01, 300, 45)
     row = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 10, "trainable_parameters": 1000}
-    claim = claim_late_stage({"until_loss": 0.1, "base": {"per_prompt_ttr": list(base)},
-                              "methods": {"lora:last": {**row, "per_prompt_ttr": list(last)}, "lora:all": {**row, "per_prompt_ttr": list(every)}}})
-    # share 1.0; each arm one run with TTR seed SD 0.047 at a gain of 0.25: the share's SD is about 0.047 * sqrt(2) / 0.25 = 0.27
-    assert claim.verdict == INCONCLUSIVE and claim.estimate["low"] < 0.6 and "each arm's TTR seed SD 0.047" in claim.evidence
+    claim = claim_late_stage(
+        {
+            "until_loss": 0.1,
+            "base": {"per_prompt_ttr": list(base)},
+            "methods": {
+                "lora:last": {**row, "per_prompt_ttr": list(last)},
+                "lora:all": {**row, "per_prompt_ttr": list(every)},
+            },
+        }
+    )
+    # share 1.0; each arm one run with TTR seed SD 0.047 at a gain of 0.25: the share's SD is about 0.047 * sqrt(2) /
+    # 0.25 = 0.27
+    assert (
+        claim.verdict == INCONCLUSIVE
+        and claim.estimate["low"] < 0.6
+        and "each arm's TTR seed SD 0.047" in claim.evidence
+    )
 
 
 def test_prompts_needed_reads_the_interval_on_its_own_scale_and_side():
     # A t interval at 16 prompts: reading its width as z would inflate the sample size by (t/z)^2 = 1.18.
     estimate = stats.Estimate(0.03, -0.02, 0.08, 16, "t", df=15)
     se = 0.05 / stats.t_quantile(15)
-    assert stats.units_needed(estimate, 0.05) == math.ceil(se ** 2 * 16 / (0.02 / (stats.Z + stats.Z_POWER)) ** 2)
+    assert stats.units_needed(estimate, 0.05) == math.ceil(se**2 * 16 / (0.02 / (stats.Z + stats.Z_POWER)) ** 2)
     # Asymmetric: the half that faces the margin sets it.
     lopsided = stats.Estimate(0.03, -0.2, 0.08, 16, "bca")
     assert stats.units_needed(lopsided, 0.05) < stats.units_needed(stats.Estimate(0.03, -0.02, 0.2, 16, "bca"), 0.05)
@@ -626,7 +809,9 @@ def test_a_claim_without_a_simulator_decides_nothing():
     from hyperfitting.claims import ClaimSpec, Rule, register_claim, unregister_claim
     from hyperfitting.report.build import with_calibration
 
-    register_claim(ClaimSpec("uncalibrated", "No simulator", "-", Rule("an effect", "above", 0.0, "any"), lambda evidence: None))
+    register_claim(
+        ClaimSpec("uncalibrated", "No simulator", "-", Rule("an effect", "above", 0.0, "any"), lambda evidence: None)
+    )
     try:
         assert "uncalibrated" not in rule_worlds()
         claim = make_claim("uncalibrated", stats.Estimate(1.0, 0.5, 1.5, 16, "t"), [], "")

@@ -22,7 +22,8 @@ def prompts(mean: float, sd: float, n: int, seed: int) -> list[float]:
 
 
 def shifted(values: list[float], shift: float, seed: int, sd: float = 0.01) -> list[float]:
-    """``values + shift`` with a small real spread per prompt: a constant shift computed in floats has none and never decides."""
+    """``values + shift`` with a small real spread per prompt: a constant shift computed in floats has none and never
+    decides."""
     return [v + shift + e for v, e in zip(values, prompts(0.0, sd, len(values), seed))]
 
 
@@ -48,7 +49,9 @@ def test_the_sample_size_estimate_shrinks_as_the_variance_shrinks():
     noise = (noise - noise.mean()) / noise.std()  # the same mean gap (+0.10) at every spread
 
     def needed(spread):
-        return decide(get_claim(1).rule, stats.paired_difference([b + 0.10 + spread * e for b, e in zip(base, noise)], base))
+        return decide(
+            get_claim(1).rule, stats.paired_difference([b + 0.10 + spread * e for b, e in zip(base, noise)], base)
+        )
 
     (v_wide, _, n_wide), (v_mid, _, n_mid) = needed(0.30), needed(0.15)
     assert v_wide == v_mid == INCONCLUSIVE
@@ -95,10 +98,17 @@ def test_ratio_of_sums_resamples_prompts_whole():
 
 
 def temperature_results(tuned, at_t_star, base_greedy):
-    return {"per_prompt": {"hyperfitted": [tuned], "base, T*": [at_t_star, at_t_star], "base, greedy": [base_greedy],
-                           "base, T* (decoded paths)": [at_t_star, at_t_star]},
-            "sampling_temperature": 0.6, "t_star": {"teacher_forced": 0.6, "greedy_path": 0.62},
-            "t_star_matched": {"teacher_forced": True, "greedy_path": True}}
+    return {
+        "per_prompt": {
+            "hyperfitted": [tuned],
+            "base, T*": [at_t_star, at_t_star],
+            "base, greedy": [base_greedy],
+            "base, T* (decoded paths)": [at_t_star, at_t_star],
+        },
+        "sampling_temperature": 0.6,
+        "t_star": {"teacher_forced": 0.6, "greedy_path": 0.62},
+        "t_star_matched": {"teacher_forced": True, "greedy_path": True},
+    }
 
 
 @pytest.mark.usefixtures("no_seed_term")
@@ -108,7 +118,9 @@ def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
     high = temperature_results(shifted(base, 0.4, 82), sampled, base)
     assert claim_temperature([high], [TRAINED]).verdict == HOLDS
     jitter = prompts(0.0, 0.02, 48, 80)
-    level = temperature_results([b + 0.1 + j for b, j in zip(base, jitter)], sampled, base)  # greedy hyperfitted no better than sampling at T*
+    level = temperature_results(
+        [b + 0.1 + j for b, j in zip(base, jitter)], sampled, base
+    )  # greedy hyperfitted no better than sampling at T*
     assert claim_temperature([level], [TRAINED]).verdict == FAILS
     diverged = {"initial_train_loss": 6.0, "final_train_loss": 9.8, "until_loss": 0.1}
     claim = claim_temperature([high], [diverged])
@@ -116,9 +128,18 @@ def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
 
 
 def static_results(static_ttr, flip, base, tuned):
-    return {"per_prompt": {"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": static_ttr},
-            "bite": {"required": 0.1, "flip_rates": {"alpha = 0.5": flip}, "biting": ["alpha = 0.5"] if flip >= 0.1 else [],
-                     "passed": flip >= 0.1, "top_k_alpha": 0.5, "top_k_flip_rate": flip, "extended": []}}
+    return {
+        "per_prompt": {"base, greedy": base, "hyperfitted": tuned, "alpha = 0.5": static_ttr},
+        "bite": {
+            "required": 0.1,
+            "flip_rates": {"alpha = 0.5": flip},
+            "biting": ["alpha = 0.5"] if flip >= 0.1 else [],
+            "passed": flip >= 0.1,
+            "top_k_alpha": 0.5,
+            "top_k_flip_rate": flip,
+            "extended": [],
+        },
+    }
 
 
 @pytest.mark.usefixtures("no_seed_term")
@@ -155,8 +176,14 @@ def test_claim_2_a_static_model_that_wrecks_its_own_text_is_degenerate_whatever_
     # The review's case: a static model whose text collapses (TTR 0.03) "holds" claim 2 at -1.58 if it is the only one.
     base = prompts(0.30, 0.1, 48, 9)
     tuned = shifted(base, 0.3, 91)
-    wrecked = claim_static_bias([static_results([0.03] * 48, 0.3, base, tuned)], [TRAINED], [0.4])  # flips within 2x overrides
-    assert wrecked.verdict == INCONCLUSIVE and "non-degenerate" in wrecked.reason and "own greedy text has TTR 0.030" in wrecked.reason
+    wrecked = claim_static_bias(
+        [static_results([0.03] * 48, 0.3, base, tuned)], [TRAINED], [0.4]
+    )  # flips within 2x overrides
+    assert (
+        wrecked.verdict == INCONCLUSIVE
+        and "non-degenerate" in wrecked.reason
+        and "own greedy text has TTR 0.030" in wrecked.reason
+    )
 
 
 def constructed_path(static: bool, steps: int = 640, vocabulary: int = 2000, seed: int = 0):
@@ -186,11 +213,21 @@ def test_claim_3_a_static_model_with_temperature_must_not_pass(static, expected)
         assert fitted["scale"] == pytest.approx(2.5, rel=1e-3)
     chosen = tuned.argmax(-1)
     prompt_of_step = torch.arange(640) // 40  # 16 prompts of 40 steps
-    comparison = null_comparison(step_summary(base, chosen, null_choices(fitted)), chosen, prompt_of_step, fitted, 16, torch.zeros(640, dtype=torch.bool))
+    comparison = null_comparison(
+        step_summary(base, chosen, null_choices(fitted)),
+        chosen,
+        prompt_of_step,
+        fitted,
+        16,
+        torch.zeros(640, dtype=torch.bool),
+    )
     base_ttr = prompts(0.3, 0.1, 16, 3)
     # The causal check passes (reverted paths at base TTR): the verdict turns on the null comparison alone.
-    results = {**comparison, "share_of_overrides_from_rank_over_10": 0.1,
-               "reverted": {"per_prompt_ttr": list(base_ttr), "share_of_steps_reverted": 0.2}}
+    results = {
+        **comparison,
+        "share_of_overrides_from_rank_over_10": 0.1,
+        "reverted": {"per_prompt_ttr": list(base_ttr), "share_of_steps_reverted": 0.2},
+    }
     claim = claim_ranks([results], [TRAINED], [(shifted(base_ttr, 0.2, 31), base_ttr)])
     assert sum(comparison["per_prompt"]["overrides"]) > 0.3 * 640  # both models override base top-1 often...
     assert claim.verdict == expected  # ...but only the context-dependent one beyond what the static null explains
@@ -222,17 +259,33 @@ def test_claim_5_controls_that_never_hyperfitted_decide_nothing():
     last, every, base = prompts(0.45, 0.1, 32, 10), prompts(0.30, 0.1, 32, 11), prompts(0.15, 0.02, 32, 12)
 
     def controls(final_loss):
-        row = lambda ttrs: {"per_prompt_ttr": ttrs, "final_train_loss": final_loss, "initial_train_loss": 4.0, "epochs": 8,
-                            "trainable_parameters": 1000, "diverged": False}
-        return {"until_loss": 0.1, "base": {"per_prompt_ttr": base}, "methods": {"lora:last": row(last), "lora:all": row(every)}}
+        row = lambda ttrs: {
+            "per_prompt_ttr": ttrs,
+            "final_train_loss": final_loss,
+            "initial_train_loss": 4.0,
+            "epochs": 8,
+            "trainable_parameters": 1000,
+            "diverged": False,
+        }
+        return {
+            "until_loss": 0.1,
+            "base": {"per_prompt_ttr": base},
+            "methods": {"lora:last": row(last), "lora:all": row(every)},
+        }
 
     assert claim_late_stage(controls(0.05)).verdict == HOLDS
     short = claim_late_stage(controls(2.01))
     assert short.verdict == INCONCLUSIVE and "hyperfitted" in short.reason
     # A control that diverged (as lora:all did at lr 1e-2: 4.09 -> 8.08) has no continuations and decides nothing.
     diverged = controls(0.05)
-    diverged["methods"]["lora:all"] = {"spec": "lora:all", "diverged": True, "initial_train_loss": 4.09, "final_train_loss": 8.08,
-                                       "epochs": 4, "trainable_parameters": None}
+    diverged["methods"]["lora:all"] = {
+        "spec": "lora:all",
+        "diverged": True,
+        "initial_train_loss": 4.09,
+        "final_train_loss": 8.08,
+        "epochs": 4,
+        "trainable_parameters": None,
+    }
     claim = claim_late_stage(diverged)
     assert claim.verdict == INCONCLUSIVE and "lora:all hyperfitted" in claim.reason and "diverged" in claim.reason
 
@@ -244,9 +297,13 @@ def test_the_geometry_interval_leaves_blocks_out_and_holds_the_estimate():
     base = rng.standard_normal((320, 24)) * np.linspace(0.2, 3, 24)
     expanded = rng.standard_normal((320, 24))  # isotropic: a far higher participation ratio
     blocks = np.repeat(np.arange(10), 32)
-    effect = stats.jackknife_over_clusters(blocks, lambda rows: participation_ratio(expanded[rows]) - participation_ratio(base[rows]))
+    effect = stats.jackknife_over_clusters(
+        blocks, lambda rows: participation_ratio(expanded[rows]) - participation_ratio(base[rows])
+    )
     assert effect.low <= effect.value <= effect.high and effect.low > 0 and effect.units == 10
-    same = stats.jackknife_over_clusters(blocks, lambda rows: participation_ratio(base[rows]) - participation_ratio(base[rows]))
+    same = stats.jackknife_over_clusters(
+        blocks, lambda rows: participation_ratio(base[rows]) - participation_ratio(base[rows])
+    )
     assert (same.low, same.high) == (0.0, 0.0)
 
 
@@ -265,12 +322,13 @@ def test_replicates_that_disagree_make_a_decided_claim_inconclusive():
     assert claim_temperature([clear, clear], [TRAINED, short]).verdict == INCONCLUSIVE
 
 
-# ------------------------------------------------------------------------------ claim 1(b): the diversity-quality frontier
+# ------------------------------------------------------------------------------ claim 1(b): the diversity-quality
+# frontier
 
 
 def frontier_points(tuned_ttr: float, tuned_quality: float, n: int = 64, seed: int = 7) -> dict:
-    """A base model whose TTR rises linearly with judge log-perplexity (0.3 at 1.0 to 0.6 at 3.0), per prompt with noise,
-    and a hyperfitted model at (tuned_ttr, tuned_quality)."""
+    """A base model whose TTR rises linearly with judge log-perplexity (0.3 at 1.0 to 0.6 at 3.0), per prompt with
+    noise, and a hyperfitted model at (tuned_ttr, tuned_quality)."""
     rng = np.random.default_rng(seed)
 
     def point(ttr, quality):
@@ -285,7 +343,9 @@ def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
 
     frontier = ([0.3], [1.0], [0.6], [3.0])  # (TTR, log-perplexity) of two base points
     assert frontier_gap([0.5], [2.0], *frontier) == pytest.approx(0.05)  # the frontier is 0.45 half-way
-    assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(0.075)  # order of the points does not matter
+    assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(
+        0.075
+    )  # order of the points does not matter
 
 
 @pytest.mark.usefixtures("no_seed_term")
@@ -318,8 +378,15 @@ def test_claim_1b_on_too_few_prompts_is_inconclusive_and_says_how_many_would_dec
 
     points = frontier_points(0.60, 2.0, n=64, seed=11)  # +0.15 above the frontier, but ...
     few = {label: {m: v[:6] for m, v in values.items()} for label, values in points.items()}  # ... on 6 prompts
-    noisy = {label: {"ttr": [t + e for t, e in zip(values["ttr"], (0.14, -0.14, 0.12, -0.12, 0.1, -0.1))],
-                     "log_perplexity": values["log_perplexity"]} if label == "hyperfitted" else values for label, values in few.items()}
+    noisy = {
+        label: {
+            "ttr": [t + e for t, e in zip(values["ttr"], (0.14, -0.14, 0.12, -0.12, 0.1, -0.1))],
+            "log_perplexity": values["log_perplexity"],
+        }
+        if label == "hyperfitted"
+        else values
+        for label, values in few.items()
+    }
     claim = claim_frontier(noisy, [TRAINED])
     assert claim.verdict == INCONCLUSIVE and "would decide it" in claim.reason and claim.units_needed > 6, claim.reason
 
@@ -331,4 +398,8 @@ def test_claim_2_a_static_model_that_reproduces_the_hyperfitted_text_exactly_doe
     base = prompts(0.30, 0.1, 48, 9)
     tuned = shifted(base, 0.3, 91)
     claim = claim_static_bias([static_results(list(tuned), 0.3, base, tuned)], [TRAINED], [0.4])
-    assert claim.verdict == FAILS and claim.estimate["value"] == 1.0 and "reproduces the hyperfitted TTR" in claim.estimate["method"]
+    assert (
+        claim.verdict == FAILS
+        and claim.estimate["value"] == 1.0
+        and "reproduces the hyperfitted TTR" in claim.estimate["method"]
+    )

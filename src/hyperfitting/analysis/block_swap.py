@@ -28,7 +28,12 @@ from hyperfitting.config import RunConfig
 from hyperfitting.models.blocks import find_block_stack
 from hyperfitting.rundir import write_text
 
-BASE, FORWARD, REVERSE, TUNED = "base", "base + hyperfitted final block", "hyperfitted + base final block", "hyperfitted"
+BASE, FORWARD, REVERSE, TUNED = (
+    "base",
+    "base + hyperfitted final block",
+    "hyperfitted + base final block",
+    "hyperfitted",
+)
 MEASURES = {"ttr": "diversity (TTR)", "override_rate": "rank reordering (override rate)"}
 
 
@@ -41,8 +46,10 @@ def swapped_block(model, donor, index: int) -> Iterator[None]:
     """
     stack, donor_stack = find_block_stack(model), find_block_stack(donor)
     if len(stack.blocks) != len(donor_stack.blocks):
-        raise ValueError(f"the models have {len(stack.blocks)} and {len(donor_stack.blocks)} blocks: only blocks of the same "
-                         "architecture can be swapped")
+        raise ValueError(
+            f"the models have {len(stack.blocks)} and {len(donor_stack.blocks)} blocks: only blocks of the same "
+            "architecture can be swapped"
+        )
     original = stack.blocks[index]
     stack.blocks[index] = donor_stack.blocks[index]
     try:
@@ -51,7 +58,9 @@ def swapped_block(model, donor, index: int) -> Iterator[None]:
         stack.blocks[index] = original
 
 
-def block_swap_analysis(base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, base_greedy=None, tuned_greedy=None) -> dict:
+def block_swap_analysis(
+    base, tuned, tokenizer, prompts: list[list[int]], config: RunConfig, base_greedy=None, tuned_greedy=None
+) -> dict:
     """Greedy decodes of the two models and of the two swaps, with the share of the gain each swap carries."""
     from hyperfitting.analysis.geometry import weight_change_per_block
 
@@ -68,17 +77,27 @@ def block_swap_analysis(base, tuned, tokenizer, prompts: list[list[int]], config
     per_prompt = {}
     for name in (BASE, FORWARD, REVERSE, TUNED):
         overrides, steps = overrides_per_prompt(base, prompts, [c.token_ids for c in paths[name]])
-        per_prompt[name] = {"ttr": per_prompt_ttr(paths[name]),
-                            "override_rate": [o / s if s else 0.0 for o, s in zip(overrides, steps)]}
-    rows = {name: {measure: stats.mean(values[measure]).to_dict() for measure in MEASURES} for name, values in per_prompt.items()}
+        per_prompt[name] = {
+            "ttr": per_prompt_ttr(paths[name]),
+            "override_rate": [o / s if s else 0.0 for o, s in zip(overrides, steps)],
+        }
+    rows = {
+        name: {measure: stats.mean(values[measure]).to_dict() for measure in MEASURES}
+        for name, values in per_prompt.items()
+    }
 
     def share(name: str, measure: str) -> dict:
         """(row - base) / (hyperfitted - base) over the same prompts: 1 = the whole gain, 0 = none of it."""
         gain = np.mean(per_prompt[TUNED][measure]) - np.mean(per_prompt[BASE][measure])
         if abs(gain) < 1e-9:
-            return {"value": None, "why": f"the hyperfitted model does not differ from the base model in {MEASURES[measure]}"}
-        return stats.ratio_of_mean_differences((per_prompt[name][measure], per_prompt[BASE][measure]),
-                                               (per_prompt[TUNED][measure], per_prompt[BASE][measure])).to_dict()
+            return {
+                "value": None,
+                "why": f"the hyperfitted model does not differ from the base model in {MEASURES[measure]}",
+            }
+        return stats.ratio_of_mean_differences(
+            (per_prompt[name][measure], per_prompt[BASE][measure]),
+            (per_prompt[TUNED][measure], per_prompt[BASE][measure]),
+        ).to_dict()
 
     change = weight_change_per_block(base, tuned)
     return {
@@ -96,8 +115,15 @@ def block_swap_analysis(base, tuned, tokenizer, prompts: list[list[int]], config
 
 def run(context) -> dict:
     """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
-    return block_swap_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.config, context.base_greedy,
-                               context.tuned_greedy)
+    return block_swap_analysis(
+        context.base,
+        context.tuned,
+        context.tokenizer,
+        context.prompts,
+        context.config,
+        context.base_greedy,
+        context.tuned_greedy,
+    )
 
 
 def write_block_swap_analysis(results: dict, folder: Path) -> None:
@@ -113,19 +139,39 @@ def _share_text(share: dict) -> str:
 
 def block_swap_table(results: dict) -> str:
     final = results["final_block"]
-    lines = [f"Block {final} (the final block) swapped between the models; greedy decoding of {results['prompts']} prompts, "
-             f"{results['max_new_tokens']} new tokens. Override rate: share of steps whose token is not the base model's top-1 "
-             "(teacher-forcing the base model along each path). Mean [95% interval over prompts].", ""]
+    lines = [
+        f"Block {final} (the final block) swapped between the models; greedy decoding of {results['prompts']} prompts, "
+        f"{results['max_new_tokens']} new tokens. Override rate: share of steps whose token is not the base model's "
+        "top-1 "
+        "(teacher-forcing the base model along each path). Mean [95% interval over prompts].",
+        "",
+    ]
     if not results["swap_is_effective"]:
-        lines += [f"**No test**: fine-tuning left block {final} unchanged (relative weight change 0), so both swaps change nothing.", ""]
+        lines += [
+            f"**No test**: fine-tuning left block {final} unchanged (relative weight change 0), so both swaps change "
+            "nothing.",
+            "",
+        ]
     lines += ["| model | " + " | ".join(MEASURES.values()) + " |", "|---|---|---|"]
     for name, row in results["rows"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[m]['value']:.3f} [{row[m]['low']:.3f}, {row[m]['high']:.3f}]" for m in MEASURES) + " |")
-    lines += ["", "| swap | share of the hyperfitted gain in " + " | share in ".join(MEASURES.values()) + " |", "|---|---|---|"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[m]['value']:.3f} [{row[m]['low']:.3f}, {row[m]['high']:.3f}]" for m in MEASURES)
+            + " |"
+        )
+    lines += [
+        "",
+        "| swap | share of the hyperfitted gain in " + " | share in ".join(MEASURES.values()) + " |",
+        "|---|---|---|",
+    ]
     for name, shares in results["share_of_gain"].items():
         lines.append(f"| {name} | " + " | ".join(_share_text(shares[m]) for m in MEASURES) + " |")
-    lines += ["", "A share near 1 for the first swap and near 0 for the second would say the final block alone carries the effect. "
-              f"Relative weight change of block {final}: {results['final_block_weight_change']:.4f}."]
+    lines += [
+        "",
+        "A share near 1 for the first swap and near 0 for the second would say the final block alone carries the "
+        "effect. "
+        f"Relative weight change of block {final}: {results['final_block_weight_change']:.4f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +183,7 @@ def plot_block_swap(results: dict, path: Path) -> None:
     for axis, (measure, label) in zip(axes, MEASURES.items()):
         values = [results["rows"][n][measure] for n in names]
         errors = [[v["value"] - v["low"] for v in values], [v["high"] - v["value"] for v in values]]
-        axis.bar(range(len(names)), [v["value"] for v in values], yerr=errors, capsize=3, color=colours[:len(names)])
+        axis.bar(range(len(names)), [v["value"] for v in values], yerr=errors, capsize=3, color=colours[: len(names)])
         axis.set_xticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=7)
         axis.set_ylabel(label)
         axis.set_title(f"Final block swapped: {label}", fontsize=9)

@@ -1,4 +1,5 @@
-"""What the mechanism analyses share beside teacher forcing: the pair of models, and their decoded paths, each decoded once."""
+"""What the mechanism analyses share beside teacher forcing: the pair of models, and their decoded paths, each decoded
+once."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def load_pair(config: RunConfig):
 
     target = config.analysis.hyperfitted
     if not target:
-        raise ConfigError("Name the hyperfitted model: analysis.hyperfitted=PATH (an adapter folder, a model folder or a hyperfit run folder).")
+        raise ConfigError(
+            "Name the hyperfitted model: analysis.hyperfitted=PATH (an adapter folder, a model folder or a hyperfit "
+            "run folder)."
+        )
     base, tokenizer = load_model(replace(config.model, adapter=None))
     tuned, _ = load_hyperfitted(config.model, target)
     return base, tuned, tokenizer
@@ -46,20 +50,48 @@ _DECODED: dict[tuple, tuple[weakref.ref, list[Continuation]]] = {}
 
 
 def _decode_args(config: RunConfig, temperature: float | None, seed: int, top_k: int, top_p: float):
-    return replace(config.generate, max_new_tokens=analysis_tokens(config), do_sample=temperature is not None,
-                   temperature=temperature or 1.0, top_k=top_k, top_p=top_p, seed=seed, citation_blocker=False)
+    return replace(
+        config.generate,
+        max_new_tokens=analysis_tokens(config),
+        do_sample=temperature is not None,
+        temperature=temperature or 1.0,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        citation_blocker=False,
+    )
 
 
 def _decode_key(model, prompts, args) -> tuple:
-    return (id(model), weights_version(model), hash(tuple(map(tuple, prompts))), args.max_new_tokens, args.do_sample,
-            round(args.temperature, 6) if args.do_sample else None, args.seed if args.do_sample else None, args.batch_size,
-            (args.top_k, args.top_p) if args.do_sample else None)
+    return (
+        id(model),
+        weights_version(model),
+        hash(tuple(map(tuple, prompts))),
+        args.max_new_tokens,
+        args.do_sample,
+        round(args.temperature, 6) if args.do_sample else None,
+        args.seed if args.do_sample else None,
+        args.batch_size,
+        (args.top_k, args.top_p) if args.do_sample else None,
+    )
 
 
-def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float | None = None, seed: int = 0,
-           top_k: int = 0, top_p: float = 1.0, processors: Sequence[LogitsProcessor] = (), desc: str = "",
-           shard: bool = True) -> list[Continuation]:
-    """Greedy when ``temperature`` is None, else sampling at that temperature (pure unless ``top_k``/``top_p`` truncate).
+def decode(
+    model,
+    tokenizer,
+    prompts,
+    config: RunConfig,
+    *,
+    temperature: float | None = None,
+    seed: int = 0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    processors: Sequence[LogitsProcessor] = (),
+    desc: str = "",
+    shard: bool = True,
+) -> list[Continuation]:
+    """Greedy when ``temperature`` is None, else sampling at that temperature (pure unless ``top_k``/``top_p``
+    truncate).
 
     Plain decodes (no processors) are remembered for the life of the model and of its weights, so
     analyses that need the same setting (greedy paths, base sampling at T=1 for several seeds)
@@ -69,8 +101,9 @@ def decode(model, tokenizer, prompts, config: RunConfig, *, temperature: float |
     return decode_many(model, tokenizer, prompts, config, [request], desc=desc, shard=shard)[0]
 
 
-def decode_many(model, tokenizer, prompts, config: RunConfig, requests: Sequence[dict], desc: str = "",
-                shard: bool = True) -> list[list[Continuation]]:
+def decode_many(
+    model, tokenizer, prompts, config: RunConfig, requests: Sequence[dict], desc: str = "", shard: bool = True
+) -> list[list[Continuation]]:
     """Several decodes of the same prompts, each a dict of :func:`decode`'s keywords (temperature, seed, top_k,
     top_p, processors), run together in batches of prompts x requests (``generate_variants``): a step of the
     analyses' 16 prompts under 5 settings is one 80-row forward pass.
@@ -81,8 +114,13 @@ def decode_many(model, tokenizer, prompts, config: RunConfig, requests: Sequence
     """
     from hyperfitting.generation.decoding import generate_variants
 
-    settings = [(_decode_args(config, r.get("temperature"), r.get("seed", 0), r.get("top_k", 0), r.get("top_p", 1.0)),
-                 list(r.get("processors", ()))) for r in requests]
+    settings = [
+        (
+            _decode_args(config, r.get("temperature"), r.get("seed", 0), r.get("top_k", 0), r.get("top_p", 1.0)),
+            list(r.get("processors", ())),
+        )
+        for r in requests
+    ]
     key = _decode_key(model, prompts, settings[0][0]) if len(settings) == 1 and not settings[0][1] else None
     if key is not None and key in _DECODED and _DECODED[key][0]() is model:
         return [_DECODED[key][1]]
@@ -93,7 +131,8 @@ def decode_many(model, tokenizer, prompts, config: RunConfig, requests: Sequence
 
 
 def analysis_tokens(config: RunConfig) -> int:
-    """New tokens per analysis continuation: the generation table's length unless analysis.max_new_tokens says otherwise."""
+    """New tokens per analysis continuation: the generation table's length unless analysis.max_new_tokens says
+    otherwise."""
     return config.analysis.max_new_tokens or config.generate.max_new_tokens
 
 

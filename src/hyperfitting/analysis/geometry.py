@@ -82,7 +82,8 @@ def massive_dimensions(states: np.ndarray, factor: float = MASSIVE_FACTOR) -> np
 
 
 def trimmed_participation_ratio(states: np.ndarray, massive: np.ndarray) -> float:
-    """Participation ratio with the ``massive`` dimensions (found on the base model, the same for both models) left out."""
+    """Participation ratio with the ``massive`` dimensions (found on the base model, the same for both models) left
+    out."""
     return participation_ratio(np.delete(states, massive, axis=1))
 
 
@@ -152,6 +153,7 @@ def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[s
             hidden = output[0] if isinstance(output, tuple) else output
             flat = hidden.detach().reshape(-1, hidden.shape[-1])
             captured.setdefault(name, []).append(flat[captured["_positions"][-1]].float().cpu())
+
         return hook
 
     try:
@@ -164,8 +166,9 @@ def capture_states(model: nn.Module, positions: torch.Tensor) -> Iterator[dict[s
 
 
 @torch.no_grad()
-def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray, batch_size: int = 8,
-                     share: range | None = None) -> dict[str, np.ndarray]:
+def hidden_states_at(
+    model: nn.Module, blocks: torch.Tensor, sample: np.ndarray, batch_size: int = 8, share: range | None = None
+) -> dict[str, np.ndarray]:
     """Layer name -> (n_sample, width) states at the flat positions ``sample`` of ``blocks`` (N, T).
 
     With ``share``, only the blocks in that range are run: the rows are the sampled positions
@@ -176,7 +179,7 @@ def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray,
     device = next(model.parameters()).device
     with capture_states(model, torch.empty(0, dtype=torch.long)) as captured:
         for start in range(share.start, share.stop, batch_size):
-            batch = blocks[start:min(start + batch_size, share.stop)]
+            batch = blocks[start : min(start + batch_size, share.stop)]
             low, high = start * length, (start + len(batch)) * length
             inside = sample[(sample >= low) & (sample < high)] - low
             if len(inside) == 0:
@@ -185,8 +188,10 @@ def hidden_states_at(model: nn.Module, blocks: torch.Tensor, sample: np.ndarray,
             with full_precision(device):  # a measurement: float32 whatever model.precision says
                 model(input_ids=batch.to(device), use_cache=False)
     width = model.get_input_embeddings().weight.shape[1]
-    return {name: torch.cat(captured[name]).cpu().numpy() if name in captured else np.zeros((0, width), np.float32)
-            for name, _ in capture_targets(model)}
+    return {
+        name: torch.cat(captured[name]).cpu().numpy() if name in captured else np.zeros((0, width), np.float32)
+        for name, _ in capture_targets(model)
+    }
 
 
 def layer_geometry_in_shares(base: nn.Module, tuned: nn.Module, blocks: torch.Tensor, sample: np.ndarray) -> list[dict]:
@@ -200,7 +205,10 @@ def layer_geometry_in_shares(base: nn.Module, tuned: nn.Module, blocks: torch.Te
 
     state = process_state()
     share = my_share(len(blocks))
-    base_states, tuned_states = hidden_states_at(base, blocks, sample, share=share), hidden_states_at(tuned, blocks, sample, share=share)
+    base_states, tuned_states = (
+        hidden_states_at(base, blocks, sample, share=share),
+        hidden_states_at(tuned, blocks, sample, share=share),
+    )
     rows = []
     for index, name in enumerate(list(base_states)):
         a = np.concatenate(gather_in_order([base_states.pop(name)]))
@@ -222,7 +230,9 @@ def weight_change_per_block(base: nn.Module, tuned: nn.Module) -> list[float]:
     changes = []
     for b, t in zip(base_blocks, tuned_blocks):
         base_params = dict(b.named_parameters())
-        difference = sum(float((p.detach() - base_params[name].detach()).pow(2).sum()) for name, p in t.named_parameters())
+        difference = sum(
+            float((p.detach() - base_params[name].detach()).pow(2).sum()) for name, p in t.named_parameters()
+        )
         norm = sum(float(p.detach().pow(2).sum()) for p in base_params.values())
         changes.append((difference / max(norm, 1e-30)) ** 0.5)
     return changes
@@ -231,7 +241,9 @@ def weight_change_per_block(base: nn.Module, tuned: nn.Module) -> list[float]:
 # ------------------------------------------------------------------------------ the analysis
 
 
-def geometry_table_rows(base_states: dict[str, np.ndarray], tuned_states: dict[str, np.ndarray], two_nn: bool = True) -> list[dict]:
+def geometry_table_rows(
+    base_states: dict[str, np.ndarray], tuned_states: dict[str, np.ndarray], two_nn: bool = True
+) -> list[dict]:
     return [geometry_row(name, base_states[name], tuned_states[name], two_nn) for name in base_states]
 
 
@@ -267,12 +279,14 @@ def geometry_row(name: str, a: np.ndarray, b: np.ndarray, two_nn: bool = True) -
 
 def _delta_pr(variant: str):
     """Delta PR (hyperfitted - base) of one variant, as a function of the two models' states at chosen rows."""
+
     def delta(a: np.ndarray, b: np.ndarray) -> float:
         if variant == "trimmed":
             massive = massive_dimensions(a)
             return trimmed_participation_ratio(b, massive) - trimmed_participation_ratio(a, massive)
         standardise = variant == "standardised"
         return participation_ratio(b, standardise) - participation_ratio(a, standardise)
+
     return delta
 
 
@@ -286,36 +300,50 @@ def rms_normalised(states: np.ndarray) -> np.ndarray:
     every layer compares like with like.
     """
     x = states.astype(np.float64)
-    return x / np.sqrt((x ** 2).mean(1, keepdims=True) + 1e-12)
+    return x / np.sqrt((x**2).mean(1, keepdims=True) + 1e-12)
 
 
-def _split_half_prs(first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor, massive: np.ndarray) -> dict[str, np.ndarray]:
-    """The participation ratio of a batch of covariances, each given as two independent halves' estimates (..., d, d) and
-    the pooled one (whose diagonal standardises), in each variant: as is, standardised (a correlation matrix over the
-    dimensions that vary), trimmed (the massive dimensions left out).
+def _split_half_prs(
+    first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor, massive: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The participation ratio of a batch of covariances, each given as two independent halves' estimates (..., d, d)
+    and the pooled one (whose diagonal standardises), in each variant: as is, standardised (a correlation matrix over
+    the dimensions that vary), trimmed (the massive dimensions left out).
 
     PR = (sum lambda)^2 / sum lambda^2 = tr(C)^2 / tr(C^2) is estimated as tr(S_A) tr(S_B) / tr(S_A S_B): each factor's
     expectation is its population counterpart's (the halves are independent), where the plain sample PR comes out near
     PR / (1 + PR / n) and shrinks a layer with a larger PR more (enough to reverse which layer expanded most: 256
     dimensions over 1,024 positions in review)."""
+
     def pr(a, b):
         traces = torch.diagonal(a, dim1=-2, dim2=-1).sum(-1) * torch.diagonal(b, dim1=-2, dim2=-1).sum(-1)
         return (traces / torch.clamp((a * b).sum((-2, -1)), min=1e-300)).cpu().numpy()
 
     sd = torch.sqrt(torch.clamp(torch.diagonal(pooled, dim1=-2, dim2=-1), min=0))
     live = sd > 0
-    inverse = torch.where(live, 1 / torch.where(live, sd, torch.ones_like(sd)), torch.zeros_like(sd))  # a constant dimension: out
+    inverse = torch.where(
+        live, 1 / torch.where(live, sd, torch.ones_like(sd)), torch.zeros_like(sd)
+    )  # a constant dimension: out
     scale = inverse[..., :, None] * inverse[..., None, :]
     keep = torch.from_numpy(np.setdiff1d(np.arange(pooled.shape[-1]), massive)).to(pooled.device)
     trim = lambda c: c[..., keep, :][..., keep]  # noqa: E731
-    return {"normalised": pr(first, second), "standardised": pr(first * scale, second * scale), "trimmed": pr(trim(first), trim(second))}
+    return {
+        "normalised": pr(first, second),
+        "standardised": pr(first * scale, second * scale),
+        "trimmed": pr(trim(first), trim(second)),
+    }
 
 
-FOOTING_VARIANTS = {"normalised": "RMS-normalised", "standardised": "RMS-normalised, then standardised per dimension",
-                    "trimmed": "RMS-normalised, massive dimensions removed"}
+FOOTING_VARIANTS = {
+    "normalised": "RMS-normalised",
+    "standardised": "RMS-normalised, then standardised per dimension",
+    "trimmed": "RMS-normalised, massive dimensions removed",
+}
 
 
-def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndarray, massive: np.ndarray) -> tuple[dict, dict]:
+def _leave_one_out_prs(
+    states: np.ndarray, clusters: np.ndarray, labels: np.ndarray, massive: np.ndarray
+) -> tuple[dict, dict]:
     """Each variant's split-half PR (see _split_half_prs) of all rows, and with each cluster left out in turn, from
     per-cluster sums and Gram matrices. The clusters (held-out blocks) alternate between the two halves; with one
     cluster there is no second half, and each half is the whole."""
@@ -326,14 +354,22 @@ def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndar
     sums = torch.zeros(clusters_n, width, **zeros).index_add_(0, index, states)
     counts = torch.bincount(index, minlength=clusters_n).to(states.dtype)
     if width <= 64:  # narrow states (the calibration's worlds): every cluster's Gram matrix in one pass
-        grams = torch.zeros(clusters_n, width, width, **zeros).index_add_(0, index, states[:, :, None] * states[:, None, :])
+        grams = torch.zeros(clusters_n, width, width, **zeros).index_add_(
+            0, index, states[:, :, None] * states[:, None, :]
+        )
     else:
         grams = torch.stack([states[index == i].T @ states[index == i] for i in range(clusters_n)])
     # Two halves of alternate clusters (one cluster: each half is the whole). Row 0: all clusters; row 1 + i: cluster i
     # left out of its half (a half it would empty keeps it: with fewer than four clusters the jackknife is not used).
-    half = torch.arange(clusters_n, device=states.device) % 2 if clusters_n > 1 else torch.zeros(1, dtype=torch.long, device=states.device)
+    half = (
+        torch.arange(clusters_n, device=states.device) % 2
+        if clusters_n > 1
+        else torch.zeros(1, dtype=torch.long, device=states.device)
+    )
     members = torch.stack([(half == h) | (clusters_n == 1) for h in (0, 1)]).to(states.dtype)  # (2, clusters)
-    left_out = torch.cat([torch.zeros(1, clusters_n, **zeros), torch.eye(clusters_n, **zeros)])  # (1 + clusters, clusters)
+    left_out = torch.cat(
+        [torch.zeros(1, clusters_n, **zeros), torch.eye(clusters_n, **zeros)]
+    )  # (1 + clusters, clusters)
     weights = members[None] * (1 - left_out[:, None, :])  # (sets, 2, clusters)
     emptied = weights.sum(-1) == 0
     weights = torch.where(emptied[..., None], members[None].expand_as(weights), weights)
@@ -344,19 +380,23 @@ def _leave_one_out_prs(states: np.ndarray, clusters: np.ndarray, labels: np.ndar
         return torch.einsum("sc,cde->sde", w, grams) / m[:, None, None] - centre[:, :, None] * centre[:, None, :]
 
     # In batches of about 128 MB (a 2048-wide model's covariance is 32 MB).
-    size = max(1, 2 ** 24 // (3 * width ** 2))
+    size = max(1, 2**24 // (3 * width**2))
     chunks = []
     for start in range(0, len(weights), size):
-        w = weights[start:start + size]
-        chunks.append(_split_half_prs(covariances(w[:, 0]), covariances(w[:, 1]), covariances(w[:, 0] + w[:, 1]), massive))
+        w = weights[start : start + size]
+        chunks.append(
+            _split_half_prs(covariances(w[:, 0]), covariances(w[:, 1]), covariances(w[:, 0] + w[:, 1]), massive)
+        )
     prs = {variant: np.concatenate([chunk[variant] for chunk in chunks]) for variant in chunks[0]}
-    return {variant: float(values[0]) for variant, values in prs.items()}, {variant: values[1:] for variant, values in prs.items()}
+    return {variant: float(values[0]) for variant, values in prs.items()}, {
+        variant: values[1:] for variant, values in prs.items()
+    }
 
 
 def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.ndarray) -> dict:
-    """Claim 4's effect on a common footing, in each variant: Delta PR of the last block minus the largest Delta PR of any
-    other layer (or zero), every state RMS-normalised: the smallest of the differences to each rival (and to zero), each
-    with a delete-one-block jackknife, and an interval for the smallest that covers at the model's depth
+    """Claim 4's effect on a common footing, in each variant: Delta PR of the last block minus the largest Delta PR of
+    any other layer (or zero), every state RMS-normalised: the smallest of the differences to each rival (and to zero),
+    each with a delete-one-block jackknife, and an interval for the smallest that covers at the model's depth
     (stats.simultaneous_minimum). Each difference's leave-one-out values are kept (``pairs``): replicates pool them
     difference by difference.
 
@@ -372,24 +412,41 @@ def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.nda
     for layer in layers:
         x, y = rms_normalised(a[layer]), rms_normalised(b[layer])
         massive = massive_dimensions(x)  # found on the base model's states, left out of both
-        (fa, la), (fb, lb) = _leave_one_out_prs(x, clusters, labels, massive), _leave_one_out_prs(y, clusters, labels, massive)
+        (fa, la), (fb, lb) = (
+            _leave_one_out_prs(x, clusters, labels, massive),
+            _leave_one_out_prs(y, clusters, labels, massive),
+        )
         full_delta[layer] = {v: fb[v] - fa[v] for v in FOOTING_VARIANTS}
         loo_delta[layer] = {v: lb[v] - la[v] for v in FOOTING_VARIANTS}
     effects, pairs, rival, rival_delta, final_delta = {}, {}, {}, {}, {}
     for v in FOOTING_VARIANTS:
         best = max(rivals, key=lambda layer: full_delta[layer][v])
-        # The final layer against each rival, and against zero (the claim is of an increase): the effect is the smallest.
-        pairs[v] = {layer: {"value": full_delta[final][v] - full_delta[layer][v],
-                            "leave_one_out": (loo_delta[final][v] - loo_delta[layer][v]).tolist()} for layer in rivals}
+        # The final layer against each rival, and against zero (the claim is of an increase): the effect is the
+        # smallest.
+        pairs[v] = {
+            layer: {
+                "value": full_delta[final][v] - full_delta[layer][v],
+                "leave_one_out": (loo_delta[final][v] - loo_delta[layer][v]).tolist(),
+            }
+            for layer in rivals
+        }
         pairs[v]["zero"] = {"value": full_delta[final][v], "leave_one_out": np.asarray(loo_delta[final][v]).tolist()}
         effects[v] = stats.simultaneous_minimum(stats.leave_one_out_estimates(pairs[v])).to_dict()
         rival[v], rival_delta[v], final_delta[v] = best, full_delta[best][v], full_delta[final][v]
-    return {"final": final, "effects": effects, "pairs": pairs, "rival": rival, "rival_delta_pr": rival_delta,
-            "final_delta_pr": final_delta, "delta_pr": {layer: full_delta[layer] for layer in layers}}
+    return {
+        "final": final,
+        "effects": effects,
+        "pairs": pairs,
+        "rival": rival,
+        "rival_delta_pr": rival_delta,
+        "final_delta_pr": final_delta,
+        "delta_pr": {layer: full_delta[layer] for layer in layers},
+    }
 
 
-
-def read_out_estimates(base, tuned, blocks: torch.Tensor, sample: np.ndarray, layers: list[str]) -> tuple[dict, dict[str, dict[str, dict]]]:
+def read_out_estimates(
+    base, tuned, blocks: torch.Tensor, sample: np.ndarray, layers: list[str]
+) -> tuple[dict, dict[str, dict[str, dict]]]:
     """The verdict's effect on the common footing (see :func:`footing`) and, for each of ``layers``, its Delta PR raw,
     standardised and with the massive dimensions removed: each with an interval over held-out blocks.
 
@@ -400,8 +457,15 @@ def read_out_estimates(base, tuned, blocks: torch.Tensor, sample: np.ndarray, la
 
     a, b = hidden_states_at(base, blocks, sample), hidden_states_at(tuned, blocks, sample)
     clusters = sample // blocks.shape[1]
-    intervals = {layer: {variant: stats.jackknife_over_clusters(clusters, lambda rows, d=_delta_pr(variant), x=a[layer], y=b[layer]: d(x[rows], y[rows])).to_dict()
-                         for variant in PR_VARIANTS} for layer in layers}
+    intervals = {
+        layer: {
+            variant: stats.jackknife_over_clusters(
+                clusters, lambda rows, d=_delta_pr(variant), x=a[layer], y=b[layer]: d(x[rows], y[rows])
+            ).to_dict()
+            for variant in PR_VARIANTS
+        }
+        for layer in layers
+    }
     return footing(a, b, clusters), intervals
 
 
@@ -423,7 +487,9 @@ def _geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens:
     final = rows[-1] if rows[-1]["layer"] == "final norm" else final_block
     others = [r for r in rows if r["layer"] not in (final["layer"], final_block["layer"])]
     runner_up = max(others, key=lambda r: r["delta_pr"])
-    common, intervals = read_out_estimates(base, tuned, heldout_blocks, sample, list(dict.fromkeys([final["layer"], final_block["layer"]])))
+    common, intervals = read_out_estimates(
+        base, tuned, heldout_blocks, sample, list(dict.fromkeys([final["layer"], final_block["layer"]]))
+    )
     weight_change = weight_change_per_block(base, tuned)
     untouched = next((i for i, change in enumerate(weight_change) if change > 0), len(weight_change))
     hidden = base.get_input_embeddings().weight.shape[1]
@@ -437,10 +503,15 @@ def _geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens:
         "delta_pr_intervals": intervals,
         # Blocks below the first trained one are bit-identical: any change must then appear late, by construction.
         # A planted change (models/planted.py) sits where it was put on purpose: its location is what is being tested.
-        "localisation_forced": (f"blocks 0-{untouched - 1} were not trained, so every change must appear after them"
-                                if untouched and not getattr(tuned, "planted", None) else None),
+        "localisation_forced": (
+            f"blocks 0-{untouched - 1} were not trained, so every change must appear after them"
+            if untouched and not getattr(tuned, "planted", None)
+            else None
+        ),
         "verdict": {
-            "state": "the final layer after the final norm (transformers' hidden_states[-1])" if final is not final_block else "the last block's output",
+            "state": "the final layer after the final norm (transformers' hidden_states[-1])"
+            if final is not final_block
+            else "the last block's output",
             "final_delta_pr": final["delta_pr"],
             "runner_up": runner_up["layer"],
             "runner_up_delta_pr": runner_up["delta_pr"],
@@ -460,8 +531,13 @@ def _geometry_analysis(base, tuned, heldout_blocks: torch.Tensor, sample_tokens:
 
 def run(context) -> dict:
     """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
-    return geometry_analysis(context.base, context.tuned, context.data.heldout_blocks, context.config.analysis.geometry_tokens,
-                             seed=context.config.data.seed)
+    return geometry_analysis(
+        context.base,
+        context.tuned,
+        context.data.heldout_blocks,
+        context.config.analysis.geometry_tokens,
+        seed=context.config.data.seed,
+    )
 
 
 def write_geometry_analysis(results: dict, folder: Path) -> None:
@@ -472,24 +548,33 @@ def write_geometry_analysis(results: dict, folder: Path) -> None:
 def geometry_table(results: dict) -> str:
     v = results["verdict"]
     lines = [
-        f"{results['tokens']} held-out token positions, hidden size {results['hidden_size']}. Largest increase of participation ratio: "
-        f"{v['largest_delta_pr_layer']} ({v['largest_delta_pr']:+.1f}); final block {v['final_block']}: Delta PR {v['final_block_delta_pr']:+.1f} "
-        f"({v['final_block_delta_pr_per_hidden_size']:+.4f} of the width) against the paper's +{PAPER_FINAL_BLOCK_DELTA_PR} "
-        f"({v['paper_final_block_delta_pr_per_hidden_size']:+.4f} of TinyLlama's width). The verdict reads {v['state']}: Delta PR "
+        f"{results['tokens']} held-out token positions, hidden size {results['hidden_size']}. Largest increase of "
+        "participation ratio: "
+        f"{v['largest_delta_pr_layer']} ({v['largest_delta_pr']:+.1f}); final block {v['final_block']}: Delta PR "
+        f"{v['final_block_delta_pr']:+.1f} "
+        f"({v['final_block_delta_pr_per_hidden_size']:+.4f} of the width) against the paper's "
+        f"+{PAPER_FINAL_BLOCK_DELTA_PR} "
+        f"({v['paper_final_block_delta_pr_per_hidden_size']:+.4f} of TinyLlama's width). The verdict reads "
+        f"{v['state']}: Delta PR "
         f"{v['final_delta_pr']:+.1f}, against the runner-up {v['runner_up']} ({v['runner_up_delta_pr']:+.1f}). "
         + _footing_line(results)
         + (f" Localisation forced: {results['localisation_forced']}." if results.get("localisation_forced") else ""),
         "",
         *_interval_lines(results),
-        "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | Delta PR (massive dims removed) | PCA-90 base / hyp | "
+        "| layer | PR base | PR hyperfitted | Delta PR | Delta PR (standardised) | Delta PR (massive dims removed) | "
+        "PCA-90 base / hyp | "
         "TwoNN base / hyp | cosine | L2 | norm base / hyp | CKA |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["layers"]:
-        trimmed = f"{r['delta_pr_trimmed']:+.1f} ({r['massive_dimensions']} removed)" if "delta_pr_trimmed" in r else "-"
+        trimmed = (
+            f"{r['delta_pr_trimmed']:+.1f} ({r['massive_dimensions']} removed)" if "delta_pr_trimmed" in r else "-"
+        )
         lines.append(
-            f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | {r['delta_pr_std']:+.1f} | {trimmed} | "
-            f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {_number(r.get('twonn_base'))} / {_number(r.get('twonn_hyperfitted'))} | "
+            f"| {r['layer']} | {r['pr_base']:.1f} | {r['pr_hyperfitted']:.1f} | {r['delta_pr']:+.1f} | "
+            f"{r['delta_pr_std']:+.1f} | {trimmed} | "
+            f"{r['pca90_base']} / {r['pca90_hyperfitted']} | {_number(r.get('twonn_base'))} / "
+            f"{_number(r.get('twonn_hyperfitted'))} | "
             f"{r['cosine']:.3f} | {r['l2']:.1f} | {r['norm_base']:.1f} / {r['norm_hyperfitted']:.1f} | {r['cka']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -500,10 +585,17 @@ def _footing_line(results: dict) -> str:
     f = results.get("footing")
     if not f:
         return ""
-    parts = [f"{FOOTING_VARIANTS[v]} {f['final_delta_pr'][v]:+.1f} against {f['rival'][v]} {f['rival_delta_pr'][v]:+.1f}, effect "
-             f"{e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]" for v, e in f["effects"].items()]
-    return (f"The verdict reads {f['final']} with every layer on one footing (each state divided by its RMS, no learned gain; "
-            "delete-one-block jackknife, the rival chosen again in each resample): " + "; ".join(parts) + ".")
+    parts = [
+        f"{FOOTING_VARIANTS[v]} {f['final_delta_pr'][v]:+.1f} against {f['rival'][v]} {f['rival_delta_pr'][v]:+.1f}, "
+        "effect "
+        f"{e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]"
+        for v, e in f["effects"].items()
+    ]
+    return (
+        f"The verdict reads {f['final']} with every layer on one footing (each state divided by its RMS, no learned "
+        "gain; "
+        "delete-one-block jackknife, the rival chosen again in each resample): " + "; ".join(parts) + "."
+    )
 
 
 def _interval_lines(results: dict) -> list[str]:
@@ -511,12 +603,22 @@ def _interval_lines(results: dict) -> list[str]:
     intervals = results.get("delta_pr_intervals")
     if not intervals:
         return []
-    lines = ["| layer | " + " | ".join(f"Delta PR, {name} [95% interval]" for name in PR_VARIANTS.values()) + " |",
-             "|---|" + "---|" * len(PR_VARIANTS)]
+    lines = [
+        "| layer | " + " | ".join(f"Delta PR, {name} [95% interval]" for name in PR_VARIANTS.values()) + " |",
+        "|---|" + "---|" * len(PR_VARIANTS),
+    ]
     for layer, variants in intervals.items():
-        lines.append(f"| {layer} | " + " | ".join(f"{v['value']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]" for v in variants.values()) + " |")
-    return lines + ["", f"Massive dimensions: RMS above {MASSIVE_FACTOR:g}x the median dimension's, found on the base model's states "
-                        "and left out of both models' (intervals: delete-one-block jackknife).", ""]
+        lines.append(
+            f"| {layer} | "
+            + " | ".join(f"{v['value']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]" for v in variants.values())
+            + " |"
+        )
+    return lines + [
+        "",
+        f"Massive dimensions: RMS above {MASSIVE_FACTOR:g}x the median dimension's, found on the base model's states "
+        "and left out of both models' (intervals: delete-one-block jackknife).",
+        "",
+    ]
 
 
 def _number(value: float | None) -> str:
@@ -541,7 +643,7 @@ def plot_geometry(results: dict, path: Path) -> None:
     axes[2].set_title("Relative weight change per block")
     axes[2].set_xlabel("block")
     for axis in axes[:2]:
-        axis.set_xticks(x[::max(1, len(x) // 8)])
-        axis.set_xticklabels([rows[i]["layer"].replace("block ", "b") for i in x[::max(1, len(x) // 8)]], fontsize=7)
+        axis.set_xticks(x[:: max(1, len(x) // 8)])
+        axis.set_xticklabels([rows[i]["layer"].replace("block ", "b") for i in x[:: max(1, len(x) // 8)]], fontsize=7)
         axis.grid(alpha=0.3)
     savefig(figure, path)

@@ -30,12 +30,21 @@ def ranks_of(logits: torch.Tensor) -> torch.Tensor:
     """Rank of every token in every row, 1 = most likely: (P, V) int32."""
     order = logits.argsort(dim=-1, descending=True)
     ranks = torch.empty_like(order, dtype=torch.int32)
-    ranks.scatter_(1, order, torch.arange(1, logits.shape[1] + 1, dtype=torch.int32, device=logits.device).expand_as(order).contiguous())
+    ranks.scatter_(
+        1,
+        order,
+        torch.arange(1, logits.shape[1] + 1, dtype=torch.int32, device=logits.device).expand_as(order).contiguous(),
+    )
     return ranks
 
 
-def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chunk: int = 256, offset_of: str = "logprobs",
-                     top_k: int = 10) -> dict[str, torch.Tensor]:
+def token_statistics(
+    base_logits: torch.Tensor,
+    tuned_logits: torch.Tensor,
+    chunk: int = 256,
+    offset_of: str = "logprobs",
+    top_k: int = 10,
+) -> dict[str, torch.Tensor]:
     """Per token, over the contexts (rows): mean rank gain, mean offset (of ``offset_of``: logits or logprobs),
     mean log-probability gain, and whether the hyperfitted model ranks it in its top ``top_k`` anywhere."""
     vocabulary, device = base_logits.shape[1], base_logits.device
@@ -44,7 +53,7 @@ def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chun
     logprob_gain = torch.zeros(vocabulary, dtype=torch.float64, device=device)
     promoted = torch.zeros(vocabulary, dtype=torch.bool, device=device)
     for start in range(0, len(base_logits), chunk):
-        base, tuned = base_logits[start:start + chunk], tuned_logits[start:start + chunk]
+        base, tuned = base_logits[start : start + chunk], tuned_logits[start : start + chunk]
         tuned_ranks = ranks_of(tuned)
         rank_gain += (ranks_of(base).double() - tuned_ranks.double()).sum(0)
         gain = (torch.log_softmax(tuned, -1) - torch.log_softmax(base, -1)).double()
@@ -52,11 +61,17 @@ def token_statistics(base_logits: torch.Tensor, tuned_logits: torch.Tensor, chun
         offset += (tuned - base).double().sum(0) if offset_of == "logits" else gain.sum(0)
         promoted |= (tuned_ranks <= top_k).any(0)
     count = max(1, len(base_logits))
-    return {"rank_gain": (rank_gain / count).float(), "offset": (offset / count).float(),
-            "logprob_gain": (logprob_gain / count).float(), "promoted": promoted}
+    return {
+        "rank_gain": (rank_gain / count).float(),
+        "offset": (offset / count).float(),
+        "logprob_gain": (logprob_gain / count).float(),
+        "promoted": promoted,
+    }
 
 
-def static_delta(stats: dict[str, torch.Tensor], top_k: int, select: str = "rank_gain") -> tuple[torch.Tensor, torch.Tensor]:
+def static_delta(
+    stats: dict[str, torch.Tensor], top_k: int, select: str = "rank_gain"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(delta on the K selected tokens, zero elsewhere; their indices).
 
     ``rank_gain``: the K largest mean rank gains (the paper's choice; on a 49k vocabulary these are
@@ -73,8 +88,11 @@ def static_delta(stats: dict[str, torch.Tensor], top_k: int, select: str = "rank
     return delta, top
 
 
-def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor, top_k: int = 10, chunk: int = 256) -> dict:
-    """The strongest static model: a temperature and a fixed per-token offset, log_softmax(tuned) ~ scale * base + bias[token].
+def fit_static_temperature(
+    base_logits: torch.Tensor, tuned_logits: torch.Tensor, top_k: int = 10, chunk: int = 256
+) -> dict:
+    """The strongest static model: a temperature and a fixed per-token offset, log_softmax(tuned) ~ scale * base +
+    bias[token].
 
     Two fits, and the one that reproduces more of the hyperfitted model's top-1 choices on these contexts is kept:
     least squares over every vocabulary entry (:func:`fit_over_vocabulary`) and least squares over the top of each
@@ -82,19 +100,28 @@ def fit_static_temperature(base_logits: torch.Tensor, tuned_logits: torch.Tensor
     entries a context, set the temperature; the second fits what the null has to explain, the order of the few tokens
     that compete for the choice. Its greedy choice is argmax(scale * base + bias).
     """
-    candidates = {"every vocabulary entry": fit_over_vocabulary(base_logits, tuned_logits, chunk),
-                  f"the top {top_k} of each context": fit_over_top_of_ranking(base_logits, tuned_logits, top_k)}
+    candidates = {
+        "every vocabulary entry": fit_over_vocabulary(base_logits, tuned_logits, chunk),
+        f"the top {top_k} of each context": fit_over_top_of_ranking(base_logits, tuned_logits, top_k),
+    }
     chosen = tuned_logits.argmax(-1)
-    agreement = {name: float((static_choice(base_logits, fit) == chosen).float().mean()) if len(chosen) else 0.0
-                 for name, fit in candidates.items()}
+    agreement = {
+        name: float((static_choice(base_logits, fit) == chosen).float().mean()) if len(chosen) else 0.0
+        for name, fit in candidates.items()
+    }
     best = max(agreement, key=agreement.get)  # ties: the first, the full-vocabulary fit
     # Claim 3's null is the widest context-free family: a scale and an offset of its own for every token (which holds
     # the single temperature). Kept apart, so claim 2's static models stay the single-temperature ones they decode.
     per_token = fit_per_token_affine(base_logits, tuned_logits, chunk)
-    per_token_agreement = float((static_choice(base_logits, per_token) == chosen).float().mean()) if len(chosen) else 0.0
+    per_token_agreement = (
+        float((static_choice(base_logits, per_token) == chosen).float().mean()) if len(chosen) else 0.0
+    )
     widest_name = PER_TOKEN if per_token_agreement > agreement[best] else best
-    widest = {**(per_token if widest_name == PER_TOKEN else candidates[best]), "fitted_on": widest_name,
-              "top1_agreement_by_fit": {**agreement, PER_TOKEN: per_token_agreement}}
+    widest = {
+        **(per_token if widest_name == PER_TOKEN else candidates[best]),
+        "fitted_on": widest_name,
+        "top1_agreement_by_fit": {**agreement, PER_TOKEN: per_token_agreement},
+    }
     return {**candidates[best], "fitted_on": best, "top1_agreement_by_fit": agreement, "widest": widest}
 
 
@@ -115,7 +142,11 @@ def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, 
     rows, vocabulary = base_logits.shape
     on = {"dtype": torch.float64, "device": base_logits.device}
     if rows < 3:
-        return {"scale": 0.0, "token_scale": torch.zeros(vocabulary, **on).float(), "bias": torch.zeros(vocabulary, **on).float()}
+        return {
+            "scale": 0.0,
+            "token_scale": torch.zeros(vocabulary, **on).float(),
+            "bias": torch.zeros(vocabulary, **on).float(),
+        }
     columns = [slice(start, min(start + chunk, vocabulary)) for start in range(0, vocabulary, chunk)]
     system, rhs = vocabulary * torch.eye(rows, **on) - vocabulary / rows, torch.zeros(rows, **on)
     weights = torch.zeros(vocabulary, **on)
@@ -128,7 +159,9 @@ def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, 
         weights[where] = w
         system -= (z * w) @ z.T
         rhs += (y - z * ((z * y).sum(0) * w)).sum(1)
-    context = torch.linalg.lstsq(system, rhs[:, None]).solution[:, 0]  # singular along the constant: the minimum-norm one
+    context = torch.linalg.lstsq(system, rhs[:, None]).solution[
+        :, 0
+    ]  # singular along the constant: the minimum-norm one
     context -= context.mean()
     scale, bias = torch.empty(vocabulary, **on), torch.empty(vocabulary, **on)
     for where in columns:
@@ -156,9 +189,9 @@ def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, c
     y_rows, y_cols = torch.empty(rows, **on), torch.zeros(vocabulary, **on)
     z_rows, z_cols = torch.empty(rows, **on), torch.zeros(vocabulary, **on)
     for start in range(0, rows, chunk):
-        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1).double()
-        z = base_logits[start:start + chunk].double()
-        y_rows[start:start + chunk], z_rows[start:start + chunk] = y.mean(1), z.mean(1)
+        y = torch.log_softmax(tuned_logits[start : start + chunk].float(), -1).double()
+        z = base_logits[start : start + chunk].double()
+        y_rows[start : start + chunk], z_rows[start : start + chunk] = y.mean(1), z.mean(1)
         y_cols += y.sum(0)
         z_cols += z.sum(0)
     y_cols /= rows
@@ -166,10 +199,10 @@ def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, c
     y_grand, z_grand = y_cols.mean(), z_cols.mean()
     cross = square = 0.0
     for start in range(0, rows, chunk):
-        y = torch.log_softmax(tuned_logits[start:start + chunk].float(), -1).double()
-        z = base_logits[start:start + chunk].double()
-        y = y - y_rows[start:start + chunk, None] - y_cols[None] + y_grand
-        z = z - z_rows[start:start + chunk, None] - z_cols[None] + z_grand
+        y = torch.log_softmax(tuned_logits[start : start + chunk].float(), -1).double()
+        z = base_logits[start : start + chunk].double()
+        y = y - y_rows[start : start + chunk, None] - y_cols[None] + y_grand
+        z = z - z_rows[start : start + chunk, None] - z_cols[None] + z_grand
         cross += float((y * z).sum())
         square += float((z * z).sum())
     scale = cross / square if square > 0 else 0.0
@@ -178,7 +211,8 @@ def fit_over_vocabulary(base_logits: torch.Tensor, tuned_logits: torch.Tensor, c
 
 
 def fit_over_top_of_ranking(base_logits: torch.Tensor, tuned_logits: torch.Tensor, top_k: int = 10) -> dict:
-    """Least squares over each context's hyperfitted top ``top_k`` only: log_softmax(tuned) = scale * base + bias[token] + c[context].
+    """Least squares over each context's hyperfitted top ``top_k`` only: log_softmax(tuned) = scale * base + bias[token]
+    + c[context].
 
     The entries form a sparse, unbalanced design (each context names its own tokens), solved by LSQR. A token that
     is in no context's top k has no fitted bias: it gets the lowest fitted one, so the null never favours it.
@@ -196,18 +230,23 @@ def fit_over_top_of_ranking(base_logits: torch.Tensor, tuned_logits: torch.Tenso
     tokens, column = np.unique(top.reshape(-1).cpu().numpy(), return_inverse=True)
     context = np.repeat(np.arange(rows), top.shape[1])
     n, ones = len(y), np.ones(len(y))
-    design = sparse.hstack([sparse.csr_matrix(z[:, None]),
-                            sparse.csr_matrix((ones, (np.arange(n), column)), shape=(n, len(tokens))),
-                            sparse.csr_matrix((ones, (np.arange(n), context)), shape=(n, rows))]).tocsr()
+    design = sparse.hstack(
+        [
+            sparse.csr_matrix(z[:, None]),
+            sparse.csr_matrix((ones, (np.arange(n), column)), shape=(n, len(tokens))),
+            sparse.csr_matrix((ones, (np.arange(n), context)), shape=(n, rows)),
+        ]
+    ).tocsr()
     solution = lsqr(design, y, atol=1e-10, btol=1e-10, iter_lim=20 * design.shape[1])[0]
-    fitted = solution[1:1 + len(tokens)]
+    fitted = solution[1 : 1 + len(tokens)]
     bias = np.full(vocabulary, fitted.min())
     bias[tokens] = fitted
     return {"scale": float(solution[0]), "bias": torch.from_numpy(bias).float().to(base_logits.device)}
 
 
 def static_choice(base_logits: torch.Tensor, fitted: dict) -> torch.Tensor:
-    """The fitted static+temperature model's greedy choice at each row of base logits (a scale per token, if fitted so)."""
+    """The fitted static+temperature model's greedy choice at each row of base logits (a scale per token, if fitted
+    so)."""
     scale = fitted["token_scale"].to(base_logits.device) if "token_scale" in fitted else fitted["scale"]
     return (scale * base_logits + fitted["bias"].to(base_logits.device)).argmax(-1)
 
@@ -232,12 +271,25 @@ def heldout_static_models(base, tuned, heldout_blocks: torch.Tensor, config: Run
     heldout, starts = heldout_blocks.tolist(), [1] * len(heldout_blocks)
     base_heldout = stacked_logits(base, heldout, starts, config.analysis.max_positions)
     tuned_heldout = stacked_logits(tuned, heldout, starts, config.analysis.max_positions)
-    return (token_statistics(base_heldout, tuned_heldout, offset_of=config.analysis.static_bias_offset, top_k=config.analysis.rank_top_k),
-            fit_static_temperature(base_heldout, tuned_heldout, config.analysis.rank_top_k))
+    return (
+        token_statistics(
+            base_heldout, tuned_heldout, offset_of=config.analysis.static_bias_offset, top_k=config.analysis.rank_top_k
+        ),
+        fit_static_temperature(base_heldout, tuned_heldout, config.analysis.rank_top_k),
+    )
 
 
-def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor,
-                         config: RunConfig, base_greedy=None, tuned_greedy=None, heldout_static=None) -> dict:
+def static_bias_analysis(
+    base,
+    tuned,
+    tokenizer,
+    prompts: list[list[int]],
+    heldout_blocks: torch.Tensor,
+    config: RunConfig,
+    base_greedy=None,
+    tuned_greedy=None,
+    heldout_static=None,
+) -> dict:
     """Claim 2: can a fixed per-token reweighting of the base model (z + alpha * delta) reproduce the gain?"""
     from scipy.stats import spearmanr
 
@@ -274,7 +326,11 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     bites = [alpha for alpha in ladder if flips[f"alpha = {alpha:g}"] >= args.static_bias_bite]
     extended = bites[:1] if bites and bites[0] != alphas[-1] else []
     alphas += extended
-    flips = {name: rate for name, rate in flips.items() if not name.startswith("alpha = ") or name in {f"alpha = {a:g}" for a in alphas}}
+    flips = {
+        name: rate
+        for name, rate in flips.items()
+        if not name.startswith("alpha = ") or name in {f"alpha = {a:g}" for a in alphas}
+    }
 
     # Every static model decodes greedily at once (prompts x models rows per step). The fitted static+temperature
     # model's greedy choice: argmax(scale * z + bias) = argmax(z + bias / scale) for a positive scale.
@@ -282,11 +338,28 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     biases["full-vocabulary offset"] = StaticLogitBias(stats["offset"], 1.0)
     if fitted["scale"] > 0:
         biases["fitted static+temperature"] = StaticLogitBias(fitted["bias"] / fitted["scale"], 1.0)
-    decoded = dict(zip(biases, decode_many(base, tokenizer, prompts, config, [{"processors": [bias]} for bias in biases.values()],
-                                           desc="static models, greedy")))
+    decoded = dict(
+        zip(
+            biases,
+            decode_many(
+                base,
+                tokenizer,
+                prompts,
+                config,
+                [{"processors": [bias]} for bias in biases.values()],
+                desc="static models, greedy",
+            ),
+        )
+    )
     curve = [{"alpha": 0.0, "flip_rate": 0.0, **summary("base, greedy", base_greedy)}]
     for alpha in alphas:
-        curve.append({"alpha": alpha, "flip_rate": flips[f"alpha = {alpha:g}"], **summary(f"alpha = {alpha:g}", decoded[f"alpha = {alpha:g}"])})
+        curve.append(
+            {
+                "alpha": alpha,
+                "flip_rate": flips[f"alpha = {alpha:g}"],
+                **summary(f"alpha = {alpha:g}", decoded[f"alpha = {alpha:g}"]),
+            }
+        )
     full_vocabulary = summary("full-vocabulary offset", decoded["full-vocabulary offset"])
     full_vocabulary["flip_rate"] = flips["full-vocabulary offset"]
     fitted_row = None
@@ -297,13 +370,23 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
         chosen = torch.tensor([t for c in tuned_greedy for t in c.token_ids], dtype=torch.long)
         fitted_row["top1_reproduced"] = float((along_tuned["null"] == chosen).float().mean()) if len(chosen) else 0.0
     biting = {name: rate for name, rate in flips.items() if rate >= args.static_bias_bite}
-    bite = {"required": args.static_bias_bite, "flip_rates": flips, "biting": sorted(biting), "passed": bool(biting),
-            "top_k_alpha": alphas[-1], "top_k_flip_rate": flips[f"alpha = {alphas[-1]:g}"], "extended": extended}
+    bite = {
+        "required": args.static_bias_bite,
+        "flip_rates": flips,
+        "biting": sorted(biting),
+        "passed": bool(biting),
+        "top_k_alpha": alphas[-1],
+        "top_k_flip_rate": flips[f"alpha = {alphas[-1]:g}"],
+        "extended": extended,
+    }
     alpha_values = [row["alpha"] for row in curve]
     repetition = [row["trigram_rep"] for row in curve]
     correlation = spearmanr(alpha_values, repetition) if len(curve) >= 4 and len(set(repetition)) > 1 else None
-    why_no_correlation = (f"repetition did not change over the {len(curve)} alphas" if len(set(repetition)) == 1
-                          else f"{len(curve)} alphas are too few for a rank correlation (at least 4)")
+    why_no_correlation = (
+        f"repetition did not change over the {len(curve)} alphas"
+        if len(set(repetition)) == 1
+        else f"{len(curve)} alphas are too few for a rank correlation (at least 4)"
+    )
     results = {
         "top_k": args.static_bias_top_k,
         "select": args.static_bias_select,
@@ -314,12 +397,17 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
         "bite": bite,
         "curve": curve,
         "full_vocabulary_offset": full_vocabulary,
-        "fitted_null": {"tau": 1 / fitted["scale"], "fitted_on": fitted["fitted_on"], **fitted_row} if fitted_row else {},
+        "fitted_null": {"tau": 1 / fitted["scale"], "fitted_on": fitted["fitted_on"], **fitted_row}
+        if fitted_row
+        else {},
         "hyperfitted": summary("hyperfitted", tuned_greedy),
         "per_prompt": per_prompt,
         # Over fewer than 4 points a rank correlation says nothing; the report says so instead of printing nan.
-        "spearman_alpha_vs_trigram_rep": ({"rho": float(correlation.statistic), "p_value": float(correlation.pvalue)} if correlation else
-                                          {"unavailable": why_no_correlation}),
+        "spearman_alpha_vs_trigram_rep": (
+            {"rho": float(correlation.statistic), "p_value": float(correlation.pvalue)}
+            if correlation
+            else {"unavailable": why_no_correlation}
+        ),
         "paper": {"ttr_at_alpha_0.5": PAPER_TTR_AT_ALPHA_05},
     }
     return results
@@ -327,8 +415,17 @@ def static_bias_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
 
 def run(context) -> dict:
     """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
-    return static_bias_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.data.heldout_blocks, context.config,
-                                context.base_greedy, context.tuned_greedy, context.heldout_static)
+    return static_bias_analysis(
+        context.base,
+        context.tuned,
+        context.tokenizer,
+        context.prompts,
+        context.data.heldout_blocks,
+        context.config,
+        context.base_greedy,
+        context.tuned_greedy,
+        context.heldout_static,
+    )
 
 
 def write_static_bias_analysis(results: dict, folder: Path) -> None:
@@ -340,32 +437,66 @@ def static_bias_table(results: dict) -> str:
     bite = results["bite"]
     lines = [
         f"Static offset on the K={results['top_k']} tokens "
-        + ("with the largest mean rank gain " if results.get("select", "rank_gain") == "rank_gain" else
-           "with the largest mean log-probability gain among those the hyperfitted model ranks in its top k somewhere ") +
-        f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} offset "
+        + (
+            "with the largest mean rank gain "
+            if results.get("select", "rank_gain") == "rank_gain"
+            else "with the largest mean log-probability gain among those the hyperfitted model ranks in its top k "
+            "somewhere "
+        )
+        + f"(mean gain {results['mean_rank_gain_of_top_k']:.0f} ranks, mean {results.get('offset_of', 'logprobs')} "
+        "offset "
         f"{results['mean_offset_of_top_k']:+.2f}); greedy decoding of the base model with z + alpha * delta. "
-        f"Manipulation check: a static model counts as evidence only if it changes the base model's greedy choice on at least "
+        "Manipulation check: a static model counts as evidence only if it changes the base model's greedy choice on "
+        "at least "
         f"{bite['required']:.0%} of its steps (column 'choices changed'); the K-token offset does so "
-        + (f"from alpha {bite['top_k_alpha']:g} ({bite['top_k_flip_rate']:.1%}; the grid was extended to reach it)." if bite["extended"]
-           else f"at alpha {bite['top_k_alpha']:g}: {bite['top_k_flip_rate']:.1%}" + ("." if bite["top_k_flip_rate"] >= bite["required"]
-                 else " (it never does below alpha 1000: the ablation is ineffective here).")),
+        + (
+            f"from alpha {bite['top_k_alpha']:g} ({bite['top_k_flip_rate']:.1%}; the grid was extended to reach it)."
+            if bite["extended"]
+            else f"at alpha {bite['top_k_alpha']:g}: {bite['top_k_flip_rate']:.1%}"
+            + (
+                "."
+                if bite["top_k_flip_rate"] >= bite["required"]
+                else " (it never does below alpha 1000: the ablation is ineffective here)."
+            )
+        ),
         "",
         "| setting | choices changed | ttr | bigram_rep | trigram_rep | diversity |",
         "|---|---|---|---|---|---|",
     ]
     rows = [(f"alpha = {r['alpha']:g}", r, f"{r['flip_rate']:.1%}") for r in results["curve"]]
-    rows += [("full-vocabulary offset", results["full_vocabulary_offset"], f"{results['full_vocabulary_offset']['flip_rate']:.1%}")]
+    rows += [
+        (
+            "full-vocabulary offset",
+            results["full_vocabulary_offset"],
+            f"{results['full_vocabulary_offset']['flip_rate']:.1%}",
+        )
+    ]
     fitted = results.get("fitted_null")
     if fitted:
         over = f", fitted over {fitted['fitted_on']}" if fitted.get("fitted_on") else ""
-        rows.append((f"fitted static + temperature (tau {fitted['tau']:.2f}{over}; reproduces {fitted['top1_reproduced']:.1%} of the hyperfitted top-1 choices)",
-                     fitted, f"{fitted['flip_rate']:.1%}"))
+        rows.append(
+            (
+                f"fitted static + temperature (tau {fitted['tau']:.2f}{over}; reproduces "
+                f"{fitted['top1_reproduced']:.1%} of the hyperfitted top-1 choices)",
+                fitted,
+                f"{fitted['flip_rate']:.1%}",
+            )
+        )
     rows.append(("hyperfitted (greedy)", results["hyperfitted"], "-"))
     for name, r, changed in rows:
-        lines.append(f"| {name} | {changed} | {r['ttr']:.3f} | {r['bigram_rep']:.3f} | {r['trigram_rep']:.3f} | {r['diversity']:.3f} |")
+        lines.append(
+            f"| {name} | {changed} | {r['ttr']:.3f} | {r['bigram_rep']:.3f} | {r['trigram_rep']:.3f} | "
+            f"{r['diversity']:.3f} |"
+        )
     rho = results["spearman_alpha_vs_trigram_rep"]
-    correlation = (f"rho = {rho['rho']:+.3f} (p = {rho['p_value']:.3f})" if "rho" in rho else f"not computed: {rho['unavailable']}")
-    lines += ["", f"Spearman correlation of alpha with trigram repetition: {correlation}. Paper: TTR falls to {PAPER_TTR_AT_ALPHA_05} at alpha = 0.5."]
+    correlation = (
+        f"rho = {rho['rho']:+.3f} (p = {rho['p_value']:.3f})" if "rho" in rho else f"not computed: {rho['unavailable']}"
+    )
+    lines += [
+        "",
+        f"Spearman correlation of alpha with trigram repetition: {correlation}. Paper: TTR falls to "
+        f"{PAPER_TTR_AT_ALPHA_05} at alpha = 0.5.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -16,9 +16,14 @@ from hyperfitting.generation.decoding import Continuation
 from hyperfitting.precision import full_precision
 
 
-def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Sequence[int], batch_size: int = 8,
-                          keep: dict[int, np.ndarray] | None = None, reduce: Callable[[int, torch.Tensor], Any] | None = None,
-                          ) -> Iterator[tuple[int, Any]]:
+def teacher_forced_logits(
+    model,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    batch_size: int = 8,
+    keep: dict[int, np.ndarray] | None = None,
+    reduce: Callable[[int, torch.Tensor], Any] | None = None,
+) -> Iterator[tuple[int, Any]]:
     """For each sequence i, in order, the logits (L_i, V) predicting tokens ``sequences[i][starts[i]:]``.
 
     ``keep`` (sequence -> row indices) keeps only those rows, and ``reduce(i, logits)`` replaces
@@ -41,8 +46,12 @@ def teacher_forced_logits(model, sequences: Sequence[Sequence[int]], starts: Seq
             yield i, kept(i, logits)
         return
     share = my_share(len(sequences))
-    mine = [(share.start + i, to_host(kept(share.start + i, logits))) for i, logits in
-            _teacher_forced_logits_here(model, sequences[share.start:share.stop], starts[share.start:share.stop], batch_size)]
+    mine = [
+        (share.start + i, to_host(kept(share.start + i, logits)))
+        for i, logits in _teacher_forced_logits_here(
+            model, sequences[share.start : share.stop], starts[share.start : share.stop], batch_size
+        )
+    ]
     yield from gather_in_order(mine)
 
 
@@ -54,24 +63,28 @@ def _teacher_forced_logits_here(model, sequences, starts, batch_size: int) -> It
 
     device = next(model.parameters()).device
     can_skip = accepts(model, "logits_to_keep")
-    memory.note(memory.teacher_forcing_bytes(model, min(batch_size, len(sequences)), max(map(len, sequences), default=0)))
+    memory.note(
+        memory.teacher_forcing_bytes(model, min(batch_size, len(sequences)), max(map(len, sequences), default=0))
+    )
     for first in range(0, len(sequences), batch_size):
-        rows = sequences[first:first + batch_size]
+        rows = sequences[first : first + batch_size]
         width = max(map(len, rows))
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for r, row in enumerate(rows):  # right padding: positions need no adjustment
-            ids[r, :len(row)] = torch.tensor(row)
-            mask[r, :len(row)] = 1
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
         # The head runs only from the first scored position on: the prompts' logits are never read, and on a large
         # vocabulary (a 262k-token judge) the head is most of the cost.
-        offset = max(0, min(starts[first:first + len(rows)]) - 1) if can_skip else 0
+        offset = max(0, min(starts[first : first + len(rows)]) - 1) if can_skip else 0
         keep = {"logits_to_keep": width - offset} if can_skip else {}
         with full_precision(device):  # a measurement: float32 whatever model.precision says
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep).logits.float()
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **keep
+            ).logits.float()
         for r, row in enumerate(rows):
             start = starts[first + r]
-            yield first + r, logits[r, start - 1 - offset:len(row) - 1 - offset]
+            yield first + r, logits[r, start - 1 - offset : len(row) - 1 - offset]
 
 
 def to_host(value: Any) -> Any:
@@ -127,12 +140,16 @@ def ranks_of_chosen(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return (logits > logits.gather(1, chosen[:, None])).sum(1) + 1
 
 
-def step_summary(logits: torch.Tensor, chosen: torch.Tensor | None, choices: dict[str, StepChoice] | None = None,
-                 keep_rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def step_summary(
+    logits: torch.Tensor,
+    chosen: torch.Tensor | None,
+    choices: dict[str, StepChoice] | None = None,
+    keep_rows: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """What the path statistics read from the logits (L, V) of L steps whose tokens were ``chosen`` (L,).
 
-    ``chosen_rank``: each chosen token's rank (left out when ``chosen`` is None); one entry per named decision rule in ``choices``
-    (its pick at every step); ``kept``: the full rows at ``keep_rows``, for statistics that need them.
+    ``chosen_rank``: each chosen token's rank (left out when ``chosen`` is None); one entry per named decision rule in
+    ``choices`` (its pick at every step); ``kept``: the full rows at ``keep_rows``, for statistics that need them.
     """
     summary = {"chosen_rank": ranks_of_chosen(logits, chosen)} if chosen is not None else {}
     summary.update({name: pick(logits) for name, pick in (choices or {}).items()})
@@ -141,36 +158,51 @@ def step_summary(logits: torch.Tensor, chosen: torch.Tensor | None, choices: dic
     return summary
 
 
-def path_scan(model, prompts, continuations: Sequence[Continuation], choices: dict[str, StepChoice] | None = None,
-              keep_steps: np.ndarray | None = None, chosen_rank: bool = True) -> dict[str, torch.Tensor]:
+def path_scan(
+    model,
+    prompts,
+    continuations: Sequence[Continuation],
+    choices: dict[str, StepChoice] | None = None,
+    keep_steps: np.ndarray | None = None,
+    chosen_rank: bool = True,
+) -> dict[str, torch.Tensor]:
     """One teacher-forced pass of ``model`` along the continuations, keeping only what the statistics read.
 
-    The step summaries (:func:`step_summary`) of every continuation, concatenated in step order
-    and brought to the host, and the full logit rows at ``keep_steps`` (sorted flat step indices,
-    drawn before the pass; ``kept``, left on the model's device) only. Memory grows with the steps kept, not with (steps x vocabulary): on a 262k-token
-    vocabulary the whole path of 16 prompts x 96 tokens would be 1.6 GB per model.
+    The step summaries (:func:`step_summary`) of every continuation, concatenated in step order and brought to the host,
+    and the full logit rows at ``keep_steps`` (sorted flat step indices, drawn before the pass; ``kept``, left on the
+    model's device) only. Memory grows with the steps kept, not with (steps x vocabulary): on a 262k-token vocabulary
+    the whole path of 16 prompts x 96 tokens would be 1.6 GB per model.
     """
     sequences = [list(p) + list(c.token_ids) for p, c in zip(prompts, continuations)]
     bounds = np.cumsum([0, *(len(c.token_ids) for c in continuations)])
     keep_steps = None if keep_steps is None else np.asarray(keep_steps, dtype=np.int64)
 
     def reduce(i: int, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        chosen = torch.tensor(list(continuations[i].token_ids), dtype=torch.long, device=logits.device) if chosen_rank else None
+        chosen = (
+            torch.tensor(list(continuations[i].token_ids), dtype=torch.long, device=logits.device)
+            if chosen_rank
+            else None
+        )
         rows = None
         if keep_steps is not None:
             mine = keep_steps[(keep_steps >= bounds[i]) & (keep_steps < bounds[i + 1])] - bounds[i]
             rows = torch.from_numpy(mine).to(logits.device)
         return step_summary(logits, chosen, choices, rows)
 
-    parts = [summary for _, summary in teacher_forced_logits(model, sequences, [len(p) for p in prompts], reduce=reduce)]
+    parts = [
+        summary for _, summary in teacher_forced_logits(model, sequences, [len(p) for p in prompts], reduce=reduce)
+    ]
     if not parts:
         return {}
     joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     return {key: value if key == "kept" else value.cpu() for key, value in joined.items()}
 
 
-def overrides_per_prompt(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
-    """Per continuation, (steps whose token is not the base model's top-1, steps), teacher-forcing the base model along it."""
+def overrides_per_prompt(
+    base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+) -> tuple[list[int], list[int]]:
+    """Per continuation, (steps whose token is not the base model's top-1, steps), teacher-forcing the base model along
+    it."""
     sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
     overrides, steps = [0] * len(sequences), [len(c) for c in continuations]
 
@@ -183,7 +215,8 @@ def overrides_per_prompt(base, prompts: Sequence[Sequence[int]], continuations: 
 
 
 def top1_agreement(base, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> float:
-    """Share of decoded tokens that are the base model's top-1 at their step (teacher forcing the base model along the paths).
+    """Share of decoded tokens that are the base model's top-1 at their step (teacher forcing the base model along the
+    paths).
 
     Measured for every row, the base model's own included: sampling picks the base argmax only
     some of the time, greedy decoding of the base every time (up to numerical ties).

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import torch
 
-from hyperfitting.analysis.common import analysis_tokens, decode, decode_many, mean_and_spread, path_summary, per_prompt_ttr
+from hyperfitting.analysis.common import (
+    analysis_tokens,
+    decode,
+    decode_many,
+    mean_and_spread,
+    path_summary,
+    per_prompt_ttr,
+)
 from hyperfitting.analysis.entropy import entropy_matched_temperature, mean_entropy
 from hyperfitting.analysis.teacher_forcing import stacked_logits, top1_agreement
 from hyperfitting.figures import new_figure, savefig
@@ -30,7 +37,8 @@ PAPER = {
 COLUMNS = ["ttr", "bigram_rep", "trigram_rep", "top1_agreement", "entropy"]
 GREEDY_SETTINGS = ("hyperfitted", "base, greedy")  # deterministic: one decode, no spread
 BASELINE = "base, sampling baseline"  # Carlsson et al.'s: T 0.7, top-k 50, top-p 0.9 (analysis.baseline_*)
-# The base model sampled at each entropy-matched temperature: claims 1 and 1c are decided at both, and only where they agree.
+# The base model sampled at each entropy-matched temperature: claims 1 and 1c are decided at both, and only where they
+# agree.
 AT_T_STAR = {"teacher_forced": "base, T*", "greedy_path": "base, T* (decoded paths)"}
 
 
@@ -42,7 +50,9 @@ def _ids(continuations) -> list[list[int]]:
     return [list(c.token_ids) for c in continuations]
 
 
-def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor, config: RunConfig) -> dict:
+def temperature_analysis(
+    base, tuned, tokenizer, prompts: list[list[int]], heldout_blocks: torch.Tensor, config: RunConfig
+) -> dict:
     """Claim 1: is hyperfitting just a lower temperature? Entropy-matched T*, sampled rows at T*, the frontier."""
     args = config.analysis
 
@@ -53,7 +63,9 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     tuned_heldout_entropy = mean_entropy(stacked_logits(tuned, heldout, starts, args.max_positions))
     base_greedy = decode(base, tokenizer, prompts, config, desc="base greedy")
     tuned_greedy = decode(tuned, tokenizer, prompts, config, desc="hyperfitted greedy")
-    base_path = stacked_logits(base, [p + c.token_ids for p, c in zip(prompts, base_greedy)], [len(p) for p in prompts], args.max_positions)
+    base_path = stacked_logits(
+        base, [p + c.token_ids for p, c in zip(prompts, base_greedy)], [len(p) for p in prompts], args.max_positions
+    )
     tuned_path_entropy = path_summary(tuned_greedy)["entropy"]
     entropy = {
         "teacher_forced": {"base": mean_entropy(base_heldout), "hyperfitted": tuned_heldout_entropy},
@@ -70,27 +82,44 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
     }
     del base_heldout, base_path
 
-    # 2. The control, over seeds, at both T*. T* from teacher forcing is the primary one (it does not depend on a decoding
+    # 2. The control, over seeds, at both T*. T* from teacher forcing is the primary one (it does not depend on a
+    # decoding
     # path; the frontier includes it); along the greedy paths it is biased up where the base model loops, and the claims
     # are decided only where the two agree.
     primary, on_paths = t_star["teacher_forced"], t_star["greedy_path"]
-    per_prompt: dict[str, list[list[float]]] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
+    per_prompt: dict[
+        str, list[list[float]]
+    ] = {}  # setting -> per seed -> TTR of each prompt: what the verdict resamples
 
     # Every sampled setting of each model decodes at once (prompts x settings rows per step), keyed by (temperature,
-    # seed, truncation); the table's rows and the frontier read them (the frontier's T=1 and T* at seed 0 are the table's).
+    # seed, truncation); the table's rows and the frontier read them (the frontier's T=1 and T* at seed 0 are the
+    # table's).
     truncation = {"top_k": args.baseline_top_k, "top_p": args.baseline_top_p}
     cut, seeds = tuple(truncation.items()), range(args.seeds)
     frontier_temperatures = sorted(set(args.temperature_grid) | {primary})
     wanted = {
-        "base": (base, list(dict.fromkeys([(t, seed, ()) for t in (1.0, primary, on_paths) for seed in seeds]
-                                          + [(args.baseline_temperature, seed, cut) for seed in seeds]
-                                          + [(t, 0, ()) for t in frontier_temperatures]))),
+        "base": (
+            base,
+            list(
+                dict.fromkeys(
+                    [(t, seed, ()) for t in (1.0, primary, on_paths) for seed in seeds]
+                    + [(args.baseline_temperature, seed, cut) for seed in seeds]
+                    + [(t, 0, ()) for t in frontier_temperatures]
+                )
+            ),
+        ),
         "hyperfitted": (tuned, [(1.0, seed, ()) for seed in seeds]),
     }
     sampled_rows = {}
     for name, (model, keys) in wanted.items():
-        decoded = decode_many(model, tokenizer, prompts, config, [{"temperature": t, "seed": seed, **dict(c)} for t, seed, c in keys],
-                              desc=f"{name}, sampled settings")
+        decoded = decode_many(
+            model,
+            tokenizer,
+            prompts,
+            config,
+            [{"temperature": t, "seed": seed, **dict(c)} for t, seed, c in keys],
+            desc=f"{name}, sampled settings",
+        )
         sampled_rows.update({(name, *key): outputs for key, outputs in zip(keys, decoded)})
 
     def sample_once(model, temperature, seed, **truncation):
@@ -149,7 +178,9 @@ def temperature_analysis(base, tuned, tokenizer, prompts: list[list[int]], heldo
 
 def run(context) -> dict:
     """The registry's entry point (hyperfitting.registry): the analysis on a study's context."""
-    return temperature_analysis(context.base, context.tuned, context.tokenizer, context.prompts, context.data.heldout_blocks, context.config)
+    return temperature_analysis(
+        context.base, context.tuned, context.tokenizer, context.prompts, context.data.heldout_blocks, context.config
+    )
 
 
 def write_temperature_analysis(results: dict, folder: Path) -> None:
@@ -159,15 +190,26 @@ def write_temperature_analysis(results: dict, folder: Path) -> None:
 
 def temperature_table(results: dict) -> str:
     lines = [
-        f"Entropy-matched temperature T* = {results['t_star']['teacher_forced']:.3f} (teacher-forced on held-out text), "
+        f"Entropy-matched temperature T* = {results['t_star']['teacher_forced']:.3f} (teacher-forced on held-out "
+        "text), "
         f"{results['t_star']['greedy_path']:.3f} (along greedy continuations); the base model is sampled at both. "
         f"{results['prompts']} prompts, {results['max_new_tokens']} new tokens; "
-        + (f"sampled rows: mean ± standard deviation over {results['seeds']} seeds" if results["seeds"] > 1 else "sampled rows: one seed")
+        + (
+            f"sampled rows: mean ± standard deviation over {results['seeds']} seeds"
+            if results["seeds"] > 1
+            else "sampled rows: one seed"
+        )
         + " (the verdict's interval, over prompts, is in the claims table). Top-1 agreement: share of "
-        "chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, 256-token "
+        "chosen tokens that are the base model's top-1, measured on every row. The paper's rows (TinyLlama-1.1B, "
+        "256-token "
         "greedy protocol) are in italics: compare directions, not digits."
-        + (" The sampling baseline (Carlsson et al.): T {temperature:g}, top-k {top_k}, top-p {top_p:g}.".format(**results["baseline"])
-           if results.get("baseline") else ""),
+        + (
+            " The sampling baseline (Carlsson et al.): T {temperature:g}, top-k {top_k}, top-p {top_p:g}.".format(
+                **results["baseline"]
+            )
+            if results.get("baseline")
+            else ""
+        ),
         "",
         "| setting | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
@@ -185,15 +227,39 @@ def plot_frontier(results: dict, path: Path) -> None:
 
     figure, axis = new_figure(figsize=(6, 4.2))
     frontier = results["frontier"]
-    axis.plot([f["entropy"] for f in frontier], [f["ttr"] for f in frontier], "o-", color="tab:blue", label="base model, sampling over T")
+    axis.plot(
+        [f["entropy"] for f in frontier],
+        [f["ttr"] for f in frontier],
+        "o-",
+        color="tab:blue",
+        label="base model, sampling over T",
+    )
     for f in frontier:
-        axis.annotate(f"T={f['temperature']:.2f}", (f["entropy"], f["ttr"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    for name, marker, colour in (("hyperfitted", "*", "tab:red"), ("hyperfitted, T=1", "s", "tab:orange"), ("base, greedy", "x", "tab:gray")):
+        axis.annotate(
+            f"T={f['temperature']:.2f}",
+            (f["entropy"], f["ttr"]),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=7,
+        )
+    for name, marker, colour in (
+        ("hyperfitted", "*", "tab:red"),
+        ("hyperfitted, T=1", "s", "tab:orange"),
+        ("base, greedy", "x", "tab:gray"),
+    ):
         row = results["table"][name]
         # Error bars: the 95% bootstrap interval of the mean TTR over prompts (seeds averaged per prompt).
         interval = stats.mean([sum(v) / len(v) for v in zip(*results["per_prompt"][name])])
-        axis.errorbar(row["entropy"]["mean"], interval.value, yerr=[[interval.value - interval.low], [interval.high - interval.value]],
-                      fmt=marker, color=colour, markersize=11, capsize=3, label=f"{name} (95% interval over prompts)")
+        axis.errorbar(
+            row["entropy"]["mean"],
+            interval.value,
+            yerr=[[interval.value - interval.low], [interval.high - interval.value]],
+            fmt=marker,
+            color=colour,
+            markersize=11,
+            capsize=3,
+            label=f"{name} (95% interval over prompts)",
+        )
     axis.set_xlabel("mean entropy of the decoding distribution (nats)")
     axis.set_ylabel("type-token ratio")
     axis.set_title("Temperature frontier: is hyperfitting on the curve?")

@@ -6,16 +6,63 @@ on. Importing this package registers the built-in claims, in the papers' order.
 """
 
 from hyperfitting.claims.core import (
-    FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, Check, Claim, ClaimSpec, Rule, claim_specs, decide, get_claim, make_claim, not_run,
-    register_claim, unregister_claim, with_holm,
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_RUN,
+    Check,
+    Claim,
+    ClaimSpec,
+    Rule,
+    claim_specs,
+    decide,
+    get_claim,
+    make_claim,
+    not_run,
+    register_claim,
+    unregister_claim,
+    with_holm,
 )
 from hyperfitting.claims.evidence import Evidence
 from hyperfitting.claims.worlds import Design, Spreads, Truths
-from hyperfitting.claims import temperature, static_bias, ranks, geometry, late_stage, frontier  # registers them, in this order
+from hyperfitting.claims import (
+    temperature,
+    static_bias,
+    ranks,
+    geometry,
+    late_stage,
+    frontier,
+)  # registers them, in this order
 
-__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_RUN", "Check", "Claim", "ClaimSpec", "Design", "Evidence", "Rule", "Spreads", "Truths",
-           "claim_specs", "decide", "decide_claims", "get_claim", "make_claim", "not_run", "register_claim", "unregister_claim",
-           "with_holm", "temperature", "static_bias", "ranks", "geometry", "late_stage", "frontier"]
+__all__ = [
+    "FAILS",
+    "HOLDS",
+    "INCONCLUSIVE",
+    "NOT_RUN",
+    "Check",
+    "Claim",
+    "ClaimSpec",
+    "Design",
+    "Evidence",
+    "Rule",
+    "Spreads",
+    "Truths",
+    "claim_specs",
+    "decide",
+    "decide_claims",
+    "get_claim",
+    "make_claim",
+    "not_run",
+    "register_claim",
+    "unregister_claim",
+    "with_holm",
+    "temperature",
+    "static_bias",
+    "ranks",
+    "geometry",
+    "late_stage",
+    "frontier",
+]
 
 
 def decide_claims(evidence: Evidence, full_finetune: bool = False) -> list[Claim]:

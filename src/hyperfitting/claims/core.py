@@ -59,14 +59,20 @@ class Rule:
 
     def in_words(self) -> str:
         if self.direction == "apart":
-            return (f"effect: {self.effect}. Holds if its 95% interval lies entirely outside [-{self.margin:g}, +{self.margin:g}]; "
-                    f"does not hold if it lies entirely inside; otherwise inconclusive. Margin: {self.margin_reason}. "
-                    "A failed manipulation check makes it inconclusive.")
+            return (
+                f"effect: {self.effect}. Holds if its 95% interval lies entirely outside [-{self.margin:g}, "
+                f"+{self.margin:g}]; "
+                f"does not hold if it lies entirely inside; otherwise inconclusive. Margin: {self.margin_reason}. "
+                "A failed manipulation check makes it inconclusive."
+            )
         side = "above" if self.direction == "above" else "below"
         other = "below" if self.direction == "above" else "above"
-        return (f"effect: {self.effect}. Holds if its 95% interval lies entirely {side} {self.margin:+g}; does not hold if it lies "
-                f"entirely {other}; otherwise inconclusive. Margin: {self.margin_reason}. A failed manipulation check makes it inconclusive.")
-
+        return (
+            f"effect: {self.effect}. Holds if its 95% interval lies entirely {side} {self.margin:+g}; does not hold if "
+            "it lies "
+            f"entirely {other}; otherwise inconclusive. Margin: {self.margin_reason}. A failed manipulation check "
+            "makes it inconclusive."
+        )
 
 
 @dataclass
@@ -94,9 +100,9 @@ class Claim:
     evidence: str = "-"
     replicates: list[float] = field(default_factory=list)
     holm: str | None = None  # the verdict after Holm's correction over the study's decided rules (see with_holm)
-    p_values: tuple[float, float] | None = None  # (holds, does not hold) where the estimate alone does not give them (at_both_t_star)
-
-
+    p_values: tuple[float, float] | None = (
+        None  # (holds, does not hold) where the estimate alone does not give them (at_both_t_star)
+    )
 
 
 SEED_SD_DF = 2  # each declared seed SD is a standard deviation of three seeds: its uncertainty is carried, not ignored
@@ -109,7 +115,8 @@ class ClaimSpec:
     """One claim: everything the report, metrics.json, the calibration and `hyperfit results` need to know about it."""
 
     number: int | str
-    """How the report names it: 1-5 for the paper's claims, "1b", "1c" for claim 1's stronger controls, any short name for a plug-in's."""
+    """How the report names it: 1-5 for the paper's claims, "1b", "1c" for claim 1's stronger controls, any short name
+    for a plug-in's."""
     name: str
     paper: str
     """What the paper itself reports, shown beside our verdict."""
@@ -117,11 +124,13 @@ class ClaimSpec:
     decide: Callable[[Evidence], Claim]
     """The verdict from a run folder's evidence (``make_claim`` turns an estimate and checks into one)."""
     simulate: Callable | None = None
-    """(design, spreads, true effect, rng) -> (the claim ``decide``'s own logic gives on that world, the true value of its
-    estimand): report/calibration.py runs it at ``truths``. A claim without one is uncalibrated and decides nothing."""
+    """(design, spreads, true effect, rng) -> (the claim ``decide``'s own logic gives on that world, the true value of
+    its estimand): report/calibration.py runs it at ``truths``. A claim without one is uncalibrated and decides
+    nothing."""
     truths: Truths | None = None
     seed_sd: tuple[float, str] | None = None
-    """The effect's declared seed-to-seed SD and where it was measured: widens a one-training-run interval (make_claim)."""
+    """The effect's declared seed-to-seed SD and where it was measured: widens a one-training-run interval
+    (make_claim)."""
     on_full_finetune: bool = True
     """Decided again on the fully fine-tuned model (study.full_finetune): false for a claim about other trained arms."""
 
@@ -136,9 +145,13 @@ _CLAIMS: dict[str, ClaimSpec] = {}
 def register_claim(spec: ClaimSpec, replace: bool = False) -> ClaimSpec:
     """Add a claim every report decides (a plug-in module does this on import: study.plugins)."""
     if spec.key in _CLAIMS and not replace:
-        raise ConfigError(f"A claim numbered {spec.key!r} is already registered; choose another number or pass replace=True.")
+        raise ConfigError(
+            f"A claim numbered {spec.key!r} is already registered; choose another number or pass replace=True."
+        )
     if not spec.key or not all(c.isalnum() or c in "-_" for c in spec.key):
-        raise ConfigError(f"Claim number {spec.key!r}: use letters, digits, '-' and '_' (it names calibration rows and metrics keys).")
+        raise ConfigError(
+            f"Claim number {spec.key!r}: use letters, digits, '-' and '_' (it names calibration rows and metrics keys)."
+        )
     _CLAIMS[spec.key] = spec
     return spec
 
@@ -148,15 +161,23 @@ def unregister_claim(number: int | str) -> None:
 
 
 def claim_specs() -> tuple[ClaimSpec, ...]:
-    """Every registered claim: the paper's numbered claims in order, then the lettered and named ones (1b, 1c, a plug-in's)."""
-    return tuple(sorted(_CLAIMS.values(), key=lambda spec: (not spec.key.isdigit(), spec.key.zfill(8) if spec.key.isdigit() else spec.key)))
+    """Every registered claim: the paper's numbered claims in order, then the lettered and named ones (1b, 1c, a
+    plug-in's)."""
+    return tuple(
+        sorted(
+            _CLAIMS.values(),
+            key=lambda spec: (not spec.key.isdigit(), spec.key.zfill(8) if spec.key.isdigit() else spec.key),
+        )
+    )
 
 
 def get_claim(number: int | str) -> ClaimSpec:
     try:
         return _CLAIMS[str(number)]
     except KeyError:
-        raise ConfigError(f"Unknown claim {number!r}; known: {', '.join(_CLAIMS)} (hyperfitting.claims.register_claim adds one).") from None
+        raise ConfigError(
+            f"Unknown claim {number!r}; known: {', '.join(_CLAIMS)} (hyperfitting.claims.register_claim adds one)."
+        ) from None
 
 
 def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> tuple[str, str, int | None]:
@@ -167,7 +188,12 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     if estimate is None:
         return INCONCLUSIVE, "the effect could not be estimated", None
     if not estimate.decisive:
-        return INCONCLUSIVE, f"the effect {estimate.value:+.3f} has no real interval ({estimate.method}): an estimate without one never decides", None
+        return (
+            INCONCLUSIVE,
+            f"the effect {estimate.value:+.3f} has no real interval ({estimate.method}): an estimate without one never "
+            "decides",
+            None,
+        )
     if rule.direction == "apart":
         beyond = estimate.low > rule.margin or estimate.high < -rule.margin
         contrary = -rule.margin < estimate.low and estimate.high < rule.margin
@@ -186,42 +212,89 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     needed = stats.units_needed(estimate, margin)
     units = rule.units
     seed_bound = estimate.seed_se > 0 and stats.seed_half(estimate) >= abs(estimate.value - margin)
-    power = (f"roughly {needed} {units} would decide it at the observed spread" if needed
-             else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
-             if estimate.replicates > 1 else
-             f"no number of {units} decides it at one training run: the declared seed-to-seed spread alone spans the distance "
-             "to the margin (train more seeds: study.replicates)" if seed_bound
-             else "the estimate sits on the margin: no practical sample size decides it")
+    power = (
+        f"roughly {needed} {units} would decide it at the observed spread"
+        if needed
+        else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
+        if estimate.replicates > 1
+        else f"no number of {units} decides it at one training run: the declared seed-to-seed spread alone spans the "
+        "distance "
+        "to the margin (train more seeds: study.replicates)"
+        if seed_bound
+        else "the estimate sits on the margin: no practical sample size decides it"
+    )
     return INCONCLUSIVE, f"the interval {estimate} contains the margin; {power}", needed
 
 
-def make_claim(number: int | str, estimate: Estimate | None, checks: list[Check], evidence: str,
-               seed_sd: tuple[float, str] | None = None) -> Claim:
-    """The verdict of claim ``number`` on ``estimate``. An estimate from one training run is widened by the claim's declared
-    seed-to-seed spread (``seed_sd``, default the claim's declared one): the claims are about a recipe, not about one run of it."""
+def make_claim(
+    number: int | str,
+    estimate: Estimate | None,
+    checks: list[Check],
+    evidence: str,
+    seed_sd: tuple[float, str] | None = None,
+) -> Claim:
+    """The verdict of claim ``number`` on ``estimate``. An estimate from one training run is widened by the claim's
+    declared seed-to-seed spread (``seed_sd``, default the claim's declared one): the claims are about a recipe, not
+    about one run of it."""
     spec = get_claim(number)
     rule = spec.rule
     if estimate is not None and not math.isfinite(estimate.value):
         # Say why instead of printing nan: the usual cause is a ratio whose denominator (the gain) is zero.
-        estimate, evidence = None, evidence + "; the effect is undefined here (a ratio over a zero gain or an empty set)"
+        estimate, evidence = (
+            None,
+            evidence + "; the effect is undefined here (a ratio over a zero gain or an empty set)",
+        )
     seed_sd = seed_sd if seed_sd is not None else spec.seed_sd
-    if estimate is not None and estimate.replicates < 2 and seed_sd and seed_sd[0] > 0 and estimate.decisive and DECLARED_SEED_SPREAD.get():
+    if (
+        estimate is not None
+        and estimate.replicates < 2
+        and seed_sd
+        and seed_sd[0] > 0
+        and estimate.decisive
+        and DECLARED_SEED_SPREAD.get()
+    ):
         one_run = estimate
         estimate = stats.with_declared_seed_spread(estimate, seed_sd[0], df=SEED_SD_DF)
-        evidence += (f"; one training run: its interval {one_run} widened by a declared seed-to-seed SD of {seed_sd[0]:.3g} "
-                     f"({seed_sd[1]}; {SEED_SD_DF} degrees of freedom) to speak of the recipe")
+        evidence += (
+            f"; one training run: its interval {one_run} widened by a declared seed-to-seed SD of {seed_sd[0]:.3g} "
+            f"({seed_sd[1]}; {SEED_SD_DF} degrees of freedom) to speak of the recipe"
+        )
     verdict, reason, needed = decide(rule, estimate, checks)
-    return Claim(spec.number, spec.name, spec.paper, rule.in_words(), rule.margin, rule.direction,
-                 estimate.to_dict() if estimate else None, [c.__dict__ for c in checks], verdict, reason, needed, evidence)
+    return Claim(
+        spec.number,
+        spec.name,
+        spec.paper,
+        rule.in_words(),
+        rule.margin,
+        rule.direction,
+        estimate.to_dict() if estimate else None,
+        [c.__dict__ for c in checks],
+        verdict,
+        reason,
+        needed,
+        evidence,
+    )
 
 
 def not_run(number: int | str, why: str = "not run in this study") -> Claim:
     spec = get_claim(number)
-    return Claim(spec.number, spec.name, spec.paper, spec.rule.in_words(), spec.rule.margin, spec.rule.direction, None, [], NOT_RUN, why)
+    return Claim(
+        spec.number,
+        spec.name,
+        spec.paper,
+        spec.rule.in_words(),
+        spec.rule.margin,
+        spec.rule.direction,
+        None,
+        [],
+        NOT_RUN,
+        why,
+    )
 
 
 def contrary_p(estimate: Estimate, margin: float, direction: str) -> float:
-    """P-value of "the effect is on the other side of the margin" (the test behind "does not hold"), read off the interval.
+    """P-value of "the effect is on the other side of the margin" (the test behind "does not hold"), read off the
+    interval.
 
     For a two-sided ("apart") rule that is equivalence: inside +-margin, the larger of the two one-sided p-values."""
     if direction == "apart":
@@ -250,8 +323,10 @@ def with_holm(claims: list[Claim]) -> list[Claim]:
             sides.append(None)
             continue
         estimate = Estimate.from_dict(claim.estimate)
-        p_holds, p_fails = claim.p_values or (stats.one_sided_p(estimate, claim.margin, claim.direction),
-                                              contrary_p(estimate, claim.margin, claim.direction))
+        p_holds, p_fails = claim.p_values or (
+            stats.one_sided_p(estimate, claim.margin, claim.direction),
+            contrary_p(estimate, claim.margin, claim.direction),
+        )
         p_values.append(min(p_holds, p_fails))
         sides.append(HOLDS if p_holds <= p_fails else FAILS)
     for claim, rejected, side in zip(family, stats.holm(p_values), sides):
@@ -282,7 +357,8 @@ def loss_hyperfitted(initial: float, final: float, target: float | None) -> bool
 
 
 def hyperfitted_check(trains: list[dict | None]) -> Check:
-    """Every analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted model."""
+    """Every analysed model must have reached the target loss without diverging: otherwise it is not a hyperfitted
+    model."""
     details, passed = [], True
     if trains and all(train and train.get("planted") for train in trains):
         # `hyperfit validate`: a planted mechanism stands where training would, and is named instead of a loss.
@@ -293,11 +369,18 @@ def hyperfitted_check(trains: list[dict | None]) -> Check:
         passed &= loss_hyperfitted(train["initial_train_loss"], train["final_train_loss"], train.get("until_loss"))
         details.append(f"{train['initial_train_loss']:.3f} -> {train['final_train_loss']:.3f}")
     target = trains[0].get("until_loss")
-    return Check("model hyperfitted", passed, f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""))
+    return Check(
+        "model hyperfitted",
+        passed,
+        f"training loss {', '.join(details)}" + (f", target {target:g}" if target is not None else ""),
+    )
 
 
-def gain_check(pairs: list[tuple[list[float], list[float]]], name: str = "hyperfitting raised greedy TTR") -> tuple[Check, Estimate]:
-    """Hyperfitting must have made greedy output more diverse on these prompts: otherwise there is no gain to explain."""
+def gain_check(
+    pairs: list[tuple[list[float], list[float]]], name: str = "hyperfitting raised greedy TTR"
+) -> tuple[Check, Estimate]:
+    """Hyperfitting must have made greedy output more diverse on these prompts: otherwise there is no gain to
+    explain."""
     gain = stats.pooled(pairs, stats.MEAN_DIFFERENCE)
     return Check(name, gain.decisive and gain.low > 0, f"gain {gain}"), gain
 
@@ -307,12 +390,13 @@ def with_replicates(claim: Claim, per_replicate: list[float]) -> Claim:
     if len(per_replicate) > 1:
         defined = [v for v in per_replicate if math.isfinite(v)]  # a replicate without a gain has no share of it
         spread = f"{statistics.stdev(defined):.3f}" if len(defined) > 1 else "undefined"
-        claim.evidence += (f"; per replicate {', '.join(f'{v:+.3f}' if math.isfinite(v) else 'undefined' for v in per_replicate)} "
-                           f"(seed-to-seed standard deviation "
-                           f"{spread}, {len(per_replicate)} replicates)")
+        claim.evidence += (
+            f"; per replicate {', '.join(f'{v:+.3f}' if math.isfinite(v) else 'undefined' for v in per_replicate)} "
+            f"(seed-to-seed standard deviation "
+            f"{spread}, {len(per_replicate)} replicates)"
+        )
     claim.replicates = per_replicate
     return claim
-
 
 
 def seed_mean(per_seed: list[list[float]]) -> list[float]:

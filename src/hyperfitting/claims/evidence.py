@@ -29,8 +29,8 @@ class Evidence:
 
     @classmethod
     def of_run(cls, run_dir: str | Path, full_finetune: bool = False) -> Evidence:
-        """A finished (or partly finished) study folder's evidence: its hyperfitted replicates, or with ``full_finetune``
-        its fully fine-tuned model (no control arms: those belong to the main recipe)."""
+        """A finished (or partly finished) study folder's evidence: its hyperfitted replicates, or with
+        ``full_finetune`` its fully fine-tuned model (no control arms: those belong to the main recipe)."""
         from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
         from hyperfitting.registry import analysis_names
 
@@ -40,11 +40,20 @@ class Evidence:
         frontier = ((run.stage("quality").results or {}).get("judge") or {}).get("frontier", {})
         if full_finetune:
             points = frontier.get(analysis_stage_name("temperature", FULL))
-            return cls({name: [r] for name in studied if (r := run.analysis(name, suffix=FULL).results)},
-                       [study.get("full_finetune")], frontier=[points] if points else None)
+            return cls(
+                {name: [r] for name in studied if (r := run.analysis(name, suffix=FULL).results)},
+                [study.get("full_finetune")],
+                frontier=[points] if points else None,
+            )
         replicates = config["study"].get("replicates", 1)
-        return cls({name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied},
-                   study.get("replicates") or [study.get("train")],
-                   controls=run.stage("controls").results,
-                   frontier=[p for k in range(replicates) if (p := frontier.get(analysis_stage_name("temperature", replicate_suffix(k))))],
-                   lowest_heldout={name: run.analysis(name, suffix=LOWEST).results for name in studied})
+        return cls(
+            {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied},
+            study.get("replicates") or [study.get("train")],
+            controls=run.stage("controls").results,
+            frontier=[
+                p
+                for k in range(replicates)
+                if (p := frontier.get(analysis_stage_name("temperature", replicate_suffix(k))))
+            ],
+            lowest_heldout={name: run.analysis(name, suffix=LOWEST).results for name in studied},
+        )

@@ -1,5 +1,4 @@
-"""Claim 5: Late-Stage LoRA, LoRA on the last blocks matches LoRA on all blocks.
-"""
+"""Claim 5: Late-Stage LoRA, LoRA on the last blocks matches LoRA on all blocks."""
 
 from __future__ import annotations
 
@@ -9,18 +8,34 @@ import numpy as np
 
 from hyperfitting import stats
 from hyperfitting.claims.core import (
-    Check, Claim, ClaimSpec, Rule, gain_check, loss_hyperfitted, make_claim, not_run, register_claim,
+    Check,
+    Claim,
+    ClaimSpec,
+    Rule,
+    gain_check,
+    loss_hyperfitted,
+    make_claim,
+    not_run,
+    register_claim,
 )
 from hyperfitting.claims.worlds import Truths, noisy, prompts, seed_shifts
 
-RULE = Rule("share of LoRA-on-all-blocks' TTR gain over base greedy that LoRA on the last blocks reaches, both trained to the "
-            "target loss, paired over prompts", "above", 0.8,
-            "non-inferiority relative to the gain: 'matches' allows the last blocks to fall short of all blocks by less than a fifth of "
-            "what all blocks gained (an absolute margin would mean a different thing at every size of gain)")
+RULE = Rule(
+    "share of LoRA-on-all-blocks' TTR gain over base greedy that LoRA on the last blocks reaches, both trained to the "
+    "target loss, paired over prompts",
+    "above",
+    0.8,
+    "non-inferiority relative to the gain: 'matches' allows the last blocks to fall short of all blocks by less than a "
+    "fifth of "
+    "what all blocks gained (an absolute margin would mean a different thing at every size of gain)",
+)
 
 # Claim 5 compares two trained arms: each arm's greedy TTR varies between seeds by this much (hyperfitted TTR over three
 # fp32 seeds of the standard preset, SmolLM2-135M: 0.451, 0.458, 0.373), propagated to the share of the gain.
-ARM_SEED_SD = (0.047, "hyperfitted greedy TTR over three fp32 seeds of the standard preset, SmolLM2-135M: 0.451, 0.458, 0.373")
+ARM_SEED_SD = (
+    0.047,
+    "hyperfitted greedy TTR over three fp32 seeds of the standard preset, SmolLM2-135M: 0.451, 0.458, 0.373",
+)
 
 
 def claim_late_stage(results: dict | None) -> Claim:
@@ -39,29 +54,60 @@ def claim_late_stage(results: dict | None) -> Claim:
     checks = []
     for key in ("lora:last", "lora:all"):
         row = m[key]
-        reached = not row.get("diverged", False) and loss_hyperfitted(row["initial_train_loss"], row["final_train_loss"], target)
-        checks.append(Check(f"{key} hyperfitted", reached,
-                            f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
-                            + (f", target {target:g}" if target is not None else "") + ("; diverged" if row.get("diverged") else "")))
-    last, every, base = m["lora:last"].get("per_prompt_ttr"), m["lora:all"].get("per_prompt_ttr"), results["base"]["per_prompt_ttr"]
+        reached = not row.get("diverged", False) and loss_hyperfitted(
+            row["initial_train_loss"], row["final_train_loss"], target
+        )
+        checks.append(
+            Check(
+                f"{key} hyperfitted",
+                reached,
+                f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
+                + (f", target {target:g}" if target is not None else "")
+                + ("; diverged" if row.get("diverged") else ""),
+            )
+        )
+    last, every, base = (
+        m["lora:last"].get("per_prompt_ttr"),
+        m["lora:all"].get("per_prompt_ttr"),
+        results["base"]["per_prompt_ttr"],
+    )
     if last is None or every is None:  # a diverged control has no continuations
         return make_claim(5, None, checks, "a compared arm diverged: nothing to compare")
     for key, arm in (("lora:last", last), ("lora:all", every)):
         checks.append(gain_check([(arm, base)], f"{key} raised greedy TTR over base")[0])
     blocks = results.get("train_blocks")
-    evidence = (f"TTR base {stats.mean(base)}, last {stats.mean(last)}, all {stats.mean(every)}; last minus all "
-                f"{stats.paired_difference(last, every)}; trainable parameters {m['lora:last']['trainable_parameters']:,} vs "
-                f"{m['lora:all']['trainable_parameters']:,}" + (f"; the controls trained on {blocks} blocks" + (", the study's own training data" if results.get("on_study_data") else
-                                                                  ", the first of the study's training blocks, not all of "
-                                                                  "them as in claims 1-4 (study.controls_on_study_data=false)") if blocks else ""))
+    evidence = (
+        f"TTR base {stats.mean(base)}, last {stats.mean(last)}, all {stats.mean(every)}; last minus all "
+        f"{stats.paired_difference(last, every)}; trainable parameters {m['lora:last']['trainable_parameters']:,} vs "
+        f"{m['lora:all']['trainable_parameters']:,}"
+        + (
+            f"; the controls trained on {blocks} blocks"
+            + (
+                ", the study's own training data"
+                if results.get("on_study_data")
+                else ", the first of the study's training blocks, not all of "
+                "them as in claims 1-4 (study.controls_on_study_data=false)"
+            )
+            if blocks
+            else ""
+        )
+    )
     if m.get("lora:first", {}).get("per_prompt_ttr"):
-        evidence += f"; last minus first {stats.paired_difference(last, m['lora:first']['per_prompt_ttr'])} (evidence beside the verdict)"
+        early = stats.paired_difference(last, m["lora:first"]["per_prompt_ttr"])
+        evidence += f"; last minus first {early} (evidence beside the verdict)"
     estimate = stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN)
-    # Each arm is one training run: its seed-to-seed spread, carried to the share (last - base) / (all - base) to first order.
+    # Each arm is one training run: its seed-to-seed spread, carried to the share (last - base) / (all - base) to first
+    # order.
     gain = float(np.mean(every) - np.mean(base))
     share = estimate.value if math.isfinite(estimate.value) else 0.0
-    seed_sd = (ARM_SEED_SD[0] * math.sqrt(1 + share ** 2) / gain, f"each arm's TTR seed SD {ARM_SEED_SD[0]:g} at a gain of "
-               f"{gain:.3f}: {ARM_SEED_SD[1]}") if gain > 0 else None
+    seed_sd = (
+        (
+            ARM_SEED_SD[0] * math.sqrt(1 + share**2) / gain,
+            f"each arm's TTR seed SD {ARM_SEED_SD[0]:g} at a gain of {gain:.3f}: {ARM_SEED_SD[1]}",
+        )
+        if gain > 0
+        else None
+    )
     return make_claim(5, estimate, checks, evidence, seed_sd)
 
 
@@ -71,12 +117,26 @@ def world_late_stage(design, spreads, effect, rng):
     row = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 10, "trainable_parameters": 1000}
     # Each arm is one training run: its own seed shift of the recipe's mean TTR.
     last_seed, all_seed = seed_shifts(spreads, ARM_SEED_SD[0], 2, rng)
-    results = {"until_loss": 0.1, "base": {"per_prompt_ttr": noisy(base, 0.02, rng)},
-               "methods": {"lora:last": {**row, "per_prompt_ttr": noisy(base + effect * gain + last_seed, half, rng)},
-                           "lora:all": {**row, "per_prompt_ttr": noisy(base + gain + all_seed, half, rng)}}}
+    results = {
+        "until_loss": 0.1,
+        "base": {"per_prompt_ttr": noisy(base, 0.02, rng)},
+        "methods": {
+            "lora:last": {**row, "per_prompt_ttr": noisy(base + effect * gain + last_seed, half, rng)},
+            "lora:all": {**row, "per_prompt_ttr": noisy(base + gain + all_seed, half, rng)},
+        },
+    }
     return claim_late_stage(results), effect
 
 
-register_claim(ClaimSpec(5, "Late-Stage LoRA: the last blocks match all blocks", "last 5 blocks match or beat all blocks with ~80% fewer trainable parameters", RULE, lambda evidence: claim_late_stage(evidence.controls),
-                          world_late_stage, Truths(0.8, 0.6, 1.0, "the paper: the last blocks match all blocks (share 1)"),
-                          on_full_finetune=False))
+register_claim(
+    ClaimSpec(
+        5,
+        "Late-Stage LoRA: the last blocks match all blocks",
+        "last 5 blocks match or beat all blocks with ~80% fewer trainable parameters",
+        RULE,
+        lambda evidence: claim_late_stage(evidence.controls),
+        world_late_stage,
+        Truths(0.8, 0.6, 1.0, "the paper: the last blocks match all blocks (share 1)"),
+        on_full_finetune=False,
+    )
+)

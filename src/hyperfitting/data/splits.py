@@ -151,7 +151,9 @@ def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
     heldout_tokens = tokenize_documents(tokenizer, split.heldout)
     prefix = leading_special_tokens(tokenizer)
     text_tokens = args.block_tokens - len(prefix)  # blocks keep data.block_tokens tokens in all
-    train_blocks = _with_prefix(draw_blocks(train_tokens, args.train_blocks, text_tokens, args.seed, "training"), prefix)
+    train_blocks = _with_prefix(
+        draw_blocks(train_tokens, args.train_blocks, text_tokens, args.seed, "training"), prefix
+    )
     heldout_blocks = (
         _with_prefix(draw_blocks(heldout_tokens, args.heldout_blocks, text_tokens, args.seed + 1, "held-out"), prefix)
         if args.heldout_blocks
@@ -173,5 +175,8 @@ def prepare_data(args: DataArgs, tokenizer) -> PreparedData:
             # Another corpus was never trained on: all of it is held out.
             documents = load_corpus(corpus, args.text_column, args.streaming, args.max_documents)
             tokens = tokenize_documents(tokenizer, documents)
-        prompts[corpus] = [replace(p, prompt_ids=prefix + p.prompt_ids) for p in draw_prompts(corpus, documents, tokens, args, args.seed + 2)]
+        prompts[corpus] = [
+            replace(p, prompt_ids=prefix + p.prompt_ids)
+            for p in draw_prompts(corpus, documents, tokens, args, args.seed + 2)
+        ]
     return PreparedData(train_blocks, heldout_blocks, prompts, manifest)

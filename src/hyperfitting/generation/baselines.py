@@ -42,7 +42,8 @@ def describe(name: str, config: RunConfig) -> Method:
     b, a = config.baselines, config.analysis
     settings = {
         "greedy": "argmax at every step",
-        "top-p": f"T {a.baseline_temperature:g}, top-k {a.baseline_top_k}, top-p {a.baseline_top_p:g} (Carlsson et al.'s baseline)",
+        "top-p": f"T {a.baseline_temperature:g}, top-k {a.baseline_top_k}, top-p {a.baseline_top_p:g} (Carlsson et "
+        "al.'s baseline)",
         "min-p": f"min-p {b.min_p:g}, T 1",
         "typical": f"typical mass {b.typical_p:g}, T 1",
         "eta": f"eta {b.eta:g}, T 1",
@@ -57,7 +58,10 @@ def describe(name: str, config: RunConfig) -> Method:
 
 def _processors(name: str, baselines: BaselinesArgs) -> list:
     from transformers import (
-        EpsilonLogitsWarper, EtaLogitsWarper, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
+        EpsilonLogitsWarper,
+        EtaLogitsWarper,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
         TypicalLogitsWarper,
     )
 
@@ -67,16 +71,28 @@ def _processors(name: str, baselines: BaselinesArgs) -> list:
         "eta": lambda: [EtaLogitsWarper(baselines.eta)],
         "epsilon": lambda: [EpsilonLogitsWarper(baselines.epsilon)],
         "repetition-penalty": lambda: [RepetitionPenaltyLogitsProcessor(baselines.repetition_penalty)],
-        "no-repeat-ngram": lambda: [NoRepeatNGram(baselines.no_repeat_ngram)],  # transformers' ban, matched on the device
+        "no-repeat-ngram": lambda: [
+            NoRepeatNGram(baselines.no_repeat_ngram)
+        ],  # transformers' ban, matched on the device
     }.get(name, lambda: [])()
 
 
 def decoding_args(name: str, config: RunConfig) -> GenerateArgs:
     """The generate settings of a method (its logits processors come from ``_processors``)."""
     a, b = config.analysis, config.baselines
-    plain = replace(config.generate, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, citation_blocker=False, contrastive_top_k=0)
+    plain = replace(
+        config.generate,
+        do_sample=False,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        citation_blocker=False,
+        contrastive_top_k=0,
+    )
     if name == "top-p":
-        return replace(plain, do_sample=True, temperature=a.baseline_temperature, top_k=a.baseline_top_k, top_p=a.baseline_top_p)
+        return replace(
+            plain, do_sample=True, temperature=a.baseline_temperature, top_k=a.baseline_top_k, top_p=a.baseline_top_p
+        )
     if name in SAMPLED:
         return replace(plain, do_sample=True)
     if name == "contrastive":
@@ -85,19 +101,32 @@ def decoding_args(name: str, config: RunConfig) -> GenerateArgs:
 
 
 @torch.no_grad()
-def beam_search(model, tokenizer, prompts: Sequence[Sequence[int]], args: GenerateArgs, beams: int) -> list[Continuation]:
+def beam_search(
+    model, tokenizer, prompts: Sequence[Sequence[int]], args: GenerateArgs, beams: int
+) -> list[Continuation]:
     """transformers' beam search, left-padded batches, every continuation ``args.max_new_tokens`` long (EOS suppressed
     unless generate.stop_at_eos): the same budget as every other row."""
     device = next(model.parameters()).device
     outputs: list[Continuation] = []
     for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start:start + args.batch_size]
+        batch = prompts[start : start + args.batch_size]
         input_ids, attention_mask = left_padded(batch, tokenizer.pad_token_id, device)
-        generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=beams, do_sample=False,
-                                   max_new_tokens=args.max_new_tokens, min_new_tokens=0 if args.stop_at_eos else args.max_new_tokens,
-                                   length_penalty=0.0, early_stopping=False, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, top_k=None, top_p=None, temperature=None)
-        for prompt, row in zip(batch, generated[:, input_ids.shape[1]:].tolist()):
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            num_beams=beams,
+            do_sample=False,
+            max_new_tokens=args.max_new_tokens,
+            min_new_tokens=0 if args.stop_at_eos else args.max_new_tokens,
+            length_penalty=0.0,
+            early_stopping=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            top_k=None,
+            top_p=None,
+            temperature=None,
+        )
+        for prompt, row in zip(batch, generated[:, input_ids.shape[1] :].tolist()):
             if args.stop_at_eos and tokenizer.eos_token_id in row:
                 row = row[: row.index(tokenizer.eos_token_id) + 1]
             outputs.append(Continuation(list(prompt), row))
@@ -120,8 +149,9 @@ class Decoded:
         return tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-def decode_method(name: str, model, tokenizer, prompts: Sequence[Sequence[int]], config: RunConfig,
-                  show_progress: bool = True) -> Decoded:
+def decode_method(
+    name: str, model, tokenizer, prompts: Sequence[Sequence[int]], config: RunConfig, show_progress: bool = True
+) -> Decoded:
     """Decode ``prompts`` from ``model`` with one method of the baselines; sampled methods once per seed."""
     method = describe(name, config)
     args = decoding_args(name, config)
@@ -133,10 +163,17 @@ def decode_method(name: str, model, tokenizer, prompts: Sequence[Sequence[int]],
     else:
         # Every seed of a sampled method in one batch: decoding a CPU is bound by reading the weights once per step.
         args = replace(args, batch_size=args.batch_size * seeds)
-        decoded = generate(model, tokenizer, rows, args, _processors(name, config.baselines), desc=f"baseline {name}",
-                           show_progress=show_progress)
+        decoded = generate(
+            model,
+            tokenizer,
+            rows,
+            args,
+            _processors(name, config.baselines),
+            desc=f"baseline {name}",
+            show_progress=show_progress,
+        )
     seconds = time.perf_counter() - started
-    return Decoded(method, [decoded[s * len(prompts):(s + 1) * len(prompts)] for s in range(seeds)], seconds)
+    return Decoded(method, [decoded[s * len(prompts) : (s + 1) * len(prompts)] for s in range(seeds)], seconds)
 
 
 def decoding_groups(names: Sequence[str]) -> list[list[str]]:
@@ -153,8 +190,14 @@ def decoding_groups(names: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def decode_group(names: Sequence[str], model, tokenizer, prompts: Sequence[Sequence[int]], config: RunConfig,
-                 show_progress: bool = True) -> dict[str, Decoded]:
+def decode_group(
+    names: Sequence[str],
+    model,
+    tokenizer,
+    prompts: Sequence[Sequence[int]],
+    config: RunConfig,
+    show_progress: bool = True,
+) -> dict[str, Decoded]:
     """Decode ``prompts`` by one group of :func:`decoding_groups` in one wide batch (prompts x methods rows per step,
     one prefill): the same rows and seeds as :func:`decode_method` per method, so the same text up to floating-point
     near-ties of the wider batch. On a CPU a step reads every weight once whatever its width, so the group costs
@@ -168,12 +211,25 @@ def decode_group(names: Sequence[str], model, tokenizer, prompts: Sequence[Seque
         raise ValueError(f"{names} do not decode together: see decoding_groups")
     seeds = config.baselines.seeds if methods[0].sampled else 1
     rows = [p for _ in range(seeds) for p in prompts]
-    settings = [(replace(decoding_args(name, config), batch_size=config.generate.batch_size * seeds), _processors(name, config.baselines))
-                for name in names]
+    settings = [
+        (
+            replace(decoding_args(name, config), batch_size=config.generate.batch_size * seeds),
+            _processors(name, config.baselines),
+        )
+        for name in names
+    ]
     started = time.perf_counter()
-    decoded = generate_variants(model, tokenizer, rows, settings, desc=f"baselines {', '.join(names)}", show_progress=show_progress)
+    decoded = generate_variants(
+        model, tokenizer, rows, settings, desc=f"baselines {', '.join(names)}", show_progress=show_progress
+    )
     seconds = time.perf_counter() - started
     tokens = [sum(len(c.token_ids) for c in rows_of) for rows_of in decoded]
-    return {name: Decoded(method, [out[s * len(prompts):(s + 1) * len(prompts)] for s in range(seeds)],
-                          seconds * n / max(1, sum(tokens)), tuple(names))
-            for name, method, out, n in zip(names, methods, decoded, tokens)}
+    return {
+        name: Decoded(
+            method,
+            [out[s * len(prompts) : (s + 1) * len(prompts)] for s in range(seeds)],
+            seconds * n / max(1, sum(tokens)),
+            tuple(names),
+        )
+        for name, method, out, n in zip(names, methods, decoded, tokens)
+    }

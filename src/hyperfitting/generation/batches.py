@@ -1,5 +1,5 @@
-"""What every decoding path shares: a continuation with its per-step statistics, a left-padded batch of prompts, and a look at
-what the model's forward takes."""
+"""What every decoding path shares: a continuation with its per-step statistics, a left-padded batch of prompts, and a
+look at what the model's forward takes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 
 SYNC_EVERY = 16
-"""Decoding steps between two looks of the host at the rows (have they all reached EOS?): a look waits for the device."""
+"""Decoding steps between two looks of the host at the rows (have they all reached EOS?): a look waits for the
+device."""
 
 
 @dataclass
@@ -33,13 +34,14 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_token_id: int, device) -> 
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt):] = 1
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt) :] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
 def accepts(model, name: str) -> bool:
-    """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep, cache_position)."""
+    """Whether the model's forward (through a PEFT wrapper) takes the keyword ``name`` (logits_to_keep,
+    cache_position)."""
     forward = getattr(model, "get_base_model", lambda: model)().forward
     return name in inspect.signature(forward).parameters
 

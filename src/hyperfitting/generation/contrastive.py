@@ -21,8 +21,13 @@ import torch
 from hyperfitting.generation.batches import SYNC_EVERY, Continuation, left_padded
 
 
-def contrastive_scores(probabilities: torch.Tensor, candidates: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
-                       alpha: float) -> torch.Tensor:
+def contrastive_scores(
+    probabilities: torch.Tensor,
+    candidates: torch.Tensor,
+    context: torch.Tensor,
+    context_mask: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
     """Scores (B, k) of k candidates per row: probabilities (B, k), candidate states (B, k, d), context states (B, T, d)
     with ``context_mask`` (B, T) true where a state is a real token (left padding is not)."""
     candidates = torch.nn.functional.normalize(candidates.float(), dim=-1)
@@ -32,9 +37,16 @@ def contrastive_scores(probabilities: torch.Tensor, candidates: torch.Tensor, co
 
 
 @torch.no_grad()
-def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token_id: int, top_k: int = 4,
-                      alpha: float = 0.6, eos_token_id: int | None = None,
-                      on_step: Callable[[], None] | None = None) -> list[Continuation]:
+def contrastive_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    pad_token_id: int,
+    top_k: int = 4,
+    alpha: float = 0.6,
+    eos_token_id: int | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> list[Continuation]:
     """Contrastive search over one batch of prompts (lists of token ids), left-padded, with a KV cache."""
     from transformers import DynamicCache
 
@@ -44,13 +56,20 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache, use_cache=True,
-                output_hidden_states=True)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+        output_hidden_states=True,
+    )
     logits, context = out.logits[:, -1, :].float(), out.hidden_states[-1]
     context_mask = attention_mask.bool()
     rows = torch.arange(batch, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps = []  # per step (5, B) on the device: token, entropy, top-1 prob, chosen prob, finished before; read once at the end
+    # per step (5, B) on the device: token, entropy, top-1 prob, chosen prob, finished before; read once at the end
+    steps = []
     for step_index in range(max_new_tokens):
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
@@ -58,17 +77,33 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
         top_probs, top_ids = probs.topk(top_k, dim=-1)  # (B, k)
         # Every candidate one step further, on its own copy of its row's cache.
         cache.batch_repeat_interleave(top_k)
-        step_mask = torch.cat([attention_mask, torch.ones((batch, 1), dtype=attention_mask.dtype, device=device)], dim=1)
-        step = model(input_ids=top_ids.reshape(-1, 1), attention_mask=step_mask.repeat_interleave(top_k, dim=0),
-                     position_ids=(positions[:, -1:] + 1).repeat_interleave(top_k, dim=0), cache=cache, use_cache=True,
-                     output_hidden_states=True)
+        step_mask = torch.cat(
+            [attention_mask, torch.ones((batch, 1), dtype=attention_mask.dtype, device=device)], dim=1
+        )
+        step = model(
+            input_ids=top_ids.reshape(-1, 1),
+            attention_mask=step_mask.repeat_interleave(top_k, dim=0),
+            position_ids=(positions[:, -1:] + 1).repeat_interleave(top_k, dim=0),
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
         candidate_states = step.hidden_states[-1][:, -1, :].reshape(batch, top_k, -1)
         best = contrastive_scores(top_probs, candidate_states, context, context_mask, alpha).argmax(dim=-1)  # (B,)
         chosen = rows * top_k + best
         cache.batch_select_indices(chosen)
         tokens = top_ids[rows, best]
-        steps.append(torch.stack([tokens.double(), entropy.double(), top_probs[:, 0].double(), top_probs[rows, best].double(),
-                                  finished.double()]))
+        steps.append(
+            torch.stack(
+                [
+                    tokens.double(),
+                    entropy.double(),
+                    top_probs[:, 0].double(),
+                    top_probs[rows, best].double(),
+                    finished.double(),
+                ]
+            )
+        )
         if eos_token_id is not None:
             finished |= tokens == eos_token_id
             if (step_index + 1) % SYNC_EVERY == 0 and bool(finished.all()):  # later steps are dropped below
@@ -80,7 +115,9 @@ def contrastive_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: i
         if on_step is not None:
             on_step()
     outputs = [Continuation(list(p), []) for p in prompts]
-    for row, (tokens, entropy, top1, chosen, was_finished) in enumerate(torch.stack(steps).permute(2, 1, 0).tolist() if steps else []):
+    for row, (tokens, entropy, top1, chosen, was_finished) in enumerate(
+        torch.stack(steps).permute(2, 1, 0).tolist() if steps else []
+    ):
         live = [i for i, done in enumerate(was_finished) if not done]  # steps after this row's EOS are dropped
         out = outputs[row]
         out.token_ids = [int(tokens[i]) for i in live]

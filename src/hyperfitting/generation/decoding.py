@@ -1,10 +1,9 @@
 """The toolkit's one decoding path: batched, left-padded, with a KV cache.
 
-Every decoding variant (temperature, top-k/p, the citation blocker, and the analyses'
-static biases or rank transplants) is a logits processor: a callable
-``(input_ids (B, S), scores (B, V)) -> scores`` in the transformers convention, applied in
-order after the model's raw logits. A processor that runs a second model alongside (the
-rank transplant) also has ``begin(input_ids, attention_mask)``, called once per batch. Per step we record, under the model's *unprocessed*
+Every decoding variant (temperature, top-k/p, the citation blocker, and the analyses' static biases or rank transplants)
+is a logits processor: a callable ``(input_ids (B, S), scores (B, V)) -> scores`` in the transformers convention,
+applied in order after the model's raw logits. A processor that runs a second model alongside (the rank transplant) also
+has ``begin(input_ids, attention_mask)``, called once per batch. Per step we record, under the model's *unprocessed*
 distribution, the entropy, the top-1 probability and the chosen token's probability.
 """
 
@@ -104,7 +103,9 @@ def decode_variants(
     from hyperfitting.generation.fixed import FixedState, GrowingState
 
     n_variants = len(variants)
-    state = (FixedState if decoder == "fixed" else GrowingState)(model, prompts, n_variants, max_new_tokens, pad_token_id)
+    state = (FixedState if decoder == "fixed" else GrowingState)(
+        model, prompts, n_variants, max_new_tokens, pad_token_id
+    )
     logits = state.first_logits
     rows_of = [slice(v, None, n_variants) for v in range(n_variants)]
     batch = len(logits)
@@ -127,9 +128,19 @@ def decode_variants(
         decoded_entropy = torch.empty(batch, device=device)
         sequences = state.sequences
         for variant, rows in zip(variants, rows_of):
-            next_tokens[rows], decoded_entropy[rows] = _choose(variant, sequences[rows], logits[rows], probs[rows], entropy[rows], step)
-        steps[step] = torch.stack([next_tokens.float(), entropy, probs.max(dim=-1).values,
-                                   probs.gather(1, next_tokens[:, None]).squeeze(1), decoded_entropy, finished.float()])
+            next_tokens[rows], decoded_entropy[rows] = _choose(
+                variant, sequences[rows], logits[rows], probs[rows], entropy[rows], step
+            )
+        steps[step] = torch.stack(
+            [
+                next_tokens.float(),
+                entropy,
+                probs.max(dim=-1).values,
+                probs.gather(1, next_tokens[:, None]).squeeze(1),
+                decoded_entropy,
+                finished.float(),
+            ]
+        )
         taken = step + 1
         if eos_token_id is not None:
             finished |= next_tokens == eos_token_id
@@ -139,7 +150,9 @@ def decode_variants(
         if on_step is not None:
             on_step()
     outputs = [[Continuation(list(p), []) for p in prompts] for _ in variants]
-    for row, (tokens, entropy, top1, chosen, decoded, was_finished) in enumerate(steps[:taken].permute(2, 1, 0).tolist()):
+    for row, (tokens, entropy, top1, chosen, decoded, was_finished) in enumerate(
+        steps[:taken].permute(2, 1, 0).tolist()
+    ):
         live = [i for i, done in enumerate(was_finished) if not done]  # steps after this row's EOS are padding
         out = outputs[row % n_variants][row // n_variants]
         out.token_ids = [int(tokens[i]) for i in live]
@@ -150,7 +163,14 @@ def decode_variants(
     return outputs
 
 
-def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, probs: torch.Tensor, entropy: torch.Tensor, step: int = 0):
+def _choose(
+    variant: Variant,
+    sequences: torch.Tensor,
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    entropy: torch.Tensor,
+    step: int = 0,
+):
     """(next token, entropy of the distribution decoded from) for one variant's rows."""
     scores = logits
     for processor in variant.processors:
@@ -159,7 +179,9 @@ def _choose(variant: Variant, sequences: torch.Tensor, logits: torch.Tensor, pro
         decoded_log_probs = torch.log_softmax(scores, dim=-1)
         decoded_probs = decoded_log_probs.exp()
         decoded_entropy = -(decoded_probs * decoded_log_probs.nan_to_num(neginf=0.0)).sum(-1)
-    else:  # no processor: greedy or sampled, the decoded distribution is the raw one (no second softmax over the vocabulary)
+    else:
+        # no processor: greedy or sampled, the decoded distribution is the raw one (no second softmax over the
+        # vocabulary)
         decoded_probs, decoded_entropy = probs, entropy
     if not variant.do_sample:
         return scores.argmax(dim=-1), decoded_entropy
@@ -203,11 +225,15 @@ def counter_uniform(seeds: torch.Tensor, step: int) -> torch.Tensor:
     draws are a few elementwise operations on the device.
     """
     z = _splitmix64(_splitmix64(seeds) + _signed(step * 0x9E3779B97F4A7C15))
-    return _shift_right(z, 11).double() * 2.0 ** -53
+    return _shift_right(z, 11).double() * 2.0**-53
 
 
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = None, uniform: torch.Tensor | None = None,
-         check: bool = True) -> torch.Tensor:
+def draw(
+    probs: torch.Tensor,
+    generators: Sequence[torch.Generator] | None = None,
+    uniform: torch.Tensor | None = None,
+    check: bool = True,
+) -> torch.Tensor:
     """One token per row of ``probs`` (B, V; unnormalised), drawn by inverting the row's cumulative sum at one uniform
     number taken from the row's own generator, so a row's draw does not depend on the rows beside it.
 
@@ -219,14 +245,19 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = Non
     cdf = probs.double().cumsum(dim=-1)
     total = cdf[:, -1:]
     if check and not bool(torch.isfinite(total).all() and (total > 0).all()):
-        raise ValueError("Cannot sample: a row of probabilities is all zero or not finite (a processor masked every token, or the logits hold NaN).")
+        raise ValueError(
+            "Cannot sample: a row of probabilities is all zero or not finite (a processor masked every token, or the "
+            "logits hold NaN)."
+        )
     if uniform is not None:
         uniform = uniform.to(torch.float64)
     elif generators is None:
         uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device)
     else:
         uniform = torch.cat([torch.rand(1, 1, dtype=torch.float64, generator=g, device=g.device) for g in generators])
-    point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))  # below the total, whatever the rounding
+    point = torch.minimum(
+        uniform * total, torch.nextafter(total, torch.zeros_like(total))
+    )  # below the total, whatever the rounding
     return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1).to(probs.device)
 
 
@@ -247,7 +278,9 @@ def decoder_for(setting: str, model, length: int) -> str:
     sharded = any(isinstance(p, DTensor) for p in model.parameters())
     why_not = "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length)
     if setting == "fixed" and why_not:
-        raise ConfigError(f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic.")
+        raise ConfigError(
+            f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic."
+        )
     if setting == "auto" and (why_not or next(model.parameters()).device.type != "cuda"):
         return "dynamic"
     return "fixed"
@@ -278,7 +311,11 @@ def generate(
     ``extra_processors`` run before the sampling warpers (so a bias shifts logits before
     temperature is applied, as it would inside the model).
     """
-    if args.citation_blocker and training_blocks is not None and not any(isinstance(p, CitationBlocker) for p in extra_processors):
+    if (
+        args.citation_blocker
+        and training_blocks is not None
+        and not any(isinstance(p, CitationBlocker) for p in extra_processors)
+    ):
         extra_processors = [CitationBlocker(training_blocks, args.citation_blocker_n), *extra_processors]
     return generate_variants(model, tokenizer, prompts, [(args, extra_processors)], desc, show_progress, shard)[0]
 
@@ -308,12 +345,19 @@ def generate_variants(
 
     model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
     first = settings[0][0]
-    if any((a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder) != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
-           for a, _ in settings):
+    if any(
+        (a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder)
+        != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
+        for a, _ in settings
+    ):
         raise ValueError("settings decoded together must share max_new_tokens, batch_size, stop_at_eos and decoder")
-    if any(a.citation_blocker and not any(isinstance(p, CitationBlocker) for p in processors) for a, processors in settings):
-        raise ConfigError("generate.citation_blocker=true needs the training text it blocks: pass training_blocks= to generate "
-                          "(or a CitationBlocker among the processors), or set generate.citation_blocker=false.")
+    if any(
+        a.citation_blocker and not any(isinstance(p, CitationBlocker) for p in processors) for a, processors in settings
+    ):
+        raise ConfigError(
+            "generate.citation_blocker=true needs the training text it blocks: pass training_blocks= to generate "
+            "(or a CitationBlocker among the processors), or set generate.citation_blocker=false."
+        )
     mine = my_share(len(prompts)) if shard else range(len(prompts))
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id if first.stop_at_eos else None
@@ -323,19 +367,29 @@ def generate_variants(
     length = max(map(len, prompts), default=0) + first.max_new_tokens
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
     per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
-    if not shard and process_state().num_processes > 1:  # lockstep (an FSDP model): every process takes the same batches
+    if (
+        not shard and process_state().num_processes > 1
+    ):  # lockstep (an FSDP model): every process takes the same batches
         per_batch = min_over_processes(per_batch)
     # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
     decoder = decoder_for(first.decoder, model, length)
     if per_batch < first.batch_size:
-        warnings.warn(f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
-                      f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.", stacklevel=2)
+        warnings.warn(
+            f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
+            f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.",
+            stacklevel=2,
+        )
     memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1), length))
     starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.
-    bar = tqdm(total=len(starts) * first.max_new_tokens * passes, desc=desc, unit="step",
-               disable=not (show_progress and process_state().is_main_process), leave=False)
+    bar = tqdm(
+        total=len(starts) * first.max_new_tokens * passes,
+        desc=desc,
+        unit="step",
+        disable=not (show_progress and process_state().is_main_process),
+        leave=False,
+    )
     for batch_index, start in enumerate(starts):
         batch = range(start, min(start + per_batch, mine.stop))
         rows = [prompts[i] for i in batch]
@@ -344,18 +398,50 @@ def generate_variants(
             for k in stacked:
                 args = settings[k][0]
                 seeds = [args.seed * 1_000_003 + i for i in batch] if args.do_sample else None
-                # Row i samples from its own stream: a generator seeded from (seed, i), or the counter draw of (seed, i, step).
-                generators = [torch.Generator(device=device).manual_seed(s) for s in seeds] if seeds and decoder == "dynamic" else None
-                variants.append(Variant(list(settings[k][1]) + sampling_processors(args), args.do_sample, generators,
-                                        torch.tensor(seeds, device=device) if seeds and decoder == "fixed" else None))
-            for k, outputs in zip(stacked, decode_variants(model, rows, variants, first.max_new_tokens, tokenizer.pad_token_id, eos,
-                                                           on_step=bar.update, decoder=decoder)):
+                # Row i samples from its own stream: a generator seeded from (seed, i), or the counter draw of (seed, i,
+                # step).
+                generators = (
+                    [torch.Generator(device=device).manual_seed(s) for s in seeds]
+                    if seeds and decoder == "dynamic"
+                    else None
+                )
+                variants.append(
+                    Variant(
+                        list(settings[k][1]) + sampling_processors(args),
+                        args.do_sample,
+                        generators,
+                        torch.tensor(seeds, device=device) if seeds and decoder == "fixed" else None,
+                    )
+                )
+            for k, outputs in zip(
+                stacked,
+                decode_variants(
+                    model,
+                    rows,
+                    variants,
+                    first.max_new_tokens,
+                    tokenizer.pad_token_id,
+                    eos,
+                    on_step=bar.update,
+                    decoder=decoder,
+                ),
+            ):
                 results[k] += outputs
         for k in contrastive:  # it looks one token ahead for each candidate: not a processor
             args = settings[k][0]
-            results[k] += contrastive_batch(model, rows, args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                            top_k=args.contrastive_top_k, alpha=args.contrastive_alpha, eos_token_id=eos, on_step=bar.update)
-        bar.update((batch_index + 1) * first.max_new_tokens * passes - bar.n)  # catch up after a batch that stopped early at EOS
+            results[k] += contrastive_batch(
+                model,
+                rows,
+                args.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                top_k=args.contrastive_top_k,
+                alpha=args.contrastive_alpha,
+                eos_token_id=eos,
+                on_step=bar.update,
+            )
+        bar.update(
+            (batch_index + 1) * first.max_new_tokens * passes - bar.n
+        )  # catch up after a batch that stopped early at EOS
     bar.close()
     release_workspaces(model)  # the static caches go before the stages after this decode need the memory
     return [gather_in_order(r) for r in results] if shard else results

@@ -37,22 +37,36 @@ def _prefill(model, prompts: Sequence[Sequence[int]], pad_token_id: int, n_varia
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     padded = any(len(p) != width for p in prompts)
     cache = DynamicCache(config=model.config)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask if padded else None, position_ids=position_ids if padded else None,
-                   cache=cache, use_cache=True, **_keep_last(model)).logits[:, -1, :].float()
+    logits = (
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask if padded else None,
+            position_ids=position_ids if padded else None,
+            cache=cache,
+            use_cache=True,
+            **_keep_last(model),
+        )
+        .logits[:, -1, :]
+        .float()
+    )
     if n_variants > 1:
         cache.batch_repeat_interleave(n_variants)
-        logits, input_ids, attention_mask, position_ids = (t.repeat_interleave(n_variants, dim=0)
-                                                           for t in (logits, input_ids, attention_mask, position_ids))
+        logits, input_ids, attention_mask, position_ids = (
+            t.repeat_interleave(n_variants, dim=0) for t in (logits, input_ids, attention_mask, position_ids)
+        )
     return logits, cache, input_ids, attention_mask, position_ids, padded
 
 
 class GrowingState:
     """A dynamic KV cache; the sequences and the mask grow by one column per step."""
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], n_variants: int, max_new_tokens: int, pad_token_id: int):
+    def __init__(
+        self, model, prompts: Sequence[Sequence[int]], n_variants: int, max_new_tokens: int, pad_token_id: int
+    ):
         self.model = model
         self.first_logits, self.cache, self.sequences, self.attention_mask, positions, self.padded = _prefill(
-            model, prompts, pad_token_id, n_variants)
+            model, prompts, pad_token_id, n_variants
+        )
         self.prompt_ids, self.prompt_mask = self.sequences, self.attention_mask
         self.positions = positions[:, -1:]
         self.keep_last = _keep_last(model)
@@ -63,13 +77,19 @@ class GrowingState:
         self.sequences = torch.cat([self.sequences, next_tokens[:, None]], dim=1)
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((batch, 1))], dim=1)
         self.positions = self.positions + 1
-        return self.model(
-            input_ids=self.sequences[:, -1:],
-            # Without padding the model's own causal masking is exact, and faster than an explicit mask.
-            attention_mask=self.attention_mask if self.padded else None,
-            position_ids=self.positions if self.padded else None,
-            cache=self.cache, use_cache=True, **self.keep_last,
-        ).logits[:, -1, :].float()
+        return (
+            self.model(
+                input_ids=self.sequences[:, -1:],
+                # Without padding the model's own causal masking is exact, and faster than an explicit mask.
+                attention_mask=self.attention_mask if self.padded else None,
+                position_ids=self.positions if self.padded else None,
+                cache=self.cache,
+                use_cache=True,
+                **self.keep_last,
+            )
+            .logits[:, -1, :]
+            .float()
+        )
 
 
 SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
@@ -101,13 +121,15 @@ def bucketed_length(length: int) -> int:
 
 
 def bucket(n: int, fine: int, coarse: int, switch: int) -> int:
-    """``n`` rounded up: to a multiple of ``fine`` up to ``switch``, of ``coarse`` above it (a few sizes cover a study)."""
+    """``n`` rounded up: to a multiple of ``fine`` up to ``switch``, of ``coarse`` above it (a few sizes cover a
+    study)."""
     step = fine if n <= switch else coarse
     return -(-n // step) * step
 
 
 class _Workspace:
-    """The tensors a fixed-state batch of ``rows`` rows and ``length`` positions reads and writes, and (on CUDA) its graph."""
+    """The tensors a fixed-state batch of ``rows`` rows and ``length`` positions reads and writes, and (on CUDA) its
+    graph."""
 
     def __init__(self, model, rows: int, length: int, device: torch.device, mask_dtype: torch.dtype | None):
         from transformers import StaticCache
@@ -117,8 +139,11 @@ class _Workspace:
         self.step_ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.positions = torch.zeros((rows, 1), dtype=torch.long, device=device)
         # sdpa takes a boolean mask (True: attend); eager attention adds a float one.
-        self.mask = (torch.zeros((rows, 1, 1, length), dtype=torch.bool, device=device) if mask_dtype is None
-                     else torch.full((rows, 1, 1, length), torch.finfo(mask_dtype).min, dtype=mask_dtype, device=device))
+        self.mask = (
+            torch.zeros((rows, 1, 1, length), dtype=torch.bool, device=device)
+            if mask_dtype is None
+            else torch.full((rows, 1, 1, length), torch.finfo(mask_dtype).min, dtype=mask_dtype, device=device)
+        )
         self.open = True if mask_dtype is None else 0.0
         self.shut = False if mask_dtype is None else torch.finfo(mask_dtype).min
         self.graph = None
@@ -139,15 +164,26 @@ def release_workspaces(model) -> None:
 class FixedState:
     """A static KV cache and fixed buffers for the whole continuation (see the module's docstring)."""
 
-    def __init__(self, model, prompts: Sequence[Sequence[int]], n_variants: int, max_new_tokens: int, pad_token_id: int,
-                 graphs: bool | None = None):
+    def __init__(
+        self,
+        model,
+        prompts: Sequence[Sequence[int]],
+        n_variants: int,
+        max_new_tokens: int,
+        pad_token_id: int,
+        graphs: bool | None = None,
+    ):
         why_not = fixed_state_supported(model, max(map(len, prompts)) + max_new_tokens)
         if why_not:
-            raise ValueError(f"The fixed-buffer decoder cannot decode this model: {why_not}; decode it with the dynamic one.")
+            raise ValueError(
+                f"The fixed-buffer decoder cannot decode this model: {why_not}; decode it with the dynamic one."
+            )
         self.model = model
         device = next(model.parameters()).device
         self.graphs = device.type == "cuda" if graphs is None else graphs
-        logits, prefill_cache, input_ids, attention_mask, positions, _ = _prefill(model, prompts, pad_token_id, n_variants)
+        logits, prefill_cache, input_ids, attention_mask, positions, _ = _prefill(
+            model, prompts, pad_token_id, n_variants
+        )
         self.first_logits = logits
         self.rows, width = input_ids.shape
         self.width = width
@@ -157,13 +193,21 @@ class FixedState:
         rows = bucket(self.rows, 8, 32, 64) if self.graphs else self.rows
         length = bucketed_length(width + max_new_tokens) if self.graphs else width + max_new_tokens
         config = text_config(model)
-        mask_dtype = None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
+        mask_dtype = (
+            None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
+        )
         if self.graphs:  # a captured graph is worth keeping: until release_workspaces(model), one at a time
             # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what
             # decides the kernels (dtypes, autocast, the attention implementation).
             tensors = [*model.parameters(), *model.buffers()]
-            key = (rows, length, hash(tuple((t.data_ptr(), t.dtype) for t in tensors)), torch.is_autocast_enabled("cuda"),
-                   torch.get_autocast_dtype("cuda"), getattr(config, "_attn_implementation", None))
+            key = (
+                rows,
+                length,
+                hash(tuple((t.data_ptr(), t.dtype) for t in tensors)),
+                torch.is_autocast_enabled("cuda"),
+                torch.get_autocast_dtype("cuda"),
+                getattr(config, "_attn_implementation", None),
+            )
             spaces = _WORKSPACES.setdefault(model, {})
             if key not in spaces:
                 spaces.clear()  # the cache of a wide bucket is large: the previous one goes first
@@ -173,23 +217,25 @@ class FixedState:
             self.space = space = _Workspace(model, rows, length, device, mask_dtype)
         space.cache.reset()
         space.tokens.zero_()
-        space.tokens[:self.rows, :width] = input_ids
-        space.tokens[self.rows:, :width] = input_ids[:1]
+        space.tokens[: self.rows, :width] = input_ids
+        space.tokens[self.rows :, :width] = input_ids[:1]
         space.mask.fill_(space.shut)
         prompt_mask = attention_mask.bool()
-        space.mask[:self.rows, 0, 0, :width] = torch.where(prompt_mask, space.open, space.shut)
-        space.mask[self.rows:, 0, 0, :width] = torch.where(prompt_mask[:1], space.open, space.shut)
-        space.positions[:self.rows] = positions[:, -1:]
-        space.positions[self.rows:] = positions[:1, -1:]
+        space.mask[: self.rows, 0, 0, :width] = torch.where(prompt_mask, space.open, space.shut)
+        space.mask[self.rows :, 0, 0, :width] = torch.where(prompt_mask[:1], space.open, space.shut)
+        space.positions[: self.rows] = positions[:, -1:]
+        space.positions[self.rows :] = positions[:1, -1:]
         # The prefill's keys and values go into the static cache, row for row (the extra rows copy the first).
         for layer, filled in zip(space.cache.layers, prefill_cache.layers):
             keys, values = filled.keys, filled.values
             if not layer.is_initialized:
-                layer.lazy_initialization(keys[:1].expand(rows, *keys.shape[1:]), values[:1].expand(rows, *values.shape[1:]))
-            layer.keys[:self.rows, :, :width] = keys
-            layer.keys[self.rows:, :, :width] = keys[:1]
-            layer.values[:self.rows, :, :width] = values
-            layer.values[self.rows:, :, :width] = values[:1]
+                layer.lazy_initialization(
+                    keys[:1].expand(rows, *keys.shape[1:]), values[:1].expand(rows, *values.shape[1:])
+                )
+            layer.keys[: self.rows, :, :width] = keys
+            layer.keys[self.rows :, :, :width] = keys[:1]
+            layer.values[: self.rows, :, :width] = values
+            layer.values[self.rows :, :, :width] = values[:1]
             layer.cumulative_length.fill_(width)
         self.prompt_ids, self.prompt_mask = input_ids, attention_mask
         self.keep_last = _keep_last(model)
@@ -197,22 +243,28 @@ class FixedState:
     @property
     def sequences(self) -> torch.Tensor:
         """The rows' tokens so far (a view of the fixed buffer)."""
-        return self.space.tokens[:self.rows, :self.width + self.step]
+        return self.space.tokens[: self.rows, : self.width + self.step]
 
     def advance(self, next_tokens: torch.Tensor) -> torch.Tensor:
         space, column = self.space, self.width + self.step
-        space.tokens[:self.rows, column] = next_tokens
-        space.tokens[self.rows:, column] = next_tokens[:1]
-        space.step_ids.copy_(space.tokens[:, column:column + 1])
+        space.tokens[: self.rows, column] = next_tokens
+        space.tokens[self.rows :, column] = next_tokens[:1]
+        space.step_ids.copy_(space.tokens[:, column : column + 1])
         space.mask[:, 0, 0, column] = space.open
         space.positions += 1  # the first new token sits one past the prompt's last position, each next one past that
         self.step += 1
-        return self._forward()[:self.rows]
+        return self._forward()[: self.rows]
 
     def _eager(self) -> torch.Tensor:
         space = self.space
-        return self.model(input_ids=space.step_ids, attention_mask=space.mask, position_ids=space.positions,
-                          cache=space.cache, use_cache=True, **self.keep_last).logits[:, -1, :]
+        return self.model(
+            input_ids=space.step_ids,
+            attention_mask=space.mask,
+            position_ids=space.positions,
+            cache=space.cache,
+            use_cache=True,
+            **self.keep_last,
+        ).logits[:, -1, :]
 
     def _forward(self) -> torch.Tensor:
         space = self.space
@@ -239,7 +291,9 @@ class FixedState:
                 layer.cumulative_length.copy_(counter)
 
         try:
-            torch.cuda.set_device(space.tokens.device)  # the graph and its stream on the model's GPU, not the current one
+            torch.cuda.set_device(
+                space.tokens.device
+            )  # the graph and its stream on the model's GPU, not the current one
             expected = self._eager().float().clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -255,13 +309,20 @@ class FixedState:
             rewind()
             graph.replay()
             replayed = space.graph_logits.float()
-            if not torch.equal(replayed.argmax(-1), expected.argmax(-1)) or not torch.allclose(replayed, expected, atol=1e-3, rtol=1e-3):
-                raise RuntimeError(f"the replayed step differs from the eager one (largest difference {float((replayed - expected).abs().max()):.3g})")
+            if not torch.equal(replayed.argmax(-1), expected.argmax(-1)) or not torch.allclose(
+                replayed, expected, atol=1e-3, rtol=1e-3
+            ):
+                raise RuntimeError(
+                    "the replayed step differs from the eager one (largest difference "
+                    f"{float((replayed - expected).abs().max()):.3g})"
+                )
             space.graph = graph
             return replayed
         except Exception as error:  # noqa: BLE001 (any failure of capture falls back to eager steps, said once)
             space.graph_failed = True
             space.graph = None
             rewind()
-            warnings.warn(f"Decoding runs without CUDA graphs for this model: capturing a step failed ({error}).", stacklevel=2)
+            warnings.warn(
+                f"Decoding runs without CUDA graphs for this model: capturing a step failed ({error}).", stacklevel=2
+            )
             return self._eager().float()

@@ -31,7 +31,7 @@ class CitationBlocker:
     def completes(self, ids: list[int], start: int) -> list[bool]:
         """For each position from ``start`` on, whether its token completes an n-gram of the training data."""
         k = self.n - 1
-        return [i >= k and ids[i] in self.next_tokens.get(tuple(ids[i - k:i]), ()) for i in range(start, len(ids))]
+        return [i >= k and ids[i] in self.next_tokens.get(tuple(ids[i - k : i]), ()) for i in range(start, len(ids))]
 
     @staticmethod
     def _hash(prefixes: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,8 @@ class CitationBlocker:
         return key
 
     def _table(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """(keys sorted, their prefixes, the token each n-gram continues with, the longest run of one key), on ``device``."""
+        """(keys sorted, their prefixes, the token each n-gram continues with, the longest run of one key), on
+        ``device``."""
         if device not in self._tables:
             pairs = [(*prefix, token) for prefix, tokens in self.next_tokens.items() for token in sorted(tokens)]
             grams = torch.tensor(pairs, dtype=torch.long).reshape(-1, self.n)
@@ -59,7 +60,7 @@ class CitationBlocker:
         keys, prefixes, tokens, span = self._table(scores.device)
         if not span:
             return scores
-        prefix = input_ids[:, -(self.n - 1):].to(scores.device)
+        prefix = input_ids[:, -(self.n - 1) :].to(scores.device)
         key = self._hash(prefix)
         first = torch.searchsorted(keys, key)  # (B,): where each row's key would start
         candidates = (first[:, None] + torch.arange(span, device=scores.device)).clamp(max=len(keys) - 1)  # (B, span)
@@ -94,7 +95,7 @@ class NoRepeatNGram:
             windows, found = ids[:, :, None], torch.ones_like(ids, dtype=torch.bool)
         else:
             windows = ids.unfold(1, self.n, 1)  # (B, length - n + 1, n): every n-gram of the row
-            found = (windows[:, :, :-1] == ids[:, None, length - self.n + 1:]).all(-1)
+            found = (windows[:, :, :-1] == ids[:, None, length - self.n + 1 :]).all(-1)
         banned = torch.zeros((len(scores), vocabulary + 1), dtype=torch.bool, device=scores.device)
         banned.scatter_(1, torch.where(found, windows[:, :, -1], vocabulary), True)
         return scores.masked_fill_(banned[:, :vocabulary], float("-inf"))
@@ -146,8 +147,13 @@ class CompanionModel:
             positions = self.positions[:, -1:] + torch.arange(1, new + 1, device=input_ids.device)
             self.positions = positions
         self.seen = input_ids.shape[1]
-        out = self.model(input_ids=step_ids, attention_mask=self.attention_mask, position_ids=positions,
-                         cache=self.cache, use_cache=True)
+        out = self.model(
+            input_ids=step_ids,
+            attention_mask=self.attention_mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+        )
         return out.logits[:, -1, :].float()
 
 

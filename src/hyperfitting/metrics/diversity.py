@@ -118,7 +118,7 @@ def self_bleu(sequences: Sequence[Tokens], max_n: int = 4, epsilon: float = 0.1)
                 top, top_index, second = best[n_index][gram]
                 clipped += min(c, second if top_index == index else top)
             log_precision += math.log((clipped or epsilon) / total) / max_n
-        others = lengths[:index] + lengths[index + 1:]
+        others = lengths[:index] + lengths[index + 1 :]
         ref_len = min(others, key=lambda r: (abs(r - hyp_len), r))
         brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
         scores.append(0.0 if log_precision == float("-inf") else brevity * math.exp(log_precision))

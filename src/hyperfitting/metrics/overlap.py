@@ -63,10 +63,14 @@ class SuffixAutomaton:
         return best
 
 
-def training_overlap(continuations: Sequence[Sequence[int]], index: SuffixAutomaton, threshold: int = 10) -> dict[str, float]:
+def training_overlap(
+    continuations: Sequence[Sequence[int]], index: SuffixAutomaton, threshold: int = 10
+) -> dict[str, float]:
     spans = [index.longest_match(c) for c in continuations]
     return {
         "train_overlap_mean_span": sum(spans) / len(spans) if spans else float("nan"),
         "train_overlap_max_span": float(max(spans, default=0)),
-        f"train_overlap_share_over_{threshold}": sum(s > threshold for s in spans) / len(spans) if spans else float("nan"),
+        f"train_overlap_share_over_{threshold}": sum(s > threshold for s in spans) / len(spans)
+        if spans
+        else float("nan"),
     }

@@ -72,8 +72,10 @@ def parse_block_selection(selection: str, n_blocks: int) -> list[int]:
         if range_match:
             low, high = int(range_match.group(1)), int(range_match.group(2))
             if low > high:
-                raise ConfigError(f"Block selection '{selection}': the range {part} runs backwards; write it low to high, "
-                                  f"as {high}-{low}.")
+                raise ConfigError(
+                    f"Block selection '{selection}': the range {part} runs backwards; write it low to high, "
+                    f"as {high}-{low}."
+                )
             indices.update(range(low, high + 1))
         elif re.fullmatch(r"-?\d+", part):
             indices.add(int(part))

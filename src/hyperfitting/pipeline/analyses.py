@@ -1,4 +1,5 @@
-"""The mechanism analyses (hyperfitting.registry) as stages of a run folder, sharing one pair of models and one set of greedy paths."""
+"""The mechanism analyses (hyperfitting.registry) as stages of a run folder, sharing one pair of models and one set of
+greedy paths."""
 
 from __future__ import annotations
 
@@ -20,14 +21,18 @@ class AnalysisContext:
     def __init__(self, config: RunConfig, data: PreparedData, models=None, control: bool = False):
         self.config = config
         self.data = data
-        self.control = control  # the run before it hyperfitted: the analyses it feeds need only their comparison, not every row
+        self.control = (
+            control  # the run before it hyperfitted: the analyses it feeds need only their comparison, not every row
+        )
         self.base, self.tuned, self.tokenizer = models or load_pair(config)
         corpora = config.analysis.corpora or list(data.prompts)
         missing = [c for c in corpora if c not in data.prompts]
         if missing:
             from hyperfitting.errors import ConfigError
 
-            raise ConfigError(f"analysis.corpora names {missing}, which are not among data.eval_corpora {list(data.prompts)}.")
+            raise ConfigError(
+                f"analysis.corpora names {missing}, which are not among data.eval_corpora {list(data.prompts)}."
+            )
         self.prompts = [p.prompt_ids for c in corpora for p in data.prompts[c]]
 
     @shared
@@ -36,7 +41,8 @@ class AnalysisContext:
 
     @shared
     def heldout_static(self):
-        """Per-token statistics and the fitted static+temperature model, from one teacher-forced pass over held-out text."""
+        """Per-token statistics and the fitted static+temperature model, from one teacher-forced pass over held-out
+        text."""
         from hyperfitting.analysis.static_bias import heldout_static_models
 
         return heldout_static_models(self.base, self.tuned, self.data.heldout_blocks, self.config)
@@ -46,9 +52,12 @@ class AnalysisContext:
         return decode(self.tuned, self.tokenizer, self.prompts, self.config, desc="hyperfitted greedy")
 
 
-def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext | Callable[[], AnalysisContext], suffix: str = "") -> dict:
-    """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full fine-tuning) unless
-    done with the same inputs. ``context`` may be a function that makes it, called only if the stage runs."""
+def analysis_stage(
+    graph: StageGraph, name: str, context: AnalysisContext | Callable[[], AnalysisContext], suffix: str = ""
+) -> dict:
+    """Run one analysis into stage `analysis-NAME{suffix}` of ``graph`` (`-rK` for replicate K, `-full` for full
+    fine-tuning) unless done with the same inputs. ``context`` may be a function that makes it, called only if the stage
+    runs."""
     analysis = get_analysis(name)
 
     def work(folder: Path) -> dict:
@@ -57,7 +66,9 @@ def analysis_stage(graph: StageGraph, name: str, context: AnalysisContext | Call
         if is_main_process():  # a plug-in's writer need not know about processes: only process 0 writes files
             analysis.write_to(results, folder)
         table = folder / "table.md"
-        if is_main_process() and table.exists():  # only process 0 writes files: another process could read the table before it exists
+        if (
+            is_main_process() and table.exists()
+        ):  # only process 0 writes files: another process could read the table before it exists
             print(table.read_text())
         return results
 

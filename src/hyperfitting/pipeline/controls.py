@@ -1,4 +1,5 @@
-"""Where to adapt (claim 5): LoRA on the last K, first K and all blocks, and full fine-tuning, each trained on the same data to the same target loss."""
+"""Where to adapt (claim 5): LoRA on the last K, first K and all blocks, and full fine-tuning, each trained on the same
+data to the same target loss."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_hyperfitted, load_model
 from hyperfitting.pipeline.graph import StageGraph, reused_runs
-from hyperfitting.rundir import is_main_process, read_json, read_jsonl, remove_together, wait_for_everyone, write_json, write_text
+from hyperfitting.rundir import (
+    is_main_process,
+    read_json,
+    read_jsonl,
+    remove_together,
+    wait_for_everyone,
+    write_json,
+    write_text,
+)
 from hyperfitting.training.hyperfit import hyperfit
 from hyperfitting.training.parallel import is_sharded, remove_checkpoints
 
@@ -27,15 +36,22 @@ def control_train_args(config: RunConfig, spec: str):
 
     On the study's own data (study.controls_on_study_data) a LoRA placement starts from the main LoRA run's learning
     rate, so the placements differ in where they adapt and nothing else; a LoRA control never takes a full fine-tune's
-    rate (about a thousand times too low for LoRA): beside a fully fine-tuned main run it starts from controls_lr_lora."""
+    rate (about a thousand times too low for LoRA): beside a fully fine-tuned main run it starts from
+    controls_lr_lora."""
     # The verdict reads a control's final held-out loss only; measured every epoch, a forward pass over as many blocks
     # as it trains on added about a third to each epoch (forward alone against forward and backward).
-    common = dict(epochs=config.study.controls_epochs, until_loss=config.train.until_loss, diversity_every=0, heldout_every=0)
+    common = dict(
+        epochs=config.study.controls_epochs, until_loss=config.train.until_loss, diversity_every=0, heldout_every=0
+    )
     if spec == "full":
         return replace(config.train, method="full", blocks="all", lr=config.study.controls_lr_full, **common)
     _, blocks = spec.split(":", 1)
     # LoRA controls fit one device: plain data parallelism keeps the trunk cache (FSDP turns it off).
-    lr = config.train.lr if config.study.controls_on_study_data and config.train.method == "lora" else config.study.controls_lr_lora
+    lr = (
+        config.train.lr
+        if config.study.controls_on_study_data and config.train.method == "lora"
+        else config.study.controls_lr_lora
+    )
     return replace(config.train, method="lora", blocks=blocks, lr=lr, parallelism="ddp", **common)
 
 
@@ -44,7 +60,9 @@ def _key(spec: str) -> str:
     return ":".join(spec.split(":")[:2])
 
 
-def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, folder: Path) -> list[dict]:
+def sweep_learning_rate(
+    config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, folder: Path
+) -> list[dict]:
     """Train the placement briefly at each multiple of its learning rate; rows ordered best first (training loss only).
 
     Only the training loss decides, as the papers tune: the held-out loss and the diversity
@@ -57,29 +75,53 @@ def sweep_learning_rate(config: RunConfig, spec: str, blocks: torch.Tensor, data
         trial = replace(config, train=replace(train, lr=lr, epochs=config.study.controls_sweep_epochs))
         trial_folder = folder / f"sweep-lr{lr:g}"
         model, _ = load_model(config.model, for_training=True, sharded_training=train.parallelism == "fsdp")
-        chance = math.log(model.get_output_embeddings().weight.shape[0])  # the loss of a uniform guess over the vocabulary
+        chance = math.log(
+            model.get_output_embeddings().weight.shape[0]
+        )  # the loss of a uniform guess over the vocabulary
         try:
             log = hyperfit(model, blocks, data.heldout_blocks[:0], trial, trial_folder).log
-            # A rate so high that the logits saturate leaves the loss of a uniform guess, to the last digits, without ever
+            # A rate so high that the logits saturate leaves the loss of a uniform guess, to the last digits, without
+            # ever
             # going non-finite: that rate diverged too (a trial that trains lands on exactly ln V only by a fluke).
             collapsed = abs(log[-1]["train_loss"] - chance) < 1e-5
-            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": collapsed})
+            rows.append(
+                {"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": collapsed}
+            )
         except DivergenceError:
             log = read_jsonl(trial_folder / "train_log.jsonl")
-            rows.append({"lr": lr, "train_loss": log[-1]["train_loss"] if log else float("inf"), "epochs": len(log) - 1, "diverged": True})
+            rows.append(
+                {
+                    "lr": lr,
+                    "train_loss": log[-1]["train_loss"] if log else float("inf"),
+                    "epochs": len(log) - 1,
+                    "diverged": True,
+                }
+            )
         remove_together(trial_folder)  # every process has left the trial before process 0 deletes it
     return sorted(rows, key=lambda r: (r["diverged"], r["train_loss"]))
 
 
-def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: PreparedData, prompts, tokenizer, base_states, sample,
-                folder: Path) -> dict:
-    """Choose the placement's learning rate, train it to the target loss, decode greedily, compare its geometry with the base model's."""
+def run_control(
+    config: RunConfig,
+    spec: str,
+    blocks: torch.Tensor,
+    data: PreparedData,
+    prompts,
+    tokenizer,
+    base_states,
+    sample,
+    folder: Path,
+) -> dict:
+    """Choose the placement's learning rate, train it to the target loss, decode greedily, compare its geometry with the
+    base model's."""
     started = time.perf_counter()
     sweep = sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep else []
     candidates = [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
     for attempt, lr in enumerate(candidates):
         train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
-        model, _ = load_model(config.model, for_training=True, sharded_training=train_config.train.parallelism == "fsdp")
+        model, _ = load_model(
+            config.model, for_training=True, sharded_training=train_config.train.parallelism == "fsdp"
+        )
         try:
             # Held-out loss on as many held-out blocks as training blocks: measured every epoch, so kept small.
             trained = hyperfit(model, blocks, data.heldout_blocks[: len(blocks)], train_config, folder)
@@ -93,10 +135,18 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
                 (folder / "train_log.jsonl").unlink(missing_ok=True)
             wait_for_everyone()
             if attempt + 1 == len(candidates):
-                # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as the reason.
-                return {"spec": spec, "diverged": True, "initial_train_loss": log[0]["train_loss"], "final_train_loss": log[-1]["train_loss"],
-                        "epochs": log[-1]["epoch"], "wall_seconds": time.perf_counter() - started, "trainable_parameters": None,
-                        "lr_sweep": sweep}
+                # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as
+                # the reason.
+                return {
+                    "spec": spec,
+                    "diverged": True,
+                    "initial_train_loss": log[0]["train_loss"],
+                    "final_train_loss": log[-1]["train_loss"],
+                    "epochs": log[-1]["epoch"],
+                    "wall_seconds": time.perf_counter() - started,
+                    "trainable_parameters": None,
+                    "lr_sweep": sweep,
+                }
     wall = time.perf_counter() - started
     tuned = trained.model.eval()
     if hasattr(tuned, "merge_and_unload") and not is_sharded(tuned):
@@ -116,9 +166,19 @@ def run_control(config: RunConfig, spec: str, blocks: torch.Tensor, data: Prepar
     }
 
 
-def reused_control(config: RunConfig, spec: str, train_folder: Path, lr: float, data: PreparedData, prompts, tokenizer, base_states,
-                   sample) -> dict:
-    """A placement the study has already trained on its own data (the main run, or its full fine-tune): measured, not retrained."""
+def reused_control(
+    config: RunConfig,
+    spec: str,
+    train_folder: Path,
+    lr: float,
+    data: PreparedData,
+    prompts,
+    tokenizer,
+    base_states,
+    sample,
+) -> dict:
+    """A placement the study has already trained on its own data (the main run, or its full fine-tune): measured, not
+    retrained."""
     summary = read_json(train_folder / "summary.json")
     tuned = load_hyperfitted(config.model, train_folder)[0].eval()
     return {
@@ -137,7 +197,9 @@ def reused_control(config: RunConfig, spec: str, train_folder: Path, lr: float, 
     }
 
 
-def measure_control(tuned, spec: str, config: RunConfig, data: PreparedData, prompts, tokenizer, base_states, sample) -> dict:
+def measure_control(
+    tuned, spec: str, config: RunConfig, data: PreparedData, prompts, tokenizer, base_states, sample
+) -> dict:
     """Greedy continuations of the analysis prompts and the geometry against the base model's: what claim 5 compares."""
     # An FSDP-sharded model (a `full` control under train.parallelism=fsdp) decodes in lockstep.
     outputs = decode(tuned, tokenizer, prompts, config, desc=f"{spec} greedy", shard=not is_sharded(tuned))
@@ -156,18 +218,28 @@ def measure_control(tuned, spec: str, config: RunConfig, data: PreparedData, pro
     }
 
 
-def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]], base, tokenizer, out_dir: Path) -> dict:
+def run_controls(
+    config: RunConfig, data: PreparedData, prompts: list[list[int]], base, tokenizer, out_dir: Path
+) -> dict:
     on_study_data = config.study.controls_on_study_data
     blocks = data.train_blocks if on_study_data else data.train_blocks[: config.study.controls_train_blocks]
     reused = reused_runs(config)
     sample = sample_block_positions(data.heldout_blocks, config.analysis.geometry_tokens, config.data.seed)
     base_states = hidden_states_at(base, data.heldout_blocks, sample)
     base_outputs = decode(base, tokenizer, prompts, config, desc="base greedy")
-    results = {"train_blocks": len(blocks), "on_study_data": on_study_data, "epoch_cap": config.study.controls_epochs,
-               "until_loss": config.train.until_loss, "methods": {},
-               "lr_sweep": ({"multiples": config.study.controls_lr_sweep, "epochs": config.study.controls_sweep_epochs}
-                            if config.study.controls_lr_sweep else None),
-               "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)}}
+    results = {
+        "train_blocks": len(blocks),
+        "on_study_data": on_study_data,
+        "epoch_cap": config.study.controls_epochs,
+        "until_loss": config.train.until_loss,
+        "methods": {},
+        "lr_sweep": (
+            {"multiples": config.study.controls_lr_sweep, "epochs": config.study.controls_sweep_epochs}
+            if config.study.controls_lr_sweep
+            else None
+        ),
+        "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)},
+    }
     for spec in config.study.controls:
         folder = out_dir / spec.replace(":", "-")
         # Each finished control is kept: a study killed during the third control does not retrain the first two.
@@ -175,12 +247,17 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
         if done.exists():
             results["methods"][_key(spec)] = read_json(done)
             continue
-        print(f"\n-- control: {spec}" + (f" (the study's own {reused[spec][0]} run, measured, not retrained)" if spec in reused else ""),
-              flush=True)
+        print(
+            f"\n-- control: {spec}"
+            + (f" (the study's own {reused[spec][0]} run, measured, not retrained)" if spec in reused else ""),
+            flush=True,
+        )
         folder.mkdir(parents=True, exist_ok=True)
         if spec in reused:
             stage, lr = reused[spec]
-            row = reused_control(config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample)
+            row = reused_control(
+                config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample
+            )
         else:
             row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
         write_json(done, row)
@@ -191,30 +268,53 @@ def run_controls(config: RunConfig, data: PreparedData, prompts: list[list[int]]
 
 def controls_table(results: dict) -> str:
     lines = [
-        (f"Each method trained on the study's own {results['train_blocks']} training blocks (the regime claims 1-4 are tested in) "
-         if results.get("on_study_data") else
-         f"Each method trained on the first {results['train_blocks']} training blocks only, a smaller regime than the one claims 1-4 are "
-         "tested in (study.controls_on_study_data=false), ")
-        + f"until its training loss reached {results['until_loss']} (at most {results['epoch_cap']} epochs); greedy continuations of the "
+        (
+            f"Each method trained on the study's own {results['train_blocks']} training blocks (the regime claims 1-4 "
+            "are tested in) "
+            if results.get("on_study_data")
+            else f"Each method trained on the first {results['train_blocks']} training blocks only, a smaller regime "
+            "than the one claims 1-4 are "
+            "tested in (study.controls_on_study_data=false), "
+        )
+        + f"until its training loss reached {results['until_loss']} (at most {results['epoch_cap']} epochs); greedy "
+        "continuations of the "
         f"analysis prompts. Base greedy TTR {results['base']['ttr']:.3f}. "
-        + ("Rows marked 'reused' are the study's own runs, measured here, not retrained. " if any(
-            r.get("reused_from") for r in results["methods"].values()) else "")
-        + (f"Each method's learning rate was chosen by a sweep of {results['lr_sweep']['multiples']} x its default, "
-           f"{results['lr_sweep']['epochs']} epochs each, on training loss only." if results.get("lr_sweep") else
-           "Learning rates as configured (no sweep)."),
+        + (
+            "Rows marked 'reused' are the study's own runs, measured here, not retrained. "
+            if any(r.get("reused_from") for r in results["methods"].values())
+            else ""
+        )
+        + (
+            f"Each method's learning rate was chosen by a sweep of {results['lr_sweep']['multiples']} x its default, "
+            f"{results['lr_sweep']['epochs']} epochs each, on training loss only."
+            if results.get("lr_sweep")
+            else "Learning rates as configured (no sweep)."
+        ),
         "",
-        "| method | trainable parameters | lr | train loss | epochs | reached target | held-out perplexity | wall time (s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
+        "| method | trainable parameters | lr | train loss | epochs | reached target | held-out perplexity | wall time "
+        "(s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["methods"].values():
-        reached = "diverged" if row["diverged"] else "yes" if row["final_train_loss"] <= (results["until_loss"] or float("inf")) else "no"
+        reached = (
+            "diverged"
+            if row["diverged"]
+            else "yes"
+            if row["final_train_loss"] <= (results["until_loss"] or float("inf"))
+            else "no"
+        )
         if row["diverged"]:
-            lines.append(f"| {row['spec']} | - | - | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | {row['epochs']} | diverged |"
-                         + " - |" * 7)
+            lines.append(
+                f"| {row['spec']} | - | - | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
+                f"{row['epochs']} | diverged |" + " - |" * 7
+            )
             continue
         lines.append(
-            f"| {row['spec']}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | {row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
-            f"{row['epochs']} | {reached} | {row['heldout_perplexity']:.1f} | {row['wall_seconds']:.0f} | {row['ttr']:.3f} | {row['distinct_3']:.3f} | "
+            f"| {row['spec']}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | "
+            f"{row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> "
+            f"{row['final_train_loss']:.3f} | "
+            f"{row['epochs']} | {reached} | {row['heldout_perplexity']:.1f} | {row['wall_seconds']:.0f} | "
+            f"{row['ttr']:.3f} | {row['distinct_3']:.3f} | "
             f"{row['seq_rep_3']:.3f} | {row['largest_delta_pr_layer']} | {row['final_block_delta_pr']:+.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -224,6 +324,7 @@ def controls_stage(graph: StageGraph, data: PreparedData, prompts, base, tokeniz
     if "controls" not in graph:
         return None
     config = graph["controls"].config
+
     def work(folder: Path) -> dict:
         results = run_controls(config, data, prompts, base, tokenizer, folder)
         write_json(folder / "results.json", results)

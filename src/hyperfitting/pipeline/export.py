@@ -36,8 +36,11 @@ def export_merged(model, tokenizer, folder: Path) -> Path:
 
 
 def _permute_for_rope(weight: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's row order for the query and key projections (rotary halves interleaved); transformers undoes it on load."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    """llama.cpp's row order for the query and key projections (rotary halves interleaved); transformers undoes it on
+    load."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def export_gguf(model, source_gguf: Path, path: Path, dtype: str = "float32") -> Path:
@@ -52,14 +55,20 @@ def export_gguf(model, source_gguf: Path, path: Path, dtype: str = "float32") ->
     reader = gguf.GGUFReader(str(source_gguf))
     architecture = reader.fields["general.architecture"].contents()
     if architecture != "llama":
-        raise HyperfitError(f"GGUF export writes the llama architecture (SmolLM2 and other Llama-family models); this model's "
-                            f"GGUF says {architecture!r}. Export --merged and convert that folder with llama.cpp's converter.")
+        raise HyperfitError(
+            f"GGUF export writes the llama architecture (SmolLM2 and other Llama-family models); this model's "
+            f"GGUF says {architecture!r}. Export --merged and convert that folder with llama.cpp's converter."
+        )
     config = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     expected = {tensor.name for tensor in reader.tensors}
     writer = gguf.GGUFWriter(str(path), architecture)
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type", "general.quantization_version"):
+        if key.startswith("GGUF.") or key in (
+            "general.architecture",
+            "general.file_type",
+            "general.quantization_version",
+        ):
             continue  # the writer adds its own header and architecture; the file type is ours now
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
@@ -69,7 +78,9 @@ def export_gguf(model, source_gguf: Path, path: Path, dtype: str = "float32") ->
     for hf_name, tensor in model.state_dict().items():
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise HyperfitError(f"No GGUF name for tensor {hf_name}: this model's layout is not the llama architecture's.")
+            raise HyperfitError(
+                f"No GGUF name for tensor {hf_name}: this model's layout is not the llama architecture's."
+            )
         if name == "output.weight" and "output.weight" not in expected:
             continue  # a tied head: llama.cpp reads the embedding matrix
         array = tensor.detach().to(torch.float32).cpu().numpy()
@@ -91,7 +102,8 @@ def export_gguf(model, source_gguf: Path, path: Path, dtype: str = "float32") ->
 
 
 def greedy_agreement(tokens: list[list[int]], reference: list[list[int]]) -> dict:
-    """How far two sets of greedy continuations agree: identical rows, and the share of steps before the first difference."""
+    """How far two sets of greedy continuations agree: identical rows, and the share of steps before the first
+    difference."""
     identical = sum(a == b for a, b in zip(tokens, reference))
     agreeing_steps = 0
     for a, b in zip(tokens, reference):
@@ -100,7 +112,11 @@ def greedy_agreement(tokens: list[list[int]], reference: list[list[int]]) -> dic
                 break
             agreeing_steps += 1
     total = sum(len(b) for b in reference)
-    return {"rows": len(reference), "identical_rows": identical, "steps_before_first_difference": agreeing_steps / total if total else 1.0}
+    return {
+        "rows": len(reference),
+        "identical_rows": identical,
+        "steps_before_first_difference": agreeing_steps / total if total else 1.0,
+    }
 
 
 def source_gguf(model_name: str) -> Path:
@@ -111,11 +127,15 @@ def source_gguf(model_name: str) -> Path:
         return embedded_model_path(model_name)
     if str(model_name).endswith(".gguf") and Path(model_name).is_file():
         return Path(model_name)
-    raise HyperfitError(f"--gguf keeps the metadata of the GGUF file the model came from, and '{model_name}' did not come from one. "
-                        "Export --merged DIR and convert DIR with llama.cpp's convert_hf_to_gguf.py.")
+    raise HyperfitError(
+        f"--gguf keeps the metadata of the GGUF file the model came from, and '{model_name}' did not come from one. "
+        "Export --merged DIR and convert DIR with llama.cpp's convert_hf_to_gguf.py."
+    )
 
 
-def export_run(run_dir: Path, merged: Path | None = None, gguf_path: Path | None = None, gguf_dtype: str = "float32") -> dict:
+def export_run(
+    run_dir: Path, merged: Path | None = None, gguf_path: Path | None = None, gguf_dtype: str = "float32"
+) -> dict:
     """Export a finished run's hyperfitted model and verify each export by decoding the run's prompts again."""
     import yaml
 
@@ -134,14 +154,26 @@ def export_run(run_dir: Path, merged: Path | None = None, gguf_path: Path | None
         if Path(gguf_path).exists():
             raise HyperfitError(f"{gguf_path} exists: choose a new file name for the export (nothing was written).")
     model, tokenizer = load_hyperfitted(model_args, run_dir / "train")  # an adapter is merged into the weights here
-    # The reference: the run's own hyperfitted generations when they were decoded greedily, else the merged model in memory.
+    # The reference: the run's own hyperfitted generations when they were decoded greedily, else the merged model in
+    # memory.
     generate_args = GenerateArgs(**{k: v for k, v in config["generate"].items()})
-    rows = read_jsonl(run_dir / "hyperfitted" / "generations.jsonl") if (run_dir / "hyperfitted" / "generations.jsonl").exists() else []
+    rows = (
+        read_jsonl(run_dir / "hyperfitted" / "generations.jsonl")
+        if (run_dir / "hyperfitted" / "generations.jsonl").exists()
+        else []
+    )
     plain = not (generate_args.do_sample or generate_args.citation_blocker or generate_args.contrastive_top_k)
-    greedy = GenerateArgs(max_new_tokens=generate_args.max_new_tokens, batch_size=generate_args.batch_size,
-                          stop_at_eos=generate_args.stop_at_eos)
+    greedy = GenerateArgs(
+        max_new_tokens=generate_args.max_new_tokens,
+        batch_size=generate_args.batch_size,
+        stop_at_eos=generate_args.stop_at_eos,
+    )
     if rows and plain:
-        prompts, reference, against = [r["prompt_ids"] for r in rows], [r["continuation_ids"] for r in rows], "the run's generations"
+        prompts, reference, against = (
+            [r["prompt_ids"] for r in rows],
+            [r["continuation_ids"] for r in rows],
+            "the run's generations",
+        )
     else:
         prompts = [r["prompt_ids"] for r in rows] or [tokenizer("Once upon a time")["input_ids"]]
         reference = [c.token_ids for c in generate(model, tokenizer, prompts, greedy, show_progress=False)]
@@ -152,8 +184,12 @@ def export_run(run_dir: Path, merged: Path | None = None, gguf_path: Path | None
         from hyperfitting.rundir import read_json
 
         folder = export_merged(model, tokenizer, Path(merged))
-        write_model_card(folder, config, read_json(run_dir / "train" / "summary.json"),
-                         read_json(run_dir / "data" / "manifest.json") if (run_dir / "data" / "manifest.json").exists() else {})
+        write_model_card(
+            folder,
+            config,
+            read_json(run_dir / "train" / "summary.json"),
+            read_json(run_dir / "data" / "manifest.json") if (run_dir / "data" / "manifest.json").exists() else {},
+        )
         back, back_tokenizer = load_model(ModelArgs(name=str(folder)))
         got = [c.token_ids for c in generate(back, back_tokenizer, prompts, greedy, desc="checking the merged export")]
         report["merged"] = {"path": str(folder), "against": against, **greedy_agreement(got, reference)}
@@ -162,7 +198,13 @@ def export_run(run_dir: Path, merged: Path | None = None, gguf_path: Path | None
         path = export_gguf(model, source, Path(gguf_path), gguf_dtype)
         back, back_tokenizer = load_model(ModelArgs(name=str(path)))
         got = [c.token_ids for c in generate(back, back_tokenizer, prompts, greedy, desc="checking the GGUF export")]
-        report["gguf"] = {"path": str(path), "dtype": gguf_dtype, "bytes": path.stat().st_size, "source": str(source),
-                          "against": against, **greedy_agreement(got, reference)}
+        report["gguf"] = {
+            "path": str(path),
+            "dtype": gguf_dtype,
+            "bytes": path.stat().st_size,
+            "source": str(source),
+            "against": against,
+            **greedy_agreement(got, reference),
+        }
     write_json(run_dir / "exports.json", report)
     return report

@@ -62,8 +62,13 @@ def library_versions() -> dict[str, str]:
 
     from hyperfitting import __version__
 
-    return {"hyperfitting": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__}
+    return {
+        "hyperfitting": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
 
 
 def model_files(name: str) -> tuple[Path, ...]:
@@ -79,12 +84,22 @@ def model_files(name: str) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-# Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4): only
+# Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4):
+# only
 # their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
 # The analyses' weights are their registry entries' (hyperfitting.registry).
-STAGE_WEIGHTS = {"data": 4, "base": 26, "train": 196, "hyperfitted": 16, "hyperfitted-blocked": 18, "controls": 131, "quality": 120,
-                 "baselines": 82, "retention": 33}  # retention: the preset before it left it out
+STAGE_WEIGHTS = {
+    "data": 4,
+    "base": 26,
+    "train": 196,
+    "hyperfitted": 16,
+    "hyperfitted-blocked": 18,
+    "controls": 131,
+    "quality": 120,
+    "baselines": 82,
+    "retention": 33,
+}  # retention: the preset before it left it out
 # The quick preset's shape, to which the weights belong: prompts x new tokens decoded, blocks x tokens trained,
 # decoding baselines, controls.
 _QUICK_DECODED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 64 * 128, 8, 2
@@ -157,7 +172,9 @@ class StageGraph:
         inputs.update({f"file {path}": content_hash(path) for path in spec.files})
         inputs.update({f"version {library}": version for library, version in library_versions().items()})
         inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
-        if name != "data":  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
+        if (
+            name != "data"
+        ):  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
             from hyperfitting.precision import resolve_precision
 
             inputs["precision"] = resolve_precision(spec.config.model.precision).label
@@ -170,8 +187,8 @@ class StageGraph:
         return Stage(self.run_dir, name, self.fingerprint(name), inputs=self.inputs(name))
 
     def run(self, name: str, work: Callable[[Path], T], load: Callable[[Path], T], detail: str = "") -> T:
-        """The one way a stage runs: a copy finished with the same inputs is read back by ``load``; otherwise the stage is
-        announced, its folder opened (partial work of other inputs wiped), ``work`` does the stage into it, and the
+        """The one way a stage runs: a copy finished with the same inputs is read back by ``load``; otherwise the stage
+        is announced, its folder opened (partial work of other inputs wiped), ``work`` does the stage into it, and the
         stage is timed and marked done (stage-done.json), in that order, so a killed stage is never taken as finished.
 
         ``work`` returning None means "read my outputs back": with several processes, only process 0 writes, and the
@@ -205,8 +222,11 @@ class StageGraph:
                 rows.append((name, "rerun", "finished by an older version that did not record its inputs"))
                 continue
             now = self.inputs(name)
-            changed = [_describe_change(key, before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
-                       if before.get(key) != now.get(key)]
+            changed = [
+                _describe_change(key, before.get(key), now.get(key))
+                for key in sorted(set(before) | set(now))
+                if before.get(key) != now.get(key)
+            ]
             rows.append((name, "rerun", "; ".join(changed)))
         return rows
 
@@ -226,7 +246,10 @@ class StageGraph:
         eta = f", about {remaining * pace / 60:.0f} min left{'' if weight_ran >= 30 else ' on a 2-core CPU'}"
         index = self.names.index(name) + 1
         text = f"{name}: {detail or self.specs[name].what}"
-        print(f"\n== [{index}/{len(self.specs)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})", flush=True)
+        print(
+            f"\n== [{index}/{len(self.specs)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})",
+            flush=True,
+        )
 
     def explain(self) -> str:
         """The plan as text: one line per stage."""
@@ -269,7 +292,8 @@ def full_finetune_config(config: RunConfig) -> RunConfig:
 
 
 def reused_runs(config: RunConfig) -> dict[str, tuple[str, float]]:
-    """On the study's own data (study.controls_on_study_data), the placements the study trains anyway: spec -> (stage, lr).
+    """On the study's own data (study.controls_on_study_data), the placements the study trains anyway: spec -> (stage,
+    lr).
 
     The main run stands for its own placement, the full fine-tune (study.full_finetune) for `full`; each was trained on
     every training block with the study's own arguments, so training it again would measure the same thing twice.
@@ -295,13 +319,24 @@ def analysed_config(config: RunConfig, train_folder: Path) -> RunConfig:
 
 # The study keys each late stage reads; the others (replicates, which analyses run, full_finetune) reach it through
 # its parent stages or not at all, so that adding replicates to a finished study does not redo its controls or quality.
-CONTROLS_READS = tuple(f"study.{key}" for key in ("controls", "controls_train_blocks", "controls_on_study_data", "controls_epochs",
-                                                   "controls_lr_lora", "controls_lr_full", "controls_lr_sweep", "controls_sweep_epochs")) \
-    + ("analysis.geometry_tokens",)
+CONTROLS_READS = tuple(
+    f"study.{key}"
+    for key in (
+        "controls",
+        "controls_train_blocks",
+        "controls_on_study_data",
+        "controls_epochs",
+        "controls_lr_lora",
+        "controls_lr_full",
+        "controls_lr_sweep",
+        "controls_sweep_epochs",
+    )
+) + ("analysis.geometry_tokens",)
 
 
 def controls_reads(config: RunConfig) -> tuple[str, ...]:
-    """CONTROLS_READS without the keys the study's other settings make unused (pipeline/controls.py: control_train_args)."""
+    """CONTROLS_READS without the keys the study's other settings make unused (pipeline/controls.py:
+    control_train_args)."""
     study = config.study
     unused = set()
     if study.controls_on_study_data:
@@ -316,17 +351,32 @@ def controls_reads(config: RunConfig) -> tuple[str, ...]:
 
 
 def control_training_keys(config: RunConfig) -> tuple[str, ...]:
-    """The train keys the controls' training reads: pipeline/controls.py: control_train_args sets placement, rate, epochs
-    and the per-epoch measurements itself (none: no probe reads the probe's keys), and keeps the rest of train.*."""
-    set_by_controls = {"method", "blocks", "epochs", "diversity_every", "heldout_every", "diversity_prompts", "diversity_tokens",
-                       "probe_geometry"}
+    """The train keys the controls' training reads: pipeline/controls.py: control_train_args sets placement, rate,
+    epochs and the per-epoch measurements itself (none: no probe reads the probe's keys), and keeps the rest of
+    train.*."""
+    set_by_controls = {
+        "method",
+        "blocks",
+        "epochs",
+        "diversity_every",
+        "heldout_every",
+        "diversity_prompts",
+        "diversity_tokens",
+        "probe_geometry",
+    }
     if not (config.study.controls_on_study_data and config.train.method == "lora"):
         set_by_controls.add("lr")  # the LoRA placements start from the main LoRA run's rate only on the study's data
     return tuple(f"train.{key}" for key in config.hashed()["train"] if key not in set_by_controls)
 
 
-QUALITY_READS = ("study.judge", "study.mauve", "study.reader_prompts", "generate.max_new_tokens",
-                 "analysis.corpora", "analysis.max_new_tokens")
+QUALITY_READS = (
+    "study.judge",
+    "study.mauve",
+    "study.reader_prompts",
+    "generate.max_new_tokens",
+    "analysis.corpora",
+    "analysis.max_new_tokens",
+)
 
 
 def _values(config: RunConfig, keys: tuple[str, ...]) -> dict:
@@ -347,7 +397,9 @@ def _analysis_keys(config: RunConfig, without: tuple[str, ...] = ("hyperfitted",
 def training_keys(config: RunConfig) -> tuple[str, ...]:
     """The train keys a training run reads: LoRA's only when it trains LoRA; the probe's sample size when it probes."""
     lora_only = ("lora_rank", "lora_alpha", "lora_dropout", "target_modules")
-    keys = tuple(f"train.{key}" for key in config.hashed()["train"] if config.train.method == "lora" or key not in lora_only)
+    keys = tuple(
+        f"train.{key}" for key in config.hashed()["train"] if config.train.method == "lora" or key not in lora_only
+    )
     return keys + (("analysis.geometry_tokens",) if config.train.probe_geometry else ())
 
 
@@ -356,24 +408,48 @@ def data_spec(config: RunConfig) -> StageSpec:
 
     corpora = dict.fromkeys([config.data.corpus, *config.data.eval_corpora])
     files = tuple(path for corpus in corpora for path in corpus_files(corpus))
-    return StageSpec("data", "load, clean and split the corpora", config, sections=("data",),
-                     files=files + model_files(config.model.name), values={"model.name": config.model.name})
+    return StageSpec(
+        "data",
+        "load, clean and split the corpora",
+        config,
+        sections=("data",),
+        files=files + model_files(config.model.name),
+        values={"model.name": config.model.name},
+    )
 
 
-def evaluation_spec(name: str, config: RunConfig, parents: tuple[str, ...], what: str, scorer: str = "base") -> StageSpec:
+def evaluation_spec(
+    name: str, config: RunConfig, parents: tuple[str, ...], what: str, scorer: str = "base"
+) -> StageSpec:
     """Continuations of the base model, or (a parent `train{suffix}` stage) of the model it trained, scored against the
     base model (``scorer="plain"``: model.name without model.adapter, for `hyperfit evaluate` of an adapter)."""
     files = (Path(config.model.adapter),) if config.model.adapter else ()
     trained = next((parent.removeprefix("train") for parent in parents if parent.startswith("train")), None)
-    return StageSpec(name, what, config, sections=("model",), parents=("data", *parents), values=_values(config, config.decoding_keys()),
-                     files=model_files(config.model.name) + files, kind="evaluation", args={"trained": trained, "scorer": scorer})
+    return StageSpec(
+        name,
+        what,
+        config,
+        sections=("model",),
+        parents=("data", *parents),
+        values=_values(config, config.decoding_keys()),
+        files=model_files(config.model.name) + files,
+        kind="evaluation",
+        args={"trained": trained, "scorer": scorer},
+    )
 
 
 def training_spec(name: str, config: RunConfig) -> StageSpec:
     train = config.train
-    return StageSpec(name, f"hyperfit: {train.method} on {train.blocks}, seed {train.seed}", config,
-                     sections=("model",), parents=("data",), files=model_files(config.model.name), kind="train",
-                     values=_values(config, training_keys(config)))
+    return StageSpec(
+        name,
+        f"hyperfit: {train.method} on {train.blocks}, seed {train.seed}",
+        config,
+        sections=("model",),
+        parents=("data",),
+        files=model_files(config.model.name),
+        kind="train",
+        values=_values(config, training_keys(config)),
+    )
 
 
 def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
@@ -383,42 +459,82 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
     sections, keys = _split_reads(entry.read_keys(config))
-    if "analysis" in sections:  # a plug-in that does not say what it reads: the section whole, but the analysed model's path
+    if (
+        "analysis" in sections
+    ):  # a plug-in that does not say what it reads: the section whole, but the analysed model's path
         sections, keys = tuple(s for s in sections if s != "analysis"), keys + _analysis_keys(config)
-    return StageSpec(analysis_stage_name(analysis, suffix), f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
-                     config, sections=("model", *sections), parents=("data",) + ((train_stage,) if train_stage else ()),
-                     files=files, values=_values(config, keys), kind="analysis",
-                     args={"analysis": analysis, "suffix": suffix, "trained": train_stage is not None})
+    return StageSpec(
+        analysis_stage_name(analysis, suffix),
+        f"the {analysis} analysis" + (f" ({suffix.lstrip('-')})" if suffix else ""),
+        config,
+        sections=("model", *sections),
+        parents=("data",) + ((train_stage,) if train_stage else ()),
+        files=files,
+        values=_values(config, keys),
+        kind="analysis",
+        args={"analysis": analysis, "suffix": suffix, "trained": train_stage is not None},
+    )
 
 
 def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
-    """The model decoded by every method of baselines.methods (its greedy row read from a parent `base` stage, if any)."""
+    """The model decoded by every method of baselines.methods (its greedy row read from a parent `base` stage, if
+    any)."""
     files = (Path(config.model.adapter),) if config.model.adapter else ()
-    # Every method starts from generate's length, batch and decoder (generation/baselines.py: decoding_args) and sets the rest.
-    keys = ("generate.max_new_tokens", "generate.seed", "generate.batch_size", "generate.stop_at_eos", "generate.decoder",
-            "analysis.baseline_temperature", "analysis.baseline_top_k", "analysis.baseline_top_p")
-    return StageSpec("baselines", "the model decoded by other methods, at the same budget", config,
-                     sections=("model", "baselines"), parents=parents, files=model_files(config.model.name) + files,
-                     values=_values(config, keys))
+    # Every method starts from generate's length, batch and decoder (generation/baselines.py: decoding_args) and sets
+    # the rest.
+    keys = (
+        "generate.max_new_tokens",
+        "generate.seed",
+        "generate.batch_size",
+        "generate.stop_at_eos",
+        "generate.decoder",
+        "analysis.baseline_temperature",
+        "analysis.baseline_top_k",
+        "analysis.baseline_top_p",
+    )
+    return StageSpec(
+        "baselines",
+        "the model decoded by other methods, at the same budget",
+        config,
+        sections=("model", "baselines"),
+        parents=parents,
+        files=model_files(config.model.name) + files,
+        values=_values(config, keys),
+    )
 
 
 def retention_spec(config: RunConfig) -> StageSpec:
-    """The harness on the base and the main hyperfitted model (library versions include lm-eval's through the result)."""
-    return StageSpec("retention", "capability retention: the LM Evaluation Harness on both models", config, sections=("model",),
-                     parents=("data", "train"), files=model_files(config.model.name),
-                     values={"study.retention_tasks": list(config.study.retention_tasks)})
+    """The harness on the base and the main hyperfitted model (library versions include lm-eval's through the
+    result)."""
+    return StageSpec(
+        "retention",
+        "capability retention: the LM Evaluation Harness on both models",
+        config,
+        sections=("model",),
+        parents=("data", "train"),
+        files=model_files(config.model.name),
+        values={"study.retention_tasks": list(config.study.retention_tasks)},
+    )
 
 
 def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     """Every stage of `hyperfit study`, in the order it runs."""
     run_dir = Path(run_dir)
-    specs = [data_spec(config),
-             evaluation_spec("base", config, (), "greedy continuations of the base model"),
-             training_spec("train", config),
-             evaluation_spec("hyperfitted", config, ("train",), "continuations of the hyperfitted model")]
+    specs = [
+        data_spec(config),
+        evaluation_spec("base", config, (), "greedy continuations of the base model"),
+        training_spec("train", config),
+        evaluation_spec("hyperfitted", config, ("train",), "continuations of the hyperfitted model"),
+    ]
     if config.study.citation_blocked_row and not config.generate.citation_blocker:
-        specs.append(evaluation_spec("hyperfitted-blocked", blocked_config(config), ("train",),
-                                     "the hyperfitted model with the 5-gram citation blocker"))
+        specs.append(
+            evaluation_spec(
+                "hyperfitted-blocked",
+                blocked_config(config),
+                ("train",),
+                "the hyperfitted model with the 5-gram citation blocker",
+            )
+        )
     if config.baselines.methods:
         specs.append(baselines_spec(config, ("data", "base")))
     trained = [("", config)]
@@ -431,23 +547,43 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         analysed = analysed_config(trained_config, run_dir / f"train{suffix}")
         specs += [analysis_spec(name, analysed, suffix, f"train{suffix}") for name in config.study.analyses]
         if not suffix and config.study.lowest_heldout_control:
-            specs += [analysis_spec(name, analysed, LOWEST, "train") for name in lowest_heldout_names(config.study.analyses)]
+            specs += [
+                analysis_spec(name, analysed, LOWEST, "train") for name in lowest_heldout_names(config.study.analyses)
+            ]
     if config.study.controls:
         # On the study's own data, a placement the study trains anyway is read from its training stage.
         reused = tuple(dict.fromkeys(stage for stage, _ in reused_runs(config).values()))
-        specs.append(StageSpec("controls", "where to adapt: each placement trained to the target loss", config,
-                               sections=("model",), parents=("data", *reused), files=model_files(config.model.name),
-                               values=_values(config, control_training_keys(config) + controls_reads(config) + analysis_paths(config))))
+        specs.append(
+            StageSpec(
+                "controls",
+                "where to adapt: each placement trained to the target loss",
+                config,
+                sections=("model",),
+                parents=("data", *reused),
+                files=model_files(config.model.name),
+                values=_values(config, control_training_keys(config) + controls_reads(config) + analysis_paths(config)),
+            )
+        )
     from hyperfitting.report.quality import judge_name
 
     judge = judge_name(config.study.judge, config.model.name)
     decoded = ("base", "hyperfitted") + tuple(s.name for s in specs if s.name in ("hyperfitted-blocked", "baselines"))
     # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
-    temperatures = [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [f"analysis-temperature{FULL}"]
+    temperatures = [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [
+        f"analysis-temperature{FULL}"
+    ]
     judged = tuple(s.name for s in specs if s.name in temperatures) if judge else ()
-    specs.append(StageSpec("quality", "MAUVE, the judge's perplexity and the side-by-side reader", config,
-                           sections=("model",), parents=("data", *decoded, *judged), values=_values(config, QUALITY_READS),
-                           files=model_files(config.model.name) + (model_files(judge) if judge else ())))
+    specs.append(
+        StageSpec(
+            "quality",
+            "MAUVE, the judge's perplexity and the side-by-side reader",
+            config,
+            sections=("model",),
+            parents=("data", *decoded, *judged),
+            values=_values(config, QUALITY_READS),
+            files=model_files(config.model.name) + (model_files(judge) if judge else ()),
+        )
+    )
     if config.study.retention:
         specs.append(retention_spec(config))
     return StageGraph(run_dir, specs)
@@ -466,14 +602,15 @@ def reset_device_peak() -> None:
 
 def device_peak() -> dict:
     """Since :func:`reset_device_peak`: the largest estimate of a decode's or a teacher-forced pass's memory beyond the
-    weights (``estimated_memory_mib``, where the stage made one) and, on a GPU, the measured peak (``device_peak_memory_mib``)."""
+    weights (``estimated_memory_mib``, where the stage made one) and, on a GPU, the measured peak
+    (``device_peak_memory_mib``)."""
     import torch
 
     from hyperfitting.generation import memory
 
     peaks = {}
     if estimate := memory.take_largest():
-        peaks["estimated_memory_mib"] = round(estimate / 2 ** 20)
+        peaks["estimated_memory_mib"] = round(estimate / 2**20)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        peaks["device_peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
+        peaks["device_peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return peaks

@@ -32,7 +32,7 @@ def last_word_items(texts: list[str]) -> list[dict]:
     for text in texts:
         words = text.split()
         for index in range(len(words) - 1, 0, -1):
-            word = words[index].strip(".,;:!?\"()[]")
+            word = words[index].strip('.,;:!?"()[]')
             if _WORD.match(word) and len(words[:index]) >= 8:
                 items.append({"context": " ".join(words[:index]), "target": word})
                 break
@@ -44,7 +44,8 @@ def task_name(corpus: str) -> str:
 
 
 def write_lastword_tasks(folder: Path, data: PreparedData, tokenizer) -> list[str]:
-    """One harness task (YAML + JSONL) per evaluation corpus, from its held-out prompts and their human continuations."""
+    """One harness task (YAML + JSONL) per evaluation corpus, from its held-out prompts and their human
+    continuations."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for corpus, prompts in data.prompts.items():
@@ -54,18 +55,26 @@ def write_lastword_tasks(folder: Path, data: PreparedData, tokenizer) -> list[st
             continue
         name = task_name(corpus)
         write_jsonl(folder / f"{name}.jsonl", items)
-        write_text(folder / f"{name}.yaml", yaml.safe_dump({
-            "task": name,
-            "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str((folder / f"{name}.jsonl").resolve())}},
-            "output_type": "loglikelihood",
-            "test_split": "test",
-            "doc_to_text": "{{context}}",
-            "doc_to_target": "{{' ' + target}}",
-            "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-                            {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-            "metadata": {"version": 1.0, "built_from": f"held-out passages of {corpus}"},
-        }, sort_keys=False))
+        write_text(
+            folder / f"{name}.yaml",
+            yaml.safe_dump(
+                {
+                    "task": name,
+                    "dataset_path": "json",
+                    "dataset_kwargs": {"data_files": {"test": str((folder / f"{name}.jsonl").resolve())}},
+                    "output_type": "loglikelihood",
+                    "test_split": "test",
+                    "doc_to_text": "{{context}}",
+                    "doc_to_target": "{{' ' + target}}",
+                    "metric_list": [
+                        {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                        {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                    ],
+                    "metadata": {"version": 1.0, "built_from": f"held-out passages of {corpus}"},
+                },
+                sort_keys=False,
+            ),
+        )
         names.append(name)
     return names
 
@@ -87,25 +96,34 @@ def _offline():
 
 
 def run_harness(model, tokenizer, tasks: list[str], include: Path, batch_size: int = 8) -> tuple[dict, dict]:
-    """(scores per task, skipped task -> why) for one model. Each task runs alone, so one missing dataset skips only itself."""
+    """(scores per task, skipped task -> why) for one model. Each task runs alone, so one missing dataset skips only
+    itself."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include))
-    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device))
+    harness_model = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(next(model.parameters()).device)
+    )
     scores, skipped = {}, {}
     with _offline():
         for task in tasks:
             try:
-                output = simple_evaluate(model=harness_model, tasks=[task], task_manager=manager, log_samples=False,
-                                         bootstrap_iters=1000)
+                output = simple_evaluate(
+                    model=harness_model, tasks=[task], task_manager=manager, log_samples=False, bootstrap_iters=1000
+                )
             except Exception as error:  # noqa: BLE001 - the harness raises many kinds when a dataset is not cached
                 skipped[task] = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
                 continue
             row = output["results"][task]
-            scores[task] = {key.split(",")[0]: value for key, value in row.items() if isinstance(value, (int, float))
-                            and key.split(",")[0] in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "perplexity", "perplexity_stderr")}
+            scores[task] = {
+                key.split(",")[0]: value
+                for key, value in row.items()
+                if isinstance(value, (int, float))
+                and key.split(",")[0]
+                in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "perplexity", "perplexity_stderr")
+            }
             scores[task]["n"] = output.get("n-samples", {}).get(task, {}).get("effective")
     return scores, skipped
 
@@ -113,6 +131,7 @@ def run_harness(model, tokenizer, tasks: list[str], include: Path, batch_size: i
 def retention_stage(graph: StageGraph, data: PreparedData, base_model, tuned_model, tokenizer) -> dict:
     """The harness on the base and the hyperfitted model: our last-word tasks and the cached standard tasks."""
     config = graph["retention"].config
+
     def work(folder: Path) -> None:
         if is_main_process():  # the harness evaluates an in-memory model in one process; the others wait for its file
             ours = write_lastword_tasks(folder / "tasks", data, tokenizer)
@@ -124,7 +143,14 @@ def retention_stage(graph: StageGraph, data: PreparedData, base_model, tuned_mod
                     results["tasks"].setdefault(task, {})[label] = row
                 results["skipped"].update(skipped)
             write_json(folder / "results.json", results)
-            print(json.dumps({task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()} for task, rows in results["tasks"].items()}))
+            print(
+                json.dumps(
+                    {
+                        task: {k: round(v.get("acc", float("nan")), 3) for k, v in rows.items()}
+                        for task, rows in results["tasks"].items()
+                    }
+                )
+            )
         # None: every process reads the results back once process 0 has written them and all have reached the end
 
     return graph.run("retention", work, load=lambda folder: read_json(folder / "results.json"))

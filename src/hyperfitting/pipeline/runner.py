@@ -24,7 +24,12 @@ from hyperfitting.pipeline.controls import controls_stage
 from hyperfitting.pipeline.graph import StageGraph, StageSpec, study_graph
 from hyperfitting.pipeline.retention import retention_stage
 from hyperfitting.pipeline.stages import (
-    analysed_prompts, data_stage, environment_record, evaluation_stage, quality_stage, training_stage,
+    analysed_prompts,
+    data_stage,
+    environment_record,
+    evaluation_stage,
+    quality_stage,
+    training_stage,
 )
 from hyperfitting.report.generation import BLOCKED, generation_table
 from hyperfitting.claims.core import holm_note
@@ -128,8 +133,13 @@ class Shared:
         if suffix.endswith(LOWEST):
             from hyperfitting.training.hyperfit import load_lowest_heldout
 
-            control, epoch = load_lowest_heldout(self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}")
-            print(f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss" + ("" if control else " (the base model)"))
+            control, epoch = load_lowest_heldout(
+                self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}"
+            )
+            print(
+                f"Non-hyperfitting control: the run at epoch {epoch}, its lowest held-out loss"
+                + ("" if control else " (the base model)")
+            )
             model, is_control = (control if control is not None else self.base_model), True
         else:
             model, is_control = self.trained(suffix), False
@@ -148,16 +158,20 @@ def _evaluation(spec: StageSpec, shared: Shared) -> dict:
     trained = spec.args.get("trained")  # the suffix of the training stage whose model it decodes; None: the base model
     model = shared.base_model if trained is None else shared.trained(trained)
     scorer = shared.plain_model if spec.args.get("scorer") == "plain" else shared.base_model
-    return evaluation_stage(shared.graph, spec.name, shared.data, model, shared.tokenizer, scorer, shared.training_index)
+    return evaluation_stage(
+        shared.graph, spec.name, shared.data, model, shared.tokenizer, scorer, shared.training_index
+    )
 
 
 def _finished(spec: StageSpec, shared: Shared) -> Path:
     """A stage a verb reads but must not redo (the training of a run whose retention is measured afterwards)."""
     stage = shared.graph.stage(spec.name)
     if not stage.done:
-        raise RunDirError(f"Stage '{spec.name}' of {shared.graph.run_dir} was finished with other inputs than this command's "
-                          f"(a library or the config changed since). Bring the run up to date first: hyperfit study "
-                          f"{shared.graph.run_dir / 'config.yaml'} run_dir={shared.graph.run_dir} --resume.")
+        raise RunDirError(
+            f"Stage '{spec.name}' of {shared.graph.run_dir} was finished with other inputs than this command's "
+            f"(a library or the config changed since). Bring the run up to date first: hyperfit study "
+            f"{shared.graph.run_dir / 'config.yaml'} run_dir={shared.graph.run_dir} --resume."
+        )
     return stage.dir
 
 
@@ -196,8 +210,15 @@ def _retention(spec: StageSpec, shared: Shared) -> dict:
 
 
 RUNNERS: dict[str, Callable[[StageSpec, Shared], Any]] = {
-    "data": _data, "evaluation": _evaluation, "train": _train, "finished": _finished, "analysis": _analysis, "baselines": _baselines,
-    "controls": _controls, "quality": _quality, "retention": _retention,
+    "data": _data,
+    "evaluation": _evaluation,
+    "train": _train,
+    "finished": _finished,
+    "analysis": _analysis,
+    "baselines": _baselines,
+    "controls": _controls,
+    "quality": _quality,
+    "retention": _retention,
 }
 
 
@@ -208,8 +229,11 @@ def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]
     for name in graph.names:
         spec = graph[name]
         if spec.kind != "analysis":
-            shared.release_analysed()  # a model's analyses are over: its paths must not sit beside the next training, the controls or the judge
-        with reading() as reads:  # which config keys the stage reads: its fingerprint must cover each (tests/test_fingerprints.py)
+            # a model's analyses are over: its paths must not sit beside the next training, the controls or the judge
+            shared.release_analysed()
+        with (
+            reading() as reads
+        ):  # which config keys the stage reads: its fingerprint must cover each (tests/test_fingerprints.py)
             outputs[name] = RUNNERS[spec.kind](spec, shared)
         graph.reads[name] = reads
     return outputs
@@ -241,20 +265,33 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
     trackers = trackers_for(config, run_dir, "study")
     shared = Shared(graph, trackers)
     outputs = run_graph(graph, shared)
-    data, base, tuned, blocked = shared.data, outputs["base"], outputs["hyperfitted"], outputs.get("hyperfitted-blocked")
+    data, base, tuned, blocked = (
+        shared.data,
+        outputs["base"],
+        outputs["hyperfitted"],
+        outputs.get("hyperfitted-blocked"),
+    )
     train_folder = outputs["train"]
     train_summary = read_json(train_folder / "summary.json")
     table = generation_table({"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})})
     write_text(run_dir / "results.md", _results_markdown(config, train_summary, table))
     print("\n" + table)
-    print(f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
-          f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters).")
+    print(
+        f"\nTraining loss {train_summary['initial_train_loss']:.3f} -> {train_summary['final_train_loss']:.3f} "
+        f"({train_summary['method']}, {train_summary['trainable_parameters']:,} trainable parameters)."
+    )
 
     results = {
         "train": train_summary,
         "train_log": read_jsonl(train_folder / "train_log.jsonl"),
-        "replicates": [read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)],
-        **({"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")} if config.study.full_finetune else {}),
+        "replicates": [
+            read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)
+        ],
+        **(
+            {"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")}
+            if config.study.full_finetune
+            else {}
+        ),
         "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment_record(),
@@ -271,8 +308,11 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
     print("\n== claims", flush=True)
     for claim in study["claims"]:
         print(f"{claim['number']}. {claim['name']}: {claim['verdict'].upper()}{holm_note(claim)}: {claim['reason']}")
-    print(f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). {'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
-          f"under {train_folder}. Total {time.perf_counter() - started:.0f} s.")
+    print(
+        f"\nReport: {run_dir / 'report.html'} (and report.md, metrics.json). "
+        f"{'Adapter' if train_summary['method'] == 'lora' else 'Model'} "
+        f"under {train_folder}. Total {time.perf_counter() - started:.0f} s."
+    )
     return study
 
 
@@ -280,8 +320,10 @@ def _results_markdown(config: RunConfig, train_summary: dict, table: str) -> str
     return (
         f"# Hyperfitting run: {config.model.name} on {config.data.corpus}\n\n"
         f"Training: {train_summary['method']} on blocks {train_summary['blocks'][0]}-{train_summary['blocks'][-1]}, "
-        f"{train_summary['trainable_parameters']:,} trainable parameters, loss {train_summary['initial_train_loss']:.3f} -> "
+        f"{train_summary['trainable_parameters']:,} trainable parameters, loss "
+        f"{train_summary['initial_train_loss']:.3f} -> "
         f"{train_summary['final_train_loss']:.3f} in {train_summary['train_seconds']:.0f} s.\n\n"
-        f"Decoding: {'sampling' if config.generate.do_sample else 'greedy'}, {config.generate.max_new_tokens} new tokens "
+        f"Decoding: {'sampling' if config.generate.do_sample else 'greedy'}, {config.generate.max_new_tokens} new "
+        "tokens "
         f"after {config.data.prompt_tokens}-token prompts.\n\n{table}\n"
     )

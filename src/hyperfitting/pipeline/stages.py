@@ -26,7 +26,13 @@ from hyperfitting.pipeline.evaluate import evaluate_model, evaluate_references
 from hyperfitting.pipeline.graph import StageGraph
 from hyperfitting.report.model_card import write_model_card
 from hyperfitting.rundir import (
-    atomic_path, is_main_process, read_json, read_jsonl, wait_for_everyone, write_json, write_jsonl,
+    atomic_path,
+    is_main_process,
+    read_json,
+    read_jsonl,
+    wait_for_everyone,
+    write_json,
+    write_jsonl,
 )
 from hyperfitting.training.hyperfit import hyperfit, lowest_heldout_epoch, reached_target, save_trained
 from hyperfitting.training.parallel import remove_checkpoints
@@ -42,11 +48,28 @@ def data_stage(graph: StageGraph, tokenizer) -> PreparedData:
         data = prepare_data(config.data, tokenizer)
         if is_main_process():
             with atomic_path(folder / "blocks.safetensors") as tmp:
-                save_file({"train_blocks": data.train_blocks.contiguous(), "heldout_blocks": data.heldout_blocks.contiguous()}, tmp)
+                save_file(
+                    {
+                        "train_blocks": data.train_blocks.contiguous(),
+                        "heldout_blocks": data.heldout_blocks.contiguous(),
+                    },
+                    tmp,
+                )
         write_jsonl(folder / "prompts.jsonl", [vars(p) for corpus in data.prompts.values() for p in corpus])
-        write_json(folder / "manifest.json", {**data.manifest, "fingerprint": data.fingerprint, "prompt_counts": {k: len(v) for k, v in data.prompts.items()}})
-        print(f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, {len(data.heldout_blocks)} held-out blocks, "
-              f"prompts: {', '.join(f'{k} {len(v)}' for k, v in data.prompts.items())} ({data.manifest['heldout_documents']} held-out documents)")
+        write_json(
+            folder / "manifest.json",
+            {
+                **data.manifest,
+                "fingerprint": data.fingerprint,
+                "prompt_counts": {k: len(v) for k, v in data.prompts.items()},
+            },
+        )
+        print(
+            f"{len(data.train_blocks)} training blocks of {data.train_blocks.shape[1]} tokens, "
+            f"{len(data.heldout_blocks)} held-out blocks, "
+            f"prompts: {', '.join(f'{k} {len(v)}' for k, v in data.prompts.items())} "
+            f"({data.manifest['heldout_documents']} held-out documents)"
+        )
         # None: read back as a resumed run would read it, one manifest whether the stage ran now or before
 
     return graph.run("data", work, load=load_prepared)
@@ -69,8 +92,9 @@ def load_prepared(folder: Path) -> PreparedData:
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluation_stage(graph: StageGraph, name: str, data: PreparedData, model, tokenizer, base_model,
-                     training_index: SuffixAutomaton) -> dict:
+def evaluation_stage(
+    graph: StageGraph, name: str, data: PreparedData, model, tokenizer, base_model, training_index: SuffixAutomaton
+) -> dict:
     """Generate on every evaluation corpus and score; also scores the human references when evaluating the base."""
     config = graph[name].config
 
@@ -78,18 +102,34 @@ def evaluation_stage(graph: StageGraph, name: str, data: PreparedData, model, to
         # All corpora decode in one pass: on a CPU, decoding is bound by reading the weights once per
         # step, so a wider batch costs little more per step than a narrow one.
         everything = [p for prompts in data.prompts.values() for p in prompts]
-        scored = evaluate_model(model, tokenizer, everything, config.generate, folder / "generations.jsonl", base_model=base_model,
-                                training_blocks=data.train_blocks, training_index=training_index, desc=name, by_corpus=True)
+        scored = evaluate_model(
+            model,
+            tokenizer,
+            everything,
+            config.generate,
+            folder / "generations.jsonl",
+            base_model=base_model,
+            training_blocks=data.train_blocks,
+            training_index=training_index,
+            desc=name,
+            by_corpus=True,
+        )
         metrics: dict[str, dict] = {}
         for corpus, prompts in data.prompts.items():
             metrics[corpus] = scored[corpus]
             if name == "base":
-                metrics[f"{corpus}:human"] = evaluate_references(tokenizer, prompts, config.generate.max_new_tokens, base_model, training_index)
+                metrics[f"{corpus}:human"] = evaluate_references(
+                    tokenizer, prompts, config.generate.max_new_tokens, base_model, training_index
+                )
         write_json(folder / "metrics.json", metrics)
         return metrics
 
-    return graph.run(name, work, load=lambda folder: read_json(folder / "metrics.json"),
-                     detail=f"{'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts")
+    return graph.run(
+        name,
+        work,
+        load=lambda folder: read_json(folder / "metrics.json"),
+        detail=f"{'sampled' if config.generate.do_sample else 'greedy'} continuations of the evaluation prompts",
+    )
 
 
 def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout_blocks=None):
@@ -102,9 +142,13 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
     subset = [p.prompt_ids for p in prompts[: config.train.diversity_prompts]]
     # Plain greedy decoding whatever generate.* says: the curve is the training's own (train.diversity_*), and a
     # change of the evaluation's decoding must not make a finished training run again.
-    args = unrecorded(GenerateArgs(do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1))
+    args = unrecorded(
+        GenerateArgs(do_sample=False, max_new_tokens=config.train.diversity_tokens, batch_size=len(subset) or 1)
+    )
     geometry = config.train.probe_geometry and heldout_blocks is not None and len(heldout_blocks) > 0
-    sample = sample_block_positions(heldout_blocks, config.analysis.geometry_tokens, config.data.seed) if geometry else None
+    sample = (
+        sample_block_positions(heldout_blocks, config.analysis.geometry_tokens, config.data.seed) if geometry else None
+    )
 
     def final_block_pr(model) -> float:
         from hyperfitting.analysis.geometry import hidden_states_at
@@ -120,7 +164,12 @@ def diversity_probe(tokenizer, prompts: list[Prompt], config: RunConfig, heldout
             outputs = generate(model, tokenizer, subset, args, show_progress=False, shard=not lockstep)
             ids = [o.token_ids for o in outputs]
             entropy = [v for o in outputs for v in o.entropy]
-            row.update(ttr=ttr(ids), distinct_3=distinct_n(ids, 3), seq_rep_3=seq_rep_n(ids, 3), greedy_entropy=sum(entropy) / len(entropy))
+            row.update(
+                ttr=ttr(ids),
+                distinct_3=distinct_n(ids, 3),
+                seq_rep_3=seq_rep_n(ids, 3),
+                greedy_entropy=sum(entropy) / len(entropy),
+            )
         if geometry:
             row["final_block_pr"] = final_block_pr(model)  # epoch 0 is the base model: the report takes differences
         return row
@@ -141,9 +190,18 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
         on_epoch = None
         if trackers:
             trackers.live.add(name)
-            on_epoch = lambda row: trackers.log({name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"]))  # noqa: E731
-        result = hyperfit(model, data.train_blocks, data.heldout_blocks, config, folder,
-                          probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks), on_epoch=on_epoch)
+            on_epoch = lambda row: trackers.log(
+                {name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"])
+            )  # noqa: E731
+        result = hyperfit(
+            model,
+            data.train_blocks,
+            data.heldout_blocks,
+            config,
+            folder,
+            probe=diversity_probe(tokenizer, probe_prompts, config, data.heldout_blocks),
+            on_epoch=on_epoch,
+        )
         target = save_trained(result.model, tokenizer, result.plan, folder)
         wait_for_everyone()  # the other processes read the saved model next
         lowest = lowest_heldout_epoch(result.log)
@@ -175,8 +233,10 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
         print(f"Saved {'adapter' if result.plan.method == 'lora' else 'model'} to {target}")
         return folder
 
-    detail = (f"hyperfitting ({config.train.method} on {config.train.blocks}, to loss {config.train.until_loss}, "
-              f"at most {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})")
+    detail = (
+        f"hyperfitting ({config.train.method} on {config.train.blocks}, to loss {config.train.until_loss}, "
+        f"at most {config.train.epochs} epochs, lr {config.train.lr:g}, seed {config.train.seed})"
+    )
     return graph.run(name, work, load=lambda folder: folder, detail=detail)
 
 
@@ -184,16 +244,23 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
 
 
 def source_commit() -> str | None:
-    """The git commit of the hyperfitting source that ran ("+changes" when its files differ from it); None outside a checkout."""
+    """The git commit of the hyperfitting source that ran ("+changes" when its files differ from it); None outside a
+    checkout."""
     import subprocess
 
     source = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return None
-        changed = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit.stdout.strip() + ("+changes" if changed else "")
@@ -247,31 +314,65 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
                 frontiers[name] = temperature
         baselines = graph.run_dir if "baselines" in graph else None
         clock = time.perf_counter()
-        results: dict = {"mauve": {}, "reader": [], "samples": 0,
-                         "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines)}
-        steps = {"judge": time.perf_counter() - clock}  # the stage's own profile: which of its three parts takes the time
+        results: dict = {
+            "mauve": {},
+            "reader": [],
+            "samples": 0,
+            "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines),
+        }
+        steps = {
+            "judge": time.perf_counter() - clock
+        }  # the stage's own profile: which of its three parts takes the time
         clock = time.perf_counter()
         if config.study.mauve:
-            features: dict = {}  # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
+            # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once
+            features: dict = {}
             for corpus, prompts in data.prompts.items():
-                rows = {name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")}
+                rows = {
+                    name: [g for g in generations[name] if g["corpus"] == corpus] for name in ("base", "hyperfitted")
+                }
                 prompt_ids = [p.prompt_ids for p in prompts]
-                human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
+                human = continuation_features(
+                    base_model,
+                    prompt_ids,
+                    [p.reference_ids[: config.generate.max_new_tokens] for p in prompts],
+                    memo=features,
+                )
                 results["mauve"][corpus] = {
-                    name: mauve_score(human, continuation_features(base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]], memo=features))
+                    name: mauve_score(
+                        human,
+                        continuation_features(
+                            base_model, prompt_ids, [g["continuation_ids"] for g in rows[name]], memo=features
+                        ),
+                    )
                     for name in rows
                 }
                 results["samples"] = len(prompts)
-            # The judged paths of the temperature analyses too: MAUVE is the papers' second quality axis beside perplexity.
+            # The judged paths of the temperature analyses too: MAUVE is the papers' second quality axis beside
+            # perplexity.
             frontier = (results["judge"] or {}).get("frontier", {})
             if frontier:
                 analysed = analysed_prompts(config, data)
                 prompt_ids = [p.prompt_ids for p in analysed]
-                human = continuation_features(base_model, prompt_ids, [p.reference_ids[:analysis_tokens(config)] for p in analysed], memo=features)
+                human = continuation_features(
+                    base_model,
+                    prompt_ids,
+                    [p.reference_ids[: analysis_tokens(config)] for p in analysed],
+                    memo=features,
+                )
                 results["frontier_mauve"] = {
-                    name: {label: mauve_score(human, continuation_features(base_model, prompt_ids, frontiers[name]["paths"][label], memo=features))
-                           for label in points if label != "human"}
-                    for name, points in frontier.items()}
+                    name: {
+                        label: mauve_score(
+                            human,
+                            continuation_features(
+                                base_model, prompt_ids, frontiers[name]["paths"][label], memo=features
+                            ),
+                        )
+                        for label in points
+                        if label != "human"
+                    }
+                    for name, points in frontier.items()
+                }
             if "baselines" in graph:  # each decoding method's first seed against the same human continuations
                 from hyperfitting.pipeline.baselines import baseline_paths
 
@@ -279,15 +380,24 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
                 for corpus in baseline_corpora(config, data):
                     prompts = data.prompts[corpus]
                     prompt_ids = [p.prompt_ids for p in prompts]
-                    human = continuation_features(base_model, prompt_ids, [p.reference_ids[: config.generate.max_new_tokens] for p in prompts], memo=features)
+                    human = continuation_features(
+                        base_model,
+                        prompt_ids,
+                        [p.reference_ids[: config.generate.max_new_tokens] for p in prompts],
+                        memo=features,
+                    )
                     results["baselines_mauve"][corpus] = {
                         name: mauve_score(human, continuation_features(base_model, prompt_ids, seeds[0], memo=features))
-                        for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()}
+                        for name, seeds in baseline_paths(run_dir, corpus, config.baselines.methods).items()
+                    }
         steps["mauve"] = time.perf_counter() - clock
         clock = time.perf_counter()
         reader_corpus = config.data.corpus if config.data.corpus in data.prompts else next(iter(data.prompts))
         for index, prompt in enumerate(data.prompts[reader_corpus][: config.study.reader_prompts]):
-            item = {"prompt": tokenizer.decode(prompt.prompt_ids), "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens])}
+            item = {
+                "prompt": tokenizer.decode(prompt.prompt_ids),
+                "human": tokenizer.decode(prompt.reference_ids[: config.generate.max_new_tokens]),
+            }
             for name in ("base", "hyperfitted"):
                 row = [g for g in generations[name] if g["corpus"] == reader_corpus][index]
                 item[f"{name}_tokens"] = [tokenizer.decode([t]) for t in row["continuation_ids"]]
@@ -306,11 +416,18 @@ def baseline_corpora(config: RunConfig, data: PreparedData) -> list[str]:
     return config.baselines.corpora or list(data.prompts)
 
 
-def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations: dict[str, list[dict]],
-                  frontiers: dict[str, dict] | None = None, baselines_run_dir: Path | None = None) -> dict | None:
-    """Perplexity of every row's continuations (and the human ones) under the independent judge, per corpus, with intervals;
-    per temperature analysis in ``frontiers`` (stage -> results), each of its decoded paths as per-prompt points; and, when
-    ``baselines_run_dir`` has a baselines stage, every decoding method beside the study's rows as per-prompt points."""
+def judge_quality(
+    config: RunConfig,
+    data: PreparedData,
+    tokenizer,
+    generations: dict[str, list[dict]],
+    frontiers: dict[str, dict] | None = None,
+    baselines_run_dir: Path | None = None,
+) -> dict | None:
+    """Perplexity of every row's continuations (and the human ones) under the independent judge, per corpus, with
+    intervals; per temperature analysis in ``frontiers`` (stage -> results), each of its decoded paths as per-prompt
+    points; and, when ``baselines_run_dir`` has a baselines stage, every decoding method beside the study's rows as
+    per-prompt points."""
     from hyperfitting.analysis.common import analysis_tokens
     from hyperfitting.config import ModelArgs
     from hyperfitting.report.quality import judge_name, judged_points
@@ -322,7 +439,9 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
     judge, judge_tokenizer = load_model(ModelArgs(name=name, dtype=config.model.dtype))
     results: dict = {"model": name, "corpora": {}}
     length = config.generate.max_new_tokens
-    memo: dict = {}  # a set of continuations seen before (the base model's frontier paths, a row also on the baselines plane) is judged once
+    # a set of continuations seen before (the base model's frontier paths, a row also on the baselines plane) is judged
+    # once
+    memo: dict = {}
     rows_by_corpus = {}
     for corpus, prompts in data.prompts.items():
         prompt_ids = [p.prompt_ids for p in prompts]
@@ -334,8 +453,12 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
         for row in rows:
             values = [v for v in points[row]["log_perplexity"] if v == v]
             estimate = mean(values)  # of log-perplexities: the interval is then exponentiated
-            results["corpora"][corpus][row] = {"perplexity": math.exp(estimate.value), "low": math.exp(estimate.low),
-                                               "high": math.exp(estimate.high), "per_prompt_log_perplexity": values}
+            results["corpora"][corpus][row] = {
+                "perplexity": math.exp(estimate.value),
+                "low": math.exp(estimate.low),
+                "high": math.exp(estimate.high),
+                "per_prompt_log_perplexity": values,
+            }
     if baselines_run_dir is not None:
         from hyperfitting.pipeline.baselines import baseline_paths
 
@@ -344,18 +467,41 @@ def judge_quality(config: RunConfig, data: PreparedData, tokenizer, generations:
             prompt_ids = [p.prompt_ids for p in data.prompts[corpus]]
             plane = {}
             for method, seeds in baseline_paths(baselines_run_dir, corpus, config.baselines.methods).items():
-                per_seed = [judged_points(judge, judge_tokenizer, tokenizer, prompt_ids, {method: seed}, memo)[method] for seed in seeds]
-                plane[method] = {key: [_nanmean(column) for column in zip(*(p[key] for p in per_seed))] for key in ("ttr", "log_perplexity")}
-            # The study's own rows on the same plane: hyperfitted greedy (and blocked) among the methods, the human text as the yardstick.
-            plane.update(judged_points(judge, judge_tokenizer, tokenizer, prompt_ids,
-                                       {row: ids for row, ids in rows_by_corpus[corpus].items() if row != "base"}, memo))
+                per_seed = [
+                    judged_points(judge, judge_tokenizer, tokenizer, prompt_ids, {method: seed}, memo)[method]
+                    for seed in seeds
+                ]
+                plane[method] = {
+                    key: [_nanmean(column) for column in zip(*(p[key] for p in per_seed))]
+                    for key in ("ttr", "log_perplexity")
+                }
+            # The study's own rows on the same plane: hyperfitted greedy (and blocked) among the methods, the human text
+            # as the yardstick.
+            plane.update(
+                judged_points(
+                    judge,
+                    judge_tokenizer,
+                    tokenizer,
+                    prompt_ids,
+                    {row: ids for row, ids in rows_by_corpus[corpus].items() if row != "base"},
+                    memo,
+                )
+            )
             results["baselines"][corpus] = plane
     if frontiers:
         analysed = analysed_prompts(config, data)
-        human = [p.reference_ids[:analysis_tokens(config)] for p in analysed]
-        results["frontier"] = {stage: judged_points(judge, judge_tokenizer, tokenizer, [p.prompt_ids for p in analysed],
-                                                    {**temperature["paths"], "human": human}, memo)
-                               for stage, temperature in frontiers.items()}
+        human = [p.reference_ids[: analysis_tokens(config)] for p in analysed]
+        results["frontier"] = {
+            stage: judged_points(
+                judge,
+                judge_tokenizer,
+                tokenizer,
+                [p.prompt_ids for p in analysed],
+                {**temperature["paths"], "human": human},
+                memo,
+            )
+            for stage, temperature in frontiers.items()
+        }
     del judge
     return results
 

@@ -29,37 +29,63 @@ from hyperfitting.rundir import read_json, write_json, write_text
 
 # case -> (the analyses it needs, {claim: (forbidden verdicts, why)}): only what the mechanism settles by construction.
 TRUTHS: dict[str, tuple[tuple[str, ...], dict]] = {
-    "static-bias": (("static-bias", "ranks"), {
-        2: ((HOLDS,), "the change is a fixed offset per token: a static reweighting explains all of it"),
-        3: ((HOLDS,), "a fixed offset per token is context-free"),
-    }),
-    "affine": (("static-bias", "ranks"), {
-        2: ((HOLDS,), "a fixed scale and offset per token is a static reweighting of each token's logit"),
-        3: ((HOLDS,), "a fixed scale and offset per token is context-free"),
-    }),
-    "temperature": (("temperature", "static-bias", "ranks"), {
-        1: ((HOLDS,), "the change is a temperature"),
-        "1c": ((HOLDS,), "sampling the planted model at T=1 is sampling the base model at the planted temperature"),
-        2: ((HOLDS,), "a temperature is a static reweighting"),
-        3: ((HOLDS,), "a temperature is context-free (and changes no greedy choice)"),
-    }),
-    "repetition-penalty": (("static-bias", "ranks"), {
-        3: ((FAILS,), "a repetition penalty re-ranks by what the context holds: context-dependent by construction"),
-    }),
-    "final-expansion": (("geometry",), {
-        4: ((FAILS,), "the final block's states are the only ones that change, and their dimension rises"),
-    }),
-    "middle-expansion": (("geometry",), {
-        4: ((HOLDS,), "the dimension rises in the middle block only; the final block's states are the base model's"),
-    }),
+    "static-bias": (
+        ("static-bias", "ranks"),
+        {
+            2: ((HOLDS,), "the change is a fixed offset per token: a static reweighting explains all of it"),
+            3: ((HOLDS,), "a fixed offset per token is context-free"),
+        },
+    ),
+    "affine": (
+        ("static-bias", "ranks"),
+        {
+            2: ((HOLDS,), "a fixed scale and offset per token is a static reweighting of each token's logit"),
+            3: ((HOLDS,), "a fixed scale and offset per token is context-free"),
+        },
+    ),
+    "temperature": (
+        ("temperature", "static-bias", "ranks"),
+        {
+            1: ((HOLDS,), "the change is a temperature"),
+            "1c": ((HOLDS,), "sampling the planted model at T=1 is sampling the base model at the planted temperature"),
+            2: ((HOLDS,), "a temperature is a static reweighting"),
+            3: ((HOLDS,), "a temperature is context-free (and changes no greedy choice)"),
+        },
+    ),
+    "repetition-penalty": (
+        ("static-bias", "ranks"),
+        {
+            3: ((FAILS,), "a repetition penalty re-ranks by what the context holds: context-dependent by construction"),
+        },
+    ),
+    "final-expansion": (
+        ("geometry",),
+        {
+            4: ((FAILS,), "the final block's states are the only ones that change, and their dimension rises"),
+        },
+    ),
+    "middle-expansion": (
+        ("geometry",),
+        {
+            4: (
+                (HOLDS,),
+                "the dimension rises in the middle block only; the final block's states are the base model's",
+            ),
+        },
+    ),
 }
 
 
 # Not a plant: one training recipe, trained with two seeds (the study's replicates), set against itself as claim 5's two
 # arms. Their share of each other's gain is 1 by construction, above the margin 0.8: "does not hold" would be wrong.
 A_A = "a-a"
-A_A_TRUTH = {5: ((FAILS,), "both arms are one recipe trained with two seeds (the study's replicates): each reaches the other's "
-                           "whole gain by construction")}
+A_A_TRUTH = {
+    5: (
+        (FAILS,),
+        "both arms are one recipe trained with two seeds (the study's replicates): each reaches the other's "
+        "whole gain by construction",
+    )
+}
 CASES = (*TRUTHS, A_A)
 
 
@@ -76,26 +102,76 @@ def judge_a_a(study_dir: Path) -> list[dict]:
         if not (temperature and train):
             break
         per_prompt = temperature["per_prompt"]
-        arms.append({"replicate": k, "base": per_prompt["base, greedy"][0], "tuned": per_prompt["hyperfitted"][0], "train": train})
-    mechanism = (f"the study's recipe ({arms[0]['train']['method']} on blocks {arms[0]['train']['blocks'][0]}-"
-                 f"{arms[0]['train']['blocks'][-1]}) trained with {len(arms)} seeds (its replicates), each as claim 5's last-blocks "
-                 "arm against the next as its all-blocks arm" if arms else
-                 f"needs the study folder {study_dir} with two or more replicates (study.replicates): run the study first")
+        arms.append(
+            {
+                "replicate": k,
+                "base": per_prompt["base, greedy"][0],
+                "tuned": per_prompt["hyperfitted"][0],
+                "train": train,
+            }
+        )
+    mechanism = (
+        f"the study's recipe ({arms[0]['train']['method']} on blocks {arms[0]['train']['blocks'][0]}-"
+        f"{arms[0]['train']['blocks'][-1]}) trained with {len(arms)} seeds (its replicates), each as claim 5's "
+        "last-blocks "
+        "arm against the next as its all-blocks arm"
+        if arms
+        else f"needs the study folder {study_dir} with two or more replicates (study.replicates): run the study first"
+    )
     if len(arms) < 2:
-        return [{"case": A_A, "mechanism": mechanism, "claim": 5, "name": get_claim(5).name, "verdict": "not run", "holm": "not run",
-                 "estimate": None, "reason": mechanism, "forbidden": [FAILS], "truth": A_A_TRUTH[5][1], "agrees": True, "tested": False}]
+        return [
+            {
+                "case": A_A,
+                "mechanism": mechanism,
+                "claim": 5,
+                "name": get_claim(5).name,
+                "verdict": "not run",
+                "holm": "not run",
+                "estimate": None,
+                "reason": mechanism,
+                "forbidden": [FAILS],
+                "truth": A_A_TRUTH[5][1],
+                "agrees": True,
+                "tested": False,
+            }
+        ]
     rows = []
     for first, second in zip(arms, arms[1:] + arms[:1] if len(arms) > 2 else arms[1:]):
+
         def arm(a):
             t = a["train"]
-            return {"initial_train_loss": t["initial_train_loss"], "final_train_loss": t["final_train_loss"], "epochs": t["epochs_run"],
-                    "trainable_parameters": t["trainable_parameters"], "per_prompt_ttr": a["tuned"]}
-        claim = claim_late_stage({"until_loss": first["train"].get("until_loss"), "base": {"per_prompt_ttr": first["base"]},
-                                  "methods": {"lora:last": arm(first), "lora:all": arm(second)}})
+            return {
+                "initial_train_loss": t["initial_train_loss"],
+                "final_train_loss": t["final_train_loss"],
+                "epochs": t["epochs_run"],
+                "trainable_parameters": t["trainable_parameters"],
+                "per_prompt_ttr": a["tuned"],
+            }
+
+        claim = claim_late_stage(
+            {
+                "until_loss": first["train"].get("until_loss"),
+                "base": {"per_prompt_ttr": first["base"]},
+                "methods": {"lora:last": arm(first), "lora:all": arm(second)},
+            }
+        )
         tested = not any(not k["passed"] for k in claim.checks)
-        rows.append({"case": A_A, "mechanism": mechanism, "claim": 5, "name": claim.name, "verdict": claim.verdict, "holm": claim.verdict,
-                     "estimate": claim.estimate, "reason": f"replicate {first['replicate']} against replicate {second['replicate']}: "
-                     + claim.reason, "forbidden": [FAILS], "truth": A_A_TRUTH[5][1], "agrees": claim.verdict != FAILS, "tested": tested})
+        rows.append(
+            {
+                "case": A_A,
+                "mechanism": mechanism,
+                "claim": 5,
+                "name": claim.name,
+                "verdict": claim.verdict,
+                "holm": claim.verdict,
+                "estimate": claim.estimate,
+                "reason": f"replicate {first['replicate']} against replicate {second['replicate']}: " + claim.reason,
+                "forbidden": [FAILS],
+                "truth": A_A_TRUTH[5][1],
+                "agrees": claim.verdict != FAILS,
+                "tested": tested,
+            }
+        )
     return rows
 
 
@@ -109,10 +185,23 @@ def validation_graph(config: RunConfig, run_dir: Path, cases: list[str]) -> Stag
     for case in cases:
         analyses = TRUTHS[case][0]
         # The code that makes the plant and measures it: a change to either reruns the case.
-        files = model_files(config.model.name) + (Path(planted.__file__), Path(analysis_code.__file__).parent) + tuple(
-            path for name in analyses for path in get_analysis(name).source_files())
-        specs.append(StageSpec(f"validate-{case}", f"the planted {case}: {', '.join(analyses)}", config, sections=("model", "generate"),
-                               parents=("data",), files=files, values={**_values(config, _analysis_keys(config)), "case": case}, kind="validate"))
+        files = (
+            model_files(config.model.name)
+            + (Path(planted.__file__), Path(analysis_code.__file__).parent)
+            + tuple(path for name in analyses for path in get_analysis(name).source_files())
+        )
+        specs.append(
+            StageSpec(
+                f"validate-{case}",
+                f"the planted {case}: {', '.join(analyses)}",
+                config,
+                sections=("model", "generate"),
+                parents=("data",),
+                files=files,
+                values={**_values(config, _analysis_keys(config)), "case": case},
+                kind="validate",
+            )
+        )
     return StageGraph(run_dir, specs)
 
 
@@ -159,12 +248,21 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
         rows.extend(judge_case(case, results, truths))
     if A_A in cases:
         rows.extend(judge_a_a(study_folder(run_dir)))
-    seconds = {case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values()) for case in planted_cases}
-    summary = {"environment": environment_record(), "seconds": seconds, "cases": cases, "rows": rows,
-               "contradictions": sum(not r["agrees"] for r in rows),
-               "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows), "untested": sum(not r["tested"] for r in rows),
-               "config": config.run_dir,
-               "prompts": sum(len(v) for v in data.prompts.values())}
+    seconds = {
+        case: sum(read_json(run_dir / f"validate-{case}" / "results.json").get("seconds", {}).values())
+        for case in planted_cases
+    }
+    summary = {
+        "environment": environment_record(),
+        "seconds": seconds,
+        "cases": cases,
+        "rows": rows,
+        "contradictions": sum(not r["agrees"] for r in rows),
+        "decided": sum(r["verdict"] in (HOLDS, FAILS) for r in rows),
+        "untested": sum(not r["tested"] for r in rows),
+        "config": config.run_dir,
+        "prompts": sum(len(v) for v in data.prompts.values()),
+    }
     write_json(run_dir / "validation.json", summary)
     text = validation_markdown(summary)
     write_text(run_dir / "validation.md", text)
@@ -189,18 +287,43 @@ def judge_case(case: str, results: dict, truths: dict) -> list[dict]:
         agrees = claim.verdict not in forbidden and claim.holm not in forbidden
         # A verdict a manipulation check kept from deciding did not test the rule: the table says so.
         tested = not any(not k["passed"] for k in claim.checks) and claim.verdict != "not run"
-        rows.append({"case": case, "mechanism": planting["mechanism"], "claim": number, "name": get_claim(number).name,
-                     "verdict": claim.verdict, "holm": claim.holm, "estimate": claim.estimate, "reason": claim.reason,
-                     "forbidden": list(forbidden), "truth": why, "agrees": agrees, "tested": tested})
+        rows.append(
+            {
+                "case": case,
+                "mechanism": planting["mechanism"],
+                "claim": number,
+                "name": get_claim(number).name,
+                "verdict": claim.verdict,
+                "holm": claim.holm,
+                "estimate": claim.estimate,
+                "reason": claim.reason,
+                "forbidden": list(forbidden),
+                "truth": why,
+                "agrees": agrees,
+                "tested": tested,
+            }
+        )
     temperature = results["analyses"].get("temperature")
     if case == "temperature" and temperature:
         planted_t = planting["parameters"]["temperature"]
         found = temperature["t_star"]
         close = {way: abs(t - planted_t) <= 0.02 * planted_t for way, t in found.items()}
-        rows.append({"case": case, "mechanism": planting["mechanism"], "claim": "T*", "name": "the entropy-matched T* recovers the planted temperature",
-                     "verdict": ", ".join(f"{way.replace('_', '-')} {t:.3f}" for way, t in found.items()), "holm": None, "estimate": None,
-                     "reason": "", "forbidden": ["further than 2% from the planted temperature"], "truth": f"planted T = {planted_t:g}",
-                     "agrees": all(close.values()), "tested": True})
+        rows.append(
+            {
+                "case": case,
+                "mechanism": planting["mechanism"],
+                "claim": "T*",
+                "name": "the entropy-matched T* recovers the planted temperature",
+                "verdict": ", ".join(f"{way.replace('_', '-')} {t:.3f}" for way, t in found.items()),
+                "holm": None,
+                "estimate": None,
+                "reason": "",
+                "forbidden": ["further than 2% from the planted temperature"],
+                "truth": f"planted T = {planted_t:g}",
+                "agrees": all(close.values()),
+                "tested": True,
+            }
+        )
     return rows
 
 

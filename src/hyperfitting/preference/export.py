@@ -54,8 +54,14 @@ def collect_candidates(run_dir: Path, corpus: str | None = None) -> Candidates:
     from hyperfitting.models.loading import tokenizer_for
 
     run_dir = Path(run_dir)
-    if not (run_dir / "base" / "generations.jsonl").exists() or not (run_dir / "hyperfitted" / "generations.jsonl").exists():
-        raise HyperfitError(f"'{run_dir}' has no base and hyperfitted generations: finish the study first (hyperfit study ... --resume).")
+    if (
+        not (run_dir / "base" / "generations.jsonl").exists()
+        or not (run_dir / "hyperfitted" / "generations.jsonl").exists()
+    ):
+        raise HyperfitError(
+            f"'{run_dir}' has no base and hyperfitted generations: finish the study first (hyperfit study ... "
+            "--resume)."
+        )
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     prompts = [row for row in read_jsonl(run_dir / "data" / "prompts.jsonl")]
     corpora = list(dict.fromkeys(row["corpus"] for row in prompts))
@@ -67,30 +73,47 @@ def collect_candidates(run_dir: Path, corpus: str | None = None) -> Candidates:
     length = config["generate"]["max_new_tokens"]
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     texts: dict[str, list[str]] = {}
-    for method, stage in (("hyperfitted", "hyperfitted"), ("hyperfitted-blocked", "hyperfitted-blocked"), ("greedy", "base")):
+    for method, stage in (
+        ("hyperfitted", "hyperfitted"),
+        ("hyperfitted-blocked", "hyperfitted-blocked"),
+        ("greedy", "base"),
+    ):
         path = run_dir / stage / "generations.jsonl"
         if path.exists():
             texts[method] = [decode(g["continuation_ids"]) for g in read_jsonl(path) if g["corpus"] == corpus]
     for path in sorted((run_dir / "baselines").glob("*.jsonl")) if (run_dir / "baselines").is_dir() else []:
         if path.stem not in texts:
-            texts[path.stem] = [decode(g["continuation_ids"]) for g in read_jsonl(path) if g["corpus"] == corpus and g["seed"] == 0]
+            texts[path.stem] = [
+                decode(g["continuation_ids"]) for g in read_jsonl(path) if g["corpus"] == corpus and g["seed"] == 0
+            ]
     texts["human"] = [decode(p["reference_ids"][:length]) for p in prompts]
     return Candidates(corpus, [decode(p["prompt_ids"]) for p in prompts], texts)
 
 
-def make_export(candidates: Candidates, methods: list[str] | None = None, against: str = "human", prompts: int | None = None,
-                seed: int = 0) -> tuple[list[dict], dict]:
+def make_export(
+    candidates: Candidates,
+    methods: list[str] | None = None,
+    against: str = "human",
+    prompts: int | None = None,
+    seed: int = 0,
+) -> tuple[list[dict], dict]:
     """(tasks, key). ``against="human"``: every method against the original text on every prompt (the papers' figure);
     ``"all"``: every pair of methods, human included (more evidence for the Bradley-Terry ranking)."""
     available = [m for m in candidates.texts if m != "human"]
     methods = methods or available
     unknown = [m for m in methods if m not in candidates.texts]
     if unknown:
-        raise HyperfitError(f"method {unknown[0]!r} has no continuations in this study; it has {', '.join(available)} and human.")
+        raise HyperfitError(
+            f"method {unknown[0]!r} has no continuations in this study; it has {', '.join(available)} and human."
+        )
     methods = [m for m in methods if m != "human"]
     if against not in ("human", "all"):
-        raise HyperfitError(f"--against {against!r}: use human (each method against the original text) or all (every pair).")
-    pairs = [(m, "human") for m in methods] if against == "human" else list(itertools.combinations([*methods, "human"], 2))
+        raise HyperfitError(
+            f"--against {against!r}: use human (each method against the original text) or all (every pair)."
+        )
+    pairs = (
+        [(m, "human") for m in methods] if against == "human" else list(itertools.combinations([*methods, "human"], 2))
+    )
     count = len(candidates.prompts) if prompts is None else min(prompts, len(candidates.prompts))
     rng = random.Random(seed)
     drawn = []
@@ -99,17 +122,34 @@ def make_export(candidates: Candidates, methods: list[str] | None = None, agains
             a, b = (first, second) if rng.random() < 0.5 else (second, first)  # which side a method is on: a coin
             drawn.append((index, a, b))
     rng.shuffle(drawn)  # and no order to read it from
-    digest = hashlib.sha256(json.dumps([candidates.corpus, seed, drawn, [candidates.texts[m][i] for i, a, b in drawn for m in (a, b)]])
-                            .encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        json.dumps(
+            [candidates.corpus, seed, drawn, [candidates.texts[m][i] for i, a, b in drawn for m in (a, b)]]
+        ).encode()
+    ).hexdigest()[:12]
     export_id = f"hf-{digest}"
     tasks, key = [], {}
     for number, (index, a, b) in enumerate(drawn):
         task_id = f"{export_id}-{number:04d}"
-        tasks.append({"export_id": export_id, "task_id": task_id, "prompt": candidates.prompts[index],
-                      "a": candidates.texts[a][index], "b": candidates.texts[b][index]})
+        tasks.append(
+            {
+                "export_id": export_id,
+                "task_id": task_id,
+                "prompt": candidates.prompts[index],
+                "a": candidates.texts[a][index],
+                "b": candidates.texts[b][index],
+            }
+        )
         key[task_id] = {"a": a, "b": b, "prompt_index": index}
-    return tasks, {"export_id": export_id, "corpus": candidates.corpus, "seed": seed, "against": against, "methods": methods,
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tasks": key}
+    return tasks, {
+        "export_id": export_id,
+        "corpus": candidates.corpus,
+        "seed": seed,
+        "against": against,
+        "methods": methods,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tasks": key,
+    }
 
 
 def tasks_csv(tasks: list[dict]) -> str:
@@ -128,8 +168,10 @@ def write_export(run_dir: Path, tasks: list[dict], key: dict, overwrite: bool = 
     folder = judging_folder(run_dir)
     if (folder / "key.json").exists() and not overwrite:
         earlier = read_json(folder / "key.json")["export_id"]
-        raise HyperfitError(f"{folder} already holds export {earlier}; judgements made on it would no longer match a new one. "
-                            "Pass --overwrite to replace it, or import its judgements first.")
+        raise HyperfitError(
+            f"{folder} already holds export {earlier}; judgements made on it would no longer match a new one. "
+            "Pass --overwrite to replace it, or import its judgements first."
+        )
     raters = folder / "for-raters"
     raters.mkdir(parents=True, exist_ok=True)
     write_jsonl(raters / "tasks.jsonl", tasks)

@@ -91,4 +91,3 @@ def rater_page(tasks: list[dict]) -> str:
     """The page with ``tasks`` embedded (``</`` escaped, so no text can close the script element)."""
     data = json.dumps(tasks, ensure_ascii=False).replace("</", "<\\/")
     return PAGE.replace("__TASKS__", data)
-

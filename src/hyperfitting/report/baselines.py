@@ -10,7 +10,11 @@ import numpy as np
 
 from hyperfitting import stats
 
-STUDY_ROWS = {"hyperfitted": "hyperfitted (greedy)", "hyperfitted-blocked": "hyperfitted, citation blocker", "human": "human text"}
+STUDY_ROWS = {
+    "hyperfitted": "hyperfitted (greedy)",
+    "hyperfitted-blocked": "hyperfitted, citation blocker",
+    "human": "human text",
+}
 
 
 def _interval(values: list[float], log: bool = False) -> str:
@@ -36,9 +40,17 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
     """
     plane, mauve = plane or {}, mauve or {}
     # MAUVE's column only where it was computed (study.mauve): a column of blanks says nothing.
-    mauve_head, mauve_of = ("MAUVE | ", lambda name: f"{mauve[name]:.3f} | " if name in mauve else "- | ") if mauve else ("", lambda name: "")
-    lines = ["| method | settings | seeds | TTR [95% CI] | distinct-3 | seq-rep-3 (lower: less repetition) | judge perplexity [95% CI] | "
-             f"{mauve_head}copies >10 training tokens | tokens/s |", "|---|---|---|---|---|---|---|---|---|" + ("---|" if mauve else "")]
+    mauve_head, mauve_of = (
+        ("MAUVE | ", lambda name: f"{mauve[name]:.3f} | " if name in mauve else "- | ")
+        if mauve
+        else ("", lambda name: "")
+    )
+    lines = [
+        "| method | settings | seeds | TTR [95% CI] | distinct-3 | seq-rep-3 (lower: less repetition) | judge "
+        "perplexity [95% CI] | "
+        f"{mauve_head}copies >10 training tokens | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if mauve else ""),
+    ]
     for name, row in baselines.items():
         measured = row["corpora"].get(corpus)
         if measured is None:
@@ -46,24 +58,40 @@ def baselines_table(corpus: str, baselines: dict, study_metrics: dict, plane: di
         metrics = measured["metrics"]
         judged = plane.get(name, {})
         speed = row.get("tokens_per_second")
-        lines.append(f"| {name} | {row['settings']} | {row['seeds']} | {_interval(measured['per_prompt_ttr'])} | {_cell(metrics, 'distinct_3')} | "
-                     f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | "
-                     f"{mauve_of(name)}{_cell(metrics, 'train_overlap_share_over_10')} | "
-                     f"{f'{speed:.0f}' if speed is not None and speed == speed else 'base stage'}{' *' if row.get('decoded_with') else ''} |")
+        lines.append(
+            f"| {name} | {row['settings']} | {row['seeds']} | {_interval(measured['per_prompt_ttr'])} | "
+            f"{_cell(metrics, 'distinct_3')} | "
+            f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | "
+            f"{mauve_of(name)}{_cell(metrics, 'train_overlap_share_over_10')} | "
+            f"{f'{speed:.0f}' if speed is not None and speed == speed else 'base stage'}"
+            f"{' *' if row.get('decoded_with') else ''} |"
+        )
     for key, label in STUDY_ROWS.items():
-        metrics = study_metrics.get("base", {}).get(f"{corpus}:human") if key == "human" else \
-            study_metrics.get({"hyperfitted-blocked": "hyperfitted, citation blocker"}.get(key, key), {}).get(corpus)
+        metrics = (
+            study_metrics.get("base", {}).get(f"{corpus}:human")
+            if key == "human"
+            else study_metrics.get({"hyperfitted-blocked": "hyperfitted, citation blocker"}.get(key, key), {}).get(
+                corpus
+            )
+        )
         if metrics is None:
             continue
         judged = plane.get(key, {})
         ttr_cell = _interval(judged["ttr"]) if judged.get("ttr") else _cell(metrics, "ttr")
-        lines.append(f"| **{label}** | {'the study' if key != 'human' else 'reference'} | 1 | {ttr_cell} | {_cell(metrics, 'distinct_3')} | "
-                     f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | {mauve_of(key)}"
-                     f"{_cell(metrics, 'train_overlap_share_over_10')} | - |")
+        lines.append(
+            f"| **{label}** | {'the study' if key != 'human' else 'reference'} | 1 | {ttr_cell} | "
+            f"{_cell(metrics, 'distinct_3')} | "
+            f"{_cell(metrics, 'seq_rep_3')} | {_interval(judged.get('log_perplexity', []), log=True)} | {mauve_of(key)}"
+            f"{_cell(metrics, 'train_overlap_share_over_10')} | - |"
+        )
     groups = list(dict.fromkeys(tuple(row["decoded_with"]) for row in baselines.values() if row.get("decoded_with")))
     if groups:
-        lines += ["", "\\* decoded in one batch, one forward pass per step for all of them: " + "; ".join(", ".join(g) for g in groups)
-                  + ". Their tokens/s is the batch's (its time shared by tokens), not what each would reach alone."]
+        lines += [
+            "",
+            "\\* decoded in one batch, one forward pass per step for all of them: "
+            + "; ".join(", ".join(g) for g in groups)
+            + ". Their tokens/s is the batch's (its time shared by tokens), not what each would reach alone.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -81,10 +109,24 @@ def plot_methods(plane: dict[str, dict[str, list[float]]], judge: str, corpus: s
             continue
         q, d = stats.mean(quality), stats.mean(values["ttr"])
         x = math.exp(q.value)
-        axis.errorbar(x, d.value, xerr=[[x - math.exp(q.low)], [math.exp(q.high) - x]], yerr=[[d.value - d.low], [d.high - d.value]],
-                      fmt=markers.get(label, "o"), color=colours.get(label, "tab:blue"), markersize=12 if label in markers else 6, capsize=2)
-        axis.annotate(STUDY_ROWS.get(label, label), (x, d.value), textcoords="offset points", xytext=(5, 4), fontsize=7,
-                      color=colours.get(label, "tab:blue"))
+        axis.errorbar(
+            x,
+            d.value,
+            xerr=[[x - math.exp(q.low)], [math.exp(q.high) - x]],
+            yerr=[[d.value - d.low], [d.high - d.value]],
+            fmt=markers.get(label, "o"),
+            color=colours.get(label, "tab:blue"),
+            markersize=12 if label in markers else 6,
+            capsize=2,
+        )
+        axis.annotate(
+            STUDY_ROWS.get(label, label),
+            (x, d.value),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+            color=colours.get(label, "tab:blue"),
+        )
     axis.set_xscale("log")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -100,23 +142,36 @@ def plot_methods(plane: dict[str, dict[str, list[float]]], judge: str, corpus: s
 
 
 def figure_name(corpus: str) -> str:
-    """A file name for a corpus, which may be a path: its last part, with anything but letters, digits, '-' and '_' replaced."""
+    """A file name for a corpus, which may be a path: its last part, with anything but letters, digits, '-' and '_'
+    replaced."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", Path(corpus).name or corpus)
 
 
-def baselines_section(run_dir: Path, baselines: dict, study_metrics: dict, quality: dict | None, figures: Path) -> list[str]:
+def baselines_section(
+    run_dir: Path, baselines: dict, study_metrics: dict, quality: dict | None, figures: Path
+) -> list[str]:
     """The report's section: per corpus, the table and (with a judge) the plane."""
     judge = (quality or {}).get("judge") or {}
     planes = judge.get("baselines", {})
     mauve = (quality or {}).get("baselines_mauve", {})
     corpora = list(dict.fromkeys(c for row in baselines.values() for c in row["corpora"]))
-    md = ["## Better than what? The base model under other decoding methods", "",
-          "Every row decodes the same prompts to the same length. Sampled methods average over their seeds "
-          "(each prompt's mean over seeds enters the interval). Judge perplexity is the geometric mean over prompts under "
-          f"{judge.get('model', 'no judge (study.judge)')}; MAUVE compares the first seed's continuations with the human ones "
-          "(coarse at a few dozen samples). Low perplexity alone rewards repetition: read it beside TTR and seq-rep-3.", ""]
+    md = [
+        "## Better than what? The base model under other decoding methods",
+        "",
+        "Every row decodes the same prompts to the same length. Sampled methods average over their seeds "
+        "(each prompt's mean over seeds enters the interval). Judge perplexity is the geometric mean over prompts "
+        "under "
+        f"{judge.get('model', 'no judge (study.judge)')}; MAUVE compares the first seed's continuations with the human "
+        "ones "
+        "(coarse at a few dozen samples). Low perplexity alone rewards repetition: read it beside TTR and seq-rep-3.",
+        "",
+    ]
     for corpus in corpora:
-        md += [f"### {corpus}", "", baselines_table(corpus, baselines, study_metrics, planes.get(corpus), mauve.get(corpus))]
+        md += [
+            f"### {corpus}",
+            "",
+            baselines_table(corpus, baselines, study_metrics, planes.get(corpus), mauve.get(corpus)),
+        ]
         if planes.get(corpus):
             image = figures / f"methods_{figure_name(corpus)}.png"
             plot_methods(planes[corpus], judge["model"], corpus, image)
@@ -138,9 +193,16 @@ def _dominating(plane: dict) -> str | None:
         return float(np.mean(values["ttr"])), float(np.mean(quality)) if quality else float("nan")
 
     ttr, quality = centre("hyperfitted")
-    better = [label for label in plane if label not in STUDY_ROWS and centre(label)[0] >= ttr and centre(label)[1] <= quality]
+    better = [
+        label for label in plane if label not in STUDY_ROWS and centre(label)[0] >= ttr and centre(label)[1] <= quality
+    ]
     if not better:
-        return ("No decoding method of the base model is both at least as diverse (TTR) and at most as perplexing to the judge as "
-                "hyperfitted greedy (point estimates; the intervals above say how firmly).")
-    return ("At least as diverse (TTR) as hyperfitted greedy at no higher judge perplexity (point estimates; see the intervals): "
-            + ", ".join(better) + ".")
+        return (
+            "No decoding method of the base model is both at least as diverse (TTR) and at most as perplexing to the "
+            "judge as "
+            "hyperfitted greedy (point estimates; the intervals above say how firmly)."
+        )
+    return (
+        "At least as diverse (TTR) as hyperfitted greedy at no higher judge perplexity (point estimates; see the "
+        "intervals): " + ", ".join(better) + "."
+    )

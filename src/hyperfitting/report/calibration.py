@@ -9,7 +9,8 @@ passed through the real claim function: the same estimator, interval and decisio
 we count
 
 - ``false_holds``: P(holds | claim false), the larger of the two false truths (goal: at most 2.5%);
-- ``false_fails``: P(does not hold | claim true), the larger of just past the margin and the paper's size (at most 2.5%);
+- ``false_fails``: P(does not hold | claim true), the larger of just past the margin and the paper's size (at most
+2.5%);
 - ``coverage``: how often the 95% interval contains the true effect (goal: at least 95% at every truth);
 - ``power``: P(holds | the paper's effect size).
 
@@ -44,7 +45,9 @@ from hyperfitting.claims.worlds import Design, Spreads, Truths, temperature_resu
 FALSE_HOLDS_GOAL = 0.025  # nominal: "holds" is a one-sided 2.5% test at the margin
 FALSE_FAILS_GOAL = 0.025  # and "does not hold" one at 2.5% on the other side of it
 COVERAGE_GOAL = (0.95, 0.97)  # at least nominal; above the range the interval is conservative (reported, not failed)
-MISS_LEVEL = 0.01  # a rate misses its goal when a one-sided binomial test over the worlds rejects the goal at this level
+MISS_LEVEL = (
+    0.01  # a rate misses its goal when a one-sided binomial test over the worlds rejects the goal at this level
+)
 
 
 # ------------------------------------------------------------------------------ rules broken on purpose, and stressed
@@ -53,7 +56,8 @@ MISS_LEVEL = 0.01  # a rate misses its goal when a one-sided binomial test over 
 
 
 def broken_world_ranks(design, spreads, effect, rng):
-    """The deliberately broken rule: claim 3's share with a binomial (Wald) interval over all steps, as if steps were independent."""
+    """The deliberately broken rule: claim 3's share with a binomial (Wald) interval over all steps, as if steps were
+    independent."""
     results = ranks.rank_results(design, spreads, rng, effect)
     unexplained = sum(sum(r["per_prompt"]["unexplained_overrides"]) for r in results)
     steps = sum(sum(r["per_prompt"]["steps"]) for r in results)
@@ -92,18 +96,28 @@ LOOPING_PROMPTS = 0.10
 def _stressed(simulate: Callable, **changes) -> Callable:
     def world(design, spreads, effect, rng):
         return simulate(design, replace(spreads, **changes), effect, rng)
+
     return world
 
 
-# The t-interval rules again, on skewed per-prompt differences (10% of prompts loop): the main table's worlds are normal,
+# The t-interval rules again, on skewed per-prompt differences (10% of prompts loop): the main table's worlds are
+# normal,
 # the noise the t interval assumes; these rows say how much that assumption carries at the study's size.
 STRESSED_RULES: dict[str, tuple[Callable, Truths]] = {
-    f"1, {LOOPING_PROMPTS:.0%} of prompts loop": (_stressed(world_temperature, loop_share=LOOPING_PROMPTS), temperature.TRUTHS_1),
-    f"1c, {LOOPING_PROMPTS:.0%} of prompts loop": (_stressed(world_like_for_like, loop_share=LOOPING_PROMPTS), temperature.TRUTHS_1C),
+    f"1, {LOOPING_PROMPTS:.0%} of prompts loop": (
+        _stressed(world_temperature, loop_share=LOOPING_PROMPTS),
+        temperature.TRUTHS_1,
+    ),
+    f"1c, {LOOPING_PROMPTS:.0%} of prompts loop": (
+        _stressed(world_like_for_like, loop_share=LOOPING_PROMPTS),
+        temperature.TRUTHS_1C,
+    ),
     # Claim 2's main row has one best model and the rest far below; with the static models tied the best-of estimate is
     # biased upwards: fewer false holds, and the coverage of its interval is the figure to read.
-    "2, static models tied": (lambda design, spreads, effect, rng: world_static_bias(design, spreads, effect, rng, tied=True),
-                              static_bias.TRUTHS),
+    "2, static models tied": (
+        lambda design, spreads, effect, rng: world_static_bias(design, spreads, effect, rng, tied=True),
+        static_bias.TRUTHS,
+    ),
 }
 
 
@@ -115,8 +129,9 @@ def _covers(claim: Claim, truth: float) -> bool | None:
 
 
 def _misses(count: int, worlds: int, goal: float, above: bool) -> bool:
-    """Does a rate of ``count`` in ``worlds`` miss its goal: a one-sided binomial test rejects "the rate is at most (or, for
-    coverage, at least) the goal" at MISS_LEVEL? Read with the worlds' own Monte-Carlo error, not against the point."""
+    """Does a rate of ``count`` in ``worlds`` miss its goal: a one-sided binomial test rejects "the rate is at most (or,
+    for coverage, at least) the goal" at MISS_LEVEL? Read with the worlds' own Monte-Carlo error, not against the
+    point."""
     from scipy.stats import binomtest
 
     if worlds == 0:
@@ -138,8 +153,9 @@ def _one_torch_thread():
         torch.set_num_threads(before)
 
 
-def calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0,
-                   table: dict | None = None) -> dict:
+def calibrate_rule(
+    name: str, design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0, table: dict | None = None
+) -> dict:
     """Error rates of one rule over ``worlds`` simulated studies at each truth (seeded: the same numbers every run).
 
     Truths: at the margin and on its wrong side (the claim false: false holds), just past the margin on the claimed
@@ -153,8 +169,12 @@ def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, se
     simulate, truths = (table or {**rule_worlds(), **BROKEN_RULES, **BROKEN_WITH_REPLICATES, **STRESSED_RULES})[name]
     just_past = truths.margin + (truths.margin - truths.wrong_side)
     by_truth, covered, missed = {}, [], []
-    for label, effect in (("at the margin", truths.margin), ("wrong side", truths.wrong_side), ("just past", just_past),
-                          ("paper size", truths.paper)):
+    for label, effect in (
+        ("at the margin", truths.margin),
+        ("wrong side", truths.wrong_side),
+        ("just past", just_past),
+        ("paper size", truths.paper),
+    ):
         index = {"at the margin": 0, "wrong side": 1, "paper size": 2, "just past": 3}[label]
         rng = np.random.default_rng([seed, zlib.crc32(name.encode()), index])
         counts = {HOLDS: 0, FAILS: 0, "inconclusive": 0}
@@ -165,8 +185,12 @@ def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, se
             if (c := _covers(claim, truth)) is not None:
                 mine.append(c)
         covered += mine
-        by_truth[label] = {"effect": float(truth), **{k: v / worlds for k, v in counts.items()},
-                           "coverage": float(np.mean(mine)) if mine else float("nan"), "intervals": len(mine)}
+        by_truth[label] = {
+            "effect": float(truth),
+            **{k: v / worlds for k, v in counts.items()},
+            "coverage": float(np.mean(mine)) if mine else float("nan"),
+            "intervals": len(mine),
+        }
         if label in ("at the margin", "wrong side") and _misses(counts[HOLDS], worlds, FALSE_HOLDS_GOAL, above=True):
             missed.append(f"false holds {counts[HOLDS] / worlds:.1%} {label}")
         if label in ("just past", "paper size") and _misses(counts[FAILS], worlds, FALSE_FAILS_GOAL, above=True):
@@ -184,24 +208,43 @@ def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, se
         "paper_size": truths.paper_source,
         "by_truth": by_truth,
     }
-    result["under_covers_at"] = [label for label in by_truth if any(m.startswith("coverage") and m.endswith(label) for m in missed)]
+    result["under_covers_at"] = [
+        label for label in by_truth if any(m.startswith("coverage") and m.endswith(label) for m in missed)
+    ]
     result["missed"] = missed
     result["conservative"] = bool(math.isfinite(coverage) and coverage > COVERAGE_GOAL[1])
     result["meets_goals"] = not missed
     return result
 
 
-def calibrate(design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0, rules: list[str] | None = None,
-              broken: bool = True, progress: bool = False) -> dict:
+def calibrate(
+    design: Design,
+    spreads: Spreads,
+    worlds: int = 200,
+    seed: int = 0,
+    rules: list[str] | None = None,
+    broken: bool = True,
+    progress: bool = False,
+) -> dict:
     """Every rule's error rates at this design (and the deliberately broken rule, which must be flagged)."""
     from tqdm.auto import tqdm
 
     names = list(rules or rule_worlds())
     names += list(STRESSED_RULES) if not rules else []
     names += (list(BROKEN_RULES) + list(BROKEN_WITH_REPLICATES)) if broken else []
-    out = {"design": asdict(design), "spreads": asdict(spreads), "worlds": worlds, "seed": seed,
-           "goals": {"false_holds_at_most": FALSE_HOLDS_GOAL, "false_fails_at_most": FALSE_FAILS_GOAL,
-                     "coverage_between": list(COVERAGE_GOAL), "judged_by": f"one-sided binomial test at {MISS_LEVEL:g}"}, "rules": {}}
+    out = {
+        "design": asdict(design),
+        "spreads": asdict(spreads),
+        "worlds": worlds,
+        "seed": seed,
+        "goals": {
+            "false_holds_at_most": FALSE_HOLDS_GOAL,
+            "false_fails_at_most": FALSE_FAILS_GOAL,
+            "coverage_between": list(COVERAGE_GOAL),
+            "judged_by": f"one-sided binomial test at {MISS_LEVEL:g}",
+        },
+        "rules": {},
+    }
     for name in tqdm(names, desc="calibrating rules", disable=not progress):
         out["rules"][name] = calibrate_rule(name, design, spreads, worlds, seed)
     return out
@@ -214,19 +257,30 @@ def coverage_text(coverage: float) -> str:
 def calibration_table(calibration: dict, preset: str = "this study") -> str:
     """One row per rule: false holds, false fails, coverage, power, and whether the goals are met."""
     d = calibration["design"]
-    lines = [f"Calibration at {preset}'s sizes ({d['prompts']} prompts, {d['replicates']} replicate(s), {d['seeds']} sampling seed(s), "
-             f"{d['blocks']} held-out blocks, {d.get('static_models', '?')} static models, {d.get('rivals', '?')} rival layers), "
-             f"{calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}; "
-             f"every world draws a training-seed shift of each trained model (SD {calibration['spreads']['seed_sd']:g}, or the "
-             f"claim's declared one, each world's true SD drawn from what {calibration['spreads'].get('seed_sd_df', 2):g} degrees of "
-             "freedom allow). Goals, nominal: false holds (at the margin and on its wrong side) and false fails (just past "
-             f"it and at the paper's size) at most {FALSE_HOLDS_GOAL:.1%}, coverage at least {COVERAGE_GOAL[0]:.0%} at every truth, "
-             f"each judged by a one-sided binomial test over the worlds at {MISS_LEVEL:g}. Rows named "
-             "'... of prompts loop' rerun a rule on skewed per-prompt differences; rows named 'broken' are wrong on purpose "
-             "and must miss the goals.", "",
-             "| rule | false holds | false fails | coverage | power at the paper's size | meets the goals |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Calibration at {preset}'s sizes ({d['prompts']} prompts, {d['replicates']} replicate(s), {d['seeds']} "
+        "sampling seed(s), "
+        f"{d['blocks']} held-out blocks, {d.get('static_models', '?')} static models, {d.get('rivals', '?')} rival "
+        "layers), "
+        f"{calibration['worlds']} simulated studies per truth; spreads: {calibration['spreads']['source']}; "
+        f"every world draws a training-seed shift of each trained model (SD {calibration['spreads']['seed_sd']:g}, or "
+        "the "
+        f"claim's declared one, each world's true SD drawn from what {calibration['spreads'].get('seed_sd_df', 2):g} "
+        "degrees of "
+        "freedom allow). Goals, nominal: false holds (at the margin and on its wrong side) and false fails (just past "
+        f"it and at the paper's size) at most {FALSE_HOLDS_GOAL:.1%}, coverage at least {COVERAGE_GOAL[0]:.0%} at "
+        "every truth, "
+        f"each judged by a one-sided binomial test over the worlds at {MISS_LEVEL:g}. Rows named "
+        "'... of prompts loop' rerun a rule on skewed per-prompt differences; rows named 'broken' are wrong on purpose "
+        "and must miss the goals.",
+        "",
+        "| rule | false holds | false fails | coverage | power at the paper's size | meets the goals |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in calibration["rules"].items():
         coverage = coverage_text(r["coverage"]) + (" (conservative)" if r.get("conservative") else "")
         verdict = "yes" if r["meets_goals"] else "**no**: " + "; ".join(r.get("missed", []))
-        lines.append(f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {coverage} | {r['power']:.1%} | {verdict} |")
+        lines.append(
+            f"| {name} | {r['false_holds']:.1%} | {r['false_fails']:.1%} | {coverage} | {r['power']:.1%} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"

@@ -13,7 +13,9 @@ COLOURS = {HOLDS: "#1a7f37", FAILS: "#cf222e", INCONCLUSIVE: "#6e7781", NOT_RUN:
 LABELS = {HOLDS: "holds", FAILS: "does not hold", INCONCLUSIVE: "inconclusive", NOT_RUN: "not run"}
 
 
-def plot_claims(claims: list, path: Path, title: str = "Claims: effect and 95% interval (dashed: the margin; grey: zero)") -> None:
+def plot_claims(
+    claims: list, path: Path, title: str = "Claims: effect and 95% interval (dashed: the margin; grey: zero)"
+) -> None:
     """One row per claim (sorted as the report's table): the interval, the estimate, the margin (dashed; both signs for
     a claim of difference either way) and zero (thin), and the verdict after Holm on the right."""
     claims = sorted(claims, key=lambda c: str(c.number))
@@ -38,15 +40,33 @@ def plot_claims(claims: list, path: Path, title: str = "Claims: effect and 95% i
         if e and e["value"] == e["value"]:
             axis.plot([e["value"]], [0], "o", color=colour, markersize=6, markeredgecolor="white")
         if not e:
-            axis.text(0.5, 0, "no estimate", transform=axis.get_yaxis_transform(), ha="center", va="center", fontsize=7, color=colour)
+            axis.text(
+                0.5,
+                0,
+                "no estimate",
+                transform=axis.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color=colour,
+            )
         axis.set_yticks([])
         axis.tick_params(axis="x", labelsize=7, length=2, pad=1)
         for side in ("top", "right", "left"):
             axis.spines[side].set_visible(False)
         name = claim.name if len(claim.name) <= 48 else claim.name[:47] + "..."
         axis.text(-0.01, 0.5, f"{claim.number}. {name}", transform=axis.transAxes, ha="right", va="center", fontsize=8)
-        axis.text(1.01, 0.5, LABELS.get(verdict, verdict), transform=axis.transAxes, ha="left", va="center", fontsize=8,
-                  color=colour, fontweight="bold")
+        axis.text(
+            1.01,
+            0.5,
+            LABELS.get(verdict, verdict),
+            transform=axis.transAxes,
+            ha="left",
+            va="center",
+            fontsize=8,
+            color=colour,
+            fontweight="bold",
+        )
     figure.suptitle(title, fontsize=9, x=0.5, y=1.0)
     figure.subplots_adjust(hspace=1.1)
     savefig(figure, path)

@@ -27,19 +27,27 @@ def _effect(claim: dict) -> str:
     e = claim.get("estimate")
     if not e:
         return "-"
-    return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" + ("" if e.get("decisive", True) else " (no interval)")
+    return f"{e['value']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" + (
+        "" if e.get("decisive", True) else " (no interval)"
+    )
 
 
 def claims_table(claims: list[dict]) -> list[str]:
-    lines = ["| claim | effect [95% interval] | verdict (after Holm) | uncorrected | the paper | why |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | effect [95% interval] | verdict (after Holm) | uncorrected | the paper | why |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in claims:
-        lines.append(f"| {c['number']}. {c['name']} | {_effect(c)} | **{c.get('holm') or c['verdict']}** | {c['verdict']} | "
-                     f"{c.get('paper', '-')} | {c['reason']} |")
+        lines.append(
+            f"| {c['number']}. {c['name']} | {_effect(c)} | **{c.get('holm') or c['verdict']}** | {c['verdict']} | "
+            f"{c.get('paper', '-')} | {c['reason']} |"
+        )
     return lines
 
 
 def generation_table(metrics: dict, corpus: str) -> list[str]:
-    """Base, hyperfitted (and with the citation blocker) and the human text on one corpus, the metrics that matter most."""
+    """Base, hyperfitted (and with the citation blocker) and the human text on one corpus, the metrics that matter
+    most."""
     columns = {"base": metrics["base"].get(corpus, {}), "hyperfitted": metrics["hyperfitted"].get(corpus, {})}
     if "hyperfitted, citation blocker" in metrics:
         columns["hyperfitted, citation blocker"] = metrics["hyperfitted, citation blocker"].get(corpus, {})
@@ -48,14 +56,20 @@ def generation_table(metrics: dict, corpus: str) -> list[str]:
     lines = ["| metric | better | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for name in shown:
         better = {True: "higher", False: "lower", None: "-"}[METRICS[name].higher_is_better] if name in METRICS else "-"
-        lines.append(f"| {name} | {better} | " + " | ".join(_cell(column.get(name)) for column in columns.values()) + " |")
+        lines.append(
+            f"| {name} | {better} | " + " | ".join(_cell(column.get(name)) for column in columns.values()) + " |"
+        )
     return lines
 
 
 def stage_minutes(study: dict) -> float:
     """The stages' own time: a study resumed from finished stages has a short last invocation, not a short study."""
     profile = study.get("stage_profile") or {}
-    return sum(row["seconds"] for row in profile.values()) / 60 if profile else study.get("wall_seconds", float("nan")) / 60
+    return (
+        sum(row["seconds"] for row in profile.values()) / 60
+        if profile
+        else study.get("wall_seconds", float("nan")) / 60
+    )
 
 
 def run_section(run_dir: Path) -> list[str]:
@@ -65,26 +79,51 @@ def run_section(run_dir: Path) -> list[str]:
     env = study.get("environment", {})
     train = study["train"]
     corpora = [c for c in study["metrics"]["base"] if ":" not in c]
-    lines = [f"## {config['model']['name']} on {config['data']['corpus']}: `{run_dir.name}`", "",
-             f"`{env.get('command', 'command not recorded')}`, {env.get('date', 'date not recorded')}, hyperfitting commit "
-             f"{env.get('commit') or 'not recorded'}; its stages took {stage_minutes(study):.1f} min on "
-             f"{env.get('device', '?')} ({env.get('threads', '?')} threads, {env.get('processes', 1)} process(es)), precision "
-             f"{(study.get('precision') or {}).get('label', 'fp32')}.", "",
-             f"Training: {train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]} "
-             f"({train['trainable_parameters']:,} trainable parameters), loss {train['initial_train_loss']:.3f} -> "
-             f"{train['final_train_loss']:.3f} in {train['epochs_run']} epochs"
-             + (f" (target {train['until_loss']:g}: {'reached' if train.get('reached_target') else 'not reached'})" if train.get("until_loss") else "")
-             + f"; {len(study.get('replicates') or [train])} training seed(s).", ""]
+    lines = [
+        f"## {config['model']['name']} on {config['data']['corpus']}: `{run_dir.name}`",
+        "",
+        f"`{env.get('command', 'command not recorded')}`, {env.get('date', 'date not recorded')}, hyperfitting commit "
+        f"{env.get('commit') or 'not recorded'}; its stages took {stage_minutes(study):.1f} min on "
+        f"{env.get('device', '?')} ({env.get('threads', '?')} threads, {env.get('processes', 1)} process(es)), "
+        "precision "
+        f"{(study.get('precision') or {}).get('label', 'fp32')}.",
+        "",
+        f"Training: {train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]} "
+        f"({train['trainable_parameters']:,} trainable parameters), loss {train['initial_train_loss']:.3f} -> "
+        f"{train['final_train_loss']:.3f} in {train['epochs_run']} epochs"
+        + (
+            f" (target {train['until_loss']:g}: {'reached' if train.get('reached_target') else 'not reached'})"
+            if train.get("until_loss")
+            else ""
+        )
+        + f"; {len(study.get('replicates') or [train])} training seed(s).",
+        "",
+    ]
     for corpus in corpora:
         lines += [f"Greedy continuations, {corpus}:", "", *generation_table(study["metrics"], corpus), ""]
-    lines += ["Claims of Li et al. (the rules: README, *How a verdict is reached*):", "", *claims_table(study.get("claims", [])), ""]
+    lines += [
+        "Claims of Li et al. (the rules: README, *How a verdict is reached*):",
+        "",
+        *claims_table(study.get("claims", [])),
+        "",
+    ]
     if study.get("claims_full_finetune"):
-        lines += ["The same claims on the fully fine-tuned model:", "", *claims_table(study["claims_full_finetune"]), ""]
+        lines += [
+            "The same claims on the fully fine-tuned model:",
+            "",
+            *claims_table(study["claims_full_finetune"]),
+            "",
+        ]
     calibration = run_dir / "calibration.json"
     if calibration.exists():
         from hyperfitting.report.calibration import calibration_table
 
-        lines += ["How often these rules are wrong at this study's sizes:", "", calibration_table(read_json(calibration)).strip(), ""]
+        lines += [
+            "How often these rules are wrong at this study's sizes:",
+            "",
+            calibration_table(read_json(calibration)).strip(),
+            "",
+        ]
     return lines
 
 
@@ -97,13 +136,28 @@ def validation_section(run_dir: Path) -> list[str]:
 
 
 def results_document(run_dirs: list[Path], command: str) -> str:
-    missing = [str(d) for d in run_dirs if not (Path(d) / "metrics.json").exists() and not (Path(d) / "validation.json").exists()]
+    missing = [
+        str(d)
+        for d in run_dirs
+        if not (Path(d) / "metrics.json").exists() and not (Path(d) / "validation.json").exists()
+    ]
     if missing:
-        raise FileNotFoundError(f"no metrics.json or validation.json in {', '.join(missing)}: finish the study first "
-                                "(hyperfit study CONFIG --resume, or hyperfit validate CONFIG --resume)")
-    lines = ["# Results", "",
-             f"Written by `{command}` from the run folders below; each section names the command, date and commit that produced "
-             "it. Regenerate it rather than editing it: a number here that no run folder backs is stale.", ""]
+        raise FileNotFoundError(
+            f"no metrics.json or validation.json in {', '.join(missing)}: finish the study first "
+            "(hyperfit study CONFIG --resume, or hyperfit validate CONFIG --resume)"
+        )
+    lines = [
+        "# Results",
+        "",
+        f"Written by `{command}` from the run folders below; each section names the command, date and commit that "
+        "produced "
+        "it. Regenerate it rather than editing it: a number here that no run folder backs is stale.",
+        "",
+    ]
     for run_dir in run_dirs:
-        lines += validation_section(Path(run_dir)) if (Path(run_dir) / "validation.json").exists() else run_section(Path(run_dir))
+        lines += (
+            validation_section(Path(run_dir))
+            if (Path(run_dir) / "validation.json").exists()
+            else run_section(Path(run_dir))
+        )
     return "\n".join(lines).rstrip() + "\n"

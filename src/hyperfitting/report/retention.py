@@ -4,12 +4,20 @@ from __future__ import annotations
 
 
 def retention_markdown(results: dict) -> list[str]:
-    """The report's retention rows: accuracy [95% CI from the harness's standard error] and perplexity, base beside hyperfitted."""
-    md = ["## Capability retention", "",
-          "The LM Evaluation Harness on both models. Our last-word tasks (hyperfit_lastword_*) are built from this run's held-out "
-          "passages in the harness's task format: predict a passage's last word (accuracy of the greedy word; perplexity of it).", "",
-          "| task | items | base accuracy [95% CI] | hyperfitted accuracy [95% CI] | base perplexity | hyperfitted perplexity |",
-          "|---|---|---|---|---|---|"]
+    """The report's retention rows: accuracy [95% CI from the harness's standard error] and perplexity, base beside
+    hyperfitted."""
+    md = [
+        "## Capability retention",
+        "",
+        "The LM Evaluation Harness on both models. Our last-word tasks (hyperfit_lastword_*) are built from this run's "
+        "held-out "
+        "passages in the harness's task format: predict a passage's last word (accuracy of the greedy word; perplexity "
+        "of it).",
+        "",
+        "| task | items | base accuracy [95% CI] | hyperfitted accuracy [95% CI] | base perplexity | hyperfitted "
+        "perplexity |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def accuracy(row: dict | None) -> str:
         if not row or "acc" not in row:
@@ -22,8 +30,11 @@ def retention_markdown(results: dict) -> list[str]:
 
     for task, rows in results["tasks"].items():
         n = (rows.get("base") or {}).get("n")
-        md.append(f"| {task} | {n if n is not None else '-'} | {accuracy(rows.get('base'))} | {accuracy(rows.get('hyperfitted'))} | "
-                  f"{perplexity(rows.get('base'))} | {perplexity(rows.get('hyperfitted'))} |")
+        md.append(
+            f"| {task} | {n if n is not None else '-'} | {accuracy(rows.get('base'))} | "
+            f"{accuracy(rows.get('hyperfitted'))} | "
+            f"{perplexity(rows.get('base'))} | {perplexity(rows.get('hyperfitted'))} |"
+        )
     for task, why in results.get("skipped", {}).items():
         md.append(f"| {task} | skipped: its data is not in the local cache ({why[:90]}) | | | | |")
     return md + [""]

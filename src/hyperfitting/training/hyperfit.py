@@ -89,12 +89,16 @@ def divergence(log: list[dict], factor: float, patience: int) -> str | None:
     """
     start, last = log[0]["train_loss"], log[-1]
     if last["train_loss"] > factor * start:
-        return (f"the loss rose from {start:.3f} to {last['train_loss']:.3f} in epoch {last['epoch']} "
-                f"(more than train.diverge_factor={factor:g} times the start)")
+        return (
+            f"the loss rose from {start:.3f} to {last['train_loss']:.3f} in epoch {last['epoch']} "
+            f"(more than train.diverge_factor={factor:g} times the start)"
+        )
     recent = log[1:][-patience:]
     if len(recent) == patience and all(row["train_loss"] > start for row in recent):
-        return (f"the loss stayed above its starting value {start:.3f} for {patience} epochs in a row "
-                f"(epochs {recent[0]['epoch']}-{recent[-1]['epoch']}; train.diverge_patience={patience})")
+        return (
+            f"the loss stayed above its starting value {start:.3f} for {patience} epochs in a row "
+            f"(epochs {recent[0]['epoch']}-{recent[-1]['epoch']}; train.diverge_patience={patience})"
+        )
     return None
 
 
@@ -109,18 +113,26 @@ def check_batch_split(n_blocks: int, batch_size: int, processes: int, accumulati
     last = n_blocks % batch_size
     if batch_size % processes or (last and last % processes):
         # With the batch a multiple of the processes, the last batch splits evenly exactly when the blocks do.
-        fix = (f"Use a train.batch_size that is a multiple of {processes}." if n_blocks % processes == 0 else
-               f"Use data.train_blocks (and study.controls_train_blocks) a multiple of {processes}, and train.batch_size too.")
+        fix = (
+            f"Use a train.batch_size that is a multiple of {processes}."
+            if n_blocks % processes == 0
+            else f"Use data.train_blocks (and study.controls_train_blocks) a multiple of {processes}, and "
+            "train.batch_size too."
+        )
         raise ConfigError(
             f"{n_blocks} training blocks in batches of train.batch_size={batch_size} cannot be split evenly over "
-            f"{processes} processes ({'the batch' if batch_size % processes else f'the last batch of {last}'} does not divide "
-            f"by {processes}). {fix}")
+            f"{processes} processes ({'the batch' if batch_size % processes else f'the last batch of {last}'} does not "
+            "divide "
+            f"by {processes}). {fix}"
+        )
     batches = -(-n_blocks // batch_size)
     if batches % accumulation:
         raise ConfigError(
-            f"train.grad_accumulation={accumulation} does not divide the {batches} batches of an epoch, so an epoch would end "
+            f"train.grad_accumulation={accumulation} does not divide the {batches} batches of an epoch, so an epoch "
+            "would end "
             f"inside an accumulation group. Use train.grad_accumulation in "
-            f"{[g for g in range(1, batches + 1) if batches % g == 0]} or change train.batch_size.")
+            f"{[g for g in range(1, batches + 1) if batches % g == 0]} or change train.batch_size."
+        )
 
 
 def set_adapter_dropout(model, active: bool) -> None:
@@ -140,7 +152,8 @@ def hyperfit(
     probe: Callable[..., dict] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``checkpoint_dir`` if a checkpoint is there.
+    """Train ``model`` on ``train_blocks`` (N, T) as ``config.train`` says; resume from ``checkpoint_dir`` if a
+    checkpoint is there.
 
     ``checkpoint_dir=None``: no folder of the caller's is written; checkpoints and the trunk cache live in a temporary
     folder removed when training ends, so there is nothing to resume from (one process only: under several, every
@@ -158,8 +171,10 @@ def hyperfit(
         from hyperfitting.distributed import process_state
 
         if process_state().num_processes > 1:
-            raise ConfigError("hyperfit(..., checkpoint_dir=None) runs in one process: under several, pass a folder every process "
-                              "sees (the run folder's train/).")
+            raise ConfigError(
+                "hyperfit(..., checkpoint_dir=None) runs in one process: under several, pass a folder every process "
+                "sees (the run folder's train/)."
+            )
         with tempfile.TemporaryDirectory(prefix="hyperfit-") as scratch:
             return hyperfit(model, train_blocks, heldout_blocks, config, scratch, probe, on_epoch)
     with seeded(config.train.seed):
@@ -192,7 +207,9 @@ class _Run:
     """Seconds of training epochs since it."""
 
 
-def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_dir: Path, probe, on_epoch=None) -> TrainResult:
+def _hyperfit(
+    model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_dir: Path, probe, on_epoch=None
+) -> TrainResult:
     """The recipe, top to bottom: set up, resume, then epochs (one epoch, measure, checkpoint) until the target."""
     args = config.train
     run = _set_up(model, train_blocks, heldout_blocks, config, checkpoint_dir)
@@ -200,13 +217,16 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint
     is_main = run.accelerator.is_main_process
 
     def measure(epoch: int, train_loss: float, seconds: float, tokens: int) -> dict:
-        # The held-out loss at the start, every heldout_every epochs, and after the last epoch (the cap, or the target reached).
+        # The held-out loss at the start, every heldout_every epochs, and after the last epoch (the cap, or the target
+        # reached).
         last = epoch == args.epochs or (epoch > 0 and args.until_loss is not None and train_loss <= args.until_loss)
         due = epoch == 0 or last or (args.heldout_every and epoch % args.heldout_every == 0)
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "heldout_loss": mean_block_loss(run.heldout_loss, heldout_blocks, run.heldout_cache, args.batch_size) if due else math.nan,
+            "heldout_loss": mean_block_loss(run.heldout_loss, heldout_blocks, run.heldout_cache, args.batch_size)
+            if due
+            else math.nan,
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "epoch_seconds": seconds,
             "processes": run.strategy.processes,
@@ -236,8 +256,16 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint
         row = measure(epoch, train_loss, seconds, len(train_blocks) * train_blocks.shape[1])
         log.append(row)
         say(_format_row(row))
-        diverged = divergence(log, args.diverge_factor, args.diverge_patience)  # from reduced values: the same on every process
-        if not diverged and reached_target(log, args.until_loss) and probe is not None and args.diversity_every and "ttr" not in row:
+        diverged = divergence(
+            log, args.diverge_factor, args.diverge_patience
+        )  # from reduced values: the same on every process
+        if (
+            not diverged
+            and reached_target(log, args.until_loss)
+            and probe is not None
+            and args.diversity_every
+            and "ttr" not in row
+        ):
             row.update(probe(run.bare_model, lockstep=run.strategy.lockstep))  # the last epoch is always probed
         final = bool(diverged) or reached_target(log, args.until_loss) or epoch == args.epochs
         _checkpoint(run, log, final)
@@ -245,14 +273,18 @@ def _hyperfit(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint
             on_epoch(row)
         if diverged:
             raise DivergenceError(
-                f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now {args.lr:g}) "
+                f"Training diverged: {diverged}. A diverging run is no evidence of hyperfitting; lower train.lr (now "
+                f"{args.lr:g}) "
                 f"and start again (the checkpoint after epoch {epoch} is in {checkpoint_dir})."
             )
         if reached_target(log, args.until_loss):
             say(f"Reached the target loss {args.until_loss:g} after epoch {epoch}.")
     if not reached_target(log, args.until_loss) and args.until_loss is not None:
-        say(f"The training loss is {log[-1]['train_loss']:.3f} after the cap of {args.epochs} epochs, short of the target "
-            f"{args.until_loss:g}: raise train.epochs or train.lr.")
+        say(
+            f"The training loss is {log[-1]['train_loss']:.3f} after the cap of {args.epochs} epochs, short of the "
+            "target "
+            f"{args.until_loss:g}: raise train.epochs or train.lr."
+        )
     run.accelerator.wait_for_everyone()
     if is_main:
         write_jsonl(checkpoint_dir / "train_log.jsonl", log)
@@ -272,8 +304,10 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_d
     # second run in the same process (a control, the full fine-tune, a notebook) could not change.
     accelerator = make_accelerator(gradient_accumulation_steps=args.grad_accumulation)
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
-                          "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike).")
+        raise ConfigError(
+            "accelerate's FSDP config is not used here: launch without it and set train.parallelism=fsdp "
+            "(the loop shards the model itself with PyTorch FSDP2, under torchrun and accelerate launch alike)."
+        )
     check_batch_split(len(train_blocks), args.batch_size, accelerator.num_processes, args.grad_accumulation)
     strategy = make_strategy(accelerator, args.parallelism, precision)
     model, plan = prepare_for_training(model, args)
@@ -290,9 +324,19 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_d
     if use_cache and strategy.trunk_cache_refused():
         say(strategy.trunk_cache_refused())
         use_cache = False
-    need = preflight.estimate(model, plan.trainable_parameters, plan.first_trainable_block, len(find_block_stack(model)), use_cache,
-                              len(train_blocks), len(heldout_blocks), train_blocks.shape[1], args.batch_size // accelerator.num_processes,
-                              args.trunk_cache_max_memory_gb, shards=strategy.shards)
+    need = preflight.estimate(
+        model,
+        plan.trainable_parameters,
+        plan.first_trainable_block,
+        len(find_block_stack(model)),
+        use_cache,
+        len(train_blocks),
+        len(heldout_blocks),
+        train_blocks.shape[1],
+        args.batch_size // accelerator.num_processes,
+        args.trunk_cache_max_memory_gb,
+        shards=strategy.shards,
+    )
     preflight.check_fits(need, accelerator.device, checkpoint_dir, weights_loaded=strategy.shards == 1)
 
     cache_started = time.perf_counter()
@@ -300,23 +344,50 @@ def _set_up(model, train_blocks, heldout_blocks, config: RunConfig, checkpoint_d
     if use_cache:
         k = plan.first_trainable_block
         build = lambda ids, name: TrunkCache.build(  # noqa: E731
-            model, k, ids, args.batch_size, args.trunk_cache_max_memory_gb,
-            checkpoint_dir / f"trunk_cache_{name}.rank{accelerator.process_index}.npy", desc=f"trunk cache ({name})"
+            model,
+            k,
+            ids,
+            args.batch_size,
+            args.trunk_cache_max_memory_gb,
+            checkpoint_dir / f"trunk_cache_{name}.rank{accelerator.process_index}.npy",
+            desc=f"trunk cache ({name})",
         )
         train_cache = build(train_blocks, "train")
         heldout_cache = build(heldout_blocks, "heldout") if len(heldout_blocks) else None
-        say(f"Trunk cache: inputs to block {k} for {len(train_blocks)} training blocks ({train_cache.nbytes / 1e6:.1f} MB), "
-            f"built in {time.perf_counter() - cache_started:.1f} s; blocks 0-{k - 1} are skipped from now on.")
+        say(
+            f"Trunk cache: inputs to block {k} for {len(train_blocks)} training blocks ({train_cache.nbytes / 1e6:.1f} "
+            "MB), "
+            f"built in {time.perf_counter() - cache_started:.1f} s; blocks 0-{k - 1} are skipped from now on."
+        )
     cache_seconds = time.perf_counter() - cache_started
 
     # On a GPU, Adam's update of every tensor in one fused kernel (not one launch per tensor and step); sharded (FSDP)
     # parameters keep the default implementation, the one the sharded runs were checked with.
     fused = accelerator.device.type == "cuda" and strategy.shards == 1
-    make_optimizer = lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=args.lr,  # noqa: E731
-                                                weight_decay=args.weight_decay, fused=fused or None)
+    make_optimizer = lambda m: torch.optim.Adam(
+        [p for p in m.parameters() if p.requires_grad],
+        lr=args.lr,  # noqa: E731
+        weight_decay=args.weight_decay,
+        fused=fused or None,
+    )
     model, optimizer, bare_model, bare_optimizer = strategy.prepare(model, make_optimizer)
-    return _Run(args, accelerator, strategy, precision, plan, model, optimizer, bare_model, bare_optimizer,
-                BlockLoss(model, train_cache), BlockLoss(model, heldout_cache), train_cache, heldout_cache, cache_seconds, checkpoint_dir)
+    return _Run(
+        args,
+        accelerator,
+        strategy,
+        precision,
+        plan,
+        model,
+        optimizer,
+        bare_model,
+        bare_optimizer,
+        BlockLoss(model, train_cache),
+        BlockLoss(model, heldout_cache),
+        train_cache,
+        heldout_cache,
+        cache_seconds,
+        checkpoint_dir,
+    )
 
 
 PROGRESS_EVERY = 16  # training steps between two updates of the progress bar's loss (each one waits for the device)
@@ -329,7 +400,9 @@ def _stop_if_diverged(run: _Run, bad: torch.Tensor, losses: list[torch.Tensor], 
     if run.accelerator.num_processes > 1:
         bad = run.accelerator.reduce(bad.float(), reduction="sum") > 0
     if bool(bad):
-        first = next((v for v in torch.stack(losses).float().tolist() if not math.isfinite(v)), "non-finite on another process")
+        first = next(
+            (v for v in torch.stack(losses).float().tolist() if not math.isfinite(v)), "non-finite on another process"
+        )
         raise DivergenceError(
             f"The training loss became {first} in epoch {epoch}. The last good checkpoint (after epoch {epoch - 1}) is "
             f"kept in {run.checkpoint_dir}; lower train.lr and resume with --resume."
@@ -349,25 +422,35 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
     started = time.perf_counter()
     losses = []  # each step's loss, left on the device: reading one waits for the device, so they are read together
     bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)  # any non-finite loss so far, also on the device
-    bar = tqdm(batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process)
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process
+    )
     for step, index in enumerate(bar, 1):
         with accelerator.accumulate(run.model):
             with training_autocast(run.precision, accelerator.device):
-                loss = run.train_loss(train_blocks[index], run.train_cache[index] if run.train_cache is not None else None)
+                loss = run.train_loss(
+                    train_blocks[index], run.train_cache[index] if run.train_cache is not None else None
+                )
             accelerator.backward(loss)
             run.optimizer.step()
             run.optimizer.zero_grad()
         losses.append(loss.detach())
         bad |= ~torch.isfinite(losses[-1])
-        if step % PROGRESS_EVERY == 0 or step == len(batches):  # the only reads inside the epoch: every process has as many steps
+        if step % PROGRESS_EVERY == 0 or step == len(
+            batches
+        ):  # the only reads inside the epoch: every process has as many steps
             _stop_if_diverged(run, bad, losses, epoch)
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{losses[-1].item():.3f}", tok_s=f"{step * len(index) * train_blocks.shape[1] / elapsed:.0f}")
+            bar.set_postfix(
+                loss=f"{losses[-1].item():.3f}", tok_s=f"{step * len(index) * train_blocks.shape[1] / elapsed:.0f}"
+            )
     values = torch.stack(losses).float().tolist() if losses else []
     losses = values
     seconds = time.perf_counter() - started
     set_adapter_dropout(run.bare_model, False)  # held-out loss and probes measure the model deterministically
-    mean_loss = accelerator.reduce(torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean").item()
+    mean_loss = accelerator.reduce(
+        torch.tensor(sum(losses) / len(losses), device=accelerator.device), reduction="mean"
+    ).item()
     return mean_loss, seconds
 
 
@@ -380,21 +463,32 @@ def _checkpoint(run: _Run, log: list[dict], final: bool) -> None:
     row["checkpointed"] = _checkpoint_due(run, final)
     if row["checkpointed"]:
         started = time.perf_counter()
-        run.strategy.save_checkpoint(run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir)
+        run.strategy.save_checkpoint(
+            run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir
+        )
         run.checkpoint_cost, run.trained_since_checkpoint = time.perf_counter() - started, 0.0
     if run.args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:  # the same decision on every process
         trainable = run.strategy.trainable_state(run.bare_model)
         if run.accelerator.is_main_process:
-            save_atomically({"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]}, run.checkpoint_dir / LOWEST_HELDOUT)
+            save_atomically(
+                {"trainable": trainable, "epoch": epoch, "heldout_loss": row["heldout_loss"]},
+                run.checkpoint_dir / LOWEST_HELDOUT,
+            )
     if run.accelerator.is_main_process:
         write_jsonl(run.checkpoint_dir / "train_log.jsonl", log)
 
 
 def _checkpoint_due(run: _Run, final: bool) -> bool:
     """The first and the final epoch write a checkpoint; another one does when the last write took at most
-    train.checkpoint_max_share of the training time since it. Process 0 decides for all (a sharded save is a collective)."""
+    train.checkpoint_max_share of the training time since it. Process 0 decides for all (a sharded save is a
+    collective)."""
     share = run.args.checkpoint_max_share
-    due = final or share is None or run.checkpoint_cost == 0.0 or run.checkpoint_cost <= share * run.trained_since_checkpoint
+    due = (
+        final
+        or share is None
+        or run.checkpoint_cost == 0.0
+        or run.checkpoint_cost <= share * run.trained_since_checkpoint
+    )
     if run.strategy.processes > 1:
         flag = torch.tensor(int(due), device=run.accelerator.device)
         torch.distributed.broadcast(flag, src=0)
@@ -413,13 +507,16 @@ def restore_trainable(model, trainable: dict[str, torch.Tensor], source: Path):
     # The state dict, not named_parameters: a tied head is one parameter under two names, and a saved state has both.
     unknown = model.load_state_dict(trainable, strict=False).unexpected_keys
     if unknown:
-        raise CheckpointError(f"{source} names {len(unknown)} parameters the model does not have (first: {sorted(unknown)[0]}). "
-                              "It was saved by another version or recipe: delete it and run that stage again.")
+        raise CheckpointError(
+            f"{source} names {len(unknown)} parameters the model does not have (first: {sorted(unknown)[0]}). "
+            "It was saved by another version or recipe: delete it and run that stage again."
+        )
     return model
 
 
 def load_lowest_heldout(args, folder: Path):
-    """(model, epoch): the hyperfitted run in ``folder`` as it was at its epoch of lowest held-out loss, ready for inference.
+    """(model, epoch): the hyperfitted run in ``folder`` as it was at its epoch of lowest held-out loss, ready for
+    inference.
 
     (None, 0) when the held-out loss never fell below its value before training: then nothing was saved, and the
     control is the base model itself.
@@ -450,7 +547,9 @@ def reached_target(log: list[dict], until_loss: float | None) -> bool:
 
 def _format_row(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f}"]
-    if row.get("heldout_loss") is not None and row["heldout_loss"] == row["heldout_loss"]:  # epochs that skip it say nothing of it
+    if (
+        row.get("heldout_loss") is not None and row["heldout_loss"] == row["heldout_loss"]
+    ):  # epochs that skip it say nothing of it
         parts.append(f"held-out loss {row['heldout_loss']:.4f}")
     if row.get("tokens_per_second"):
         parts.append(f"{row['tokens_per_second']:.0f} tok/s")
@@ -480,7 +579,9 @@ def save_trained(model, tokenizer, plan: TrainablePlan, folder: Path) -> Path:
         return target
     partial = folder / (target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True, **({"state_dict": gathered} if gathered is not None else {}))
+    model.save_pretrained(
+        partial, safe_serialization=True, **({"state_dict": gathered} if gathered is not None else {})
+    )
     tokenizer.save_pretrained(partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)

@@ -23,8 +23,13 @@ class TrainablePlan:
 
     def summary(self) -> str:
         share = 100.0 * self.trainable_parameters / max(1, self.total_parameters)
-        span = f"blocks {self.blocks[0]}-{self.blocks[-1]}" if self.blocks == list(range(self.blocks[0], self.blocks[-1] + 1)) else f"blocks {self.blocks}"
-        return f"{self.method} on {span}: {self.trainable_parameters:,} trainable parameters ({share:.2f}% of {self.total_parameters:,})"
+        span = (
+            f"blocks {self.blocks[0]}-{self.blocks[-1]}"
+            if self.blocks == list(range(self.blocks[0], self.blocks[-1] + 1))
+            else f"blocks {self.blocks}"
+        )
+        trainable = f"{self.trainable_parameters:,} trainable parameters ({share:.2f}% of {self.total_parameters:,})"
+        return f"{self.method} on {span}: {trainable}"
 
 
 def prepare_for_training(model: nn.Module, args: TrainArgs) -> tuple[nn.Module, TrainablePlan]:

@@ -63,7 +63,10 @@ class Replicated:
     def prepare(self, model: nn.Module, make_optimizer):
         """(model as the loop calls it, optimizer as the loop steps it, bare model, bare optimizer)."""
         if any(p.is_meta for p in model.parameters()):
-            raise ValueError("This model has no weights (it was built on the meta device for FSDP); load it without sharded_training.")
+            raise ValueError(
+                "This model has no weights (it was built on the meta device for FSDP); load it without "
+                "sharded_training."
+            )
         optimizer = make_optimizer(model)
         model, optimizer = self.accelerator.prepare(model, optimizer)
         return model, optimizer, self.accelerator.unwrap_model(model), getattr(optimizer, "optimizer", optimizer)
@@ -77,14 +80,20 @@ class Replicated:
         return full_model_state(model, trainable_only=True) if self.accelerator.is_main_process else None
 
     def save_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict, folder: Path) -> None:
-        """One file by process 0: the trainable weights and optimizer state keyed by name, and ``progress`` (log, epoch)."""
+        """One file by process 0: the trainable weights and optimizer state keyed by name, and ``progress`` (log,
+        epoch)."""
         if self.accelerator.is_main_process:
-            state = {"trainable": full_model_state(model, trainable_only=True), "optimizer": full_optimizer_state(model, optimizer), **progress}
+            state = {
+                "trainable": full_model_state(model, trainable_only=True),
+                "optimizer": full_optimizer_state(model, optimizer),
+                **progress,
+            }
             save_atomically(state, folder / CHECKPOINT)
             _remove_sharded(folder)  # a sharded run resumed here: its checkpoint is now the older one
 
     def load_checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> dict | None:
-        """Restore the latest checkpoint in ``folder`` (either format) and return its progress; None when there is none."""
+        """Restore the latest checkpoint in ``folder`` (either format) and return its progress; None when there is
+        none."""
         sharded = _sharded_checkpoint(folder)
         if sharded is not None:
             return load_sharded_checkpoint(model, optimizer, sharded)
@@ -126,7 +135,9 @@ class Sharded(Replicated):
         if int(any_on_meta):
             broadcast_weights(model, weights, on_meta, self.accelerator.device)
         optimizer = make_optimizer(model)
-        optimizer = self.accelerator.prepare(optimizer)  # FSDP reduces the gradients itself; accelerate only handles accumulation
+        optimizer = self.accelerator.prepare(
+            optimizer
+        )  # FSDP reduces the gradients itself; accelerate only handles accumulation
         return model, optimizer, model, getattr(optimizer, "optimizer", optimizer)
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -144,11 +155,16 @@ def make_strategy(accelerator, parallelism: str, mixed_precision: str = "no") ->
 
 
 def shard_model(model: nn.Module, mixed_precision: str = "no") -> None:
-    """Shard ``model`` in place across the processes: one FSDP unit per block, plus the root (embeddings, norm, head)."""
+    """Shard ``model`` in place across the processes: one FSDP unit per block, plus the root (embeddings, norm,
+    head)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 compute, float32 gradient reduction and master weights (the sharded parameters stay float32).
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision == "bf16" else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
     for block in find_block_stack(model).blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -167,7 +183,8 @@ def broadcast_weights(model: nn.Module, weights: dict, on_meta: bool, device: to
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """True while the parameters are FSDP shards: every forward is then a collective, taken by all processes together."""
+    """True while the parameters are FSDP shards: every forward is then a collective, taken by all processes
+    together."""
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
@@ -189,7 +206,8 @@ def _options(trainable_only: bool):
 
 
 def full_model_state(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
-    """Unsharded parameters by name, on CPU. A collective under FSDP: every process calls it; process 0 gets the tensors."""
+    """Unsharded parameters by name, on CPU. A collective under FSDP: every process calls it; process 0 gets the
+    tensors."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_options(trainable_only))
@@ -207,10 +225,13 @@ def _mismatch(missing: list[str], unknown: list[str]) -> CheckpointError:
         f"The checkpoint does not match the model being trained: {len(missing)} trainable weights missing "
         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) and {len(unknown)} unknown "
         f"({', '.join(unknown[:3])}). It was made with another model or training method; "
-        f"delete it (or the stage folder) to start this stage again.")
+        f"delete it (or the stage folder) to start this stage again."
+    )
 
 
-def load_training_state(model: nn.Module, optimizer: torch.optim.Optimizer, trainable: dict, optimizer_state: dict) -> None:
+def load_training_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, trainable: dict, optimizer_state: dict
+) -> None:
     """Put a full (unsharded) checkpoint back, resharding it across the current processes if the model is sharded."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
@@ -242,7 +263,8 @@ def _remove_sharded(folder: Path) -> None:
 
 
 def remove_checkpoints(folder: Path) -> None:
-    """Delete every training checkpoint in ``folder`` (process 0): a saved model or a finished control supersedes them."""
+    """Delete every training checkpoint in ``folder`` (process 0): a saved model or a finished control supersedes
+    them."""
     (folder / CHECKPOINT).unlink(missing_ok=True)
     _remove_sharded(folder)
 
@@ -259,9 +281,11 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def save_sharded_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict, folder: Path, accelerator=None) -> None:
-    """Every process writes its own shards with ``torch.distributed.checkpoint``; process 0 adds ``progress`` and
-    swaps the folder in. A kill at any point leaves the previous checkpoint readable (see :func:`_sharded_checkpoint`)."""
+def save_sharded_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict, folder: Path, accelerator=None
+) -> None:
+    """Every process writes its own shards with ``torch.distributed.checkpoint``; process 0 adds ``progress`` and swaps
+    the folder in. A kill at any point leaves the previous checkpoint readable (see :func:`_sharded_checkpoint`)."""
     import torch.distributed.checkpoint as dcp
 
     main = accelerator is None or accelerator.is_main_process
@@ -293,11 +317,20 @@ def load_sharded_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, 
     # The checkpoint's index names what it holds: a trainable weight it lacks is named before anything is read.
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     missing = sorted(name for name in state["model"] if f"model.{name}" not in saved)
-    unknown = sorted(key.removeprefix("model.") for key in saved if key.startswith("model.") and key.removeprefix("model.") not in state["model"])
+    unknown = sorted(
+        key.removeprefix("model.")
+        for key in saved
+        if key.startswith("model.") and key.removeprefix("model.") not in state["model"]
+    )
     if missing or unknown:
         raise _mismatch(missing, unknown)
     dcp.load(state, checkpoint_id=path, no_dist=not _distributed())
     # Not strict: the frozen weights are not in the checkpoint; every trainable one was (checked above).
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=StateDictOptions(ignore_frozen_params=True, strict=False),
+    )
     return json.loads((path / PROGRESS).read_text())

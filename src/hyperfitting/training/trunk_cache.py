@@ -127,7 +127,9 @@ class TrunkCache:
             states = torch.empty(shape, dtype=torch.float32)
         device = next(model.parameters()).device
         round_rows = batch_size * world
-        for start in tqdm(range(0, n_rows, round_rows), desc=desc, unit="batch", leave=False, disable=not state.is_main_process):
+        for start in tqdm(
+            range(0, n_rows, round_rows), desc=desc, unit="batch", leave=False, disable=not state.is_main_process
+        ):
             # This process's rows of the round; the last round is padded so every process runs
             # (and gathers) the same shape. Padding rows come last and are dropped below.
             stop = start + (rank + 1) * batch_size
