@@ -65,8 +65,10 @@ class Estimate:
     replicates: int = 1
     decisive: bool = True
     df: float = math.inf  # degrees of freedom of the quantile the interval was built with (inf: normal)
-    seed_se: float = 0.0  # a declared between-seed standard error inside the interval: no number of units shrinks it
-    seed_df: float = math.inf  # the degrees of freedom that declared SD was measured with
+    seed_se: float = (
+        0.0  # a between-seed standard error inside the interval (declared or measured): no number of units shrinks it
+    )
+    seed_df: float = math.inf  # the degrees of freedom that seed SD was measured with
 
     @property
     def unit_sd(self) -> float:
@@ -243,22 +245,25 @@ def pooled(replicates: Replicates, statistic: Statistic | Callable, confidence: 
 
 
 def between_replicates(within: Estimate, per_replicate: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
-    """Widen an interval over units by the between-seed variance of R replicates crossed with the units: se^2 + s^2 / R.
+    """Widen an interval over units by the between-seed variance of R replicates crossed with the units: s^2 / R.
 
-    Each side of the (possibly asymmetric) interval is widened on its own; the degrees of freedom come from
-    Satterthwaite's approximation (units - 1 for the first part, R - 1 for the second), so three seeds that disagree
-    give nearly a t(2) interval over seeds. Conservative by design: s^2 also holds the unit-by-seed interaction, which
-    the interval over units already counts (taking it out, with s^2 known to 2 degrees of freedom at R = 3, made the
-    intervals under-cover: 83-91% in ``report/calibration.py``'s worlds; kept in, they cover 95-99%).
+    Each side of the (possibly asymmetric) interval is widened on its own, to the root sum of squares of the units'
+    half-width and the seed term's own, t(R - 1) x s / sqrt(R), as for a declared seed SD (with_declared_seed_spread):
+    with s known to R - 1 degrees of freedom, Satterthwaite's pooled t under-covered at the standard preset's sizes
+    (100 prompts, R = 3: 91-93% in ``report/calibration.py``'s 1000 worlds per truth; its one quantile cannot follow
+    the seed term's heavy t(2) tail). Conservative by design: s^2 also holds the unit-by-seed interaction, which the
+    interval over units already counts. The degrees of freedom recorded (for p-values between the interval's own
+    levels) are Satterthwaite's.
     """
     values = np.asarray(per_replicate, dtype=float)
     r = len(values)
     if r < 2:
         return within
-    method = f"{within.method} x {r} replicates (between-seed variance, t with Satterthwaite df)"
+    method = f"{within.method} x {r} replicates (between-seed variance, t({r - 1}) root sum of squares)"
     if not within.decisive or not np.all(np.isfinite(values)):
         return Estimate(within.value, within.low, within.high, within.units, method, r, False)
     between = float(values.var(ddof=1)) / r
+    seed_half = t_quantile(r - 1, confidence) * math.sqrt(between)
     q_units = t_quantile(max(within.units - 1, 1), confidence)
     ends, dfs = [], []
     for half in (within.value - within.low, within.high - within.value):
@@ -269,10 +274,20 @@ def between_replicates(within: Estimate, per_replicate: Sequence[float], confide
             if total > 0
             else within.units - 1
         )
-        ends.append(t_quantile(df, confidence) * math.sqrt(total))
+        ends.append(math.sqrt(half**2 + seed_half**2))
         dfs.append(df)
+    # The seed term rides along (seed_se, seed_df), so p-values and the units a decision needs follow the same rule.
     return Estimate(
-        within.value, within.value - ends[0], within.value + ends[1], within.units, method, r, True, min(dfs)
+        within.value,
+        within.value - ends[0],
+        within.value + ends[1],
+        within.units,
+        method,
+        r,
+        True,
+        min(dfs),
+        math.sqrt(between),
+        r - 1,
     )
 
 

@@ -218,8 +218,7 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
         else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
         if estimate.replicates > 1
         else f"no number of {units} decides it at one training run: the declared seed-to-seed spread alone spans the "
-        "distance "
-        "to the margin (train more seeds: study.replicates)"
+        "distance to the margin (train more seeds: study.replicates)"
         if seed_bound
         else "the estimate sits on the margin: no practical sample size decides it"
     )
