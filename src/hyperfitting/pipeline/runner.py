@@ -260,6 +260,7 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
     from hyperfitting.tracking import log_study, trackers_for
 
     started = time.perf_counter()
+    environment = environment_record()  # the command, date and commit that run the study: taken as it starts
     graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
     graph.process_reads = process_reads
     trackers = trackers_for(config, run_dir, "study")
@@ -294,7 +295,7 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
         ),
         "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
-        "environment": environment_record(),
+        "environment": environment,
         "precision": precision.as_dict(),
         "wall_seconds": time.perf_counter() - started,
     }

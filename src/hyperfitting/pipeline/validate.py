@@ -220,6 +220,7 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
 
         raise ConfigError(f"Unknown planted case(s) {unknown}; choose from {', '.join(CASES)}.")
     planted_cases = [c for c in cases if c in TRUTHS]
+    environment = environment_record()  # the command, date and commit that run it: taken as it starts
     graph = validation_graph(config, run_dir, planted_cases)
     base, tokenizer = load_model(config.model)
     data = data_stage(graph, tokenizer)
@@ -253,7 +254,7 @@ def run_validation(config: RunConfig, run_dir: Path, cases: list[str] | None = N
         for case in planted_cases
     }
     summary = {
-        "environment": environment_record(),
+        "environment": environment,
         "seconds": seconds,
         "cases": cases,
         "rows": rows,
