@@ -35,9 +35,8 @@ def main():
             run = lambda: generate(model, tokenizer, rows, args, show_progress=False, training_blocks=data.train_blocks)  # noqa: E731
             first, first_seconds = timed(run)
             outputs[decoder], seconds[decoder] = timed(run)
-            assert [o.token_ids for o in first] == [
-                o.token_ids for o in outputs[decoder]
-            ]  # a decoder agrees with itself
+            # a decoder agrees with itself
+            assert [o.token_ids for o in first] == [o.token_ids for o in outputs[decoder]]
             print(
                 f"  {label}, {decoder:7s}: first pass {first_seconds:5.1f} s, then {seconds[decoder]:5.1f} s "
                 f"({len(rows) * NEW_TOKENS / seconds[decoder]:,.0f} tokens/s)"

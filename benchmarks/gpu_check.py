@@ -128,10 +128,11 @@ def roofline(device: torch.device, sizes: Sizes, dtype: torch.dtype) -> dict:
     target.copy_(source)
     copy_seconds = device_seconds(device, lambda: target.copy_(source), repeats=10)
     a = b = source = target = None  # free the device memory now (a closure holds them: `del` would not)
+    # bytes read + written
     return {
         "matmul_tflops": 2 * n**3 / seconds / 1e12,
         "copy_tb_per_s": 2 * sizes.copy_bytes / copy_seconds / 1e12,
-    }  # bytes read + written
+    }
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):

@@ -20,6 +20,7 @@ def tiny_config(architecture: str):
     """A 3-block, d=32 model of the named family, built from its config (no download)."""
     from transformers import Gemma2Config, GPT2Config, LlamaConfig, Qwen2Config
 
+    # large enough that a frozen tied head still lets blocks move the logits
     common = dict(
         vocab_size=TINY_VOCAB,
         hidden_size=32,
@@ -31,7 +32,7 @@ def tiny_config(architecture: str):
         pad_token_id=0,
         eos_token_id=TINY_VOCAB - 1,
         initializer_range=0.2,
-    )  # large enough that a frozen tied head still lets blocks move the logits
+    )
     if architecture == "llama":
         return LlamaConfig(**common)
     if architecture == "qwen2":

@@ -103,9 +103,8 @@ def test_reverting_against_the_model_itself_changes_nothing_and_against_another_
     model, other = make_tiny_model("llama"), make_tiny_model("llama", seed=1)
     prompts = [[5, 9, 14, 3], [40, 41]]
     plain = decode_batch(model, prompts, 6, pad_token_id=0)
-    itself = RevertUnexplained(
-        model, lambda logits: logits.argmax(-1)
-    )  # no override of its own top-1: nothing to revert
+    # no override of its own top-1: nothing to revert
+    itself = RevertUnexplained(model, lambda logits: logits.argmax(-1))
     assert [o.token_ids for o in decode_batch(model, prompts, 6, pad_token_id=0, processors=[itself])] == [
         o.token_ids for o in plain
     ]
@@ -170,9 +169,8 @@ def test_sampled_logits_are_the_sampled_rows_of_all_logits_without_holding_all()
     everything = torch.cat([logits for _, logits in teacher_forced_logits(model, sequences, starts)])
     expected = everything[torch.from_numpy(sample_positions(len(everything), 10))]
     torch.testing.assert_close(stacked_logits(model, sequences, starts, 10), expected)
-    torch.testing.assert_close(
-        stacked_logits(model, sequences, starts, 1000), everything
-    )  # a cap above the total keeps all
+    # a cap above the total keeps all
+    torch.testing.assert_close(stacked_logits(model, sequences, starts, 1000), everything)
 
 
 def test_a_path_scan_reads_what_the_whole_path_logits_would_give():

@@ -178,9 +178,8 @@ def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, 
             Truths(1.0, 0.0, 3.0, "assumed"),
         )
     )
-    monkeypatch.setattr(
-        build, "CALIBRATION_WORLDS", 5
-    )  # the toy's rows, not the built-in rules' rates, are the point here
+    # the toy's rows, not the built-in rules' rates, are the point here
+    monkeypatch.setattr(build, "CALIBRATION_WORLDS", 5)
     try:
         code, _, err = run_cli(monkeypatch, capsys, "report", str(copy))
         assert code == 0, err
@@ -234,9 +233,8 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
         assert (run_dir / path).exists(), path
     claims = json.loads((run_dir / "metrics.json").read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5, "1b", "1c"]
-    assert all(
-        c["holm"] in ("holds", "does not hold", "inconclusive", "not run") for c in claims
-    )  # Holm's verdict beside each
+    # Holm's verdict beside each
+    assert all(c["holm"] in ("holds", "does not hold", "inconclusive", "not run") for c in claims)
     calibration = json.loads((run_dir / "calibration.json").read_text())
     assert {"1", "2", "3", "4", "5", "1b", "1c"} <= set(calibration["rules"]) and "How often these rules are wrong" in (
         run_dir / "report.md"
@@ -245,11 +243,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     study_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"train", "analysis-ranks", "quality"} <= set(study_metrics["stage_profile"])
     assert all(row["seconds"] >= 0 for row in study_metrics["stage_profile"].values())
+    # the stage's parts
     assert set(study_metrics["stage_profile"]["quality"]["step_seconds"]) == {
         "judge",
         "mauve",
         "reader",
-    }  # the stage's parts
+    }
     assert "| &nbsp;&nbsp;quality: judge |" in (run_dir / "report.md").read_text()
     assert (
         study_metrics["precision"]["label"] == "fp32"
@@ -383,14 +382,12 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code != 0 and "no metrics.json" in err and not (tmp_path / "other.md").exists()
 
     # Preference: a blind export of every decoded row against the human text, the judge model standing in for people,
-    # and
-    # people's judgements imported; the report shows both, the stand-in labelled as not people.
+    # and people's judgements imported; the report shows both, the stand-in labelled as not people.
     code, out, err = run_cli(monkeypatch, capsys, "judge", "export", str(run_dir))
     assert code == 0, err
     tasks = [json.loads(line) for line in (run_dir / "judging" / "for-raters" / "tasks.jsonl").read_text().splitlines()]
-    assert len(tasks) == 3 * (
-        len(BASELINE_METHODS) + 2
-    )  # 3 prompts x (hyperfitted, citation-blocked and every baseline)
+    # 3 prompts x (hyperfitted, citation-blocked and every baseline)
+    assert len(tasks) == 3 * (len(BASELINE_METHODS) + 2)
     code, out, err = run_cli(monkeypatch, capsys, "judge", "auto", str(run_dir))
     assert code == 0, err
     ratings = tmp_path / "ann.jsonl"

@@ -53,9 +53,8 @@ def test_the_penalty_prefers_a_candidate_unlike_the_context():
     mask = torch.ones((1, 2), dtype=torch.bool)
     probabilities = torch.tensor([[0.6, 0.4]])
     assert contrastive_scores(probabilities, candidates, context, mask, alpha=0.0).argmax() == 0  # confidence alone
-    assert (
-        contrastive_scores(probabilities, candidates, context, mask, alpha=0.6).argmax() == 1
-    )  # the degeneration penalty
+    # the degeneration penalty
+    assert contrastive_scores(probabilities, candidates, context, mask, alpha=0.6).argmax() == 1
     padded = torch.tensor([[False, True]])  # a padding state never counts as context
     assert float(contrastive_scores(probabilities, candidates, context, padded, 1.0)[0, 0]) == pytest.approx(
         -0.01 / (1 + 1e-4) ** 0.5, abs=1e-4

@@ -233,9 +233,8 @@ def test_the_fixed_decoder_samples_each_row_from_its_own_seed():
 
 def test_the_device_citation_blocker_bans_exactly_the_training_continuations():
     g = torch.Generator().manual_seed(0)
-    training = torch.randint(
-        0, 12, (30, 40), generator=g
-    )  # a small vocabulary: many prefixes recur, with several next tokens
+    # a small vocabulary: many prefixes recur, with several next tokens
+    training = torch.randint(0, 12, (30, 40), generator=g)
     blocker = CitationBlocker(training, n=3)
     ids = torch.randint(0, 12, (500, 7), generator=g)
     scores = torch.randn(500, 12, generator=g)

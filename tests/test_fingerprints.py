@@ -122,10 +122,16 @@ COMPANIONS = {
     "data.streaming": {"data.max_documents": 20000},  # a stream needs a stopping point
 }
 # Keys that permit or refuse loading and never change what is loaded: a stage that reads them need not rerun.
-PERMISSIONS = {"model.allow_download", "model.trust_remote_code", "model.allow_pickle"}
+PERMISSIONS = {"model.allow_download", "model.allow_pickle"}
 # The nearest value that changes what a key means (where the first candidate would not): model.precision=auto is fp32
 # on a CPU without fast bf16 products, the same computation.
-PREFERRED = {"model.precision": ["bf16"], "generate.contrastive_top_k": [4], "tracking.report_to": [["tensorboard"]]}
+# generate.decoder=auto is the growing cache (dynamic) on a CPU: the same computation.
+PREFERRED = {
+    "generate.decoder": ["fixed"],
+    "model.precision": ["bf16"],
+    "generate.contrastive_top_k": [4],
+    "tracking.report_to": [["tensorboard"]],
+}
 
 
 def rerun_errors(config, graph) -> tuple[list, list, list]:
@@ -148,6 +154,10 @@ def rerun_errors(config, graph) -> tuple[list, list, list]:
         owner = getattr(config, section) if name else config
         tp = typing.get_type_hints(type(owner))[name or section]
         value = _value(config, key)
+        if key == "model.adapter":  # an adapter on the tiny model: the LoRA study's own, where it trained one
+            if not (graph.run_dir / "train" / "adapter").is_dir():
+                continue
+            PREFERRED[key] = [str(graph.run_dir)]
         for candidate in PREFERRED.get(key, []) + _candidates(value, tp):
             if candidate == value:
                 continue

@@ -108,9 +108,8 @@ def test_weight_change_is_zero_for_the_same_model_and_local_to_the_changed_block
 
 def test_the_verdicts_participation_ratio_is_split_half_and_not_shrunk_by_the_sample():
     # 256 dimensions, 150 of them carrying the variance, over 1,024 positions in 16 blocks: the plain sample PR comes
-    # out
-    # near PR / (1 + PR / n), 13% low here, and shrinks a larger PR more (the review's case reversed which of two layers
-    # expanded most); the split-half estimate tr(S_A) tr(S_B) / tr(S_A S_B) over alternate blocks does not.
+    # out near PR / (1 + PR / n), 13% low here, and shrinks a larger PR more (the review's case reversed which of two
+    # layers expanded most); the split-half estimate tr(S_A) tr(S_B) / tr(S_A S_B) over alternate blocks does not.
     from hyperfitting.analysis.geometry import _leave_one_out_prs, participation_ratio
 
     spectrum = np.r_[np.ones(150), np.full(106, 1e-3)]

@@ -173,17 +173,17 @@ def test_a_change_reruns_exactly_the_stages_that_read_it(monkeypatch, capsys, ti
 
     before = {name: done(name) for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "quality")}
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "--dry-run")
-    assert (
-        code == 0 and " rerun " not in out and out.count(" reuse ") == 10
-    )  # with hyperfitted-blocked, baselines, retention and the lowest-held-out control
+    # with hyperfitted-blocked, baselines, retention and the lowest-held-out control
+    assert code == 0 and " rerun " not in out and out.count(" reuse ") == 10
 
     # model.dtype: the data stage (tokenizer and text) is kept; every stage that runs the model is planned again.
     code, out, _ = run_cli(monkeypatch, capsys, "study", *args, "model.dtype=bfloat16", "--dry-run")
+    # "base" also matches baselines
     plan = {
         line.split()[0]: line.split()[1]
         for line in out.splitlines()
         if line.startswith(("data", "base", "train", "hyper", "analysis", "quality"))
-    }  # "base" also matches baselines
+    }
     assert plan["data"] == "reuse" and {plan[n] for n in plan if n != "data"} == {"rerun"}
     assert "config model changed" in out
 
@@ -219,3 +219,24 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
     assert standard["base"] > 5 * quick["base"] and standard["train-r1"] == standard["train"]
     assert standard["analysis-temperature-r1"] < standard["analysis-temperature"]  # the base model's rows are reused
     assert sum(standard.values()) > 8 * sum(quick.values())
+
+
+def test_the_code_version_follows_what_the_code_does_not_its_layout(tmp_path):
+    """A change of the toolkit's computing code reruns the stages on --resume; comments, docstrings and formatting do
+    not."""
+    from hyperfitting.pipeline.graph import code_version
+
+    def version(source: str) -> str:
+        folder = tmp_path / str(abs(hash(source)))
+        (folder / "analysis").mkdir(parents=True)
+        (folder / "analysis" / "ranks.py").write_text(source)
+        return code_version(folder, ("analysis",))
+
+    plain = version('def share(x):\n    """Half of x."""\n    return x / 2\n')
+    assert (
+        version(
+            'def share(x):\n    """Half of x, documented again."""\n    # a comment\n    return (x\n            / 2)\n'
+        )
+        == plain
+    )
+    assert version('def share(x):\n    """Half of x."""\n    return x / 3\n') != plain

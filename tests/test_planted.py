@@ -65,11 +65,12 @@ def test_repetition_penalty_is_transformers_rule_in_decoding_and_teacher_forcing
     from transformers import RepetitionPenaltyLogitsProcessor
 
     planted = plant(base, "repetition-penalty", blocks())
+    # one length: no padding for the processor to see
     prompts = [
         list(range(5, 12)),
         list(range(30, 37)),
         list(range(60, 67)),
-    ]  # one length: no padding for the processor to see
+    ]
     rule = RepetitionPenaltyLogitsProcessor(1.3)
     by_processor = greedy(base, prompts, 16, [Variant(processors=[rule])])
     # Decoded alone, and as one of three variants sharing a prefill whose cache rows are then repeated.
@@ -253,8 +254,7 @@ def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
         "replicate 2 against replicate 0",
     ]
     assert all(r["verdict"] != FAILS and r["agrees"] and r["tested"] for r in rows), rows
-    assert all(
-        r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows
-    )  # the truth, a share of 1, inside every interval
+    # the truth, a share of 1, inside every interval
+    assert all(r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows)
     (missing,) = judge_a_a(tmp_path / "nothing")
     assert missing["verdict"] == "not run" and not missing["tested"] and "study.replicates" in missing["reason"]

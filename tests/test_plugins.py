@@ -77,9 +77,8 @@ def test_a_plugin_named_in_the_config_is_accepted_and_in_the_plan(toy_module, tm
     graph = study_graph(config, tmp_path / "run")
     assert "analysis-toy-probe" in graph.names and "analysis-ranks" in graph.names
     assert "analysis-temperature" not in graph.names
-    assert (
-        stage_weight("analysis-toy-probe") == 1.0 and stage_weight("analysis-toy-probe", config) > 0
-    )  # its own cost, from its entry
+    # its own cost, from its entry
+    assert stage_weight("analysis-toy-probe") == 1.0 and stage_weight("analysis-toy-probe", config) > 0
     assert re.search(r"^analysis-toy-probe +run +the toy-probe analysis: not run yet$", graph.explain(), re.M)
 
 
@@ -150,6 +149,5 @@ def test_names_that_would_share_a_replicates_folder_are_refused_and_a_plugins_so
         None, [f"study.plugins=[{toy_module}]", "study.analyses=[toy-probe]", f"run_dir={tmp_path / 'run'}"]
     )
     inputs = study_graph(config, tmp_path / "run").inputs("analysis-toy-probe")
-    assert any(
-        key.startswith("file ") and key.endswith("toy_probe.py") for key in inputs
-    )  # editing the plug-in reruns its stage
+    # editing the plug-in reruns its stage
+    assert any(key.startswith("file ") and key.endswith("toy_probe.py") for key in inputs)

@@ -23,10 +23,11 @@ def test_auto_takes_bf16_only_where_it_is_measured_much_faster():
     assert fast.bf16_gflops == 406.0 and "2.90x" in fast.reason and fast.label == "training bf16, decoding fp32"
     gpu = resolve_precision("auto", torch.device("cuda"), measure=_rates(60_000.0, 700_000.0))
     assert (gpu.training, gpu.decoding) == ("bf16", "bf16") and gpu.label == "bf16 autocast"
+    # has bf16 but gains too little; bf16 slower (an older CPU)
     for slow in (
         _rates(140.0, 150.0),
         _rates(140.0, 90.0),
-    ):  # has bf16 but gains too little; bf16 slower (an older CPU)
+    ):
         choice = resolve_precision("auto", CPU, measure=slow)
         assert (choice.training, choice.decoding, choice.label) == ("fp32", "fp32", "fp32")
 

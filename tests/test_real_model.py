@@ -124,9 +124,8 @@ def test_the_embedded_gemma_loads_and_decodes_like_generate():
     prompt = tokenizer("The old house stood at the end of the lane, and")["input_ids"]
     from hyperfitting.data.splits import leading_special_tokens
 
-    assert (
-        leading_special_tokens(tokenizer) == [tokenizer.bos_token_id] == prompt[:1]
-    )  # every block and prompt starts with <bos>
+    # every block and prompt starts with <bos>
+    assert leading_special_tokens(tokenizer) == [tokenizer.bos_token_id] == prompt[:1]
     ours = generate(model, tokenizer, [prompt], GenerateArgs(max_new_tokens=12), show_progress=False)[0].token_ids
     theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :].tolist()
     assert ours == theirs

@@ -290,8 +290,7 @@ def test_an_adapter_on_the_wrong_base_model_is_refused_before_anything_loads(tmp
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
-    (adapter / "hyperfit.json").write_text(
-        json.dumps({"base_model": "gemma3-270m"})
-    )  # as a study's model card records it
+    # as a study's model card records it
+    (adapter / "hyperfit.json").write_text(json.dumps({"base_model": "gemma3-270m"}))
     with pytest.raises(ModelError, match="trained on 'gemma3-270m'.*model.name=gemma3-270m"):
         load_model(ModelArgs(name="smollm2-135m", adapter=str(adapter)))

@@ -63,3 +63,26 @@ def test_no_mauve_column_when_mauve_did_not_run():
 def test_progress_lines_leave_out_a_held_out_loss_not_measured():
     assert "held-out" not in _format_row({"epoch": 3, "train_loss": 0.5, "heldout_loss": float("nan")})
     assert "held-out loss 0.7000" in _format_row({"epoch": 4, "train_loss": 0.5, "heldout_loss": 0.7})
+
+
+def test_a_stage_the_config_no_longer_has_reads_as_not_run(tmp_path):
+    """The report decides from the stages of the run's own config: a controls folder left from a study that had
+    controls, or a replicate beyond study.replicates, holds another study's numbers."""
+    import json
+
+    from hyperfitting.claims.evidence import Evidence
+    from hyperfitting.config import dump_config, load_config
+
+    def folder_with(*overrides):
+        config = load_config("configs/quick.yaml", [f"run_dir={tmp_path}", *overrides])
+        (tmp_path / "config.yaml").write_text(dump_config(config))
+        for stage in ("controls", "analysis-ranks-r1"):
+            (tmp_path / stage).mkdir(exist_ok=True)
+            (tmp_path / stage / "results.json").write_text(json.dumps({"placements": {}}))
+            (tmp_path / stage / "stage-done.json").write_text(json.dumps({"fingerprint": "old"}))
+        return Evidence.of_run(tmp_path)
+
+    kept = folder_with("study.replicates=2")
+    assert kept.controls == {"placements": {}} and len(kept.results("ranks")) == 1
+    dropped = folder_with("study.controls=[]", "study.replicates=1")
+    assert dropped.controls is None and dropped.results("ranks") == []

@@ -85,11 +85,12 @@ def test_a_study_logs_its_metrics_verdicts_and_figures(tmp_path):
     savefig(figure, tmp_path / "report-figures" / "curve.png")
     study = {
         "train_log": [{"epoch": 0, "train_loss": 4.0}, {"epoch": 1, "train_loss": 0.5}],
+        # names as the study writes them
         "metrics": {
             "base": {"fiction": {"ttr": 0.3}},
             "hyperfitted": {"fiction": {"ttr": 0.5}},
             "hyperfitted, citation blocker": {"fiction:human": {"ttr": 0.4}},
-        },  # names as the study writes them
+        },
         "claims": [
             {
                 "number": 1,

@@ -59,9 +59,8 @@ def _tiny_run(tmp_path, *overrides):
             *overrides,
         ]
     )
-    train = torch.randint(
-        2, 8, (6, 16), generator=torch.Generator().manual_seed(2)
-    )  # few token types: learnable in 3 epochs
+    # few token types: learnable in 3 epochs
+    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
     heldout = torch.randint(2, 97, (2, 16), generator=torch.Generator().manual_seed(3))
     return hyperfit(make_tiny_model("llama"), train, heldout, config, tmp_path), config, train, heldout
 
@@ -78,9 +77,8 @@ def test_hyperfit_lowers_the_training_loss_and_logs_every_epoch(tmp_path):
 def test_the_weights_at_the_lowest_held_out_loss_are_those_of_a_run_stopped_there(tmp_path):
     from hyperfitting.training.hyperfit import LOWEST_HELDOUT, lowest_heldout_epoch, restore_trainable
 
-    heldout = torch.randint(
-        2, 8, (2, 16), generator=torch.Generator().manual_seed(4)
-    )  # the training distribution: it improves
+    # the training distribution: it improves
+    heldout = torch.randint(2, 8, (2, 16), generator=torch.Generator().manual_seed(4))
     config = load_config(
         overrides=[
             "train.epochs=4",
@@ -196,9 +194,8 @@ def test_the_heldout_loss_is_measured_at_the_start_every_so_often_and_after_the_
     assert measured(every.log) == [0, 1, 2, 3]
     sparse, *_ = _tiny_run(tmp_path / "sparse", "train.until_loss=1e-6", "train.heldout_every=2")
     assert measured(sparse.log) == [0, 2, 3]  # the cap (3) is the last epoch: always measured
-    assert [r["train_loss"] for r in sparse.log] == [
-        r["train_loss"] for r in every.log
-    ]  # measuring changes no training
+    # measuring changes no training
+    assert [r["train_loss"] for r in sparse.log] == [r["train_loss"] for r in every.log]
     first = every.log[1]["train_loss"]
     ends, *_ = _tiny_run(tmp_path / "ends", f"train.until_loss={first + 1e-6}", "train.heldout_every=0")
     assert measured(ends.log) == [0, 1]  # the target reached after epoch 1: that epoch is the last, measured
@@ -280,9 +277,8 @@ def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monk
     assert need.checkpoint == 12 * 10**6 and need.disk == need.saved_output + 2 * need.checkpoint
     assert need.checkpoint_memory == need.checkpoint  # a replicated run gathers it whole in process 0
     sharded = preflight.estimate(make_tiny_model("llama"), 10**6, 0, 3, False, 4, 2, 16, 2, 2.0, shards=4)
-    assert (
-        sharded.checkpoint == need.checkpoint and sharded.checkpoint_memory == need.checkpoint // 4
-    )  # each process writes its shards
+    # each process writes its shards
+    assert sharded.checkpoint == need.checkpoint and sharded.checkpoint_memory == need.checkpoint // 4
     ram = preflight.Estimate(
         weights=0,
         optimizer=0,

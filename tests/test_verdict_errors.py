@@ -149,8 +149,7 @@ def test_holm_also_guards_does_not_hold_and_its_family_is_what_the_study_ran():
     with_holm([clear, border_fail, failed_check])
     assert border_fail.holm == INCONCLUSIVE and clear.holm == HOLDS
     # Alone, the same "does not hold" stands: the rule's own level. With a rule whose check failed beside it, it does
-    # not
-    # (the family is the rules run, not those the data let decide).
+    # not (the family is the rules run, not those the data let decide).
     alone = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
     assert with_holm([alone])[0].holm == FAILS
     beside = make_claim("1b", stats.Estimate(-0.01, -0.069, 0.049, 16, "t", df=15), [], "")
@@ -176,9 +175,8 @@ def test_a_trained_final_norm_gain_alone_does_not_move_claim_4():
     tuned = {n: base[n] + rng.normal(0, 0.05, (640, 12)) for n in names}
     clusters = np.repeat(np.arange(10), 64)
     before = footing(base, tuned, clusters)
-    gain = np.linspace(
-        0.1, 5, 12
-    )  # a trained gain of the final norm: transformers' hidden_states[-1] would change a lot
+    # a trained gain of the final norm: transformers' hidden_states[-1] would change a lot
+    gain = np.linspace(0.1, 5, 12)
     with_norm = footing(
         {**base, "final norm": base["block 2"]}, {**tuned, "final norm": tuned["block 2"] * gain}, clusters
     )
@@ -201,9 +199,8 @@ def test_claim_4_with_equal_rivals_is_not_biased_against_the_final_layer():
     # 30 rivals that all expand alike, the final block far more.
     design, rng = Design(blocks=16, positions_per_block=64), np.random.default_rng(9)
     leads = [world_geometry(design, Spreads(), 3.0, rng)[0].verdict for _ in range(15)]
-    assert (
-        leads.count(HOLDS) >= 13 and FAILS not in leads
-    )  # the final block truly leads: it holds, never "does not hold"
+    # the final block truly leads: it holds, never "does not hold"
+    assert leads.count(HOLDS) >= 13 and FAILS not in leads
 
 
 def test_claim_4_at_one_training_run_decides_nothing():
@@ -316,8 +313,7 @@ def test_claim_3_needs_the_diversity_gain_it_explains():
 
 def test_claim_3_holds_only_if_reverting_the_unexplained_overrides_costs_the_gain():
     # The causal check: frequent unexplained overrides that, reverted to the null's choice, leave greedy TTR where it
-    # was
-    # do not carry the diversity gain; reverted paths back at base TTR do.
+    # was do not carry the diversity gain; reverted paths back at base TTR do.
     results = ranks_results(list(np.random.default_rng(13).integers(15, 30, 16)))
     base = normal(0.3, 0.1, 16, 14)
     tuned = base + 0.2 + normal(0, 0.02, 16, 16)
@@ -368,18 +364,18 @@ def test_claim_3_holds_only_if_reverting_the_unexplained_overrides_costs_the_gai
 def test_reverting_changes_only_the_unexplained_overrides():
     from hyperfitting.generation.processors import RevertUnexplained
 
-    base_logits = torch.tensor(
-        [[0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0]]
-    )  # base top-1: token 1
+    # base top-1: token 1
+    base_logits = torch.tensor([[0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0], [0.0, 5.0, 1.0, 0.0]])
     revert = RevertUnexplained(None, lambda logits: torch.full((len(logits),), 2))  # the null always picks token 2
     revert.logits = lambda input_ids: base_logits
+    # own pick 2 = the null's: kept
     scores = torch.tensor(
         [
             [0.0, 0.0, 0.0, 9.0],  # own pick 3: neither base top-1 nor null -> reverted to 2
             [0.0, 9.0, 0.0, 0.0],  # own pick 1 = base top-1: kept
             [0.0, 0.0, 9.0, 0.0],
         ]
-    )  # own pick 2 = the null's: kept
+    )
     out = revert(torch.zeros(3, 1, dtype=torch.long), scores.clone())
     assert out.argmax(-1).tolist() == [2, 1, 2] and torch.equal(out[1:], scores[1:])
     assert (revert.reverted, revert.steps) == (1, 3)
@@ -522,8 +518,7 @@ def test_claim_1_is_decided_at_both_entropy_matched_temperatures_and_only_where_
     )
     assert hotter.p_values[0] > 0.4  # Holm reads the intersection-union test: the larger p-value of "holds"
     # The quick study's case: at the lower T* the interval lies wholly below the margin, and the hotter T* makes the
-    # base
-    # more diverse still: "does not hold" at both, where the old 15% gate said inconclusive.
+    # base more diverse still: "does not hold" at both, where the old 15% gate said inconclusive.
     level = base + 0.1 + normal(0, 0.03, 48, 28)
     fails = claim_temperature(
         [temperature(level, sampled, base, t_star=(0.644, 0.765), at_paths=sampled + 0.05)], [TRAINED]
@@ -551,9 +546,8 @@ def test_the_frontier_is_its_upper_envelope_so_a_noisy_point_cannot_lower_it():
     # Base points (log-perplexity, TTR): (1, 0.2), (2, 0.5), (2.5, 0.3: dominated), (3, 0.6). At 2.5 the envelope is
     # 0.55.
     columns = [c for q, t in ((1, 0.2), (2, 0.5), (2.5, 0.3), (3, 0.6)) for c in (np.full(4, t), np.full(4, q))]
-    assert frontier_gap(np.full(4, 0.45), np.full(4, 2.5), *columns) == pytest.approx(
-        -0.10
-    )  # a line through every point said +0.15
+    # a line through every point said +0.15
+    assert frontier_gap(np.full(4, 0.45), np.full(4, 2.5), *columns) == pytest.approx(-0.10)
 
 
 def test_compare_runs_has_a_column_per_claim(tmp_path):
@@ -612,8 +606,7 @@ def test_claim_1c_without_its_measured_seed_spread_decides_nothing_at_one_traini
 
 def test_a_rule_without_the_seed_spread_misses_the_goals_and_decides_nothing(monkeypatch):
     # Claim 1 at one training run without its declared seed spread covers the recipe's effect too rarely: the
-    # calibration
-    # says so, and the report then makes its verdict inconclusive (report/build.py: with_calibration).
+    # calibration says so, and the report then makes its verdict inconclusive (report/build.py: with_calibration).
     from dataclasses import replace
 
     from hyperfitting.claims import core
@@ -648,9 +641,8 @@ def test_claim_4_covers_at_the_models_depth_and_with_replicates_carries_the_seed
         )
     finally:
         DECLARED_SEED_SPREAD.reset(token)
-    assert one_run["meets_goals"] and one_run["coverage"] >= 0.93 and one_run["power"] >= 0.5, (
-        one_run
-    )  # 65% at 32 positions a block
+    # 65% at 32 positions a block
+    assert one_run["meets_goals"] and one_run["coverage"] >= 0.93 and one_run["power"] >= 0.5, one_run
     # Each training run's final block lands elsewhere: with three runs the spread between them is measured and carried.
     monkeypatch.setattr(geometry, "WORLD_SEED_SD", 1.0)
     result = calibrate_rule(
@@ -681,8 +673,8 @@ def test_the_calibration_flags_a_deliberately_broken_rule():
 
 def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes_the_real_one():
     # Three replicates crossed with 16 prompts, seeds that matter (sd 0.06): taking the replicate-averaged differences
-    # as
-    # if the seed added nothing covers ~83% and says "holds" of a false claim ~11% of the time; the real rule does not.
+    # as if the seed added nothing covers ~83% and says "holds" of a false claim ~11% of the time; the real rule does
+    # not.
     design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
     (broken,) = BROKEN_WITH_REPLICATES
     wrong = calibrate_rule(broken, design, spreads, worlds=200, seed=1)
@@ -742,9 +734,8 @@ def test_claim_4_with_a_final_layer_tied_to_its_rivals_does_not_hold_falsely():
 
 def test_claim_2_with_six_tied_static_models_below_the_margin_does_not_fail_falsely():
     verdicts = [six_tied_static_models(300 + world, 16, 0.45).verdict for world in range(40)]
-    assert (
-        verdicts.count(FAILS) <= 1
-    )  # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds
+    # the claim is true (0.45 < 0.5): the max alone said "does not hold" in 8% of worlds
+    assert verdicts.count(FAILS) <= 1
 
 
 # ------------------------------------------------------------------------------ verdicts about the recipe

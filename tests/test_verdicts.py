@@ -118,9 +118,8 @@ def test_claim_1_holds_fails_and_needs_a_hyperfitted_model():
     high = temperature_results(shifted(base, 0.4, 82), sampled, base)
     assert claim_temperature([high], [TRAINED]).verdict == HOLDS
     jitter = prompts(0.0, 0.02, 48, 80)
-    level = temperature_results(
-        [b + 0.1 + j for b, j in zip(base, jitter)], sampled, base
-    )  # greedy hyperfitted no better than sampling at T*
+    # greedy hyperfitted no better than sampling at T*
+    level = temperature_results([b + 0.1 + j for b, j in zip(base, jitter)], sampled, base)
     assert claim_temperature([level], [TRAINED]).verdict == FAILS
     diverged = {"initial_train_loss": 6.0, "final_train_loss": 9.8, "until_loss": 0.1}
     claim = claim_temperature([high], [diverged])
@@ -176,9 +175,8 @@ def test_claim_2_a_static_model_that_wrecks_its_own_text_is_degenerate_whatever_
     # The review's case: a static model whose text collapses (TTR 0.03) "holds" claim 2 at -1.58 if it is the only one.
     base = prompts(0.30, 0.1, 48, 9)
     tuned = shifted(base, 0.3, 91)
-    wrecked = claim_static_bias(
-        [static_results([0.03] * 48, 0.3, base, tuned)], [TRAINED], [0.4]
-    )  # flips within 2x overrides
+    # flips within 2x overrides
+    wrecked = claim_static_bias([static_results([0.03] * 48, 0.3, base, tuned)], [TRAINED], [0.4])
     assert (
         wrecked.verdict == INCONCLUSIVE
         and "non-degenerate" in wrecked.reason
@@ -343,9 +341,8 @@ def test_the_frontier_gap_interpolates_between_neighbouring_temperatures():
 
     frontier = ([0.3], [1.0], [0.6], [3.0])  # (TTR, log-perplexity) of two base points
     assert frontier_gap([0.5], [2.0], *frontier) == pytest.approx(0.05)  # the frontier is 0.45 half-way
-    assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(
-        0.075
-    )  # order of the points does not matter
+    # order of the points does not matter
+    assert frontier_gap([0.45], [1.5], *frontier[2:], *frontier[:2]) == pytest.approx(0.075)
 
 
 @pytest.mark.usefixtures("no_seed_term")

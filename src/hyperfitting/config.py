@@ -609,7 +609,6 @@ class StudyArgs(Section):
 LATER_KEYS: dict[tuple[str, str], Any] = {
     ("train", "heldout_every"): 1,
     ("model", "tf32"): False,
-    ("generate", "decoder"): "auto",
     ("train", "checkpoint_max_share"): 0.1,
 }
 
@@ -675,9 +674,12 @@ class RunConfig:
         data["model"].pop("precision")  # "auto" is not a value: the study graph adds the precision it resolves to
         for section in ("analysis", "baselines"):  # [] means every evaluation corpus: the same stage as naming them all
             data[section]["corpora"] = self.corpora_of(section)
-        data["analysis"]["max_new_tokens"] = (
-            self.analysis.max_new_tokens or self.generate.max_new_tokens
-        )  # None: generate's
+        # None: generate's
+        data["analysis"]["max_new_tokens"] = self.analysis.max_new_tokens or self.generate.max_new_tokens
+        if data["generate"]["decoder"] == "auto":  # fixed buffers on a GPU, the growing cache elsewhere: other draws
+            from hyperfitting.distributed import process_state
+
+            data["generate"]["decoder"] = "fixed" if process_state().device.type == "cuda" else "dynamic"
         for (section, key), unchanged in LATER_KEYS.items():
             if data[section].get(key) == unchanged:
                 data[section].pop(key)
@@ -714,7 +716,9 @@ class RunConfig:
         out = {}
         for key in keys:
             section, _, name = key.partition(".")
-            if name in data[section]:
+            if section not in data or not isinstance(data[section], dict) or name not in self.to_dict()[section]:
+                raise ConfigError(f"A stage declares that it reads '{key}', no config key (see `hyperfit keys`).")
+            if name in data[section]:  # a key added later and left at its old behaviour is not hashed (LATER_KEYS)
                 out[key] = data[section][name]
         return out
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 SCHEMA_VERSION = 2
 """1: run folders before the layout was written down (read the same way); 2: hyperfit-run.json records the version."""
@@ -54,40 +54,46 @@ def _read(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class StageOutputs:
-    """One stage's folder, as the report reads it: None for whatever the stage did not write (or never ran)."""
+    """One stage's folder, as the report reads it: None for whatever the stage did not write (or never ran). A folder
+    of a stage the run's config no longer has (``gone``: controls since dropped, a replicate beyond study.replicates)
+    reads as never run: its numbers belong to another study."""
 
     dir: Path
+    gone: bool = False
 
     @property
     def done(self) -> bool:
-        return (self.dir / STAGE_DONE).exists()
+        return not self.gone and (self.dir / STAGE_DONE).exists()
 
     @property
     def record(self) -> dict | None:
         """stage-done.json: fingerprint, inputs, wall time, peak memory."""
-        return _read(self.dir / STAGE_DONE)
+        return None if self.gone else _read(self.dir / STAGE_DONE)
 
     @property
     def results(self) -> Any:
-        return _read(self.dir / RESULTS)
+        return None if self.gone else _read(self.dir / RESULTS)
 
     @property
     def table(self) -> str | None:
         path = self.dir / TABLE
-        return path.read_text(encoding="utf-8") if path.exists() else None
+        return path.read_text(encoding="utf-8") if path.exists() and not self.gone else None
 
     def json(self, name: str) -> Any:
-        return _read(self.dir / name)
+        return None if self.gone else _read(self.dir / name)
 
 
 class RunFolder:
     """Typed access to a run folder: `RunFolder(path).analysis("ranks", replicate=1).results`."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, stages: Iterable[str] | None = None):
+        """``stages``: the stages the run's config has (pipeline/graph.py: study_graph); any other folder reads as never
+        run. None: every folder is read."""
         self.path = Path(path)
+        self.stages = None if stages is None else frozenset(stages)
 
     def stage(self, name: str) -> StageOutputs:
-        return StageOutputs(self.path / name)
+        return StageOutputs(self.path / name, gone=self.stages is not None and name not in self.stages)
 
     def analysis(self, name: str, replicate: int = 0, suffix: str = "") -> StageOutputs:
         """Analysis ``name`` of replicate ``replicate``, or of the model a ``suffix`` names (FULL, LOWEST)."""

@@ -170,10 +170,11 @@ def _reading(*keys: str) -> Callable[[RunConfig], tuple[str, ...]]:
     return lambda config: analysis_paths(config) + keys
 
 
+# the static models fitted on held-out text, shared too
 _STATIC = (
     "analysis.static_bias_offset",
     "analysis.max_positions",
-)  # the static models fitted on held-out text, shared too
+)
 
 # Built in, in the order a study runs them. Weights: seconds each took alone in the quick preset on a 2-core CPU
 # (fp32, commit be240e1; BENCHMARKS.md section 4).

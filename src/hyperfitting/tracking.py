@@ -30,9 +30,8 @@ def flatten(values: dict, prefix: str = "") -> dict[str, float]:
         if isinstance(value, dict):
             flat.update(flatten(value, name))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            flat[re.sub(r"[^A-Za-z0-9_./-]+", "_", name)] = float(
-                value
-            )  # the characters every tracker accepts in a name
+            # the characters every tracker accepts in a name
+            flat[re.sub(r"[^A-Za-z0-9_./-]+", "_", name)] = float(value)
     return flat
 
 

@@ -59,6 +59,8 @@ def _decode_args(config: RunConfig, temperature: float | None, seed: int, top_k:
         top_p=top_p,
         seed=seed,
         citation_blocker=False,
+        # A sampled row is plain sampling: contrastive search (generate.contrastive_top_k) is a deterministic search.
+        contrastive_top_k=config.generate.contrastive_top_k if temperature is None else 0,
     )
 
 

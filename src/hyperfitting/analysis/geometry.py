@@ -321,9 +321,8 @@ def _split_half_prs(
 
     sd = torch.sqrt(torch.clamp(torch.diagonal(pooled, dim1=-2, dim2=-1), min=0))
     live = sd > 0
-    inverse = torch.where(
-        live, 1 / torch.where(live, sd, torch.ones_like(sd)), torch.zeros_like(sd)
-    )  # a constant dimension: out
+    # a constant dimension: out
+    inverse = torch.where(live, 1 / torch.where(live, sd, torch.ones_like(sd)), torch.zeros_like(sd))
     scale = inverse[..., :, None] * inverse[..., None, :]
     keep = torch.from_numpy(np.setdiff1d(np.arange(pooled.shape[-1]), massive)).to(pooled.device)
     trim = lambda c: c[..., keep, :][..., keep]  # noqa: E731
@@ -367,9 +366,8 @@ def _leave_one_out_prs(
         else torch.zeros(1, dtype=torch.long, device=states.device)
     )
     members = torch.stack([(half == h) | (clusters_n == 1) for h in (0, 1)]).to(states.dtype)  # (2, clusters)
-    left_out = torch.cat(
-        [torch.zeros(1, clusters_n, **zeros), torch.eye(clusters_n, **zeros)]
-    )  # (1 + clusters, clusters)
+    # (1 + clusters, clusters)
+    left_out = torch.cat([torch.zeros(1, clusters_n, **zeros), torch.eye(clusters_n, **zeros)])
     weights = members[None] * (1 - left_out[:, None, :])  # (sets, 2, clusters)
     emptied = weights.sum(-1) == 0
     weights = torch.where(emptied[..., None], members[None].expand_as(weights), weights)

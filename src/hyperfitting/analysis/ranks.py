@@ -216,9 +216,8 @@ def rank_analysis(
     prompt_of_step = torch.tensor([i for i, c in enumerate(tuned_greedy) for _ in c.token_ids], dtype=torch.long)
     # The null model is fitted on held-out human text, not on the paths it is then asked to explain.
     _, fitted = heldout_static or heldout_static_models(base, tuned, heldout_blocks, config)
-    fitted = fitted.get(
-        "widest", fitted
-    )  # claim 3's null: the widest context-free family (a scale and offset per token)
+    # claim 3's null: the widest context-free family (a scale and offset per token)
+    fitted = fitted.get("widest", fitted)
     # The steps whose whole rankings the statistics compare are drawn first; every other step keeps a few numbers only.
     keep = np.sort(np.random.default_rng(0).choice(len(chosen), min(len(chosen), args.max_positions), replace=False))
     base_path = path_scan(base, prompts, tuned_greedy, null_choices(fitted), keep_steps=keep)

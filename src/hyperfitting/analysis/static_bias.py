@@ -159,9 +159,8 @@ def fit_per_token_affine(base_logits: torch.Tensor, tuned_logits: torch.Tensor, 
         weights[where] = w
         system -= (z * w) @ z.T
         rhs += (y - z * ((z * y).sum(0) * w)).sum(1)
-    context = torch.linalg.lstsq(system, rhs[:, None]).solution[
-        :, 0
-    ]  # singular along the constant: the minimum-norm one
+    # singular along the constant: the minimum-norm one
+    context = torch.linalg.lstsq(system, rhs[:, None]).solution[:, 0]
     context -= context.mean()
     scale, bias = torch.empty(vocabulary, **on), torch.empty(vocabulary, **on)
     for where in columns:

@@ -83,9 +83,8 @@ def temperature_analysis(
     del base_heldout, base_path
 
     # 2. The control, over seeds, at both T*. T* from teacher forcing is the primary one (it does not depend on a
-    # decoding
-    # path; the frontier includes it); along the greedy paths it is biased up where the base model loops, and the claims
-    # are decided only where the two agree.
+    # decoding path; the frontier includes it); along the greedy paths it is biased up where the base model loops, and
+    # the claims are decided only where the two agree.
     primary, on_paths = t_star["teacher_forced"], t_star["greedy_path"]
     per_prompt: dict[
         str, list[list[float]]

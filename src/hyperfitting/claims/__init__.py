@@ -25,6 +25,8 @@ from hyperfitting.claims.core import (
 )
 from hyperfitting.claims.evidence import Evidence
 from hyperfitting.claims.worlds import Design, Spreads, Truths
+
+# registers them, in this order
 from hyperfitting.claims import (
     temperature,
     static_bias,
@@ -32,7 +34,7 @@ from hyperfitting.claims import (
     geometry,
     late_stage,
     frontier,
-)  # registers them, in this order
+)
 
 __all__ = [
     "FAILS",

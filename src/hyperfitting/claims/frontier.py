@@ -129,9 +129,8 @@ def claim_frontier(replicates: list[dict] | dict | None, trains: list[dict | Non
     mean_of = {
         l: (float(np.mean(points[l]["ttr"])), float(np.exp(np.nanmean(points[l]["log_perplexity"])))) for l in points
     }
-    qualities = [
-        float(np.mean([np.mean(g[i]) for g in groups])) for i in range(1, len(groups[0]), 2)
-    ]  # hyperfitted, then the frontier
+    # hyperfitted, then the frontier
+    qualities = [float(np.mean([np.mean(g[i]) for g in groups])) for i in range(1, len(groups[0]), 2)]
     tuned_quality, low, high = qualities[0], min(qualities[1:]), max(qualities[1:])
     inside = low <= tuned_quality <= high
     gain, _ = gain_check([(r["hyperfitted"]["ttr"], r["base, greedy"]["ttr"]) for r in replicates])

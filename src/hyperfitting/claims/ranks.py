@@ -163,9 +163,8 @@ def causal_check(claim: Claim, results: list[dict], gain_pairs) -> Claim:
     if claim.estimate is None:
         return claim
     estimate = stats.Estimate.from_dict(claim.estimate)
-    p_carries = (
-        stats.one_sided_p(kept, CARRIES, "below") if kept.decisive else float(not kept.value < CARRIES)
-    )  # nan: 1
+    # nan: 1
+    p_carries = stats.one_sided_p(kept, CARRIES, "below") if kept.decisive else float(not kept.value < CARRIES)
     claim.p_values = (
         max(stats.one_sided_p(estimate, RULE.margin, RULE.direction), p_carries),
         contrary_p(estimate, RULE.margin, RULE.direction),
@@ -184,17 +183,15 @@ def causal_check(claim: Claim, results: list[dict], gain_pairs) -> Claim:
 
 
 # The share at which claim 3's seed SD was measured (.399, .427, .343): a share cannot go below 0, so a training seed
-# moves
-# it in proportion (a seed SD of 0.043 at 0.39, about 11%), not by 0.043 at a share of 0.05.
+# moves it in proportion (a seed SD of 0.043 at 0.39, about 11%), not by 0.043 at a share of 0.05.
 SEED_SD_AT = 0.39
 
 
 def rank_results(design, spreads, rng, effect) -> list[dict]:
     results = []
     relative = world_seed_sd(spreads, SEED_SD[0] / SEED_SD_AT, rng)
-    for seed_effect in rng.normal(
-        -(relative**2) / 2, relative, design.replicates
-    ):  # log-normal, mean 1: the recipe's share stays `effect`
+    # log-normal, mean 1: the recipe's share stays `effect`
+    for seed_effect in rng.normal(-(relative**2) / 2, relative, design.replicates):
         share = float(np.clip(effect * math.exp(seed_effect), 1e-4, 1 - 1e-4))
         k = spreads.override_heterogeneity
         per_prompt_share = rng.beta(share * k, (1 - share) * k, design.prompts)

@@ -127,8 +127,8 @@ def claim_static_bias(
             2, None, checks, f"no static model changed the base model's choices; hyperfitting gain {gain_estimate}"
         )
     # Excluding a model can only change the verdict when that model recovers much of the gain: then the exclusion
-    # removed
-    # the evidence against the claim. An excluded model is set aside only if its share is clearly below the margin.
+    # removed the evidence against the claim. An excluded model is set aside only if its share is clearly below the
+    # margin.
     explaining = {}
     for name in excluded:
         if all(name in r["per_prompt"] for r in results):
@@ -171,8 +171,7 @@ def claim_static_bias(
     ]
     estimate = stats.pooled(groups, BEST_STATIC_SHARE)
     # A static model whose greedy text has the hyperfitted model's TTR on every prompt of every replicate recovers the
-    # whole
-    # gain on every resample: a share of exactly 1 with no spread is then a certainty, not a missing interval.
+    # whole gain on every resample: a share of exactly 1 with no spread is then a certainty, not a missing interval.
     exact = [
         name
         for name in common

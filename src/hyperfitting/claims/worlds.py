@@ -63,8 +63,8 @@ class Spreads:
     # drawn in every world, one training run or several: a verdict about the recipe must carry it.
     seed_sd: float = 0.039
     # The degrees of freedom the seed SDs were measured with (three seeds: 2). Each world draws its true seed SD from
-    # what
-    # such a measurement allows (seed_shifts), so a rule reading the declared SD is checked against its uncertainty too.
+    # what such a measurement allows (seed_shifts), so a rule reading the declared SD is checked against its uncertainty
+    # too.
     seed_sd_df: float = 2
     override_heterogeneity: float = 20.0  # Beta concentration of a prompt's share of overrides (lower: more spread)
     # Of a paired difference's variance, the share that belongs to the prompt itself (the same in every training seed):
@@ -91,7 +91,14 @@ class Spreads:
                 paired_sd=float(np.std(tuned - at_t, ddof=1)),
             )
             seen.append("per-prompt spreads from analysis-temperature")
-            replicate_files = sorted(Path(run_dir).glob("analysis-temperature-r*/results.json"))
+            from hyperfitting.pipeline.graph import current_stages
+
+            graph = current_stages(run_dir)  # replicates beyond the config's study.replicates belong to another study
+            replicate_files = sorted(
+                path
+                for path in Path(run_dir).glob("analysis-temperature-r*/results.json")
+                if graph is None or path.parent.name in graph
+            )
             if replicate_files:
                 effects = [
                     float(
@@ -185,8 +192,8 @@ def temperature_results(
                     ],
                     "base, T*": [noisy(base + gain, half * math.sqrt(design.seeds), rng) for _ in range(design.seeds)],
                     # T* matched along the decoded paths sits above the one matched on human text where the base model
-                    # loops
-                    # (0.765 against 0.644 in the quick study): sampled hotter, the base model is more diverse there.
+                    # loops (0.765 against 0.644 in the quick study): sampled hotter, the base model is more diverse
+                    # there.
                     "base, T* (decoded paths)": [
                         noisy(base + gain + PATH_T_STAR_BIAS, half * math.sqrt(design.seeds), rng)
                         for _ in range(design.seeds)

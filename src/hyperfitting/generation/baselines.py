@@ -71,9 +71,8 @@ def _processors(name: str, baselines: BaselinesArgs) -> list:
         "eta": lambda: [EtaLogitsWarper(baselines.eta)],
         "epsilon": lambda: [EpsilonLogitsWarper(baselines.epsilon)],
         "repetition-penalty": lambda: [RepetitionPenaltyLogitsProcessor(baselines.repetition_penalty)],
-        "no-repeat-ngram": lambda: [
-            NoRepeatNGram(baselines.no_repeat_ngram)
-        ],  # transformers' ban, matched on the device
+        # transformers' ban, matched on the device
+        "no-repeat-ngram": lambda: [NoRepeatNGram(baselines.no_repeat_ngram)],
     }.get(name, lambda: [])()
 
 

@@ -255,9 +255,8 @@ def draw(
         uniform = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device)
     else:
         uniform = torch.cat([torch.rand(1, 1, dtype=torch.float64, generator=g, device=g.device) for g in generators])
-    point = torch.minimum(
-        uniform * total, torch.nextafter(total, torch.zeros_like(total))
-    )  # below the total, whatever the rounding
+    # below the total, whatever the rounding
+    point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1).to(probs.device)
 
 
@@ -367,9 +366,8 @@ def generate_variants(
     length = max(map(len, prompts), default=0) + first.max_new_tokens
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
     per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
-    if (
-        not shard and process_state().num_processes > 1
-    ):  # lockstep (an FSDP model): every process takes the same batches
+    # lockstep (an FSDP model): every process takes the same batches
+    if not shard and process_state().num_processes > 1:
         per_batch = min_over_processes(per_batch)
     # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
     decoder = decoder_for(first.decoder, model, length)
@@ -439,9 +437,8 @@ def generate_variants(
                 eos_token_id=eos,
                 on_step=bar.update,
             )
-        bar.update(
-            (batch_index + 1) * first.max_new_tokens * passes - bar.n
-        )  # catch up after a batch that stopped early at EOS
+        # catch up after a batch that stopped early at EOS
+        bar.update((batch_index + 1) * first.max_new_tokens * passes - bar.n)
     bar.close()
     release_workspaces(model)  # the static caches go before the stages after this decode need the memory
     return [gather_in_order(r) for r in results] if shard else results

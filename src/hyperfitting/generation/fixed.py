@@ -291,9 +291,8 @@ class FixedState:
                 layer.cumulative_length.copy_(counter)
 
         try:
-            torch.cuda.set_device(
-                space.tokens.device
-            )  # the graph and its stream on the model's GPU, not the current one
+            # the graph and its stream on the model's GPU, not the current one
+            torch.cuda.set_device(space.tokens.device)
             expected = self._eager().float().clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

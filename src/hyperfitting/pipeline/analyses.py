@@ -66,9 +66,8 @@ def analysis_stage(
         if is_main_process():  # a plug-in's writer need not know about processes: only process 0 writes files
             analysis.write_to(results, folder)
         table = folder / "table.md"
-        if (
-            is_main_process() and table.exists()
-        ):  # only process 0 writes files: another process could read the table before it exists
+        # only process 0 writes files: another process could read the table before it exists
+        if is_main_process() and table.exists():
             print(table.read_text())
         return results
 

@@ -100,13 +100,11 @@ def baselines_stage(
                 )
             else:
                 decoded = decode_group(pending, base_model, tokenizer, [p.prompt_ids for p in prompts], config)
-            for name in (
-                pending
-            ):  # each method's files as soon as its group is decoded: a resumed study starts at the next group
+            # each method's files as soon as its group is decoded: a resumed study starts at the next group
+            for name in pending:
                 _keep_method(folder, name, decoded[name], prompts, tokenizer, base_model, training_index, results)
-        results = {
-            name: results[name] for name in config.baselines.methods
-        }  # the order of baselines.methods, not of the groups
+        # the order of baselines.methods, not of the groups
+        results = {name: results[name] for name in config.baselines.methods}
         write_json(folder / "results.json", results)
         return results
 

@@ -75,14 +75,12 @@ def sweep_learning_rate(
         trial = replace(config, train=replace(train, lr=lr, epochs=config.study.controls_sweep_epochs))
         trial_folder = folder / f"sweep-lr{lr:g}"
         model, _ = load_model(config.model, for_training=True, sharded_training=train.parallelism == "fsdp")
-        chance = math.log(
-            model.get_output_embeddings().weight.shape[0]
-        )  # the loss of a uniform guess over the vocabulary
+        # the loss of a uniform guess over the vocabulary
+        chance = math.log(model.get_output_embeddings().weight.shape[0])
         try:
             log = hyperfit(model, blocks, data.heldout_blocks[:0], trial, trial_folder).log
             # A rate so high that the logits saturate leaves the loss of a uniform guess, to the last digits, without
-            # ever
-            # going non-finite: that rate diverged too (a trial that trains lands on exactly ln V only by a fluke).
+            # ever going non-finite: that rate diverged too (a trial that trains lands on exactly ln V only by a fluke).
             collapsed = abs(log[-1]["train_loss"] - chance) < 1e-5
             rows.append(
                 {"lr": lr, "train_loss": log[-1]["train_loss"], "epochs": log[-1]["epoch"], "diverged": collapsed}

@@ -11,6 +11,7 @@ reruns exactly the stages below it. The declarations are held to the reads the c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -53,8 +54,42 @@ class StageSpec:
             object.__setattr__(self, "kind", self.name)
 
 
+# The toolkit's modules whose code computes a stage's numbers (the report's and the claims' code does not: `hyperfit
+# report` rebuilds them from the stages). Orchestration (the graph, the runner, the run folder) is left out.
+COMPUTING_CODE = ("analysis", "generation", "training", "models", "data", "metrics", "pipeline/analyses.py",
+                  "pipeline/baselines.py", "pipeline/controls.py", "pipeline/evaluate.py", "pipeline/retention.py",
+                  "pipeline/stages.py", "pipeline/validate.py", "report/quality.py", "config.py", "stats.py",
+                  "precision.py", "registry.py", "distributed.py", "figures.py")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def code_version(package: Path | None = None, names: tuple[str, ...] = COMPUTING_CODE) -> str:
+    """A hash of the computing code's syntax trees, docstrings left out: a change of what the code does reruns the
+    stages on --resume (the package's version number did not move with it); a change of layout, comments or
+    docstrings does not."""
+    import ast
+
+    package = package or Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for name in names:
+        for path in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):  # docstrings are not behaviour
+                body = getattr(node, "body", None)
+                if (
+                    isinstance(body, list)
+                    and body
+                    and isinstance(body[0], ast.Expr)
+                    and isinstance(getattr(body[0], "value", None), ast.Constant)
+                    and isinstance(body[0].value.value, str)
+                ):
+                    body[0].value.value = ""
+            digest.update(f"{path.relative_to(package)}\n{ast.dump(tree)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def library_versions() -> dict[str, str]:
-    """The package and the libraries whose code computes every stage's numbers."""
+    """The package (its version and its computing code) and the libraries whose code computes every stage's numbers."""
     import accelerate
     import peft
     import torch
@@ -64,11 +99,19 @@ def library_versions() -> dict[str, str]:
 
     return {
         "hyperfitting": __version__,
+        "hyperfitting code": code_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
         "accelerate": accelerate.__version__,
     }
+
+
+def model_inputs(config: RunConfig) -> tuple[Path, ...]:
+    """The files of the base model every stage but the data stage loads: model.name's, and model.adapter's contents."""
+    from hyperfitting.models.loading import adapter_folder
+
+    return model_files(config.model.name) + ((adapter_folder(config.model.adapter),) if config.model.adapter else ())
 
 
 def model_files(name: str) -> tuple[Path, ...]:
@@ -85,10 +128,10 @@ def model_files(name: str) -> tuple[Path, ...]:
 
 
 # Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4):
-# only
-# their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
-# each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings).
-# The analyses' weights are their registry entries' (hyperfitting.registry).
+# only their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
+# each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings). The
+# analyses' weights are their registry entries' (hyperfitting.registry).
+# retention: the preset before it left it out
 STAGE_WEIGHTS = {
     "data": 4,
     "base": 26,
@@ -99,7 +142,7 @@ STAGE_WEIGHTS = {
     "quality": 120,
     "baselines": 82,
     "retention": 33,
-}  # retention: the preset before it left it out
+}
 # The quick preset's shape, to which the weights belong: prompts x new tokens decoded, blocks x tokens trained,
 # decoding baselines, controls.
 _QUICK_DECODED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 64 * 128, 8, 2
@@ -172,9 +215,8 @@ class StageGraph:
         inputs.update({f"file {path}": content_hash(path) for path in spec.files})
         inputs.update({f"version {library}": version for library, version in library_versions().items()})
         inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
-        if (
-            name != "data"
-        ):  # what model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another
+        # What model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another.
+        if name != "data":
             from hyperfitting.precision import resolve_precision
 
             inputs["precision"] = resolve_precision(spec.config.model.precision).label
@@ -279,6 +321,18 @@ def _describe_change(key: str, before: str | None, now: str | None) -> str:
 # A stage's config is its own (dataclasses.replace, not config.replace): the seed of a replicate, the rate of the full
 # fine-tune are values its stage reads from its config, recorded as such.
 replace = dataclasses.replace
+
+
+def current_stages(run_dir: Path) -> StageGraph | None:
+    """The study graph of a run folder's own config: the stages whose folders the report may read (a folder of a stage
+    the config no longer has holds another study's numbers). None where the config cannot be read as a study's."""
+    from hyperfitting.config import load_config
+    from hyperfitting.errors import HyperfitError
+
+    try:
+        return study_graph(load_config(Path(run_dir) / "config.yaml"), Path(run_dir))
+    except (HyperfitError, OSError, KeyError):
+        return None
 
 
 def replicate_config(config: RunConfig, replicate: int) -> RunConfig:
@@ -414,7 +468,8 @@ def data_spec(config: RunConfig) -> StageSpec:
         config,
         sections=("data",),
         files=files + model_files(config.model.name),
-        values={"model.name": config.model.name},
+        # The tokenizer: model.name's, and trust_remote_code can choose another tokenizer class.
+        values={"model.name": config.model.name, "model.trust_remote_code": config.model.trust_remote_code},
     )
 
 
@@ -423,7 +478,6 @@ def evaluation_spec(
 ) -> StageSpec:
     """Continuations of the base model, or (a parent `train{suffix}` stage) of the model it trained, scored against the
     base model (``scorer="plain"``: model.name without model.adapter, for `hyperfit evaluate` of an adapter)."""
-    files = (Path(config.model.adapter),) if config.model.adapter else ()
     trained = next((parent.removeprefix("train") for parent in parents if parent.startswith("train")), None)
     return StageSpec(
         name,
@@ -432,7 +486,7 @@ def evaluation_spec(
         sections=("model",),
         parents=("data", *parents),
         values=_values(config, config.decoding_keys()),
-        files=model_files(config.model.name) + files,
+        files=model_inputs(config),
         kind="evaluation",
         args={"trained": trained, "scorer": scorer},
     )
@@ -446,7 +500,7 @@ def training_spec(name: str, config: RunConfig) -> StageSpec:
         config,
         sections=("model",),
         parents=("data",),
-        files=model_files(config.model.name),
+        files=model_inputs(config),
         kind="train",
         values=_values(config, training_keys(config)),
     )
@@ -455,13 +509,12 @@ def training_spec(name: str, config: RunConfig) -> StageSpec:
 def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: str | None) -> StageSpec:
     """An analysis of the model trained by ``train_stage``, or (``None``) of the model at analysis.hyperfitted."""
     entry = get_analysis(analysis)
-    files = model_files(config.model.name) + entry.source_files()
+    files = model_inputs(config) + entry.source_files()
     if train_stage is None and config.analysis.hyperfitted:
         files += (Path(config.analysis.hyperfitted),)
     sections, keys = _split_reads(entry.read_keys(config))
-    if (
-        "analysis" in sections
-    ):  # a plug-in that does not say what it reads: the section whole, but the analysed model's path
+    # a plug-in that does not say what it reads: the section whole, but the analysed model's path
+    if "analysis" in sections:
         sections, keys = tuple(s for s in sections if s != "analysis"), keys + _analysis_keys(config)
     return StageSpec(
         analysis_stage_name(analysis, suffix),
@@ -479,7 +532,6 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
 def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
     """The model decoded by every method of baselines.methods (its greedy row read from a parent `base` stage, if
     any)."""
-    files = (Path(config.model.adapter),) if config.model.adapter else ()
     # Every method starts from generate's length, batch and decoder (generation/baselines.py: decoding_args) and sets
     # the rest.
     keys = (
@@ -498,7 +550,7 @@ def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
         config,
         sections=("model", "baselines"),
         parents=parents,
-        files=model_files(config.model.name) + files,
+        files=model_inputs(config),
         values=_values(config, keys),
     )
 
@@ -512,7 +564,7 @@ def retention_spec(config: RunConfig) -> StageSpec:
         config,
         sections=("model",),
         parents=("data", "train"),
-        files=model_files(config.model.name),
+        files=model_inputs(config),
         values={"study.retention_tasks": list(config.study.retention_tasks)},
     )
 
@@ -560,7 +612,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
                 config,
                 sections=("model",),
                 parents=("data", *reused),
-                files=model_files(config.model.name),
+                files=model_inputs(config),
                 values=_values(config, control_training_keys(config) + controls_reads(config) + analysis_paths(config)),
             )
         )
@@ -581,7 +633,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             sections=("model",),
             parents=("data", *decoded, *judged),
             values=_values(config, QUALITY_READS),
-            files=model_files(config.model.name) + (model_files(judge) if judge else ()),
+            files=model_inputs(config) + (model_files(judge) if judge else ()),
         )
     )
     if config.study.retention:

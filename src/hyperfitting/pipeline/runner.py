@@ -231,9 +231,8 @@ def run_graph(graph: StageGraph, shared: Shared | None = None) -> dict[str, Any]
         if spec.kind != "analysis":
             # a model's analyses are over: its paths must not sit beside the next training, the controls or the judge
             shared.release_analysed()
-        with (
-            reading() as reads
-        ):  # which config keys the stage reads: its fingerprint must cover each (tests/test_fingerprints.py)
+        # which config keys the stage reads: its fingerprint must cover each (tests/test_fingerprints.py)
+        with reading() as reads:
             outputs[name] = RUNNERS[spec.kind](spec, shared)
         graph.reads[name] = reads
     return outputs

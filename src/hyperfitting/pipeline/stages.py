@@ -190,9 +190,10 @@ def training_stage(graph: StageGraph, name: str, data: PreparedData, tokenizer, 
         on_epoch = None
         if trackers:
             trackers.live.add(name)
+            # noqa: E731
             on_epoch = lambda row: trackers.log(
                 {name: {k: v for k, v in row.items() if k != "epoch"}}, step=int(row["epoch"])
-            )  # noqa: E731
+            )
         result = hyperfit(
             model,
             data.train_blocks,
@@ -320,9 +321,8 @@ def quality_stage(graph: StageGraph, data: PreparedData, base_model, tokenizer) 
             "samples": 0,
             "judge": judge_quality(config, data, tokenizer, generations, frontiers, baselines),
         }
-        steps = {
-            "judge": time.perf_counter() - clock
-        }  # the stage's own profile: which of its three parts takes the time
+        # the stage's own profile: which of its three parts takes the time
+        steps = {"judge": time.perf_counter() - clock}
         clock = time.perf_counter()
         if config.study.mauve:
             # the human texts and the greedy paths recur across the MAUVE rows: each is featurised once

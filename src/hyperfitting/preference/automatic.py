@@ -37,9 +37,8 @@ def automatic_judgements(run_dir: Path, judge: str | None = None) -> tuple[list[
     judgements = []
     for task in tasks:
         a, b = nll[(task["prompt"], task["a"])], nll[(task["prompt"], task["b"])]
-        choice = (
-            "equal" if a == b or a != a or b != b else "A" if a < b else "B"
-        )  # lower NLL = higher mean log-probability
+        # lower NLL = higher mean log-probability
+        choice = "equal" if a == b or a != a or b != b else "A" if a < b else "B"
         judgements.append(
             {"export_id": task["export_id"], "task_id": task["task_id"], "rater": f"automatic:{name}", "choice": choice}
         )

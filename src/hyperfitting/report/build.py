@@ -21,6 +21,7 @@ from hyperfitting.layout import FULL, RunFolder
 from hyperfitting.registry import BUILT_IN_NAMES, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.forest import plot_claims
+from hyperfitting.pipeline.graph import current_stages
 from hyperfitting.report.generation import generation_table
 from hyperfitting.claims import INCONCLUSIVE, NOT_RUN, Evidence, claim_specs, decide_claims, with_holm
 from hyperfitting.rundir import read_json, write_json, write_text
@@ -101,6 +102,24 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
     ttrs = [r["ttr"] for r in probed]
     pearson = float(np.corrcoef(delta, ttrs)[0, 1]) if np.std(delta) > 0 and np.std(ttrs) > 0 else None
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
+
+
+def stale_stages_note(graph, run: RunFolder, run_dir: Path) -> list[str]:
+    """Stages finished with other inputs than the run's config and code have now (the config was edited, the code or a
+    library changed, and the report rebuilt without --resume): said at the top, since their numbers are shown."""
+    if graph is None:
+        return []
+    stale = [name for name in graph.names if run.stage(name).done and run.stage(name).record.get("fingerprint") !=
+             graph.fingerprint(name)]  # fmt: skip
+    if not stale:
+        return []
+    return [
+        f"**{len(stale)} of {len(graph.names)} stages were finished with other inputs than this run's config and code "
+        f"have now** ({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}): their numbers are shown as they were "
+        f"computed; `hyperfit study {run_dir / 'config.yaml'} run_dir={run_dir} --resume` reruns them "
+        "(`--dry-run` says why each would).",
+        "",
+    ]
 
 
 def text(words: str) -> str:
@@ -458,12 +477,14 @@ def build_report(run_dir: Path) -> dict:
     """Decide the claims from a finished run folder and write report.md, report.html and the claims into
     metrics.json."""
     run_dir = Path(run_dir)
-    run = RunFolder(run_dir)
+    graph = current_stages(run_dir)
+    run = RunFolder(
+        run_dir, graph.names if graph is not None else None
+    )  # another config's stage folders read as not run
     study = run.metrics
     config = run.config
-    load_config(
-        run_dir / "config.yaml"
-    )  # checked as a run would check it: study.plugins are imported, their analyses known
+    # checked as a run would check it: study.plugins are imported, their analyses known
+    load_config(run_dir / "config.yaml")
     evidence = Evidence.of_run(run_dir)
     per_replicate = evidence.analyses  # per analysis the study ran (built in or registered), every replicate's results
     analyses = {name: results[0] if results else None for name, results in per_replicate.items()}
@@ -483,6 +504,7 @@ def build_report(run_dir: Path) -> dict:
     device_peaks = {name: {key: record[key] for key in measured if key in record} for name, record in done.items()}
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
+    md += stale_stages_note(graph, run, run_dir)
     calibration = study_calibration(run_dir)
     claims = with_calibration(claims, calibration)
     plot_claims(claims, figures / "claims.png")
@@ -637,9 +659,8 @@ def build_report(run_dir: Path) -> dict:
         for k, v in timings.items()
     ]
     steps = (quality or {}).get("step_seconds", {})
-    md += [
-        f"| &nbsp;&nbsp;quality: {step} | {seconds:.0f} | | | |" for step, seconds in steps.items()
-    ]  # the quality stage's parts
+    # the quality stage's parts
+    md += [f"| &nbsp;&nbsp;quality: {step} | {seconds:.0f} | | | |" for step, seconds in steps.items()]
     env = study["environment"]
     precision = study.get("precision")
     if precision:

@@ -101,8 +101,7 @@ def _stressed(simulate: Callable, **changes) -> Callable:
 
 
 # The t-interval rules again, on skewed per-prompt differences (10% of prompts loop): the main table's worlds are
-# normal,
-# the noise the t interval assumes; these rows say how much that assumption carries at the study's size.
+# normal, the noise the t interval assumes; these rows say how much that assumption carries at the study's size.
 STRESSED_RULES: dict[str, tuple[Callable, Truths]] = {
     f"1, {LOOPING_PROMPTS:.0%} of prompts loop": (
         _stressed(world_temperature, loop_share=LOOPING_PROMPTS),

@@ -31,9 +31,8 @@ def continuation_features(
     if memo is not None and key in memo:
         return memo[key]
     device = next(model.parameters()).device
-    head = (
-        {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
-    )  # the features are states: skip the head's logits
+    # the features are states: skip the head's logits
+    head = {"logits_to_keep": 1} if accepts(model, "logits_to_keep") else {}
     features = []
     for start in range(0, len(prompts), batch_size):
         rows = [
@@ -106,9 +105,8 @@ def judge_log_perplexities(
 
     from hyperfitting.distributed import process_state
 
-    contexts = [
-        judge_tokenizer(prompt)["input_ids"] for prompt in prompts
-    ]  # with the judge's own leading tokens (Gemma's <bos>)
+    # with the judge's own leading tokens (Gemma's <bos>)
+    contexts = [judge_tokenizer(prompt)["input_ids"] for prompt in prompts]
     targets = [judge_tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
     scored = [i for i, target in enumerate(targets) if target]
     values = [float("nan")] * len(prompts)

@@ -256,9 +256,8 @@ def _hyperfit(
         row = measure(epoch, train_loss, seconds, len(train_blocks) * train_blocks.shape[1])
         log.append(row)
         say(_format_row(row))
-        diverged = divergence(
-            log, args.diverge_factor, args.diverge_patience
-        )  # from reduced values: the same on every process
+        # from reduced values: the same on every process
+        diverged = divergence(log, args.diverge_factor, args.diverge_patience)
         if (
             not diverged
             and reached_target(log, args.until_loss)
@@ -436,9 +435,8 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
             run.optimizer.zero_grad()
         losses.append(loss.detach())
         bad |= ~torch.isfinite(losses[-1])
-        if step % PROGRESS_EVERY == 0 or step == len(
-            batches
-        ):  # the only reads inside the epoch: every process has as many steps
+        # the only reads inside the epoch: every process has as many steps
+        if step % PROGRESS_EVERY == 0 or step == len(batches):
             _stop_if_diverged(run, bad, losses, epoch)
             elapsed = time.perf_counter() - started
             bar.set_postfix(
@@ -547,9 +545,8 @@ def reached_target(log: list[dict], until_loss: float | None) -> bool:
 
 def _format_row(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}", f"train loss {row['train_loss']:.4f}"]
-    if (
-        row.get("heldout_loss") is not None and row["heldout_loss"] == row["heldout_loss"]
-    ):  # epochs that skip it say nothing of it
+    # epochs that skip it say nothing of it
+    if row.get("heldout_loss") is not None and row["heldout_loss"] == row["heldout_loss"]:
         parts.append(f"held-out loss {row['heldout_loss']:.4f}")
     if row.get("tokens_per_second"):
         parts.append(f"{row['tokens_per_second']:.0f} tok/s")

@@ -135,9 +135,8 @@ class Sharded(Replicated):
         if int(any_on_meta):
             broadcast_weights(model, weights, on_meta, self.accelerator.device)
         optimizer = make_optimizer(model)
-        optimizer = self.accelerator.prepare(
-            optimizer
-        )  # FSDP reduces the gradients itself; accelerate only handles accumulation
+        # FSDP reduces the gradients itself; accelerate only handles accumulation
+        optimizer = self.accelerator.prepare(optimizer)
         return model, optimizer, model, getattr(optimizer, "optimizer", optimizer)
 
     def trainable_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
