@@ -66,16 +66,18 @@ def test_progress_lines_leave_out_a_held_out_loss_not_measured():
 
 
 def test_a_stage_the_config_no_longer_has_reads_as_not_run(tmp_path):
-    """The report decides from the stages of the run's own config: a controls folder left from a study that had
-    controls, or a replicate beyond study.replicates, holds another study's numbers."""
+    """The report decides from the stages the study had (metrics.json records them): a controls folder left from a
+    study that had controls, or a replicate beyond study.replicates, holds another study's numbers."""
     import json
 
     from hyperfitting.claims.evidence import Evidence
     from hyperfitting.config import dump_config, load_config
+    from hyperfitting.pipeline.graph import study_graph
 
     def folder_with(*overrides):
         config = load_config("configs/quick.yaml", [f"run_dir={tmp_path}", *overrides])
         (tmp_path / "config.yaml").write_text(dump_config(config))
+        (tmp_path / "metrics.json").write_text(json.dumps({"stages": study_graph(config, tmp_path).names}))
         for stage in ("controls", "analysis-ranks-r1"):
             (tmp_path / stage).mkdir(exist_ok=True)
             (tmp_path / stage / "results.json").write_text(json.dumps({"placements": {}}))

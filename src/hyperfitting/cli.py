@@ -272,7 +272,7 @@ def report(run_dir):
 
     if not (Path(run_dir) / "metrics.json").exists():
         raise HyperfitError(f"'{run_dir}' has no metrics.json: finish the study first (hyperfit study ... --resume).")
-    study = build_report(Path(run_dir))
+    study = build_report(Path(run_dir), stale_stages(Path(run_dir)))
     for claim in study["claims"]:
         print(f"{claim['number']}. {claim['name']}: {claim['verdict']}{holm_note(claim)}: {claim['reason']}")
     print(f"Report: {Path(run_dir) / 'report.html'}")
@@ -498,8 +498,21 @@ def _rebuild_report(run_dir: Path) -> None:
     if (run_dir / "metrics.json").exists():
         from hyperfitting.report.build import build_report
 
-        build_report(run_dir)
+        build_report(run_dir, stale_stages(run_dir))
         print(f"Report rebuilt: {run_dir / 'report.html'}")
+
+
+def stale_stages(run_dir: Path) -> list[str]:
+    """The stages of a run folder finished with other inputs than its config and this code have now: the report,
+    rebuilt without --resume, says so at its top."""
+    from hyperfitting.layout import RunFolder
+    from hyperfitting.pipeline.graph import current_stages
+
+    graph, run = current_stages(run_dir), RunFolder(run_dir)
+    if graph is None:
+        return []
+    return [name for name in graph.names if run.stage(name).done and run.stage(name).record.get("fingerprint") !=
+            graph.fingerprint(name)]  # fmt: skip
 
 
 @cli.command(name="list")

@@ -87,9 +87,11 @@ class RunFolder:
     """Typed access to a run folder: `RunFolder(path).analysis("ranks", replicate=1).results`."""
 
     def __init__(self, path: str | Path, stages: Iterable[str] | None = None):
-        """``stages``: the stages the run's config has (pipeline/graph.py: study_graph); any other folder reads as never
-        run. None: every folder is read."""
+        """``stages``: the stages the study has (the study records them in metrics.json as it ends, by default); any
+        other folder reads as never run. None where nothing recorded them (an older folder): every folder is read."""
         self.path = Path(path)
+        if stages is None:
+            stages = (_read(self.path / METRICS) or {}).get("stages")
         self.stages = None if stages is None else frozenset(stages)
 
     def stage(self, name: str) -> StageOutputs:

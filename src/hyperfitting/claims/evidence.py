@@ -32,11 +32,9 @@ class Evidence:
         """A finished (or partly finished) study folder's evidence: its hyperfitted replicates, or with
         ``full_finetune`` its fully fine-tuned model (no control arms: those belong to the main recipe)."""
         from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
-        from hyperfitting.pipeline.graph import current_stages
         from hyperfitting.registry import analysis_names
 
-        graph = current_stages(run_dir)  # a stage the config no longer has reads as not run
-        run = RunFolder(run_dir, graph.names if graph is not None else None)
+        run = RunFolder(run_dir)  # a folder of a stage the study does not have reads as not run
         config, study = run.config, run.metrics or {}
         studied = [name for name in dict.fromkeys(config["study"]["analyses"]) if name in analysis_names()]
         frontier = ((run.stage("quality").results or {}).get("judge") or {}).get("frontier", {})

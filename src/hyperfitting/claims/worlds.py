@@ -91,13 +91,13 @@ class Spreads:
                 paired_sd=float(np.std(tuned - at_t, ddof=1)),
             )
             seen.append("per-prompt spreads from analysis-temperature")
-            from hyperfitting.pipeline.graph import current_stages
+            from hyperfitting.layout import RunFolder
 
-            graph = current_stages(run_dir)  # replicates beyond the config's study.replicates belong to another study
+            stages = RunFolder(run_dir).stages  # replicates the study does not have belong to another study
             replicate_files = sorted(
                 path
                 for path in Path(run_dir).glob("analysis-temperature-r*/results.json")
-                if graph is None or path.parent.name in graph
+                if stages is None or path.parent.name in stages
             )
             if replicate_files:
                 effects = [

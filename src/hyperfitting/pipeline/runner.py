@@ -295,6 +295,7 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
         "metrics": {"base": base, "hyperfitted": tuned, **({BLOCKED: blocked} if blocked else {})},
         "data": {**data.manifest, "fingerprint": data.fingerprint},
         "environment": environment,
+        "stages": graph.names,  # the report reads these stages' folders alone (another config's are not this study's)
         "precision": precision.as_dict(),
         "wall_seconds": time.perf_counter() - started,
     }

@@ -21,7 +21,6 @@ from hyperfitting.layout import FULL, RunFolder
 from hyperfitting.registry import BUILT_IN_NAMES, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.forest import plot_claims
-from hyperfitting.pipeline.graph import current_stages
 from hyperfitting.report.generation import generation_table
 from hyperfitting.claims import INCONCLUSIVE, NOT_RUN, Evidence, claim_specs, decide_claims, with_holm
 from hyperfitting.rundir import read_json, write_json, write_text
@@ -104,20 +103,16 @@ def expansion_dynamics(log: list[dict]) -> dict | None:
     return {"epochs": len(probed), "first": delta[0], "last": delta[-1], "pearson_ttr": pearson}
 
 
-def stale_stages_note(graph, run: RunFolder, run_dir: Path) -> list[str]:
+def stale_stages_note(stale: list[str], run_dir: Path) -> list[str]:
     """Stages finished with other inputs than the run's config and code have now (the config was edited, the code or a
-    library changed, and the report rebuilt without --resume): said at the top, since their numbers are shown."""
-    if graph is None:
-        return []
-    stale = [name for name in graph.names if run.stage(name).done and run.stage(name).record.get("fingerprint") !=
-             graph.fingerprint(name)]  # fmt: skip
+    library changed, and the report rebuilt without --resume; `hyperfit report` finds them): said at the top, since
+    their numbers are shown."""
     if not stale:
         return []
     return [
-        f"**{len(stale)} of {len(graph.names)} stages were finished with other inputs than this run's config and code "
-        f"have now** ({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}): their numbers are shown as they were "
-        f"computed; `hyperfit study {run_dir / 'config.yaml'} run_dir={run_dir} --resume` reruns them "
-        "(`--dry-run` says why each would).",
+        f"**{len(stale)} stages were finished with other inputs than this run's config and code have now** "
+        f"({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}): their numbers are shown as they were computed; "
+        f"`hyperfit study {run_dir / 'config.yaml'} run_dir={run_dir} --resume` reruns them (`--dry-run` says why).",
         "",
     ]
 
@@ -473,14 +468,11 @@ def _figure(run_dir: Path, folder: Path, figure: str | None, alt: str) -> str:
     return _image(run_dir, (folder / figure).relative_to(run_dir).as_posix(), alt) if figure else ""
 
 
-def build_report(run_dir: Path) -> dict:
+def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
     """Decide the claims from a finished run folder and write report.md, report.html and the claims into
     metrics.json."""
     run_dir = Path(run_dir)
-    graph = current_stages(run_dir)
-    run = RunFolder(
-        run_dir, graph.names if graph is not None else None
-    )  # another config's stage folders read as not run
+    run = RunFolder(run_dir)  # the folder of a stage the study does not have reads as not run
     study = run.metrics
     config = run.config
     # checked as a run would check it: study.plugins are imported, their analyses known
@@ -504,7 +496,7 @@ def build_report(run_dir: Path) -> dict:
     device_peaks = {name: {key: record[key] for key in measured if key in record} for name, record in done.items()}
 
     md = [f"# Does hyperfitting hold here? {config['model']['name']} on {config['data']['corpus']}", ""]
-    md += stale_stages_note(graph, run, run_dir)
+    md += stale_stages_note(stale or [], run_dir)
     calibration = study_calibration(run_dir)
     claims = with_calibration(claims, calibration)
     plot_claims(claims, figures / "claims.png")
