@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +24,65 @@ def matmul_peak_gflops(dtype=torch.float32, size: int = 2048, seconds: float = 1
     return matmul_gflops(dtype, torch.device("cpu"), size=size, seconds=seconds)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def machine_record() -> str:
+    """The machine in words, for a result file: CPU model, cores, threads, torch (or the GPU when one is used)."""
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    described = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        described = f"{torch.cuda.get_device_name()}, {described}"
+    return described
+
+
+def commit() -> str:
+    """The checkout's commit, "+changes" when the source or the benchmarks differ from it."""
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks", "configs").strip()
+    return head + ("+changes" if changed else "")
+
+
+def record(name: str, title: str, columns: list[str], rows: list[list], findings: list[str], **raw) -> Path:
+    """Write benchmarks/results/NAME.json: the table, what it shows (computed sentences), the command, commit, date
+    and machine. tools/benchmarks_md.py renders BENCHMARKS.md from these files; ``raw`` keeps the unrounded
+    numbers."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    script = Path(sys.argv[0]).resolve()
+    result = {
+        "title": title,
+        "script": str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else script.name,
+        "command": ".venv/bin/python " + shlex.join([str(Path(sys.argv[0])), *sys.argv[1:]]),
+        "commit": commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine_record(),
+        "columns": columns,
+        "rows": rows,
+        "findings": findings,
+        "raw": raw,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"Recorded {path}; regenerate BENCHMARKS.md with .venv/bin/python tools/benchmarks_md.py")
+    return path
 
 
 def load_embedded():

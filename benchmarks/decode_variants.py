@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, timed  # noqa: E402
+from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, record, timed  # noqa: E402
 
 from hyperfitting.config import GenerateArgs  # noqa: E402
 from hyperfitting.generation.decoding import generate, generate_variants  # noqa: E402
@@ -55,6 +55,25 @@ def main():
     print(
         f"together / apart: {apart_seconds / together_seconds:.2f}x; identical continuations "
         f"{same}/{len(prompts) * len(settings)}"
+    )
+    record(
+        "decode-variants",
+        "Settings decoded together: one wide batch against one batch per setting",
+        ["path", "seconds", "tokens/s", "share of the fp32 compute bound"],
+        [
+            [
+                name,
+                round(seconds, 1),
+                round(tokens / seconds, 1),
+                f"{tokens / seconds * flops_per_token / 1e9 / peak:.1%}",
+            ]
+            for name, seconds in (("one batch per setting", apart_seconds), ("settings in one batch", together_seconds))
+        ],
+        [
+            f"{len(prompts)} prompts x {len(settings)} settings x {NEW_TOKENS} new tokens: together "
+            f"{apart_seconds / together_seconds:.2f}x apart; identical continuations "
+            f"{same}/{len(prompts) * len(settings)}."
+        ],
     )
 
 

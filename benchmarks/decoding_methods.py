@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from common import load_embedded, machine  # noqa: E402
+from common import load_embedded, machine, record  # noqa: E402
 
 from hyperfitting.config import BASELINE_METHODS, load_config  # noqa: E402
 from hyperfitting.data.splits import prepare_data  # noqa: E402
@@ -45,6 +45,7 @@ def main():
         speed = decoded.tokens_per_second
         print(f"{name:<20} {decoded.method.settings:<62} {speed:9.1f} {speed / greedy:9.2f}x")
     print("\nmethods of one kind in one wide batch against one by one (best of 2 interleaved runs):")
+    grouped = []
     for group in (g for g in decoding_groups(BASELINE_METHODS) if len(g) > 1):
         alone_seconds, together_seconds = [], []
         for _ in range(2):
@@ -67,6 +68,33 @@ def main():
             f"{', '.join(group)}: one by one {min(alone_seconds):.1f} s, together {min(together_seconds):.1f} s: "
             f"{min(alone_seconds) / min(together_seconds):.2f}x; continuations that differ {differ:.1%}"
         )
+        grouped.append(
+            [
+                ", ".join(group),
+                round(min(alone_seconds), 1),
+                round(min(together_seconds), 1),
+                f"{min(alone_seconds) / min(together_seconds):.2f}x",
+                f"{differ:.1%}",
+            ]
+        )
+    record(
+        "decoding-methods",
+        "What each decoding baseline costs",
+        ["method", "settings", "tokens/s", "vs greedy"],
+        [
+            [name, d.method.settings, round(d.tokens_per_second, 1), f"{d.tokens_per_second / greedy:.2f}x"]
+            for name, d in timings.items()
+        ],
+        [
+            f"{len(prompts)} prompts x {config.generate.max_new_tokens} new tokens; sampled methods x "
+            f"{config.baselines.seeds} seed(s), in the same process.",
+            *(
+                f"{names} decoded together (`decode_group`): {alone} s one by one, {together} s together, {ratio}; "
+                f"continuations that differ {differ}."
+                for names, alone, together, ratio, differ in grouped
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

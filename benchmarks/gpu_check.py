@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import forward_flops_per_token  # noqa: E402  (also puts src/ on the path)
+from common import commit, forward_flops_per_token  # noqa: E402  (also puts src/ on the path)
 
 from hyperfitting.config import load_config  # noqa: E402
 from hyperfitting.generation.decoding import decode_batch  # noqa: E402
@@ -391,6 +391,12 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "batch": [sizes.batch, sizes.seq],
         "shapes": {},
+        # what tools/benchmarks_md.py names beside the table
+        "environment": {
+            "command": "python " + " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
+            "commit": commit(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        },
     }
     import transformers
 

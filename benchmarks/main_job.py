@@ -1,30 +1,75 @@
-"""Benchmark 4: wall time and peak memory of each stage of a finished study (default: runs/quick).
+"""The main job: wall time and peak memory of each stage of a finished study, from its run folder.
 
-.venv/bin/hyperfit study configs/quick.yaml      # or make run
-.venv/bin/python benchmarks/main_job.py runs/quick
+    .venv/bin/hyperfit study configs/quick.yaml                          # or make run
+    .venv/bin/python benchmarks/main_job.py runs/quick [--name main-job-quick]
+
+It reads what the study recorded (metrics.json: the stages, their seconds and peak memory; the command, date and
+commit it ran with) and, with --name, records the table in benchmarks/results/NAME.json for BENCHMARKS.md. Run the
+study alone: two heavy jobs on this machine's two cores slow each other several-fold.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
+from common import record  # noqa: E402
 
-def main(run_dir: str = "runs/quick") -> None:
+
+def stage_rows(run_dir: Path) -> tuple[list[list], dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    profile = metrics.get("stage_profile") or {}
     rows = []
-    for done in sorted(Path(run_dir).glob("*/stage-done.json"), key=lambda p: p.stat().st_mtime):
-        record = json.loads(done.read_text())
-        rows.append((done.parent.name, record["wall_seconds"], record.get("process_peak_memory_mib")))
-    if not rows:
-        sys.exit(f"No finished stages in {run_dir}: run the study first.")
-    total = sum(seconds for _, seconds, _ in rows)
-    print("| stage | wall time (s) | share | process peak memory so far (MiB) |\n|---|---|---|---|")
-    for name, seconds, peak in rows:
-        print(f"| {name} | {seconds:.0f} | {seconds / total:.0%} | {peak if peak is not None else '-'} |")
+    for stage in metrics.get("stages") or list(profile):
+        if stage not in profile:
+            continue
+        seconds, peak = profile[stage]["seconds"], profile[stage].get("process_peak_memory_mib")
+        steps = profile[stage].get("step_seconds") or {}
+        detail = ", ".join(f"{name} {value:.0f} s" for name, value in steps.items() if value >= 0.5)
+        rows.append([stage, round(seconds), None, peak, detail or None])
+    total = sum(row[1] for row in rows)
+    for row in rows:
+        row[2] = f"{row[1] / total:.0%}" if total else "-"
+    return rows, metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", nargs="?", default="runs/quick", type=Path)
+    parser.add_argument("--name", default=None, help="record the table as benchmarks/results/NAME.json")
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "metrics.json").exists():
+        sys.exit(f"No finished study in {args.run_dir} (no metrics.json): run the study first.")
+    rows, metrics = stage_rows(args.run_dir)
+    total = sum(row[1] for row in rows)
+    environment = metrics.get("environment", {})
+    wall = metrics.get("wall_seconds")
+    print("| stage | seconds | share | process peak memory (MiB) | steps |\n|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join("-" if value is None else str(value) for value in row) + " |")
     slowest = max(rows, key=lambda row: row[1])
-    print(f"| total | {total:.0f} ({total / 60:.1f} min) | | |\n\nSlowest stage: {slowest[0]} ({slowest[1]:.0f} s).")
+    findings = [
+        f"Stages {total} s ({total / 60:.1f} min); the last invocation's wall time {wall:.0f} s ({wall / 60:.1f} min)."
+        if wall
+        else f"Stages {total} s ({total / 60:.1f} min).",
+        f"Slowest stage: {slowest[0]} ({slowest[1]} s, {slowest[2]}).",
+        f"The study ran as `{environment.get('command')}` at commit {environment.get('commit')}, "
+        f"{environment.get('date')}, {environment.get('threads')} threads.",
+    ]
+    print("\n".join(findings))
+    if args.name:
+        record(
+            args.name,
+            f"The main job: {args.run_dir.name} stage by stage",
+            ["stage", "seconds", "share", "process peak memory (MiB)", "steps"],
+            rows,
+            findings,
+            wall_seconds=wall,
+            environment=environment,
+        )
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

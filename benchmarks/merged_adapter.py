@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from common import load_embedded, machine, timed  # noqa: E402
+from common import load_embedded, machine, record, timed  # noqa: E402
 
 from hyperfitting.config import GenerateArgs, load_config  # noqa: E402
 from hyperfitting.data.splits import prepare_data  # noqa: E402
@@ -50,6 +50,19 @@ def main():
     print(f"adapter kept apart (PEFT):   {tokens / slow_seconds:7.1f} tokens/s")
     print(f"adapter merged into weights: {tokens / fast_seconds:7.1f} tokens/s  ({slow_seconds / fast_seconds:.2f}x)")
     print(f"identical greedy continuations: {same} of {len(prompts)} (the rest part at a float-rounding tie)")
+    record(
+        "merged-adapter",
+        "Decoding a Late-Stage LoRA model: adapter merged into the weights against kept apart",
+        ["path", "seconds", "tokens/s"],
+        [
+            ["adapter kept apart (PEFT)", round(slow_seconds, 1), round(tokens / slow_seconds, 1)],
+            ["adapter merged into the weights", round(fast_seconds, 1), round(tokens / fast_seconds, 1)],
+        ],
+        [
+            f"{len(prompts)} prompts x {NEW_TOKENS} new tokens, one batch: merged {slow_seconds / fast_seconds:.2f}x; "
+            f"identical greedy continuations {same} of {len(prompts)}."
+        ],
+    )
 
 
 if __name__ == "__main__":

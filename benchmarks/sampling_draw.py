@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, timed  # noqa: E402
+from common import forward_flops_per_token, load_embedded, machine, matmul_peak_gflops, quick_data, record, timed  # noqa: E402
 
 import hyperfitting.generation.decoding as decoding  # noqa: E402
 from hyperfitting.config import GenerateArgs  # noqa: E402
@@ -80,6 +80,22 @@ def main():
     print(
         f"batched draw / multinomial per row: {multinomial_seconds / draw_seconds:.2f}x; "
         f"sampled / greedy: {greedy_seconds / draw_seconds:.2f} of the greedy rate"
+    )
+    rows = (
+        ("greedy (the ceiling)", greedy_seconds),
+        ("sampled, batched draw", draw_seconds),
+        ("sampled, multinomial per row", multinomial_seconds),
+    )
+    record(
+        "sampling-draw",
+        "The sampling draw: one batched inverse-CDF search against `torch.multinomial` row by row",
+        ["path", "tokens/s", "share of the fp32 compute bound"],
+        [[name, round(tokens / s, 1), f"{tokens / s * flops_per_token / 1e9 / peak:.1%}"] for name, s in rows],
+        [
+            f"{len(prompts)} rows x {NEW_TOKENS} new tokens at temperature 1, best of {ROUNDS} interleaved rounds: the "
+            f"batched draw {multinomial_seconds / draw_seconds:.2f}x the per-row one; a sampled step costs "
+            f"{greedy_seconds / draw_seconds:.2f} of a greedy one."
+        ],
     )
 
 

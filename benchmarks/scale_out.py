@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine  # noqa: E402  (puts src/ on the path)
+from common import machine, record  # noqa: E402  (puts src/ on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = [
@@ -83,6 +83,25 @@ def main():
     )
     print(f"{'one epoch (s)':28s} {one['epoch']:12.1f} {many['epoch']:14.1f} {one['epoch'] / many['epoch']:7.2f}x")
     print(f"{'training loss after 2 epochs':28s} {one['loss']:12.4f} {many['loss']:14.4f}")
+    record(
+        "scale-out",
+        "One process against several (scale-out), same cores",
+        ["", "1 process", f"{args.processes} processes", "ratio"],
+        [
+            [
+                "trunk cache build (s)",
+                round(one["cache"], 1),
+                round(many["cache"], 1),
+                f"{one['cache'] / many['cache']:.2f}x",
+            ],
+            ["one epoch (s)", round(one["epoch"], 1), round(many["epoch"], 1), f"{one['epoch'] / many['epoch']:.2f}x"],
+            ["training loss after 2 epochs", round(one["loss"], 4), round(many["loss"], 4), "-"],
+        ],
+        [
+            f"{args.threads} threads in all, split between the processes: the ratio is what splitting the same cores "
+            "costs; a speed-up needs more hardware."
+        ],
+    )
 
 
 if __name__ == "__main__":

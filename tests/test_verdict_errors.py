@@ -688,6 +688,17 @@ def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes
     )
 
 
+def test_the_calibration_gives_the_same_numbers_in_worker_processes_as_in_one():
+    # Each (rule, truth) seeds its own random numbers: split over two forked workers, every count and coverage is the
+    # one process's to the last bit, and each rule's row is what calibrate_rule gives alone.
+    design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
+    rules = ["1", "3", "4", "5"]
+    one = calibrate(design, spreads, worlds=6, rules=rules, broken=False, processes=1)
+    two = calibrate(design, spreads, worlds=6, rules=rules, broken=False, processes=2)
+    assert one == two and set(one["rules"]) == set(rules)
+    assert one["rules"]["3"] == calibrate_rule("3", design, spreads, worlds=6)
+
+
 def test_skewed_prompts_are_a_row_of_their_own_and_move_the_error_rates():
     # 10% of prompts loop: the per-prompt differences are skewed, not the normal noise a t interval assumes.
     stressed = f"1, {LOOPING_PROMPTS:.0%} of prompts loop"

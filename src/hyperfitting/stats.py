@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import special
 from scipy import stats as scipy_stats
 from scipy.optimize import brentq
 
@@ -107,13 +108,22 @@ def no_interval(value: float, units: int, why: str) -> Estimate:
     return Estimate(float(value), float(value), float(value), units, why, decisive=False)
 
 
+# Student's t and the normal through scipy.special, which scipy.stats.t and scipy.stats.norm call themselves (the same
+# floats, checked on 20,000 arguments): without scipy.stats' argument handling, 40x faster per call, and the
+# calibration makes hundreds of thousands of calls.
+def t_isf(alpha: float, df: float) -> float:
+    """scipy.stats.t.isf(alpha, df)."""
+    return float(-special.stdtrit(df, alpha))
+
+
+def t_sf(z: float, df: float) -> float:
+    """scipy.stats.t.sf(z, df), or the normal's at infinite df."""
+    return float(special.stdtr(df, -z)) if math.isfinite(df) else float(special.ndtr(-z))
+
+
 @functools.lru_cache(maxsize=4096)  # the calibration asks for the same few quantiles hundreds of thousands of times
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
-    return (
-        float(scipy_stats.t.ppf((1 + confidence) / 2, df))
-        if df < 1e6
-        else float(scipy_stats.norm.ppf((1 + confidence) / 2))
-    )
+    return float(special.stdtrit(df, (1 + confidence) / 2)) if df < 1e6 else float(special.ndtri((1 + confidence) / 2))
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -351,10 +361,7 @@ def _p_beyond(estimate: Estimate, half: float, distance: float) -> float:
         se_units = math.sqrt(max(half**2 - seed_half(estimate) ** 2, 0.0)) / t_quantile(df_units)
 
         def width(alpha: float) -> float:
-            return math.hypot(
-                scipy_stats.t.isf(alpha, df_units) * se_units,
-                scipy_stats.t.isf(alpha, estimate.seed_df) * estimate.seed_se,
-            )
+            return math.hypot(t_isf(alpha, df_units) * se_units, t_isf(alpha, estimate.seed_df) * estimate.seed_se)
 
         reach = abs(distance)
         if reach == 0:
@@ -363,7 +370,7 @@ def _p_beyond(estimate: Estimate, half: float, distance: float) -> float:
         return p if distance > 0 else 1 - p
     se = half / t_quantile(estimate.df)
     z = distance / se
-    return float(scipy_stats.t.sf(z, estimate.df)) if math.isfinite(estimate.df) else float(scipy_stats.norm.sf(z))
+    return t_sf(z, estimate.df)
 
 
 def mean(values: Sequence[float]) -> Estimate:

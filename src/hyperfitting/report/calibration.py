@@ -152,6 +152,9 @@ def _one_torch_thread():
         torch.set_num_threads(before)
 
 
+TRUTH_LABELS = ("at the margin", "wrong side", "just past", "paper size")
+
+
 def calibrate_rule(
     name: str, design: Design, spreads: Spreads, worlds: int = 200, seed: int = 0, table: dict | None = None
 ) -> dict:
@@ -161,31 +164,49 @@ def calibrate_rule(
     side and at the paper's size (the claim true: false fails). Every rate is judged against its nominal goal by a
     binomial test over the worlds (MISS_LEVEL), and coverage truth by truth."""
     with _one_torch_thread():
-        return _calibrate_rule(name, design, spreads, worlds, seed, table)
+        counted = {label: _worlds_at(name, label, design, spreads, worlds, seed, table) for label in TRUTH_LABELS}
+    return _rule_result(counted, worlds, _table(table)[name][1])
 
 
-def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, seed: int, table: dict | None) -> dict:
-    simulate, truths = (table or {**rule_worlds(), **BROKEN_RULES, **BROKEN_WITH_REPLICATES, **STRESSED_RULES})[name]
-    just_past = truths.margin + (truths.margin - truths.wrong_side)
+def _table(table: dict | None) -> dict:
+    return table or {**rule_worlds(), **BROKEN_RULES, **BROKEN_WITH_REPLICATES, **STRESSED_RULES}
+
+
+def _effect(truths: Truths, label: str) -> float:
+    return {
+        "at the margin": truths.margin,
+        "wrong side": truths.wrong_side,
+        "just past": truths.margin + (truths.margin - truths.wrong_side),
+        "paper size": truths.paper,
+    }[label]
+
+
+def _worlds_at(
+    name: str, label: str, design: Design, spreads: Spreads, worlds: int, seed: int, table: dict | None = None
+) -> tuple[dict, list[bool], float]:
+    """One rule at one truth over ``worlds`` worlds: (verdict counts, coverage of each interval, the true effect). Its
+    random numbers depend on the rule, the truth and the seed alone, so the truths can run in any order or process."""
+    simulate, truths = _table(table)[name]
+    index = {"at the margin": 0, "wrong side": 1, "paper size": 2, "just past": 3}[label]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode()), index])
+    counts = {HOLDS: 0, FAILS: 0, "inconclusive": 0}
+    truth, mine = None, []
+    for _ in range(worlds):
+        claim, truth = simulate(design, spreads, _effect(truths, label), rng)
+        counts[claim.verdict if claim.verdict in counts else "inconclusive"] += 1
+        if (c := _covers(claim, truth)) is not None:
+            mine.append(c)
+    return counts, mine, float(truth)
+
+
+def _rule_result(counted: dict[str, tuple[dict, list[bool], float]], worlds: int, truths: Truths) -> dict:
+    """A rule's error rates from its worlds at the four truths, each goal judged by its binomial test."""
     by_truth, covered, missed = {}, [], []
-    for label, effect in (
-        ("at the margin", truths.margin),
-        ("wrong side", truths.wrong_side),
-        ("just past", just_past),
-        ("paper size", truths.paper),
-    ):
-        index = {"at the margin": 0, "wrong side": 1, "paper size": 2, "just past": 3}[label]
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), index])
-        counts = {HOLDS: 0, FAILS: 0, "inconclusive": 0}
-        truth, mine = None, []
-        for _ in range(worlds):
-            claim, truth = simulate(design, spreads, effect, rng)
-            counts[claim.verdict if claim.verdict in counts else "inconclusive"] += 1
-            if (c := _covers(claim, truth)) is not None:
-                mine.append(c)
+    for label in ("at the margin", "wrong side", "just past", "paper size"):
+        counts, mine, truth = counted[label]
         covered += mine
         by_truth[label] = {
-            "effect": float(truth),
+            "effect": truth,
             **{k: v / worlds for k, v in counts.items()},
             "coverage": float(np.mean(mine)) if mine else float("nan"),
             "intervals": len(mine),
@@ -216,6 +237,22 @@ def _calibrate_rule(name: str, design: Design, spreads: Spreads, worlds: int, se
     return result
 
 
+def _worlds_in_worker(task: tuple) -> tuple[dict, list[bool], float]:
+    with _one_torch_thread():
+        return _worlds_at(*task)
+
+
+def calibration_processes(worlds: int, tasks: int) -> int:
+    """Worker processes for the calibration: one per core the study uses (torch's threads), when there is enough work
+    to pay for starting them (forked, so every registered claim comes along); one where fork does not exist."""
+    import multiprocessing
+    import torch
+
+    if worlds < 50 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
 def calibrate(
     design: Design,
     spreads: Spreads,
@@ -224,8 +261,12 @@ def calibrate(
     rules: list[str] | None = None,
     broken: bool = True,
     progress: bool = False,
+    processes: int | None = None,
 ) -> dict:
-    """Every rule's error rates at this design (and the deliberately broken rule, which must be flagged)."""
+    """Every rule's error rates at this design (and the deliberately broken rule, which must be flagged).
+
+    The (rule, truth) pairs are independent (each seeds its own random numbers), so they run in ``processes`` worker
+    processes (default: calibration_processes) and give the same numbers as in one."""
     from tqdm.auto import tqdm
 
     names = list(rules or rule_worlds())
@@ -244,8 +285,28 @@ def calibrate(
         },
         "rules": {},
     }
-    for name in tqdm(names, desc="calibrating rules", disable=not progress):
-        out["rules"][name] = calibrate_rule(name, design, spreads, worlds, seed)
+    tasks = [(name, label, design, spreads, worlds, seed) for name in names for label in TRUTH_LABELS]
+    processes = processes or calibration_processes(worlds, len(tasks))
+    bar = tqdm(total=len(tasks), desc="calibrating rules x truths", disable=not progress)
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            counted = []
+            for result in pool.imap(_worlds_in_worker, tasks):  # in the tasks' order
+                counted.append(result)
+                bar.update()
+    else:
+        counted = []
+        with _one_torch_thread():
+            for task in tasks:
+                counted.append(_worlds_at(*task))
+                bar.update()
+    bar.close()
+    table, by_task = _table(None), {task[:2]: result for task, result in zip(tasks, counted)}
+    for name in names:
+        mine = {label: by_task[name, label] for label in TRUTH_LABELS}
+        out["rules"][name] = _rule_result(mine, worlds, table[name][1])
     return out
 
 
