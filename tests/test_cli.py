@@ -194,6 +194,37 @@ def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, 
 
 
 @pytest.mark.e2e
+def test_claim_5_with_seeds_per_arm_measures_their_spread(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
+    # Two seeds per compared arm on the study's own data: lora:last's are the main run and its replicate (measured, not
+    # retrained), lora:all's are trained by the controls, the second at the rate the first one's sweep chose; claim 5
+    # pools the seeds and measures their spread instead of declaring it.
+    run_dir = tmp_path / "run"
+    args = [
+        *_study_args(tiny_model_folder, corpus, run_dir),
+        "study.analyses=[]",
+        "study.judge=null",
+        "baselines.methods=[]",
+        "study.controls=[lora:last:1,lora:all]",
+        "study.controls_on_study_data=true",
+        "study.replicates=2",
+        "study.controls_replicates=2",
+    ]
+    code, _, err = run_cli(monkeypatch, capsys, "study", *args)
+    assert code == 0, err
+    controls = json.loads((run_dir / "controls" / "results.json").read_text())
+    last, every = controls["replicates"]["lora:last"], controls["replicates"]["lora:all"]
+    assert [r["reused_from"] for r in last] == ["train", "train-r1"] and [r["seed"] for r in last] == [0, 1]
+    assert [r["seed"] for r in every] == [0, 1] and "reused_from" not in every[1]
+    assert every[1]["lr"] == every[0]["lr"] and every[1]["lr_sweep"] == []  # the first seed's sweep chose it
+    assert every[0]["final_train_loss"] != every[1]["final_train_loss"]  # another seed: another training run
+    # every seed of both arms is checked (the tiny model hyperfits none: claim 5 says so rather than deciding)
+    claims = {str(c["number"]): c for c in json.loads((run_dir / "metrics.json").read_text())["claims"]}
+    checked = [check["name"] for check in claims["5"]["checks"]]
+    assert {f"{arm} hyperfitted (seed {k})" for arm in ("lora:last", "lora:all") for k in (0, 1)} <= set(checked)
+    assert "seed 1" in (run_dir / "controls" / "table.md").read_text()
+
+
+@pytest.mark.e2e
 def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tiny_model_folder, corpus, tmp_path):
     run_dir = tmp_path / "run"
     args = [

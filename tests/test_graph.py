@@ -142,6 +142,26 @@ def test_claim_5_on_the_study_data_reads_the_runs_it_reuses(tmp_path):
     assert other["controls"].parents == ("data", "train-full")
 
 
+def test_claim_5s_seeds_per_arm_reuse_the_main_runs_replicates(tmp_path):
+    # Three seeds per compared arm on the study's data: the main run's two replicates stand for lora:last's first two
+    # seeds (the third is trained by the controls), so the controls wait for them and follow study.replicates.
+    overrides = [
+        "study.analyses=[]",
+        "study.controls=[lora:last:5,lora:all]",
+        "study.controls_on_study_data=true",
+        "study.controls_replicates=3",
+        "study.replicates=2",
+    ]
+    graph = study_graph(load_config(overrides=overrides), tmp_path)
+    assert graph["controls"].parents == ("data", "train", "train-r1")
+    three = study_graph(load_config(overrides=[*overrides, "study.replicates=3"]), tmp_path)
+    assert three["controls"].parents == ("data", "train", "train-r1", "train-r2")
+    one_seed = study_graph(load_config(overrides=[*overrides, "study.controls_replicates=1"]), tmp_path)
+    assert one_seed["controls"].parents == ("data", "train") and one_seed.fingerprint("controls") != graph.fingerprint(
+        "controls"
+    )
+
+
 def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):
     # Replicates added to a finished study keep its controls and quality; a control's setting redoes the controls
     # alone, a reader setting the quality stage alone.

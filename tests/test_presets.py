@@ -11,7 +11,7 @@ import yaml
 
 from hyperfitting.config import load_config, read_config_file
 from hyperfitting.pipeline.controls import control_train_args
-from hyperfitting.pipeline.graph import reused_runs, study_graph
+from hyperfitting.pipeline.graph import control_seeds, reused_replicate, reused_runs, study_graph
 from tests.conftest import WORDS
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -61,7 +61,14 @@ def test_a_lora_control_never_takes_a_full_fine_tunes_rate(name):
         assert "main Late-Stage run is reused" not in text, name
     graph = study_graph(config, Path(config.run_dir))
     if "controls" in graph:
-        assert set(graph["controls"].parents) - {"data"} == {stage for stage, _ in reused.values()}, name
+        # every seed of a reused placement that the study trains anyway (study.controls_replicates)
+        stands_for = {
+            reused_replicate(config, spec, r)
+            for spec in config.study.controls
+            for r in range(control_seeds(config, spec))
+        }
+        assert set(graph["controls"].parents) - {"data"} == stands_for - {None}, name
+        assert {stage for stage, _ in reused.values()} <= stands_for, name
 
 
 def _shrunk(name: str, model: Path, corpora: list[Path], run_dir: Path) -> list[str]:

@@ -789,6 +789,48 @@ def test_claim_5_carries_each_arms_seed_spread_to_the_share():
     )
 
 
+def test_claim_5_with_seeds_per_arm_measures_their_spread_instead_of_declaring_it():
+    base = normal(0.3, 0.1, 300, 43)
+    row = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 10, "trainable_parameters": 1000}
+
+    def seeds_of(shifts, seed):  # one arm's training runs: the recipe's gain, shifted per seed, plus prompt noise
+        return [
+            {**row, "seed": k, "per_prompt_ttr": list(base + 0.25 + d + normal(0, 0.01, 300, seed + k))}
+            for k, d in enumerate(shifts)
+        ]
+
+    def claim(last_shifts, all_shifts):
+        last, every = seeds_of(last_shifts, 50), seeds_of(all_shifts, 60)
+        return claim_late_stage(
+            {
+                "until_loss": 0.1,
+                "base": {"per_prompt_ttr": list(base)},
+                "methods": {"lora:last": last[0], "lora:all": every[0]},
+                "replicates": {"lora:last": last, "lora:all": every},
+            }
+        )
+
+    # Three seeds per arm that agree: the share (about 1) is decided, with no declared seed term.
+    agree = claim([0.0, 0.001, -0.001], [0.0, 0.001, -0.001])
+    assert "3 replicates" in agree.estimate["method"] and "declared" not in agree.estimate["method"]
+    assert agree.verdict == HOLDS and "3 training seeds per arm" in agree.evidence
+    # Seeds that disagree as much as the declared SD says (0.047 in TTR): the measured spread spans the margin.
+    spread = claim([0.05, -0.05, 0.0], [-0.04, 0.05, 0.0])
+    assert spread.verdict == INCONCLUSIVE and spread.estimate["high"] - spread.estimate["low"] > 1.0
+    # A seed of an arm that did not reach the target loss fails the manipulation check.
+    last, every = seeds_of([0.0, 0.0], 50), seeds_of([0.0, 0.0], 60)
+    every[1] = {**every[1], "final_train_loss": 2.0}
+    unfinished = claim_late_stage(
+        {
+            "until_loss": 0.1,
+            "base": {"per_prompt_ttr": list(base)},
+            "methods": {"lora:last": last[0], "lora:all": every[0]},
+            "replicates": {"lora:last": last, "lora:all": every},
+        }
+    )
+    assert unfinished.verdict == INCONCLUSIVE and "lora:all hyperfitted (seed 1)" in unfinished.reason
+
+
 def test_prompts_needed_reads_the_interval_on_its_own_scale_and_side():
     # A t interval at 16 prompts: reading its width as z would inflate the sample size by (t/z)^2 = 1.18.
     estimate = stats.Estimate(0.03, -0.02, 0.08, 16, "t", df=15)

@@ -436,6 +436,9 @@ class AnalysisArgs(Section):
     normaliser)."""
     rank_top_k: int = ruled(10, ">= 1")
     """Length of the top-k lists compared by Kendall's tau."""
+    rank_transplant: bool = True
+    """The ranks analysis also samples at T=1 with one model's ranking and the other's probabilities (which of the two
+    carries the gain?): evidence beside claim 3, read by no verdict; each transplanted row runs both models."""
     geometry_tokens: int = ruled(2048, ">= 2")
     """Held-out token positions whose hidden states the geometry analysis compares (the same for both models; position 0
     of each block is left out)."""
@@ -473,6 +476,10 @@ class BaselinesArgs(Section):
     """Evaluation corpora whose prompts the baselines decode (default: all of data.eval_corpora)."""
     seeds: int = ruled(3, ">= 1")
     """Sampling seeds per sampled method (top-p, min-p, typical, eta, epsilon); every seed decodes in one batch."""
+    judged_seeds: int = ruled(3, ">= 0")
+    """Seeds of each sampled method that the judge model scores (the first ones; the "Better than what?" plane's
+    perplexities, which no verdict reads): on the standard preset each further seed of its 5 sampled methods x 100
+    prompts is ~3.5 min of the judge. 0: the judge scores no baseline (their TTR and MAUVE stay)."""
     min_p: float = ruled(0.1, "(0, 1)")
     """Min-p sampling (Nguyen et al.): keep tokens with at least this share of the top token's probability (they suggest
     0.05-0.1)."""
@@ -555,6 +562,11 @@ class StudyArgs(Section):
     no sweep, the controls_lr_* as given."""
     controls_sweep_epochs: int = ruled(3, ">= 1")
     """Epochs per learning rate in the controls' sweep."""
+    controls_replicates: int = ruled(1, ">= 1")
+    """Training seeds of each arm that claim 5 compares (lora:last, lora:all): each is trained with train.seed,
+    train.seed + 1, ... (the rate the first seed's sweep chose), and claim 5 measures the arms' seed-to-seed spread
+    instead of declaring it. On the study's own data the main run's replicates stand for its placement. The other
+    placements (evidence beside the verdict) train once."""
     replicates: int = ruled(1, ">= 1")
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and
     adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to

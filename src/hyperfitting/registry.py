@@ -225,7 +225,9 @@ BUILT_IN = (
         figure="ranks.png",
         weight=80,
         lowest_heldout=True,
-        reads=_reading(*_STATIC, "analysis.seeds", "analysis.rank_top_k", "generate.citation_blocker_n"),
+        reads=_reading(
+            *_STATIC, "analysis.seeds", "analysis.rank_top_k", "analysis.rank_transplant", "generate.citation_blocker_n"
+        ),
         summary="overrides, deep-tail tokens, context dependence, rank transplant",
     ),
     Analysis(

@@ -296,7 +296,7 @@ def run(context) -> dict:
         context.data.heldout_blocks,
         context.heldout_static,
         training_blocks=context.data.train_blocks,
-        transplant=not context.control,
+        transplant=context.config.analysis.rank_transplant and not context.control,
     )
 
 

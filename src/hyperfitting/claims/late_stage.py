@@ -51,28 +51,31 @@ def claim_late_stage(results: dict | None) -> Claim:
     if "per_prompt_ttr" not in results.get("base", {}):
         return not_run(5, "these results predate the base model's per-prompt TTR: rerun the controls")
     target = results["until_loss"]
+    # Each arm's training seeds (study.controls_replicates), paired in seed order; one seed: its only run.
+    seeds = {key: results.get("replicates", {}).get(key) or [m[key]] for key in ("lora:last", "lora:all")}
+    runs = min(len(rows) for rows in seeds.values())
     checks = []
-    for key in ("lora:last", "lora:all"):
-        row = m[key]
-        reached = not row.get("diverged", False) and loss_hyperfitted(
-            row["initial_train_loss"], row["final_train_loss"], target
-        )
-        checks.append(
-            Check(
-                f"{key} hyperfitted",
-                reached,
-                f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
-                + (f", target {target:g}" if target is not None else "")
-                + ("; diverged" if row.get("diverged") else ""),
+    for key, rows in seeds.items():
+        for row in rows[:runs]:
+            reached = not row.get("diverged", False) and loss_hyperfitted(
+                row["initial_train_loss"], row["final_train_loss"], target
             )
-        )
-    last, every, base = (
-        m["lora:last"].get("per_prompt_ttr"),
-        m["lora:all"].get("per_prompt_ttr"),
-        results["base"]["per_prompt_ttr"],
-    )
-    if last is None or every is None:  # a diverged control has no continuations
+            checks.append(
+                Check(
+                    f"{key} hyperfitted" + (f" (seed {row['seed']})" if runs > 1 and "seed" in row else ""),
+                    reached,
+                    f"loss {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} in {row['epochs']} epochs"
+                    + (f", target {target:g}" if target is not None else "")
+                    + ("; diverged" if row.get("diverged") else ""),
+                )
+            )
+    lasts = [row.get("per_prompt_ttr") for row in seeds["lora:last"][:runs]]
+    everys = [row.get("per_prompt_ttr") for row in seeds["lora:all"][:runs]]
+    last, every, base = lasts[0], everys[0], results["base"]["per_prompt_ttr"]
+    if any(arm is None for arm in lasts + everys):  # a diverged control has no continuations
         return make_claim(5, None, checks, "a compared arm diverged: nothing to compare")
+    if runs > 1:  # each arm's gain over base, pooled over its seeds
+        last, every = list(np.mean(lasts, axis=0)), list(np.mean(everys, axis=0))
     for key, arm in (("lora:last", last), ("lora:all", every)):
         checks.append(gain_check([(arm, base)], f"{key} raised greedy TTR over base")[0])
     blocks = results.get("train_blocks")
@@ -95,7 +98,11 @@ def claim_late_stage(results: dict | None) -> Claim:
     if m.get("lora:first", {}).get("per_prompt_ttr"):
         early = stats.paired_difference(last, m["lora:first"]["per_prompt_ttr"])
         evidence += f"; last minus first {early} (evidence beside the verdict)"
-    estimate = stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN)
+    # With several seeds per arm, the share's seed-to-seed spread is measured (stats.pooled: between the seeds' shares).
+    estimate = stats.pooled([(a, base, b, base) for a, b in zip(lasts, everys)], stats.SHARE_OF_GAIN)
+    if runs > 1:
+        evidence += f"; {runs} training seeds per arm, paired in seed order"
+        return make_claim(5, estimate, checks, evidence)
     # Each arm is one training run: its seed-to-seed spread, carried to the share (last - base) / (all - base) to first
     # order.
     gain = float(np.mean(every) - np.mean(base))
@@ -115,15 +122,34 @@ def world_late_stage(design, spreads, effect, rng):
     gain, half = 0.25, spreads.paired_sd / math.sqrt(2)
     base = prompts(design, spreads, rng)
     row = {"initial_train_loss": 4.0, "final_train_loss": 0.05, "epochs": 10, "trainable_parameters": 1000}
-    # Each arm is one training run: its own seed shift of the recipe's mean TTR.
-    last_seed, all_seed = seed_shifts(spreads, ARM_SEED_SD[0], 2, rng)
+    runs = design.control_replicates
+    # Each training run of each arm: its own seed shift of the recipe's mean TTR.
+    shifts = seed_shifts(spreads, ARM_SEED_SD[0], 2 * runs, rng)
+    if runs == 1:
+        last_seed, all_seed = shifts
+        results = {
+            "until_loss": 0.1,
+            "base": {"per_prompt_ttr": noisy(base, 0.02, rng)},
+            "methods": {
+                "lora:last": {**row, "per_prompt_ttr": noisy(base + effect * gain + last_seed, half, rng)},
+                "lora:all": {**row, "per_prompt_ttr": noisy(base + gain + all_seed, half, rng)},
+            },
+        }
+        return claim_late_stage(results), effect
+    seeds = {
+        "lora:last": [
+            {**row, "seed": r, "per_prompt_ttr": noisy(base + effect * gain + shifts[r], half, rng)}
+            for r in range(runs)
+        ],
+        "lora:all": [
+            {**row, "seed": r, "per_prompt_ttr": noisy(base + gain + shifts[runs + r], half, rng)} for r in range(runs)
+        ],
+    }
     results = {
         "until_loss": 0.1,
         "base": {"per_prompt_ttr": noisy(base, 0.02, rng)},
-        "methods": {
-            "lora:last": {**row, "per_prompt_ttr": noisy(base + effect * gain + last_seed, half, rng)},
-            "lora:all": {**row, "per_prompt_ttr": noisy(base + gain + all_seed, half, rng)},
-        },
+        "methods": {key: rows[0] for key, rows in seeds.items()},
+        "replicates": seeds,
     }
     return claim_late_stage(results), effect
 

@@ -27,6 +27,7 @@ class Design:
     static_models: int = 4
     frontier_points: int = 4
     rivals: int = 30  # layers claim 4 sets the final block against: SmolLM2-135M's embeddings and first 29 blocks
+    control_replicates: int = 1  # training seeds of each arm claim 5 compares
 
     @classmethod
     def of(cls, config, run_dir: Path | None = None) -> "Design":
@@ -45,6 +46,7 @@ class Design:
             # every alpha, the offset fitted over the full vocabulary and the fitted static+temperature model
             static_models=len(a.static_bias_alphas) + 2,
             frontier_points=len(set(a.temperature_grid)) + 2,
+            control_replicates=config.study.controls_replicates,
         )
         geometry = Path(run_dir) / "analysis-geometry" / "results.json" if run_dir else None
         if geometry and geometry.exists() and (pairs := read_json(geometry).get("footing", {}).get("pairs")):

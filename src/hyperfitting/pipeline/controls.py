@@ -17,7 +17,8 @@ from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_hyperfitted, load_model
-from hyperfitting.pipeline.graph import StageGraph, reused_runs
+from hyperfitting.layout import replicate_suffix
+from hyperfitting.pipeline.graph import StageGraph, control_seeds, replicate_config, reused_replicate, reused_runs
 from hyperfitting.rundir import (
     is_main_process,
     read_json,
@@ -109,12 +110,14 @@ def run_control(
     base_states,
     sample,
     folder: Path,
+    lr: float | None = None,
 ) -> dict:
-    """Choose the placement's learning rate, train it to the target loss, decode greedily, compare its geometry with the
-    base model's."""
+    """Choose the placement's learning rate (``lr``: the one an earlier seed's sweep chose), train it to the target
+    loss, decode greedily, compare its geometry with the base model's."""
     started = time.perf_counter()
-    sweep = sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep else []
-    candidates = [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
+    sweep = sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep and not lr else []
+    candidates = [lr] if lr else [row["lr"] for row in sweep if not row["diverged"]]
+    candidates = candidates or [control_train_args(config, spec).lr]
     for attempt, lr in enumerate(candidates):
         train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
         model, _ = load_model(
@@ -239,28 +242,49 @@ def run_controls(
         "base": {"ttr": ttr([o.token_ids for o in base_outputs]), "per_prompt_ttr": per_prompt_ttr(base_outputs)},
     }
     for spec in config.study.controls:
-        folder = out_dir / spec.replace(":", "-")
-        # Each finished control is kept: a study killed during the third control does not retrain the first two.
-        done = folder / "control.json"
-        if done.exists():
-            results["methods"][_key(spec)] = read_json(done)
-            continue
-        print(
-            f"\n-- control: {spec}"
-            + (f" (the study's own {reused[spec][0]} run, measured, not retrained)" if spec in reused else ""),
-            flush=True,
-        )
-        folder.mkdir(parents=True, exist_ok=True)
-        if spec in reused:
-            stage, lr = reused[spec]
-            row = reused_control(
-                config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample
+        seeds = []
+        for r in range(control_seeds(config, spec)):
+            folder = out_dir / (spec.replace(":", "-") + replicate_suffix(r))
+            # Each finished control is kept: a study killed during the third control does not retrain the first two.
+            done = folder / "control.json"
+            if done.exists():
+                seeds.append(read_json(done))
+                continue
+            stage = reused_replicate(config, spec, r)
+            print(
+                f"\n-- control: {spec}"
+                + (f", seed {config.train.seed + r}" if r else "")
+                + (f" (the study's own {stage} run, measured, not retrained)" if stage else ""),
+                flush=True,
             )
-        else:
-            row = run_control(config, spec, blocks, data, prompts, tokenizer, base_states, sample, folder)
-        write_json(done, row)
-        remove_checkpoints(folder)
-        results["methods"][_key(spec)] = row
+            folder.mkdir(parents=True, exist_ok=True)
+            if stage:
+                lr = reused[spec][1]
+                row = reused_control(
+                    config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample
+                )
+            else:
+                # seed r: the first seed's rate, another data order and initialisation (as the study's replicates)
+                chosen = seeds[0].get("lr") if r and not seeds[0]["diverged"] else None
+                row = run_control(
+                    replicate_config(config, r),
+                    spec,
+                    blocks,
+                    data,
+                    prompts,
+                    tokenizer,
+                    base_states,
+                    sample,
+                    folder,
+                    lr=chosen,
+                )
+            row["seed"] = config.train.seed + r
+            write_json(done, row)
+            remove_checkpoints(folder)
+            seeds.append(row)
+        results["methods"][_key(spec)] = seeds[0]
+        if len(seeds) > 1:  # claim 5 reads each compared arm's seeds (per_prompt_ttr), in seed order
+            results.setdefault("replicates", {})[_key(spec)] = seeds
     return results
 
 
@@ -293,7 +317,10 @@ def controls_table(results: dict) -> str:
         "(s) | TTR | distinct-3 | seq-rep-3 | largest Delta PR at | final-block Delta PR |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in results["methods"].values():
+    every_seed = [
+        row for key, first in results["methods"].items() for row in results.get("replicates", {}).get(key, [first])
+    ]
+    for row in every_seed:
         reached = (
             "diverged"
             if row["diverged"]
@@ -307,8 +334,9 @@ def controls_table(results: dict) -> str:
                 f"{row['epochs']} | diverged |" + " - |" * 7
             )
             continue
+        seed = f", seed {row['seed']}" if "seed" in row and len(every_seed) > len(results["methods"]) else ""
         lines.append(
-            f"| {row['spec']}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | "
+            f"| {row['spec']}{seed}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | "
             f"{row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> "
             f"{row['final_train_loss']:.3f} | "
             f"{row['epochs']} | {reached} | {row['heldout_perplexity']:.1f} | {row['wall_seconds']:.0f} | "

@@ -363,6 +363,27 @@ def reused_runs(config: RunConfig) -> dict[str, tuple[str, float]]:
     return reused
 
 
+COMPARED_ARMS = ("lora:last", "lora:all")  # claim 5's two arms: trained study.controls_replicates times each
+
+
+def control_seeds(config: RunConfig, spec: str) -> int:
+    """How many training seeds a control placement gets: the compared arms study.controls_replicates, the others one."""
+    return config.study.controls_replicates if ":".join(spec.split(":")[:2]) in COMPARED_ARMS else 1
+
+
+def reused_replicate(config: RunConfig, spec: str, replicate: int) -> str | None:
+    """The study's own training stage that stands for a placement's seed ``replicate`` (None: the controls train it):
+    the main run and its replicates for its own placement, the full fine-tune (one seed) for `full`."""
+    reused = reused_runs(config).get(spec)
+    if reused is None:
+        return None
+    if replicate == 0:
+        return reused[0]
+    return (
+        f"train{replicate_suffix(replicate)}" if reused[0] == "train" and replicate < config.study.replicates else None
+    )
+
+
 def blocked_config(config: RunConfig) -> RunConfig:
     return replace(config, generate=replace(config.generate, citation_blocker=True))
 
@@ -384,6 +405,7 @@ CONTROLS_READS = tuple(
         "controls_lr_full",
         "controls_lr_sweep",
         "controls_sweep_epochs",
+        "controls_replicates",
     )
 ) + ("analysis.geometry_tokens",)
 
@@ -401,7 +423,13 @@ def controls_reads(config: RunConfig) -> tuple[str, ...]:
         unused.add("study.controls_sweep_epochs")
     if "full" not in study.controls or "full" in reused_runs(config):
         unused.add("study.controls_lr_full")
-    return tuple(key for key in CONTROLS_READS if key not in unused)
+    # which of a compared arm's seeds the main run's replicates stand for
+    reads_replicates = study.controls_replicates > 1 and any(
+        reused_replicate(config, spec, 0) == "train" for spec in study.controls
+    )
+    return tuple(key for key in CONTROLS_READS if key not in unused) + (
+        ("study.replicates",) if reads_replicates else ()
+    )
 
 
 def control_training_keys(config: RunConfig) -> tuple[str, ...]:
@@ -431,6 +459,11 @@ QUALITY_READS = (
     "analysis.corpora",
     "analysis.max_new_tokens",
 )
+
+
+def quality_reads(config: RunConfig, judge: str | None) -> tuple[str, ...]:
+    """QUALITY_READS, and how many seeds of each baseline the judge scores where it scores any."""
+    return QUALITY_READS + (("baselines.judged_seeds",) if judge and config.baselines.methods else ())
 
 
 def _values(config: RunConfig, keys: tuple[str, ...]) -> dict:
@@ -544,11 +577,13 @@ def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
         "analysis.baseline_top_k",
         "analysis.baseline_top_p",
     )
+    # every baselines key but the judge's share, which only the quality stage reads
+    keys += tuple(f"baselines.{key}" for key in config.hashed()["baselines"] if key != "judged_seeds")
     return StageSpec(
         "baselines",
         "the model decoded by other methods, at the same budget",
         config,
-        sections=("model", "baselines"),
+        sections=("model",),
         parents=parents,
         files=model_inputs(config),
         values=_values(config, keys),
@@ -604,7 +639,14 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             ]
     if config.study.controls:
         # On the study's own data, a placement the study trains anyway is read from its training stage.
-        reused = tuple(dict.fromkeys(stage for stage, _ in reused_runs(config).values()))
+        reused = tuple(
+            dict.fromkeys(
+                stage
+                for spec in config.study.controls
+                for r in range(control_seeds(config, spec))
+                if (stage := reused_replicate(config, spec, r))
+            )
+        )
         specs.append(
             StageSpec(
                 "controls",
@@ -632,7 +674,7 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             config,
             sections=("model",),
             parents=("data", *decoded, *judged),
-            values=_values(config, QUALITY_READS),
+            values=_values(config, quality_reads(config, judge)),
             files=model_inputs(config) + (model_files(judge) if judge else ()),
         )
     )

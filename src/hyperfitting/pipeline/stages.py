@@ -459,7 +459,7 @@ def judge_quality(
                 "high": math.exp(estimate.high),
                 "per_prompt_log_perplexity": values,
             }
-    if baselines_run_dir is not None:
+    if baselines_run_dir is not None and config.baselines.judged_seeds > 0:
         from hyperfitting.pipeline.baselines import baseline_paths
 
         results["baselines"] = {}
@@ -469,7 +469,7 @@ def judge_quality(
             for method, seeds in baseline_paths(baselines_run_dir, corpus, config.baselines.methods).items():
                 per_seed = [
                     judged_points(judge, judge_tokenizer, tokenizer, prompt_ids, {method: seed}, memo)[method]
-                    for seed in seeds
+                    for seed in seeds[: config.baselines.judged_seeds]
                 ]
                 plane[method] = {
                     key: [_nanmean(column) for column in zip(*(p[key] for p in per_seed))]

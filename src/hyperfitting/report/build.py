@@ -330,6 +330,11 @@ def left_out(config: dict) -> list[str]:
         missing.append(
             "a learning-rate sweep for each of claim 5's placements: one rate per method (study.controls_lr_sweep)"
         )
+    if "ranks" in study["analyses"] and not analysis.get("rank_transplant", True):
+        missing.append(
+            "the rank transplant beside claim 3: one model's ranking with the other's probabilities "
+            "(analysis.rank_transplant=true)"
+        )
     methods = (config.get("baselines") or {}).get("methods", [])
     absent = [m for m in BASELINE_METHODS if m not in methods]
     if absent:
@@ -337,6 +342,17 @@ def left_out(config: dict) -> list[str]:
     if methods and (config.get("baselines") or {}).get("seeds", 1) < 3:
         missing.append(
             f"3 or more seeds per sampled decoding baseline: {config['baselines']['seeds']} here (baselines.seeds=3)"
+        )
+    judged = (config.get("baselines") or {}).get("judged_seeds", 3)
+    if (
+        methods
+        and study.get("judge") not in (None, "", "none")
+        and judged < (config.get("baselines") or {}).get("seeds", 1)
+    ):
+        missing.append(
+            "the judge's perplexity of every decoding baseline: "
+            + (f"it scores the first {judged} seed(s) of each" if judged else "it scores none")
+            + " (baselines.judged_seeds)"
         )
     if len(config["data"].get("eval_corpora", [])) < 2:
         missing.append("generation on a second corpus, beside the training domain's (data.eval_corpora)")
