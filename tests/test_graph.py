@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hyperfitting.config import load_config
+from hyperfitting.errors import ConfigError
 from hyperfitting.pipeline import graph as graph_module
 from hyperfitting.pipeline.graph import StageGraph, StageSpec, study_graph
 from tests.test_cli import _study_args, run_cli
@@ -143,23 +144,26 @@ def test_claim_5_on_the_study_data_reads_the_runs_it_reuses(tmp_path):
 
 
 def test_claim_5s_seeds_per_arm_reuse_the_main_runs_replicates(tmp_path):
-    # Three seeds per compared arm on the study's data: the main run's two replicates stand for lora:last's first two
-    # seeds (the third is trained by the controls), so the controls wait for them and follow study.replicates.
+    # Three seeds per compared arm on the study's data: the main run's replicates stand for lora:last's seeds, so the
+    # controls wait for them; a replicate beyond them keeps the controls, fewer seeds per arm redo them.
     overrides = [
         "study.analyses=[]",
         "study.controls=[lora:last:5,lora:all]",
         "study.controls_on_study_data=true",
         "study.controls_replicates=3",
-        "study.replicates=2",
+        "study.replicates=3",
     ]
     graph = study_graph(load_config(overrides=overrides), tmp_path)
-    assert graph["controls"].parents == ("data", "train", "train-r1")
-    three = study_graph(load_config(overrides=[*overrides, "study.replicates=3"]), tmp_path)
-    assert three["controls"].parents == ("data", "train", "train-r1", "train-r2")
-    one_seed = study_graph(load_config(overrides=[*overrides, "study.controls_replicates=1"]), tmp_path)
-    assert one_seed["controls"].parents == ("data", "train") and one_seed.fingerprint("controls") != graph.fingerprint(
-        "controls"
-    )
+    assert graph["controls"].parents == ("data", "train", "train-r1", "train-r2")
+    four = study_graph(load_config(overrides=[*overrides, "study.replicates=4"]), tmp_path)
+    assert four["controls"].parents == graph["controls"].parents
+    assert four.fingerprint("controls") == graph.fingerprint("controls")
+    two = study_graph(load_config(overrides=[*overrides, "study.controls_replicates=2"]), tmp_path)
+    assert two["controls"].parents == ("data", "train", "train-r1")
+    assert two.fingerprint("controls") != graph.fingerprint("controls")
+    # lora:last's seeds would otherwise mix the main run's recipe with the controls' (their own epoch cap)
+    with pytest.raises(ConfigError, match="study.replicates to at least study.controls_replicates"):
+        load_config(overrides=[*overrides, "study.replicates=2"])
 
 
 def test_the_late_stages_follow_only_the_study_keys_they_read(tmp_path):

@@ -799,8 +799,9 @@ def test_claim_5_with_seeds_per_arm_measures_their_spread_instead_of_declaring_i
             for k, d in enumerate(shifts)
         ]
 
-    def claim(last_shifts, all_shifts):
+    def claim(last_shifts, all_shifts, order=(0, 1, 2)):
         last, every = seeds_of(last_shifts, 50), seeds_of(all_shifts, 60)
+        every = [every[k] for k in order]
         return claim_late_stage(
             {
                 "until_loss": 0.1,
@@ -812,11 +813,16 @@ def test_claim_5_with_seeds_per_arm_measures_their_spread_instead_of_declaring_i
 
     # Three seeds per arm that agree: the share (about 1) is decided, with no declared seed term.
     agree = claim([0.0, 0.001, -0.001], [0.0, 0.001, -0.001])
-    assert "3 replicates" in agree.estimate["method"] and "declared" not in agree.estimate["method"]
+    assert "3 seeds per arm" in agree.estimate["method"] and "declared" not in agree.estimate["method"]
     assert agree.verdict == HOLDS and "3 training seeds per arm" in agree.evidence
     # Seeds that disagree as much as the declared SD says (0.047 in TTR): the measured spread spans the margin.
     spread = claim([0.05, -0.05, 0.0], [-0.04, 0.05, 0.0])
-    assert spread.verdict == INCONCLUSIVE and spread.estimate["high"] - spread.estimate["low"] > 1.0
+    assert spread.verdict == INCONCLUSIVE and spread.estimate["high"] - spread.estimate["low"] > 0.5
+    # No seed of one arm is paired with one of the other: set side by side in another order, the same interval.
+    reordered = claim([0.05, -0.05, 0.0], [-0.04, 0.05, 0.0], order=(2, 0, 1)).estimate
+    assert [reordered[k] for k in ("value", "low", "high")] == pytest.approx(
+        [spread.estimate[k] for k in ("value", "low", "high")], rel=1e-12
+    )
     # A seed of an arm that did not reach the target loss fails the manipulation check.
     last, every = seeds_of([0.0, 0.0], 50), seeds_of([0.0, 0.0], 60)
     every[1] = {**every[1], "final_train_loss": 2.0}

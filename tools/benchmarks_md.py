@@ -52,7 +52,7 @@ def provenance(command: str, commit: str, date: str, machine: str) -> str:
 def what_script_measures(script: str) -> str:
     """The first paragraph of a benchmark script's docstring."""
     path = ROOT / script
-    if not path.exists():
+    if not script or not path.is_file():  # a result recorded by hand (a comparison of two studies) has no script
         return ""
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     return " ".join(doc.split("\n\n")[0].split())

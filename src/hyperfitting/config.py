@@ -206,11 +206,11 @@ class ModelArgs(Section):
     """Weight dtype. Keep float32 for training: at lr ~1e-6, bf16 weights lose updates to rounding."""
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     """Precision of training and decoding: bf16 autocast over float32 weights, or fp32 (the default: the same numbers on
-    every machine; bf16 training moved the quick study's claim 1 as much as another training seed does, BENCHMARKS.md
-    section 4). auto times bf16 and fp32 matrix products on the device for a moment and, where bf16 is at least 1.5x
-    faster, trains under bf16 (and on a GPU decodes under it too; on a CPU decoding stays fp32); recorded in the run.
-    What the analyses measure (log-probabilities, ranks, entropies, geometry, perplexities) is always computed in
-    float32."""
+    every machine; bf16 training moved the quick study's claim 1 as much as another training seed does:
+    BENCHMARKS.md, "Precision"). auto times bf16 and fp32 matrix products on the device for a moment and, where bf16
+    is at least 1.5x faster, trains under bf16 (and on a GPU decodes under it too; on a CPU decoding stays fp32);
+    recorded in the run. What the analyses measure (log-probabilities, ranks, entropies, geometry, perplexities) is
+    always computed in float32."""
     tf32: bool = False
     """TensorFloat-32 for float32 matrix products on NVIDIA GPUs (Ampere and later): several times faster, but with a
     10-bit mantissa, enough to change a greedy path where two tokens nearly tie. Off by default; recorded with the
@@ -649,6 +649,20 @@ class RunConfig:
                 f"analysis.corpora = {self.analysis.corpora!r}: {outside[0]!r} is not among data.eval_corpora "
                 f"{self.data.eval_corpora!r}. Add it there, analyse one of those, or set analysis.corpora=[] (every "
                 "evaluation corpus)."
+            )
+        main_placement = f"lora:{self.train.blocks}" in self.study.controls and self.train.method == "lora"
+        if (
+            self.study.controls_on_study_data
+            and main_placement
+            and 1 < self.study.controls_replicates
+            and self.study.replicates < self.study.controls_replicates
+        ):
+            # lora:last's seeds would mix two recipes: the main run's replicates and controls trained under the
+            # controls' epoch cap
+            raise ConfigError(
+                f"study.controls_replicates={self.study.controls_replicates} seeds of lora:{self.train.blocks}, the "
+                f"main run's own placement, but study.replicates={self.study.replicates}: on the study's data its "
+                "seeds are the main run's replicates. Set study.replicates to at least study.controls_replicates."
             )
         if (
             self.study.lowest_heldout_control

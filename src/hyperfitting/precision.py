@@ -16,7 +16,7 @@ Training steps are large products: there bf16 paid 1.7x (146 s against 249 s).
 
 The config's default is nevertheless ``fp32``: a model trained under bf16 reaches the same loss
 but is a different model, and on the quick study that moved claim 1 as far as another training
-seed does (BENCHMARKS.md section 4), which a one-seed study's intervals cannot show.
+seed does (BENCHMARKS.md, "Precision"), which a one-seed study's intervals cannot show.
 """
 
 from __future__ import annotations

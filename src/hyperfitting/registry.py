@@ -177,7 +177,7 @@ _STATIC = (
 )
 
 # Built in, in the order a study runs them. Weights: seconds each took alone in the quick preset on a 2-core CPU
-# (fp32, commit be240e1; BENCHMARKS.md section 4).
+# (fp32, commit be240e1; git history of BENCHMARKS.md).
 BUILT_IN = (
     Analysis(
         "temperature",

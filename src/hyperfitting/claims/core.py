@@ -56,6 +56,8 @@ class Rule:
     margin: float
     margin_reason: str
     units: str = "prompts"
+    seeds_key: str = "study.replicates"
+    """The setting that trains more seeds of what this rule compares."""
 
     def in_words(self) -> str:
         if self.direction == "apart":
@@ -215,10 +217,10 @@ def decide(rule: Rule, estimate: Estimate | None, checks: list[Check] = ()) -> t
     power = (
         f"roughly {needed} {units} would decide it at the observed spread"
         if needed
-        else f"more replicates (study.replicates) and {units} may decide it: part of the width is seed-to-seed spread"
+        else f"more replicates ({rule.seeds_key}) and {units} may decide it: part of the width is seed-to-seed spread"
         if estimate.replicates > 1
         else f"no number of {units} decides it at one training run: the declared seed-to-seed spread alone spans the "
-        "distance to the margin (train more seeds: study.replicates)"
+        f"distance to the margin (train more seeds: {rule.seeds_key})"
         if seed_bound
         else "the estimate sits on the margin: no practical sample size decides it"
     )

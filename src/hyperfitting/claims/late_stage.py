@@ -28,6 +28,7 @@ RULE = Rule(
     "non-inferiority relative to the gain: 'matches' allows the last blocks to fall short of all blocks by less than a "
     "fifth of "
     "what all blocks gained (an absolute margin would mean a different thing at every size of gain)",
+    seeds_key="study.controls_replicates",
 )
 
 # Claim 5 compares two trained arms: each arm's greedy TTR varies between seeds by this much (hyperfitted TTR over three
@@ -54,6 +55,11 @@ def claim_late_stage(results: dict | None) -> Claim:
     # Each arm's training seeds (study.controls_replicates), paired in seed order; one seed: its only run.
     seeds = {key: results.get("replicates", {}).get(key) or [m[key]] for key in ("lora:last", "lora:all")}
     runs = min(len(rows) for rows in seeds.values())
+    if len({len(rows) for rows in seeds.values()}) > 1 and not any(
+        r.get("diverged") for v in seeds.values() for r in v
+    ):
+        counts = ", ".join(f"{key} {len(rows)}" for key, rows in seeds.items())
+        return make_claim(5, None, [], f"the arms have different numbers of training seeds ({counts}): not compared")
     checks = []
     for key, rows in seeds.items():
         for row in rows[:runs]:
@@ -98,10 +104,14 @@ def claim_late_stage(results: dict | None) -> Claim:
     if m.get("lora:first", {}).get("per_prompt_ttr"):
         early = stats.paired_difference(last, m["lora:first"]["per_prompt_ttr"])
         evidence += f"; last minus first {early} (evidence beside the verdict)"
-    # With several seeds per arm, the share's seed-to-seed spread is measured (stats.pooled: between the seeds' shares).
-    estimate = stats.pooled([(a, base, b, base) for a, b in zip(lasts, everys)], stats.SHARE_OF_GAIN)
+    # Each arm averaged over its seeds, per prompt; with several seeds per arm, each arm's seed-to-seed spread of its
+    # mean gain is measured and carried to the share (stats.between_arms: no seed of one arm is paired with one of the
+    # other).
+    estimate = stats.pooled([(last, base, every, base)], stats.SHARE_OF_GAIN)
     if runs > 1:
-        evidence += f"; {runs} training seeds per arm, paired in seed order"
+        gains = [[float(np.mean(np.subtract(arm, base))) for arm in arms] for arms in (lasts, everys)]
+        estimate = stats.between_arms(estimate, *gains)
+        evidence += f"; {runs} training seeds per arm, each arm's seed spread measured"
         return make_claim(5, estimate, checks, evidence)
     # Each arm is one training run: its seed-to-seed spread, carried to the share (last - base) / (all - base) to first
     # order.

@@ -110,14 +110,15 @@ def run_control(
     base_states,
     sample,
     folder: Path,
-    lr: float | None = None,
+    rates: list[float] | None = None,
 ) -> dict:
-    """Choose the placement's learning rate (``lr``: the one an earlier seed's sweep chose), train it to the target
-    loss, decode greedily, compare its geometry with the base model's."""
+    """Choose the placement's learning rate (``rates``: those an earlier seed's sweep ordered, its choice first), train
+    it to the target loss, decode greedily, compare its geometry with the base model's."""
     started = time.perf_counter()
-    sweep = sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep and not lr else []
-    candidates = [lr] if lr else [row["lr"] for row in sweep if not row["diverged"]]
-    candidates = candidates or [control_train_args(config, spec).lr]
+    sweep = (
+        sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep and not rates else []
+    )
+    candidates = rates or [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
     for attempt, lr in enumerate(candidates):
         train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
         model, _ = load_model(
@@ -258,14 +259,20 @@ def run_controls(
                 flush=True,
             )
             folder.mkdir(parents=True, exist_ok=True)
+            if r and seeds[0]["diverged"]:  # diverged at every rate: claim 5 cannot compare this arm at any seed
+                break
             if stage:
                 lr = reused[spec][1]
                 row = reused_control(
                     config, spec, out_dir.parent / stage, lr, data, prompts, tokenizer, base_states, sample
                 )
             else:
-                # seed r: the first seed's rate, another data order and initialisation (as the study's replicates)
-                chosen = seeds[0].get("lr") if r and not seeds[0]["diverged"] else None
+                # seed r: another data order and initialisation (as the study's replicates), the rate the first seed's
+                # sweep chose (the other rates it did not diverge at, in its order, should this seed diverge)
+                rates = None
+                if r:
+                    swept = [row["lr"] for row in seeds[0].get("lr_sweep", []) if not row["diverged"]]
+                    rates = list(dict.fromkeys([seeds[0]["lr"], *swept]))
                 row = run_control(
                     replicate_config(config, r),
                     spec,
@@ -276,7 +283,7 @@ def run_controls(
                     base_states,
                     sample,
                     folder,
-                    lr=chosen,
+                    rates=rates,
                 )
             row["seed"] = config.train.seed + r
             write_json(done, row)
@@ -321,6 +328,7 @@ def controls_table(results: dict) -> str:
         row for key, first in results["methods"].items() for row in results.get("replicates", {}).get(key, [first])
     ]
     for row in every_seed:
+        seed = f", seed {row['seed']}" if "seed" in row and len(every_seed) > len(results["methods"]) else ""
         reached = (
             "diverged"
             if row["diverged"]
@@ -330,11 +338,10 @@ def controls_table(results: dict) -> str:
         )
         if row["diverged"]:
             lines.append(
-                f"| {row['spec']} | - | - | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
+                f"| {row['spec']}{seed} | - | - | {row['initial_train_loss']:.3f} -> {row['final_train_loss']:.3f} | "
                 f"{row['epochs']} | diverged |" + " - |" * 7
             )
             continue
-        seed = f", seed {row['seed']}" if "seed" in row and len(every_seed) > len(results["methods"]) else ""
         lines.append(
             f"| {row['spec']}{seed}{' (reused: ' + row['reused_from'] + ')' if row.get('reused_from') else ''} | "
             f"{row['trainable_parameters']:,} | {row['lr']:g} | {row['initial_train_loss']:.3f} -> "

@@ -127,7 +127,7 @@ def model_files(name: str) -> tuple[Path, ...]:
     return (path,) if path.exists() else ()
 
 
-# Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1; BENCHMARKS.md section 4):
+# Seconds each stage of the quick preset took alone on a 2-core CPU (fp32, commit be240e1, in BENCHMARKS.md's history):
 # only their proportions matter, to turn the time spent so far into an estimate of the time left. `stage_weight` scales
 # each by how much more work a config asks of it than the quick preset does (prompts x tokens, blocks, settings). The
 # analyses' weights are their registry entries' (hyperfitting.registry).
@@ -379,9 +379,11 @@ def reused_replicate(config: RunConfig, spec: str, replicate: int) -> str | None
         return None
     if replicate == 0:
         return reused[0]
-    return (
-        f"train{replicate_suffix(replicate)}" if reused[0] == "train" and replicate < config.study.replicates else None
-    )
+    # Which seeds the main run's replicates stand for reaches the controls' fingerprint through their parents (the
+    # train-rK stages), not through study.replicates: a replicate added beyond them keeps the controls.
+    with not_reading():
+        replicates = config.study.replicates
+    return f"train{replicate_suffix(replicate)}" if reused[0] == "train" and replicate < replicates else None
 
 
 def blocked_config(config: RunConfig) -> RunConfig:
@@ -423,13 +425,7 @@ def controls_reads(config: RunConfig) -> tuple[str, ...]:
         unused.add("study.controls_sweep_epochs")
     if "full" not in study.controls or "full" in reused_runs(config):
         unused.add("study.controls_lr_full")
-    # which of a compared arm's seeds the main run's replicates stand for
-    reads_replicates = study.controls_replicates > 1 and any(
-        reused_replicate(config, spec, 0) == "train" for spec in study.controls
-    )
-    return tuple(key for key in CONTROLS_READS if key not in unused) + (
-        ("study.replicates",) if reads_replicates else ()
-    )
+    return tuple(key for key in CONTROLS_READS if key not in unused)
 
 
 def control_training_keys(config: RunConfig) -> tuple[str, ...]:
