@@ -171,10 +171,11 @@ def render(results: Path = ROOT / "benchmarks" / "results") -> str:
     sections = [section(path) for path in sorted(results.glob("*.json"))]
     recorded = {json.loads(path.read_text()).get("script") for path in results.glob("*.json")}
     recorded |= {"benchmarks/gpu_check.py"} if any(results.glob("gpu_check*.json")) else set()
+    # the benchmarks' helpers and compare_runs.py (a tool that compares two run folders) time nothing
     scripts = sorted(
         str(path.relative_to(ROOT))
         for path in (ROOT / "benchmarks").glob("*.py")
-        if path.name != "common.py" and str(path.relative_to(ROOT)) not in recorded
+        if path.name not in ("common.py", "compare_runs.py") and str(path.relative_to(ROOT)) not in recorded
     )
     text = [HEADER, "Sections:", ""]
     text += [f"- {title}" for title, _ in sections]

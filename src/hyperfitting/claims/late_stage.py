@@ -52,7 +52,7 @@ def claim_late_stage(results: dict | None) -> Claim:
     if "per_prompt_ttr" not in results.get("base", {}):
         return not_run(5, "these results predate the base model's per-prompt TTR: rerun the controls")
     target = results["until_loss"]
-    # Each arm's training seeds (study.controls_replicates), paired in seed order; one seed: its only run.
+    # Each arm's training seeds (study.controls_replicates), each arm on its own; one seed: its only run.
     seeds = {key: results.get("replicates", {}).get(key) or [m[key]] for key in ("lora:last", "lora:all")}
     runs = min(len(rows) for rows in seeds.values())
     if len({len(rows) for rows in seeds.values()}) > 1 and not any(

@@ -251,6 +251,8 @@ def run_controls(
             if done.exists():
                 seeds.append(read_json(done))
                 continue
+            if r and seeds[0]["diverged"]:  # diverged at every rate: claim 5 cannot compare this arm at any seed
+                break
             stage = reused_replicate(config, spec, r)
             print(
                 f"\n-- control: {spec}"
@@ -259,8 +261,6 @@ def run_controls(
                 flush=True,
             )
             folder.mkdir(parents=True, exist_ok=True)
-            if r and seeds[0]["diverged"]:  # diverged at every rate: claim 5 cannot compare this arm at any seed
-                break
             if stage:
                 lr = reused[spec][1]
                 row = reused_control(
@@ -271,7 +271,7 @@ def run_controls(
                 # sweep chose (the other rates it did not diverge at, in its order, should this seed diverge)
                 rates = None
                 if r:
-                    swept = [row["lr"] for row in seeds[0].get("lr_sweep", []) if not row["diverged"]]
+                    swept = [trial["lr"] for trial in seeds[0].get("lr_sweep", []) if not trial["diverged"]]
                     rates = list(dict.fromkeys([seeds[0]["lr"], *swept]))
                 row = run_control(
                     replicate_config(config, r),
