@@ -61,10 +61,19 @@ def commit() -> str:
     return head + ("+changes" if changed else "")
 
 
-def record(name: str, title: str, columns: list[str], rows: list[list], findings: list[str], **raw) -> Path:
+def record(
+    name: str,
+    title: str,
+    columns: list[str],
+    rows: list[list],
+    findings: list[str],
+    provenance: dict | None = None,
+    **raw,
+) -> Path:
     """Write benchmarks/results/NAME.json: the table, what it shows (computed sentences), the command, commit, date
     and machine. tools/benchmarks_md.py renders BENCHMARKS.md from these files; ``raw`` keeps the unrounded
-    numbers."""
+    numbers. ``provenance`` (command, commit, date) replaces this process's own where the numbers come from another
+    run (a study's run folder)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     script = Path(sys.argv[0]).resolve()
     result = {
@@ -79,6 +88,7 @@ def record(name: str, title: str, columns: list[str], rows: list[list], findings
         "findings": findings,
         "raw": raw,
     }
+    result.update(provenance or {})
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"Recorded {path}; regenerate BENCHMARKS.md with .venv/bin/python tools/benchmarks_md.py")

@@ -62,10 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.name:
         record(
             args.name,
-            f"The main job: {args.run_dir.name} stage by stage",
+            f"The main job: `{' '.join(str(environment.get('command', '')).split()[:3])}`, stage by stage",
             ["stage", "seconds", "share", "process peak memory (MiB)", "steps"],
             rows,
             findings,
+            provenance={
+                "command": f"{environment.get('command')}, then .venv/bin/python benchmarks/main_job.py {args.run_dir}",
+                "commit": environment.get("commit") or "unknown",
+                "date": (environment.get("date") or "unknown")[:10],
+            },
             wall_seconds=wall,
             environment=environment,
         )

@@ -94,8 +94,9 @@ def calibration_section(name: str, result: dict) -> tuple[str, str]:
         f"## {title}",
         "",
         f"Each verdict rule run on {result['worlds']} simulated worlds per planted truth ({sizes}); the goals: false "
-        f"holds and false fails at most {goals['false_holds_at_most']:.1%}, coverage of the interval at the margin "
-        f"within {goals['coverage_between'][0]:.0%}-{goals['coverage_between'][1]:.0%} ({goals['judged_by']}).",
+        f"holds and false fails at most {goals['false_holds_at_most']:.1%}, the 95% interval's coverage at least "
+        f"{goals['coverage_between'][0]:.0%} at every truth (above {goals['coverage_between'][1]:.0%}: conservative), "
+        f"each judged by a {goals['judged_by']}.",
         "",
         provenance(
             environment["command"],
@@ -167,8 +168,32 @@ def section(path: Path) -> tuple[str, str]:
     return benchmark_section(result)
 
 
+# Sections in this order (the main job first), any other result file after them by name.
+ORDER = (
+    "main-job",
+    "calibration-quick",
+    "calibration-standard",
+    "calibration-workers",
+    "precision",
+    "late-stage-training",
+    "full-finetune-mfu",
+    "generation",
+    "decode-variants",
+    "sampling-draw",
+    "decoding-methods",
+    "fixed-decoder",
+    "merged-adapter",
+    "scale-out",
+    "gpu_check",
+)
+
+
+def _place(path: Path) -> tuple[int, str]:
+    return next((i for i, prefix in enumerate(ORDER) if path.stem.startswith(prefix)), len(ORDER)), path.stem
+
+
 def render(results: Path = ROOT / "benchmarks" / "results") -> str:
-    sections = [section(path) for path in sorted(results.glob("*.json"))]
+    sections = [section(path) for path in sorted(results.glob("*.json"), key=_place)]
     recorded = {json.loads(path.read_text()).get("script") for path in results.glob("*.json")}
     recorded |= {"benchmarks/gpu_check.py"} if any(results.glob("gpu_check*.json")) else set()
     # the benchmarks' helpers and compare_runs.py (a tool that compares two run folders) time nothing

@@ -622,6 +622,8 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("train", "heldout_every"): 1,
     ("model", "tf32"): False,
     ("train", "checkpoint_max_share"): 0.1,
+    ("analysis", "rank_transplant"): True,
+    ("study", "controls_replicates"): 1,
 }
 
 
