@@ -223,7 +223,7 @@ def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
 
     from hyperfitting.claims import FAILS
     from hyperfitting.pipeline.validate import judge_a_a, study_folder
-    from hyperfitting.rundir import write_json
+    from hyperfitting.rundir import read_json, write_json
 
     study = tmp_path / "study"
     rng = np.random.default_rng(0)
@@ -256,5 +256,20 @@ def test_the_a_a_case_sets_one_recipe_against_itself_as_claim_5s_arms(tmp_path):
     assert all(r["verdict"] != FAILS and r["agrees"] and r["tested"] for r in rows), rows
     # the truth, a share of 1, inside every interval
     assert all(r["estimate"]["low"] < 1 < r["estimate"]["high"] for r in rows)
+    # four replicates: also the even ones against the odd ones, each arm over its seeds (claim 5's several-seed rule)
+    write_json(
+        study / "analysis-temperature-r3" / "results.json",
+        {
+            "per_prompt": {
+                "base, greedy": [base.tolist()],
+                "hyperfitted": [(base + 0.25 + rng.normal(0, 0.08, 48)).tolist()],
+            }
+        },
+    )
+    write_json(study / "train-r3" / "summary.json", read_json(study / "train" / "summary.json"))
+    split = judge_a_a(study)[-1]
+    assert split["reason"].startswith("replicates 0, 2 against replicates 1, 3, seeds per arm")
+    assert "2 seeds per arm" in split["estimate"]["method"] and split["verdict"] != FAILS and split["tested"]
+    assert split["estimate"]["low"] < 1 < split["estimate"]["high"]
     (missing,) = judge_a_a(tmp_path / "nothing")
     assert missing["verdict"] == "not run" and not missing["tested"] and "study.replicates" in missing["reason"]

@@ -135,19 +135,36 @@ def judge_a_a(study_dir: Path) -> list[dict]:
                 "tested": False,
             }
         ]
+
+    def arm(a):
+        t = a["train"]
+        return {
+            "initial_train_loss": t["initial_train_loss"],
+            "final_train_loss": t["final_train_loss"],
+            "epochs": t["epochs_run"],
+            "trainable_parameters": t["trainable_parameters"],
+            "per_prompt_ttr": a["tuned"],
+            "seed": a["replicate"],
+        }
+
+    def row(claim, reason: str) -> dict:
+        return {
+            "case": A_A,
+            "mechanism": mechanism,
+            "claim": 5,
+            "name": claim.name,
+            "verdict": claim.verdict,
+            "holm": claim.verdict,
+            "estimate": claim.estimate,
+            "reason": f"{reason}: " + claim.reason,
+            "forbidden": [FAILS],
+            "truth": A_A_TRUTH[5][1],
+            "agrees": claim.verdict != FAILS,
+            "tested": not any(not k["passed"] for k in claim.checks),
+        }
+
     rows = []
     for first, second in zip(arms, arms[1:] + arms[:1] if len(arms) > 2 else arms[1:]):
-
-        def arm(a):
-            t = a["train"]
-            return {
-                "initial_train_loss": t["initial_train_loss"],
-                "final_train_loss": t["final_train_loss"],
-                "epochs": t["epochs_run"],
-                "trainable_parameters": t["trainable_parameters"],
-                "per_prompt_ttr": a["tuned"],
-            }
-
         claim = claim_late_stage(
             {
                 "until_loss": first["train"].get("until_loss"),
@@ -155,23 +172,20 @@ def judge_a_a(study_dir: Path) -> list[dict]:
                 "methods": {"lora:last": arm(first), "lora:all": arm(second)},
             }
         )
-        tested = not any(not k["passed"] for k in claim.checks)
-        rows.append(
+        rows.append(row(claim, f"replicate {first['replicate']} against replicate {second['replicate']}"))
+    if len(arms) >= 4:  # several seeds per arm (study.controls_replicates' rule): the even replicates against the odd
+        half = len(arms) // 2
+        last, every = [arm(a) for a in arms[0::2][:half]], [arm(a) for a in arms[1::2][:half]]
+        claim = claim_late_stage(
             {
-                "case": A_A,
-                "mechanism": mechanism,
-                "claim": 5,
-                "name": claim.name,
-                "verdict": claim.verdict,
-                "holm": claim.verdict,
-                "estimate": claim.estimate,
-                "reason": f"replicate {first['replicate']} against replicate {second['replicate']}: " + claim.reason,
-                "forbidden": [FAILS],
-                "truth": A_A_TRUTH[5][1],
-                "agrees": claim.verdict != FAILS,
-                "tested": tested,
+                "until_loss": arms[0]["train"].get("until_loss"),
+                "base": {"per_prompt_ttr": arms[0]["base"]},
+                "methods": {"lora:last": last[0], "lora:all": every[0]},
+                "replicates": {"lora:last": last, "lora:all": every},
             }
         )
+        seeds = lambda side: ", ".join(str(a["seed"]) for a in side)  # noqa: E731
+        rows.append(row(claim, f"replicates {seeds(last)} against replicates {seeds(every)}, seeds per arm"))
     return rows
 
 
