@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/main_job.py runs/quick [--name main-job-quick]
 
 It reads what the study recorded (metrics.json: the stages, their seconds and peak memory; the command, date and
-commit it ran with) and, with --name, records the table in benchmarks/results/NAME.json for BENCHMARKS.md. Run the
-study alone: two heavy jobs on this machine's two cores slow each other several-fold.
+commit it ran with) and, with --name, records the table in benchmarks/results/NAME.json for BENCHMARKS.md. Of a study
+not finished yet (one resumed across sittings) it reads each finished stage's stage-done.json. Run the study alone:
+two heavy jobs on this machine's two cores slow each other several-fold.
 """
 
 from __future__ import annotations
@@ -18,8 +19,26 @@ from pathlib import Path
 from common import record  # noqa: E402
 
 
+def finished_stages(run_dir: Path) -> dict:
+    """A study not finished yet (one resumed across sittings): each stage that finished, in the order it finished, from
+    its stage-done.json. A stage resumed after an interruption counts only its last sitting's seconds."""
+    done = sorted(run_dir.glob("*/stage-done.json"), key=lambda path: path.stat().st_mtime)
+    profile = {}
+    for path in done:
+        record = json.loads(path.read_text())
+        profile[path.parent.name] = {
+            "seconds": record["wall_seconds"],
+            "process_peak_memory_mib": record.get("process_peak_memory_mib"),
+        }
+    run = json.loads((run_dir / "hyperfit-run.json").read_text()) if (run_dir / "hyperfit-run.json").exists() else {}
+    return {"stage_profile": profile, "environment": run.get("environment", {})}
+
+
 def stage_rows(run_dir: Path) -> tuple[list[list], dict]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if (run_dir / "metrics.json").exists():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        metrics = finished_stages(run_dir)
     profile = metrics.get("stage_profile") or {}
     rows = []
     for stage in metrics.get("stages") or list(profile):
@@ -40,10 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", nargs="?", default="runs/quick", type=Path)
     parser.add_argument("--name", default=None, help="record the table as benchmarks/results/NAME.json")
     args = parser.parse_args(argv)
-    if not (args.run_dir / "metrics.json").exists():
-        sys.exit(f"No finished study in {args.run_dir} (no metrics.json): run the study first.")
+    if not any(args.run_dir.glob("*/stage-done.json")):
+        sys.exit(f"No finished stage in {args.run_dir}: run the study first.")
     rows, metrics = stage_rows(args.run_dir)
     total = sum(row[1] for row in rows)
+    finished = (args.run_dir / "metrics.json").exists()
     environment = metrics.get("environment", {})
     wall = metrics.get("wall_seconds")
     print("| stage | seconds | share | process peak memory (MiB) | steps |\n|---|---|---|---|---|")
@@ -56,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         else f"Stages {total} s ({total / 60:.1f} min).",
         f"Slowest stage: {slowest[0]} ({slowest[1]} s, {slowest[2]}).",
         f"The study ran as `{environment.get('command')}` at commit {environment.get('commit')}, "
-        f"{environment.get('date')}, {environment.get('threads')} threads.",
+        f"{environment.get('date')}, {environment.get('threads')} threads."
+        if finished
+        else f"The study has not finished: {len(rows)} stages have (each stage's seconds in its last sitting).",
     ]
     print("\n".join(findings))
     if args.name:
@@ -66,11 +88,14 @@ def main(argv: list[str] | None = None) -> None:
             ["stage", "seconds", "share", "process peak memory (MiB)", "steps"],
             rows,
             findings,
+            # an unfinished study has no report yet to say how it ran: this checkout's commit and today's date
             provenance={
                 "command": f"{environment.get('command')}, then .venv/bin/python benchmarks/main_job.py {args.run_dir}",
                 "commit": environment.get("commit") or "unknown",
                 "date": (environment.get("date") or "unknown")[:10],
-            },
+            }
+            if finished
+            else None,
             wall_seconds=wall,
             environment=environment,
         )

@@ -170,6 +170,8 @@ def section(path: Path) -> tuple[str, str]:
 
 # Sections in this order (the main job first), any other result file after them by name.
 ORDER = (
+    "main-job-quick",  # the main job (`make run`) first, then the decisive study, then the other model's
+    "main-job-standard",
     "main-job",
     "calibration-quick",
     "calibration-standard",
