@@ -88,3 +88,19 @@ def test_a_stage_the_config_no_longer_has_reads_as_not_run(tmp_path):
     assert kept.controls == {"placements": {}} and len(kept.results("ranks")) == 1
     dropped = folder_with("study.controls=[]", "study.replicates=1")
     assert dropped.controls is None and dropped.results("ranks") == []
+
+
+def test_results_put_each_studys_verdicts_side_by_side():
+    from hyperfitting.report.results import overview_table
+
+    claim = {"number": 1, "name": "Not temperature", "verdict": "holds", "holm": "inconclusive"}
+    other = {"number": 5, "name": "Late-Stage LoRA", "verdict": "does not hold", "holm": "does not hold"}
+    studies = [
+        ("smollm", {"claims": [claim, other], "claims_full_finetune": [dict(claim, holm="holds")]}),
+        ("gemma", {"claims": [other]}),
+    ]
+    lines = overview_table(studies)
+    assert lines[0] == "| claim | `smollm` | `smollm, full fine-tune` | `gemma` |"
+    # after Holm first, the uncorrected verdict beside it only where it differs; a claim a study lacks is a dash
+    assert lines[2] == "| 1. Not temperature | inconclusive (holds uncorrected) | holds | - |"
+    assert lines[3] == "| 5. Late-Stage LoRA | does not hold | - | does not hold |"

@@ -72,6 +72,32 @@ def stage_minutes(study: dict) -> float:
     )
 
 
+def overview_table(studies: list[tuple[str, dict]]) -> list[str]:
+    """Each claim's verdict in every study, side by side (after Holm, the uncorrected one in parentheses where
+    it differs): the first question a reader asks of several models is whether they agree."""
+    columns = []
+    for name, study in studies:
+        columns.append((name, {c["number"]: c for c in study.get("claims", [])}))
+        if study.get("claims_full_finetune"):
+            columns.append((f"{name}, full fine-tune", {c["number"]: c for c in study["claims_full_finetune"]}))
+    names = {}
+    for _, claims in columns:
+        for number, claim in claims.items():
+            names.setdefault(number, claim["name"])
+    lines = ["| claim | " + " | ".join(f"`{name}`" for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for number, name in names.items():
+        cells = []
+        for _, claims in columns:
+            claim = claims.get(number)
+            if claim is None:
+                cells.append("-")
+                continue
+            after = claim.get("holm") or claim["verdict"]
+            cells.append(after + (f" ({claim['verdict']} uncorrected)" if after != claim["verdict"] else ""))
+        lines.append(f"| {number}. {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def run_section(run_dir: Path) -> list[str]:
     """One study: its provenance, training, generation table, verdicts and the rules' measured error rates."""
     study = read_json(run_dir / "metrics.json")
@@ -154,6 +180,19 @@ def results_document(run_dirs: list[Path], command: str) -> str:
         "it. Regenerate it rather than editing it: a number here that no run folder backs is stale.",
         "",
     ]
+    finished = [Path(d) for d in run_dirs if (Path(d) / "metrics.json").exists()]
+    if finished:
+        models = [yaml.safe_load((d / "config.yaml").read_text())["model"]["name"] for d in finished]
+        lines += [
+            "## The verdicts side by side",
+            "",
+            "Each study's verdict on each claim, after Holm's correction over the study's rules (the uncorrected one "
+            "in parentheses where it differs); the sections below give the intervals, the reasons and the rules' error "
+            "rates. Studies: " + "; ".join(f"`{d.name}` ({model})" for d, model in zip(finished, models)) + ".",
+            "",
+            *overview_table([(d.name, read_json(d / "metrics.json")) for d in finished]),
+            "",
+        ]
     for run_dir in run_dirs:
         lines += (
             validation_section(Path(run_dir))
