@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", nargs="?", default="runs/quick", type=Path)
     parser.add_argument("--name", default=None, help="record the table as benchmarks/results/NAME.json")
+    parser.add_argument(
+        "--note", action="append", default=[], help="a measured fact the run folder does not hold (e.g. the wall time)"
+    )
     args = parser.parse_args(argv)
     if not any(args.run_dir.glob("*/stage-done.json")):
         sys.exit(f"No finished stage in {args.run_dir}: run the study first.")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         print("| " + " | ".join("-" if value is None else str(value) for value in row) + " |")
     slowest = max(rows, key=lambda row: row[1])
-    findings = [
+    findings = args.note + [
         f"Stages {total} s ({total / 60:.1f} min); the last invocation's wall time {wall:.0f} s ({wall / 60:.1f} min)."
         if wall
         else f"Stages {total} s ({total / 60:.1f} min).",
