@@ -30,8 +30,7 @@ def finished_stages(run_dir: Path) -> dict:
             "seconds": record["wall_seconds"],
             "process_peak_memory_mib": record.get("process_peak_memory_mib"),
         }
-    run = json.loads((run_dir / "hyperfit-run.json").read_text()) if (run_dir / "hyperfit-run.json").exists() else {}
-    return {"stage_profile": profile, "environment": run.get("environment", {})}
+    return {"stage_profile": profile}  # how the study ran is recorded by its report, which it has not written yet
 
 
 def stage_rows(run_dir: Path) -> tuple[list[list], dict]:
