@@ -558,7 +558,10 @@ def _end_on_sigterm() -> None:
     command says so, instead of vanishing without a word. A forked worker (the calibration's pool, which its parent
     ends with SIGTERM) keeps the default: it just ends."""
     import signal
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return
     parent = os.getpid()
 
     def handler(signum, frame):
