@@ -47,6 +47,14 @@ def _environment():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "HF_HUB_OFFLINE": "1"}
 
 
+def _wait_for_checkpoint(process, run_dir) -> None:
+    """Until the training run has written its first epoch checkpoint (it is then well inside the train stage)."""
+    checkpoint = run_dir / "train" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+
+
 @pytest.mark.e2e
 def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder, corpus, tmp_path):
     straight = tmp_path / "straight"
@@ -61,10 +69,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    checkpoint = killed / "train" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, killed)
     time.sleep(0.3)  # into a later epoch, most likely mid-write of something
     assert process.poll() is None, "the run finished before it could be killed; make it longer"
     process.send_signal(signal.SIGKILL)
@@ -105,10 +110,7 @@ def test_sigterm_ends_a_run_with_a_word_and_leaves_it_to_resume(tiny_model_folde
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
-    checkpoint = run_dir / "train" / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    _wait_for_checkpoint(process, run_dir)
     assert process.poll() is None, "the run finished before it could be stopped; make it longer"
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
