@@ -1,28 +1,31 @@
-"""The whole study on a GPU, end to end, instrumented: does every stage run on the device, and how fast?
+"""The first run on a GPU, in the order that answers the open questions first: does decoding capture and replay CUDA
+graphs correctly, how fast, how close to the bound; then training; then every stage of the study.
 
 A model of TinyLlama-1.1B's shape (random weights) and a byte-level BPE tokenizer of its 32,000-entry
 vocabulary, trained here on the embedded fiction corpus, are written to a local folder (no download);
-a second, small random model of the same vocabulary is the judge. Then, in one process:
+a second, small random model of the same vocabulary is the judge. Then, in one process, the phases (``--phases``
+picks some, ``--budget-s`` skips those still to come once the time is spent; the JSON is written after each):
 
-1. ``study``: the whole study on that model with a small config (full fine-tuning for 2 epochs, all
-   five analyses, one control, three baselines, the judge), every stage through the real CLI path.
-   Every forward call of every causal LM is counted, by stage and by device type (on a GPU the host's
-   count must be zero; a replayed CUDA graph of a decoding step is not a call, so the device's count is a
-   lower bound); each stage's measured peak of device memory sits beside its estimate.
-2. ``decoding``: greedy decoding at widths 64 and 300 in float32 (as the GPU presets decode), the fixed-buffer
-   decoder (CUDA graphs on a GPU) against the growing cache, first pass apart: tokens/s, ms per step, share
-   of the weight-read bound.
-3. ``greedy_equality``: the toolkit's greedy tokens against transformers' ``generate`` in float32, at
-   width 64: identical continuations counted, and where the others part.
-4. ``training``: MFU of the real training path, from the study's own training log.
+1. ``decoding``: greedy decoding as the GPU presets decode (bf16 autocast; float32 on a CPU) at the presets' widths
+   (64 prompts, and 320 rows: five settings stacked), the fixed-buffer decoder against the growing cache. Per width:
+   ms per step with the prefill timed apart, the first pass (which captures the graph) apart from a steady one (which
+   replays it), the share of the weight-read bound, whether graphs were captured and used (and why not), the replays
+   checked against eager steps (the decoder checks the captured step, the next and the last), host syncs per decode,
+   peak memory, identical tokens between the two decoders.
+2. ``greedy_equality``: the fixed decoder's greedy tokens against the growing cache's and transformers'
+   ``generate``'s, in float32, at width 64: identical continuations counted, and where the others part.
+3. ``training``: the study's data and training stages through the train command's path; MFU from its log.
+4. ``study``: the whole study on that model with a small config (full fine-tuning for 2 epochs, all five analyses,
+   one control, three baselines, the judge), every stage through the real path, reusing the training phase's stages.
+   Every forward call of every causal LM is counted, by stage and by device type (on a GPU the host's count must be
+   zero; a replayed CUDA graph of a decoding step is not a call, so the device's count is a lower bound); each stage's
+   measured peak of device memory sits beside its estimate.
 5. ``teacher_forcing``: tokens/s of the analyses' teacher-forced passes.
 6. ``estimate``: the paper's whole TinyLlama study on this machine, from the rates above.
 
-Every phase is written to the JSON file as it ends.
-
-python benchmarks/gpu_study.py --json $OUT/gpu_study.json --out /tmp/gpu-study   # on a GPU (goal: < 8 minutes on an
-H200) python benchmarks/gpu_study.py --tiny --json /tmp/gpu_study.json                 # anywhere: tiny shapes, CPU as
-the device # (the test suite runs this)
+    python benchmarks/gpu_study.py --json $OUT/gpu_study.json --out /tmp/gpu-study --budget-s 420  # on a GPU
+    python benchmarks/gpu_study.py --tiny --json /tmp/gpu_study.json   # anywhere: tiny shapes, the CPU as the device
+                                                                       # (the test suite runs this)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import forward_flops_per_token  # noqa: E402  (also puts src/ on the path)
@@ -190,33 +194,71 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def run_study_phase(
-    model: Path, judge: Path, run_dir: Path, tiny: bool, counter: ForwardCounter, device: torch.device
-) -> dict:
+class StageNames:
+    """While active, tells ``counter`` which stage is running: every stage goes through StageGraph.run, which announces
+    it."""
+
+    def __init__(self, counter: ForwardCounter):
+        self.counter = counter
+
+    def __enter__(self):
+        from hyperfitting.pipeline import graph
+
+        self.announce = announce = graph.StageGraph.announce
+        counter = self.counter
+
+        def announce_and_count(self, name, detail=""):
+            counter.stage = name
+            return announce(self, name, detail)
+
+        graph.StageGraph.announce = announce_and_count
+        return self
+
+    def __exit__(self, *exc):
+        from hyperfitting.pipeline import graph
+
+        graph.StageGraph.announce = self.announce
+        self.counter.stage = "outside a stage"
+
+
+def study_config(model: Path, judge: Path, run_dir: Path, tiny: bool, device: torch.device):
     from hyperfitting.config import load_config
+
+    # As the GPU presets run: bf16 autocast for training and decoding (what the analyses measure stays float32);
+    # float32 on a CPU.
+    precision = ["model.precision=bf16"] if device.type == "cuda" else ["model.precision=fp32"]
+    return load_config(None, study_overrides(model, judge, run_dir, tiny) + precision)
+
+
+def training_run_phase(config, counter: ForwardCounter) -> dict:
+    """The study's data and training stages alone, through the train command's path (the study then reuses them)."""
+    from hyperfitting.models.loading import tokenizer_for
+    from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
+    from hyperfitting.pipeline.runner import Shared, run_graph
+    from hyperfitting.precision import precision_for
+    from hyperfitting.rundir import prepare_run_dir, read_jsonl
+
+    run_dir = prepare_run_dir(config, "overwrite")
+    graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
+    started = time.perf_counter()
+    with StageNames(counter):
+        _, context = precision_for(config, say=lambda text: None)
+        with context:
+            run_graph(graph, Shared(graph, tokenizer=tokenizer_for(config.model)))
+    return {"seconds": time.perf_counter() - started, "train_log": read_jsonl(run_dir / "train" / "train_log.jsonl")}
+
+
+def run_study_phase(config, counter: ForwardCounter, device: torch.device) -> dict:
     from hyperfitting.layout import STAGE_DONE
     from hyperfitting.pipeline import graph
     from hyperfitting.pipeline.runner import run_study
     from hyperfitting.rundir import prepare_run_dir, read_json
 
-    announce = graph.StageGraph.announce
-
-    def announce_and_count(self, name, detail=""):  # every stage goes through StageGraph.run, which announces it
-        counter.stage = name
-        return announce(self, name, detail)
-
-    graph.StageGraph.announce = announce_and_count
-    try:
-        # As the GPU presets run: bf16 autocast for the training steps, float32 for decoding (model.precision's
-        # default).
-        precision = ["train.mixed_precision=bf16"] if device.type == "cuda" else ["model.precision=fp32"]
-        config = load_config(None, study_overrides(model, judge, run_dir, tiny) + precision)
-        started = time.perf_counter()
-        run_study(config, prepare_run_dir(config, "overwrite"))
-        seconds = time.perf_counter() - started
-    finally:
-        graph.StageGraph.announce = announce
-        counter.stage = "after the study"
+    run_dir = Path(config.run_dir)
+    started = time.perf_counter()
+    with StageNames(counter):  # the data and training stages of the training phase are reused where it ran
+        run_study(config, prepare_run_dir(config, "resume"))
+    seconds = time.perf_counter() - started
     planned = list(graph.study_graph(config, run_dir).specs)
     metrics = read_json(run_dir / "metrics.json")
     forwards = counter.by_stage()
@@ -230,9 +272,36 @@ def run_study_phase(
         "device_forwards": sum(sum(d.values()) for d in forwards.values()) - host,
         "stage_profile": metrics["stage_profile"],
         "precision": metrics.get("precision"),
-        "train_log": metrics["train_log"],
         "claims": {str(c["number"]): c["verdict"] for c in metrics["claims"]},
     }
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the operations that make the host wait for the device: a device value read into Python (``item``,
+    ``bool``), a shape that depends on values (``nonzero``, indexing by a mask), a copy from the device to the host
+    (``tolist``). A
+    replayed CUDA graph issues no operation, so what is counted is the decoding loop's own."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "equal", "is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in self.READS:
+            self.count += 1
+        elif name in ("index", "index_put_", "index_put") and any(  # x[mask]: a shape that depends on the values
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]
+        ):
+            self.count += 1
+        elif name == "_to_copy" and args[0].device.type != "cpu" and str(kwargs.get("device", "")) == "cpu":
+            self.count += 1
+        elif name == "copy_" and args[0].device.type == "cpu" and args[1].device.type != "cpu":
+            self.count += 1
+        return func(*args, **kwargs)
 
 
 def decoding_phase(
@@ -244,43 +313,76 @@ def decoding_phase(
     copy_tb_per_s: float,
     device: torch.device,
 ) -> dict:
-    """Greedy tokens/s per width, the fixed-buffer decoder against the growing cache, first pass timed apart."""
+    """Greedy decoding as the GPU presets decode (bf16 autocast on a GPU, float32 on a CPU), per width: the fixed-buffer
+    decoder (CUDA graphs on a GPU) against the growing cache. The first pass (which captures) is timed apart from a
+    steady one (which replays the kept graph), and the prefill apart from the steps; whether graphs were captured and
+    used, and why not; the replays checked against eager steps; host syncs per decode; peak memory."""
     from hyperfitting.config import GenerateArgs
+    from hyperfitting.generation import fixed
     from hyperfitting.generation.decoding import generate
+    from hyperfitting.precision import compute_precision
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    result: dict = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "weight_bytes": weight_bytes}
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    weight_bytes = sum(p.numel() * (2 if dtype == "bf16" else p.element_size()) for p in model.parameters())
+    result: dict = {
+        "dtype": dtype,
+        "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "weight_bytes": weight_bytes,
+        # a step reads every weight once (the KV cache adds to it at wide batches), at the memory's measured rate
+        "weight_read_bound_ms_per_step": 1e3 * weight_bytes / (copy_tb_per_s * 1e12) if copy_tb_per_s else None,
+    }
     vocabulary = model.config.vocab_size
-    for width in widths:
-        prompts = torch.randint(
-            3, vocabulary, (width, prompt_tokens), generator=torch.Generator().manual_seed(width)
-        ).tolist()
-        row = {}
-        for decoder in ("dynamic", "fixed"):
-            args = GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder=decoder)
-            outputs = []
+    with compute_precision(dtype, device):
+        for width in widths:
+            prompts = torch.randint(
+                3, vocabulary, (width, prompt_tokens), generator=torch.Generator().manual_seed(width)
+            ).tolist()
+            row: dict = {}
+            tokens = {}
+            for decoder in ("dynamic", "fixed"):
+                fixed.reset_graph_stats()
+                outputs = []
 
-            def once():
-                outputs.append(generate(model, tokenizer, prompts, args, show_progress=False, shard=False))
+                def once(steps=new_tokens):
+                    args = GenerateArgs(max_new_tokens=steps, batch_size=width, decoder=decoder)
+                    outputs.append(generate(model, tokenizer, prompts, args, show_progress=False, shard=False))
 
-            first = device_seconds(device, once)
-            steady = device_seconds(device, once)
-            # Weight-read bound: a step reads every weight once (at batch 300 the KV cache adds to it), at the memory's
-            # measured rate (a copy's reads and writes together: gpu_check.py halved it, which doubled its shares).
-            bound = new_tokens * weight_bytes / (copy_tb_per_s * 1e12) if copy_tb_per_s else None
-            row[decoder] = {
-                "tokens_per_s": width * new_tokens / steady,
-                "ms_per_step": 1e3 * steady / new_tokens,
-                "first_pass_s": first,
-                "steady_pass_s": steady,
-                "share_of_weight_read_bound": bound / steady if bound else None,
-            }
-            row[f"{decoder}_tokens"] = [o.token_ids for o in outputs[-1]]
-        row["fixed_over_dynamic"] = row["fixed"]["tokens_per_s"] / row["dynamic"]["tokens_per_s"]
-        row["identical_greedy_continuations"] = sum(
-            a == b for a, b in zip(row.pop("dynamic_tokens"), row.pop("fixed_tokens"))
-        )
-        result[f"width_{width}"] = row
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                first = device_seconds(device, once)
+                steady = device_seconds(device, once)
+                counting = HostSyncs()
+                with counting:
+                    once()
+                # the prefill and the first token's choice (last: its shorter buffers replace the kept graph)
+                prefill = device_seconds(device, lambda: once(1))
+                step_ms = 1e3 * max(steady - prefill, 0.0) / max(new_tokens - 1, 1)
+                bound = result["weight_read_bound_ms_per_step"]
+                row[decoder] = {
+                    "tokens_per_s": width * new_tokens / steady,
+                    "ms_per_step": step_ms,
+                    "prefill_s": prefill,
+                    "first_pass_s": first,
+                    "steady_pass_s": steady,
+                    "share_of_weight_read_bound": bound / step_ms if bound and step_ms else None,
+                    "host_syncs_per_decode": counting.count,
+                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                }
+                if decoder == "fixed":
+                    stats = fixed.graph_stats()
+                    row[decoder]["graphs"] = {
+                        **stats,
+                        "captured": stats["captures"] > 0,
+                        "used": stats["replays"] > 0 and not stats["failures"],
+                        "why_not": stats["why_not"]
+                        or ([] if device.type == "cuda" else ["no CUDA device: eager steps"]),
+                    }
+                fixed.release_all_workspaces()
+                tokens[decoder] = [o.token_ids for o in outputs[0]]
+            row["fixed_over_dynamic"] = row["fixed"]["tokens_per_s"] / row["dynamic"]["tokens_per_s"]
+            row["identical_greedy_continuations"] = sum(a == b for a, b in zip(tokens["dynamic"], tokens["fixed"]))
+            result[f"width_{width}"] = row
     return result
 
 
@@ -297,17 +399,20 @@ def greedy_equality_phase(
     ).tolist()
     decoder = decoder_for("auto", model, prompt_tokens + new_tokens)
     with full_precision(device):
-        ours = [
-            o.token_ids
-            for o in generate(
-                model,
-                tokenizer,
-                prompts,
-                GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder="fixed"),
-                show_progress=False,
-                shard=False,
-            )
-        ]
+        ours, growing = (
+            [
+                o.token_ids
+                for o in generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder=decoder),
+                    show_progress=False,
+                    shard=False,
+                )
+            ]
+            for decoder in ("fixed", "dynamic")
+        )
         ids = torch.tensor(prompts, device=device)
         with torch.no_grad():
             theirs = model.generate(
@@ -322,6 +427,7 @@ def greedy_equality_phase(
     return {
         "decoder": "fixed",
         "study_decoder_here": decoder,
+        "identical_to_growing_cache": sum(a == b for a, b in zip(ours, growing)),
         "identical_continuations": sum(a == b for a, b in zip(ours, theirs)),
         "of": width,
         "first_differing_step": parted,
@@ -373,7 +479,7 @@ def paper_estimate(results: dict) -> dict:
         key=lambda k: int(k.split("_")[1]),
         default=None,
     )
-    decode = results["decoding"][widest]["fixed"]["tokens_per_s"] if widest else None
+    decode = results.get("decoding", {})[widest]["fixed"]["tokens_per_s"] if widest else None
     forced = results.get("teacher_forcing", {}).get("tokens_per_s")
     if not (train and decode and forced):
         return {"unavailable": "a rate is missing"}
@@ -391,6 +497,9 @@ def paper_estimate(results: dict) -> dict:
     }
 
 
+PHASES = ("decoding", "greedy_equality", "training", "study", "teacher_forcing", "estimate")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -403,7 +512,20 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="folder for the model, its judge and the study's run (default: a temporary one)",
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, run in this order: {', '.join(PHASES)}"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="once this many seconds have passed, skip the phases still to come (each is recorded as skipped)",
+    )
     args = parser.parse_args(argv)
+    wanted = [p for p in args.phases.split(",") if p]
+    unknown = sorted(set(wanted) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase {', '.join(unknown)}: choose from {', '.join(PHASES)}")
 
     # The device every model of the study goes to (models/loading.py: place_on_device): a GPU wherever there is one,
     # --tiny included (it only shrinks the shapes), so the forwards, the timings and the tensors all meet there.
@@ -419,6 +541,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device_type": device.type,
         "torch": torch.__version__,
         "tiny": args.tiny,
+        "phases_asked": wanted,
+        "skipped": {},
     }
 
     def save(phase: str):
@@ -434,58 +558,83 @@ def main(argv: list[str] | None = None) -> dict:
     model_folder, judge_folder = write_model_folders(out, args.tiny)
     save("model folders")
 
-    counter = ForwardCounter()
-    try:
-        results["study"] = run_study_phase(model_folder, judge_folder, out / "run", args.tiny, counter, device)
-    finally:
-        counter.close()
-    save("study")
-
     from hyperfitting.config import ModelArgs
     from hyperfitting.models.loading import load_model
 
     model, tokenizer = load_model(ModelArgs(name=str(model_folder)))
     new_tokens, prompt_tokens = (8, 8) if args.tiny else (128, 32)
-    # In float32, as the GPU presets decode (model.precision=fp32): the rate the paper-study estimate needs.
-    results["decoding"] = decoding_phase(
-        model, tokenizer, (64, 300), new_tokens, prompt_tokens, results["roofline"]["copy_tb_per_s"], device
-    )
-    save("decoding")
-    results["greedy_equality"] = greedy_equality_phase(model, tokenizer, 64, new_tokens, prompt_tokens, device)
-    save("greedy equality")
-    block_tokens = 32 if args.tiny else 256
-    results["training"] = training_phase(
-        results["study"]["train_log"], model, block_tokens, results["roofline"]["matmul_tflops"], spec
-    )
-    save("training")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False):
-        results["teacher_forcing"] = teacher_forcing_phase(
+    config = study_config(model_folder, judge_folder, out / "run", args.tiny, device)
+    counter = ForwardCounter()
+    # Decoding first: the graph path is what has never run, and it must answer even if a later phase fails.
+    work = {
+        # 64 prompts (the presets' generate.batch_size) alone, and as five stacked settings (an analysis' sweep)
+        "decoding": lambda: decoding_phase(
+            model, tokenizer, (64, 320), new_tokens, prompt_tokens, results["roofline"]["copy_tb_per_s"], device
+        ),
+        "greedy_equality": lambda: greedy_equality_phase(model, tokenizer, 64, new_tokens, prompt_tokens, device),
+        "training": lambda: training_run_phase(config, counter),
+        "study": lambda: run_study_phase(config, counter, device),
+        "teacher_forcing": lambda: teacher_forcing_phase(
             model, 16 if args.tiny else 64, 40 if args.tiny else 256, device
-        )
-    save("teacher forcing")
-    results["paper_study_estimate"] = paper_estimate(results)
-    save("estimate")
-    study = results["study"]
-    print(
-        f"stages {len(study['stages']) - len(study['unfinished_stages'])}/{len(study['stages'])} finished; causal-LM "
-        "forwards on the host: "
-        f"{study['host_forwards']}, on the device: {study['device_forwards']}"
-    )
-    for width in (64, 300):
-        row = results["decoding"][f"width_{width}"]
+        ),
+        "estimate": lambda: paper_estimate(results),
+    }
+    try:
+        for phase in PHASES:
+            if phase not in wanted:
+                continue
+            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+                results["skipped"][phase] = f"the time budget of {args.budget_s:.0f} s was spent"
+                save(f"{phase} skipped:")
+                continue
+            if phase == "teacher_forcing":
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False):
+                    results[phase] = work[phase]()
+            else:
+                results[phase] = work[phase]()
+            if phase == "training":  # MFU of the real training path, from its own log
+                results[phase].update(
+                    training_phase(
+                        results[phase].pop("train_log"),
+                        model,
+                        32 if args.tiny else 256,
+                        results["roofline"]["matmul_tflops"],
+                        spec,
+                    )
+                )
+            save(phase)
+    finally:
+        counter.close()
+    summarise(results)
+    return results
+
+
+def summarise(results: dict) -> None:
+    for width in (64, 320):
+        row = results.get("decoding", {}).get(f"width_{width}")
+        if row:
+            graphs = row["fixed"]["graphs"]
+            share = row["fixed"]["share_of_weight_read_bound"]
+            print(
+                f"width {width} ({results['decoding']['dtype']}): fixed {row['fixed']['ms_per_step']:.2f} ms/step "
+                f"({share or 0:.0%} of the weight-read bound), growing cache {row['dynamic']['ms_per_step']:.2f}; "
+                f"graphs captured {graphs['captured']}, used {graphs['used']}"
+                + (f" ({'; '.join(graphs['why_not'])})" if graphs["why_not"] else "")
+                + f"; same tokens {row['identical_greedy_continuations']}/{width}"
+            )
+    study = results.get("study")
+    if study:
         print(
-            f"width {width}: fixed {row['fixed']['tokens_per_s']:,.0f} tokens/s ({row['fixed']['ms_per_step']:.1f} "
-            "ms/step), "
-            f"growing cache {row['dynamic']['tokens_per_s']:,.0f}: x{row['fixed_over_dynamic']:.2f}"
+            f"stages {len(study['stages']) - len(study['unfinished_stages'])}/{len(study['stages'])} finished; "
+            f"causal-LM forwards on the host: {study['host_forwards']}, on the device: {study['device_forwards']}"
         )
-    estimate = results["paper_study_estimate"]
+    estimate = results.get("estimate", {})
     if "total_min" in estimate:
         print(
             f"paper's TinyLlama study here: about {estimate['total_min']:.0f} min (training "
-            f"{estimate['training_min']:.1f}, "
-            f"decoding {estimate['decoding_min']:.1f}, teacher forcing {estimate['teacher_forcing_min']:.1f})"
+            f"{estimate['training_min']:.1f}, decoding {estimate['decoding_min']:.1f}, teacher forcing "
+            f"{estimate['teacher_forcing_min']:.1f})"
         )
-    return results
 
 
 if __name__ == "__main__":

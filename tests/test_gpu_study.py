@@ -38,17 +38,58 @@ def test_the_tiny_gpu_study_runs_every_stage_and_measures_every_phase(tmp_path):
         study["stage_profile"][stage]["estimated_memory_mib"] >= 0 for stage in ("base", "analysis-ranks", "quality")
     )
 
-    for width in (64, 300):
+    decoding = results["decoding"]
+    assert decoding["dtype"] == ("bf16" if device == "cuda" else "fp32")
+    for width in (64, 320):
         row = results["decoding"][f"width_{width}"]
-        assert (
-            row["fixed"]["tokens_per_s"] > 0 and row["dynamic"]["tokens_per_s"] > 0 and row["fixed"]["first_pass_s"] > 0
-        )
+        for decoder in ("fixed", "dynamic"):
+            timing = row[decoder]
+            assert timing["tokens_per_s"] > 0 and timing["first_pass_s"] > 0 and timing["prefill_s"] > 0
+            assert timing["ms_per_step"] >= 0 and timing["share_of_weight_read_bound"] is not None
+            # the loop looks at the rows every SYNC_EVERY steps at most (here it never stops at EOS), and reads the
+            # result back once: a copy to the host on a GPU, nothing on a CPU
+            assert timing["host_syncs_per_decode"] == (1 if device == "cuda" else 0)
+        graphs = row["fixed"]["graphs"]
+        assert graphs["captured"] is (device == "cuda") and graphs["failures"] == 0
+        assert graphs["why_not"] == ([] if device == "cuda" else ["no CUDA device: eager steps"])
         assert row["identical_greedy_continuations"] == width  # the fixed buffers give the growing cache's tokens
     equality = results["greedy_equality"]
     assert equality["identical_continuations"] == equality["of"] == 64 and equality["first_differing_step"] == []
-    assert 0 < results["training"]["mfu_vs_measured"] < 1
+    assert equality["identical_to_growing_cache"] == 64
+    assert 0 < results["training"]["mfu_vs_measured"] < 1 and results["training"]["seconds"] > 0
     assert results["teacher_forcing"]["tokens_per_s"] > 0
-    estimate = results["paper_study_estimate"]
+    estimate = results["estimate"]
     assert estimate["total_min"] == pytest.approx(
         estimate["training_min"] + estimate["decoding_min"] + estimate["teacher_forcing_min"]
     )
+
+
+@pytest.mark.e2e
+def test_phases_can_be_picked_and_a_spent_budget_skips_the_rest(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "gpu_study.json"
+    results = module.main(["--tiny", "--phases", "decoding,estimate", "--budget-s", "0", "--json", str(out)])
+    assert set(results["skipped"]) == {"decoding", "estimate"} and "decoding" not in results
+    assert json.loads(out.read_text())["skipped"] == results["skipped"]
+    results = module.main(["--tiny", "--phases", "greedy_equality,estimate"])
+    assert results["greedy_equality"]["of"] == 64 and "study" not in results
+    assert results["estimate"] == {"unavailable": "a rate is missing"}
+    with pytest.raises(SystemExit):
+        module.main(["--tiny", "--phases", "decodeing"])
+
+
+def test_the_host_sync_counter_counts_what_reads_a_value_into_python():
+    spec = importlib.util.spec_from_file_location("gpu_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import torch
+
+    values = torch.arange(6.0)
+    with module.HostSyncs() as counting:
+        values.sum() * 2  # no sync
+        float(values.max())  # one: the value read into Python
+        bool((values > 2).any())  # two
+        values[values > 2]  # three: a shape that depends on the values
+    assert counting.count == 3

@@ -7,12 +7,19 @@ writes the same tensors every time: on a GPU one step is captured as a CUDA grap
 ~700 kernel launches of a step off the host. Rows and lengths are rounded up to a few buckets there, so a study's
 many batch widths share a handful of graphs. On a CPU nothing is captured and nothing is rounded; the fixed state
 gives the greedy tokens of the growing one (tests/test_decoding.py).
+
+A graph is kept with its buffers for the model, bucket and dtype it was captured for, across decodes, until the
+stage that made it ends (``release_all_workspaces``, called by the stage runner in a ``finally``). A replay is
+checked against an eager step of the same inputs at the first two replayed steps and the last step of every decode:
+the usual graph bug (a value frozen into the capture) shows from the step after capture on. A failed capture or check
+is remembered for the model, with its cause, and that model decodes eagerly from then on.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Sequence
+from collections import Counter
+from typing import Callable, Sequence
 
 import torch
 
@@ -117,14 +124,76 @@ def fixed_state_supported(model, length: int) -> str | None:
 
 def bucketed_length(length: int) -> int:
     """The cache length a GPU decode of ``length`` tokens allocates (a multiple of 64: nearby lengths share a graph)."""
-    return bucket(length, 64, 64, 0)
+    return -(-length // 64) * 64
 
 
-def bucket(n: int, fine: int, coarse: int, switch: int) -> int:
-    """``n`` rounded up: to a multiple of ``fine`` up to ``switch``, of ``coarse`` above it (a few sizes cover a
-    study)."""
-    step = fine if n <= switch else coarse
-    return -(-n // step) * step
+def bucketed_rows(rows: int) -> int:
+    """The rows a GPU decode of ``rows`` rows allocates: a multiple of 8, or of an eighth of the power of two below
+    ``rows`` where that is larger (65 -> 72, 300 -> 320), so no decode computes more than an eighth of rows it never
+    reads, and a study's batch widths still share a few graphs."""
+    step = max(8, (1 << (rows.bit_length() - 1)) // 8) if rows > 0 else 8
+    return -(-rows // step) * step
+
+
+def replay_tolerance(dtype: torch.dtype) -> float:
+    """How far a replayed logit may lie from the eager one, relative to the largest logit: four rounding steps of the
+    logits' dtype, and never less than float32's accumulation noise (a replay runs the same kernels, usually to the
+    bit, but a kernel chosen differently under capture may round differently; a frozen value is far larger)."""
+    return max(4 * torch.finfo(dtype).eps, 2e-5)
+
+
+def replay_difference(replayed: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why ``replayed`` logits (rows, V) are not the eager step's ``expected`` ones (None: they agree), at the
+    tolerance of their dtype. A row's greedy token may differ only where the eager top two are within it."""
+    tolerance = replay_tolerance(expected.dtype) * max(1.0, float(expected.abs().amax()))
+    replayed, expected = replayed.float(), expected.float()
+    largest = float((replayed - expected).abs().amax())
+    if not largest <= tolerance:  # also catches NaN
+        return f"the largest difference {largest:.3g} exceeds the {tolerance:.3g} allowed in {expected.dtype}"
+    top2 = expected.topk(min(2, expected.shape[-1]), dim=-1).values
+    tied = (top2[:, 0] - top2[:, -1]) <= tolerance
+    if not bool(((replayed.argmax(-1) == expected.argmax(-1)) | tied).all()):
+        return "a greedy choice differs where the eager step's top two are not tied"
+    return None
+
+
+def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], device: torch.device, cuda=torch.cuda):
+    """Capture ``step`` (one decoding step into fixed buffers, returning its logits) as a CUDA graph on ``device``.
+
+    Two warm-up steps run first on a side stream (lazy initialisations and allocations stay out of the capture);
+    ``rewind`` puts the cache's write counters back before each run, outside the capture (inside it, it would be
+    replayed). Returns (graph, the logits tensor every replay rewrites). On failure it raises the error that made the
+    capture fail (the step's own, not the ``capture_end`` error that follows it) and leaves the thread on the stream it
+    was on. ``cuda`` is the module that does this (tests pass a stand-in).
+    """
+    with cuda.device(device):
+        original = cuda.current_stream()
+        side = cuda.Stream()
+        side.wait_stream(original)
+        try:
+            cuda.set_stream(side)
+            for _ in range(2):
+                rewind()
+                step()
+            cuda.synchronize()
+            rewind()
+            graph = cuda.CUDAGraph()
+            graph.capture_begin()
+            cause, output = None, None
+            try:
+                output = step()
+            except Exception as error:  # noqa: BLE001 (raised below, after the capture is ended)
+                cause = error
+            try:
+                graph.capture_end()
+            except Exception as error:  # noqa: BLE001 (secondary when the step failed)
+                cause = cause or error
+            if cause is not None:
+                raise cause
+            return graph, output
+        finally:
+            cuda.set_stream(original)
+            original.wait_stream(side)
 
 
 class _Workspace:
@@ -148,17 +217,69 @@ class _Workspace:
         self.shut = False if mask_dtype is None else torch.finfo(mask_dtype).min
         self.graph = None
         self.graph_logits: torch.Tensor | None = None
-        self.graph_failed = False
 
 
-# Workspaces (and their graphs) per model, one (rows, length) bucket at a time, until the decode that made them ends
-# (generate_variants releases them): a static cache is large, and the stages after a decode need the memory.
+# Workspaces (and their graphs) per model, one (rows, length) bucket at a time, kept across decodes until the stage
+# that made them ends (StageGraph.run calls release_all_workspaces in a finally): a static cache is large, and the
+# stages after it need the memory. Weak keys: a model that is let go takes its workspace with it.
 _WORKSPACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+# Why capturing a model's step failed: remembered, so that the model decodes eagerly from then on without retrying.
+_GRAPH_FAILED: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+# What the graph path did since the last reset_graph_stats(): captures, replays, checked replays, eager steps taken
+# where a graph was wanted, failures (the first-run check reports these).
+_STATS: Counter = Counter()
+_FAILURES: list[str] = []
 
 
-def release_workspaces(model) -> None:
-    """Let go of ``model``'s fixed buffers and graphs."""
-    _WORKSPACES.pop(model, None)
+def release_all_workspaces() -> None:
+    """Let go of every model's fixed buffers and graphs (what was learned of a failed capture is kept)."""
+    _WORKSPACES.clear()
+
+
+def graph_stats() -> dict:
+    """What the graph path has done since :func:`reset_graph_stats`: counts, and each failure's cause."""
+    return {
+        **{k: _STATS[k] for k in ("captures", "replays", "checked_replays", "eager_steps", "failures")},
+        "why_not": list(_FAILURES),
+    }
+
+
+def _step(model, space: "_Workspace", keep_last: dict) -> torch.Tensor:
+    """One decoding step of the fixed buffers: the logits (rows, V) that predict the next token."""
+    return model(
+        input_ids=space.step_ids,
+        attention_mask=space.mask,
+        position_ids=space.positions,
+        cache=space.cache,
+        use_cache=True,
+        **keep_last,
+    ).logits[:, -1, :]
+
+
+# torch.compile's backend for compile_step (inductor: generated, fused kernels; tests may name a lighter one).
+COMPILE_BACKEND = "inductor"
+_COMPILED: dict = {}
+
+
+def compiled_step(device: torch.device):
+    """:func:`_step` compiled once per process and device type: on a GPU in "reduce-overhead" mode (CUDA graphs of the
+    compiled kernels, as gpt-fast does). Every model, bucket and dtype compiles on its first step (guards), and the
+    fixed buffers keep the shapes static, so a decode compiles once and replays from then on."""
+    key = (device.type, COMPILE_BACKEND)
+    if key not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
+        _COMPILED[key] = torch.compile(_step, backend=COMPILE_BACKEND, mode=mode, dynamic=False)
+    return _COMPILED[key]
+
+
+def graphs_wanted(device: torch.device) -> bool:
+    """Whether a decode on ``device`` captures its step (CUDA only: on a CPU there is nothing to replay)."""
+    return device.type == "cuda"
+
+
+def reset_graph_stats() -> None:
+    _STATS.clear()
+    _FAILURES.clear()
 
 
 class FixedState:
@@ -172,6 +293,7 @@ class FixedState:
         max_new_tokens: int,
         pad_token_id: int,
         graphs: bool | None = None,
+        compile_step: bool = False,
     ):
         why_not = fixed_state_supported(model, max(map(len, prompts)) + max_new_tokens)
         if why_not:
@@ -180,7 +302,11 @@ class FixedState:
             )
         self.model = model
         device = next(model.parameters()).device
-        self.graphs = device.type == "cuda" if graphs is None else graphs
+        # A compiled step makes its own graphs (torch.compile's "reduce-overhead" on a GPU): none is captured here.
+        self.compiled = compiled_step(device) if compile_step else None
+        wanted = graphs_wanted(device) if graphs is None else graphs
+        self.graphs = wanted and not compile_step and model not in _GRAPH_FAILED
+        self.max_new_tokens = max_new_tokens
         logits, prefill_cache, input_ids, attention_mask, positions, _ = _prefill(
             model, prompts, pad_token_id, n_variants
         )
@@ -190,22 +316,26 @@ class FixedState:
         self.step = 0
         # On a GPU rows and length are rounded up so that batches of nearby sizes replay one graph; the extra rows
         # decode a copy of the first row and are never read.
-        rows = bucket(self.rows, 8, 32, 64) if self.graphs else self.rows
+        rows = bucketed_rows(self.rows) if self.graphs else self.rows
         length = bucketed_length(width + max_new_tokens) if self.graphs else width + max_new_tokens
         config = text_config(model)
         mask_dtype = (
             None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
         )
-        if self.graphs:  # a captured graph is worth keeping: until release_workspaces(model), one at a time
+        if self.graphs:  # a captured graph is worth keeping: until its stage ends, one bucket at a time
             # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what
             # decides the kernels (dtypes, autocast, the attention implementation).
+            # Hooks and the training flag change what a forward does without changing a tensor.
             tensors = [*model.parameters(), *model.buffers()]
+            modules = list(model.modules())
             key = (
                 rows,
                 length,
                 hash(tuple((t.data_ptr(), t.dtype) for t in tensors)),
-                torch.is_autocast_enabled("cuda"),
-                torch.get_autocast_dtype("cuda"),
+                sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules),
+                any(m.training for m in modules),
+                torch.is_autocast_enabled(device.type),
+                torch.get_autocast_dtype(device.type),
                 getattr(config, "_attn_implementation", None),
             )
             spaces = _WORKSPACES.setdefault(model, {})
@@ -257,71 +387,85 @@ class FixedState:
 
     def _eager(self) -> torch.Tensor:
         space = self.space
-        return self.model(
-            input_ids=space.step_ids,
-            attention_mask=space.mask,
-            position_ids=space.positions,
-            cache=space.cache,
-            use_cache=True,
-            **self.keep_last,
-        ).logits[:, -1, :]
+        if self.compiled is not None:
+            if space.tokens.device.type == "cuda":  # the compiled graphs' outputs are rewritten at the next replay
+                torch.compiler.cudagraph_mark_step_begin()
+                return self.compiled(self.model, space, self.keep_last).clone()
+            return self.compiled(self.model, space, self.keep_last)
+        return _step(self.model, space, self.keep_last)
 
     def _forward(self) -> torch.Tensor:
         space = self.space
-        if not self.graphs or space.graph_failed:
+        if not self.graphs:
+            return self._eager().float()
+        if self.model in _GRAPH_FAILED:  # failed earlier in this decode
+            _STATS["eager_steps"] += 1
             return self._eager().float()
         if space.graph is None:
             return self._capture()
+        # The first two replays of a decode and its last step are checked: a value frozen into the capture shows from
+        # the step after it, and stale state from an earlier decode at this decode's first replay.
+        if self.step <= 2 or self.step == self.max_new_tokens - 1:
+            return self._checked_replay()
         space.graph.replay()
+        _STATS["replays"] += 1
+        return space.graph_logits.float()
+
+    def _counters(self) -> Callable[[], None]:
+        """A function that puts the cache's write counters back where they are now (an extra run of a step then
+        writes the same cache column, and the decode sees the step taken once)."""
+        layers = self.space.cache.layers
+        counters = [layer.cumulative_length.clone() for layer in layers]
+
+        def rewind():
+            for layer, counter in zip(layers, counters):
+                layer.cumulative_length.copy_(counter)
+
+        return rewind
+
+    def _fail(self, cause: str, rewind: Callable[[], None]) -> torch.Tensor:
+        """Remember that graphs fail for this model, say why once, and take this step eagerly."""
+        import warnings
+
+        _GRAPH_FAILED[self.model] = cause
+        _STATS["failures"] += 1
+        _STATS["eager_steps"] += 1
+        _FAILURES.append(cause)
+        self.space.graph, self.space.graph_logits = None, None
+        rewind()
+        warnings.warn(f"Decoding this model runs without CUDA graphs from now on: {cause}.", stacklevel=3)
+        return self._eager().float()
+
+    def _checked_replay(self) -> torch.Tensor:
+        space, rewind = self.space, self._counters()
+        expected = self._eager().clone()
+        rewind()
+        space.graph.replay()
+        _STATS["replays"] += 1
+        _STATS["checked_replays"] += 1
+        why = replay_difference(space.graph_logits, expected)
+        if why:
+            return self._fail(f"the replay of step {self.step} differs from the eager step: {why}", rewind)
         return space.graph_logits.float()
 
     def _capture(self) -> torch.Tensor:
         """Capture one step as a CUDA graph and check its first replay against an eager step of the same inputs.
 
-        The warm-up steps and the capture write the cache at this step's position, and the cache's write counter
-        is put back before every one, so the step is taken exactly once as far as the decode can tell.
+        The warm-up steps and the capture write the cache at this step's position, and the cache's write counter is
+        put back before every one, so the step is taken exactly once as far as the decode can tell.
         """
-        import warnings
-
-        space = self.space
-        counters = [layer.cumulative_length.clone() for layer in space.cache.layers]
-
-        def rewind():
-            for layer, counter in zip(space.cache.layers, counters):
-                layer.cumulative_length.copy_(counter)
-
+        space, rewind = self.space, self._counters()
         try:
-            # the graph and its stream on the model's GPU, not the current one
-            torch.cuda.set_device(space.tokens.device)
-            expected = self._eager().float().clone()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    rewind()
-                    self._eager()
-            torch.cuda.current_stream().wait_stream(stream)
-            rewind()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                space.graph_logits = self._eager()
-            rewind()
-            graph.replay()
-            replayed = space.graph_logits.float()
-            if not torch.equal(replayed.argmax(-1), expected.argmax(-1)) or not torch.allclose(
-                replayed, expected, atol=1e-3, rtol=1e-3
-            ):
-                raise RuntimeError(
-                    "the replayed step differs from the eager one (largest difference "
-                    f"{float((replayed - expected).abs().max()):.3g})"
-                )
-            space.graph = graph
-            return replayed
+            expected = self._eager().clone()
+            space.graph, space.graph_logits = capture_step(self._eager, rewind, space.tokens.device)
         except Exception as error:  # noqa: BLE001 (any failure of capture falls back to eager steps, said once)
-            space.graph_failed = True
-            space.graph = None
-            rewind()
-            warnings.warn(
-                f"Decoding runs without CUDA graphs for this model: capturing a step failed ({error}).", stacklevel=2
-            )
-            return self._eager().float()
+            return self._fail(f"capturing a step failed ({type(error).__name__}: {error})", rewind)
+        _STATS["captures"] += 1
+        rewind()
+        space.graph.replay()
+        _STATS["replays"] += 1
+        _STATS["checked_replays"] += 1
+        why = replay_difference(space.graph_logits, expected)
+        if why:
+            return self._fail(f"the replay of the captured step differs from the eager step: {why}", rewind)
+        return space.graph_logits.float()

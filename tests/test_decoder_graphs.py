@@ -1,0 +1,250 @@
+"""The CUDA-graph path of the fixed-buffer decoder, on a CPU.
+
+No graph can be captured here, so the capture is replaced by a stand-in at its one seam (``fixed.capture_step``): one
+that replays faithfully (it runs the step again into the captured output), and one with the usual graph bug (a value
+frozen at capture: the replay runs the step but leaves its output as it was captured). Everything around it is the
+real decoder: the workspace kept across decodes, the checks of replays against eager steps, the fallback and what it
+remembers. The real ``capture_step`` is run against a stand-in of ``torch.cuda`` for what it must do when a capture
+fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import pytest
+import torch
+import torch.utils._pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hyperfitting.generation import fixed
+from hyperfitting.generation.decoding import Variant, decode_variants
+from tests.conftest import make_tiny_model
+
+PROMPTS = [[5, 9, 14, 3, 22, 7], [40, 41], [8, 8, 8, 60]]
+
+
+def faithful_capture(step, rewind, device):
+    rewind()
+    output = step()
+
+    class Graph:
+        def replay(self):
+            output.copy_(step())
+
+    return Graph(), output
+
+
+def frozen_capture(step, rewind, device):
+    rewind()
+    output = step()
+
+    class Graph:
+        def replay(self):  # the bug: the step runs (its cache writes too), but its logits were frozen at capture
+            step()
+
+    return Graph(), output
+
+
+@pytest.fixture()
+def graphs_on_cpu(monkeypatch):
+    """The graph path taken on this CPU, with a count of captures; state from other tests cleared."""
+    captures = []
+    monkeypatch.setattr(fixed, "graphs_wanted", lambda device: True)
+    monkeypatch.setattr(fixed, "_GRAPH_FAILED", type(fixed._GRAPH_FAILED)())
+    fixed.release_all_workspaces()
+    fixed.reset_graph_stats()
+
+    def use(capture):
+        def counted(*args):
+            captures.append(1)
+            return capture(*args)
+
+        monkeypatch.setattr(fixed, "capture_step", counted)
+        return captures
+
+    yield use
+    fixed.release_all_workspaces()
+
+
+def greedy(model, decoder, steps=12):
+    return [c.token_ids for c in decode_variants(model, PROMPTS, [Variant()], steps, 0, decoder=decoder)[0]]
+
+
+def test_rows_are_rounded_up_by_at_most_an_eighth_above_64():
+    assert [fixed.bucketed_rows(n) for n in (1, 8, 9, 64, 65, 96, 129, 300)] == [8, 8, 16, 64, 72, 96, 144, 320]
+    for rows in range(64, 2048):
+        assert rows <= fixed.bucketed_rows(rows) <= rows * 9 / 8
+
+
+def test_a_replay_is_checked_at_the_tolerance_of_its_dtype():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 500) * 8
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        expected = logits.to(dtype)
+        # one rounding step of the dtype on every logit: a different kernel, not a bug
+        nudged = torch.nextafter(expected.float(), torch.full_like(expected.float(), 1e9)).to(dtype)
+        nudged = torch.where(nudged == expected, (expected.float() * (1 + torch.finfo(dtype).eps)).to(dtype), nudged)
+        assert fixed.replay_difference(nudged, expected) is None, dtype
+        # another step's logits (what a value frozen into the graph gives): caught
+        other = torch.randn(4, 500).mul(8).to(dtype)
+        assert "largest difference" in fixed.replay_difference(other, expected)
+        if dtype == torch.bfloat16:  # the old fixed tolerance (1e-3) turned graphs off at one bf16 rounding step
+            assert not torch.allclose(nudged.float(), expected.float(), atol=1e-3, rtol=1e-3)
+
+
+def test_graphs_are_kept_across_decodes_and_replay_the_growing_caches_tokens(graphs_on_cpu):
+    captures = graphs_on_cpu(faithful_capture)
+    model = make_tiny_model("llama")
+    reference = greedy(model, "dynamic")
+    assert greedy(model, "fixed") == reference
+    assert greedy(model, "fixed") == reference  # the second decode replays the first one's graph
+    stats = fixed.graph_stats()
+    assert len(captures) == 1 and stats["captures"] == 1 and stats["failures"] == 0
+    # per decode: the captured step, the next replay and the last step checked (a second decode: its first two and last)
+    assert stats["checked_replays"] == 3 + 3
+    assert stats["replays"] == 2 * 11  # every step after the first, in both decodes
+    fixed.release_all_workspaces()  # what the stage runner does when a stage ends
+    assert greedy(model, "fixed") == reference and len(captures) == 2
+
+
+def test_a_value_frozen_into_the_graph_is_caught_at_the_next_step_and_remembered(graphs_on_cpu):
+    captures = graphs_on_cpu(frozen_capture)
+    model = make_tiny_model("llama")
+    reference = greedy(model, "dynamic")
+    with pytest.warns(UserWarning, match="the replay of step 2 differs from the eager step"):
+        assert greedy(model, "fixed") == reference
+    stats = fixed.graph_stats()
+    assert stats["failures"] == 1 and "step 2" in stats["why_not"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the next decode neither retries nor warns
+        assert greedy(model, "fixed") == reference
+    assert len(captures) == 1
+    other = make_tiny_model("llama", seed=3)
+    with pytest.warns(UserWarning, match="step 2"):  # another model is tried afresh
+        assert greedy(other, "fixed") == greedy(other, "dynamic")
+    assert len(captures) == 2
+
+
+def test_a_failed_capture_falls_back_with_its_own_cause(graphs_on_cpu):
+    def failing_capture(step, rewind, device):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphs_on_cpu(failing_capture)
+    model = make_tiny_model("qwen2")
+    reference = greedy(model, "dynamic")
+    with pytest.warns(UserWarning, match="RuntimeError: operation not permitted when stream is capturing"):
+        assert greedy(model, "fixed") == reference
+
+
+class StandInCuda:
+    """What capture_step uses of torch.cuda, with a capture that fails the way CUDA's does after a bad step: the
+    step's error first, then capture_end's own (the capture was invalidated)."""
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    def __init__(self):
+        self.default = self.Stream()
+        self.stream = self.default
+
+    def device(self, device):
+        return contextlib.nullcontext()
+
+    def current_stream(self):
+        return self.stream
+
+    def set_stream(self, stream):
+        self.stream = stream
+
+    def synchronize(self):
+        pass
+
+    class CUDAGraph:
+        def capture_begin(self):
+            pass
+
+        def capture_end(self):
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+
+def test_capture_step_raises_the_steps_error_and_gives_the_stream_back():
+    cuda = StandInCuda()
+    runs = []
+
+    def step():
+        runs.append(1)
+        if len(runs) == 3:  # the warm-up steps pass; the captured one syncs the host
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return torch.zeros(1)
+
+    with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
+        fixed.capture_step(step, lambda: None, torch.device("cpu"), cuda=cuda)
+    assert cuda.stream is cuda.default
+
+
+# Operations that make the host wait for the device (or read a device value into Python): none may run in a step.
+HOST_SYNCS = ("_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "masked_select", "unique")
+
+
+class Recorder(TorchDispatchMode):
+    """Every operation of a step, with the storages it reads and writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        self.calls.append((str(func), [t.untyped_storage().data_ptr() for t in tensors]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "gpt2"])
+def test_consecutive_steps_issue_the_same_operations_on_the_same_buffers_and_never_sync(architecture):
+    # What a replay needs: the step a graph captured is the step every later one would have run (same operations, the
+    # same persistent buffers: the workspace, the cache and the weights), and no step reads a device value on the host.
+    model = make_tiny_model(architecture)
+    if architecture == "gemma2":
+        model.config.sliding_window = 64
+    state = fixed.FixedState(model, PROMPTS, 1, 10, 0, graphs=False)
+    space = state.space
+    persistent = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    persistent |= {t.untyped_storage().data_ptr() for t in (space.tokens, space.step_ids, space.positions, space.mask)}
+    for layer in space.cache.layers:
+        persistent |= {t.untyped_storage().data_ptr() for t in (layer.keys, layer.values, layer.cumulative_length)}
+    steps = []
+    for token in (3, 4):
+        state.space.step_ids.fill_(token)
+        with Recorder() as recorder, torch.no_grad():
+            state._eager()
+        steps.append([(op, [p for p in ptrs if p in persistent]) for op, ptrs in recorder.calls])
+    assert steps[0] == steps[1]
+    assert sum(len(ptrs) for _, ptrs in steps[0]) > len(list(model.parameters()))  # the buffers were seen at all
+    assert not [op for op, _ in steps[0] if any(f"aten.{name}." in op for name in HOST_SYNCS)]
+
+
+def test_a_compiled_step_gives_the_eager_steps_tokens(monkeypatch):
+    # generate.compile_step: the fixed decoder's step through torch.compile (here its "aot_eager" backend: dynamo's
+    # capture and AOT autograd's functionalised graph without generating kernels, which a suite cannot afford).
+    from hyperfitting.config import GenerateArgs
+    from hyperfitting.errors import ConfigError
+    from hyperfitting.generation.decoding import generate
+
+    monkeypatch.setattr(fixed, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(fixed, "_COMPILED", {})
+    model = make_tiny_model("llama")
+
+    class Tokenizer:
+        pad_token_id, eos_token_id = 0, None
+
+    for sampled in (False, True):
+        args = dict(max_new_tokens=10, batch_size=3, do_sample=sampled, temperature=0.8, seed=5)
+        eager = generate(model, Tokenizer(), PROMPTS, GenerateArgs(**args, decoder="fixed"), show_progress=False)
+        compiled = generate(model, Tokenizer(), PROMPTS, GenerateArgs(**args, compile_step=True), show_progress=False)
+        assert [c.token_ids for c in compiled] == [c.token_ids for c in eager]
+    assert len(fixed._COMPILED) == 1
+    with pytest.raises(ConfigError, match="compile_step"):
+        GenerateArgs(compile_step=True, decoder="dynamic")
