@@ -280,7 +280,9 @@ def decoder_for(setting: str, model, length: int, compile_step: bool = False) ->
         return "dynamic"
     # An FSDP-sharded model gathers its weights in hooks at every forward: a replayed graph would skip them.
     sharded = any(isinstance(p, DTensor) for p in model.parameters())
-    why_not = "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length)
+    why_not = (
+        "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length, compile_step or None)
+    )
     if setting == "fixed" and why_not:
         raise ConfigError(
             f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic."

@@ -102,9 +102,10 @@ class GrowingState:
 SUPPORTED_LAYERS = {"full_attention", "sliding_attention"}
 
 
-def fixed_state_supported(model, length: int) -> str | None:
-    """Why the fixed state cannot decode this model to ``length`` tokens (None: it can). On a GPU the buffers are
-    ``bucketed_length(length)`` long, and that is the length checked."""
+def fixed_state_supported(model, length: int, bucketed: bool | None = None) -> str | None:
+    """Why the fixed state cannot decode this model to ``length`` tokens (None: it can). Where graphs are captured (a
+    GPU) or the step is compiled (``bucketed``), the buffers are ``bucketed_length(length)`` long, and that is the
+    length checked."""
     config = text_config(model)
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     if implementation.startswith("flash") or implementation == "flex_attention":
@@ -114,7 +115,7 @@ def fixed_state_supported(model, length: int) -> str | None:
     kinds = set(getattr(config, "layer_types", None) or ())
     if kinds - SUPPORTED_LAYERS:
         return f"its layers of kind {', '.join(sorted(kinds - SUPPORTED_LAYERS))} keep no plain key-value cache"
-    if next(model.parameters()).device.type == "cuda":
+    if bucketed if bucketed is not None else graphs_wanted(next(model.parameters()).device):
         length = bucketed_length(length)
     window = getattr(config, "sliding_window", None)
     if window and length > window and ("sliding_attention" in kinds or not kinds):
@@ -295,17 +296,20 @@ class FixedState:
         graphs: bool | None = None,
         compile_step: bool = False,
     ):
-        why_not = fixed_state_supported(model, max(map(len, prompts)) + max_new_tokens)
+        device = next(model.parameters()).device
+        wanted = graphs_wanted(device) if graphs is None else graphs
+        # A compiled step makes its own graphs (torch.compile's "reduce-overhead" on a GPU): none is captured here.
+        self.graphs = wanted and not compile_step and model not in _GRAPH_FAILED
+        # Where a step is replayed (a graph) or compiled, rows and length are rounded up so that batches of nearby
+        # sizes share one; the extra rows decode a copy of the first row and are never read.
+        kept = self.graphs or compile_step
+        why_not = fixed_state_supported(model, max(map(len, prompts)) + max_new_tokens, bucketed=kept)
         if why_not:
             raise ValueError(
                 f"The fixed-buffer decoder cannot decode this model: {why_not}; decode it with the dynamic one."
             )
         self.model = model
-        device = next(model.parameters()).device
-        # A compiled step makes its own graphs (torch.compile's "reduce-overhead" on a GPU): none is captured here.
         self.compiled = compiled_step(device) if compile_step else None
-        wanted = graphs_wanted(device) if graphs is None else graphs
-        self.graphs = wanted and not compile_step and model not in _GRAPH_FAILED
         self.max_new_tokens = max_new_tokens
         logits, prefill_cache, input_ids, attention_mask, positions, _ = _prefill(
             model, prompts, pad_token_id, n_variants
@@ -314,15 +318,13 @@ class FixedState:
         self.rows, width = input_ids.shape
         self.width = width
         self.step = 0
-        # On a GPU rows and length are rounded up so that batches of nearby sizes replay one graph; the extra rows
-        # decode a copy of the first row and are never read.
-        rows = bucketed_rows(self.rows) if self.graphs else self.rows
-        length = bucketed_length(width + max_new_tokens) if self.graphs else width + max_new_tokens
+        rows = bucketed_rows(self.rows) if kept else self.rows
+        length = bucketed_length(width + max_new_tokens) if kept else width + max_new_tokens
         config = text_config(model)
         mask_dtype = (
             None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
         )
-        if self.graphs:  # a captured graph is worth keeping: until its stage ends, one bucket at a time
+        if kept:  # a captured graph or a compiled step is worth keeping: until its stage ends, one bucket at a time
             # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what
             # decides the kernels (dtypes, autocast, the attention implementation).
             # Hooks and the training flag change what a forward does without changing a tensor.
