@@ -8,10 +8,10 @@ picks some, ``--budget-s`` skips those still to come once the time is spent; the
 
 1. ``decoding``: greedy decoding as the GPU presets decode (bf16 autocast; float32 on a CPU) at the presets' widths
    (64 prompts, and 320 rows: five settings stacked), the fixed-buffer decoder against the growing cache. Per width:
-   ms per step with the prefill timed apart, the first pass (which captures the graph) apart from a steady one (which
-   replays it), the share of the weight-read bound, whether graphs were captured and used (and why not), the replays
-   checked against eager steps (the decoder checks the captured step, the next and the last), host syncs per decode,
-   peak memory, identical tokens between the two decoders.
+   ms per step (the difference of two lengths' passes: no prefill in it), the first pass (which captures the graph)
+   apart from a steady one (which replays it), the share of the weight-read bound, whether graphs were captured and
+   used (and why not), the replays checked against eager steps (the decoder checks the captured step, the next and
+   the last), host syncs per decode, peak memory, identical tokens between the two decoders.
 2. ``greedy_equality``: the fixed decoder's greedy tokens against the growing cache's and transformers'
    ``generate``'s, in float32, at width 64: identical continuations counted, and where the others part.
 3. ``training``: the study's data and training stages through the train command's path; MFU from its log.
@@ -276,32 +276,81 @@ def run_study_phase(config, counter: ForwardCounter, device: torch.device) -> di
     }
 
 
-class HostSyncs(TorchDispatchMode):
-    """Counts the operations that make the host wait for the device: a device value read into Python (``item``,
-    ``bool``), a shape that depends on values (``nonzero``, indexing by a mask), a copy from the device to the host
-    (``tolist``). A
-    replayed CUDA graph issues no operation, so what is counted is the decoding loop's own."""
+class HostSyncs:
+    """Counts the times the host waits for the device while active.
 
-    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "equal", "is_nonzero"}
+    On a GPU, CUDA's own record of it: ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call
+    (a stream synchronise: a value read into Python, a copy to the host, a copy from pageable host memory, a shape that
+    depends on values), and the warnings are counted. On a CPU nothing waits; what is counted there is what would on a
+    GPU, seen by a dispatch mode: a value read into Python, a shape that depends on values. Neither sees a replayed
+    graph, which issues no operation of its own.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.count = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            import warnings
+
+            self._warnings = warnings.catch_warnings(record=True)
+            self._seen = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            self._before = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("warn")
+        else:
+            self._mode = _DeviceReads()
+            self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(self._before)
+            self.count = sum("synchroniz" in str(w.message) for w in self._seen)
+            self._warnings.__exit__(*exc)
+        else:
+            self._mode.__exit__(*exc)
+            self.count = self._mode.count
+
+
+class _DeviceReads(TorchDispatchMode):
+    """The operations that read a tensor's values on the host: into Python, or to size a result."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "equal", "is_nonzero"}
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         name = func.overloadpacket.__name__
-        if name in self.READS:
-            self.count += 1
-        elif name in ("index", "index_put_", "index_put") and any(  # x[mask]: a shape that depends on the values
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]
+        if name in self.READS or (
+            name in ("index", "index_put_", "index_put")  # x[mask]: a shape that depends on the values
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
         ):
             self.count += 1
-        elif name == "_to_copy" and args[0].device.type != "cpu" and str(kwargs.get("device", "")) == "cpu":
-            self.count += 1
-        elif name == "copy_" and args[0].device.type == "cpu" and args[1].device.type != "cpu":
-            self.count += 1
-        return func(*args, **kwargs)
+        return func(*args, **(kwargs or {}))
+
+
+def let_go(model) -> None:
+    """Free what decoding kept for ``model``: the fixed buffers and graphs, the bf16 copy of its weights."""
+    from hyperfitting import precision
+    from hyperfitting.generation import fixed
+
+    fixed.release_all_workspaces()
+    precision._BF16_COPIES.pop(model, None)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def read_weight_bytes(model, dtype: str) -> int:
+    """Bytes a decoding step reads of the weights: all of them but an untied input embedding, of which a step reads
+    only its rows' entries."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    untied = output is not None and output.weight is not embedding
+    size = 2 if dtype == "bf16" else None
+    return sum(p.numel() * (size or p.element_size()) for p in model.parameters() if not (untied and p is embedding))
 
 
 def decoding_phase(
@@ -315,7 +364,7 @@ def decoding_phase(
 ) -> dict:
     """Greedy decoding as the GPU presets decode (bf16 autocast on a GPU, float32 on a CPU), per width: the fixed-buffer
     decoder (CUDA graphs on a GPU) against the growing cache. The first pass (which captures) is timed apart from a
-    steady one (which replays the kept graph), and the prefill apart from the steps; whether graphs were captured and
+    steady one (which replays the kept graph), a step's time apart from the prefill; whether graphs were captured and
     used, and why not; the replays checked against eager steps; host syncs per decode; peak memory."""
     from hyperfitting.config import GenerateArgs
     from hyperfitting.generation import fixed
@@ -323,7 +372,7 @@ def decoding_phase(
     from hyperfitting.precision import compute_precision
 
     dtype = "bf16" if device.type == "cuda" else "fp32"
-    weight_bytes = sum(p.numel() * (2 if dtype == "bf16" else p.element_size()) for p in model.parameters())
+    weight_bytes = read_weight_bytes(model, dtype)
     result: dict = {
         "dtype": dtype,
         "new_tokens": new_tokens,
@@ -350,19 +399,22 @@ def decoding_phase(
 
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
+                # Each length's first pass captures (its own bucket); a second pass replays what the first kept. A
+                # step's time is the difference of two lengths' steady passes, so the prefill drops out of it.
                 first = device_seconds(device, once)
                 steady = device_seconds(device, once)
-                counting = HostSyncs()
+                counting = HostSyncs(device)
                 with counting:
                     once()
-                # the prefill and the first token's choice (last: its shorter buffers replace the kept graph)
-                prefill = device_seconds(device, lambda: once(1))
-                step_ms = 1e3 * max(steady - prefill, 0.0) / max(new_tokens - 1, 1)
+                half = max(1, new_tokens // 2)
+                device_seconds(device, lambda: once(half))
+                steady_half = device_seconds(device, lambda: once(half))
+                step_ms = 1e3 * max(steady - steady_half, 0.0) / max(new_tokens - half, 1)
                 bound = result["weight_read_bound_ms_per_step"]
                 row[decoder] = {
                     "tokens_per_s": width * new_tokens / steady,
                     "ms_per_step": step_ms,
-                    "prefill_s": prefill,
+                    "prefill_s": max(steady - new_tokens * step_ms / 1e3, 0.0),
                     "first_pass_s": first,
                     "steady_pass_s": steady,
                     "share_of_weight_read_bound": bound / step_ms if bound and step_ms else None,
@@ -378,7 +430,7 @@ def decoding_phase(
                         "why_not": stats["why_not"]
                         or ([] if device.type == "cuda" else ["no CUDA device: eager steps"]),
                     }
-                fixed.release_all_workspaces()
+                let_go(model)
                 tokens[decoder] = [o.token_ids for o in outputs[0]]
             row["fixed_over_dynamic"] = row["fixed"]["tokens_per_s"] / row["dynamic"]["tokens_per_s"]
             row["identical_greedy_continuations"] = sum(a == b for a, b in zip(tokens["dynamic"], tokens["fixed"]))
@@ -423,6 +475,7 @@ def greedy_equality_phase(
                 do_sample=False,
                 pad_token_id=0,
             )[:, prompt_tokens:].tolist()
+    let_go(model)
     parted = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ours, theirs) if x != y]
     return {
         "decoder": "fixed",

@@ -44,11 +44,12 @@ def test_the_tiny_gpu_study_runs_every_stage_and_measures_every_phase(tmp_path):
         row = results["decoding"][f"width_{width}"]
         for decoder in ("fixed", "dynamic"):
             timing = row[decoder]
-            assert timing["tokens_per_s"] > 0 and timing["first_pass_s"] > 0 and timing["prefill_s"] > 0
-            assert timing["ms_per_step"] >= 0 and timing["share_of_weight_read_bound"] is not None
-            # the loop looks at the rows every SYNC_EVERY steps at most (here it never stops at EOS), and reads the
-            # result back once: a copy to the host on a GPU, nothing on a CPU
-            assert timing["host_syncs_per_decode"] == (1 if device == "cuda" else 0)
+            assert timing["tokens_per_s"] > 0 and timing["first_pass_s"] > 0 and timing["prefill_s"] >= 0
+            # at tiny sizes a step is within the timing noise: its time may come out 0, and its share then None
+            assert timing["ms_per_step"] >= 0 and "share_of_weight_read_bound" in timing
+            # No step of the loop reads the device (it never stops at EOS here): on a CPU nothing waits; on a GPU the
+            # result's copy back and the checked replays do
+            assert timing["host_syncs_per_decode"] >= 1 if device == "cuda" else timing["host_syncs_per_decode"] == 0
         graphs = row["fixed"]["graphs"]
         assert graphs["captured"] is (device == "cuda") and graphs["failures"] == 0
         assert graphs["why_not"] == ([] if device == "cuda" else ["no CUDA device: eager steps"])
@@ -87,7 +88,7 @@ def test_the_host_sync_counter_counts_what_reads_a_value_into_python():
     import torch
 
     values = torch.arange(6.0)
-    with module.HostSyncs() as counting:
+    with module.HostSyncs(torch.device("cpu")) as counting:
         values.sum() * 2  # no sync
         float(values.max())  # one: the value read into Python
         bool((values > 2).any())  # two

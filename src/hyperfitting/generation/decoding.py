@@ -88,6 +88,7 @@ def decode_variants(
     on_step: Callable[[], None] | None = None,
     decoder: str = "dynamic",
     compile_step: bool = False,
+    bucket_rows: int = 0,
 ) -> list[list[Continuation]]:
     """Decode the prompts under every variant at once: one list of continuations per variant.
 
@@ -97,7 +98,8 @@ def decode_variants(
     every variant's rows. Rows are prompt-major: row r is prompt r // V under variant r % V.
 
     ``decoder``: ``dynamic`` grows the cache a column per step; ``fixed`` decodes in fixed buffers
-    (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU), its step compiled with ``compile_step``.
+    (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU), its step compiled with ``compile_step``, its rows
+    rounded up to at least ``bucket_rows`` (a call's full batches' width, so that its last batch shares their graph).
     The per-step statistics stay on the device in one preallocated buffer, and the host looks at the
     rows (has every row reached EOS?) once every ``SYNC_EVERY`` steps, not at every step.
     """
@@ -105,7 +107,9 @@ def decode_variants(
 
     n_variants = len(variants)
     if decoder == "fixed":
-        state = FixedState(model, prompts, n_variants, max_new_tokens, pad_token_id, compile_step=compile_step)
+        state = FixedState(
+            model, prompts, n_variants, max_new_tokens, pad_token_id, compile_step=compile_step, bucket_rows=bucket_rows
+        )
     elif compile_step:
         raise ValueError("compile_step compiles the fixed decoder's step: decode with decoder='fixed'")
     else:
@@ -272,7 +276,7 @@ def decoder_for(setting: str, model, length: int, compile_step: bool = False) ->
     growing cache where the model's attention rules the fixed buffers out. ``compile_step`` (generate.compile_step)
     compiles the fixed decoder's step: ``auto`` is then fixed everywhere, and a model it cannot decode is refused.
     """
-    from hyperfitting.generation.fixed import fixed_state_supported
+    from hyperfitting.generation.fixed import compile_supported, fixed_state_supported
 
     from torch.distributed.tensor import DTensor
 
@@ -288,6 +292,7 @@ def decoder_for(setting: str, model, length: int, compile_step: bool = False) ->
             f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic."
         )
     if compile_step:
+        why_not = why_not or compile_supported(model)
         if why_not:
             raise ConfigError(
                 f"generate.compile_step=true compiles the fixed decoder's step, which cannot decode this model: "
@@ -438,6 +443,7 @@ def generate_variants(
                     on_step=bar.update,
                     decoder=decoder,
                     compile_step=first.compile_step,
+                    bucket_rows=per_batch * len(stacked),
                 ),
             ):
                 results[k] += outputs

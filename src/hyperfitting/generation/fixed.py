@@ -136,26 +136,33 @@ def bucketed_rows(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def replay_tolerance(dtype: torch.dtype) -> float:
-    """How far a replayed logit may lie from the eager one, relative to the largest logit: four rounding steps of the
-    logits' dtype, and never less than float32's accumulation noise (a replay runs the same kernels, usually to the
-    bit, but a kernel chosen differently under capture may round differently; a frozen value is far larger)."""
-    return max(4 * torch.finfo(dtype).eps, 2e-5)
+def replay_tolerance(dtype: torch.dtype, tf32: bool = False) -> float:
+    """How far a replayed logit may lie from the eager one, relative to the largest logit: two rounding steps of the
+    precision the logits were computed in (the logits' dtype, or TF32's 10-bit mantissa where float32 products run in
+    it), and never less than float32's accumulation noise. A replay runs the same kernels on the same inputs, usually
+    to the bit; a kernel chosen differently under capture may round differently; a frozen value moves far more."""
+    eps = 2.0**-10 if tf32 and dtype == torch.float32 else torch.finfo(dtype).eps
+    return max(2 * eps, 2e-5)
 
 
-def replay_difference(replayed: torch.Tensor, expected: torch.Tensor) -> str | None:
-    """Why ``replayed`` logits (rows, V) are not the eager step's ``expected`` ones (None: they agree), at the
-    tolerance of their dtype. A row's greedy token may differ only where the eager top two are within it."""
-    tolerance = replay_tolerance(expected.dtype) * max(1.0, float(expected.abs().amax()))
+def replay_difference(replayed: torch.Tensor, expected: torch.Tensor, tf32: bool = False) -> tuple[str | None, float]:
+    """(why ``replayed`` logits (rows, V) are not the eager step's ``expected`` ones (None: they agree), the largest
+    difference relative to the largest logit), at the tolerance of their precision. A row's greedy token may differ
+    only where the eager top two are within it. One read from the device."""
+    dtype = expected.dtype
     replayed, expected = replayed.float(), expected.float()
-    largest = float((replayed - expected).abs().amax())
-    if not largest <= tolerance:  # also catches NaN
-        return f"the largest difference {largest:.3g} exceeds the {tolerance:.3g} allowed in {expected.dtype}"
+    scale = expected.abs().amax().clamp(min=1.0)
+    tolerance = replay_tolerance(dtype, tf32) * scale
     top2 = expected.topk(min(2, expected.shape[-1]), dim=-1).values
     tied = (top2[:, 0] - top2[:, -1]) <= tolerance
-    if not bool(((replayed.argmax(-1) == expected.argmax(-1)) | tied).all()):
-        return "a greedy choice differs where the eager step's top two are not tied"
-    return None
+    same_choice = ((replayed.argmax(-1) == expected.argmax(-1)) | tied).all()
+    largest, allowed, agree = torch.stack([(replayed - expected).abs().amax(), tolerance, same_choice.float()]).tolist()
+    relative = largest / float(scale) if largest == largest else float("nan")
+    if not largest <= allowed:  # also catches NaN
+        return f"the largest difference {largest:.3g} exceeds the {allowed:.3g} allowed in {dtype}", relative
+    if not agree:
+        return "a greedy choice differs where the eager step's top two are not tied", relative
+    return None, relative
 
 
 def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], device: torch.device, cuda=torch.cuda):
@@ -173,9 +180,12 @@ def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], d
         side.wait_stream(original)
         try:
             cuda.set_stream(side)
-            for _ in range(2):
+            for warm_up in range(2):
                 rewind()
-                step()
+                # The second warm-up refuses any operation that syncs the host (as capture would), so such a step fails
+                # here, with its own error, before a capture begins that would leave a broken graph behind.
+                with _syncs_refused(cuda, refuse=warm_up == 1):
+                    step()
             cuda.synchronize()
             rewind()
             graph = cuda.CUDAGraph()
@@ -195,6 +205,22 @@ def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], d
         finally:
             cuda.set_stream(original)
             original.wait_stream(side)
+
+
+class _syncs_refused:
+    """Within: a CUDA operation that would sync the host raises (torch.cuda.set_sync_debug_mode("error"))."""
+
+    def __init__(self, cuda, refuse: bool):
+        self.cuda, self.refuse = cuda, refuse and hasattr(cuda, "set_sync_debug_mode")
+
+    def __enter__(self):
+        if self.refuse:
+            self.before = self.cuda.get_sync_debug_mode()
+            self.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
+        if self.refuse:
+            self.cuda.set_sync_debug_mode(self.before)
 
 
 class _Workspace:
@@ -220,9 +246,10 @@ class _Workspace:
         self.graph_logits: torch.Tensor | None = None
 
 
-# Workspaces (and their graphs) per model, one (rows, length) bucket at a time, kept across decodes until the stage
-# that made them ends (StageGraph.run calls release_all_workspaces in a finally): a static cache is large, and the
-# stages after it need the memory. Weak keys: a model that is let go takes its workspace with it.
+# The workspace (and its graph) kept across decodes: one for the whole process, for one model, bucket and dtype at a
+# time (a static cache is large: a decode of another model or bucket lets the kept one go first), until the stage that
+# made it ends (StageGraph.run calls release_all_workspaces in a finally). Weak keys: a model that is let go takes its
+# workspace with it.
 _WORKSPACES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 # Why capturing a model's step failed: remembered, so that the model decodes eagerly from then on without retrying.
 _GRAPH_FAILED: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
@@ -238,10 +265,17 @@ def release_all_workspaces() -> None:
 
 
 def graph_stats() -> dict:
-    """What the graph path has done since :func:`reset_graph_stats`: counts, and each failure's cause."""
+    """What the graph path has done since :func:`reset_graph_stats`: counts, each failure's cause (and those remembered
+    from before, for models still alive), the largest difference a checked replay showed (relative to the largest
+    logit), and torch.compile's graphs and recompiles where a compiled step ran."""
+    from torch._dynamo.utils import counters
+
     return {
         **{k: _STATS[k] for k in ("captures", "replays", "checked_replays", "eager_steps", "failures")},
-        "why_not": list(_FAILURES),
+        "why_not": list(_FAILURES) + sorted(set(_GRAPH_FAILED.values()) - set(_FAILURES)),
+        "largest_checked_difference": _STATS.get("largest_difference", 0.0),
+        "compiled_graphs": counters["stats"]["unique_graphs"],
+        "recompiles": sum(counters["recompiles"].values()),
     }
 
 
@@ -268,9 +302,21 @@ def compiled_step(device: torch.device):
     fixed buffers keep the shapes static, so a decode compiles once and replays from then on."""
     key = (device.type, COMPILE_BACKEND)
     if key not in _COMPILED:
+        # One compiled function serves every model, bucket and dtype of the process, each a cache entry of its own: at
+        # dynamo's default limit of 8 a study's ninth would silently run uncompiled.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         mode = "reduce-overhead" if device.type == "cuda" and COMPILE_BACKEND == "inductor" else None
         _COMPILED[key] = torch.compile(_step, backend=COMPILE_BACKEND, mode=mode, dynamic=False)
     return _COMPILED[key]
+
+
+def compile_supported(model) -> str | None:
+    """Why the step of this model cannot be compiled (None: it can)."""
+    kinds = set(getattr(text_config(model), "layer_types", None) or ())
+    if "sliding_attention" in kinds or getattr(text_config(model), "sliding_window", None) and not kinds:
+        # transformers' sliding-window cache layer counts its length in a Python int, a new guard at every step
+        return "its sliding-window layers count their length in a Python number, which would recompile every step"
+    return None
 
 
 def graphs_wanted(device: torch.device) -> bool:
@@ -281,6 +327,34 @@ def graphs_wanted(device: torch.device) -> bool:
 def reset_graph_stats() -> None:
     _STATS.clear()
     _FAILURES.clear()
+
+
+def _forward_identity(model, device: torch.device) -> tuple:
+    """What decides the kernels a captured step runs and the addresses it reads, beyond its shapes: every parameter's
+    and buffer's storage and dtype, the hooks (the model's and the global ones, by identity), the training flag, PEFT's
+    adapter state (merged, disabled, active: a Python flag or weights changed in place), autocast, TF32 and the
+    attention backends allowed."""
+    from torch.nn.modules import module as nn_module
+
+    modules = list(model.modules())
+    hooks = [id(h) for m in modules for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    hooks += [id(h) for h in (*nn_module._global_forward_hooks.values(), *nn_module._global_forward_pre_hooks.values())]
+    adapters = [
+        (getattr(m, "merged", None), getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ())))
+        for m in modules
+        if hasattr(m, "active_adapters") and hasattr(m, "merged")
+    ]
+    backends = torch.backends.cuda
+    return (
+        hash(tuple((t.data_ptr(), t.dtype) for t in (*model.parameters(), *model.buffers()))),
+        hash(tuple(hooks)),
+        any(m.training for m in modules),
+        hash(tuple(adapters)),
+        torch.is_autocast_enabled(device.type),
+        torch.get_autocast_dtype(device.type),
+        backends.matmul.allow_tf32,
+        (backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled(), backends.math_sdp_enabled()),
+    )
 
 
 class FixedState:
@@ -295,15 +369,17 @@ class FixedState:
         pad_token_id: int,
         graphs: bool | None = None,
         compile_step: bool = False,
+        bucket_rows: int = 0,
     ):
         device = next(model.parameters()).device
-        wanted = graphs_wanted(device) if graphs is None else graphs
         # A compiled step makes its own graphs (torch.compile's "reduce-overhead" on a GPU): none is captured here.
-        self.graphs = wanted and not compile_step and model not in _GRAPH_FAILED
+        self.wanted = (graphs_wanted(device) if graphs is None else graphs) and not compile_step
+        self.graphs = self.wanted and model not in _GRAPH_FAILED
         # Where a step is replayed (a graph) or compiled, rows and length are rounded up so that batches of nearby
         # sizes share one; the extra rows decode a copy of the first row and are never read.
         kept = self.graphs or compile_step
         why_not = fixed_state_supported(model, max(map(len, prompts)) + max_new_tokens, bucketed=kept)
+        why_not = why_not or (compile_supported(model) if compile_step else None)
         if why_not:
             raise ValueError(
                 f"The fixed-buffer decoder cannot decode this model: {why_not}; decode it with the dynamic one."
@@ -318,32 +394,19 @@ class FixedState:
         self.rows, width = input_ids.shape
         self.width = width
         self.step = 0
-        rows = bucketed_rows(self.rows) if kept else self.rows
+        # bucket_rows: the width of the call's full batches, so that its last, narrower batch replays their graph
+        rows = bucketed_rows(max(self.rows, bucket_rows)) if kept else self.rows
         length = bucketed_length(width + max_new_tokens) if kept else width + max_new_tokens
         config = text_config(model)
         mask_dtype = (
             None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
         )
-        if kept:  # a captured graph or a compiled step is worth keeping: until its stage ends, one bucket at a time
-            # A graph reads tensors at their addresses: the key holds every parameter's and buffer's storage, and what
-            # decides the kernels (dtypes, autocast, the attention implementation).
-            # Hooks and the training flag change what a forward does without changing a tensor.
-            tensors = [*model.parameters(), *model.buffers()]
-            modules = list(model.modules())
-            key = (
-                rows,
-                length,
-                hash(tuple((t.data_ptr(), t.dtype) for t in tensors)),
-                sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules),
-                any(m.training for m in modules),
-                torch.is_autocast_enabled(device.type),
-                torch.get_autocast_dtype(device.type),
-                getattr(config, "_attn_implementation", None),
-            )
-            spaces = _WORKSPACES.setdefault(model, {})
+        if kept:  # a captured graph or a compiled step is worth keeping: until its stage ends, one at a time
+            key = (rows, length, *_forward_identity(model, device), getattr(config, "_attn_implementation", None))
+            spaces = _WORKSPACES.get(model, {})
             if key not in spaces:
-                spaces.clear()  # the cache of a wide bucket is large: the previous one goes first
-                spaces[key] = _Workspace(model, rows, length, device, mask_dtype)
+                _WORKSPACES.clear()  # a static cache is large: the one kept goes first, whichever model it was for
+                spaces = _WORKSPACES[model] = {key: _Workspace(model, rows, length, device, mask_dtype)}
             self.space = space = spaces[key]
         else:  # nothing to replay: this batch's buffers go with it
             self.space = space = _Workspace(model, rows, length, device, mask_dtype)
@@ -369,6 +432,8 @@ class FixedState:
             layer.values[: self.rows, :, :width] = values
             layer.values[self.rows :, :, :width] = values[:1]
             layer.cumulative_length.fill_(width)
+            if hasattr(layer, "cumulative_length_int"):  # a sliding-window layer's own count, kept in Python
+                layer.cumulative_length_int = width
         self.prompt_ids, self.prompt_mask = input_ids, attention_mask
         self.keep_last = _keep_last(model)
 
@@ -398,10 +463,8 @@ class FixedState:
 
     def _forward(self) -> torch.Tensor:
         space = self.space
-        if not self.graphs:
-            return self._eager().float()
-        if self.model in _GRAPH_FAILED:  # failed earlier in this decode
-            _STATS["eager_steps"] += 1
+        if not self.graphs or self.model in _GRAPH_FAILED:  # none wanted, or failed earlier
+            _STATS["eager_steps"] += self.wanted
             return self._eager().float()
         if space.graph is None:
             return self._capture()
@@ -418,25 +481,43 @@ class FixedState:
         writes the same cache column, and the decode sees the step taken once)."""
         layers = self.space.cache.layers
         counters = [layer.cumulative_length.clone() for layer in layers]
+        counts = [getattr(layer, "cumulative_length_int", None) for layer in layers]
 
         def rewind():
-            for layer, counter in zip(layers, counters):
+            for layer, counter, count in zip(layers, counters, counts):
                 layer.cumulative_length.copy_(counter)
+                if count is not None:
+                    layer.cumulative_length_int = count
 
         return rewind
 
-    def _fail(self, cause: str, rewind: Callable[[], None]) -> torch.Tensor:
-        """Remember that graphs fail for this model, say why once, and take this step eagerly."""
+    def _fail(self, cause: str, rewind: Callable[[], None], remember: bool = True) -> torch.Tensor:
+        """Remember that graphs fail for this model (``remember``: not for a lack of memory, which may pass), say why
+        once, and take this step eagerly. The workspace's graph goes; its buffers serve the rest of this decode."""
         import warnings
 
-        _GRAPH_FAILED[self.model] = cause
+        if remember:
+            _GRAPH_FAILED[self.model] = cause
         _STATS["failures"] += 1
         _STATS["eager_steps"] += 1
         _FAILURES.append(cause)
         self.space.graph, self.space.graph_logits = None, None
+        self.graphs = False
+        _WORKSPACES.pop(self.model, None)
         rewind()
-        warnings.warn(f"Decoding this model runs without CUDA graphs from now on: {cause}.", stacklevel=3)
+        when = "from now on" if remember else "in this decode"
+        warnings.warn(f"Decoding this model runs without CUDA graphs {when}: {cause}.", stacklevel=3)
         return self._eager().float()
+
+    def _check(self, expected: torch.Tensor, what: str, rewind: Callable[[], None]) -> torch.Tensor:
+        """The replayed logits, if they agree with ``expected`` (an eager step of the same inputs); else the step
+        taken eagerly, and graphs given up for this model."""
+        why, relative = replay_difference(self.space.graph_logits, expected, torch.backends.cuda.matmul.allow_tf32)
+        _STATS["checked_replays"] += 1
+        _STATS["largest_difference"] = max(_STATS.get("largest_difference", 0.0), relative)
+        if why:
+            return self._fail(f"the replay of {what} differs from the eager step: {why}", rewind)
+        return self.space.graph_logits.float()
 
     def _checked_replay(self) -> torch.Tensor:
         space, rewind = self.space, self._counters()
@@ -444,11 +525,7 @@ class FixedState:
         rewind()
         space.graph.replay()
         _STATS["replays"] += 1
-        _STATS["checked_replays"] += 1
-        why = replay_difference(space.graph_logits, expected)
-        if why:
-            return self._fail(f"the replay of step {self.step} differs from the eager step: {why}", rewind)
-        return space.graph_logits.float()
+        return self._check(expected, f"step {self.step}", rewind)
 
     def _capture(self) -> torch.Tensor:
         """Capture one step as a CUDA graph and check its first replay against an eager step of the same inputs.
@@ -461,13 +538,13 @@ class FixedState:
             expected = self._eager().clone()
             space.graph, space.graph_logits = capture_step(self._eager, rewind, space.tokens.device)
         except Exception as error:  # noqa: BLE001 (any failure of capture falls back to eager steps, said once)
-            return self._fail(f"capturing a step failed ({type(error).__name__}: {error})", rewind)
+            out_of_memory = isinstance(error, torch.OutOfMemoryError)
+            if out_of_memory:
+                torch.cuda.empty_cache()
+            cause = f"capturing a step failed ({type(error).__name__}: {str(error).splitlines()[0][:300]})"
+            return self._fail(cause, rewind, remember=not out_of_memory)
         _STATS["captures"] += 1
         rewind()
         space.graph.replay()
         _STATS["replays"] += 1
-        _STATS["checked_replays"] += 1
-        why = replay_difference(space.graph_logits, expected)
-        if why:
-            return self._fail(f"the replay of the captured step differs from the eager step: {why}", rewind)
-        return space.graph_logits.float()
+        return self._check(expected, "the captured step", rewind)
