@@ -1,11 +1,12 @@
 """The CUDA-graph path of the fixed-buffer decoder, on a CPU.
 
-No graph can be captured here, so the capture is replaced by a stand-in at its one seam (``fixed.capture_step``): one
-that replays faithfully (it runs the step again into the captured output), and one with the usual graph bug (a value
-frozen at capture: the replay runs the step but leaves its output as it was captured). Everything around it is the
-real decoder: the workspace kept across decodes, the checks of replays against eager steps, the fallback and what it
-remembers. The real ``capture_step`` is run against a stand-in of ``torch.cuda`` for what it must do when a capture
-fails.
+No graph can be captured here, so the capture is replaced by a stand-in at its one seam (``fixed.capture_step``). The
+main one has a graph's semantics: it records the captured step's operations with the very tensors and numbers they
+were given, and a replay runs exactly those again, results written into the captured tensors, so a value kept in a
+Python number or a buffer rebound instead of written in place stays frozen, as on a GPU. Simpler ones replay
+faithfully, freeze the output, fail, or run out of memory. Everything around them is the real decoder: the workspace
+kept across decodes, the checks of replays against eager steps, the fallback and what it remembers. The real
+``capture_step`` is run against a stand-in of ``torch.cuda`` for what it must do when a capture fails.
 """
 
 from __future__ import annotations
@@ -43,6 +44,50 @@ def frozen_capture(step, rewind, device):
     class Graph:
         def replay(self):  # the bug: the step runs (its cache writes too), but its logits were frozen at capture
             step()
+
+    return Graph(), output
+
+
+class _Recording(TorchDispatchMode):
+    """What a CUDA graph keeps of a captured step: each operation, with the very tensors it read and wrote and the
+    numbers it was given. A read of a device value into Python fails, as it does under capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.operations = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero"):
+            raise RuntimeError("operation not permitted when stream is capturing")
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.operations.append((func, args, kwargs, out))
+        return out
+
+
+def _replay(operations) -> None:
+    """Run the recorded operations again on the same tensors, each result written into the tensor the capture
+    produced (a graph's fixed addresses): the numbers stay those of the capture, the tensors' contents are today's."""
+    for func, args, kwargs, out in operations:
+        fresh = func(*args, **kwargs)
+        for kept, new in zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(fresh)):
+            if isinstance(kept, torch.Tensor) and new.data_ptr() != kept.data_ptr():
+                kept.copy_(new)
+
+
+def recorded_capture(step, rewind, device):
+    """A stand-in capture with a graph's semantics, on a CPU: a value frozen at capture stays frozen at replay."""
+    rewind()
+    step()  # warm-up, as the real capture does
+    rewind()
+    recording = _Recording()
+    with recording:
+        output = step()
+
+    class Graph:
+        def replay(self):
+            with torch.no_grad():
+                _replay(recording.operations)
 
     return Graph(), output
 
@@ -301,3 +346,39 @@ def test_a_compiled_step_gives_the_eager_steps_tokens(monkeypatch):
         generate(gemma, Tokenizer(), PROMPTS, GenerateArgs(max_new_tokens=4, compile_step=True), show_progress=False)
     with pytest.raises(ConfigError, match="compile_step"):
         GenerateArgs(compile_step=True, decoder="dynamic")
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "gpt2"])
+def test_a_graph_replay_of_the_real_step_gives_the_growing_caches_tokens(graphs_on_cpu, architecture):
+    # The stand-in replays exactly what the capture recorded (the operations, their tensors, their numbers), as a CUDA
+    # graph does: a step that kept a position or a length in a Python number, or rebuilt a buffer instead of writing
+    # it in place, would replay the captured step's value and part from the growing cache. Two decodes of different
+    # prompts share the kept graph.
+    captures = graphs_on_cpu(recorded_capture)
+    model = make_tiny_model(architecture)
+    if architecture == "gemma2":
+        model.config.sliding_window = 64
+    for prompts in (PROMPTS, [[7, 3, 3, 1, 9, 2], [11, 12, 13, 14, 15, 16], [2, 4]]):
+        reference = [c.token_ids for c in decode_variants(model, prompts, [Variant()], 12, 0)[0]]
+        replayed = [c.token_ids for c in decode_variants(model, prompts, [Variant()], 12, 0, decoder="fixed")[0]]
+        assert replayed == reference
+    stats = fixed.graph_stats()
+    assert len(captures) == 1 and stats["failures"] == 0 and stats["replays"] == 2 * 11
+
+
+def test_the_stand_in_replays_a_rebound_buffer_as_a_graph_would_and_the_check_catches_it(graphs_on_cpu, monkeypatch):
+    # The control for the test above: advance() rebinding the positions to a new tensor (instead of writing them in
+    # place) is the bug a graph hides, since it keeps reading the captured tensor. The replay at step 2 is checked
+    # against an eager step, which sees the new tensor: the difference is caught and the decode goes on eagerly.
+    graphs_on_cpu(recorded_capture)
+    advance = fixed.FixedState.advance
+
+    def rebinding_advance(self, next_tokens):
+        self.space.positions = self.space.positions.clone()
+        return advance(self, next_tokens)
+
+    monkeypatch.setattr(fixed.FixedState, "advance", rebinding_advance)
+    model = make_tiny_model("llama")
+    reference = greedy(model, "dynamic")
+    with pytest.warns(UserWarning, match="the replay of step 2 differs"):
+        assert greedy(model, "fixed") == reference
