@@ -4,7 +4,8 @@ graphs correctly, how fast, how close to the bound; then training; then every st
 A model of TinyLlama-1.1B's shape (random weights) and a byte-level BPE tokenizer of its 32,000-entry
 vocabulary, trained here on the embedded fiction corpus, are written to a local folder (no download);
 a second, small random model of the same vocabulary is the judge. Then, in one process, the phases (``--phases``
-picks some, ``--budget-s`` skips those still to come once the time is spent; the JSON is written after each):
+picks some, ``--budget-s`` stops the one under way when the time is spent and skips the rest; the JSON is written
+after each):
 
 1. ``decoding``: greedy decoding as the GPU presets decode (bf16 autocast; float32 on a CPU) at the presets' widths
    (64 prompts, and 320 rows: five settings stacked), the fixed-buffer decoder against the growing cache. Per width:
@@ -31,7 +32,9 @@ picks some, ``--budget-s`` skips those still to come once the time is spent; the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -550,6 +553,39 @@ def paper_estimate(results: dict) -> dict:
     }
 
 
+class BudgetSpent(BaseException):
+    """Raised in the phase under way when the time budget runs out. A BaseException, as KeyboardInterrupt is: no
+    ``except Exception`` on the way (the decoder's fallback from a failed capture) may take it for a failure."""
+
+
+class Budget:
+    """``--budget-s``: the time left, and a timer that interrupts a phase when it runs out (SIGALRM, main thread)."""
+
+    def __init__(self, seconds: float | None, started: float):
+        self.seconds, self.started = seconds, started
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.started >= self.seconds
+
+    @contextlib.contextmanager
+    def phase(self):
+        """Within: BudgetSpent is raised where the phase is when the time runs out (never outside a phase)."""
+        if self.seconds is None:
+            yield
+            return
+
+        def ring(signum, frame):
+            raise BudgetSpent()
+
+        previous = signal.signal(signal.SIGALRM, ring)
+        signal.setitimer(signal.ITIMER_REAL, max(self.seconds - (time.perf_counter() - self.started), 1e-3))
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
 PHASES = ("decoding", "greedy_equality", "training", "study", "teacher_forcing", "estimate")
 
 
@@ -572,7 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--budget-s",
         type=float,
         default=None,
-        help="once this many seconds have passed, skip the phases still to come (each is recorded as skipped)",
+        help="once this many seconds have passed, stop the phase under way and skip those still to come (each is "
+        "recorded as stopped or skipped, and the JSON written)",
     )
     args = parser.parse_args(argv)
     wanted = [p for p in args.phases.split(",") if p]
@@ -632,19 +669,24 @@ def main(argv: list[str] | None = None) -> dict:
         ),
         "estimate": lambda: paper_estimate(results),
     }
+    budget = Budget(args.budget_s, started)
     try:
         for phase in PHASES:
             if phase not in wanted:
                 continue
-            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            if budget.spent():
                 results["skipped"][phase] = f"the time budget of {args.budget_s:.0f} s was spent"
                 save(f"{phase} skipped:")
                 continue
-            if phase == "teacher_forcing":
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False):
+            try:
+                # teacher forcing measures as the analyses do: float32, whatever autocast is about
+                off = torch.autocast(device.type, dtype=torch.bfloat16, enabled=False)
+                with budget.phase(), off if phase == "teacher_forcing" else contextlib.nullcontext():
                     results[phase] = work[phase]()
-            else:
-                results[phase] = work[phase]()
+            except BudgetSpent:
+                results["skipped"][phase] = f"stopped: the time budget of {args.budget_s:.0f} s ran out in it"
+                save(f"{phase} stopped:")
+                continue
             if phase == "training":  # MFU of the real training path, from its own log
                 results[phase].update(
                     training_phase(

@@ -94,3 +94,21 @@ def test_the_host_sync_counter_counts_what_reads_a_value_into_python():
         bool((values > 2).any())  # two
         values[values > 2]  # three: a shape that depends on the values
     assert counting.count == 3
+
+
+def test_the_budget_stops_the_phase_under_way_and_nothing_outside_one():
+    spec = importlib.util.spec_from_file_location("gpu_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import time
+
+    budget = module.Budget(0.2, time.perf_counter())
+    started = time.perf_counter()
+    with pytest.raises(module.BudgetSpent):
+        with budget.phase():
+            try:
+                time.sleep(5)
+            except Exception:  # noqa: BLE001 (what a fallback inside a phase does: it must not swallow the budget)
+                pass
+    assert time.perf_counter() - started < 2 and budget.spent()
+    time.sleep(0.3)  # outside a phase the timer is off: nothing rings
