@@ -267,7 +267,8 @@ def release_all_workspaces() -> None:
 def graph_stats() -> dict:
     """What the graph path has done since :func:`reset_graph_stats`: counts, each failure's cause (and those remembered
     from before, for models still alive), the largest difference a checked replay showed (relative to the largest
-    logit), and torch.compile's graphs and recompiles where a compiled step ran."""
+    logit), and torch.compile's graphs and recompiles where a compiled step ran (those two since the process
+    started)."""
     from torch._dynamo.utils import counters
 
     return {
