@@ -358,6 +358,7 @@ def generate_variants(
     """
     from hyperfitting.distributed import gather_in_order, min_over_processes, my_share, process_state
     from hyperfitting.generation import memory
+    from hyperfitting.generation.fixed import bucketed_length, graphs_wanted
     from hyperfitting.precision import decoding_model
 
     model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
@@ -384,20 +385,24 @@ def generate_variants(
     contrastive = [k for k, (a, _) in enumerate(settings) if a.contrastive_top_k]
     results: list[list[Continuation]] = [[] for _ in settings]
     length = max(map(len, prompts), default=0) + first.max_new_tokens
+    # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
+    decoder = decoder_for(first.decoder, model, length, first.compile_step)
+    # What a batch allocates: where fixed buffers are kept for a graph or a compiled step, the length is rounded up
+    # to its bucket and the rows by up to an eighth (generation/fixed.py).
+    kept = decoder == "fixed" and (graphs_wanted(device) or first.compile_step)
+    allocated, row_share = (bucketed_length(length), 9 / 8) if kept else (length, 1)
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
-    per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
+    per_batch = memory.prompts_that_fit(model, first.batch_size, (len(stacked) or 1) * row_share, allocated)
     # lockstep (an FSDP model): every process takes the same batches
     if not shard and process_state().num_processes > 1:
         per_batch = min_over_processes(per_batch)
-    # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
-    decoder = decoder_for(first.decoder, model, length, first.compile_step)
     if per_batch < first.batch_size:
         warnings.warn(
             f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
             f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.",
             stacklevel=2,
         )
-    memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1), length))
+    memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1) * row_share, allocated))
     starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.

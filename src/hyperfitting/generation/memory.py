@@ -32,10 +32,10 @@ def kv_bytes_per_token(model) -> int:
     return 2 * layers * kv_heads * head_dim * element
 
 
-def decode_bytes(model, rows: int, length: int) -> int:
+def decode_bytes(model, rows: float, length: int) -> int:
     """Beyond the weights: a decode of ``rows`` rows to ``length`` tokens (prompt and continuation)."""
     vocabulary = text_config(model).vocab_size
-    return rows * (length * kv_bytes_per_token(model) + VOCABULARY_ROWS_PER_STEP * vocabulary * 4)
+    return int(rows * (length * kv_bytes_per_token(model) + VOCABULARY_ROWS_PER_STEP * vocabulary * 4))
 
 
 def teacher_forcing_bytes(model, rows: int, length: int) -> int:
@@ -67,7 +67,7 @@ def free_bytes(device: torch.device) -> int | None:
     return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def prompts_that_fit(model, prompts: int, variants: int, length: int, headroom: float = 0.8) -> int:
+def prompts_that_fit(model, prompts: int, variants: float, length: int, headroom: float = 0.8) -> int:
     """How many prompts (each decoded under ``variants`` settings) one batch can hold on the model's device: ``prompts``
     when they fit, fewer when the GPU's free memory would not hold them (at least one)."""
     device = next(model.parameters()).device
