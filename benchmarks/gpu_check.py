@@ -270,8 +270,9 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
         seconds = device_seconds(device, lambda: outputs.append(decode(prompts)))
         graphs = graph_stats()
         release_all_workspaces()
-        # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches).
-        bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12 / 2)
+        # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches), at the
+        # memory's measured rate: a copy's bytes read and written together, as gpu_study.py counts it.
+        bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12)
         result[f"batch_{width}"] = {
             "tokens_per_s": width * sizes.new_tokens / seconds,
             "seconds": seconds,

