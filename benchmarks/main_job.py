@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--note", action="append", default=[], help="a measured fact the run folder does not hold (e.g. the wall time)"
     )
+    parser.add_argument(
+        "--command",
+        default=None,
+        help="the study's command, for a study not finished yet (a finished one recorded its own in metrics.json)",
+    )
     args = parser.parse_args(argv)
     if not any(args.run_dir.glob("*/stage-done.json")):
         sys.exit(f"No finished stage in {args.run_dir}: run the study first.")
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     total = sum(row[1] for row in rows)
     finished = (args.run_dir / "metrics.json").exists()
     environment = metrics.get("environment", {})
+    command = environment.get("command") or args.command or f"hyperfit study (run folder {args.run_dir})"
     wall = metrics.get("wall_seconds")
     print("| stage | seconds | share | process peak memory (MiB) | steps |\n|---|---|---|---|---|")
     for row in rows:
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         if wall
         else f"Stages {total} s ({total / 60:.1f} min).",
         f"Slowest stage: {slowest[0]} ({slowest[1]} s, {slowest[2]}).",
-        f"The study ran as `{environment.get('command')}` at commit {environment.get('commit')}, "
+        f"The study ran as `{command}` at commit {environment.get('commit')}, "
         f"{environment.get('date')}, {environment.get('threads')} threads."
         if finished
         else f"The study has not finished: {len(rows)} stages have (each stage's seconds in its last sitting).",
@@ -86,18 +92,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.name:
         record(
             args.name,
-            f"The main job: `{' '.join(str(environment.get('command', '')).split()[:3])}`, stage by stage",
+            f"The main job: `{' '.join(command.split()[:3])}`, stage by stage"
+            + ("" if finished else " (not finished)"),
             ["stage", "seconds", "share", "process peak memory (MiB)", "steps"],
             rows,
             findings,
             # an unfinished study has no report yet to say how it ran: this checkout's commit and today's date
             provenance={
-                "command": f"{environment.get('command')}, then .venv/bin/python benchmarks/main_job.py {args.run_dir}",
-                "commit": environment.get("commit") or "unknown",
-                "date": (environment.get("date") or "unknown")[:10],
-            }
-            if finished
-            else None,
+                "command": f"{command}, then .venv/bin/python benchmarks/main_job.py {args.run_dir}",
+                **(
+                    {
+                        "commit": environment.get("commit") or "unknown",
+                        "date": (environment.get("date") or "unknown")[:10],
+                    }
+                    if finished
+                    else {}
+                ),
+            },
             wall_seconds=wall,
             environment=environment,
         )

@@ -92,6 +92,33 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tiny_model_folder
     assert [r["train_loss"] for r in log_a] == pytest.approx([r["train_loss"] for r in log_b], abs=1e-6)
 
 
+@pytest.mark.e2e
+def test_sigterm_ends_a_run_with_a_word_and_leaves_it_to_resume(tiny_model_folder, corpus, tmp_path):
+    # As a scheduler ends a job (SIGTERM, then SIGKILL), and with SIGINT ignored, as a command started in the
+    # background from a script has it: the command still says how to go on, and leaves nothing half-written.
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        _train_command(tiny_model_folder, corpus, run_dir),
+        env=_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    checkpoint = run_dir / "train" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be stopped; make it longer"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "Terminated (SIGTERM). Run the same command with --resume to continue." in stderr
+    assert not (run_dir / "train" / "stage-done.json").exists() and not (run_dir / "train" / "adapter").exists()
+    for path in run_dir.rglob("*.json"):
+        json.loads(path.read_text())
+
+
 def test_pickle_weights_are_refused_unless_allowed(tiny_model_folder, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -548,9 +548,37 @@ def keys():
         print(f"{key} = {default}\n    {doc}")
 
 
+class Terminated(BaseException):
+    """SIGTERM reached the command (a scheduler's notice before it kills, or `kill`). A BaseException, as
+    KeyboardInterrupt is: no `except Exception` on the way may take it for a failure and go on."""
+
+
+def _end_on_sigterm() -> None:
+    """SIGTERM ends a command as Ctrl-C does: the stage under way is left unfinished, for --resume to redo, and the
+    command says so, instead of vanishing without a word. A forked worker (the calibration's pool, which its parent
+    ends with SIGTERM) keeps the default: it just ends."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        return
+    parent = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != parent:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
     started = time.perf_counter()
     from hyperfitting.rundir import is_main_process
+
+    _end_on_sigterm()
 
     if not is_main_process():
         # Under torchrun every process runs the same command: one copy of the narrative is
@@ -570,6 +598,9 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted. Run the same command with --resume to continue.", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("Terminated (SIGTERM). Run the same command with --resume to continue.", err=True)
+        sys.exit(143)
     except OSError as error:
         from hyperfitting.rundir import NO_ROOM
 
