@@ -4,12 +4,13 @@ Models of TinyLlama-1.1B's and Llama-3.1-8B's shapes are built with random weigh
 the device (throughput does not depend on what the weights are). For each shape, in order:
 
 1. the bf16 matrix-multiply peak and the device-to-device copy bandwidth (the roofline);
-2. one full fine-tuning step at the paper's batch (8 x 256): model FLOPs utilisation (MFU)
+2. greedy decoding with the decoder a study would use (fixed buffers and CUDA graphs on a GPU) at batch 1, 32 and
+   300, with what the graph path did (captures, checked replays, failures and their causes), and transformers'
+   `generate` at batch 32 beside it (tokens identical counted); first, so that it answers even if training fails;
+3. one full fine-tuning step at the paper's batch (8 x 256): model FLOPs utilisation (MFU)
    against the measured peak and against the card's dense bf16 specification;
-3. Late-Stage LoRA (r 32, last 5 blocks) at the same batch, through PEFT's full forward and
+4. Late-Stage LoRA (r 32, last 5 blocks) at the same batch, through PEFT's full forward and
    through the trunk cache, with the first step's loss from each (they must agree);
-4. greedy decoding with the toolkit's decoding path at batch 1, 32 and 300, and transformers'
-   `generate` at batch 32 beside it (tokens identical counted);
 5. peak device memory of each phase.
 
 Then a one-line estimate of the paper's whole TinyLlama study on this GPU from the measured rates.
@@ -36,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import commit, forward_flops_per_token  # noqa: E402  (also puts src/ on the path)
 
 from hyperfitting.config import load_config  # noqa: E402
-from hyperfitting.generation.decoding import decode_batch  # noqa: E402
+from hyperfitting.generation.decoding import Variant, decode_batch, decode_variants, decoder_for  # noqa: E402
+from hyperfitting.generation.fixed import graph_stats, release_all_workspaces, reset_graph_stats  # noqa: E402
 from hyperfitting.training.hyperfit import BlockLoss  # noqa: E402
 from hyperfitting.training.methods import prepare_for_training  # noqa: E402
 from hyperfitting.training.trunk_cache import TrunkCache  # noqa: E402
@@ -249,27 +251,35 @@ def decoding(shape: str, device, sizes: Sizes, copy_tb_per_s: float) -> dict:
     model = build_model(shape, device, dtype).eval()
     vocab = model.config.vocab_size
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    result = {"new_tokens": sizes.new_tokens, "prompt_tokens": sizes.prompt_tokens}
+    # the decoder a study would use here: fixed buffers with CUDA graphs on a GPU, the growing cache on a CPU
+    decoder = decoder_for("auto", model, sizes.prompt_tokens + sizes.new_tokens)
+    result = {"new_tokens": sizes.new_tokens, "prompt_tokens": sizes.prompt_tokens, "decoder": decoder}
+
+    def decode(prompts):
+        return decode_variants(model, prompts, [Variant()], sizes.new_tokens, 0, decoder=decoder)[0]
+
     for width in sizes.decode_batches:
         prompts = random_ids(width, sizes.prompt_tokens, vocab, "cpu", seed=2).tolist()
         reset_peak(device)
-        # The first pass at a width pays one-off costs per new shape (on a GPU, an attention plan per
-        # cache length); it is timed on its own, and the steady rate comes from a second, identical pass.
+        reset_graph_stats()
+        # The first pass at a width pays one-off costs per new shape (on a GPU, an attention plan per cache length,
+        # and the graph's capture); it is timed on its own, and the steady rate comes from a second, identical pass,
+        # which replays the graph the first one kept.
         outputs = []
-        first_s = device_seconds(
-            device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0))
-        )
-        seconds = device_seconds(
-            device, lambda: outputs.append(decode_batch(model, prompts, sizes.new_tokens, pad_token_id=0))
-        )
-        # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches).
-        bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12 / 2)
+        first_s = device_seconds(device, lambda: outputs.append(decode(prompts)))
+        seconds = device_seconds(device, lambda: outputs.append(decode(prompts)))
+        graphs = graph_stats()
+        release_all_workspaces()
+        # Weight-read bound: every step reads all weights once (the KV cache adds to it at wide batches), at the
+        # memory's measured rate: a copy's bytes read and written together, as gpu_study.py counts it.
+        bound_s = sizes.new_tokens * weight_bytes / (copy_tb_per_s * 1e12)
         result[f"batch_{width}"] = {
             "tokens_per_s": width * sizes.new_tokens / seconds,
             "seconds": seconds,
             "first_pass_s": first_s,
             "share_of_weight_read_bound": bound_s / seconds,
             "peak_gib": peak_gib(device),
+            "graphs": graphs,
         }
         if width == sizes.generate_batch:
             ours = [c.token_ids for c in outputs[-1]]
@@ -372,7 +382,9 @@ def main(argv: list[str] | None = None) -> dict:
         help="only profile a decoding step of the first shape, ours against `generate`",
     )
     parser.add_argument(
-        "--phases", default="full_finetune,late_stage_lora,decoding", help="comma-separated phases to run"
+        "--phases",
+        default="decoding,full_finetune,late_stage_lora",
+        help="comma-separated phases to run (always in this order: decoding first)",
     )
     parser.add_argument(
         "--budget-s", type=float, default=480.0, help="skip the phases still to come once this much time has passed"
@@ -421,9 +433,9 @@ def main(argv: list[str] | None = None) -> dict:
     save()
 
     phases = (
+        ("decoding", lambda shape: decoding(shape, device, sizes, results["roofline"]["copy_tb_per_s"])),
         ("full_finetune", lambda shape: full_finetune(shape, device, sizes, results["roofline"]["matmul_tflops"])),
         ("late_stage_lora", lambda shape: late_stage_lora(shape, device, sizes)),
-        ("decoding", lambda shape: decoding(shape, device, sizes, results["roofline"]["copy_tb_per_s"])),
     )
     wanted = args.phases.split(",")
     for shape in shapes:

@@ -1,34 +1,40 @@
-"""The whole study on a GPU, end to end, instrumented: does every stage run on the device, and how fast?
+"""The first run on a GPU, in the order that answers the open questions first: does decoding capture and replay CUDA
+graphs correctly, how fast, how close to the bound; then training; then every stage of the study.
 
 A model of TinyLlama-1.1B's shape (random weights) and a byte-level BPE tokenizer of its 32,000-entry
 vocabulary, trained here on the embedded fiction corpus, are written to a local folder (no download);
-a second, small random model of the same vocabulary is the judge. Then, in one process:
+a second, small random model of the same vocabulary is the judge. Then, in one process, the phases (``--phases``
+picks some, ``--budget-s`` stops the one under way when the time is spent and skips the rest; the JSON is written
+after each):
 
-1. ``study``: the whole study on that model with a small config (full fine-tuning for 2 epochs, all
-   five analyses, one control, three baselines, the judge), every stage through the real CLI path.
-   Every forward call of every causal LM is counted, by stage and by device type (on a GPU the host's
-   count must be zero; a replayed CUDA graph of a decoding step is not a call, so the device's count is a
-   lower bound); each stage's measured peak of device memory sits beside its estimate.
-2. ``decoding``: greedy decoding at widths 64 and 300 in float32 (as the GPU presets decode), the fixed-buffer
-   decoder (CUDA graphs on a GPU) against the growing cache, first pass apart: tokens/s, ms per step, share
-   of the weight-read bound.
-3. ``greedy_equality``: the toolkit's greedy tokens against transformers' ``generate`` in float32, at
-   width 64: identical continuations counted, and where the others part.
-4. ``training``: MFU of the real training path, from the study's own training log.
+1. ``decoding``: greedy decoding as the GPU presets decode (bf16 autocast; float32 on a CPU) at the presets' widths
+   (64 prompts, and 320 rows: five settings stacked), the fixed-buffer decoder against the growing cache. Per width:
+   ms per step (the difference of two lengths' passes: no prefill in it), the first pass (which captures the graph)
+   apart from a steady one (which replays it), the share of the weight-read bound, whether graphs were captured and
+   used (and why not), the replays checked against eager steps (the decoder checks the captured step, the next and
+   the last), host syncs per decode, peak memory, identical tokens between the two decoders.
+2. ``greedy_equality``: the fixed decoder's greedy tokens against the growing cache's and transformers'
+   ``generate``'s, in float32, at width 64: identical continuations counted, and where the others part.
+3. ``training``: the study's data and training stages through the train command's path; MFU from its log.
+4. ``study``: the whole study on that model with a small config (full fine-tuning for 2 epochs, all five analyses,
+   one control, three baselines, the judge), every stage through the real path, reusing the training phase's stages.
+   Every forward call of every causal LM is counted, by stage and by device type (on a GPU the host's count must be
+   zero; a replayed CUDA graph of a decoding step is not a call, so the device's count is a lower bound); each stage's
+   measured peak of device memory sits beside its estimate.
 5. ``teacher_forcing``: tokens/s of the analyses' teacher-forced passes.
 6. ``estimate``: the paper's whole TinyLlama study on this machine, from the rates above.
 
-Every phase is written to the JSON file as it ends.
-
-python benchmarks/gpu_study.py --json $OUT/gpu_study.json --out /tmp/gpu-study   # on a GPU (goal: < 8 minutes on an
-H200) python benchmarks/gpu_study.py --tiny --json /tmp/gpu_study.json                 # anywhere: tiny shapes, CPU as
-the device # (the test suite runs this)
+    python benchmarks/gpu_study.py --json $OUT/gpu_study.json --out /tmp/gpu-study --budget-s 420  # on a GPU
+    python benchmarks/gpu_study.py --tiny --json /tmp/gpu_study.json   # anywhere: tiny shapes, the CPU as the device
+                                                                       # (the test suite runs this)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -36,6 +42,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import forward_flops_per_token  # noqa: E402  (also puts src/ on the path)
@@ -190,33 +198,71 @@ class ForwardCounter:
         self.handle.remove()
 
 
-def run_study_phase(
-    model: Path, judge: Path, run_dir: Path, tiny: bool, counter: ForwardCounter, device: torch.device
-) -> dict:
+class StageNames:
+    """While active, tells ``counter`` which stage is running: every stage goes through StageGraph.run, which announces
+    it."""
+
+    def __init__(self, counter: ForwardCounter):
+        self.counter = counter
+
+    def __enter__(self):
+        from hyperfitting.pipeline import graph
+
+        self.announce = announce = graph.StageGraph.announce
+        counter = self.counter
+
+        def announce_and_count(self, name, detail=""):
+            counter.stage = name
+            return announce(self, name, detail)
+
+        graph.StageGraph.announce = announce_and_count
+        return self
+
+    def __exit__(self, *exc):
+        from hyperfitting.pipeline import graph
+
+        graph.StageGraph.announce = self.announce
+        self.counter.stage = "outside a stage"
+
+
+def study_config(model: Path, judge: Path, run_dir: Path, tiny: bool, device: torch.device):
     from hyperfitting.config import load_config
+
+    # As the GPU presets run: bf16 autocast for training and decoding (what the analyses measure stays float32);
+    # float32 on a CPU.
+    precision = ["model.precision=bf16"] if device.type == "cuda" else ["model.precision=fp32"]
+    return load_config(None, study_overrides(model, judge, run_dir, tiny) + precision)
+
+
+def training_run_phase(config, counter: ForwardCounter) -> dict:
+    """The study's data and training stages alone, through the train command's path (the study then reuses them)."""
+    from hyperfitting.models.loading import tokenizer_for
+    from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
+    from hyperfitting.pipeline.runner import Shared, run_graph
+    from hyperfitting.precision import precision_for
+    from hyperfitting.rundir import prepare_run_dir, read_jsonl
+
+    run_dir = prepare_run_dir(config, "overwrite")
+    graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
+    started = time.perf_counter()
+    with StageNames(counter):
+        _, context = precision_for(config, say=lambda text: None)
+        with context:
+            run_graph(graph, Shared(graph, tokenizer=tokenizer_for(config.model)))
+    return {"seconds": time.perf_counter() - started, "train_log": read_jsonl(run_dir / "train" / "train_log.jsonl")}
+
+
+def run_study_phase(config, counter: ForwardCounter, device: torch.device) -> dict:
     from hyperfitting.layout import STAGE_DONE
     from hyperfitting.pipeline import graph
     from hyperfitting.pipeline.runner import run_study
     from hyperfitting.rundir import prepare_run_dir, read_json
 
-    announce = graph.StageGraph.announce
-
-    def announce_and_count(self, name, detail=""):  # every stage goes through StageGraph.run, which announces it
-        counter.stage = name
-        return announce(self, name, detail)
-
-    graph.StageGraph.announce = announce_and_count
-    try:
-        # As the GPU presets run: bf16 autocast for the training steps, float32 for decoding (model.precision's
-        # default).
-        precision = ["train.mixed_precision=bf16"] if device.type == "cuda" else ["model.precision=fp32"]
-        config = load_config(None, study_overrides(model, judge, run_dir, tiny) + precision)
-        started = time.perf_counter()
-        run_study(config, prepare_run_dir(config, "overwrite"))
-        seconds = time.perf_counter() - started
-    finally:
-        graph.StageGraph.announce = announce
-        counter.stage = "after the study"
+    run_dir = Path(config.run_dir)
+    started = time.perf_counter()
+    with StageNames(counter):  # the data and training stages of the training phase are reused where it ran
+        run_study(config, prepare_run_dir(config, "resume"))
+    seconds = time.perf_counter() - started
     planned = list(graph.study_graph(config, run_dir).specs)
     metrics = read_json(run_dir / "metrics.json")
     forwards = counter.by_stage()
@@ -230,9 +276,103 @@ def run_study_phase(
         "device_forwards": sum(sum(d.values()) for d in forwards.values()) - host,
         "stage_profile": metrics["stage_profile"],
         "precision": metrics.get("precision"),
-        "train_log": metrics["train_log"],
         "claims": {str(c["number"]): c["verdict"] for c in metrics["claims"]},
     }
+
+
+class HostSyncs:
+    """Counts the times the host waits for the device while active.
+
+    On a GPU, CUDA's own record of it: ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising call
+    (a stream synchronise: a value read into Python, a copy to the host, a copy from pageable host memory, a shape that
+    depends on values), and the warnings are counted. On a CPU nothing waits; what is counted there is what would on a
+    GPU: a value read into Python or a shape that depends on values (seen by a dispatch mode), a copy to the host
+    (``tolist``, ``numpy``, ``cpu``, seen by a function mode). Neither sees a replayed graph, which issues no
+    operation of its own.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.count = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            import warnings
+
+            self._warnings = warnings.catch_warnings(record=True)
+            self._seen = self._warnings.__enter__()
+            warnings.simplefilter("always")
+            self._before = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("warn")
+        else:
+            self._copies, self._mode = _HostCopies(), _DeviceReads()
+            self._copies.__enter__()
+            self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(self._before)
+            self.count = sum("synchroniz" in str(w.message) for w in self._seen)
+            self._warnings.__exit__(*exc)
+        else:
+            self._mode.__exit__(*exc)
+            self._copies.__exit__(*exc)
+            self.count = self._mode.count + self._copies.count
+
+
+class _HostCopies(TorchFunctionMode):
+    """Copies of a tensor to the host that no dispatched operation shows on a CPU (``tolist``, ``numpy``, ``cpu``)."""
+
+    NAMES = {"tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.NAMES:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _DeviceReads(TorchDispatchMode):
+    """The operations that read a tensor's values on the host: into Python, or to size a result."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "equal", "is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.READS or (
+            name in ("index", "index_put_", "index_put")  # x[mask]: a shape that depends on the values
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+        ):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def let_go(model) -> None:
+    """Free what decoding kept for ``model``: the fixed buffers and graphs, the bf16 copy of its weights."""
+    from hyperfitting import precision
+    from hyperfitting.generation import fixed
+
+    fixed.release_all_workspaces()
+    precision._BF16_COPIES.pop(model, None)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def read_weight_bytes(model, dtype: str) -> int:
+    """Bytes a decoding step reads of the weights: all of them but an untied input embedding, of which a step reads
+    only its rows' entries."""
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    untied = output is not None and output.weight is not embedding
+    size = 2 if dtype == "bf16" else None
+    return sum(p.numel() * (size or p.element_size()) for p in model.parameters() if not (untied and p is embedding))
 
 
 def decoding_phase(
@@ -244,43 +384,79 @@ def decoding_phase(
     copy_tb_per_s: float,
     device: torch.device,
 ) -> dict:
-    """Greedy tokens/s per width, the fixed-buffer decoder against the growing cache, first pass timed apart."""
+    """Greedy decoding as the GPU presets decode (bf16 autocast on a GPU, float32 on a CPU), per width: the fixed-buffer
+    decoder (CUDA graphs on a GPU) against the growing cache. The first pass (which captures) is timed apart from a
+    steady one (which replays the kept graph), a step's time apart from the prefill; whether graphs were captured and
+    used, and why not; the replays checked against eager steps; host syncs per decode; peak memory."""
     from hyperfitting.config import GenerateArgs
+    from hyperfitting.generation import fixed
     from hyperfitting.generation.decoding import generate
+    from hyperfitting.precision import compute_precision
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    result: dict = {"new_tokens": new_tokens, "prompt_tokens": prompt_tokens, "weight_bytes": weight_bytes}
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    weight_bytes = read_weight_bytes(model, dtype)
+    result: dict = {
+        "dtype": dtype,
+        "new_tokens": new_tokens,
+        "prompt_tokens": prompt_tokens,
+        "weight_bytes": weight_bytes,
+        # a step reads every weight once (the KV cache adds to it at wide batches), at the memory's measured rate
+        "weight_read_bound_ms_per_step": 1e3 * weight_bytes / (copy_tb_per_s * 1e12) if copy_tb_per_s else None,
+    }
     vocabulary = model.config.vocab_size
-    for width in widths:
-        prompts = torch.randint(
-            3, vocabulary, (width, prompt_tokens), generator=torch.Generator().manual_seed(width)
-        ).tolist()
-        row = {}
-        for decoder in ("dynamic", "fixed"):
-            args = GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder=decoder)
-            outputs = []
+    with compute_precision(dtype, device):
+        for width in widths:
+            prompts = torch.randint(
+                3, vocabulary, (width, prompt_tokens), generator=torch.Generator().manual_seed(width)
+            ).tolist()
+            row: dict = {}
+            tokens = {}
+            for decoder in ("dynamic", "fixed"):
+                fixed.reset_graph_stats()
+                outputs = []
 
-            def once():
-                outputs.append(generate(model, tokenizer, prompts, args, show_progress=False, shard=False))
+                def once(steps=new_tokens):
+                    args = GenerateArgs(max_new_tokens=steps, batch_size=width, decoder=decoder)
+                    outputs.append(generate(model, tokenizer, prompts, args, show_progress=False, shard=False))
 
-            first = device_seconds(device, once)
-            steady = device_seconds(device, once)
-            # Weight-read bound: a step reads every weight once (at batch 300 the KV cache adds to it), at the memory's
-            # measured rate (a copy's reads and writes together: gpu_check.py halved it, which doubled its shares).
-            bound = new_tokens * weight_bytes / (copy_tb_per_s * 1e12) if copy_tb_per_s else None
-            row[decoder] = {
-                "tokens_per_s": width * new_tokens / steady,
-                "ms_per_step": 1e3 * steady / new_tokens,
-                "first_pass_s": first,
-                "steady_pass_s": steady,
-                "share_of_weight_read_bound": bound / steady if bound else None,
-            }
-            row[f"{decoder}_tokens"] = [o.token_ids for o in outputs[-1]]
-        row["fixed_over_dynamic"] = row["fixed"]["tokens_per_s"] / row["dynamic"]["tokens_per_s"]
-        row["identical_greedy_continuations"] = sum(
-            a == b for a, b in zip(row.pop("dynamic_tokens"), row.pop("fixed_tokens"))
-        )
-        result[f"width_{width}"] = row
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                # Each length's first pass captures (its own bucket); a second pass replays what the first kept. A
+                # step's time is the difference of two lengths' steady passes, so the prefill drops out of it.
+                first = device_seconds(device, once)
+                steady = device_seconds(device, once)
+                counting = HostSyncs(device)
+                with counting:
+                    once()
+                half = max(1, new_tokens // 2)
+                device_seconds(device, lambda: once(half))
+                steady_half = device_seconds(device, lambda: once(half))
+                step_ms = 1e3 * max(steady - steady_half, 0.0) / max(new_tokens - half, 1)
+                bound = result["weight_read_bound_ms_per_step"]
+                row[decoder] = {
+                    "tokens_per_s": width * new_tokens / steady,
+                    "ms_per_step": step_ms,
+                    "prefill_s": max(steady - new_tokens * step_ms / 1e3, 0.0),
+                    "first_pass_s": first,
+                    "steady_pass_s": steady,
+                    "share_of_weight_read_bound": bound / step_ms if bound and step_ms else None,
+                    "host_syncs_per_decode": counting.count,
+                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                }
+                if decoder == "fixed":
+                    stats = fixed.graph_stats()
+                    row[decoder]["graphs"] = {
+                        **stats,
+                        "captured": stats["captures"] > 0,
+                        "used": stats["replays"] > 0 and not stats["failures"],
+                        "why_not": stats["why_not"]
+                        or ([] if device.type == "cuda" else ["no CUDA device: eager steps"]),
+                    }
+                let_go(model)
+                tokens[decoder] = [o.token_ids for o in outputs[0]]
+            row["fixed_over_dynamic"] = row["fixed"]["tokens_per_s"] / row["dynamic"]["tokens_per_s"]
+            row["identical_greedy_continuations"] = sum(a == b for a, b in zip(tokens["dynamic"], tokens["fixed"]))
+            result[f"width_{width}"] = row
     return result
 
 
@@ -297,17 +473,20 @@ def greedy_equality_phase(
     ).tolist()
     decoder = decoder_for("auto", model, prompt_tokens + new_tokens)
     with full_precision(device):
-        ours = [
-            o.token_ids
-            for o in generate(
-                model,
-                tokenizer,
-                prompts,
-                GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder="fixed"),
-                show_progress=False,
-                shard=False,
-            )
-        ]
+        ours, growing = (
+            [
+                o.token_ids
+                for o in generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    GenerateArgs(max_new_tokens=new_tokens, batch_size=width, decoder=decoder),
+                    show_progress=False,
+                    shard=False,
+                )
+            ]
+            for decoder in ("fixed", "dynamic")
+        )
         ids = torch.tensor(prompts, device=device)
         with torch.no_grad():
             theirs = model.generate(
@@ -318,10 +497,12 @@ def greedy_equality_phase(
                 do_sample=False,
                 pad_token_id=0,
             )[:, prompt_tokens:].tolist()
+    let_go(model)
     parted = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ours, theirs) if x != y]
     return {
         "decoder": "fixed",
         "study_decoder_here": decoder,
+        "identical_to_growing_cache": sum(a == b for a, b in zip(ours, growing)),
         "identical_continuations": sum(a == b for a, b in zip(ours, theirs)),
         "of": width,
         "first_differing_step": parted,
@@ -373,7 +554,7 @@ def paper_estimate(results: dict) -> dict:
         key=lambda k: int(k.split("_")[1]),
         default=None,
     )
-    decode = results["decoding"][widest]["fixed"]["tokens_per_s"] if widest else None
+    decode = results.get("decoding", {})[widest]["fixed"]["tokens_per_s"] if widest else None
     forced = results.get("teacher_forcing", {}).get("tokens_per_s")
     if not (train and decode and forced):
         return {"unavailable": "a rate is missing"}
@@ -391,6 +572,44 @@ def paper_estimate(results: dict) -> dict:
     }
 
 
+class BudgetSpent(BaseException):
+    """Raised in the phase under way when the time budget runs out. A BaseException, as KeyboardInterrupt is: no
+    ``except Exception`` on the way (the decoder's fallback from a failed capture) may take it for a failure."""
+
+
+class Budget:
+    """``--budget-s``: the time left, and a timer that interrupts a phase when it runs out (SIGALRM, main thread)."""
+
+    def __init__(self, seconds: float | None, started: float):
+        self.seconds, self.started = seconds, started
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.started >= self.seconds
+
+    @contextlib.contextmanager
+    def phase(self):
+        """Within: BudgetSpent is raised where the phase is when the time runs out (never outside a phase)."""
+        if self.seconds is None:
+            yield
+            return
+
+        def ring(signum, frame):
+            raise BudgetSpent()
+
+        previous = signal.signal(signal.SIGALRM, ring)
+        # It rings again every 5 s until the phase is left: a ring that lands where Python cannot raise (a weakref
+        # callback, a destructor) is not the last one.
+        signal.setitimer(signal.ITIMER_REAL, max(self.seconds - (time.perf_counter() - self.started), 1e-3), 5.0)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+PHASES = ("decoding", "greedy_equality", "training", "study", "teacher_forcing", "estimate")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -403,7 +622,21 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="folder for the model, its judge and the study's run (default: a temporary one)",
     )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, run in this order: {', '.join(PHASES)}"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="once this many seconds have passed, stop the phase under way and skip those still to come (each is "
+        "recorded as stopped or skipped, and the JSON written)",
+    )
     args = parser.parse_args(argv)
+    wanted = [p for p in args.phases.split(",") if p]
+    unknown = sorted(set(wanted) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase {', '.join(unknown)}: choose from {', '.join(PHASES)}")
 
     # The device every model of the study goes to (models/loading.py: place_on_device): a GPU wherever there is one,
     # --tiny included (it only shrinks the shapes), so the forwards, the timings and the tensors all meet there.
@@ -419,6 +652,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device_type": device.type,
         "torch": torch.__version__,
         "tiny": args.tiny,
+        "phases_asked": wanted,
+        "skipped": {},
     }
 
     def save(phase: str):
@@ -434,58 +669,97 @@ def main(argv: list[str] | None = None) -> dict:
     model_folder, judge_folder = write_model_folders(out, args.tiny)
     save("model folders")
 
-    counter = ForwardCounter()
-    try:
-        results["study"] = run_study_phase(model_folder, judge_folder, out / "run", args.tiny, counter, device)
-    finally:
-        counter.close()
-    save("study")
-
     from hyperfitting.config import ModelArgs
     from hyperfitting.models.loading import load_model
 
     model, tokenizer = load_model(ModelArgs(name=str(model_folder)))
     new_tokens, prompt_tokens = (8, 8) if args.tiny else (128, 32)
-    # In float32, as the GPU presets decode (model.precision=fp32): the rate the paper-study estimate needs.
-    results["decoding"] = decoding_phase(
-        model, tokenizer, (64, 300), new_tokens, prompt_tokens, results["roofline"]["copy_tb_per_s"], device
-    )
-    save("decoding")
-    results["greedy_equality"] = greedy_equality_phase(model, tokenizer, 64, new_tokens, prompt_tokens, device)
-    save("greedy equality")
-    block_tokens = 32 if args.tiny else 256
-    results["training"] = training_phase(
-        results["study"]["train_log"], model, block_tokens, results["roofline"]["matmul_tflops"], spec
-    )
-    save("training")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=False):
-        results["teacher_forcing"] = teacher_forcing_phase(
+    config = study_config(model_folder, judge_folder, out / "run", args.tiny, device)
+    counter = ForwardCounter()
+    # Decoding first: the graph path is what has never run, and it must answer even if a later phase fails.
+    work = {
+        # 64 prompts (the presets' generate.batch_size) alone, and as five stacked settings (an analysis' sweep)
+        "decoding": lambda: decoding_phase(
+            model, tokenizer, (64, 320), new_tokens, prompt_tokens, results["roofline"]["copy_tb_per_s"], device
+        ),
+        "greedy_equality": lambda: greedy_equality_phase(model, tokenizer, 64, new_tokens, prompt_tokens, device),
+        "training": lambda: training_run_phase(config, counter),
+        "study": lambda: run_study_phase(config, counter, device),
+        "teacher_forcing": lambda: teacher_forcing_phase(
             model, 16 if args.tiny else 64, 40 if args.tiny else 256, device
-        )
-    save("teacher forcing")
-    results["paper_study_estimate"] = paper_estimate(results)
-    save("estimate")
-    study = results["study"]
-    print(
-        f"stages {len(study['stages']) - len(study['unfinished_stages'])}/{len(study['stages'])} finished; causal-LM "
-        "forwards on the host: "
-        f"{study['host_forwards']}, on the device: {study['device_forwards']}"
-    )
-    for width in (64, 300):
-        row = results["decoding"][f"width_{width}"]
+        ),
+        "estimate": lambda: paper_estimate(results),
+    }
+    budget = Budget(args.budget_s, started)
+    try:
+        for phase in PHASES:
+            if phase not in wanted:
+                continue
+            if budget.spent():
+                results["skipped"][phase] = f"the time budget of {args.budget_s:.0f} s was spent"
+                save(f"{phase} skipped:")
+                continue
+            try:
+                # teacher forcing measures as the analyses do: float32, whatever autocast is about
+                off = torch.autocast(device.type, dtype=torch.bfloat16, enabled=False)
+                with budget.phase(), off if phase == "teacher_forcing" else contextlib.nullcontext():
+                    results[phase] = work[phase]()
+            except BudgetSpent:
+                results["skipped"][phase] = f"stopped: the time budget of {args.budget_s:.0f} s ran out in it"
+                save(f"{phase} stopped:")
+                continue
+            except Exception as error:
+                if not budget.spent():
+                    raise
+                # the budget rang inside a C call, which turned it into an error of its own
+                results["skipped"][phase] = (
+                    f"stopped: the time budget of {args.budget_s:.0f} s ran out in it ({type(error).__name__})"
+                )
+                save(f"{phase} stopped:")
+                continue
+            if phase == "training":  # MFU of the real training path, from its own log
+                results[phase].update(
+                    training_phase(
+                        results[phase].pop("train_log"),
+                        model,
+                        32 if args.tiny else 256,
+                        results["roofline"]["matmul_tflops"],
+                        spec,
+                    )
+                )
+            save(phase)
+    finally:
+        counter.close()
+    summarise(results)
+    return results
+
+
+def summarise(results: dict) -> None:
+    for width in (64, 320):
+        row = results.get("decoding", {}).get(f"width_{width}")
+        if row:
+            graphs = row["fixed"]["graphs"]
+            share = row["fixed"]["share_of_weight_read_bound"]
+            print(
+                f"width {width} ({results['decoding']['dtype']}): fixed {row['fixed']['ms_per_step']:.2f} ms/step "
+                f"({share or 0:.0%} of the weight-read bound), growing cache {row['dynamic']['ms_per_step']:.2f}; "
+                f"graphs captured {graphs['captured']}, used {graphs['used']}"
+                + (f" ({'; '.join(graphs['why_not'])})" if graphs["why_not"] else "")
+                + f"; same tokens {row['identical_greedy_continuations']}/{width}"
+            )
+    study = results.get("study")
+    if study:
         print(
-            f"width {width}: fixed {row['fixed']['tokens_per_s']:,.0f} tokens/s ({row['fixed']['ms_per_step']:.1f} "
-            "ms/step), "
-            f"growing cache {row['dynamic']['tokens_per_s']:,.0f}: x{row['fixed_over_dynamic']:.2f}"
+            f"stages {len(study['stages']) - len(study['unfinished_stages'])}/{len(study['stages'])} finished; "
+            f"causal-LM forwards on the host: {study['host_forwards']}, on the device: {study['device_forwards']}"
         )
-    estimate = results["paper_study_estimate"]
+    estimate = results.get("estimate", {})
     if "total_min" in estimate:
         print(
             f"paper's TinyLlama study here: about {estimate['total_min']:.0f} min (training "
-            f"{estimate['training_min']:.1f}, "
-            f"decoding {estimate['decoding_min']:.1f}, teacher forcing {estimate['teacher_forcing_min']:.1f})"
+            f"{estimate['training_min']:.1f}, decoding {estimate['decoding_min']:.1f}, teacher forcing "
+            f"{estimate['teacher_forcing_min']:.1f})"
         )
-    return results
 
 
 if __name__ == "__main__":

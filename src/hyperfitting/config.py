@@ -384,9 +384,19 @@ class GenerateArgs(Section):
     allocates a static KV cache and fixed buffers for the whole continuation, so that a step is one CUDA graph replay on
     a GPU (rows are drawn from a counter-based generator there: same prompt and seed, same stream of numbers, but not
     the dynamic decoder's); `auto`: fixed on a GPU, dynamic on a CPU. Greedy tokens agree (tested on a CPU)."""
+    compile_step: bool = False
+    """Compile the fixed decoder's step with torch.compile (on a GPU in its "reduce-overhead" mode, which captures CUDA
+    graphs of the compiled kernels, as gpt-fast does) instead of replaying an uncompiled step's graph: fewer, fused
+    kernels per step, after a compile of a minute or more per model and bucket. Needs the fixed decoder (`auto`
+    then means fixed, on a CPU too). Greedy tokens agree with the eager step (tested on a CPU)."""
 
     def __post_init__(self) -> None:
         check_rules(self, "generate")
+        if self.compile_step and self.decoder == "dynamic":
+            raise ConfigError(
+                "generate.compile_step=true compiles the fixed decoder's step: set generate.decoder=auto or fixed, or "
+                "compile_step=false."
+            )
         if self.contrastive_top_k and (self.do_sample or self.citation_blocker):
             raise ConfigError(
                 "generate.contrastive_top_k > 0 is a deterministic search of its own: it takes no sampling and no "
@@ -624,6 +634,7 @@ LATER_KEYS: dict[tuple[str, str], Any] = {
     ("train", "checkpoint_max_share"): 0.1,
     ("analysis", "rank_transplant"): True,
     ("study", "controls_replicates"): 1,
+    ("generate", "compile_step"): False,
 }
 
 
@@ -707,7 +718,8 @@ class RunConfig:
         if data["generate"]["decoder"] == "auto":  # fixed buffers on a GPU, the growing cache elsewhere: other draws
             from hyperfitting.distributed import process_state
 
-            data["generate"]["decoder"] = "fixed" if process_state().device.type == "cuda" else "dynamic"
+            on_gpu = process_state().device.type == "cuda"
+            data["generate"]["decoder"] = "fixed" if on_gpu or self.generate.compile_step else "dynamic"
         for (section, key), unchanged in LATER_KEYS.items():
             if data[section].get(key) == unchanged:
                 data[section].pop(key)
@@ -724,6 +736,7 @@ class RunConfig:
             "batch_size",
             "stop_at_eos",
             "decoder",
+            "compile_step",
             "contrastive_top_k",
             "citation_blocker",
         ]

@@ -232,5 +232,7 @@ def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
             id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in model.parameters()
         }
         twin = copy.deepcopy(model, memo).eval()
+    # what the decoder remembers a failed graph capture for (a module attribute would register a submodule)
+    object.__setattr__(twin, "decoding_source", weakref.ref(model))
     _BF16_COPIES[model] = (key, twin)
     return twin

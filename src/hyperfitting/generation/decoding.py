@@ -87,6 +87,9 @@ def decode_variants(
     eos_token_id: int | None = None,
     on_step: Callable[[], None] | None = None,
     decoder: str = "dynamic",
+    compile_step: bool = False,
+    bucket_rows: int = 0,
+    bucket_length: int = 0,
 ) -> list[list[Continuation]]:
     """Decode the prompts under every variant at once: one list of continuations per variant.
 
@@ -96,16 +99,30 @@ def decode_variants(
     every variant's rows. Rows are prompt-major: row r is prompt r // V under variant r % V.
 
     ``decoder``: ``dynamic`` grows the cache a column per step; ``fixed`` decodes in fixed buffers
-    (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU). The per-step statistics stay on
-    the device in one preallocated buffer, and the host looks at the rows (has every row reached
-    EOS?) once every ``SYNC_EVERY`` steps, not at every step.
+    (:mod:`hyperfitting.generation.fixed`; CUDA graphs on a GPU), its step compiled with ``compile_step``, its rows
+    rounded up to at least ``bucket_rows`` and its length to at least ``bucket_length`` (a call's full batches' width
+    and its longest prompt: all its batches then share one graph).
+    The per-step statistics stay on the device in one preallocated buffer, and the host looks at the
+    rows (has every row reached EOS?) once every ``SYNC_EVERY`` steps, not at every step.
     """
     from hyperfitting.generation.fixed import FixedState, GrowingState
 
     n_variants = len(variants)
-    state = (FixedState if decoder == "fixed" else GrowingState)(
-        model, prompts, n_variants, max_new_tokens, pad_token_id
-    )
+    if decoder == "fixed":
+        state = FixedState(
+            model,
+            prompts,
+            n_variants,
+            max_new_tokens,
+            pad_token_id,
+            compile_step=compile_step,
+            bucket_rows=bucket_rows,
+            bucket_length=bucket_length,
+        )
+    elif compile_step:
+        raise ValueError("compile_step compiles the fixed decoder's step: decode with decoder='fixed'")
+    else:
+        state = GrowingState(model, prompts, n_variants, max_new_tokens, pad_token_id)
     logits = state.first_logits
     rows_of = [slice(v, None, n_variants) for v in range(n_variants)]
     batch = len(logits)
@@ -260,14 +277,15 @@ def draw(
     return torch.searchsorted(cdf, point, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1).to(probs.device)
 
 
-def decoder_for(setting: str, model, length: int) -> str:
+def decoder_for(setting: str, model, length: int, compile_step: bool = False) -> str:
     """The decoder (``dynamic`` or ``fixed``) that ``generate.decoder`` names for this model and continuation length.
 
     ``auto``: fixed buffers on a GPU, where they let a step be replayed as a CUDA graph, and the growing cache on a
     CPU, where there is nothing to replay (and a study's numbers stay those it has always had); either way the
-    growing cache where the model's attention rules the fixed buffers out.
+    growing cache where the model's attention rules the fixed buffers out. ``compile_step`` (generate.compile_step)
+    compiles the fixed decoder's step: ``auto`` is then fixed everywhere, and a model it cannot decode is refused.
     """
-    from hyperfitting.generation.fixed import fixed_state_supported
+    from hyperfitting.generation.fixed import compile_supported, fixed_state_supported
 
     from torch.distributed.tensor import DTensor
 
@@ -275,11 +293,21 @@ def decoder_for(setting: str, model, length: int) -> str:
         return "dynamic"
     # An FSDP-sharded model gathers its weights in hooks at every forward: a replayed graph would skip them.
     sharded = any(isinstance(p, DTensor) for p in model.parameters())
-    why_not = "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length)
+    why_not = (
+        "its parameters are FSDP shards" if sharded else fixed_state_supported(model, length, compile_step or None)
+    )
     if setting == "fixed" and why_not:
         raise ConfigError(
             f"generate.decoder=fixed cannot decode this model: {why_not}. Set generate.decoder=auto or dynamic."
         )
+    if compile_step:
+        why_not = why_not or compile_supported(model)
+        if why_not:
+            raise ConfigError(
+                f"generate.compile_step=true compiles the fixed decoder's step, which cannot decode this model: "
+                f"{why_not}. Set generate.compile_step=false."
+            )
+        return "fixed"
     if setting == "auto" and (why_not or next(model.parameters()).device.type != "cuda"):
         return "dynamic"
     return "fixed"
@@ -339,17 +367,19 @@ def generate_variants(
     """
     from hyperfitting.distributed import gather_in_order, min_over_processes, my_share, process_state
     from hyperfitting.generation import memory
-    from hyperfitting.generation.fixed import release_workspaces
+    from hyperfitting.generation.fixed import bucketed_length, bucketed_rows, graphs_wanted
     from hyperfitting.precision import decoding_model
 
     model = decoding_model(model)  # under bf16 autocast on a GPU: a bf16 copy of the weights, not a cast at every step
     first = settings[0][0]
     if any(
-        (a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder)
-        != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder)
+        (a.max_new_tokens, a.batch_size, a.stop_at_eos, a.decoder, a.compile_step)
+        != (first.max_new_tokens, first.batch_size, first.stop_at_eos, first.decoder, first.compile_step)
         for a, _ in settings
     ):
-        raise ValueError("settings decoded together must share max_new_tokens, batch_size, stop_at_eos and decoder")
+        raise ValueError(
+            "settings decoded together must share max_new_tokens, batch_size, stop_at_eos, decoder and compile_step"
+        )
     if any(
         a.citation_blocker and not any(isinstance(p, CitationBlocker) for p in processors) for a, processors in settings
     ):
@@ -364,20 +394,25 @@ def generate_variants(
     contrastive = [k for k, (a, _) in enumerate(settings) if a.contrastive_top_k]
     results: list[list[Continuation]] = [[] for _ in settings]
     length = max(map(len, prompts), default=0) + first.max_new_tokens
+    # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
+    decoder = decoder_for(first.decoder, model, length, first.compile_step)
+    # What a batch allocates: where fixed buffers are kept for a graph or a compiled step, its rows and length are
+    # rounded up to their buckets (generation/fixed.py).
+    kept = decoder == "fixed" and (graphs_wanted(device) or first.compile_step)
+    allocated, rows_of = (bucketed_length(length), bucketed_rows) if kept else (length, None)
     # On a GPU a batch is narrowed when its KV cache and vocabulary rows would not fit in the free memory (said once).
-    per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, length)
+    per_batch = memory.prompts_that_fit(model, first.batch_size, len(stacked) or 1, allocated, rows_of=rows_of)
     # lockstep (an FSDP model): every process takes the same batches
     if not shard and process_state().num_processes > 1:
         per_batch = min_over_processes(per_batch)
-    # One decoder for the whole call, from its longest prompt: a prompt's text does not depend on the batch it lands in.
-    decoder = decoder_for(first.decoder, model, length)
     if per_batch < first.batch_size:
         warnings.warn(
             f"generate.batch_size={first.batch_size} would not fit on {device} ({len(stacked)} settings x "
             f"{first.batch_size} prompts x {length} tokens): decoding {per_batch} prompts at a time.",
             stacklevel=2,
         )
-    memory.note(memory.decode_bytes(model, per_batch * (len(stacked) or 1), length))
+    rows = per_batch * (len(stacked) or 1)
+    memory.note(memory.decode_bytes(model, rows_of(rows) if rows_of else rows, allocated))
     starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.
@@ -422,6 +457,10 @@ def generate_variants(
                     eos,
                     on_step=bar.update,
                     decoder=decoder,
+                    compile_step=first.compile_step,
+                    # the call's widest batch and longest prompt: every batch of the call in one bucket
+                    bucket_rows=min(per_batch, len(mine)) * len(stacked),
+                    bucket_length=length,
                 ),
             ):
                 results[k] += outputs
@@ -440,5 +479,4 @@ def generate_variants(
         # catch up after a batch that stopped early at EOS
         bar.update((batch_index + 1) * first.max_new_tokens * passes - bar.n)
     bar.close()
-    release_workspaces(model)  # the static caches go before the stages after this decode need the memory
     return [gather_in_order(r) for r in results] if shard else results

@@ -63,16 +63,28 @@ def free_bytes(device: torch.device) -> int | None:
     """Free memory of a GPU (None elsewhere: a CPU's batches are not narrowed)."""
     if device.type != "cuda":
         return None
-    # What the device has free, and what PyTorch's caching allocator holds but no tensor uses (it hands that out first).
-    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    from hyperfitting.generation.fixed import kept_bytes
+
+    # What the device has free, what PyTorch's caching allocator holds but no tensor uses (it hands that out first), and
+    # the kept decode buffers, which the next decode reuses or lets go before it allocates its own.
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return free + kept_bytes()
 
 
-def prompts_that_fit(model, prompts: int, variants: int, length: int, headroom: float = 0.8) -> int:
+def prompts_that_fit(model, prompts: int, variants: int, length: int, headroom: float = 0.8, rows_of=None) -> int:
     """How many prompts (each decoded under ``variants`` settings) one batch can hold on the model's device: ``prompts``
-    when they fit, fewer when the GPU's free memory would not hold them (at least one)."""
+    when they fit, fewer when the GPU's free memory would not hold them (at least one). ``rows_of``: the rows a batch
+    of n rows allocates (the fixed buffers round them up), n itself by default."""
     device = next(model.parameters()).device
     free = free_bytes(device)
-    per_prompt = decode_bytes(model, variants, length)
-    if free is None or prompts * per_prompt <= headroom * free:
+    rows_of = rows_of or (lambda n: n)
+
+    def need(n: int) -> int:
+        return decode_bytes(model, rows_of(n * variants), length)
+
+    if free is None or need(prompts) <= headroom * free:
         return prompts
-    return max(1, int(headroom * free // per_prompt))
+    fit = max(1, min(prompts, int(headroom * free // decode_bytes(model, variants, length))))
+    while fit > 1 and need(fit) > headroom * free:  # rounding up the rows can take a few prompts' room
+        fit -= 1
+    return fit

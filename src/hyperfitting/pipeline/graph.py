@@ -243,7 +243,10 @@ class StageGraph:
             self.announce(name, detail)
         started = time.perf_counter()
         reset_device_peak()
-        result = work(stage.start())
+        try:
+            result = work(stage.start())
+        finally:  # a decode's fixed buffers and graphs live until their stage ends, however it ends
+            release_decoding_buffers()
         stage.finish(time.perf_counter() - started, **device_peak())
         return load(stage.dir) if result is None else result
 
@@ -569,6 +572,7 @@ def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
         "generate.batch_size",
         "generate.stop_at_eos",
         "generate.decoder",
+        "generate.compile_step",
         "analysis.baseline_temperature",
         "analysis.baseline_top_k",
         "analysis.baseline_top_p",
@@ -688,6 +692,13 @@ def reset_device_peak() -> None:
     memory.take_largest()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
+
+
+def release_decoding_buffers() -> None:
+    """Let go of every fixed-buffer decode's buffers and CUDA graphs (kept across a stage's decodes)."""
+    from hyperfitting.generation.fixed import release_all_workspaces
+
+    release_all_workspaces()
 
 
 def device_peak() -> dict:
