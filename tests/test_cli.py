@@ -55,7 +55,7 @@ def _study_args(model, corpus, run_dir):
         "study.reader_prompts=2",
         f"study.judge={model}",
         "model.precision=fp32",
-        "study.calibration_worlds=40",
+        "study.calibration_worlds=10",  # in a second process: the calibration runs and is shown (not its rates)
     ]
 
 
@@ -149,6 +149,27 @@ def test_golden_tolerances_follow_the_computation():
     assert golden_tolerance("golden.claims.4[1]") == FROM_GEOMETRY
     assert golden_tolerance("golden.train_loss[0]") == golden_tolerance("golden.rows.base.mean_entropy") == FROM_LOGITS
     assert golden_tolerance("golden.claims.1b[2]") == FROM_LOGITS and golden_tolerance("golden.data_fingerprint") == 0.0
+
+
+def check_a_rebuilt_report_reuses_its_calibration(monkeypatch, run_dir) -> list:
+    """calibration.json is made again only when what its numbers depend on changed (the worlds, a rule, the spreads)
+    or it cannot be read; otherwise read. Returns the list of calibrations run from now on, for the caller to check."""
+    from hyperfitting.report import build, calibration
+
+    runs, real = [], calibration.calibrate
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: runs.append(a[2]) or real(*a, **k))
+    path = run_dir / "calibration.json"
+    kept = json.loads(path.read_text())
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN is NaN)
+    assert same(build.study_calibration(run_dir), kept) and runs == []  # the same inputs: read, not rerun
+    worlds = build.CALIBRATION_WORLDS
+    monkeypatch.setattr(build, "CALIBRATION_WORLDS", 3)
+    assert build.study_calibration(run_dir)["worlds"] == 3 and runs == [3]  # other worlds: rerun
+    monkeypatch.setattr(build, "CALIBRATION_WORLDS", worlds)
+    path.write_text("{")  # torn: rerun, not an error
+    assert same(build.study_calibration(run_dir), kept) and runs == [3, kept["worlds"]]
+    runs.clear()
+    return runs
 
 
 def check_a_registered_claim_reaches_every_output(monkeypatch, capsys, run_dir, copy):
@@ -385,11 +406,13 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert code == 2
     assert f"Run folder '{run_dir}' already exists. Pass --resume to continue it" in err
 
-    # Resuming with the same config reuses every stage and reproduces the numbers.
+    # Resuming with the same config reuses every stage, and the report's calibration, and reproduces the numbers.
+    calibrated = check_a_rebuilt_report_reuses_its_calibration(monkeypatch, run_dir)
     code, out, err = run_cli(monkeypatch, capsys, "study", *args, "--resume")
     assert code == 0, err
     assert "== [" not in out  # no stage announced: every one was reused
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics["metrics"]
+    assert calibrated == [], "a resumed finished study recalibrated its rules from the same inputs"
 
     # The report rebuilds from the folder alone, and runs compare in one table.
     code, out, err = run_cli(monkeypatch, capsys, "report", str(run_dir))

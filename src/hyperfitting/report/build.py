@@ -207,16 +207,60 @@ CALIBRATION_WORLDS: int | None = None  # set: overrides the config (a test's sho
 
 def study_calibration(run_dir: Path) -> dict:
     """How often each rule is wrong at this study's sizes and spreads, measured on simulated studies (calibration.py),
-    written to calibration.json."""
+    written to calibration.json.
+
+    The calibration is a function of the study's design and spreads, the number of worlds and the code that simulates
+    and decides: where calibration.json was made from the same inputs (its ``inputs`` hash), it is read, not rerun, so a
+    report rebuilt or a finished study resumed does not pay two minutes (quick) to ten (standard) again."""
     from hyperfitting.report.calibration import Design, Spreads, calibrate
     from hyperfitting.config import load_config
 
     config = load_config(run_dir / "config.yaml")
-    result = calibrate(
-        Design.of(config, run_dir), Spreads.observed(run_dir), CALIBRATION_WORLDS or config.study.calibration_worlds
-    )
-    write_json(run_dir / "calibration.json", result)
+    design, spreads = Design.of(config, run_dir), Spreads.observed(run_dir)
+    worlds = CALIBRATION_WORLDS or config.study.calibration_worlds
+    inputs = calibration_inputs(design, spreads, worlds)
+    path = run_dir / "calibration.json"
+    if path.exists():
+        try:
+            kept = read_json(path)
+        except (OSError, ValueError):  # unreadable: made again
+            kept = None
+        if isinstance(kept, dict) and kept.get("inputs") == inputs:
+            return kept
+    result = {**calibrate(design, spreads, worlds), "inputs": inputs}
+    write_json(path, result)
     return result
+
+
+def calibration_inputs(design, spreads, worlds: int) -> str:
+    """A hash of everything a calibration's numbers depend on: the design, the spreads, the worlds, the rules (a
+    registered claim's too: its name, truths and the file of its simulation), the toolkit's code that simulates and
+    decides (claims/, report/, the computing code they call) and the numeric libraries."""
+    import hashlib
+    import inspect
+    import json
+    from dataclasses import asdict
+
+    import numpy
+    import scipy
+    import torch
+
+    from hyperfitting.pipeline.graph import COMPUTING_CODE, code_version
+    from hyperfitting.report.calibration import _table
+
+    def source(function) -> str:
+        path = inspect.getsourcefile(function)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else repr(function)
+
+    key = {
+        "design": asdict(design),
+        "spreads": asdict(spreads),
+        "worlds": worlds,
+        "rules": {name: [repr(truths), source(simulate)] for name, (simulate, truths) in _table(None).items()},
+        "code": code_version(names=(*COMPUTING_CODE, "claims", "report")),
+        "libraries": [numpy.__version__, scipy.__version__, torch.__version__],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def with_calibration(claims: list, calibration: dict) -> list:
