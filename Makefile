@@ -39,7 +39,7 @@ run: install
 	$(BIN)/hyperfit study configs/quick.yaml --resume
 
 test: install browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples tools

@@ -333,7 +333,20 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     # Claim 1(b): every decoded path of every replicate's temperature analysis, and the full fine-tune's, judged prompt
     # by prompt.
     frontier = judge["frontier"]
-    assert set(frontier) == {"analysis-temperature", "analysis-temperature-r1", "analysis-temperature-full"}
+    assert set(frontier) == {
+        "analysis-temperature",
+        "analysis-temperature-r1",
+        "analysis-temperature-full",
+        "analysis-temperature-full-r1",
+    }
+    # The full fine-tune is trained once per seed (study.replicates), and its claims read every seed.
+    from hyperfitting.claims import Evidence
+
+    full_seeds = json.loads((run_dir / "metrics.json").read_text())["full_finetune_replicates"]
+    assert [r["method"] for r in full_seeds] == ["full", "full"]
+    full_evidence = Evidence.of_run(run_dir, full_finetune=True)
+    assert len(full_evidence.trains) == 2 and all(len(r) == 2 for r in full_evidence.analyses.values())
+    assert len(full_evidence.frontier) == 2
     points = frontier["analysis-temperature"]
     assert {"hyperfitted", "base, greedy", "base, sampling baseline", "human"} <= set(points)
     assert all(len(p["ttr"]) == len(p["log_perplexity"]) == 3 for p in points.values())

@@ -101,12 +101,18 @@ def test_study_graph_names_every_stage_in_order(tmp_path):
         "analysis-ranks-r1",
         "train-full",
         "analysis-ranks-full",
+        "train-full-r1",
+        "analysis-ranks-full-r1",
         "controls",
         "quality",
         "retention",
     ]
     assert graph["train-r1"].config.train.seed == config.train.seed + 1
     assert graph["train-full"].config.train.method == "full"
+    # the full fine-tune is trained once per seed, as the main run is: claims 1-4 on it speak of the recipe
+    full_r1 = graph["train-full-r1"].config.train
+    assert (full_r1.method, full_r1.seed) == ("full", config.train.seed + 1)
+    assert graph["analysis-ranks-full-r1"].parents == ("data", "train-full-r1")
     assert graph["analysis-ranks-r1"].parents == ("data", "train-r1")
     # The data stage reads the embedded corpora's files, by content.
     assert any("summaries_en-us.json" in str(path) for path in graph["data"].files)

@@ -32,7 +32,7 @@ def _claims():
 
 
 def test_generated_text_is_not_read_as_markdown(tmp_path):
-    md = "\n".join(claims_section(_claims(), {}))
+    md = "\n".join(claims_section(_claims(), []))
     body = render_html(md, tmp_path, [])
     assert "<em>" not in body  # T* ... T* was emphasis
     assert "T* 0.644 and T* 0.765" in body and "| a pipe" in body  # the pipe stays inside its cell
@@ -104,3 +104,41 @@ def test_results_put_each_studys_verdicts_side_by_side():
     # after Holm first, the uncorrected verdict beside it only where it differs; a claim a study lacks is a dash
     assert lines[2] == "| 1. Not temperature | inconclusive (holds uncorrected) | holds | - |"
     assert lines[3] == "| 5. Late-Stage LoRA | does not hold | - | does not hold |"
+
+
+def test_the_calibration_inputs_follow_every_rule_a_claim_is_decided_by():
+    """calibration.json is reused only under the same inputs: a claim registered again with another margin, or a
+    plug-in whose simulation has no source file (a partial), moves the hash instead of reusing a stale table."""
+    import functools
+
+    from hyperfitting.claims import ClaimSpec, Rule, Truths, get_claim, register_claim, unregister_claim
+    from hyperfitting.claims.core import DECLARED_SEED_SPREAD
+    from hyperfitting.config import load_config
+    from hyperfitting.report.build import calibration_inputs
+    from hyperfitting.report.calibration import Design, Spreads
+
+    design, spreads = Design.of(load_config(overrides=[])), Spreads()
+    before = calibration_inputs(design, spreads, 10)
+    assert calibration_inputs(design, spreads, 10) == before and calibration_inputs(design, spreads, 11) != before
+    original = get_claim(1)
+    register_claim(replace(original, rule=replace(original.rule, margin=original.rule.margin + 0.01)), replace=True)
+    try:
+        assert calibration_inputs(design, spreads, 10) != before
+    finally:
+        register_claim(original, replace=True)
+    assert calibration_inputs(design, spreads, 10) == before
+    token = DECLARED_SEED_SPREAD.set(False)
+    try:
+        assert calibration_inputs(design, spreads, 10) != before
+    finally:
+        DECLARED_SEED_SPREAD.reset(token)
+
+    def world(effect, design, spreads, truth, rng):
+        return None, truth
+
+    rule, truths = Rule("a toy", "above", 1.0, "one"), Truths(1.0, 0.0, 3.0, "assumed")
+    register_claim(ClaimSpec("toy", "A toy", "-", rule, original.decide, functools.partial(world, 0.0), truths))
+    try:
+        assert calibration_inputs(design, spreads, 10) != before  # a partial: no source file, no crash
+    finally:
+        unregister_claim("toy")

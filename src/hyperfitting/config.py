@@ -580,11 +580,11 @@ class StudyArgs(Section):
     replicates: int = ruled(1, ">= 1")
     """Independent hyperfitted models trained on the same data (train.seed, train.seed + 1, ...: other data order and
     adapter initialisation), each analysed; the verdicts' intervals then resample replicates and prompts. At least 3 to
-    see seed-to-seed spread."""
+    see seed-to-seed spread. The full fine-tune (study.full_finetune) is trained as many times."""
     full_finetune: bool = False
-    """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full) and run every analysis on it:
-    the model the paper analyses, where no block is unchanged by construction (claim 4). Reported beside the LoRA
-    claims."""
+    """Also hyperfit by full fine-tuning (to train.until_loss, at study.controls_lr_full), once per training seed
+    (study.replicates), and run every analysis on each: the model the paper analyses, where no block is unchanged by
+    construction (claim 4). Its claims are reported beside the LoRA claims, over its seeds."""
     calibration_worlds: int = ruled(400, ">= 1")
     """Simulated studies per rule and truth in the report's calibration (report/calibration.py): how often each rule
     would be wrong at this study's sizes. 400 catches coverage of 90% (against 95%) 93% of the time; fewer is faster and

@@ -48,3 +48,37 @@ def weights_version(model) -> int:
     """Changes when the model's weights do: every in-place write bumps a tensor's version counter, and a module swapped
     in brings parameters of other identities. What is remembered per model (decodes, a bf16 copy) is keyed on it."""
     return hash(tuple((id(parameter), parameter._version) for parameter in model.parameters()))
+
+
+# The toolkit's modules whose code computes a stage's numbers (the report's and the claims' code does not: `hyperfit
+# report` rebuilds them from the stages). Orchestration (the graph, the runner, the run folder) is left out.
+COMPUTING_CODE = ("analysis", "generation", "training", "models", "data", "metrics", "pipeline/analyses.py",
+                  "pipeline/baselines.py", "pipeline/controls.py", "pipeline/evaluate.py", "pipeline/retention.py",
+                  "pipeline/stages.py", "pipeline/validate.py", "report/quality.py", "config.py", "stats.py",
+                  "precision.py", "registry.py", "distributed.py", "figures.py")  # fmt: skip
+
+
+@lru_cache(maxsize=4)
+def code_version(package: Path | None = None, names: tuple[str, ...] = COMPUTING_CODE) -> str:
+    """A hash of the computing code's syntax trees, docstrings left out: a change of what the code does reruns the
+    stages on --resume (the package's version number did not move with it); a change of layout, comments or
+    docstrings does not."""
+    import ast
+
+    package = package or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in names:
+        for path in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):  # docstrings are not behaviour
+                body = getattr(node, "body", None)
+                if (
+                    isinstance(body, list)
+                    and body
+                    and isinstance(body[0], ast.Expr)
+                    and isinstance(getattr(body[0], "value", None), ast.Constant)
+                    and isinstance(body[0].value.value, str)
+                ):
+                    body[0].value.value = ""
+            digest.update(f"{path.relative_to(package)}\n{ast.dump(tree)}\n".encode())
+    return digest.hexdigest()[:16]

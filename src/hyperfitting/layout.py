@@ -12,8 +12,9 @@
         results.json, table.md, figures, generations.jsonl, ...
 
 Stage names: replicate K of a trained model and what is computed from it carry `-rK` (replicate 0 none), the fully
-fine-tuned model `-full`, the main run at its lowest held-out loss `-lowest-heldout`: `analysis-ranks-r1`,
-`train-full`, `analysis-geometry-lowest-heldout`. `RunFolder` reads a finished run through these names.
+fine-tuned model `-full` (its seed K `-full-rK`), the main run at its lowest held-out loss `-lowest-heldout`:
+`analysis-ranks-r1`, `train-full`, `analysis-ranks-full-r2`, `analysis-geometry-lowest-heldout`. `RunFolder` reads a
+finished run through these names.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ LOWEST = "-lowest-heldout"  # ... and of the main run at its lowest held-out los
 def replicate_suffix(replicate: int) -> str:
     """Replicate 0 keeps the plain stage names (`train`, `analysis-ranks`); replicate K adds `-rK`."""
     return f"-r{replicate}" if replicate else ""
+
+
+def full_suffix(replicate: int) -> str:
+    """The fully fine-tuned model's seed K: `train-full`, `train-full-r1`, `analysis-ranks-full-r1`."""
+    return FULL + replicate_suffix(replicate)
 
 
 def analysis_stage_name(name: str, suffix: str = "") -> str:

@@ -31,21 +31,22 @@ class Evidence:
     def of_run(cls, run_dir: str | Path, full_finetune: bool = False) -> Evidence:
         """A finished (or partly finished) study folder's evidence: its hyperfitted replicates, or with
         ``full_finetune`` its fully fine-tuned model (no control arms: those belong to the main recipe)."""
-        from hyperfitting.layout import FULL, LOWEST, RunFolder, analysis_stage_name, replicate_suffix
+        from hyperfitting.layout import LOWEST, RunFolder, analysis_stage_name, full_suffix, replicate_suffix
         from hyperfitting.registry import analysis_names
 
         run = RunFolder(run_dir)  # a folder of a stage the study does not have reads as not run
         config, study = run.config, run.metrics or {}
         studied = [name for name in dict.fromkeys(config["study"]["analyses"]) if name in analysis_names()]
         frontier = ((run.stage("quality").results or {}).get("judge") or {}).get("frontier", {})
-        if full_finetune:
-            points = frontier.get(analysis_stage_name("temperature", FULL))
-            return cls(
-                {name: [r] for name in studied if (r := run.analysis(name, suffix=FULL).results)},
-                [study.get("full_finetune")],
-                frontier=[points] if points else None,
-            )
         replicates = config["study"].get("replicates", 1)
+        if full_finetune:  # its seeds, as many as the main run's (an older folder: one)
+            seeds = [full_suffix(k) for k in range(replicates)]
+            points = [p for suffix in seeds if (p := frontier.get(analysis_stage_name("temperature", suffix)))]
+            return cls(
+                {name: [r for suffix in seeds if (r := run.analysis(name, suffix=suffix).results)] for name in studied},
+                study.get("full_finetune_replicates") or [study.get("full_finetune")],
+                frontier=points or None,
+            )
         return cls(
             {name: [r for k in range(replicates) if (r := run.analysis(name, k).results)] for name in studied},
             study.get("replicates") or [study.get("train")],

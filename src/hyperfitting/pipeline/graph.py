@@ -11,7 +11,6 @@ reruns exactly the stages below it. The declarations are held to the reads the c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import re
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from hyperfitting.config import RunConfig, not_reading
-from hyperfitting.hashing import content_hash
-from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, replicate_suffix
+from hyperfitting.hashing import COMPUTING_CODE, code_version, content_hash  # noqa: F401 (COMPUTING_CODE: read from here)
+from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, full_suffix, replicate_suffix
 from hyperfitting.registry import analysis_names, analysis_paths, get_analysis, lowest_heldout_names
 from hyperfitting.rundir import Stage, read_json
 
@@ -52,40 +51,6 @@ class StageSpec:
     def __post_init__(self) -> None:
         if not self.kind:
             object.__setattr__(self, "kind", self.name)
-
-
-# The toolkit's modules whose code computes a stage's numbers (the report's and the claims' code does not: `hyperfit
-# report` rebuilds them from the stages). Orchestration (the graph, the runner, the run folder) is left out.
-COMPUTING_CODE = ("analysis", "generation", "training", "models", "data", "metrics", "pipeline/analyses.py",
-                  "pipeline/baselines.py", "pipeline/controls.py", "pipeline/evaluate.py", "pipeline/retention.py",
-                  "pipeline/stages.py", "pipeline/validate.py", "report/quality.py", "config.py", "stats.py",
-                  "precision.py", "registry.py", "distributed.py", "figures.py")  # fmt: skip
-
-
-@functools.lru_cache(maxsize=4)
-def code_version(package: Path | None = None, names: tuple[str, ...] = COMPUTING_CODE) -> str:
-    """A hash of the computing code's syntax trees, docstrings left out: a change of what the code does reruns the
-    stages on --resume (the package's version number did not move with it); a change of layout, comments or
-    docstrings does not."""
-    import ast
-
-    package = package or Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for name in names:
-        for path in sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-            for node in ast.walk(tree):  # docstrings are not behaviour
-                body = getattr(node, "body", None)
-                if (
-                    isinstance(body, list)
-                    and body
-                    and isinstance(body[0], ast.Expr)
-                    and isinstance(getattr(body[0], "value", None), ast.Constant)
-                    and isinstance(body[0].value.value, str)
-                ):
-                    body[0].value.value = ""
-            digest.update(f"{path.relative_to(package)}\n{ast.dump(tree)}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:
@@ -150,11 +115,11 @@ _QUICK_DECODED, _QUICK_TRAINED, _QUICK_METHODS, _QUICK_CONTROLS = 16 * 96, 64 * 
 
 def stage_weight(name: str, config: RunConfig | None = None) -> float:
     """The stage's expected share of the work, in quick-preset seconds."""
-    family = re.sub(rf"(-r\d+|{FULL}|{LOWEST})$", "", name)
+    family = re.sub(rf"({FULL}|{LOWEST})?(-r\d+)?$", "", name)
     if family.startswith("analysis-") and family.removeprefix("analysis-") in analysis_names():
         return get_analysis(family.removeprefix("analysis-")).cost(config, later_replicate=name != family)
     weight = STAGE_WEIGHTS.get(family, 60)
-    if name == f"train{FULL}":
+    if family == "train" and name.startswith(f"train{FULL}"):
         weight *= 4  # every block runs forward and backward, no trunk cache
     if config is None:
         return weight
@@ -376,7 +341,7 @@ def control_seeds(config: RunConfig, spec: str) -> int:
 
 def reused_replicate(config: RunConfig, spec: str, replicate: int) -> str | None:
     """The study's own training stage that stands for a placement's seed ``replicate`` (None: the controls train it):
-    the main run and its replicates for its own placement, the full fine-tune (one seed) for `full`."""
+    the main run and its replicates for its own placement, the full fine-tune's first seed for `full`."""
     reused = reused_runs(config).get(spec)
     if reused is None:
         return None
@@ -626,8 +591,10 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
         specs.append(baselines_spec(config, ("data", "base")))
     trained = [("", config)]
     trained += [(replicate_suffix(r), replicate_config(config, r)) for r in range(1, config.study.replicates)]
-    if config.study.full_finetune:
-        trained.append((FULL, full_finetune_config(config)))
+    if config.study.full_finetune:  # trained as often as the main run: claims 1-4 on it speak of the recipe too
+        trained += [
+            (full_suffix(r), full_finetune_config(replicate_config(config, r))) for r in range(config.study.replicates)
+        ]
     for suffix, trained_config in trained:
         if suffix:
             specs.append(training_spec(f"train{suffix}", trained_config))
@@ -663,8 +630,10 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     judge = judge_name(config.study.judge, config.model.name)
     decoded = ("base", "hyperfitted") + tuple(s.name for s in specs if s.name in ("hyperfitted-blocked", "baselines"))
     # The judge also places the temperature analyses' decoded paths on the diversity-quality plane (claim 1(b)).
-    temperatures = [f"analysis-temperature{replicate_suffix(r)}" for r in range(config.study.replicates)] + [
-        f"analysis-temperature{FULL}"
+    temperatures = [
+        f"analysis-temperature{suffix(r)}"
+        for suffix in (replicate_suffix, full_suffix)
+        for r in range(config.study.replicates)
     ]
     judged = tuple(s.name for s in specs if s.name in temperatures) if judge else ()
     specs.append(

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from hyperfitting.config import RunConfig, reading, replay, shared
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import RunDirError
-from hyperfitting.layout import FULL, LOWEST, replicate_suffix
+from hyperfitting.layout import FULL, LOWEST, full_suffix, replicate_suffix
 from hyperfitting.pipeline.analyses import AnalysisContext, analysis_stage
 from hyperfitting.pipeline.baselines import baselines_stage
 from hyperfitting.pipeline.controls import controls_stage
@@ -255,10 +255,14 @@ def run_study(config: RunConfig, run_dir: Path) -> dict:
 
 
 def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[str]) -> dict:
-    from hyperfitting.report.build import build_report
+    from hyperfitting.hashing import code_version
+    from hyperfitting.report.build import CALIBRATION_CODE, build_report
     from hyperfitting.tracking import log_study, trackers_for
 
     started = time.perf_counter()
+    # The rules' code as this process loaded it: a calibration stamped at the report, hours later, with the hash of
+    # files edited since would be reused by later reports.
+    code_version(names=CALIBRATION_CODE)
     environment = environment_record()  # the command, date and commit that run the study: taken as it starts
     graph = study_graph(config, run_dir)  # the study's stages and their order, declared once
     graph.process_reads = process_reads
@@ -288,7 +292,13 @@ def _run_study(config: RunConfig, run_dir: Path, precision, process_reads: set[s
             read_json(run_dir / f"train{replicate_suffix(r)}" / "summary.json") for r in range(config.study.replicates)
         ],
         **(
-            {"full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json")}
+            {
+                "full_finetune": read_json(run_dir / f"train{FULL}" / "summary.json"),
+                "full_finetune_replicates": [
+                    read_json(run_dir / f"train{full_suffix(r)}" / "summary.json")
+                    for r in range(config.study.replicates)
+                ],
+            }
             if config.study.full_finetune
             else {}
         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,7 @@ from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.forest import plot_claims
 from hyperfitting.report.generation import generation_table
 from hyperfitting.claims import INCONCLUSIVE, NOT_RUN, Evidence, claim_specs, decide_claims, with_holm
+from hyperfitting.hashing import COMPUTING_CODE, code_version
 from hyperfitting.rundir import read_json, write_json, write_text
 
 RANK_COLOURS = [
@@ -122,7 +124,7 @@ def text(words: str) -> str:
     return str(words).replace("\\", "\\\\").replace("*", "\\*").replace("|", "\\|")
 
 
-def claims_section(claims: list, train: dict, heading: str = "## Claims") -> list[str]:
+def claims_section(claims: list, trains: list[dict], heading: str = "## Claims") -> list[str]:
     """The verdicts as a reviewer reads them: effect, 95% interval, margin, checks, verdict and why."""
     md = [
         heading,
@@ -189,13 +191,15 @@ def claims_section(claims: list, train: dict, heading: str = "## Claims") -> lis
         ),
         "",
     ]
-    if train.get("until_loss") is not None and not train.get("reached_target", True):
-        md += [
-            f"**The hyperfitted model did not reach the target loss {train['until_loss']:g}** (it stopped at "
-            f"{train['final_train_loss']:.3f} "
-            f"after the cap of {train['epoch_cap']} epochs): claims 1-4 are inconclusive for that reason.",
-            "",
-        ]
+    for seed, train in enumerate(trains):  # every training seed the claims read
+        if train and train.get("until_loss") is not None and not train.get("reached_target", True):
+            model = "The hyperfitted model" + (f" of replicate {seed}" if len(trains) > 1 else "")
+            md += [
+                f"**{model} did not reach the target loss {train['until_loss']:g}** (it stopped at "
+                f"{train['final_train_loss']:.3f} "
+                f"after the cap of {train['epoch_cap']} epochs): claims 1-4 are inconclusive for that reason.",
+                "",
+            ]
     return md
 
 
@@ -232,6 +236,10 @@ def study_calibration(run_dir: Path) -> dict:
     return result
 
 
+# The toolkit's code a calibration's numbers may depend on: the rules and their simulations, and what they call.
+CALIBRATION_CODE = (*COMPUTING_CODE, "claims", "report")
+
+
 def calibration_inputs(design, spreads, worlds: int) -> str:
     """A hash of everything a calibration's numbers depend on: the design, the spreads, the worlds, the rules (a
     registered claim's too: its name, truths and the file of its simulation), the toolkit's code that simulates and
@@ -245,19 +253,29 @@ def calibration_inputs(design, spreads, worlds: int) -> str:
     import scipy
     import torch
 
-    from hyperfitting.pipeline.graph import COMPUTING_CODE, code_version
+    from hyperfitting.claims.core import DECLARED_SEED_SPREAD
     from hyperfitting.report.calibration import _table
 
     def source(function) -> str:
-        path = inspect.getsourcefile(function)
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else repr(function)
+        """The file a function is defined in, by content; a callable without one (a partial, a function made by
+        exec) by its module, name and bytecode."""
+        try:
+            return hashlib.sha256(Path(inspect.getsourcefile(function)).read_bytes()).hexdigest()
+        except (TypeError, OSError):
+            code = getattr(getattr(function, "func", function), "__code__", None)
+            names = (getattr(function, "__module__", ""), getattr(function, "__qualname__", type(function).__name__))
+            return f"{names}:{hashlib.sha256(code.co_code).hexdigest() if code else ''}"
 
     key = {
         "design": asdict(design),
         "spreads": asdict(spreads),
         "worlds": worlds,
         "rules": {name: [repr(truths), source(simulate)] for name, (simulate, truths) in _table(None).items()},
-        "code": code_version(names=(*COMPUTING_CODE, "claims", "report")),
+        # each claim's rule (margin, direction), declared seed spread and deciding function: a claim registered
+        # again with another rule, or decided in another file than its simulation
+        "claims": {str(c.key): [repr(c.rule), c.seed_sd, source(c.decide)] for c in claim_specs()},
+        "declared_seed_spread": DECLARED_SEED_SPREAD.get(),
+        "code": code_version(names=CALIBRATION_CODE),
         "libraries": [numpy.__version__, scipy.__version__, torch.__version__],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -462,7 +480,9 @@ def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict) ->
         "",
     ]
     for stage, points in frontier.items():
-        model = "the fully fine-tuned model" if stage.endswith(FULL) else "the Late-Stage LoRA model (replicate 0)"
+        seed = re.search(r"-r(\d+)$", stage)
+        model = "the fully fine-tuned model" if FULL in stage else "the Late-Stage LoRA model"
+        model += f" (replicate {seed.group(1) if seed else 0})"
         scores = mauve.get(stage, {})
         md += [f"Hyperfitted: {model}.", "", "| path | TTR | judge perplexity | MAUVE |", "|---|---|---|---|"]
         for label, values in points.items():
@@ -568,7 +588,7 @@ def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
         ),
         "",
     ]
-    md += claims_section(claims, study["train"])
+    md += claims_section(claims, study.get("replicates") or [study["train"]])
     md += calibration_section(calibration, claims)
     md += left_out_section(config)
     # Claims 1-4 again on the fully fine-tuned model, where the study trained one (study.full_finetune).
@@ -580,12 +600,17 @@ def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
     if full_claims:
         full = study["full_finetune"]
         plot_claims(full_claims, figures / "claims-full.png", "Claims 1-4 on the fully fine-tuned model")
-        md += claims_section(full_claims, full, "## Claims 1-4 on the fully fine-tuned model")
+        seeds = study.get("full_finetune_replicates") or [full]
+        md += claims_section(full_claims, seeds, "## Claims 1-4 on the fully fine-tuned model")
         md += [_image(run_dir, "report-figures/claims-full.png", "claims 1-4 on the fully fine-tuned model"), ""]
         md += [
             f"Full fine-tuning of every parameter ({full['trainable_parameters']:,}), loss "
-            f"{full['initial_train_loss']:.3f} -> {full['final_train_loss']:.3f} in {full['epochs_run']} epochs; "
-            "the same data, prompts and rules as above.",
+            + "; ".join(
+                f"{r['initial_train_loss']:.3f} -> {r['final_train_loss']:.3f} in {r['epochs_run']} epochs"
+                for r in seeds
+            )
+            + (f" ({len(seeds)} training seeds)" if len(seeds) > 1 else "")
+            + "; the same data, prompts and rules as above.",
             "",
         ]
 
