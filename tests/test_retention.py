@@ -77,3 +77,17 @@ def test_the_harness_scores_our_task_as_a_direct_computation_does(tiny_model_fol
     assert row["n"] == len(items) == 12
     assert abs(row["acc"] - sum(greedy) / len(greedy)) < 1e-9
     assert abs(row["perplexity"] - math.exp(sum(nll) / len(nll))) < 1e-3 * row["perplexity"]
+
+
+def test_the_harness_bootstraps_in_this_process_and_leaves_the_environment_as_it_was(monkeypatch):
+    """lm-eval's bootstrap of a perplexity's standard error forks a pool unless DISABLE_MULTIPROC is set; forked beside
+    the process group's threads (torchrun) its worker could wait for ever on a lock held at the fork. The harness runs
+    with it set, and every variable is put back afterwards."""
+    import os
+
+    from hyperfitting.pipeline.retention import _offline
+
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
+    with _offline():
+        assert os.environ["DISABLE_MULTIPROC"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert "DISABLE_MULTIPROC" not in os.environ

@@ -81,8 +81,11 @@ def write_lastword_tasks(folder: Path, data: PreparedData, tokenizer) -> list[st
 
 @contextmanager
 def _offline():
-    """No hub requests while the harness runs: a standard task loads only from the local datasets cache."""
-    keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    """No hub requests while the harness runs: a standard task loads only from the local datasets cache. And its
+    bootstrap of a perplexity's standard error in this process (DISABLE_MULTIPROC, the same seeds and numbers): its
+    forked pool could hang for ever where the fork caught a lock held by another thread (seen under torchrun, with
+    the process group's threads running)."""
+    keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DISABLE_MULTIPROC")
     before = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
     try:

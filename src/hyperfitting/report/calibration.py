@@ -244,12 +244,15 @@ def _worlds_in_worker(task: tuple) -> tuple[dict, list[bool], float]:
 
 def calibration_processes(worlds: int, tasks: int) -> int:
     """Worker processes for the calibration: one per core the study uses (torch's threads), when there is enough work
-    to pay for starting them (forked, so every registered claim comes along); one where fork does not exist."""
+    to pay for starting them (forked, so every registered claim comes along); one where fork does not exist or a
+    process group is running."""
     import multiprocessing
     import torch
 
     if worlds < 50 or "fork" not in multiprocessing.get_all_start_methods():
         return 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return 1  # a fork beside the process group's threads can catch one of their locks held: its worker would hang
     return max(1, min(torch.get_num_threads(), tasks))
 
 
