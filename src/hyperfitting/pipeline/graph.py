@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from hyperfitting.config import RunConfig, not_reading
-from hyperfitting.hashing import COMPUTING_CODE, code_version, content_hash  # noqa: F401 (COMPUTING_CODE: read from here)
+from hyperfitting.hashing import code_version, content_hash
 from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, full_suffix, replicate_suffix
 from hyperfitting.registry import analysis_names, analysis_paths, get_analysis, lowest_heldout_names
 from hyperfitting.rundir import Stage, read_json

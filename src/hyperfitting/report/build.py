@@ -241,9 +241,10 @@ CALIBRATION_CODE = (*COMPUTING_CODE, "claims", "report")
 
 
 def calibration_inputs(design, spreads, worlds: int) -> str:
-    """A hash of everything a calibration's numbers depend on: the design, the spreads, the worlds, the rules (a
-    registered claim's too: its name, truths and the file of its simulation), the toolkit's code that simulates and
-    decides (claims/, report/, the computing code they call) and the numeric libraries."""
+    """A hash of everything a calibration's numbers depend on: the design, the spreads, the worlds, every rule's
+    truths and simulation and every claim's rule, declared seed spread and deciding function (a plug-in's too, by the
+    file each is defined in), the declared-seed-spread switch, the toolkit's code that simulates and decides
+    (claims/, report/, the computing code they call) and the numeric libraries."""
     import hashlib
     import inspect
     import json
