@@ -38,8 +38,10 @@ install-gpu:
 run: install
 	$(BIN)/hyperfit study configs/quick.yaml --resume
 
+# Two pytest-xdist workers, one thread each (tests/conftest.py); worksteal: a worker that finishes its share takes
+# tests from the other, so the minute-long studies do not queue behind one worker.
 test: install browser lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples tools
