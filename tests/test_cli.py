@@ -450,6 +450,33 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
     assert "| ttr | higher |" in text and "How often these rules are wrong" in text and not re.search(r"\bnan\b", text)
     code, _, err = run_cli(monkeypatch, capsys, "results", str(tmp_path), "--out", str(tmp_path / "other.md"))
     assert code != 0 and "no metrics.json" in err and not (tmp_path / "other.md").exists()
+    # --keep copies the few files the document reads; from them alone it is written again, the same below its header.
+    kept = tmp_path / "kept"
+    code, _, err = run_cli(monkeypatch, capsys, "results", str(run_dir), "--out", str(results), "--keep", str(kept))
+    assert code == 0, err
+    assert sorted(p.name for p in (kept / run_dir.name).iterdir()) == [
+        "calibration.json",
+        "config.yaml",
+        "metrics.json",
+    ]
+    code, _, err = run_cli(
+        monkeypatch, capsys, "results", str(kept / run_dir.name), "--out", str(tmp_path / "again.md")
+    )
+    assert code == 0, err
+    below_header = lambda text: text.split("\n", 4)[4]  # noqa: E731 (the header names the command)
+    assert below_header((tmp_path / "again.md").read_text()) == below_header(results.read_text())
+    code, _, err = run_cli(
+        monkeypatch,
+        capsys,
+        "results",
+        str(run_dir),
+        str(kept / run_dir.name),
+        "--out",
+        str(results),
+        "--keep",
+        str(kept),
+    )
+    assert code != 0 and f"Two run folders named {run_dir.name}" in err
 
     # Preference: a blind export of every decoded row against the human text, the judge model standing in for people,
     # and people's judgements imported; the report shows both, the stand-in labelled as not people.

@@ -337,22 +337,36 @@ def compare(run_dirs):
     show_default=True,
     help="The Markdown file to write (replaced whole).",
 )
-def results(run_dirs, out_path):
+@click.option(
+    "--keep",
+    "keep_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also copy what the document reads of each folder (metrics.json, config.yaml, calibration.json, "
+    "validation.json) into KEEP/NAME: a few hundred kB to commit, from which `hyperfit results KEEP/NAME...` writes "
+    "the same document once the run folders are gone.",
+)
+def results(run_dirs, out_path, keep_dir):
     """RESULTS.md from finished studies: per run its command, date and commit, generation table, verdicts and error
     rates."""
     import shlex
 
-    from hyperfitting.report.results import results_document
+    from hyperfitting.report.results import keep_summaries, results_document
     from hyperfitting.rundir import write_text
 
+    command = "hyperfit results " + shlex.join(
+        [*run_dirs, "--out", out_path, *(["--keep", keep_dir] if keep_dir else [])]
+    )
     try:
-        text = results_document(
-            [Path(d) for d in run_dirs], "hyperfit results " + shlex.join([*run_dirs, "--out", out_path])
-        )
-    except FileNotFoundError as error:
+        text = results_document([Path(d) for d in run_dirs], command)
+        if keep_dir:
+            kept = keep_summaries([Path(d) for d in run_dirs], Path(keep_dir))
+    except (FileNotFoundError, ValueError) as error:
         raise HyperfitError(str(error)) from None
     write_text(Path(out_path), text)
     print(f"Wrote {out_path} from {len(run_dirs)} run folder(s).")
+    if keep_dir:
+        print(f"Kept their summaries in {', '.join(map(str, kept))}.")
 
 
 @cli.command(name="export")

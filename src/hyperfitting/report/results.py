@@ -2,7 +2,9 @@
 
 `hyperfit results RUN_DIR... --out RESULTS.md` writes it. Every number comes from the folders' own metrics.json,
 config.yaml and calibration.json, so the document is regenerated, never edited by hand: a table that no run folder
-backs any more cannot stay in it.
+backs any more cannot stay in it. Those few files are all it reads: `--keep results` copies them into
+results/NAME, a folder small enough to commit, from which the document is written again once the run folder (its
+models and generations, gigabytes) is gone.
 """
 
 from __future__ import annotations
@@ -159,6 +161,34 @@ def validation_section(run_dir: Path) -> list[str]:
 
     summary = read_json(run_dir / "validation.json")
     return validation_markdown(summary, f"## Planted truths: `{run_dir.name}`").splitlines() + [""]
+
+
+# What results_document reads of a run folder: a study's summary, or a `hyperfit validate` folder's.
+SUMMARY_FILES = ("metrics.json", "config.yaml", "calibration.json", "validation.json")
+
+
+def keep_summaries(run_dirs: list[Path], keep: Path) -> list[Path]:
+    """Copy each run folder's SUMMARY_FILES into keep/NAME (replacing an earlier copy whole) and return those folders.
+
+    A folder already inside ``keep`` is its own copy. Two run folders of one name would share a copy: refused."""
+    from hyperfitting.rundir import write_text
+
+    names = [Path(d).name for d in run_dirs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"Two run folders named {', '.join(twice)}: their summaries would share {keep / twice[0]}.")
+    kept = []
+    for run_dir in map(Path, run_dirs):
+        target = keep / run_dir.name
+        kept.append(target)
+        if target.resolve() == run_dir.resolve():
+            continue
+        for name in SUMMARY_FILES:
+            if (run_dir / name).exists():
+                write_text(target / name, (run_dir / name).read_text(encoding="utf-8"))
+            else:  # e.g. a calibration.json of an earlier copy that this folder no longer has
+                (target / name).unlink(missing_ok=True)
+    return kept
 
 
 def results_document(run_dirs: list[Path], command: str) -> str:
