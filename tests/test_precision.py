@@ -38,6 +38,40 @@ def test_auto_takes_bf16_only_where_it_is_measured_much_faster():
     assert resolve_precision("bf16", CPU, measure=never).label == "bf16 autocast"
 
 
+def test_bf16_named_where_it_is_emulated_is_refused_before_anything_is_written(monkeypatch, capsys, tmp_path):
+    """On a CPU without native bf16 products (this project's AVX2 machines: 1.3 against 183 GFLOP/s) a bf16 setting
+    by name stops the command with what to set instead, and no run folder appears; `auto` measures and trains in
+    float32 there, in bf16 where bf16 is fast, and the training stages' fingerprints follow what it chose."""
+    import pytest
+
+    from hyperfitting import precision
+    from hyperfitting.errors import ConfigError
+    from hyperfitting.precision import refuse_emulated_bf16
+    from tests.test_cli import run_cli
+
+    monkeypatch.setitem(precision._MEASURED, "cpu", (183.0, 1.3))
+    for named in ("train.mixed_precision=bf16", "model.precision=bf16"):
+        with pytest.raises(ConfigError, match=rf"{named}: bf16 matrix products run at 1.3 GFLOP/s against 183"):
+            refuse_emulated_bf16(load_config(overrides=[named]), CPU)
+    auto = load_config(overrides=["train.mixed_precision=auto"])
+    refuse_emulated_bf16(auto, CPU)  # auto is never refused: it chooses
+    assert training_precision(auto) == "no"
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "study", f"run_dir={run_dir}", "train.mixed_precision=bf16")
+    assert code != 0 and "no native bf16 products" in err and "train.mixed_precision=auto" in err, err
+    assert not run_dir.exists()
+    emulated = study_graph(auto, tmp_path / "a")
+    emulated = emulated.inputs("train")["training precision"], emulated.fingerprint("train")  # (computed lazily)
+
+    monkeypatch.setitem(precision._MEASURED, "cpu", (140.0, 406.0))  # a CPU with native bf16 products
+    refuse_emulated_bf16(load_config(overrides=["train.mixed_precision=bf16"]), CPU)
+    assert training_precision(auto) == "bf16"
+    native = study_graph(auto, tmp_path / "a")
+    assert emulated[0] == "no" and native.inputs("train")["training precision"] == "bf16"
+    assert emulated[1] != native.fingerprint("train")
+    assert "training precision" not in study_graph(load_config(), tmp_path / "b").inputs("train")  # only for auto
+
+
 def test_training_follows_model_precision_unless_overridden():
     assert training_precision(load_config(overrides=["model.precision=bf16"])) == "bf16"
     assert training_precision(load_config(overrides=["model.precision=fp32"])) == "no"

@@ -40,6 +40,16 @@ def _at_precision(config: RunConfig):
     return precision_for(config, say=lambda line: click.echo(line, err=True))[1]
 
 
+def _run_folder(config: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """The command's run folder, prepared only once the config can run on this machine: bf16 named where it is
+    emulated is refused before anything is written (precision.refuse_emulated_bf16)."""
+    from hyperfitting.precision import refuse_emulated_bf16
+    from hyperfitting.rundir import prepare_run_dir
+
+    refuse_emulated_bf16(config)
+    return prepare_run_dir(config, _existing(resume, overwrite))
+
+
 def _existing(resume: bool, overwrite: bool) -> str:
     if resume and overwrite:
         raise HyperfitError("Choose one of --resume and --overwrite.")
@@ -74,14 +84,13 @@ def study(arguments, resume, overwrite, dry_run):
     """Hyperfit the base model, then evaluate base and hyperfitted models side by side."""
     from hyperfitting.pipeline.graph import study_graph
     from hyperfitting.pipeline.runner import run_study
-    from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     if dry_run:
         print(f"Plan for {config.run_dir} (nothing is run):\n")
         print(study_graph(config, Path(config.run_dir)).explain())
         return
-    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_dir = _run_folder(config, resume, overwrite)
     run_study(config, run_dir)
 
 
@@ -92,11 +101,10 @@ def train(arguments, resume, overwrite):
     from hyperfitting.models.loading import tokenizer_for
     from hyperfitting.pipeline.graph import StageGraph, data_spec, training_spec
     from hyperfitting.pipeline.runner import Shared, run_graph
-    from hyperfitting.rundir import prepare_run_dir
     from hyperfitting.tracking import trackers_for
 
     config = _config(arguments)
-    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_dir = _run_folder(config, resume, overwrite)
     graph = StageGraph(run_dir, [data_spec(config), training_spec("train", config)])
     trackers = trackers_for(config, run_dir, "train")
     try:
@@ -116,10 +124,9 @@ def evaluate(arguments, resume, overwrite, baselines):
     from hyperfitting.pipeline.graph import StageGraph, baselines_spec, data_spec, evaluation_spec
     from hyperfitting.pipeline.runner import run_graph
     from hyperfitting.report.generation import comparison_table
-    from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
-    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_dir = _run_folder(config, resume, overwrite)
     specs = [
         data_spec(config),
         evaluation_spec("evaluation", config, (), "continuations of model.name (+ model.adapter)", scorer="plain"),
@@ -163,7 +170,6 @@ def analyze(analysis, arguments, resume, overwrite):
     from hyperfitting.pipeline.graph import StageGraph, analysis_spec, data_spec
     from hyperfitting.pipeline.runner import Shared, run_graph
     from hyperfitting.registry import get_analysis
-    from hyperfitting.rundir import prepare_run_dir
 
     config = _config(arguments)
     get_analysis(analysis)  # unknown: say which exist before touching the run folder
@@ -171,7 +177,7 @@ def analyze(analysis, arguments, resume, overwrite):
         raise HyperfitError(
             "Name the hyperfitted model: analysis.hyperfitted=PATH (e.g. runs/quick/train/adapter or runs/quick)."
         )
-    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_dir = _run_folder(config, resume, overwrite)
     graph = StageGraph(run_dir, [data_spec(config), analysis_spec(analysis, config, "", train_stage=None)])
     with _at_precision(config):
         run_graph(graph, Shared(graph, tokenizer=tokenizer_for(config.model)))
@@ -197,10 +203,9 @@ def validate(arguments, resume, overwrite, cases):
     Writes RUN_DIR-validate/validation.md, .html and .json (RUN_DIR: the config's run_dir).
     """
     from hyperfitting.pipeline.validate import run_validation, validation_config
-    from hyperfitting.rundir import prepare_run_dir
 
     config = validation_config(_config(arguments))
-    run_dir = prepare_run_dir(config, _existing(resume, overwrite))
+    run_dir = _run_folder(config, resume, overwrite)
     with _at_precision(config):
         summary = run_validation(config, run_dir, list(cases) or None)
     print((run_dir / "validation.md").read_text())

@@ -317,9 +317,10 @@ class TrainArgs(Section):
     1e-4 for full (the paper's 1e-6 is for 2000 blocks and 20 epochs on a GPU)."""
     weight_decay: float = ruled(0.0, ">= 0")
     """Adam weight decay; the paper uses none."""
-    mixed_precision: Literal["model", "no", "bf16"] = "model"
+    mixed_precision: Literal["model", "no", "bf16", "auto"] = "model"
     """Autocast precision of the training steps (master weights stay float32): `model` follows model.precision; `no`
-    (float32) and `bf16` override it for training alone."""
+    (float32) and `bf16` override it for training alone; `auto` measures, as model.precision=auto does, and trains in
+    bf16 only where its matrix products run at least 1.5x float32's (decoding stays as model.precision says)."""
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     """Under several processes: `ddp` keeps a whole model on each and averages gradients; `fsdp` shards parameters,
     gradients and optimizer state (PyTorch FSDP2, one unit per block), for full fine-tuning of models that outgrow one

@@ -33,6 +33,10 @@ from hyperfitting.hashing import weights_version
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_SPEEDUP_NEEDED = 1.5
 """auto picks bf16 when its matrix products run at least this many times faster than float32's."""
+BF16_REFUSED_BELOW = 0.5
+"""bf16 asked for by name is refused where its matrix products run at under this fraction of float32's speed: a CPU
+without native bf16 products (AVX-512 BF16, AMX) computes them in a generic loop, about 140x slower than float32 on
+this project's 2-core AVX2 machines (1.3 against 183 GFLOP/s), so one Gemma training batch took 9 minutes."""
 
 
 @dataclass(frozen=True)
@@ -150,13 +154,42 @@ def full_precision(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
+def refuse_emulated_bf16(config, device: torch.device | None = None) -> None:
+    """Stop before anything runs when the config names bf16 (model.precision or train.mixed_precision) on a device
+    whose bf16 matrix products are measured at under BF16_REFUSED_BELOW of float32's: there the run would take many
+    times as long, with an ETA that does not know it. ``auto`` settings are never refused: they measure and choose."""
+    from hyperfitting.errors import ConfigError
+
+    named = [
+        f"{key}=bf16"
+        for key, value in (
+            ("model.precision", config.model.precision),
+            ("train.mixed_precision", getattr(getattr(config, "train", None), "mixed_precision", None)),
+        )
+        if value == "bf16"
+    ]
+    if not named:
+        return
+    measured = resolve_precision("auto", device)  # the same measurement as auto's, once per process
+    fp32, bf16 = measured.fp32_gflops, measured.bf16_gflops
+    if bf16 < BF16_REFUSED_BELOW * fp32:
+        raise ConfigError(
+            f"{' and '.join(named)}: bf16 matrix products run at {bf16:.1f} GFLOP/s against {fp32:.0f} in float32 "
+            f"here ({bf16 / fp32:.3f}x: this processor has no native bf16 products, such as AVX-512 BF16 or AMX), so "
+            f"the run would take many times as long. Set train.mixed_precision=auto (bf16 only where it is measured "
+            "faster) or no, and model.precision=auto or fp32."
+        )
+
+
 def precision_for(config, say=print):
     """The context a command's training and decoding run in: model.precision resolved here, said once. (choice, context)
 
     Inside the context TensorFloat-32 is as model.tf32 says (PyTorch's own defaults differ between matrix products and
     convolutions): set, rather than left to whatever ran before, so the recorded setting is the one in force; the
-    caller's setting is back afterwards.
+    caller's setting is back afterwards. bf16 named on a device that emulates it is refused first
+    (:func:`refuse_emulated_bf16`).
     """
+    refuse_emulated_bf16(config)
     choice = replace(resolve_precision(config.model.precision), tf32=bool(getattr(config.model, "tf32", False)))
     say(f"Precision: {choice.label} ({choice.reason}).")
     return choice, _with_tf32(choice.tf32, compute_precision(choice))
@@ -179,12 +212,13 @@ def training_autocast(mixed_precision: str, device: torch.device):
 
 
 def training_precision(config) -> str:
-    """The training steps' precision, as accelerate names it (no / bf16): train.mixed_precision, or model.precision
-    resolved."""
+    """The training steps' precision, as accelerate names it (no / bf16): train.mixed_precision, model.precision
+    resolved (`model`), or measured here (`auto`: the training half of model.precision=auto)."""
     setting = config.train.mixed_precision
-    if setting != "model":
+    if setting in ("no", "bf16"):
         return setting
-    return "bf16" if resolve_precision(config.model.precision).training == "bf16" else "no"
+    resolved = resolve_precision("auto" if setting == "auto" else config.model.precision)
+    return "bf16" if resolved.training == "bf16" else "no"
 
 
 _BF16_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, torch.nn.Module]]" = weakref.WeakKeyDictionary()

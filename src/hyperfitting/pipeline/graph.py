@@ -185,6 +185,10 @@ class StageGraph:
             from hyperfitting.precision import resolve_precision
 
             inputs["precision"] = resolve_precision(spec.config.model.precision).label
+            if spec.config.train.mixed_precision == "auto":  # likewise what train.mixed_precision=auto resolves to
+                from hyperfitting.precision import training_precision
+
+                inputs["training precision"] = training_precision(spec.config)
         return inputs
 
     def fingerprint(self, name: str) -> str:
