@@ -690,13 +690,30 @@ def test_the_calibration_flags_a_rule_that_ignores_the_training_seeds_and_passes
 
 def test_the_calibration_gives_the_same_numbers_in_worker_processes_as_in_one():
     # Each (rule, truth) seeds its own random numbers: split over two forked workers, every count and coverage is the
-    # one process's to the last bit, and each rule's row is what calibrate_rule gives alone.
-    design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
-    rules = ["1", "3", "4", "5"]
-    one = calibrate(design, spreads, worlds=6, rules=rules, broken=False, processes=1)
-    two = calibrate(design, spreads, worlds=6, rules=rules, broken=False, processes=2)
-    assert one == two and set(one["rules"]) == set(rules)
-    assert one["rules"]["3"] == calibrate_rule("3", design, spreads, worlds=6)
+    # one process's to the last bit, and each rule's row is what calibrate_rule gives alone. In a fresh interpreter, as
+    # a study or `hyperfit calibrate` forks them: a pytest-xdist worker's process (its messaging threads, the SIGTERM
+    # handler earlier tests installed) once left a forked worker waiting on a lock for ever.
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_reliability import _environment
+
+    script = """if True:
+        import json
+        from hyperfitting.report.calibration import Design, Spreads, calibrate, calibrate_rule
+        design, spreads = Design(prompts=16, replicates=3), Spreads(seed_sd=0.06)
+        runs = {n: calibrate(design, spreads, worlds=6, rules=["1", "3", "4", "5"], broken=False, processes=n)
+                for n in (1, 2)}
+        print(json.dumps({**runs, "alone": calibrate_rule("3", design, spreads, worlds=6)}))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=_environment(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["1"] == out["2"] and set(out["1"]["rules"]) == {"1", "3", "4", "5"}
+    assert out["1"]["rules"]["3"] == out["alone"]
 
 
 def test_skewed_prompts_are_a_row_of_their_own_and_move_the_error_rates():

@@ -189,7 +189,10 @@ def precision_for(config, say=print):
     caller's setting is back afterwards. bf16 named on a device that emulates it is refused first
     (:func:`refuse_emulated_bf16`).
     """
-    refuse_emulated_bf16(config)
+    from hyperfitting.config import not_reading
+
+    with not_reading():  # a check that computes nothing: the stages' outputs do not depend on the keys it looks at
+        refuse_emulated_bf16(config)
     choice = replace(resolve_precision(config.model.precision), tf32=bool(getattr(config.model, "tf32", False)))
     say(f"Precision: {choice.label} ({choice.reason}).")
     return choice, _with_tf32(choice.tf32, compute_precision(choice))
