@@ -56,6 +56,11 @@ def test_bf16_named_where_it_is_emulated_is_refused_before_anything_is_written(m
     auto = load_config(overrides=["train.mixed_precision=auto"])
     refuse_emulated_bf16(auto, CPU)  # auto is never refused: it chooses
     assert training_precision(auto) == "no"
+    said = []
+    precision.precision_for(auto, say=said.append)  # the run's log says what auto chose, and why
+    assert "; training steps: float32 (train.mixed_precision=auto: bf16 products 0.0071x float32's here)" in said[0]
+    precision.precision_for(load_config(), say=said.append)
+    assert "training steps" not in said[1]  # set by name: the line has nothing to add
     run_dir = tmp_path / "run"
     code, _, err = run_cli(monkeypatch, capsys, "study", f"run_dir={run_dir}", "train.mixed_precision=bf16")
     assert code != 0 and "no native bf16 products" in err and "train.mixed_precision=auto" in err, err
@@ -66,6 +71,8 @@ def test_bf16_named_where_it_is_emulated_is_refused_before_anything_is_written(m
     monkeypatch.setitem(precision._MEASURED, "cpu", (140.0, 406.0))  # a CPU with native bf16 products
     refuse_emulated_bf16(load_config(overrides=["train.mixed_precision=bf16"]), CPU)
     assert training_precision(auto) == "bf16"
+    precision.precision_for(auto, say=said.append)
+    assert "training steps: bf16 autocast (train.mixed_precision=auto: bf16 products 2.9x float32's here)" in said[2]
     native = study_graph(auto, tmp_path / "a")
     assert emulated[0] == "no" and native.inputs("train")["training precision"] == "bf16"
     assert emulated[1] != native.fingerprint("train")

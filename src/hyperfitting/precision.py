@@ -193,9 +193,20 @@ def precision_for(config, say=print):
 
     with not_reading():  # a check that computes nothing: the stages' outputs do not depend on the keys it looks at
         refuse_emulated_bf16(config)
+        training = _training_choice(config)
     choice = replace(resolve_precision(config.model.precision), tf32=bool(getattr(config.model, "tf32", False)))
-    say(f"Precision: {choice.label} ({choice.reason}).")
+    say(f"Precision: {choice.label} ({choice.reason}){training}.")
     return choice, _with_tf32(choice.tf32, compute_precision(choice))
+
+
+def _training_choice(config) -> str:
+    """What train.mixed_precision=auto chose, for the precision line ("" for any other setting: the line says it)."""
+    if config.train.mixed_precision != "auto":
+        return ""
+    measured = resolve_precision("auto")  # the measurement training_precision reads, cached
+    ratio = measured.bf16_gflops / measured.fp32_gflops
+    steps = "bf16 autocast" if training_precision(config) == "bf16" else "float32"
+    return f"; training steps: {steps} (train.mixed_precision=auto: bf16 products {ratio:.2g}x float32's here)"
 
 
 @contextlib.contextmanager
