@@ -122,35 +122,3 @@ def test_the_verdicts_participation_ratio_is_split_half_and_not_shrunk_by_the_sa
     assert plain < 0.9 * truth
     assert abs(split["normalised"] - truth) < 0.05 * truth, (split["normalised"], truth)
     assert len(left_out["normalised"]) == 16 and np.all(np.abs(left_out["normalised"] - truth) < 0.1 * truth)
-
-
-def test_the_footing_gives_the_same_numbers_with_its_layers_together_as_one_by_one():
-    # The calibration's worlds put 31 narrow layers through claim 4's estimator at once, each with its own massive
-    # dimensions (zeroed rather than deleted); a real model's layers go one by one. Planted: a massive dimension in
-    # some layers only, a constant one in another.
-    from hyperfitting.analysis.geometry import _leave_one_out_prs, footing
-
-    rng = np.random.default_rng(3)
-    clusters = np.repeat(np.arange(8), 32)
-    names = ["embeddings", "block 0", "block 1", "block 2"]
-    a = {name: rng.standard_normal((256, 12)) * np.linspace(0.5, 2, 12) for name in names}
-    b = {name: rng.standard_normal((256, 12)) * np.linspace(1, 1.5, 12) for name in names}
-    for states in (a["block 0"], b["block 0"], a["block 2"]):
-        states[:, 4] *= 1e4
-    a["block 1"][:, 7] = 1.0
-
-    together, alone = footing(a, b, clusters), footing(a, b, clusters, layers_together=False)
-    assert together["rival"] == alone["rival"]
-    for variant, effect in together["effects"].items():
-        for key in ("value", "low", "high"):
-            assert effect[key] == pytest.approx(alone["effects"][variant][key], rel=1e-12, abs=1e-12)
-        for layer, pair in together["pairs"][variant].items():
-            assert pair["leave_one_out"] == pytest.approx(alone["pairs"][variant][layer]["leave_one_out"], rel=1e-12)
-
-    # Trimming by zeroing is deleting: the trimmed PR is the PR of the states without the massive dimension.
-    x = a["block 0"] / np.sqrt((a["block 0"] ** 2).mean(1, keepdims=True))
-    trimmed, trimmed_out = _leave_one_out_prs(x, clusters, np.arange(8), np.array([4]))
-    deleted, deleted_out = _leave_one_out_prs(np.delete(x, 4, axis=1), clusters, np.arange(8), np.array([], int))
-    assert trimmed["trimmed"] == pytest.approx(deleted["normalised"], rel=1e-12)
-    assert trimmed_out["trimmed"] == pytest.approx(deleted_out["normalised"], rel=1e-12)
-    assert trimmed["trimmed"] > 1.5 * trimmed["normalised"]  # the massive dimension did dominate the untrimmed PR

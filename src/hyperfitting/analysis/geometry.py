@@ -304,11 +304,11 @@ def rms_normalised(states: np.ndarray) -> np.ndarray:
 
 
 def _split_half_prs(
-    first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor, keep: torch.Tensor
+    first: torch.Tensor, second: torch.Tensor, pooled: torch.Tensor, massive: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The participation ratio of a batch of covariances, each given as two independent halves' estimates (..., d, d)
     and the pooled one (whose diagonal standardises), in each variant: as is, standardised (a correlation matrix over
-    the dimensions that vary), trimmed (the dimensions ``keep`` marks 0, the massive ones, left out).
+    the dimensions that vary), trimmed (the massive dimensions left out).
 
     PR = (sum lambda)^2 / sum lambda^2 = tr(C)^2 / tr(C^2) is estimated as tr(S_A) tr(S_B) / tr(S_A S_B): each factor's
     expectation is its population counterpart's (the halves are independent), where the plain sample PR comes out near
@@ -324,13 +324,12 @@ def _split_half_prs(
     # a constant dimension: out
     inverse = torch.where(live, 1 / torch.where(live, sd, torch.ones_like(sd)), torch.zeros_like(sd))
     scale = inverse[..., :, None] * inverse[..., None, :]
-    # Zeroing a dimension's row and column removes it from both traces and from tr(S_A S_B) exactly, as deleting it
-    # would, and lets layers with different massive dimensions share one batch.
-    trim = keep[..., :, None] * keep[..., None, :]
+    keep = torch.from_numpy(np.setdiff1d(np.arange(pooled.shape[-1]), massive)).to(pooled.device)
+    trim = lambda c: c[..., keep, :][..., keep]  # noqa: E731
     return {
         "normalised": pr(first, second),
         "standardised": pr(first * scale, second * scale),
-        "trimmed": pr(first * trim, second * trim),
+        "trimmed": pr(trim(first), trim(second)),
     }
 
 
@@ -339,9 +338,6 @@ FOOTING_VARIANTS = {
     "standardised": "RMS-normalised, then standardised per dimension",
     "trimmed": "RMS-normalised, massive dimensions removed",
 }
-# Up to this width every layer's per-block Gram matrices are held at once (the calibration's worlds: 31 layers of 12
-# dimensions, where one small product per layer cost more than the products); a real model's layers go one by one.
-NARROW_WIDTH = 64
 
 
 def _leave_one_out_prs(
@@ -350,31 +346,18 @@ def _leave_one_out_prs(
     """Each variant's split-half PR (see _split_half_prs) of all rows, and with each cluster left out in turn, from
     per-cluster sums and Gram matrices. The clusters (held-out blocks) alternate between the two halves; with one
     cluster there is no second half, and each half is the whole."""
-    return _layers_leave_one_out_prs(states[None], clusters, labels, [massive])[0]
-
-
-def _layers_leave_one_out_prs(
-    layers: np.ndarray, clusters: np.ndarray, labels: np.ndarray, massive: list[np.ndarray]
-) -> list[tuple[dict, dict]]:
-    """:func:`_leave_one_out_prs` of a stack of layers (layers, rows, d) at once, each with its own massive
-    dimensions: one (all rows, each cluster left out) pair per layer."""
-    states = _float64(layers)
+    states = _float64(states)
     index = torch.from_numpy(np.searchsorted(labels, clusters)).to(states.device)
-    layers_n, clusters_n, width = states.shape[0], len(labels), states.shape[2]
+    clusters_n, width = len(labels), states.shape[1]
     zeros = dict(dtype=states.dtype, device=states.device)
-    sums = torch.zeros(layers_n, clusters_n, width, **zeros).index_add_(1, index, states)
+    sums = torch.zeros(clusters_n, width, **zeros).index_add_(0, index, states)
     counts = torch.bincount(index, minlength=clusters_n).to(states.dtype)
-    if width <= NARROW_WIDTH:  # every cluster's Gram matrix in one pass
-        grams = torch.zeros(layers_n, clusters_n, width, width, **zeros).index_add_(
-            1, index, states[..., :, None] * states[..., None, :]
+    if width <= 64:  # narrow states (the calibration's worlds): every cluster's Gram matrix in one pass
+        grams = torch.zeros(clusters_n, width, width, **zeros).index_add_(
+            0, index, states[:, :, None] * states[:, None, :]
         )
     else:
-        grams = torch.stack(
-            [torch.stack([layer[index == i].T @ layer[index == i] for i in range(clusters_n)]) for layer in states]
-        )
-    keep = torch.ones(layers_n, 1, width, **zeros)  # (layers, sets, d): 0 marks a massive dimension
-    for layer, dimensions in enumerate(massive):
-        keep[layer, 0, torch.as_tensor(dimensions, dtype=torch.long)] = 0
+        grams = torch.stack([states[index == i].T @ states[index == i] for i in range(clusters_n)])
     # Two halves of alternate clusters (one cluster: each half is the whole). Row 0: all clusters; row 1 + i: cluster i
     # left out of its half (a half it would empty keeps it: with fewer than four clusters the jackknife is not used).
     half = (
@@ -389,30 +372,26 @@ def _layers_leave_one_out_prs(
     emptied = weights.sum(-1) == 0
     weights = torch.where(emptied[..., None], members[None].expand_as(weights), weights)
 
-    def covariances(w):  # w: (sets, clusters) -> (layers, sets, d, d)
+    def covariances(w):  # w: (sets, clusters) -> (sets, d, d)
         m = w @ counts
-        centre = torch.einsum("sc,lcd->lsd", w, sums) / m[:, None]
-        return torch.einsum("sc,lcde->lsde", w, grams) / m[:, None, None] - centre[..., :, None] * centre[..., None, :]
+        centre = (w @ sums) / m[:, None]
+        return torch.einsum("sc,cde->sde", w, grams) / m[:, None, None] - centre[:, :, None] * centre[:, None, :]
 
     # In batches of about 128 MB (a 2048-wide model's covariance is 32 MB).
-    size = max(1, 2**24 // (3 * layers_n * width**2))
+    size = max(1, 2**24 // (3 * width**2))
     chunks = []
     for start in range(0, len(weights), size):
         w = weights[start : start + size]
-        chunks.append(_split_half_prs(covariances(w[:, 0]), covariances(w[:, 1]), covariances(w[:, 0] + w[:, 1]), keep))
-    prs = {variant: np.concatenate([chunk[variant] for chunk in chunks], axis=1) for variant in chunks[0]}
-    return [
-        (
-            {variant: float(values[layer, 0]) for variant, values in prs.items()},
-            {variant: values[layer, 1:] for variant, values in prs.items()},
+        chunks.append(
+            _split_half_prs(covariances(w[:, 0]), covariances(w[:, 1]), covariances(w[:, 0] + w[:, 1]), massive)
         )
-        for layer in range(layers_n)
-    ]
+    prs = {variant: np.concatenate([chunk[variant] for chunk in chunks]) for variant in chunks[0]}
+    return {variant: float(values[0]) for variant, values in prs.items()}, {
+        variant: values[1:] for variant, values in prs.items()
+    }
 
 
-def footing(
-    a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.ndarray, layers_together: bool | None = None
-) -> dict:
+def footing(a: dict[str, np.ndarray], b: dict[str, np.ndarray], clusters: np.ndarray) -> dict:
     """Claim 4's effect on a common footing, in each variant: Delta PR of the last block minus the largest Delta PR of
     any other layer (or zero), every state RMS-normalised: the smallest of the differences to each rival (and to zero),
     each with a delete-one-block jackknife, and an interval for the smallest that covers at the model's depth
@@ -428,18 +407,15 @@ def footing(
     final, rivals = layers[-1], layers[:-1]
     labels = np.unique(clusters)
     full_delta, loo_delta = {}, {}
-    # Narrow layers go through the estimator together (``layers_together`` None), wide ones one at a time (memory): the
-    # same numbers either way.
-    together = a[layers[0]].shape[1] <= NARROW_WIDTH if layers_together is None else layers_together
-    for group in [layers] if together else [[layer] for layer in layers]:
-        x = np.stack([rms_normalised(a[layer]) for layer in group])
-        y = np.stack([rms_normalised(b[layer]) for layer in group])
-        massive = [massive_dimensions(states) for states in x]  # found on the base model's states, left out of both
-        base_prs = _layers_leave_one_out_prs(x, clusters, labels, massive)
-        tuned_prs = _layers_leave_one_out_prs(y, clusters, labels, massive)
-        for layer, (fa, la), (fb, lb) in zip(group, base_prs, tuned_prs):
-            full_delta[layer] = {v: fb[v] - fa[v] for v in FOOTING_VARIANTS}
-            loo_delta[layer] = {v: lb[v] - la[v] for v in FOOTING_VARIANTS}
+    for layer in layers:
+        x, y = rms_normalised(a[layer]), rms_normalised(b[layer])
+        massive = massive_dimensions(x)  # found on the base model's states, left out of both
+        (fa, la), (fb, lb) = (
+            _leave_one_out_prs(x, clusters, labels, massive),
+            _leave_one_out_prs(y, clusters, labels, massive),
+        )
+        full_delta[layer] = {v: fb[v] - fa[v] for v in FOOTING_VARIANTS}
+        loo_delta[layer] = {v: lb[v] - la[v] for v in FOOTING_VARIANTS}
     effects, pairs, rival, rival_delta, final_delta = {}, {}, {}, {}, {}
     for v in FOOTING_VARIANTS:
         best = max(rivals, key=lambda layer: full_delta[layer][v])
