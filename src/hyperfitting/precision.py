@@ -164,7 +164,7 @@ def refuse_emulated_bf16(config, device: torch.device | None = None) -> None:
         f"{key}=bf16"
         for key, value in (
             ("model.precision", config.model.precision),
-            ("train.mixed_precision", getattr(getattr(config, "train", None), "mixed_precision", None)),
+            ("train.mixed_precision", config.train.mixed_precision),
         )
         if value == "bf16"
     ]
@@ -203,9 +203,9 @@ def _training_choice(config) -> str:
     """What train.mixed_precision=auto chose, for the precision line ("" for any other setting: the line says it)."""
     if config.train.mixed_precision != "auto":
         return ""
-    measured = resolve_precision("auto")  # the measurement training_precision reads, cached
+    measured = resolve_precision("auto")  # the measurement (and choice) training_precision reads, cached
     ratio = measured.bf16_gflops / measured.fp32_gflops
-    steps = "bf16 autocast" if training_precision(config) == "bf16" else "float32"
+    steps = "bf16 autocast" if measured.training == "bf16" else "float32"
     return f"; training steps: {steps} (train.mixed_precision=auto: bf16 products {ratio:.2g}x float32's here)"
 
 
