@@ -310,6 +310,10 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
         and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()
     )
     assert "hyperfitted, citation blocker" in json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    # Each analysis's section shows replicate 0's table and links the other seeds' (LoRA and full fine-tuning alike).
+    report = (run_dir / "report.md").read_text()
+    assert "[replicate 1](analysis-ranks-r1/table.md)" in report
+    assert "[replicate 1](analysis-ranks-full-r1/table.md)" in report
     assert all(c["verdict"] in ("holds", "does not hold", "inconclusive") for c in claims)  # every claim was measured
     for claim in claims:  # each verdict carries its effect, interval, margin, checks and reason
         if claim["number"] in (2, 5) and claim["estimate"] is None:

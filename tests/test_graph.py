@@ -69,6 +69,37 @@ def test_plan_follows_sections_files_versions_and_parents(tmp_path, monkeypatch)
     assert f"torch {versions['torch']} -> 99.0" in upgraded.plan()[0][2]
 
 
+def test_a_library_that_some_stages_use_reruns_only_those(tmp_path, monkeypatch):
+    # lm-eval computes only the retention numbers, scikit-dimension only the geometry's TwoNN, MAUVE's libraries only
+    # the quality stage's (when it computes MAUVE): upgrading one reruns those stages and no other.
+    overrides = ["study.analyses=[geometry,ranks]", "study.replicates=2", "study.retention=true", "study.mauve=true"]
+    config = load_config(overrides=overrides)
+    installed = graph_module.distribution_version
+    assert study_graph(config, tmp_path).inputs("retention")["version lm-eval"] == installed("lm-eval")
+
+    def fingerprints(config):
+        graph = study_graph(config, tmp_path)
+        return {name: graph.fingerprint(name) for name in graph.names}
+
+    def rerun_by(library, config=config):
+        before = fingerprints(config)
+        monkeypatch.setattr(
+            graph_module, "distribution_version", lambda name: "99.0" if name == library else installed(name)
+        )
+        after = fingerprints(config)
+        monkeypatch.setattr(graph_module, "distribution_version", installed)
+        return {name for name in before if after[name] != before[name]}
+
+    assert rerun_by("lm-eval") == {"retention"}
+    assert rerun_by("scikit-dimension") == {
+        "analysis-geometry",
+        "analysis-geometry-r1",
+        "analysis-geometry-lowest-heldout",
+    }
+    assert rerun_by("mauve-text") == rerun_by("faiss-cpu") == {"quality"}
+    assert rerun_by("mauve-text", load_config(overrides=[*overrides, "study.mauve=false"])) == set()
+
+
 def test_stage_done_records_its_inputs(tmp_path):
     config = load_config()
     graph = StageGraph(tmp_path, [StageSpec("data", "read", config, sections=("data",))])
@@ -249,6 +280,9 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
     assert standard["base"] > 5 * quick["base"] and standard["train-r1"] == standard["train"]
     assert standard["analysis-temperature-r1"] < standard["analysis-temperature"]  # the base model's rows are reused
     assert sum(standard.values()) > 8 * sum(quick.values())
+    # Claim 5's arms over three seeds on the 64 blocks: lora:first:5 and lora:all each swept and trained, lora:all twice
+    # more at the chosen rate; lora:last:5's and full's seeds are the study's own runs, only measured.
+    assert standard["controls"] == pytest.approx(STAGE_WEIGHTS["controls"] * (2 + 2 + 1 + 1) / 2 * 64 / 4)
 
 
 def test_the_code_version_follows_what_the_code_does_not_its_layout(tmp_path):

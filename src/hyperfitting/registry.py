@@ -83,6 +83,9 @@ class Analysis:
     by its name (`generate`) or one key (`analysis.seeds`). Its stages' fingerprints hash exactly these, so a change of
     any other key reuses them (tests/test_fingerprints.py holds the built-in entries to what they read). None: the
     generate and analysis sections whole."""
+    libraries: tuple[str, ...] = ()
+    """Distributions beside torch, transformers, peft and accelerate whose code computes its numbers: their versions
+    are hashed into its stages' fingerprints."""
 
     def run_on(self, context: Context) -> dict:
         return _resolve(self.run)(context)
@@ -242,6 +245,7 @@ BUILT_IN = (
         lowest_heldout=True,
         reads=lambda config: ("analysis.geometry_tokens",),
         summary="layer-wise dimension, cosine, L2, CKA, weight change: the Terminal Expansion",
+        libraries=("scikit-dimension",),  # TwoNN
     ),
     Analysis(
         "block-swap",

@@ -47,6 +47,9 @@ class StageSpec:
     """Which runner does it (pipeline/runner.py: RUNNERS); the stage's name by default."""
     args: dict = field(default_factory=dict)
     """What that runner needs beside the config: which model an evaluation decodes, which analysis of which model."""
+    libraries: tuple[str, ...] = ()
+    """Distributions beside `library_versions()` whose code computes this stage's numbers (lm-eval for retention):
+    their installed versions are hashed too, so upgrading one reruns the stage on --resume."""
 
     def __post_init__(self) -> None:
         if not self.kind:
@@ -70,6 +73,16 @@ def library_versions() -> dict[str, str]:
         "peft": peft.__version__,
         "accelerate": accelerate.__version__,
     }
+
+
+def distribution_version(name: str) -> str:
+    """An installed distribution's version, as its metadata gives it ("not installed" if absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def model_inputs(config: RunConfig) -> tuple[Path, ...]:
@@ -133,9 +146,17 @@ def stage_weight(name: str, config: RunConfig | None = None) -> float:
         prompts = d.eval_prompts * len(b.corpora or d.eval_corpora)
         return weight * len(b.methods) / _QUICK_METHODS * prompts / 16 * (1 + b.seeds) / 2
     if family == "controls":
-        trained = len(study.controls) - len(reused_runs(config))
+        # Each placement's first seed sweeps the rate (about as long again as its training); its later seeds
+        # (study.controls_replicates) train at the rate chosen; a seed the study's own runs stand for is only measured.
+        sweep = 2 if study.controls_lr_sweep else 1
+        trained = sum(
+            (sweep if r == 0 else 1)
+            for spec in study.controls
+            for r in range(control_seeds(config, spec))
+            if reused_replicate(config, spec, r) is None
+        )
         blocks = d.train_blocks if study.controls_on_study_data else study.controls_train_blocks
-        return weight * trained / _QUICK_CONTROLS * blocks / 4 * (2 if study.controls_lr_sweep else 1)
+        return weight * trained / _QUICK_CONTROLS * blocks / 4
     return weight
 
 
@@ -179,6 +200,7 @@ class StageGraph:
         inputs.update({f"setting {key}": json.dumps(value, sort_keys=True) for key, value in spec.values.items()})
         inputs.update({f"file {path}": content_hash(path) for path in spec.files})
         inputs.update({f"version {library}": version for library, version in library_versions().items()})
+        inputs.update({f"version {library}": distribution_version(library) for library in spec.libraries})
         inputs.update({f"stage {parent}": self.fingerprint(parent) for parent in spec.parents})
         # What model.precision resolves to here: "auto" can mean bf16 on one machine and fp32 on another.
         if name != "data":
@@ -527,6 +549,7 @@ def analysis_spec(analysis: str, config: RunConfig, suffix: str, train_stage: st
         values=_values(config, keys),
         kind="analysis",
         args={"analysis": analysis, "suffix": suffix, "trained": train_stage is not None},
+        libraries=entry.libraries,
     )
 
 
@@ -560,8 +583,7 @@ def baselines_spec(config: RunConfig, parents: tuple[str, ...]) -> StageSpec:
 
 
 def retention_spec(config: RunConfig) -> StageSpec:
-    """The harness on the base and the main hyperfitted model (library versions include lm-eval's through the
-    result)."""
+    """The harness on the base and the main hyperfitted model."""
     return StageSpec(
         "retention",
         "capability retention: the LM Evaluation Harness on both models",
@@ -570,6 +592,7 @@ def retention_spec(config: RunConfig) -> StageSpec:
         parents=("data", "train"),
         files=model_inputs(config),
         values={"study.retention_tasks": list(config.study.retention_tasks)},
+        libraries=("lm-eval",),
     )
 
 
@@ -649,11 +672,16 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
             parents=("data", *decoded, *judged),
             values=_values(config, quality_reads(config, judge)),
             files=model_inputs(config) + (model_files(judge) if judge else ()),
+            libraries=MAUVE_LIBRARIES if config.study.mauve else (),
         )
     )
     if config.study.retention:
         specs.append(retention_spec(config))
     return StageGraph(run_dir, specs)
+
+
+# MAUVE's own code, its k-means (faiss) and its PCA (scikit-learn).
+MAUVE_LIBRARIES = ("mauve-text", "faiss-cpu", "scikit-learn")
 
 
 def reset_device_peak() -> None:

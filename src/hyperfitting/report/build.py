@@ -18,7 +18,7 @@ import yaml
 from hyperfitting import stats
 from hyperfitting.figures import new_figure, savefig
 from hyperfitting.config import BASELINE_METHODS, load_config
-from hyperfitting.layout import FULL, RunFolder
+from hyperfitting.layout import FULL, RunFolder, analysis_stage_name, full_suffix, replicate_suffix
 from hyperfitting.registry import BUILT_IN_NAMES, get_analysis
 from hyperfitting.report.baselines import baselines_section, baselines_table
 from hyperfitting.report.forest import plot_claims
@@ -466,7 +466,7 @@ def preference_sections(run_dir: Path) -> list[str]:
     return md
 
 
-def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict) -> list[str]:
+def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict, main_run: str) -> list[str]:
     """Claim 1(b)'s plane: each temperature analysis's decoded paths at their TTR and judge perplexity."""
     from hyperfitting.report.quality import plot_diversity_quality
 
@@ -482,7 +482,7 @@ def _frontier_section(frontier: dict, judge: str, figures: Path, mauve: dict) ->
     ]
     for stage, points in frontier.items():
         seed = re.search(r"-r(\d+)$", stage)
-        model = "the fully fine-tuned model" if FULL in stage else "the Late-Stage LoRA model"
+        model = "the fully fine-tuned model" if FULL in stage else main_run
         model += f" (replicate {seed.group(1) if seed else 0})"
         scores = mauve.get(stage, {})
         md += [f"Hyperfitted: {model}.", "", "| path | TTR | judge perplexity | MAUVE |", "|---|---|---|---|"]
@@ -539,6 +539,16 @@ def _geometry_control_section(hyperfitted: dict, control: dict, train: dict) -> 
         row("lowest held-out loss", control),
         "",
     ]
+
+
+def _other_seeds_line(run: RunFolder, name: str, seeds: int, full: bool = False) -> list[str]:
+    """Where the other training seeds' tables of an analysis are: the section shows replicate 0's, and the claims'
+    evidence gives each replicate's own estimate."""
+    stages = [analysis_stage_name(name, (full_suffix if full else replicate_suffix)(r)) for r in range(1, seeds)]
+    links = [f"[replicate {r}]({stage}/table.md)" for r, stage in enumerate(stages, 1) if run.stage(stage).table]
+    if not links:
+        return []
+    return [f"The table above is replicate 0's; the other training seeds' are beside it: {', '.join(links)}.", ""]
 
 
 def _image(run_dir: Path, relative: str, alt: str) -> str:
@@ -703,8 +713,12 @@ def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
         entry, outputs = get_analysis(name), run.analysis(name)
         if analyses[name] and outputs.table is not None:
             md += [f"## {entry.title}", "", outputs.table, _figure(run_dir, outputs.dir, entry.figure, entry.title), ""]
+            md += _other_seeds_line(run, name, len(per_replicate[name]))
         if name == "temperature" and frontier:
-            md += _frontier_section(frontier, quality["judge"]["model"], figures, quality.get("frontier_mauve", {}))
+            main_run = f"the main run ({train['method']} on blocks {train['blocks'][0]}-{train['blocks'][-1]})"
+            md += _frontier_section(
+                frontier, quality["judge"]["model"], figures, quality.get("frontier_mauve", {}), main_run
+            )
         if name == "geometry" and geometry_control and analyses["geometry"]:
             md += _geometry_control_section(analyses["geometry"], geometry_control, study["train"])
         full = run.analysis(name, suffix=FULL)
@@ -716,6 +730,7 @@ def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
                 _figure(run_dir, full.dir, entry.figure, f"{entry.title}, full fine-tuning"),
                 "",
             ]
+            md += _other_seeds_line(run, name, len(study.get("full_finetune_replicates") or [None]), full=True)
     if controls:
         md += ["## Claim 5: where to adapt", "", run.stage("controls").table or "", ""]
     md += [
