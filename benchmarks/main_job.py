@@ -8,8 +8,9 @@ commit it ran with) and, with --name, records the table in benchmarks/results/NA
 not finished yet (one resumed across sittings) it reads each finished stage's stage-done.json. Run the study alone:
 two heavy jobs on this machine's two cores slow each other several-fold.
 
-Where the study's own records do not say where a stage's time went, --log reads it from the study's captured output
-(its progress bars, each stage's under its "== [k/N] stage" line): one log per sitting, in the order they ran.
+Each stage's record says where its time went (step_seconds: the seconds of its progress bars). For a study run by a
+version that did not record them, --log reads the bars from the study's captured output (each stage's under its
+"== [k/N] stage" line): one log per sitting, in the order they ran.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def finished_stages(run_dir: Path) -> dict:
         profile[path.parent.name] = {
             "seconds": record["wall_seconds"],
             "process_peak_memory_mib": record.get("process_peak_memory_mib"),
+            "step_seconds": record.get("step_seconds"),
         }
     return {"stage_profile": profile}  # how the study ran is recorded by its report, which it has not written yet
 

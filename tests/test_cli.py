@@ -305,6 +305,9 @@ def test_study_runs_end_to_end_and_refuses_to_overwrite(monkeypatch, capsys, tin
         "reader",
     }
     assert "| &nbsp;&nbsp;quality: judge |" in (run_dir / "report.md").read_text()
+    # every other stage's parts, from its progress bars: the training's epochs, the decodes under their names
+    assert "epoch" in study_metrics["stage_profile"]["train"]["step_seconds"]
+    assert "base, sampled settings" in study_metrics["stage_profile"]["analysis-temperature"]["step_seconds"]
     assert (
         study_metrics["precision"]["label"] == "fp32"
         and "Precision: training fp32, decoding fp32" in (run_dir / "report.md").read_text()

@@ -109,6 +109,33 @@ def test_stage_done_records_its_inputs(tmp_path):
     assert "version transformers" in recorded["inputs"] and "config data" in recorded["inputs"]
 
 
+def test_a_stage_records_where_its_time_went(tmp_path):
+    import time
+
+    from hyperfitting.progress import progress_bar
+
+    config = load_config()
+    graph = StageGraph(tmp_path, [StageSpec("data", "read", config, sections=("data",))])
+    for _ in progress_bar(range(2), desc="before the stage", disable=True):
+        time.sleep(0.01)
+
+    def work(folder):
+        for epoch in (1, 2):  # a bar per epoch: one step
+            for _ in progress_bar(range(2), desc=f"epoch {epoch}/2", disable=True):
+                time.sleep(0.02)
+        bar = progress_bar(total=1, desc="decode", disable=True)
+        time.sleep(0.05)
+        bar.close()
+        return "done"
+
+    assert graph.run("data", work, load=lambda folder: "loaded") == "done"
+    done = json.loads((tmp_path / "data" / "stage-done.json").read_text())
+    steps = done["step_seconds"]
+    assert list(steps) == ["epoch", "decode"]  # the bar that ran before the stage is not its time
+    assert steps["epoch"] >= 0.08 and steps["decode"] >= 0.05
+    assert sum(steps.values()) <= done["wall_seconds"] + 0.02  # each rounded to 0.01 s
+
+
 def test_study_graph_names_every_stage_in_order(tmp_path):
     config = load_config(
         overrides=[

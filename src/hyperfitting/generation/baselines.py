@@ -22,8 +22,10 @@ from typing import Sequence
 import torch
 
 from hyperfitting.config import BaselinesArgs, GenerateArgs, RunConfig, replace
+from hyperfitting.distributed import process_state
 from hyperfitting.generation.decoding import Continuation, generate, left_padded
 from hyperfitting.generation.processors import NoRepeatNGram
+from hyperfitting.progress import progress_bar
 
 SAMPLED = ("top-p", "min-p", "typical", "eta", "epsilon")
 GREEDY_WITH_PROCESSOR = ("repetition-penalty", "no-repeat-ngram")
@@ -107,7 +109,13 @@ def beam_search(
     unless generate.stop_at_eos): the same budget as every other row."""
     device = next(model.parameters()).device
     outputs: list[Continuation] = []
-    for start in range(0, len(prompts), args.batch_size):
+    for start in progress_bar(
+        range(0, len(prompts), args.batch_size),
+        desc="beam search",
+        unit="batch",
+        leave=False,
+        disable=not process_state().is_main_process,
+    ):
         batch = prompts[start : start + args.batch_size]
         input_ids, attention_mask = left_padded(batch, tokenizer.pad_token_id, device)
         generated = model.generate(

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from hyperfitting.config import GenerateArgs
 from hyperfitting.errors import ConfigError
 from hyperfitting.generation.batches import SYNC_EVERY, Continuation, accepts, left_padded  # noqa: F401 (part of this module's interface)
 from hyperfitting.generation.contrastive import contrastive_batch
 from hyperfitting.generation.processors import CitationBlocker
+from hyperfitting.progress import progress_bar
 
 LogitsProcessor = Callable[[torch.LongTensor, torch.FloatTensor], torch.FloatTensor]
 
@@ -416,7 +416,7 @@ def generate_variants(
     starts = range(mine.start, mine.stop, per_batch)
     passes = (1 if stacked else 0) + len(contrastive)
     # One tick per decoding step of a batch (of all its stacked settings), so long batches show progress.
-    bar = tqdm(
+    bar = progress_bar(
         total=len(starts) * first.max_new_tokens * passes,
         desc=desc,
         unit="step",

@@ -22,6 +22,7 @@ from typing import Callable, TypeVar
 from hyperfitting.config import RunConfig, not_reading
 from hyperfitting.hashing import code_version, content_hash
 from hyperfitting.layout import FULL, LOWEST, STAGE_DONE, analysis_stage_name, full_suffix, replicate_suffix
+from hyperfitting.progress import take_step_seconds
 from hyperfitting.registry import analysis_names, analysis_paths, get_analysis, lowest_heldout_names
 from hyperfitting.rundir import Stage, read_json
 
@@ -234,11 +235,12 @@ class StageGraph:
             self.announce(name, detail)
         started = time.perf_counter()
         reset_device_peak()
+        take_step_seconds()  # what bars ran before this stage (loading, planning) is not its time
         try:
             result = work(stage.start())
         finally:  # a decode's fixed buffers and graphs live until their stage ends, however it ends
             release_decoding_buffers()
-        stage.finish(time.perf_counter() - started, **device_peak())
+        stage.finish(time.perf_counter() - started, **device_peak(), step_seconds=take_step_seconds())
         return load(stage.dir) if result is None else result
 
     def plan(self) -> list[tuple[str, str, str]]:

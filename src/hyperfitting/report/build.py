@@ -803,8 +803,14 @@ def build_report(run_dir: Path, stale: list[str] | None = None) -> dict:
             [c.__dict__ for c in sorted(claims, key=lambda c: str(c.number))],
         )
     study["claims"] = [c.__dict__ for c in claims]
+    # Where each stage's time went, by its progress bars (the quality stage times its parts itself, more finely).
     study["stage_profile"] = {
-        name: {"seconds": round(seconds, 1), "process_peak_memory_mib": peaks[name], **device_peaks.get(name, {})}
+        name: {
+            "seconds": round(seconds, 1),
+            "process_peak_memory_mib": peaks[name],
+            **device_peaks.get(name, {}),
+            **({"step_seconds": done[name]["step_seconds"]} if done[name].get("step_seconds") else {}),
+        }
         for name, seconds in timings.items()
     }
     if steps and "quality" in study["stage_profile"]:

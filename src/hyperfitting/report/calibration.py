@@ -270,7 +270,7 @@ def calibrate(
 
     The (rule, truth) pairs are independent (each seeds its own random numbers), so they run in ``processes`` worker
     processes (default: calibration_processes) and give the same numbers as in one."""
-    from tqdm.auto import tqdm
+    from hyperfitting.progress import progress_bar
 
     names = list(rules or rule_worlds())
     names += list(STRESSED_RULES) if not rules else []
@@ -290,7 +290,7 @@ def calibrate(
     }
     tasks = [(name, label, design, spreads, worlds, seed) for name in names for label in TRUTH_LABELS]
     processes = processes or calibration_processes(worlds, len(tasks))
-    bar = tqdm(total=len(tasks), desc="calibrating rules x truths", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc="calibrating rules x truths", disable=not progress)
     if processes > 1:
         import multiprocessing
 

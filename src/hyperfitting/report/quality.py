@@ -101,7 +101,7 @@ def judge_log_perplexities(
     given the prompt's text (NaN for an empty continuation, so the list stays aligned with the prompts). Texts are
     re-tokenised by the judge, whose vocabulary differs from the studied model's; batches go through the analyses'
     teacher forcing."""
-    from tqdm.auto import tqdm
+    from hyperfitting.progress import progress_bar
 
     from hyperfitting.distributed import process_state
 
@@ -119,7 +119,7 @@ def judge_log_perplexities(
         return -torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).mean()
 
     scores = teacher_forced_logits(judge, sequences, [len(contexts[i]) for i in scored], reduce=mean_surprise)
-    for k, surprise in tqdm(
+    for k, surprise in progress_bar(
         scores, total=len(sequences), desc=desc, unit="text", leave=False, disable=not process_state().is_main_process
     ):
         values[scored[k]] = float(surprise)

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from hyperfitting.config import RunConfig
 from hyperfitting.errors import CheckpointError, ConfigError, DivergenceError
 from hyperfitting.rundir import write_jsonl
 from hyperfitting.seeding import seeded
 from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.progress import progress_bar
 from hyperfitting.training import preflight
 from hyperfitting.training.methods import TrainablePlan, prepare_for_training
 from hyperfitting.training.parallel import Replicated, full_model_state, is_sharded, make_strategy, save_atomically
@@ -421,7 +421,7 @@ def _one_epoch(run: _Run, train_blocks: torch.Tensor, epoch: int) -> tuple[float
     started = time.perf_counter()
     losses = []  # each step's loss, left on the device: reading one waits for the device, so they are read together
     bad = torch.zeros((), dtype=torch.bool, device=accelerator.device)  # any non-finite loss so far, also on the device
-    bar = tqdm(
+    bar = progress_bar(
         batches, desc=f"epoch {epoch}/{args.epochs}", unit="batch", leave=False, disable=not accelerator.is_main_process
     )
     for step, index in enumerate(bar, 1):

@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from hyperfitting.models.blocks import find_block_stack
+from hyperfitting.progress import progress_bar
 
 
 class _StopForward(Exception):
@@ -127,7 +127,7 @@ class TrunkCache:
             states = torch.empty(shape, dtype=torch.float32)
         device = next(model.parameters()).device
         round_rows = batch_size * world
-        for start in tqdm(
+        for start in progress_bar(
             range(0, n_rows, round_rows), desc=desc, unit="batch", leave=False, disable=not state.is_main_process
         ):
             # This process's rows of the round; the last round is padded so every process runs
