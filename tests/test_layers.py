@@ -25,6 +25,7 @@ LAYERS = [
         "precision",
         "tracking",
         "figures",
+        "progress",
     },
 ]
 
