@@ -101,9 +101,8 @@ def judge_log_perplexities(
     given the prompt's text (NaN for an empty continuation, so the list stays aligned with the prompts). Texts are
     re-tokenised by the judge, whose vocabulary differs from the studied model's; batches go through the analyses'
     teacher forcing."""
-    from hyperfitting.progress import progress_bar
-
     from hyperfitting.distributed import process_state
+    from hyperfitting.progress import progress_bar
 
     # with the judge's own leading tokens (Gemma's <bos>)
     contexts = [judge_tokenizer(prompt)["input_ids"] for prompt in prompts]
