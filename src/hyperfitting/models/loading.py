@@ -302,8 +302,8 @@ def _load_model(args: ModelArgs, source: str, local_only: bool, for_training: bo
         model = attach_adapter(model, args.adapter, trainable=for_training)
         if not for_training:
             # For inference the adapter is folded into the weights: one matrix per layer instead of three, a plain
-            # transformers model for every analysis (benchmarks/merged_adapter.py: 1.03x faster decoding on a 2-core
-            # CPU).
+            # transformers model for every analysis (benchmarks/merged_adapter.py: as fast as the adapter kept apart,
+            # 0.97x, on a 2-core CPU, with identical continuations).
             from hyperfitting.precision import full_precision
 
             with full_precision(torch.device("cpu")):  # the merge in float32, whatever a command's autocast says
