@@ -23,6 +23,8 @@ from pathlib import Path
 
 from common import record  # noqa: E402
 
+from hyperfitting.progress import step_name  # noqa: E402 (common puts src on the path)
+
 
 def finished_stages(run_dir: Path) -> dict:
     """A study not finished yet (one resumed across sittings): each stage that finished, in the order it finished, from
@@ -42,7 +44,6 @@ def finished_stages(run_dir: Path) -> dict:
 STAGE_LINE = re.compile(r"^== \[\d+/\d+\] (?P<stage>[^:\s]+):")
 # A tqdm bar's state: "desc:  53%|#####     | 204/384 [00:43<00:26, 6.67step/s]" (elapsed H:MM:SS past an hour).
 BAR = re.compile(r"^(?P<desc>.+?): +\d+%\|.*\| *(?P<done>\d+)/\d+ \[(?P<elapsed>[\d:]+)<")
-NUMBERED = re.compile(r" \d+/\d+$")  # "epoch 3/20": one step per epoch, summed as "epoch"
 
 
 def _seconds(clock: str) -> int:
@@ -66,7 +67,7 @@ def steps_from_logs(logs: list[Path]) -> dict[str, dict[str, float]]:
             if stage is not None:
                 steps: dict[str, float] = {}
                 for description, seconds, _ in bars:
-                    step = NUMBERED.sub("", description)
+                    step = step_name(description)  # the rule the stages' own records use
                     steps[step] = steps.get(step, 0) + seconds
                 stages[stage] = steps
 

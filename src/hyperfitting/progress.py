@@ -17,12 +17,17 @@ _NUMBERED = re.compile(r" \d+/\d+$")  # "epoch 3/20": every epoch's bar adds to 
 _seconds: dict[str, float] = {}
 
 
+def step_name(description: str) -> str:
+    """The step a bar's time counts toward: its description without an "N/M" counter."""
+    return _NUMBERED.sub("", description)
+
+
 class _TimedBar(tqdm):
     def __init__(self, *args, **kwargs):
         self._opened = time.perf_counter()
         self._timed = False
         # tqdm(iterable, desc, ...): kept here, since a disabled tqdm does not keep it
-        self._step = _NUMBERED.sub("", str(kwargs.get("desc") or (args[1] if len(args) > 1 else "") or "unnamed"))
+        self._step = step_name(str(kwargs.get("desc") or (args[1] if len(args) > 1 else "") or "unnamed"))
         super().__init__(*args, **kwargs)
 
     def close(self):
