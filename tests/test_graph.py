@@ -312,6 +312,27 @@ def test_the_time_estimate_scales_with_the_work_a_config_asks_for(tmp_path):
     assert standard["controls"] == pytest.approx(STAGE_WEIGHTS["controls"] * (2 + 2 + 1 + 1) / 2 * 64 / 4)
 
 
+def test_a_resumed_study_estimates_the_time_left_from_every_finished_stage(tmp_path, monkeypatch, capsys):
+    # Stages finished in an earlier sitting pace the estimate: the resumed command has run nothing yet.
+    weights = {"data": 10, "train": 30, "decode": 20, "report": 40}
+    monkeypatch.setattr(graph_module, "stage_weight", lambda name, config=None: weights[name])
+    config = load_config()
+
+    def build():
+        return StageGraph(tmp_path, [StageSpec(name, name, config) for name in weights])
+
+    first = build()
+    first.stage("data").start()
+    first.stage("data").finish(30.0)
+    build().announce("train")
+    assert "min left on a 2-core CPU" in capsys.readouterr().out  # 10 of weight finished: too little to tell
+    first.stage("train").start()
+    first.stage("train").finish(90.0)
+
+    build().announce("decode")  # 120 s for 40 of weight: 3 s each, and 60 of weight to go
+    assert "about 3 min left)" in capsys.readouterr().out
+
+
 def test_the_code_version_follows_what_the_code_does_not_its_layout(tmp_path):
     """A change of the toolkit's computing code reruns the stages on --resume; comments, docstrings and formatting do
     not."""
