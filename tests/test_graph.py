@@ -331,6 +331,8 @@ def test_a_resumed_study_estimates_the_time_left_from_every_finished_stage(tmp_p
 
     build().announce("decode")  # 120 s for 40 of weight: 3 s each, and 60 of weight to go
     assert "about 3 min left)" in capsys.readouterr().out
+    # --dry-run says the same of the stages it would run
+    assert build().explain().endswith("2 of 4 stages to run: about 3 min at the pace of the 2 stages finished before")
 
 
 def test_the_code_version_follows_what_the_code_does_not_its_layout(tmp_path):

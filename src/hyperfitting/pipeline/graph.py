@@ -161,10 +161,12 @@ def stage_weight(name: str, config: RunConfig | None = None) -> float:
     return weight
 
 
-def seconds_left(weights: dict[str, float], seconds: dict[str, float], enough: float = 30.0) -> float | None:
-    """Seconds the stages not in ``seconds`` should take: their weights (`stage_weight`: how much work each asks) at
-    the seconds per unit of weight of every finished stage, this sitting's and the earlier ones'. None while the
-    finished stages weigh less than ``enough``.
+def seconds_left(
+    weights: dict[str, float], seconds: dict[str, float], to_run: list[str] | None = None, enough: float = 30.0
+) -> float | None:
+    """Seconds the stages ``to_run`` (by default those not in ``seconds``) should take: their weights (`stage_weight`:
+    how much work each asks) at the seconds per unit of weight of every finished stage in ``seconds``, this sitting's
+    and the earlier ones'. None while the finished stages weigh less than ``enough``.
 
     Every finished stage, not only this command's: paced by a resumed study's first stage or two alone, the estimate
     swung by 2x from one stage to the next. Replayed over the first 40 stages of a standard study resumed four times,
@@ -175,7 +177,7 @@ def seconds_left(weights: dict[str, float], seconds: dict[str, float], enough: f
     if weight < enough:
         return None
     pace = sum(seconds[n] for n in finished) / weight
-    return pace * sum(w for n, w in weights.items() if n not in seconds)
+    return pace * sum(weights[n] for n in (to_run if to_run is not None else set(weights) - set(seconds)))
 
 
 class StageGraph:
@@ -309,9 +311,28 @@ class StageGraph:
         )
 
     def explain(self) -> str:
-        """The plan as text: one line per stage."""
+        """The plan as text: one line per stage, then how long the stages to run should take."""
         width = max(len(name) for name in self.specs)
-        lines = [f"{name:<{width}}  {action:<5}  {self.specs[name].what}: {why}" for name, action, why in self.plan()]
+        plan = self.plan()
+        lines = [f"{name:<{width}}  {action:<5}  {self.specs[name].what}: {why}" for name, action, why in plan]
+        to_run = [name for name, action, _ in plan if action != "reuse"]
+        if to_run:
+            # A stage to rerun still measured this machine when it finished before.
+            seconds = {
+                n: read_json(self.run_dir / n / STAGE_DONE)["wall_seconds"]
+                for n in self.specs
+                if (self.run_dir / n / STAGE_DONE).exists()
+            }
+            weights = {n: stage_weight(n, self.specs[n].config) for n in self.specs}
+            left = seconds_left(weights, seconds, to_run)
+            lines.append(
+                f"{len(to_run)} of {len(self.specs)} stages to run: about "
+                + (
+                    f"{sum(weights[n] for n in to_run) / 60:.0f} min on a 2-core CPU"
+                    if left is None
+                    else f"{left / 60:.0f} min at the pace of the {len(seconds)} stages finished before"
+                )
+            )
         return "\n".join(lines)
 
 
