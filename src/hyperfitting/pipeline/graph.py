@@ -162,11 +162,11 @@ def stage_weight(name: str, config: RunConfig | None = None) -> float:
 
 
 def seconds_left(
-    weights: dict[str, float], seconds: dict[str, float], to_run: list[str] | None = None, enough: float = 30.0
+    weights: dict[str, float], seconds: dict[str, float], to_run: list[str], enough: float = 30.0
 ) -> float | None:
-    """Seconds the stages ``to_run`` (by default those not in ``seconds``) should take: their weights (`stage_weight`:
-    how much work each asks) at the seconds per unit of weight of every finished stage in ``seconds``, this sitting's
-    and the earlier ones'. None while the finished stages weigh less than ``enough``.
+    """Seconds the stages ``to_run`` should take: their weights (`stage_weight`: how much work each asks) at the
+    seconds per unit of weight of every finished stage in ``seconds``, this sitting's and the earlier ones'. None while
+    the finished stages weigh less than ``enough``.
 
     Every finished stage, not only this command's: paced by a resumed study's first stage or two alone, the estimate
     swung by 2x from one stage to the next. Replayed over the first 40 stages of a standard study resumed four times,
@@ -177,7 +177,7 @@ def seconds_left(
     if weight < enough:
         return None
     pace = sum(seconds[n] for n in finished) / weight
-    return pace * sum(weights[n] for n in (to_run if to_run is not None else set(weights) - set(seconds)))
+    return pace * sum(weights[n] for n in to_run)
 
 
 class StageGraph:
@@ -293,22 +293,30 @@ class StageGraph:
         Stages with a stage-done.json count as done; their recorded times, from this sitting and earlier ones,
         predict the rest (`seconds_left`).
         """
-        done = [n for n in self.specs if n != name and (self.run_dir / n / STAGE_DONE).exists()]
-        seconds = {n: read_json(self.run_dir / n / STAGE_DONE)["wall_seconds"] for n in done}
-        weights = {n: stage_weight(n, self.specs[n].config) for n in self.specs}
-        left = seconds_left(weights, seconds)
-        # Before enough has finished to tell, the weights are the 2-core CPU's seconds.
-        eta = (
-            f", about {sum(w for n, w in weights.items() if n not in seconds) / 60:.0f} min left on a 2-core CPU"
-            if left is None
-            else f", about {left / 60:.0f} min left"
-        )
+        finished = self._finished_seconds(but=name)
+        minutes, measured = self._minutes_to_run([n for n in self.specs if n not in finished], finished)
+        eta = f", about {minutes:.0f} min left{'' if measured else ' on a 2-core CPU'}"
         index = self.names.index(name) + 1
         text = f"{name}: {detail or self.specs[name].what}"
         print(
             f"\n== [{index}/{len(self.specs)}] {text}  ({(time.time() - self.started) / 60:.1f} min so far{eta})",
             flush=True,
         )
+
+    def _finished_seconds(self, but: str | None = None) -> dict[str, float]:
+        """The recorded wall time of each stage with a stage-done.json (``but`` the one starting now)."""
+        return {
+            n: read_json(self.run_dir / n / STAGE_DONE)["wall_seconds"]
+            for n in self.specs
+            if n != but and (self.run_dir / n / STAGE_DONE).exists()
+        }
+
+    def _minutes_to_run(self, to_run: list[str], finished: dict[str, float]) -> tuple[float, bool]:
+        """How long ``to_run`` should take, and whether that is paced by ``finished`` (`seconds_left`) or, before
+        enough has finished to tell, read off the weights, which are the 2-core CPU's seconds."""
+        weights = {n: stage_weight(n, self.specs[n].config) for n in self.specs}
+        left = seconds_left(weights, finished, to_run)
+        return (sum(weights[n] for n in to_run) if left is None else left) / 60, left is not None
 
     def explain(self) -> str:
         """The plan as text: one line per stage, then how long the stages to run should take."""
@@ -317,21 +325,11 @@ class StageGraph:
         lines = [f"{name:<{width}}  {action:<5}  {self.specs[name].what}: {why}" for name, action, why in plan]
         to_run = [name for name, action, _ in plan if action != "reuse"]
         if to_run:
-            # A stage to rerun still measured this machine when it finished before.
-            seconds = {
-                n: read_json(self.run_dir / n / STAGE_DONE)["wall_seconds"]
-                for n in self.specs
-                if (self.run_dir / n / STAGE_DONE).exists()
-            }
-            weights = {n: stage_weight(n, self.specs[n].config) for n in self.specs}
-            left = seconds_left(weights, seconds, to_run)
+            finished = self._finished_seconds()  # a stage to rerun measured this machine too when it finished
+            minutes, measured = self._minutes_to_run(to_run, finished)
             lines.append(
-                f"{len(to_run)} of {len(self.specs)} stages to run: about "
-                + (
-                    f"{sum(weights[n] for n in to_run) / 60:.0f} min on a 2-core CPU"
-                    if left is None
-                    else f"{left / 60:.0f} min at the pace of the {len(seconds)} stages finished before"
-                )
+                f"{len(to_run)} of {len(self.specs)} stages to run: about {minutes:.0f} min "
+                + (f"at the pace of the {len(finished)} stages finished before" if measured else "on a 2-core CPU")
             )
         return "\n".join(lines)
 
