@@ -270,6 +270,55 @@ def test_the_controls_learning_rate_sweep_ranks_by_training_loss_and_sets_diverg
     assert not list(tmp_path.glob("sweep-*"))  # the trials leave nothing behind
 
 
+def test_a_resumed_control_keeps_its_sweep_and_skips_the_rates_that_diverged(tiny_model_folder, tmp_path, monkeypatch):
+    # A control killed while it trained its second rate: the sweep and the rate that diverged are on disk, and the
+    # resume trains neither again (an absurd rate stands in for the diverged one: trained, it would diverge again).
+    from types import SimpleNamespace
+
+    from hyperfitting.pipeline import controls
+    from hyperfitting.rundir import write_json
+
+    monkeypatch.setattr(controls, "measure_control", lambda *args: {})  # decoding and geometry: not under test here
+    config = load_config(
+        overrides=[
+            f"model.name={tiny_model_folder}",
+            "train.batch_size=2",
+            "train.until_loss=null",
+            "study.controls_epochs=1",
+            "study.controls_lr_sweep=[1.0,1e6]",
+        ]
+    )
+    blocks = torch.randint(5, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+    sweep = [
+        {"lr": 1e3, "train_loss": 1.0, "epochs": 3, "diverged": False},
+        {"lr": 1e-3, "train_loss": 2.0, "epochs": 3, "diverged": False},
+    ]
+    write_json(tmp_path / "lr_sweep.json", sweep)
+    write_json(
+        tmp_path / "diverged.json", [{"lr": 1e3, "initial_train_loss": 4.0, "final_train_loss": 9.0, "epochs": 2}]
+    )
+    row = controls.run_control(
+        config, "lora:last:1", blocks, SimpleNamespace(heldout_blocks=blocks), None, None, None, None, tmp_path
+    )
+    assert not row["diverged"] and row["lr"] == 1e-3 and row["epochs"] == 1
+    assert row["lr_sweep"] == sweep and row["diverged_at"] == [1e3]
+
+
+def test_a_checkpoint_trained_at_another_rate_or_seed_is_not_resumed(tmp_path):
+    # Its optimizer state would carry the old rate on, and the run would be recorded under the new one.
+    from hyperfitting.errors import CheckpointError
+
+    _tiny_run(tmp_path, "train.epochs=1")
+    with pytest.raises(
+        CheckpointError, match=r"trained with \{'lr': 0.01, 'seed': 0\}, this run asks for \{'lr': 0.02"
+    ):
+        _tiny_run(tmp_path, "train.lr=2e-2")
+    with pytest.raises(CheckpointError, match=r"'seed': 1\}"):
+        _tiny_run(tmp_path, "train.seed=1")
+    result, *_ = _tiny_run(tmp_path)  # the same recipe goes on from its checkpoint
+    assert [row["epoch"] for row in result.log] == [0, 1, 2, 3]
+
+
 def test_preflight_counts_the_checkpoint_in_ram_and_twice_on_disk(tmp_path, monkeypatch):
     from hyperfitting.training import preflight
 

@@ -115,11 +115,21 @@ def run_control(
     """Choose the placement's learning rate (``rates``: those an earlier seed's sweep ordered, its choice first), train
     it to the target loss, decode greedily, compare its geometry with the base model's."""
     started = time.perf_counter()
-    sweep = (
-        sweep_learning_rate(config, spec, blocks, data, folder) if config.study.controls_lr_sweep and not rates else []
-    )
+    # What a killed control already learned is kept beside its checkpoint: the sweep, and the rates that diverged.
+    # A resume must not train a diverged rate again: it would find the next rate's checkpoint in the folder.
+    sweep_file, diverged_file = folder / "lr_sweep.json", folder / "diverged.json"
+    sweep = []
+    if config.study.controls_lr_sweep and not rates:
+        if sweep_file.exists():
+            sweep = read_json(sweep_file)
+        else:
+            sweep = sweep_learning_rate(config, spec, blocks, data, folder)
+            write_json(sweep_file, sweep)
     candidates = rates or [row["lr"] for row in sweep if not row["diverged"]] or [control_train_args(config, spec).lr]
-    for attempt, lr in enumerate(candidates):
+    diverged = read_json(diverged_file) if diverged_file.exists() else []
+    for lr in candidates:
+        if lr in {attempt["lr"] for attempt in diverged}:
+            continue
         train_config = replace(config, train=replace(control_train_args(config, spec), lr=lr))
         model, _ = load_model(
             config.model, for_training=True, sharded_training=train_config.train.parallelism == "fsdp"
@@ -131,24 +141,32 @@ def run_control(
         except DivergenceError as error:
             log = read_jsonl(folder / "train_log.jsonl")
             print(f"control {spec} diverged at lr {lr:g}: {error}")
+            diverged.append(
+                {
+                    "lr": lr,
+                    "initial_train_loss": log[0]["train_loss"],
+                    "final_train_loss": log[-1]["train_loss"],
+                    "epochs": log[-1]["epoch"],
+                }
+            )
+            write_json(diverged_file, diverged)
             wait_for_everyone()  # every process has read the log before process 0 deletes it and the checkpoints
             if is_main_process():
                 remove_checkpoints(folder)
                 (folder / "train_log.jsonl").unlink(missing_ok=True)
             wait_for_everyone()
-            if attempt + 1 == len(candidates):
-                # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as
-                # the reason.
-                return {
-                    "spec": spec,
-                    "diverged": True,
-                    "initial_train_loss": log[0]["train_loss"],
-                    "final_train_loss": log[-1]["train_loss"],
-                    "epochs": log[-1]["epoch"],
-                    "wall_seconds": time.perf_counter() - started,
-                    "trainable_parameters": None,
-                    "lr_sweep": sweep,
-                }
+    else:
+        # A control that diverged at every rate is recorded, not used: claim 5 becomes inconclusive with this as the
+        # reason.
+        return {
+            "spec": spec,
+            "diverged": True,
+            **{key: diverged[-1][key] for key in ("initial_train_loss", "final_train_loss", "epochs")},
+            "wall_seconds": time.perf_counter() - started,
+            "trainable_parameters": None,
+            "lr_sweep": sweep,
+            "diverged_at": [attempt["lr"] for attempt in diverged],
+        }
     wall = time.perf_counter() - started
     tuned = trained.model.eval()
     if hasattr(tuned, "merge_and_unload") and not is_sharded(tuned):
@@ -165,6 +183,7 @@ def run_control(
         "wall_seconds": wall,
         **measure_control(tuned, spec, config, data, prompts, tokenizer, base_states, sample),
         "lr_sweep": sweep,
+        "diverged_at": [attempt["lr"] for attempt in diverged],
     }
 
 

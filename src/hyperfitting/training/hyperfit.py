@@ -238,6 +238,13 @@ def _hyperfit(
     # Resume: the latest checkpoint holds the trainable weights, the optimizer state and the log so far.
     progress = run.strategy.load_checkpoint(run.bare_model, run.bare_optimizer, checkpoint_dir)
     log: list[dict] = progress["log"] if progress else []
+    recipe = {"lr": args.lr, "seed": args.seed}
+    if progress and {key: progress.get("recipe", recipe)[key] for key in recipe} != recipe:
+        # the optimizer state would carry the checkpoint's rate on, under this run's name
+        raise CheckpointError(
+            f"The checkpoint in {checkpoint_dir} was trained with {progress['recipe']}, this run asks for {recipe}. "
+            "Delete the checkpoint to train afresh, or resume with the settings it was trained with."
+        )
     if progress:
         say(f"Resuming from the checkpoint after epoch {progress['epoch']}.")
     started = time.perf_counter()
@@ -462,7 +469,10 @@ def _checkpoint(run: _Run, log: list[dict], final: bool) -> None:
     if row["checkpointed"]:
         started = time.perf_counter()
         run.strategy.save_checkpoint(
-            run.bare_model, run.bare_optimizer, {"log": log, "epoch": epoch}, run.checkpoint_dir
+            run.bare_model,
+            run.bare_optimizer,
+            {"log": log, "epoch": epoch, "recipe": {"lr": run.args.lr, "seed": run.args.seed}},
+            run.checkpoint_dir,
         )
         run.checkpoint_cost, run.trained_since_checkpoint = time.perf_counter() - started, 0.0
     if run.args.keep_lowest_heldout and lowest_heldout_epoch(log) == epoch:  # the same decision on every process
