@@ -238,7 +238,7 @@ def _hyperfit(
     # Resume: the latest checkpoint holds the trainable weights, the optimizer state and the log so far.
     progress = run.strategy.load_checkpoint(run.bare_model, run.bare_optimizer, checkpoint_dir)
     log: list[dict] = progress["log"] if progress else []
-    recipe = {"lr": args.lr, "seed": args.seed}
+    recipe = _recipe(args)
     if progress and {key: progress.get("recipe", recipe)[key] for key in recipe} != recipe:
         # the optimizer state would carry the checkpoint's rate on, under this run's name
         raise CheckpointError(
@@ -471,7 +471,7 @@ def _checkpoint(run: _Run, log: list[dict], final: bool) -> None:
         run.strategy.save_checkpoint(
             run.bare_model,
             run.bare_optimizer,
-            {"log": log, "epoch": epoch, "recipe": {"lr": run.args.lr, "seed": run.args.seed}},
+            {"log": log, "epoch": epoch, "recipe": _recipe(run.args)},
             run.checkpoint_dir,
         )
         run.checkpoint_cost, run.trained_since_checkpoint = time.perf_counter() - started, 0.0
@@ -484,6 +484,12 @@ def _checkpoint(run: _Run, log: list[dict], final: bool) -> None:
             )
     if run.accelerator.is_main_process:
         write_jsonl(run.checkpoint_dir / "train_log.jsonl", log)
+
+
+def _recipe(args) -> dict:
+    """The settings a checkpoint must have been trained with to be resumed: the optimizer state carries the rate on,
+    and the seed fixes the data order."""
+    return {"lr": args.lr, "seed": args.seed}
 
 
 def _checkpoint_due(run: _Run, final: bool) -> bool:
