@@ -412,6 +412,59 @@ def export(run_dir, merged, gguf_path, gguf_dtype):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option(
+    "--limit-mb",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="Leave out every file larger than this (a fully fine-tuned model's weights).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace ARCHIVE if it exists.")
+def pack(run_dir, archive, limit_mb, overwrite):
+    """Pack a run folder, without its largest files, into ARCHIVE (.tar.xz, .tar.gz or .tar) to resume elsewhere.
+
+    A finished stage whose large files are left out stays finished if every stage that reads it has finished;
+    otherwise it runs again on --resume, with the unfinished stages below it. ARCHIVE's pack.json lists both."""
+    from hyperfitting.pipeline.pack import write_pack
+
+    plan = write_pack(Path(run_dir), Path(archive), limit_mb, overwrite)
+    size = Path(archive).stat().st_size / 2**20
+    print(f"Packed {len(plan.kept)} files of {run_dir} into {archive} ({size:.1f} MiB).")
+    if plan.left_out:
+        print(
+            f"Left out {len(plan.left_out)} files over {limit_mb:g} MB ({sum(plan.left_out.values()) / 2**20:.0f} MiB)."
+        )
+    if plan.rerun:
+        print(f"Will run again on --resume: {', '.join(plan.rerun)}.")
+    print(f"Resume elsewhere: hyperfit unpack {archive} --into {Path(run_dir).parent}, then the study with --resume.")
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--into",
+    type=click.Path(file_okay=False),
+    default="runs",
+    show_default=True,
+    help="The folder to unpack the run folder into (it must not hold one of that name).",
+)
+def unpack(archive, into):
+    """Unpack a `hyperfit pack` archive into a run folder that `hyperfit study ... --resume` continues."""
+    from hyperfitting.pipeline.pack import unpack as unpack_archive
+    from hyperfitting.rundir import read_json
+
+    run_dir = unpack_archive(Path(archive), Path(into))
+    record = read_json(run_dir / "pack.json")
+    print(
+        f"Unpacked {run_dir}: {len(record['finished_stages'])} finished stages"
+        + (f"; to run again: {', '.join(record['rerun'])}" if record["rerun"] else "")
+        + f". Continue it: hyperfit study {run_dir / 'config.yaml'} run_dir={run_dir} --resume"
+    )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--tasks",
     default=None,
