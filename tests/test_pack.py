@@ -109,3 +109,60 @@ def test_pack_refuses_what_is_not_a_run_folder_or_an_archive_name(tmp_path):
         plan_pack(tmp_path / "notes", 1)
     with pytest.raises(RunDirError, match=r"\.tar\.xz"):
         write_pack(tmp_path / "notes", tmp_path / "pack.zip")
+
+
+def _folder(tmp_path, finished: set[str], files: dict[str, int]):
+    """A run folder of the standard shape with the ``finished`` stages marked done and ``files`` (path -> bytes)."""
+    from hyperfitting.config import dump_config, load_config
+    from hyperfitting.pipeline.graph import study_graph
+
+    run_dir = tmp_path / "run"
+    config = load_config(
+        "configs/quick.yaml",
+        [
+            f"run_dir={run_dir}",
+            "study.full_finetune=true",
+            "study.lowest_heldout_control=true",
+            "study.analyses=[geometry]",
+            "study.controls=[lora:last:5,full]",
+            "study.controls_on_study_data=true",
+        ],
+    )
+    run_dir.mkdir(parents=True)
+    (run_dir / "hyperfit-run.json").write_text("{}")
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    names = study_graph(config, run_dir).names
+    for name in finished:
+        assert name in names, name
+        (run_dir / name).mkdir(exist_ok=True)
+        (run_dir / name / "stage-done.json").write_text("{}")
+    for path, size in files.items():
+        (run_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / path).write_bytes(b"\0" * size)
+    return run_dir, names
+
+
+def test_left_out_weights_rerun_their_stage_only_while_a_stage_that_loads_them_is_unfinished(tmp_path):
+    files = {
+        "train/lowest_heldout.pt": 3000,  # loaded by the lowest-held-out analyses alone
+        "train/adapter/adapter_model.safetensors": 100,
+        "train-full/model/model.safetensors": 3000,  # loaded by its analyses and the controls' full arm
+    }
+    # Stopped before the controls: the full fine-tune's weights are still to be loaded, the main run's lowest-held-out
+    # weights are not (their analyses are done), and its adapter travels.
+    names = _folder(tmp_path / "a", set(), {})[1]
+    before_controls = set(names[: names.index("controls")])
+    run_dir, _ = _folder(tmp_path / "b", before_controls, files)
+    plan = plan_pack(run_dir, 1000)
+    assert plan.rerun == ["train-full"]
+    assert plan.left_out == {"train/lowest_heldout.pt": 3000}
+    assert "train/adapter/adapter_model.safetensors" in map(str, plan.kept)
+
+    # Stopped before the lowest-held-out geometry: the main run trains again too (and only the stages above it).
+    run_dir, _ = _folder(tmp_path / "c", before_controls - {"analysis-geometry-lowest-heldout"}, files)
+    assert plan_pack(run_dir, 1000).rerun == ["train", "train-full"]
+
+    # Every stage done: nothing will load either, so both are left behind and nothing reruns.
+    run_dir, _ = _folder(tmp_path / "d", set(names), files)
+    plan = plan_pack(run_dir, 1000)
+    assert plan.rerun == [] and set(plan.left_out) == {"train/lowest_heldout.pt", "train-full/model/model.safetensors"}

@@ -5,8 +5,9 @@ finished stages hold is small: numbers, decoded texts, LoRA adapters, the prepar
 weights are not (about 0.5 GB for a 135M-parameter model). A pack keeps every file up to a size limit, and
 `hyperfit study ... --resume` on the unpacked folder goes on where the study stopped:
 
-- a finished stage whose large files were left out stays finished when every stage that reads it has finished too:
-  nothing will load those files again;
+- a finished stage whose large files were left out stays finished when every stage that loads them has finished
+  too (its children in the graph; for the weights at the lowest held-out loss, the analyses of that run alone):
+  nothing will load them again;
 - otherwise it is left out whole, with every unfinished stage below it in the graph, and they run again from their
   start on --resume (same config, same seed; on another machine the rerun's numbers may differ in the last digits).
 
@@ -26,8 +27,9 @@ from pathlib import Path
 
 from hyperfitting.config import load_config
 from hyperfitting.errors import RunDirError
-from hyperfitting.layout import CONFIG, MARKER, STAGE_DONE
+from hyperfitting.layout import CONFIG, LOWEST, MARKER, STAGE_DONE
 from hyperfitting.rundir import atomic_path, lock_run_dir
+from hyperfitting.training.hyperfit import LOWEST_HELDOUT
 
 PACK_RECORD = "pack.json"
 # What a pack may leave out: model weights, optimizer state and checkpoints. Texts and numbers always travel.
@@ -85,12 +87,24 @@ def plan_pack(run_dir: Path, limit_bytes: int) -> PackPlan:
                 todo += children.get(child, [])
         return seen
 
+    def readers(path: str) -> list[str]:
+        """The stages that load a stage's file: its children (a grandchild reads its own parent's outputs)."""
+        stage = Path(path).parts[0]
+        if Path(path).name == LOWEST_HELDOUT:  # only the analyses of the run at its lowest held-out loss load it
+            return [c for c in children.get(stage, []) if c.endswith(LOWEST)]
+        return children.get(stage, [])
+
     rerun: set[str] = set()
     changed = True
-    while changed:  # a stage left out makes its ancestors' readers unfinished in turn
+    while changed:  # a stage left out makes its parents' files needed again in turn
         changed = False
         for name in heavy_stages - rerun:
-            needed_again = not finished(name) or any(not finished(c) or c in rerun for c in below(name))
+            needed_again = not finished(name) or any(
+                not finished(reader) or reader in rerun
+                for path in large
+                if Path(path).parts[0] == name
+                for reader in readers(path)
+            )
             if needed_again:
                 rerun.add(name)
                 changed = True
