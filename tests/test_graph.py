@@ -200,6 +200,14 @@ def test_claim_5_on_the_study_data_reads_the_runs_it_reuses(tmp_path):
     own = study_graph(load_config(overrides=[*overrides, "study.controls_on_study_data=true"]), tmp_path)
     assert own["controls"].parents == ("data", "train", "train-full")
     assert own.fingerprint("controls") != subset.fingerprint("controls")
+    # The full fine-tune the controls load again is trained last of its seeds, just before them: a study carried
+    # between machines (hyperfit pack) holds its weights for as short a time as it can.
+    three = study_graph(
+        load_config(overrides=[*overrides, "study.controls_on_study_data=true", "study.replicates=3"]), tmp_path
+    )
+    trained = [name for name in three.names if name.startswith("train-full")]
+    assert trained == ["train-full-r1", "train-full-r2", "train-full"]
+    assert three.names.index("controls") == three.names.index("train-full") + 1  # study.analyses=[]
     # The main run is another placement: nothing to reuse for it, lora:last:5 is trained like the others.
     other = study_graph(
         load_config(overrides=[*overrides, "study.controls_on_study_data=true", "train.blocks=last:3"]), tmp_path

@@ -3,6 +3,7 @@ rerunning only the stages whose left-out files are still to be read."""
 
 import json
 import shutil
+import tarfile
 import time
 
 import pytest
@@ -43,12 +44,19 @@ def _weights_limit(run_dir) -> float:
     return (others + full) / 2 / 2**20
 
 
-def test_a_finished_study_packs_without_weights_nothing_will_read_again(finished_study, monkeypatch, capsys, tmp_path):
+def _moved(args, carried):
+    return [a if not a.startswith("run_dir=") else f"run_dir={carried}" for a in args]
+
+
+def test_a_finished_study_packs_without_the_weights_nothing_will_load_again(
+    finished_study, monkeypatch, capsys, tmp_path
+):
     run_dir, args = finished_study
     limit = _weights_limit(run_dir)
     archive = tmp_path / "carried" / "study.tar.xz"
     plan = write_pack(run_dir, archive, limit)
-    assert plan.rerun == [] and plan.left_out and all(p.startswith("train-full/") for p in plan.left_out)
+    assert plan.restarted == [] and plan.kept_over_limit == {}
+    assert plan.left_out and all(p.startswith("train-full/") for p in plan.left_out)
     assert any(str(p).startswith("train/") and p.suffix == ".safetensors" for p in plan.kept)  # the adapter travels
 
     with pytest.raises(RunDirError, match="already exists"):
@@ -59,48 +67,60 @@ def test_a_finished_study_packs_without_weights_nothing_will_read_again(finished
     carried = unpack(archive, tmp_path / "elsewhere")
     record = json.loads((carried / "pack.json").read_text())
     assert record["left_out"] == plan.left_out and "train-full" in record["finished_stages"]
-    moved = [a if not a.startswith("run_dir=") else f"run_dir={carried}" for a in args]
-    code, out, err = run_cli(monkeypatch, capsys, "study", *moved, "--dry-run")
+    code, out, err = run_cli(monkeypatch, capsys, "study", *_moved(args, carried), "--dry-run")
     assert code == 0, err
     assert " rerun " not in out and " run " not in out  # every stage reused, the full fine-tune's included
 
+    # A config that now analyses the full fine-tune again cannot: said, not decoded from a model that is not there.
+    code, _, err = run_cli(
+        monkeypatch, capsys, "study", *_moved(args, carried), "study.analyses=[geometry,ranks]", "--resume"
+    )
+    assert code != 0 and "left out by `hyperfit pack`" in err and "train-full/model/model.safetensors" in err
 
-def test_an_unfinished_study_reruns_the_stages_that_still_read_what_was_left_out(
+    # Packed again, the folder still says what the first pack left out.
+    again = write_pack(carried, tmp_path / "again.tar", limit)
+    assert again.left_out == {}
+    assert json.loads(tarfile.open(tmp_path / "again.tar").extractfile("study/pack.json").read())["left_out"] == (
+        plan.left_out
+    )
+
+
+def test_an_interrupted_study_carries_what_it_will_still_load_and_resumes_to_the_same_numbers(
     finished_study, monkeypatch, capsys, tmp_path
 ):
     run_dir, args = finished_study
     limit = _weights_limit(run_dir)
-    # As if the study had been stopped after training its full fine-tune, before analysing it and the quality stage.
+    # Stopped after training its full fine-tune, before analysing it: its weights are still to be loaded.
     stopped = tmp_path / "runs-stopped" / "study"
     shutil.copytree(run_dir, stopped)
     for name in ("analysis-geometry-full", "quality"):
         shutil.rmtree(stopped / name)
-    assert plan_pack(stopped, int(limit * 2**20)).rerun == ["train-full"]
-
     archive = tmp_path / "study.tar.gz"
     code, out, err = run_cli(monkeypatch, capsys, "pack", str(stopped), str(archive), "--limit-mb", str(limit))
     assert code == 0, err
-    assert "Will run again on --resume: train-full." in out
+    assert "Kept train-full/model/model.safetensors over the limit: analysis-geometry-full will still load it." in out
     code, out, err = run_cli(monkeypatch, capsys, "unpack", str(archive), "--into", str(tmp_path / "elsewhere"))
     assert code == 0, err
     carried = tmp_path / "elsewhere" / "study"
-    assert not (carried / "train-full").exists() and (carried / "train" / "stage-done.json").exists()
 
-    moved = [a if not a.startswith("run_dir=") else f"run_dir={carried}" for a in args]
     resumed = time.time()
-    code, _, err = run_cli(monkeypatch, capsys, "study", *moved, "--resume")
+    code, _, err = run_cli(monkeypatch, capsys, "study", *_moved(args, carried), "--resume")
     assert code == 0, err
 
     def written(name):
         return (carried / name / "stage-done.json").stat().st_mtime
 
-    for name in ("data", "base", "train", "hyperfitted", "analysis-geometry"):
+    for name in ("data", "base", "train", "hyperfitted", "analysis-geometry", "train-full"):
         assert _done(carried, name) == _done(run_dir, name) and written(name) < resumed  # carried, not redone
-    # the full fine-tune trained again, to the same model: its analysis gives the uninterrupted study's numbers
-    assert written("train-full") >= resumed and written("analysis-geometry-full") >= resumed
+    assert written("analysis-geometry-full") >= resumed
     same = json.loads((run_dir / "analysis-geometry-full" / "results.json").read_text())
     again = json.loads((carried / "analysis-geometry-full" / "results.json").read_text())
     assert [r["delta_pr"] for r in again["layers"]] == pytest.approx([r["delta_pr"] for r in same["layers"]], rel=1e-6)
+
+    # Stopped during the full fine-tune itself (started, not done): its partial work goes, and it starts again.
+    (stopped / "train-full" / "stage-done.json").unlink()
+    plan = plan_pack(stopped, int(limit * 2**20))
+    assert plan.restarted == ["train-full"] and not any(p.parts[0] == "train-full" for p in plan.kept)
 
 
 def test_pack_refuses_what_is_not_a_run_folder_or_an_archive_name(tmp_path):
@@ -124,7 +144,7 @@ def _folder(tmp_path, finished: set[str], files: dict[str, int]):
             "study.full_finetune=true",
             "study.lowest_heldout_control=true",
             "study.analyses=[geometry]",
-            "study.controls=[lora:last:5,full]",
+            "study.controls=[lora:last:5,lora:first:5,lora:all,full]",
             "study.controls_on_study_data=true",
         ],
     )
@@ -142,27 +162,54 @@ def _folder(tmp_path, finished: set[str], files: dict[str, int]):
     return run_dir, names
 
 
-def test_left_out_weights_rerun_their_stage_only_while_a_stage_that_loads_them_is_unfinished(tmp_path):
+def test_weights_are_left_out_only_once_every_stage_that_loads_them_has_finished(tmp_path):
     files = {
         "train/lowest_heldout.pt": 3000,  # loaded by the lowest-held-out analyses alone
         "train/adapter/adapter_model.safetensors": 100,
         "train-full/model/model.safetensors": 3000,  # loaded by its analyses and the controls' full arm
     }
-    # Stopped before the controls: the full fine-tune's weights are still to be loaded, the main run's lowest-held-out
-    # weights are not (their analyses are done), and its adapter travels.
     names = _folder(tmp_path / "a", set(), {})[1]
     before_controls = set(names[: names.index("controls")])
+
+    # Stopped before the controls: the full fine-tune's weights are still to be loaded (the `full` arm), the main
+    # run's lowest-held-out weights are not (their analyses are done); the adapter is under the limit.
     run_dir, _ = _folder(tmp_path / "b", before_controls, files)
     plan = plan_pack(run_dir, 1000)
-    assert plan.rerun == ["train-full"]
-    assert plan.left_out == {"train/lowest_heldout.pt": 3000}
+    assert plan.kept_over_limit == {"train-full/model/model.safetensors": ["controls"]}
+    assert plan.left_out == {"train/lowest_heldout.pt": 3000} and plan.restarted == []
     assert "train/adapter/adapter_model.safetensors" in map(str, plan.kept)
 
-    # Stopped before the lowest-held-out geometry: the main run trains again too (and only the stages above it).
-    run_dir, _ = _folder(tmp_path / "c", before_controls - {"analysis-geometry-lowest-heldout"}, files)
-    assert plan_pack(run_dir, 1000).rerun == ["train", "train-full"]
-
-    # Every stage done: nothing will load either, so both are left behind and nothing reruns.
-    run_dir, _ = _folder(tmp_path / "d", set(names), files)
+    # The controls measured the full fine-tune (its control.json) and died training another placement: the full
+    # weights stay behind, the unfinished placement's checkpoint goes with its folder, the finished one stays.
+    measured = {
+        **files,
+        "controls/full/control.json": 2,
+        "controls/lora-all/checkpoint.pt": 3000,
+        "controls/lora-first-5/control.json": 2,
+        "controls/lora-first-5/lowest_heldout.pt": 3000,
+    }
+    run_dir, _ = _folder(tmp_path / "c", before_controls, measured)
     plan = plan_pack(run_dir, 1000)
-    assert plan.rerun == [] and set(plan.left_out) == {"train/lowest_heldout.pt", "train-full/model/model.safetensors"}
+    assert plan.kept_over_limit == {} and plan.restarted == ["controls/lora-all"]
+    assert set(plan.left_out) == {
+        "train/lowest_heldout.pt",
+        "train-full/model/model.safetensors",
+        "controls/lora-first-5/lowest_heldout.pt",
+    }
+    assert "controls/full/control.json" in map(str, plan.kept)
+    assert not any(str(p).startswith("controls/lora-all") for p in plan.kept)
+
+    # Stopped before the lowest-held-out geometry: the main run's weights at that epoch travel too.
+    run_dir, _ = _folder(tmp_path / "d", before_controls - {"analysis-geometry-lowest-heldout"}, files)
+    assert set(plan_pack(run_dir, 1000).kept_over_limit) == {
+        "train/lowest_heldout.pt",
+        "train-full/model/model.safetensors",
+    }
+
+    # Every stage done: nothing will load either, so both stay behind.
+    run_dir, _ = _folder(tmp_path / "e", set(names), files)
+    plan = plan_pack(run_dir, 1000)
+    assert plan.kept_over_limit == {} and set(plan.left_out) == {
+        "train/lowest_heldout.pt",
+        "train-full/model/model.safetensors",
+    }

@@ -418,25 +418,29 @@ def export(run_dir, merged, gguf_path, gguf_dtype):
     type=float,
     default=50.0,
     show_default=True,
-    help="Leave out every file larger than this (a fully fine-tuned model's weights).",
+    help="Leave out the weight files larger than this that nothing will load again (a full fine-tune's, analysed).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace ARCHIVE if it exists.")
 def pack(run_dir, archive, limit_mb, overwrite):
     """Pack a run folder, without its largest files, into ARCHIVE (.tar.xz, .tar.gz or .tar) to resume elsewhere.
 
-    A finished stage whose large files are left out stays finished if every stage that reads it has finished;
-    otherwise it runs again on --resume, with the unfinished stages below it. ARCHIVE's pack.json lists both."""
+    A finished stage's large weights are left out once every stage that loads them has finished (until then they are
+    packed, however large); an unfinished stage's large partial work goes with its folder, and it starts again on
+    --resume. ARCHIVE's pack.json lists what was left out, kept over the limit and started again."""
     from hyperfitting.pipeline.pack import write_pack
 
     plan = write_pack(Path(run_dir), Path(archive), limit_mb, overwrite)
     size = Path(archive).stat().st_size / 2**20
     print(f"Packed {len(plan.kept)} files of {run_dir} into {archive} ({size:.1f} MiB).")
     if plan.left_out:
+        mib = sum(plan.left_out.values()) / 2**20
         print(
-            f"Left out {len(plan.left_out)} files over {limit_mb:g} MB ({sum(plan.left_out.values()) / 2**20:.0f} MiB)."
+            f"Left out {len(plan.left_out)} weight files over {limit_mb:g} MB that nothing loads again ({mib:.0f} MiB)."
         )
-    if plan.rerun:
-        print(f"Will run again on --resume: {', '.join(plan.rerun)}.")
+    for path, stages in plan.kept_over_limit.items():
+        print(f"Kept {path} over the limit: {', '.join(stages) or 'the run folder'} will still load it.")
+    if plan.restarted:
+        print(f"Will start again on --resume: {', '.join(plan.restarted)}.")
     print(f"Resume elsewhere: hyperfit unpack {archive} --into {Path(run_dir).parent}, then the study with --resume.")
 
 
@@ -458,7 +462,7 @@ def unpack(archive, into):
     record = read_json(run_dir / "pack.json")
     print(
         f"Unpacked {run_dir}: {len(record['finished_stages'])} finished stages"
-        + (f"; to run again: {', '.join(record['rerun'])}" if record["rerun"] else "")
+        + (f"; to start again: {', '.join(record['restarted'])}" if record["restarted"] else "")
         + f". Continue it: hyperfit study {run_dir / 'config.yaml'} run_dir={run_dir} --resume"
     )
 

@@ -49,6 +49,11 @@ def full_suffix(replicate: int) -> str:
     return FULL + replicate_suffix(replicate)
 
 
+def control_folder(spec: str, replicate: int = 0) -> str:
+    """The controls stage's folder of placement ``spec`` (`lora:first:5`) at seed ``replicate``: `lora-first-5-r1`."""
+    return spec.replace(":", "-") + replicate_suffix(replicate)
+
+
 def analysis_stage_name(name: str, suffix: str = "") -> str:
     """The stage (and folder) of analysis ``name`` of the model named by ``suffix`` (replicate_suffix, FULL, LOWEST)."""
     return f"analysis-{name}{suffix}"

@@ -659,9 +659,11 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     trained = [("", config)]
     trained += [(replicate_suffix(r), replicate_config(config, r)) for r in range(1, config.study.replicates)]
     if config.study.full_finetune:  # trained as often as the main run: claims 1-4 on it speak of the recipe too
-        trained += [
-            (full_suffix(r), full_finetune_config(replicate_config(config, r))) for r in range(config.study.replicates)
-        ]
+        # Its first seed last: the controls load that one's weights again (their `full` arm), and a study carried
+        # between machines (`hyperfit pack`) must keep a full fine-tune's weights only from its training to them.
+        seeds = [*range(1, config.study.replicates), 0] if reused_replicate(config, "full", 0) else []
+        seeds += [r for r in range(config.study.replicates) if r not in seeds]
+        trained += [(full_suffix(r), full_finetune_config(replicate_config(config, r))) for r in seeds]
     for suffix, trained_config in trained:
         if suffix:
             specs.append(training_spec(f"train{suffix}", trained_config))

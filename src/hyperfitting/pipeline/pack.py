@@ -2,16 +2,19 @@
 
 A long study (the standard preset is hours of stages on a CPU) can outlive the machine it started on. Most of what its
 finished stages hold is small: numbers, decoded texts, LoRA adapters, the prepared data. A fully fine-tuned model's
-weights are not (about 0.5 GB for a 135M-parameter model). A pack keeps every file up to a size limit, and
-`hyperfit study ... --resume` on the unpacked folder goes on where the study stopped:
+weights are not (about 0.5 GB for a 135M-parameter model). A pack leaves out the weight files (and checkpoints) over a
+size limit that nothing will load again, and `hyperfit study ... --resume` on the unpacked folder goes on where the
+study stopped:
 
-- a finished stage whose large files were left out stays finished when every stage that loads them has finished
-  too (its children in the graph; for the weights at the lowest held-out loss, the analyses of that run alone):
-  nothing will load them again;
-- otherwise it is left out whole, with every unfinished stage below it in the graph, and they run again from their
-  start on --resume (same config, same seed; on another machine the rerun's numbers may differ in the last digits).
+- a finished stage's large files are left out once every stage that loads them has finished (its children in the
+  graph; the weights at the lowest held-out loss, only the analyses of that run; the controls, a reused run's weights
+  only until that run's control is measured). While one has not, they are packed, however large: a stage is never
+  trained again under finished stages that describe the model it had, so its numbers and theirs stay one model's;
+- an unfinished stage's large partial work (a training checkpoint) is left out with its folder: it starts again. In
+  the controls, whose finished placements are kept one folder each, only the unfinished placement's folder goes.
 
-The pack says which files it left out and which stages will run again in its `pack.json`.
+The pack says what it left out, what it kept over the limit and what will start again in its `pack.json`; a study
+that later needs a left-out file (its config changed) stops with an error that names it (pipeline/runner.py).
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ from pathlib import Path
 from hyperfitting.config import load_config
 from hyperfitting.errors import RunDirError
 from hyperfitting.layout import CONFIG, LOWEST, MARKER, STAGE_DONE
-from hyperfitting.rundir import atomic_path, lock_run_dir
+from hyperfitting.rundir import atomic_path, lock_run_dir, read_json
 from hyperfitting.training.hyperfit import LOWEST_HELDOUT
 
 PACK_RECORD = "pack.json"
-# What a pack may leave out: model weights, optimizer state and checkpoints. Texts and numbers always travel.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# What a pack may leave out: model weights, optimizer state, checkpoints (sharded ones too), cached arrays. Texts and
+# numbers always travel.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".distcp", ".npy")
 ARCHIVE_SUFFIXES = {".tar.xz": "w:xz", ".tar.gz": "w:gz", ".tgz": "w:gz", ".tar": "w"}
+# Stages that keep their finished pieces one folder each, marked done by this file: an unfinished one loses only the
+# unfinished pieces' folders.
+PIECES = {"controls": "control.json"}
 
 
 @dataclass
@@ -42,84 +49,108 @@ class PackPlan:
     kept: list[Path] = field(default_factory=list)
     """Files that go into the pack, relative to the run folder."""
     left_out: dict[str, int] = field(default_factory=dict)
-    """Weight files over the limit, relative path -> bytes."""
-    rerun: list[str] = field(default_factory=list)
-    """Stages left out whole, in the study's order: --resume runs them again."""
+    """Weight files over the limit that nothing will load again: relative path -> bytes."""
+    kept_over_limit: dict[str, list[str]] = field(default_factory=dict)
+    """Weight files over the limit that an unfinished stage will still load: relative path -> those stages."""
+    restarted: list[str] = field(default_factory=list)
+    """Unfinished stages (or controls' placements, `controls/NAME`) left out whole: they start again on --resume."""
 
 
-def stage_children(run_dir: Path) -> tuple[list[str], dict[str, list[str]]]:
-    """The run's stages in order, and for each the stages that list it as a parent (from the folder's config)."""
+def _graph(run_dir: Path):
     from hyperfitting.pipeline.graph import study_graph
 
     config = load_config(str(run_dir / CONFIG), [])
-    graph = study_graph(config, run_dir)
-    children: dict[str, list[str]] = {name: [] for name in graph.names}
-    for name in graph.names:
-        for parent in graph[name].parents:
-            children.setdefault(parent, []).append(name)
-    return list(graph.names), children
+    return config, study_graph(config, run_dir)
+
+
+def _control_loads(config, run_dir: Path) -> dict[str, str]:
+    """The study's runs the controls still load (their reused placements not yet measured): stage -> placement."""
+    from hyperfitting.layout import control_folder
+    from hyperfitting.pipeline.graph import control_seeds, reused_replicate
+
+    waiting = {}
+    for spec in config.study.controls:
+        for r in range(control_seeds(config, spec)):
+            stage = reused_replicate(config, spec, r)
+            if stage and not (run_dir / "controls" / control_folder(spec, r) / PIECES["controls"]).exists():
+                waiting[stage] = spec
+    return waiting
 
 
 def plan_pack(run_dir: Path, limit_bytes: int) -> PackPlan:
-    """What a pack of ``run_dir`` holds when every weight file over ``limit_bytes`` is left out (module docstring)."""
+    """What a pack of ``run_dir`` holds when the weight files over ``limit_bytes`` are left out (module docstring)."""
     run_dir = Path(run_dir)
     if not (run_dir / MARKER).exists() or not (run_dir / CONFIG).exists():
         raise RunDirError(f"'{run_dir}' is not a hyperfit run folder ({MARKER} or {CONFIG} is missing).")
-    names, children = stage_children(run_dir)
-    files = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file() and p.name != PACK_RECORD)
-    large = {
-        str(p): size
-        for p in files
-        if p.suffix in WEIGHT_SUFFIXES and (size := (run_dir / p).stat().st_size) > limit_bytes
-    }
-    heavy_stages = {Path(p).parts[0] for p in large if len(Path(p).parts) > 1}
+    config, graph = _graph(run_dir)
+    children: dict[str, list[str]] = {}
+    for name in graph.names:
+        for parent in graph[name].parents:
+            children.setdefault(parent, []).append(name)
+    control_waits = _control_loads(config, run_dir)
 
     def finished(name: str) -> bool:
         return (run_dir / name / STAGE_DONE).exists()
 
-    def below(name: str) -> set[str]:
-        seen: set[str] = set()
-        todo = list(children.get(name, []))
-        while todo:
-            child = todo.pop()
-            if child not in seen:
-                seen.add(child)
-                todo += children.get(child, [])
-        return seen
+    def loaders(path: Path) -> list[str]:
+        """The unfinished stages that will load this file of a finished stage."""
+        stage = path.parts[0]
+        readers = children.get(stage, [])
+        if path.name == LOWEST_HELDOUT:  # only the analyses of the run at its lowest held-out loss load it
+            readers = [c for c in readers if c.endswith(LOWEST)]
+        if "controls" in readers and stage not in control_waits:  # measured already: its control.json is written
+            readers = [c for c in readers if c != "controls"]
+        return [c for c in readers if not finished(c)]
 
-    def readers(path: str) -> list[str]:
-        """The stages that load a stage's file: its children (a grandchild reads its own parent's outputs)."""
-        stage = Path(path).parts[0]
-        if Path(path).name == LOWEST_HELDOUT:  # only the analyses of the run at its lowest held-out loss load it
-            return [c for c in children.get(stage, []) if c.endswith(LOWEST)]
-        return children.get(stage, [])
-
-    rerun: set[str] = set()
-    changed = True
-    while changed:  # a stage left out makes its parents' files needed again in turn
-        changed = False
-        for name in heavy_stages - rerun:
-            needed_again = not finished(name) or any(
-                not finished(reader) or reader in rerun
-                for path in large
-                if Path(path).parts[0] == name
-                for reader in readers(path)
-            )
-            if needed_again:
-                rerun.add(name)
-                changed = True
-    # what an unfinished stage below a left-out one has begun was made from the files that will be made again
-    rerun |= {c for name in list(rerun) for c in below(name) if not finished(c) and (run_dir / c).exists()}
-
-    plan = PackPlan(rerun=[n for n in names if n in rerun] + sorted(rerun - set(names)))
-    for path in files:
-        if path.parts[0] in rerun and len(path.parts) > 1:
-            continue
-        if str(path) in large:
-            plan.left_out[str(path)] = large[str(path)]
+    files = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file() and p.name != PACK_RECORD)
+    large = [p for p in files if p.suffix in WEIGHT_SUFFIXES and (run_dir / p).stat().st_size > limit_bytes]
+    plan = PackPlan()
+    left_out: set[Path] = set()
+    for path in large:
+        stage = path.parts[0]
+        if len(path.parts) == 1:
+            plan.kept_over_limit[str(path)] = []  # not a stage's: the folder's own
+        elif finished(stage):
+            if waiting := loaders(path):
+                plan.kept_over_limit[str(path)] = waiting
+            else:
+                plan.left_out[str(path)] = (run_dir / path).stat().st_size
+                left_out.add(path)
+        elif stage in PIECES and len(path.parts) > 2 and not (run_dir / stage / path.parts[1] / PIECES[stage]).exists():
+            plan.restarted.append(f"{stage}/{path.parts[1]}")
+        elif stage in PIECES and len(path.parts) > 2:  # a finished piece's weights: nothing loads them again
+            plan.left_out[str(path)] = (run_dir / path).stat().st_size
+            left_out.add(path)
         else:
-            plan.kept.append(path)
+            plan.restarted.append(stage)
+    plan.restarted = list(dict.fromkeys(plan.restarted))
+    gone = {Path(p) for p in plan.restarted}
+    plan.kept = [p for p in files if p not in left_out and not any(p.is_relative_to(g) for g in gone)]
     return plan
+
+
+def refuse_left_out(run_dir: Path, stage: str, file: str | None = None) -> None:
+    """Stop, naming them, if a pack left out the weights of ``stage`` that a stage now loads: its model (or, named as
+    ``file``, its weights at the lowest held-out loss)."""
+    missing = [
+        p
+        for p in earlier_left_out(run_dir)
+        if Path(p).parts[0] == stage and (Path(p).name == file if file else Path(p).name != LOWEST_HELDOUT)
+    ]
+    if missing:
+        raise RunDirError(
+            f"{', '.join(missing)} of {run_dir} were left out by `hyperfit pack` (nothing was to load them then; this "
+            f"config now does). Copy them back from the machine that trained them, or delete {run_dir / stage} to "
+            f"train it again, with the stages below it."
+        )
+
+
+def earlier_left_out(run_dir: Path) -> dict[str, int]:
+    """What an earlier pack of this folder left out and is still not here (a folder unpacked, resumed, packed again)."""
+    record = run_dir / PACK_RECORD
+    if not record.exists():
+        return {}
+    return {p: size for p, size in read_json(record)["left_out"].items() if not (run_dir / p).exists()}
 
 
 def write_pack(run_dir: Path, archive: Path, limit_mb: float = 50.0, overwrite: bool = False) -> PackPlan:
@@ -139,8 +170,9 @@ def write_pack(run_dir: Path, archive: Path, limit_mb: float = 50.0, overwrite: 
         "packed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "by": environment_record(),
         "limit_mb": limit_mb,
-        "left_out": plan.left_out,
-        "rerun": plan.rerun,
+        "left_out": {**earlier_left_out(run_dir), **plan.left_out},
+        "kept_over_limit": plan.kept_over_limit,
+        "restarted": plan.restarted,
         "finished_stages": sorted(p.parts[0] for p in plan.kept if len(p.parts) == 2 and p.name == STAGE_DONE),
     }
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +190,8 @@ def write_pack(run_dir: Path, archive: Path, limit_mb: float = 50.0, overwrite: 
 def unpack(archive: Path, into: Path) -> Path:
     """Unpack ``archive`` into the folder ``into`` (its run folder must not be there yet): the run folder's path."""
     archive, into = Path(archive), Path(into)
+    if not hasattr(tarfile, "data_filter"):
+        raise RunDirError("Unpacking safely needs tarfile's data filter: Python 3.10.12, 3.11.4 or newer.")
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         roots = {Path(m.name).parts[0] for m in members}
@@ -165,15 +199,17 @@ def unpack(archive: Path, into: Path) -> Path:
             raise RunDirError(f"'{archive}' is not a pack of one run folder (`hyperfit pack` writes those).")
         root = next(iter(roots))
         target = into / root
-        if target.exists() and any(target.iterdir()):
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise RunDirError(
                 f"'{target}' already exists: unpack elsewhere (--into), or move that run folder away first."
             )
         into.mkdir(parents=True, exist_ok=True)
         partial = into / f".{root}.unpacking"
-        if partial.exists():  # left by an unpack that was killed
-            shutil.rmtree(partial)
-        tar.extractall(partial, filter="data")
-        os.replace(partial / root, target)
-        partial.rmdir()
+        shutil.rmtree(partial, ignore_errors=True)  # left by an unpack that was killed
+        try:
+            # the "data" filter refuses absolute paths, links out of the folder and device files
+            tar.extractall(partial, filter="data")
+            os.replace(partial / root, target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target

@@ -99,6 +99,9 @@ class Shared:
         or the full fine-tune's only until the next one is needed."""
         if suffix not in self._trained:
             from hyperfitting.models.loading import load_hyperfitted
+            from hyperfitting.pipeline.pack import refuse_left_out
+
+            refuse_left_out(self.graph.run_dir, f"train{suffix}")
 
             if suffix:
                 self._trained = {k: v for k, v in self._trained.items() if not k}
@@ -131,7 +134,10 @@ class Shared:
 
     def _make_context(self, suffix: str, config):
         if suffix.endswith(LOWEST):
-            from hyperfitting.training.hyperfit import load_lowest_heldout
+            from hyperfitting.pipeline.pack import refuse_left_out
+            from hyperfitting.training.hyperfit import LOWEST_HELDOUT, load_lowest_heldout
+
+            refuse_left_out(self.graph.run_dir, f"train{suffix.removesuffix(LOWEST)}", LOWEST_HELDOUT)
 
             control, epoch = load_lowest_heldout(
                 self.config.model, self.graph.run_dir / f"train{suffix.removesuffix(LOWEST)}"
