@@ -108,6 +108,24 @@ def test_the_weights_at_the_lowest_held_out_loss_are_those_of_a_run_stopped_ther
             torch.testing.assert_close(parameter, expected[name])
 
 
+def test_a_lora_checkpoint_holds_the_trainable_weights_alone_even_beside_a_tied_head(tmp_path):
+    from hyperfitting.training.hyperfit import LOWEST_HELDOUT
+    from hyperfitting.training.parallel import CHECKPOINT
+
+    model = make_tiny_model("gpt2")  # its head is its (frozen) embedding, under a second name
+    assert model.lm_head.weight is model.transformer.wte.weight
+    train = torch.randint(2, 8, (6, 16), generator=torch.Generator().manual_seed(2))
+    config = load_config(overrides=["train.epochs=2", "train.batch_size=2", "train.lr=1e-2", "train.blocks=last:1"])
+    result = hyperfit(model, train, train[:2], config, tmp_path)
+    trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    for saved in (
+        torch.load(tmp_path / LOWEST_HELDOUT, weights_only=True),
+        torch.load(tmp_path / CHECKPOINT, weights_only=False),
+    ):
+        assert set(saved["trainable"]) == trainable  # not the frozen head (113 MB of SmolLM2-135M's)
+
+
 def test_no_control_is_kept_when_the_held_out_loss_never_improved(tmp_path):
     from hyperfitting.config import ModelArgs
     from hyperfitting.training.hyperfit import load_lowest_heldout, lowest_heldout_epoch
