@@ -661,8 +661,9 @@ def study_graph(config: RunConfig, run_dir: Path) -> StageGraph:
     if config.study.full_finetune:  # trained as often as the main run: claims 1-4 on it speak of the recipe too
         # Its first seed last: the controls load that one's weights again (their `full` arm), and a study carried
         # between machines (`hyperfit pack`) must keep a full fine-tune's weights only from its training to them.
-        seeds = [*range(1, config.study.replicates), 0] if reused_replicate(config, "full", 0) else []
-        seeds += [r for r in range(config.study.replicates) if r not in seeds]
+        seeds = list(range(config.study.replicates))
+        if reused_replicate(config, "full", 0):
+            seeds = seeds[1:] + seeds[:1]
         trained += [(full_suffix(r), full_finetune_config(replicate_config(config, r))) for r in seeds]
     for suffix, trained_config in trained:
         if suffix:
