@@ -1,5 +1,5 @@
-"""`hyperfit pack` / `unpack`: a study carried to another folder without its large weights resumes to the same numbers,
-rerunning only the stages whose left-out files are still to be read."""
+"""`hyperfit pack` / `unpack`: a study carried to another folder without the weights nothing will load again resumes
+to the same numbers; weights a stage will still load travel, and a stage that needs left-out ones says so."""
 
 import json
 import shutil
