@@ -17,7 +17,7 @@ from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
 from hyperfitting.models.loading import load_hyperfitted, load_model
-from hyperfitting.layout import replicate_suffix
+from hyperfitting.layout import control_folder
 from hyperfitting.pipeline.graph import StageGraph, control_seeds, replicate_config, reused_replicate, reused_runs
 from hyperfitting.rundir import (
     is_main_process,
@@ -264,7 +264,7 @@ def run_controls(
     for spec in config.study.controls:
         seeds = []
         for r in range(control_seeds(config, spec)):
-            folder = out_dir / (spec.replace(":", "-") + replicate_suffix(r))
+            folder = out_dir / control_folder(spec, r)
             # Each finished control is kept: a study killed during the third control does not retrain the first two.
             done = folder / "control.json"
             if done.exists():

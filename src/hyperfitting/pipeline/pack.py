@@ -110,19 +110,23 @@ def plan_pack(run_dir: Path, limit_bytes: int) -> PackPlan:
         stage = path.parts[0]
         if len(path.parts) == 1:
             plan.kept_over_limit[str(path)] = []  # not a stage's: the folder's own
-        elif finished(stage):
-            if waiting := loaders(path):
-                plan.kept_over_limit[str(path)] = waiting
-            else:
-                plan.left_out[str(path)] = (run_dir / path).stat().st_size
-                left_out.add(path)
-        elif stage in PIECES and len(path.parts) > 2 and not (run_dir / stage / path.parts[1] / PIECES[stage]).exists():
-            plan.restarted.append(f"{stage}/{path.parts[1]}")
-        elif stage in PIECES and len(path.parts) > 2:  # a finished piece's weights: nothing loads them again
-            plan.left_out[str(path)] = (run_dir / path).stat().st_size
-            left_out.add(path)
+            continue
+        if finished(stage):
+            waiting = loaders(path)
+        elif stage in PIECES and len(path.parts) > 2:
+            piece = f"{stage}/{path.parts[1]}"
+            if not (run_dir / piece / PIECES[stage]).exists():
+                plan.restarted.append(piece)
+                continue
+            waiting = []  # a finished piece's weights: nothing loads them again
         else:
             plan.restarted.append(stage)
+            continue
+        if waiting:
+            plan.kept_over_limit[str(path)] = waiting
+        else:
+            plan.left_out[str(path)] = (run_dir / path).stat().st_size
+            left_out.add(path)
     plan.restarted = list(dict.fromkeys(plan.restarted))
     gone = {Path(p) for p in plan.restarted}
     plan.kept = [p for p in files if p not in left_out and not any(p.is_relative_to(g) for g in gone)]
