@@ -213,3 +213,46 @@ def test_weights_are_left_out_only_once_every_stage_that_loads_them_has_finished
         "train/lowest_heldout.pt",
         "train-full/model/model.safetensors",
     }
+
+
+def test_the_controls_refuse_to_measure_a_reused_run_whose_weights_a_pack_left_out(tmp_path):
+    """A config changed after unpacking (a `full` arm added to the controls) reaches the full fine-tune's weights by
+    the controls' own path: it stops naming them, instead of failing later inside the model loader."""
+    from hyperfitting.config import load_config
+    from hyperfitting.pipeline.controls import reused_control
+    from hyperfitting.pipeline.pack import PACK_RECORD
+
+    run_dir, _ = _folder(tmp_path, set(), {"train-full/summary.json": 2})
+    (run_dir / PACK_RECORD).write_text(json.dumps({"left_out": {"train-full/model/model.safetensors": 3000}}))
+    config = load_config("configs/quick.yaml", [f"run_dir={run_dir}"])
+    with pytest.raises(RunDirError, match=r"train-full/model/model\.safetensors .*left out by `hyperfit pack`"):
+        reused_control(config, "full", run_dir / "train-full", 1e-5, None, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "study/../../escaped.txt",  # a path out of the folder
+        "study/link",  # a link to a file outside it
+    ],
+)
+def test_unpack_refuses_an_archive_that_would_write_outside_its_folder_and_leaves_nothing(tmp_path, hostile):
+    import io
+
+    archive = tmp_path / "hostile.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in [("study/hyperfit-run.json", b"{}"), ("study/config.yaml", b"")]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+        member = tarfile.TarInfo(hostile)
+        if hostile.endswith("link"):
+            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(member)
+        else:
+            member.size = 1
+            tar.addfile(member, io.BytesIO(b"x"))
+    into = tmp_path / "deep" / "runs"
+    with pytest.raises(RunDirError, match="refused, nothing unpacked"):
+        unpack(archive, into)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "hostile.tar", "runs"]

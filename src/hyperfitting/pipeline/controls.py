@@ -200,6 +200,9 @@ def reused_control(
 ) -> dict:
     """A placement the study has already trained on its own data (the main run, or its full fine-tune): measured, not
     retrained."""
+    from hyperfitting.pipeline.pack import refuse_left_out
+
+    refuse_left_out(train_folder.parent, train_folder.name)  # a config changed after a pack may need them again
     summary = read_json(train_folder / "summary.json")
     tuned = load_hyperfitted(config.model, train_folder)[0].eval()
     return {

@@ -202,6 +202,8 @@ def unpack(archive: Path, into: Path) -> Path:
         if len(roots) != 1 or not any(m.name == f"{next(iter(roots))}/{MARKER}" for m in members):
             raise RunDirError(f"'{archive}' is not a pack of one run folder (`hyperfit pack` writes those).")
         root = next(iter(roots))
+        if root in {".", "..", "/"}:
+            raise RunDirError(f"'{archive}' names its run folder '{root}': not a pack `hyperfit pack` writes.")
         target = into / root
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise RunDirError(
@@ -214,6 +216,8 @@ def unpack(archive: Path, into: Path) -> Path:
             # the "data" filter refuses absolute paths, links out of the folder and device files
             tar.extractall(partial, filter="data")
             os.replace(partial / root, target)
+        except tarfile.FilterError as error:
+            raise RunDirError(f"'{archive}' holds {error}: refused, nothing unpacked.") from error
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return target
