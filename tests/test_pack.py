@@ -1,6 +1,7 @@
 """`hyperfit pack` / `unpack`: a study carried to another folder without the weights nothing will load again resumes
 to the same numbers; weights a stage will still load travel, and a stage that needs left-out ones says so."""
 
+import io
 import json
 import shutil
 import tarfile
@@ -237,21 +238,21 @@ def test_the_controls_refuse_to_measure_a_reused_run_whose_weights_a_pack_left_o
     ],
 )
 def test_unpack_refuses_an_archive_that_would_write_outside_its_folder_and_leaves_nothing(tmp_path, hostile):
-    import io
+    def add(tar, name, data=b"", **link):
+        member = tarfile.TarInfo(name)
+        member.size = len(data)
+        for key, value in link.items():
+            setattr(member, key, value)
+        tar.addfile(member, io.BytesIO(data))
 
     archive = tmp_path / "hostile.tar"
     with tarfile.open(archive, "w") as tar:
-        for name, data in [("study/hyperfit-run.json", b"{}"), ("study/config.yaml", b"")]:
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-        member = tarfile.TarInfo(hostile)
+        add(tar, "study/hyperfit-run.json", b"{}")
+        add(tar, "study/config.yaml")
         if hostile.endswith("link"):
-            member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
-            tar.addfile(member)
+            add(tar, hostile, type=tarfile.SYMTYPE, linkname="/etc/passwd")
         else:
-            member.size = 1
-            tar.addfile(member, io.BytesIO(b"x"))
+            add(tar, hostile, b"x")
     into = tmp_path / "deep" / "runs"
     with pytest.raises(RunDirError, match="refused, nothing unpacked"):
         unpack(archive, into)

@@ -16,7 +16,7 @@ from hyperfitting.config import RunConfig, replace
 from hyperfitting.data.splits import PreparedData
 from hyperfitting.errors import DivergenceError
 from hyperfitting.metrics.diversity import distinct_n, diversity, seq_rep_n, ttr
-from hyperfitting.models.loading import load_hyperfitted, load_model
+from hyperfitting.models.loading import load_model
 from hyperfitting.layout import control_folder
 from hyperfitting.pipeline.graph import StageGraph, control_seeds, replicate_config, reused_replicate, reused_runs
 from hyperfitting.rundir import (
@@ -200,11 +200,10 @@ def reused_control(
 ) -> dict:
     """A placement the study has already trained on its own data (the main run, or its full fine-tune): measured, not
     retrained."""
-    from hyperfitting.pipeline.pack import refuse_left_out
+    from hyperfitting.pipeline.pack import load_study_run
 
-    refuse_left_out(train_folder.parent, train_folder.name)  # a config changed after a pack may need them again
+    tuned = load_study_run(config.model, train_folder)[0].eval()
     summary = read_json(train_folder / "summary.json")
-    tuned = load_hyperfitted(config.model, train_folder)[0].eval()
     return {
         "spec": spec,
         "diverged": False,

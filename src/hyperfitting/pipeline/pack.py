@@ -149,6 +149,15 @@ def refuse_left_out(run_dir: Path, stage: str, file: str | None = None) -> None:
         )
 
 
+def load_study_run(model_args, train_folder: Path):
+    """(model, tokenizer) that the study's training stage ``train_folder`` saved; refused, naming the files, where a
+    pack left them out."""
+    from hyperfitting.models.loading import load_hyperfitted
+
+    refuse_left_out(train_folder.parent, train_folder.name)
+    return load_hyperfitted(model_args, train_folder)
+
+
 def earlier_left_out(run_dir: Path) -> dict[str, int]:
     """What an earlier pack of this folder left out and is still not here (a folder unpacked, resumed, packed again)."""
     record = run_dir / PACK_RECORD

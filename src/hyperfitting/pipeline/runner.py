@@ -98,14 +98,11 @@ class Shared:
         """The model stage `train{suffix}` saved. The main run's stays loaded (retention reads it last); a replicate's
         or the full fine-tune's only until the next one is needed."""
         if suffix not in self._trained:
-            from hyperfitting.models.loading import load_hyperfitted
-            from hyperfitting.pipeline.pack import refuse_left_out
-
-            refuse_left_out(self.graph.run_dir, f"train{suffix}")
+            from hyperfitting.pipeline.pack import load_study_run
 
             if suffix:
                 self._trained = {k: v for k, v in self._trained.items() if not k}
-            self._trained[suffix] = load_hyperfitted(self.config.model, self.graph.run_dir / f"train{suffix}")[0]
+            self._trained[suffix] = load_study_run(self.config.model, self.graph.run_dir / f"train{suffix}")[0]
         return self._trained[suffix]
 
     def release_analysed(self) -> None:
